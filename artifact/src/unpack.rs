@@ -1,0 +1,316 @@
+//! Safe unpack: every tar entry must match the next manifest entry exactly (path,
+//! type, mode, size, content digest, link target). Anything else fails the whole
+//! release; nothing is ever skipped or sanitised. The tree is built in a private
+//! temp dir beside the destination, fsynced, then renamed into place; on any error
+//! the temp dir is removed and the destination untouched.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::manifest::{EntryKind, Manifest};
+
+/// Bounds applied while unpacking (defaults suit a typical web app).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_entries: usize,
+    pub max_total_bytes: u64,
+    /// zstd window log accepted from the blob (memory bound of the decoder).
+    pub window_log_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_entries: 200_000, max_total_bytes: 8 << 30, window_log_max: 24 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("manifest: {0}")]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("read archive: {0}")]
+    Read(#[source] io::Error),
+    #[error("write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("archive entry {path:?}: {why}")]
+    Entry { path: String, why: String },
+    #[error("archive ends before manifest entry {0:?}")]
+    Missing(String),
+    #[error("destination {0} already exists")]
+    Exists(PathBuf),
+}
+
+fn entry_err(path: &str, why: impl Into<String>) -> UnpackError {
+    UnpackError::Entry { path: path.chars().take(200).collect(), why: why.into() }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
+    move |source| UnpackError::Write { path: path.to_path_buf(), source }
+}
+
+/// Unpacks the tar+zstd `blob` described by `manifest` into `dest` (which must not
+/// exist) via a temp dir in the same parent, then renames it into place.
+pub fn unpack_into(blob: impl Read, manifest: &Manifest, dest: &Path, limits: &Limits) -> Result<(), UnpackError> {
+    manifest.validate(limits.max_entries, limits.max_total_bytes)?;
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(UnpackError::Exists(dest.to_path_buf()));
+    }
+    let parent = dest.parent().ok_or_else(|| UnpackError::Exists(dest.to_path_buf()))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    if fs::symlink_metadata(&tmp).is_ok() {
+        fs::remove_dir_all(&tmp).map_err(write_err(&tmp))?;
+    }
+    DirBuilder::new().mode(0o700).create(&tmp).map_err(write_err(&tmp))?;
+    let result = unpack_tree(blob, manifest, &tmp, limits).and_then(|()| {
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(write_err(&tmp))?;
+        fs::rename(&tmp, dest).map_err(write_err(dest))?;
+        fsync_dir(parent)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn unpack_tree(blob: impl Read, manifest: &Manifest, root: &Path, limits: &Limits) -> Result<(), UnpackError> {
+    let mut decoder = zstd::stream::read::Decoder::new(blob).map_err(UnpackError::Read)?;
+    decoder.window_log_max(limits.window_log_max).map_err(UnpackError::Read)?;
+    // The tar reader can never see more than the manifest's content plus headers:
+    // a zstd bomb stops here, not when the disk is full.
+    let header_budget = (manifest.entries.len() as u64 + 8) * 4096;
+    let bound = manifest.content_bytes().saturating_add(header_budget);
+    let mut archive = tar::Archive::new(decoder.take(bound));
+    let mut expected = manifest.entries.iter();
+    let mut dirs = Vec::new();
+
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        let raw_path = entry.path_bytes().into_owned();
+        let path = std::str::from_utf8(&raw_path)
+            .map_err(|_| entry_err(&String::from_utf8_lossy(&raw_path), "path is not UTF-8"))?;
+        let header_type = entry.header().entry_type();
+        let path = if header_type.is_dir() { path.strip_suffix('/').unwrap_or(path) } else { path };
+        let Some(want) = expected.next() else {
+            return Err(entry_err(path, "not in the manifest (archive has more entries)"));
+        };
+        if want.path != path {
+            return Err(entry_err(path, format!("not in the manifest at this position (expected {:?})", want.path)));
+        }
+        let kind = match header_type {
+            tar::EntryType::Regular => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink,
+            tar::EntryType::Link => return Err(entry_err(path, "hardlinks are not allowed")),
+            other => return Err(entry_err(path, format!("entry type {other:?} is not allowed"))),
+        };
+        if kind != want.kind {
+            return Err(entry_err(path, format!("is a {kind:?}, manifest says {:?}", want.kind)));
+        }
+        let mode = entry.header().mode().map_err(UnpackError::Read)?;
+        if mode & 0o7777 != want.mode {
+            return Err(entry_err(path, format!("mode {mode:o} differs from manifest {:o}", want.mode)));
+        }
+        let size = entry.header().size().map_err(UnpackError::Read)?;
+        if size != want.size {
+            return Err(entry_err(path, format!("size {size} differs from manifest {}", want.size)));
+        }
+        let out = root.join(path);
+        match kind {
+            EntryKind::Dir => {
+                DirBuilder::new().mode(0o700).create(&out).map_err(write_err(&out))?;
+                dirs.push((out, want.mode));
+            }
+            EntryKind::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| entry_err(path, "symlink without target"))?
+                    .into_owned();
+                if Some(target.as_slice()) != want.target.as_deref().map(str::as_bytes) {
+                    return Err(entry_err(path, "symlink target differs from manifest"));
+                }
+                let target = std::str::from_utf8(&target).map_err(|_| entry_err(path, "target is not UTF-8"))?;
+                symlink(target, &out).map_err(write_err(&out))?;
+            }
+            EntryKind::File => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(want.mode)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&out)
+                    .map_err(write_err(&out))?;
+                let mut w = HashingWriter::new(file);
+                let copied = io::copy(&mut (&mut entry).take(size), &mut w).map_err(UnpackError::Read)?;
+                let (file, digest, _) = w.finish();
+                if copied != size {
+                    return Err(entry_err(path, "archive truncated inside this file"));
+                }
+                let want_digest = want.sha256.as_deref().unwrap_or_default();
+                if digest != Digest::parse(want_digest).map_err(|e| entry_err(path, e.to_string()))? {
+                    return Err(entry_err(path, format!("content digest {digest} differs from manifest")));
+                }
+                // umask may have masked the create mode; set it exactly.
+                file.set_permissions(fs::Permissions::from_mode(want.mode)).map_err(write_err(&out))?;
+                file.sync_all().map_err(write_err(&out))?;
+            }
+        }
+    }
+    if let Some(missing) = expected.next() {
+        return Err(UnpackError::Missing(missing.path.clone()));
+    }
+    // Directory modes last (deepest first), so a read-only directory can still be
+    // filled; each one fsynced so the tree is durable before the rename.
+    for (dir, mode) in dirs.iter().rev() {
+        fsync_dir(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(write_err(dir))?;
+    }
+    fsync_dir(root)?;
+    Ok(())
+}
+
+/// fsync a directory so renames and creations inside it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), UnpackError> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(write_err(dir))
+}
+
+/// Writes `bytes` to `path` durably: temp file beside it, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::pack_dir;
+    use std::os::unix::fs::symlink;
+
+    fn sample_tree(dir: &Path) {
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::write(dir.join("bin/app"), b"#!/bin/sh\necho hi\n").unwrap();
+        fs::set_permissions(dir.join("bin/app"), fs::Permissions::from_mode(0o775)).unwrap();
+        fs::write(dir.join("slipway.toml"), b"[processes.web]\ncommand = [\"bin/app\"]\n").unwrap();
+        fs::create_dir_all(dir.join("a-b")).unwrap();
+        fs::write(dir.join("a-b/x"), vec![7u8; 100_000]).unwrap();
+        symlink("bin/app", dir.join("run")).unwrap();
+        fs::create_dir_all(dir.join(".git")).unwrap();
+        fs::write(dir.join(".git/HEAD"), b"ref").unwrap();
+    }
+
+    fn packed(dir: &Path) -> (Vec<u8>, Manifest) {
+        let mut blob = Vec::new();
+        let out = pack_dir(dir, &mut blob).unwrap();
+        (blob, out.into_manifest("web", "1.0.0", None))
+    }
+
+    #[test]
+    fn packing_is_deterministic_and_round_trips() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        let (blob1, m1) = packed(&src);
+        // Touch every mtime and repack: same bytes.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(src.join("slipway.toml"), b"[processes.web]\ncommand = [\"bin/app\"]\n").unwrap();
+        let (blob2, m2) = packed(&src);
+        assert_eq!(Digest::of(&blob1), Digest::of(&blob2));
+        assert_eq!(m1.digest(), m2.digest());
+        assert_eq!(m1.blob.digest, Digest::of(&blob1).to_string());
+        assert!(m1.entries.iter().all(|e| !e.path.starts_with(".git")));
+
+        let dest = t.path().join("releases/1.0.0");
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        unpack_into(&blob1[..], &m1, &dest, &Limits::default()).unwrap();
+        assert_eq!(fs::read(dest.join("a-b/x")).unwrap(), vec![7u8; 100_000]);
+        assert_eq!(fs::read_link(dest.join("run")).unwrap(), Path::new("bin/app"));
+        let mode = fs::metadata(dest.join("bin/app")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "modes are normalised");
+    }
+
+    #[test]
+    fn refuses_a_blob_that_differs_from_its_manifest_and_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        let (blob, mut m) = packed(&src);
+        let idx = m.entries.iter().position(|e| e.path == "a-b/x").unwrap();
+        m.entries[idx].sha256 = Some(Digest::of(b"other").to_string());
+        let dest = t.path().join("releases/1.0.0");
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let err = unpack_into(&blob[..], &m, &dest, &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("content digest"), "{err}");
+        assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 0, "no temp dir left behind");
+    }
+
+    #[test]
+    fn refuses_entries_the_manifest_does_not_list() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        let (blob, mut m) = packed(&src);
+        m.entries.retain(|e| e.path != "run");
+        let dest = t.path().join("out");
+        let err = unpack_into(&blob[..], &m, &dest, &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("not in the manifest"), "{err}");
+        assert!(!dest.exists());
+    }
+
+    /// A hand-made hostile archive: the tar crate would silently drop the `..`
+    /// entry; we refuse the whole release instead.
+    #[test]
+    fn refuses_hostile_entries() {
+        let t = tempfile::tempdir().unwrap();
+        for (name, kind) in [("../evil", tar::EntryType::Regular), ("dev", tar::EntryType::Char), ("h", tar::EntryType::Link)] {
+            let mut tarball = Vec::new();
+            {
+                let mut b = tar::Builder::new(&mut tarball);
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_size(0);
+                h.set_mode(0o644);
+                // set_path refuses `..`; write the raw name bytes like an attacker would.
+                let raw = &mut h.as_old_mut().name;
+                raw[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+                b.finish().unwrap();
+            }
+            let blob = zstd::encode_all(&tarball[..], 3).unwrap();
+            let m = Manifest {
+                format: 1,
+                app: "web".into(),
+                version: "1".into(),
+                git_commit: None,
+                blob: crate::manifest::BlobRef { digest: Digest::of(&blob).to_string(), size: blob.len() as u64 },
+                entries: vec![crate::manifest::Entry {
+                    path: "x".into(),
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    size: 0,
+                    sha256: Some(Digest::of(b"").to_string()),
+                    target: None,
+                }],
+            };
+            let dest = t.path().join(format!("out-{}", name.len()));
+            let err = unpack_into(&blob[..], &m, &dest, &Limits::default()).unwrap_err();
+            assert!(matches!(err, UnpackError::Entry { .. }), "{name}: {err}");
+            assert!(!dest.exists());
+            assert!(!t.path().join("evil").exists());
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `Agents`: one long-lived session per host. The agent says hello with what it
+//! runs; the controller pushes the host's desired state whenever it changes and
+//! records every report. Blobs are fetched with resumable, chunked streams.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use artifact::{Digest, NameKind, validate_name};
+use proto::v1::agents_server::Agents;
+use proto::v1::{
+    AgentMessage, AppReport, BlobChunk, ControllerMessage, DesiredApp, DesiredState, FetchBlobRequest, Hello,
+    Welcome, agent_message, controller_message,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::SharedCtx;
+use crate::error::ControllerError;
+use crate::store::HostAppReport;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_APPS_PER_HOST: usize = 256;
+const MAX_TEXT: usize = 4096;
+const MAX_MISSING_NAMES: usize = 256;
+
+pub struct AgentsService {
+    pub ctx: SharedCtx,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn bounded(s: String) -> String {
+    if s.len() <= MAX_TEXT {
+        return s;
+    }
+    let mut cut = MAX_TEXT;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut].to_string()
+}
+
+fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
+    validate_name(NameKind::App, &r.app).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if r.missing_env.len() > MAX_MISSING_NAMES || !r.missing_env.iter().all(|n| artifact::spec::is_env_name(n)) {
+        return Err(Status::invalid_argument("report: missing_env must hold variable names only"));
+    }
+    Ok(HostAppReport {
+        app: r.app,
+        running_version: bounded(r.running_version),
+        running_digest: bounded(r.running_digest),
+        state: r.state,
+        health: r.health,
+        health_reason: bounded(r.health_reason),
+        env_check: r.env_check,
+        missing_env: r.missing_env,
+        last_error: bounded(r.last_error),
+        failed_version: bounded(r.failed_version),
+        failed_digest: bounded(r.failed_digest),
+        generation: r.generation,
+    })
+}
+
+/// The identity a session runs under, fixed by its hello.
+struct SessionHost {
+    tenant: String,
+    host: String,
+    environment: String,
+    apps: Vec<String>,
+}
+
+impl AgentsService {
+    async fn accept_hello(&self, hello: Hello) -> Result<SessionHost, Status> {
+        let store = &self.ctx.store;
+        let tenant = super::tenant_of(&hello.tenant)?;
+        validate_name(NameKind::Host, &hello.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_name(NameKind::Environment, &hello.environment).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if hello.apps.len() > MAX_APPS_PER_HOST {
+            return Err(Status::invalid_argument(format!("at most {MAX_APPS_PER_HOST} apps per host")));
+        }
+        if !store.tenant_exists(&tenant).await.map_err(ControllerError::from)? {
+            return Err(Status::not_found(format!("unknown tenant {tenant:?}")));
+        }
+        if store.environment(&tenant, &hello.environment).await.map_err(ControllerError::from)?.is_none() {
+            return Err(Status::not_found(format!(
+                "unknown environment {:?} for tenant {tenant:?}",
+                hello.environment
+            )));
+        }
+        store
+            .upsert_host(&tenant, &hello.host, &hello.environment, &bounded(hello.agent_version))
+            .await
+            .map_err(ControllerError::from)?;
+        let mut apps = Vec::new();
+        for r in hello.apps {
+            let report = report_from_proto(r)?;
+            apps.push(report.app.clone());
+            store.record_report(&tenant, &hello.host, &report).await.map_err(ControllerError::from)?;
+        }
+        store.retain_host_apps(&tenant, &hello.host, &apps).await.map_err(ControllerError::from)?;
+        Ok(SessionHost { tenant, host: hello.host, environment: hello.environment, apps })
+    }
+
+    async fn desired_for(&self, h: &SessionHost) -> Result<DesiredState, ControllerError> {
+        let rows = self.ctx.store.desired_for(&h.tenant, &h.environment, &h.apps).await?;
+        Ok(DesiredState {
+            apps: rows
+                .into_iter()
+                .map(|d| DesiredApp {
+                    app: d.app,
+                    version: d.version,
+                    manifest_digest: d.manifest_digest,
+                    blob_digest: d.blob_digest,
+                    blob_size: d.blob_size,
+                    manifest: d.manifest,
+                    generation: d.generation,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Agents for AgentsService {
+    type SessionStream = BoxStream<ControllerMessage>;
+    type FetchBlobStream = BoxStream<BlobChunk>;
+
+    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??;
+        let Some(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("a session must start with hello"));
+        };
+        let host = self.accept_hello(hello).await?;
+        let session_id = self.ctx.hub.connect(&host.tenant, &host.host);
+        tracing::info!(tenant = %host.tenant, host = %host.host, env = %host.environment, %peer, "agent connected");
+
+        let (tx, rx) = mpsc::channel::<Result<ControllerMessage, Status>>(8);
+        let welcome = ControllerMessage {
+            msg: Some(controller_message::Msg::Welcome(Welcome { heartbeat_secs: self.ctx.heartbeat_secs })),
+        };
+        tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("agent went away"))?;
+
+        let svc = AgentsService { ctx: self.ctx.clone() };
+        let mut desired_rx = self.ctx.hub.subscribe();
+        let shutdown = self.ctx.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last_sent: Option<Vec<(String, u64)>> = None;
+            // Mark the current value seen: the first push happens below regardless.
+            desired_rx.borrow_and_update();
+            let mut push = true;
+            loop {
+                if push {
+                    push = false;
+                    match svc.desired_for(&host).await {
+                        Ok(state) => {
+                            let key: Vec<(String, u64)> = state.apps.iter().map(|a| (a.app.clone(), a.generation)).collect();
+                            if last_sent.as_ref() != Some(&key) {
+                                let msg = ControllerMessage { msg: Some(controller_message::Msg::Desired(state)) };
+                                if tx.send(Ok(msg)).await.is_err() {
+                                    break;
+                                }
+                                last_sent = Some(key);
+                            }
+                        }
+                        Err(e) => tracing::error!(host = %host.host, error = %e, "computing desired state failed"),
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = desired_rx.changed() => {
+                        if changed.is_err() { break; }
+                        push = true;
+                    }
+                    msg = inbound.message() => match msg {
+                        Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Report(r)) })) => {
+                            match report_from_proto(r) {
+                                Ok(report) => {
+                                    if !host.apps.contains(&report.app) {
+                                        tracing::warn!(host = %host.host, app = %report.app, "report for an app the host did not announce");
+                                        continue;
+                                    }
+                                    if let Err(e) = svc.ctx.store.record_report(&host.tenant, &host.host, &report).await {
+                                        tracing::error!(error = %e, "recording report failed");
+                                    }
+                                }
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(Some(_)) => {
+                            if let Err(e) = svc.ctx.store.touch_host(&host.tenant, &host.host).await {
+                                tracing::error!(error = %e, "recording heartbeat failed");
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+                if !svc.ctx.hub.is_current(&host.tenant, &host.host, session_id) {
+                    tracing::info!(host = %host.host, "session replaced by a newer one");
+                    break;
+                }
+            }
+            svc.ctx.hub.disconnect(&host.tenant, &host.host, session_id);
+            tracing::info!(tenant = %host.tenant, host = %host.host, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_blob(&self, req: Request<FetchBlobRequest>) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let req = req.into_inner();
+        let digest = Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let size = self
+            .ctx
+            .store
+            .blob_size(&req.digest)
+            .await
+            .map_err(ControllerError::from)?
+            .ok_or_else(|| Status::not_found(format!("no blob {digest}")))?;
+        if req.offset > size {
+            return Err(Status::out_of_range(format!("offset {} is past the end of {digest} ({size} bytes)", req.offset)));
+        }
+        let path = self.ctx.blobs.path(&digest);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "blob listed in the store but unreadable");
+            Status::not_found(format!("no blob {digest}"))
+        })?;
+        file.seek(std::io::SeekFrom::Start(req.offset)).await.map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut remaining = size - req.offset;
+            while remaining > 0 {
+                let mut buf = vec![0u8; proto::CHUNK_BYTES.min(remaining as usize)];
+                match file.read_exact(&mut buf).await {
+                    Ok(_) => {
+                        remaining -= buf.len() as u64;
+                        if tx.send(Ok(BlobChunk { data: buf })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("reading blob {digest}: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,193 @@
+//! `Releases`: which blobs are missing, streamed uploads, release registration.
+
+use artifact::{Digest, Manifest};
+use proto::v1::releases_server::Releases;
+use proto::v1::{
+    CreateReleaseRequest, CreateReleaseResponse, EnvDesired, ListReleasesRequest, ListReleasesResponse,
+    MissingBlobsRequest, MissingBlobsResponse, Release, UploadBlobRequest, UploadBlobResponse, upload_blob_request,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{SharedCtx, caller, tenant_of};
+use crate::error::ControllerError;
+use crate::store::{ReleaseRow, now};
+
+/// Bounds on what a manifest may describe.
+pub const MAX_ENTRIES: usize = 200_000;
+pub const MAX_DIGESTS_PER_QUERY: usize = 1024;
+/// Unpacked content a release may describe (agents apply their own limit too).
+pub const MAX_CONTENT_BYTES: u64 = 64 << 30;
+
+pub struct ReleasesService {
+    pub ctx: SharedCtx,
+}
+
+fn release_to_proto(r: ReleaseRow) -> Release {
+    Release {
+        app: r.app,
+        version: r.version,
+        manifest_digest: r.manifest_digest,
+        blob_digest: r.blob_digest,
+        blob_size: r.blob_size,
+        git_commit: r.git_commit.unwrap_or_default(),
+        created_at: r.created_at,
+        entries: r.entries,
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ControllerError> {
+    Digest::parse(s).map_err(|e| ControllerError::InvalidArgument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Releases for ReleasesService {
+    async fn missing_blobs(&self, req: Request<MissingBlobsRequest>) -> Result<Response<MissingBlobsResponse>, Status> {
+        let req = req.into_inner();
+        if req.digests.len() > MAX_DIGESTS_PER_QUERY {
+            return Err(Status::invalid_argument(format!("at most {MAX_DIGESTS_PER_QUERY} digests per query")));
+        }
+        let mut missing = Vec::new();
+        for d in req.digests {
+            let digest = parse_digest(&d)?;
+            let known = self.ctx.store.blob_size(&d).await.map_err(ControllerError::from)?.is_some();
+            if !known || !self.ctx.blobs.exists(&digest) {
+                missing.push(d);
+            }
+        }
+        Ok(Response::new(MissingBlobsResponse { missing }))
+    }
+
+    async fn upload_blob(&self, req: Request<Streaming<UploadBlobRequest>>) -> Result<Response<UploadBlobResponse>, Status> {
+        let (actor, peer) = caller(&req);
+        let mut stream = req.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("empty upload"));
+        };
+        let Some(upload_blob_request::Part::Header(header)) = first.part else {
+            return Err(Status::invalid_argument("upload must start with a header"));
+        };
+        let tenant = tenant_of(&header.tenant)?;
+        let digest = parse_digest(&header.digest)?;
+        if header.size > self.ctx.max_blob_bytes {
+            return Err(Status::invalid_argument(format!(
+                "blob of {} bytes is larger than this controller accepts ({} bytes)",
+                header.size, self.ctx.max_blob_bytes
+            )));
+        }
+        if self.ctx.blobs.exists(&digest) && self.ctx.store.blob_size(&header.digest).await.map_err(ControllerError::from)?.is_some() {
+            return Ok(Response::new(UploadBlobResponse { digest: header.digest, size: header.size, already_present: true }));
+        }
+        let mut upload = self.ctx.blobs.begin(digest.clone(), header.size).await.map_err(ControllerError::from)?;
+        while let Some(msg) = stream.message().await? {
+            match msg.part {
+                Some(upload_blob_request::Part::Chunk(bytes)) => upload.write(&bytes).await.map_err(ControllerError::from)?,
+                _ => return Err(Status::invalid_argument("upload: a second header in the stream")),
+            }
+        }
+        let result = upload.commit().await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let _ = self
+            .ctx
+            .store
+            .audit(&tenant, &actor, "upload", "", "", &digest.to_string(), &outcome, &peer)
+            .await;
+        let size = result.map_err(ControllerError::from)?;
+        self.ctx.store.insert_blob(&header.digest, size).await.map_err(ControllerError::from)?;
+        tracing::info!(digest = %digest, size, "blob stored");
+        Ok(Response::new(UploadBlobResponse { digest: header.digest, size, already_present: false }))
+    }
+
+    async fn create_release(&self, req: Request<CreateReleaseRequest>) -> Result<Response<CreateReleaseResponse>, Status> {
+        let (actor, peer) = caller(&req);
+        let req = req.into_inner();
+        let tenant = tenant_of(&req.tenant)?;
+        let parsed = Manifest::from_canonical_bytes(&req.manifest, MAX_ENTRIES, MAX_CONTENT_BYTES)
+            .map_err(|e| ControllerError::InvalidArgument(format!("invalid manifest: {e}")));
+        let (app, version) = match &parsed {
+            Ok(m) => (m.app.clone(), m.version.clone()),
+            Err(_) => (String::new(), String::new()),
+        };
+        let result = match parsed {
+            Ok(m) => self.create(&tenant, &m, &req.manifest).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok((_, true)) => "ok (already published)".to_string(),
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let _ = self.ctx.store.audit(&tenant, &actor, "publish", &app, "", &version, &outcome, &peer).await;
+        let (release, already_present) = result?;
+        Ok(Response::new(CreateReleaseResponse { release: Some(release_to_proto(release)), already_present }))
+    }
+
+    async fn list_releases(&self, req: Request<ListReleasesRequest>) -> Result<Response<ListReleasesResponse>, Status> {
+        let req = req.into_inner();
+        let tenant = tenant_of(&req.tenant)?;
+        let store = &self.ctx.store;
+        if !store.app_exists(&tenant, &req.app).await.map_err(ControllerError::from)? {
+            return Err(ControllerError::NotFound(format!("unknown app {:?}: publish a release first", req.app)).into());
+        }
+        let releases = store.releases(&tenant, &req.app).await.map_err(ControllerError::from)?;
+        let mut desired = Vec::new();
+        for (env, _) in store.environments(&tenant).await.map_err(ControllerError::from)? {
+            if let Some((version, _)) = store.desired(&tenant, &req.app, &env).await.map_err(ControllerError::from)? {
+                desired.push(EnvDesired { environment: env, version });
+            }
+        }
+        Ok(Response::new(ListReleasesResponse { releases: releases.into_iter().map(release_to_proto).collect(), desired }))
+    }
+}
+
+impl ReleasesService {
+    async fn create(&self, tenant: &str, manifest: &Manifest, bytes: &[u8]) -> Result<(ReleaseRow, bool), ControllerError> {
+        let store = &self.ctx.store;
+        if !store.tenant_exists(tenant).await? {
+            return Err(ControllerError::NotFound(format!("unknown tenant {tenant:?}")));
+        }
+        let blob = manifest.blob_digest().map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        match store.blob_size(&manifest.blob.digest).await? {
+            Some(size) if size == manifest.blob.size && self.ctx.blobs.exists(&blob) => {}
+            Some(size) if size != manifest.blob.size => {
+                return Err(ControllerError::InvalidArgument(format!(
+                    "manifest says blob {blob} has {} bytes but the stored blob has {size}",
+                    manifest.blob.size
+                )));
+            }
+            _ => {
+                return Err(ControllerError::FailedPrecondition(format!("blob {blob} has not been uploaded")));
+            }
+        }
+        let row = ReleaseRow {
+            app: manifest.app.clone(),
+            version: manifest.version.clone(),
+            manifest_digest: manifest.digest().to_string(),
+            blob_digest: manifest.blob.digest.clone(),
+            blob_size: manifest.blob.size,
+            git_commit: manifest.git_commit.clone(),
+            entries: manifest.entries.len() as u32,
+            created_at: now(),
+        };
+        let (stored, existed) = store.insert_release(tenant, &row, bytes).await?;
+        if existed && stored.manifest_digest != row.manifest_digest {
+            return Err(ControllerError::AlreadyExists(format!(
+                "{} {} is already published with different content ({} vs {}): versions are immutable, publish a new version",
+                row.app,
+                row.version,
+                short(&stored.manifest_digest),
+                short(&row.manifest_digest)
+            )));
+        }
+        if !existed {
+            tracing::info!(tenant, app = %row.app, version = %row.version, digest = %row.manifest_digest, "release created");
+        }
+        Ok((stored, existed))
+    }
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(19)]
+}
