@@ -1,0 +1,544 @@
+//! One app on this host: its reconcile loop and deploy state machine.
+//!
+//! Desired release differs from running → verify manifest → fetch → unpack →
+//! link shared → prepare hook → flip `current` → restart → health (HTTP ready,
+//! process up, right release, env names, held for a minimum time) → healthy, or
+//! flip back, restart the previous release and report `rolled_back`. A release
+//! that failed is not tried again until its generation changes (new deploy or
+//! retry), so a broken release never flaps.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use artifact::{Digest, Manifest, ReleaseSpec};
+use proto::v1::DesiredApp;
+use proto::v1::agents_client::AgentsClient;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::config::AppConfig;
+use crate::health::{self, Verdict};
+use crate::install;
+use crate::lock::AppLock;
+use crate::paths::AppPaths;
+use crate::state::{AppStatus, EnvState, FailedRelease, HealthState, State, log_step};
+use crate::supervisor::{self, ProcRecord};
+
+const MONITOR_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Shared view of every app's status, read by the session to report upstream.
+pub type Board = watch::Sender<BTreeMap<String, AppStatus>>;
+
+/// Why a deploy attempt stopped.
+enum Outcome {
+    Done,
+    /// Worth retrying as is (controller unreachable, lock busy): not the release's fault.
+    Transient(String),
+}
+
+pub struct AppRunner {
+    name: String,
+    cfg: AppConfig,
+    paths: AppPaths,
+    blob_cache: PathBuf,
+    status: AppStatus,
+    procs: Vec<ProcRecord>,
+    board: Board,
+    channel: watch::Receiver<Option<Channel>>,
+    restarts: u32,
+    next_restart: Option<Instant>,
+}
+
+impl AppRunner {
+    pub fn new(
+        name: String,
+        cfg: AppConfig,
+        state_dir: &Path,
+        board: Board,
+        channel: watch::Receiver<Option<Channel>>,
+    ) -> std::io::Result<Self> {
+        let paths = AppPaths::new(state_dir, &name);
+        paths.create()?;
+        let mut status = AppStatus::load(&paths.status).unwrap_or_default();
+        status.app = name.clone();
+        Ok(Self {
+            name,
+            cfg,
+            blob_cache: crate::paths::blob_cache(state_dir),
+            paths,
+            status,
+            procs: Vec::new(),
+            board,
+            channel,
+            restarts: 0,
+            next_restart: None,
+        })
+    }
+
+    /// Writes status.json and tells the session.
+    fn publish(&mut self) {
+        self.status.updated_at = crate::state::now();
+        if let Err(e) = self.status.save(&self.paths.status) {
+            tracing::warn!(app = %self.name, error = %e, "cannot write status.json");
+        }
+        let s = self.status.clone();
+        self.board.send_modify(|b| {
+            b.insert(s.app.clone(), s);
+        });
+    }
+
+    fn log(&self, version: &str, step: &str, outcome: &str, detail: &str) {
+        log_step(&self.paths.deploy_log, &self.name, version, step, outcome, detail);
+    }
+
+    pub async fn run(mut self, mut desired: watch::Receiver<Option<DesiredApp>>, shutdown: CancellationToken) {
+        self.start_up().await;
+        let mut retry_after: Option<Instant> = None;
+        loop {
+            let want = desired.borrow_and_update().clone();
+            if let Some(d) = want
+                && retry_after.is_none_or(|t| Instant::now() >= t)
+                && self.needs_deploy(&d)
+            {
+                match self.deploy(&d).await {
+                    Outcome::Done => retry_after = None,
+                    Outcome::Transient(why) => {
+                        tracing::warn!(app = %self.name, version = %d.version, reason = %why, "deploy postponed");
+                        retry_after = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+                continue;
+            }
+            let wake = retry_after.unwrap_or_else(|| Instant::now() + MONITOR_EVERY);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = desired.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(wake.min(Instant::now() + MONITOR_EVERY)) => self.monitor().await,
+            }
+        }
+        // Apps outlive the agent: leave processes running for the next agent to adopt.
+        tracing::info!(app = %self.name, "app runner stopped; processes keep running");
+    }
+
+    fn needs_deploy(&mut self, d: &DesiredApp) -> bool {
+        if self.status.running_digest.as_deref() == Some(d.manifest_digest.as_str()) {
+            if self.status.generation != d.generation {
+                self.status.generation = d.generation;
+                self.publish();
+            }
+            return false;
+        }
+        !matches!(&self.status.failed, Some(f) if f.digest == d.manifest_digest && f.generation == d.generation)
+    }
+
+    /// At agent start: adopt the processes of `current` if they still run,
+    /// otherwise start them again. Never redeploys.
+    async fn start_up(&mut self) {
+        let adopted = supervisor::adopt(&self.paths);
+        let Some(version) = self.paths.current_version() else {
+            for p in &adopted {
+                supervisor::stop(&self.paths, p, self.grace()).await;
+            }
+            self.status.running_version = None;
+            self.status.running_digest = None;
+            self.publish();
+            return;
+        };
+        if self.status.running_version.as_deref() != Some(version.as_str()) {
+            // status.json is behind the disk (agent killed mid-flip): trust the link.
+            self.status.running_version = Some(version.clone());
+            self.status.running_digest = None;
+        }
+        let release = self.paths.release(&version);
+        let spec = match ReleaseSpec::load(&release) {
+            Ok(s) => s,
+            Err(e) => {
+                self.status.health = HealthState::Unhealthy;
+                self.status.health_reason = format!("current release unreadable: {e}");
+                self.publish();
+                return;
+            }
+        };
+        let complete = spec.processes.keys().all(|p| adopted.iter().any(|r| &r.process == p && r.version == version));
+        if complete && adopted.len() == spec.processes.len() {
+            tracing::info!(app = %self.name, %version, "adopted running processes");
+            self.log(&version, "adopt", "ok", "");
+            self.procs = adopted;
+        } else {
+            for p in &adopted {
+                supervisor::stop(&self.paths, p, self.grace()).await;
+            }
+            match self.start_processes(&spec, &version) {
+                Ok(procs) => {
+                    self.procs = procs;
+                    self.log(&version, "start", "ok", "processes were not running");
+                }
+                Err(e) => self.log(&version, "start", "failed", &e),
+            }
+        }
+        self.monitor().await;
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.cfg.stop_grace_secs)
+    }
+
+    /// The environment processes and hooks run with: a minimal base, the host's env
+    /// files in order (last wins), then what Slipway sets.
+    fn app_env(&self, version: &str) -> Result<BTreeMap<String, String>, String> {
+        let mut env = BTreeMap::new();
+        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        let files: Vec<PathBuf> = if self.cfg.env_files.is_empty() {
+            let default = self.paths.shared.join(".env");
+            if default.is_file() { vec![default] } else { vec![] }
+        } else {
+            self.cfg.env_files.clone()
+        };
+        env.extend(crate::envfile::load_layers(&files).map_err(|e| e.to_string())?);
+        if let Some(port) = self.cfg.port {
+            env.insert("PORT".into(), port.to_string());
+        }
+        env.insert("SLIPWAY_APP".into(), self.name.clone());
+        env.insert("SLIPWAY_VERSION".into(), version.into());
+        Ok(env)
+    }
+
+    fn start_processes(&self, spec: &ReleaseSpec, version: &str) -> Result<Vec<ProcRecord>, String> {
+        let env = self.app_env(version)?;
+        let mut procs = Vec::new();
+        for (name, p) in &spec.processes {
+            match supervisor::start(&self.paths, name, version, &p.command, &env) {
+                Ok(r) => procs.push(r),
+                Err(e) => {
+                    // Leave nothing half-started.
+                    for r in &procs {
+                        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(r.pid), nix::sys::signal::SIGKILL);
+                    }
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(procs)
+    }
+
+    async fn stop_all(&mut self) {
+        for p in std::mem::take(&mut self.procs) {
+            supervisor::stop(&self.paths, &p, self.grace()).await;
+        }
+    }
+
+    fn http_target<'a>(&self, spec: &'a artifact::spec::ProcessSpec) -> Option<(u16, &'a str)> {
+        match (&spec.health.http, self.cfg.port) {
+            (Some(path), Some(port)) => Some((port, path.as_str())),
+            _ => None,
+        }
+    }
+
+    /// Waits for every process to pass, then requires that they keep passing for
+    /// the minimum healthy time. Err carries the reason (naming missing env vars).
+    async fn wait_healthy(&self, spec: &ReleaseSpec, version: &str) -> Result<(), String> {
+        let release = self.paths.release(version);
+        for rec in &self.procs {
+            let Some(ps) = spec.processes.get(&rec.process) else { continue };
+            let deadline = Instant::now() + Duration::from_secs(ps.health.timeout_secs);
+            loop {
+                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
+                    Verdict::Healthy => break,
+                    Verdict::Failed { reason, .. } => return Err(reason),
+                    Verdict::NotReady(why) if Instant::now() >= deadline => {
+                        return Err(format!("not ready within {}s: {why}", ps.health.timeout_secs));
+                    }
+                    Verdict::NotReady(_) => tokio::time::sleep(CHECK_EVERY).await,
+                }
+            }
+        }
+        let hold = spec.processes.values().map(|p| p.health.min_healthy_secs).max().unwrap_or(0);
+        let until = Instant::now() + Duration::from_secs(hold);
+        while Instant::now() < until {
+            tokio::time::sleep(CHECK_EVERY * 2).await;
+            for rec in &self.procs {
+                let Some(ps) = spec.processes.get(&rec.process) else { continue };
+                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
+                    Verdict::Healthy => {}
+                    Verdict::Failed { reason: why, .. } | Verdict::NotReady(why) => {
+                        return Err(format!("during the {hold}s minimum healthy time: {why}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The deploy state machine for one desired release.
+    async fn deploy(&mut self, d: &DesiredApp) -> Outcome {
+        let version = d.version.clone();
+        // 0. The manifest must be the one the controller named, for this app.
+        let manifest = match self.verify_manifest(d) {
+            Ok(m) => m,
+            Err(why) => return self.refuse(d, "verify", why).await,
+        };
+        let _lock = match AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await {
+            Ok(l) => l,
+            Err(e) => return Outcome::Transient(e.to_string()),
+        };
+        tracing::info!(app = %self.name, %version, generation = d.generation, "deploying");
+
+        // 1. Fetch.
+        self.set_state(State::Fetching);
+        let Some(channel) = self.channel.borrow().clone() else {
+            return Outcome::Transient("controller not connected".into());
+        };
+        let blob_digest = match Digest::parse(&d.blob_digest) {
+            Ok(b) => b,
+            Err(e) => return self.refuse(d, "fetch", e.to_string()).await,
+        };
+        let mut client = AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+        let blob = match crate::fetch::fetch_blob(&mut client, &self.blob_cache, &blob_digest, d.blob_size).await {
+            Ok(p) => p,
+            Err(crate::fetch::FetchError::Rpc { status, .. }) if status.code() != tonic::Code::NotFound => {
+                self.set_state(State::Idle);
+                return Outcome::Transient(format!("fetch: {}", status.message()));
+            }
+            Err(e) => return self.refuse(d, "fetch", e.to_string()).await,
+        };
+        self.log(&version, "fetch", "ok", &d.blob_digest);
+
+        // 2. Install beside the running release; it stays untouched until the flip.
+        self.set_state(State::Installing);
+        let release = match install::unpack_release(&self.paths, &blob, &manifest).await {
+            Ok(p) => p,
+            Err(e) => {
+                // A corrupt cached blob must not poison the next attempt.
+                if matches!(e, install::InstallError::Unpack(_)) {
+                    let _ = std::fs::remove_file(&blob);
+                }
+                return self.refuse(d, "unpack", e.to_string()).await;
+            }
+        };
+        self.log(&version, "unpack", "ok", &format!("{} entries", manifest.entries.len()));
+        let spec = match ReleaseSpec::load(&release) {
+            Ok(s) => s,
+            Err(e) => return self.abandon(d, &release, "spec", e.to_string()).await,
+        };
+        if let Err(e) = install::link_shared(&self.paths, &release, &spec.shared.files, &spec.shared.dirs) {
+            return self.abandon(d, &release, "link_shared", e.to_string()).await;
+        }
+        if let Some(hook) = &spec.hooks.prepare {
+            let env = match self.app_env(&version) {
+                Ok(e) => e,
+                Err(e) => return self.abandon(d, &release, "prepare", e).await,
+            };
+            match install::run_hook(hook, &release, &env).await {
+                Ok(out) => self.log(&version, "prepare", "ok", out.trim()),
+                Err(e) => return self.abandon(d, &release, "prepare", e.to_string()).await,
+            }
+        }
+
+        // 3. Activate: flip, restart.
+        self.set_state(State::Activating);
+        let previous = self.paths.current_version().filter(|v| v != &version);
+        let previous_digest = self.status.running_digest.clone();
+        self.stop_all().await;
+        if let Err(e) = install::flip_current(&self.paths, &version) {
+            return self.roll_back(d, previous, previous_digest, format!("flip current: {e}")).await;
+        }
+        self.log(&version, "flip", "ok", "");
+        match self.start_processes(&spec, &version) {
+            Ok(p) => self.procs = p,
+            Err(e) => return self.roll_back(d, previous, previous_digest, e).await,
+        }
+
+        // 4. Health.
+        if let Err(reason) = self.wait_healthy(&spec, &version).await {
+            return self.roll_back(d, previous, previous_digest, reason).await;
+        }
+        self.log(&version, "health", "ok", "");
+        let s = &mut self.status;
+        s.running_version = Some(version.clone());
+        s.running_digest = Some(d.manifest_digest.clone());
+        s.state = State::Healthy;
+        s.health = HealthState::Healthy;
+        s.health_reason.clear();
+        s.env_check = EnvState::Ok;
+        s.missing_env.clear();
+        s.last_error.clear();
+        s.failed = None;
+        s.generation = d.generation;
+        s.history.retain(|v| v != &version);
+        s.history.push(version.clone());
+        let protect: Vec<&str> = [Some(version.as_str()), previous.as_deref()].into_iter().flatten().collect();
+        let removed = install::prune(&self.paths, &self.status.history, self.cfg.keep_releases, &protect);
+        self.status.history.retain(|v| !removed.contains(v));
+        if !removed.is_empty() {
+            self.log(&version, "prune", "ok", &removed.join(", "));
+        }
+        self.restarts = 0;
+        self.publish();
+        self.log(&version, "deploy", "healthy", "");
+        Outcome::Done
+    }
+
+    fn verify_manifest(&self, d: &DesiredApp) -> Result<Manifest, String> {
+        let got = Digest::of(&d.manifest);
+        if got.to_string() != d.manifest_digest {
+            return Err(format!("manifest bytes hash to {got}, not {}", d.manifest_digest));
+        }
+        let limits = artifact::Limits::default();
+        let m = Manifest::from_canonical_bytes(&d.manifest, limits.max_entries, limits.max_total_bytes)
+            .map_err(|e| format!("manifest: {e}"))?;
+        if m.app != self.name || m.version != d.version || m.blob.digest != d.blob_digest || m.blob.size != d.blob_size {
+            return Err("manifest does not describe the desired release".into());
+        }
+        Ok(m)
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.status.state = state;
+        self.publish();
+    }
+
+    /// Marks the release failed for this generation without touching what runs.
+    async fn refuse(&mut self, d: &DesiredApp, step: &str, reason: String) -> Outcome {
+        self.log(&d.version, step, "failed", &reason);
+        tracing::error!(app = %self.name, version = %d.version, step, reason = %reason, "deploy failed; old release keeps serving");
+        self.status.failed = Some(FailedRelease {
+            version: d.version.clone(),
+            digest: d.manifest_digest.clone(),
+            generation: d.generation,
+            reason: reason.clone(),
+        });
+        self.status.last_error = format!("{} {step}: {reason}", d.version);
+        self.status.generation = d.generation;
+        self.status.state = if self.status.running_version.is_some() { State::RolledBack } else { State::Failed };
+        self.publish();
+        Outcome::Done
+    }
+
+    /// Like `refuse`, and removes the half-installed release dir.
+    async fn abandon(&mut self, d: &DesiredApp, release: &Path, step: &str, reason: String) -> Outcome {
+        if self.paths.current_version().as_deref() != Some(d.version.as_str()) {
+            let _ = tokio::fs::remove_dir_all(release).await;
+        }
+        self.refuse(d, step, reason).await
+    }
+
+    /// After the flip: put the previous release back and report why.
+    async fn roll_back(
+        &mut self,
+        d: &DesiredApp,
+        previous: Option<String>,
+        previous_digest: Option<String>,
+        reason: String,
+    ) -> Outcome {
+        self.log(&d.version, "health", "failed", &reason);
+        self.stop_all().await;
+        // Missing env names travel in the reason; env_check and missing_env keep
+        // describing the release that runs.
+        self.status.failed = Some(FailedRelease {
+            version: d.version.clone(),
+            digest: d.manifest_digest.clone(),
+            generation: d.generation,
+            reason: reason.clone(),
+        });
+        self.status.generation = d.generation;
+        self.status.last_error = format!("{}: {reason}", d.version);
+        let Some(prev) = previous else {
+            install::clear_current(&self.paths);
+            self.status.running_version = None;
+            self.status.running_digest = None;
+            self.status.state = State::Failed;
+            self.status.health = HealthState::Unhealthy;
+            self.status.health_reason = reason;
+            self.publish();
+            self.log(&d.version, "deploy", "failed", "no previous release to roll back to");
+            return Outcome::Done;
+        };
+        let restored = async {
+            install::flip_current(&self.paths, &prev).map_err(|e| e.to_string())?;
+            let spec = ReleaseSpec::load(&self.paths.release(&prev)).map_err(|e| e.to_string())?;
+            self.procs = self.start_processes(&spec, &prev)?;
+            self.wait_healthy(&spec, &prev).await
+        }
+        .await;
+        self.status.running_version = Some(prev.clone());
+        self.status.running_digest = previous_digest;
+        match restored {
+            Ok(()) => {
+                self.status.state = State::RolledBack;
+                self.status.health = HealthState::Healthy;
+                self.status.health_reason.clear();
+                self.status.env_check = EnvState::Ok;
+                self.status.missing_env.clear();
+                self.log(&d.version, "rollback", "ok", &format!("back on {prev}"));
+                tracing::warn!(app = %self.name, failed = %d.version, running = %prev, reason = %self.status.last_error, "rolled back");
+            }
+            Err(e) => {
+                self.status.state = State::Failed;
+                self.status.health = HealthState::Unhealthy;
+                self.status.health_reason = format!("previous release {prev} is unhealthy too: {e}");
+                self.log(&d.version, "rollback", "failed", &self.status.health_reason.clone());
+                tracing::error!(app = %self.name, reason = %self.status.health_reason, "rollback did not restore a healthy release");
+            }
+        }
+        self.publish();
+        Outcome::Done
+    }
+
+    /// Periodic check of what runs: restarts crashed processes with backoff and
+    /// keeps health and env check current.
+    async fn monitor(&mut self) {
+        let Some(version) = self.status.running_version.clone() else { return };
+        let release = self.paths.release(&version);
+        let Ok(spec) = ReleaseSpec::load(&release) else { return };
+        let mut verdict = (HealthState::Healthy, String::new(), EnvState::Ok, Vec::new());
+        let mut dead = false;
+        for rec in &self.procs {
+            let Some(ps) = spec.processes.get(&rec.process) else { continue };
+            match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
+                Verdict::Healthy => {}
+                Verdict::NotReady(why) => verdict = (HealthState::Unhealthy, why, verdict.2, verdict.3.clone()),
+                Verdict::Failed { reason, missing_env } => {
+                    dead |= !rec.alive();
+                    let env = if missing_env.is_empty() { verdict.2 } else { EnvState::Missing };
+                    verdict = (HealthState::Unhealthy, reason, env, missing_env);
+                }
+            }
+        }
+        if self.procs.is_empty() {
+            dead = true;
+            verdict = (HealthState::Unhealthy, "not running".into(), EnvState::Unknown, vec![]);
+        }
+        if dead && self.next_restart.is_none_or(|t| Instant::now() >= t) {
+            self.stop_all().await;
+            match self.start_processes(&spec, &version) {
+                Ok(p) => {
+                    self.procs = p;
+                    self.restarts += 1;
+                    self.log(&version, "restart", "ok", &verdict.1);
+                }
+                Err(e) => self.log(&version, "restart", "failed", &e),
+            }
+            let backoff = Duration::from_secs(1u64 << self.restarts.min(6));
+            self.next_restart = Some(Instant::now() + backoff);
+        }
+        let s = &self.status;
+        if (s.health, &s.health_reason, s.env_check, &s.missing_env) == (verdict.0, &verdict.1, verdict.2, &verdict.3)
+            && s.state != State::Idle
+        {
+            return;
+        }
+        self.status.state = match (self.status.state, verdict.0) {
+            (State::Healthy | State::Idle, HealthState::Unhealthy) => State::Unhealthy,
+            (State::Unhealthy | State::Idle, HealthState::Healthy) => State::Healthy,
+            (state, _) => state,
+        };
+        (self.status.health, self.status.health_reason, self.status.env_check, self.status.missing_env) = verdict;
+        self.publish();
+    }
+}

@@ -1,0 +1,104 @@
+//! Reads host env files (`KEY=VALUE` lines, `export` prefix, quotes, comments)
+//! into the environment the app runs with. Values stay in memory on this host:
+//! they are never logged, reported or written anywhere else.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const MAX_ENV_FILE_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    #[error("env file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("env file {path}: larger than 1 MiB")]
+    TooLarge { path: String },
+    #[error("env file {path} line {line}: {why}")]
+    Syntax { path: String, line: usize, why: &'static str },
+}
+
+/// Merges the files in order: a later file overrides an earlier one.
+pub fn load_layers(files: &[impl AsRef<Path>]) -> Result<BTreeMap<String, String>, EnvFileError> {
+    let mut vars = BTreeMap::new();
+    for f in files {
+        let path = f.as_ref();
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| EnvFileError::Read { path: shown.clone(), source })?;
+        if meta.len() > MAX_ENV_FILE_BYTES {
+            return Err(EnvFileError::TooLarge { path: shown });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| EnvFileError::Read { path: shown.clone(), source })?;
+        for (k, v) in parse(&text, &shown)? {
+            vars.insert(k, v);
+        }
+    }
+    Ok(vars)
+}
+
+pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, EnvFileError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let err = |why| EnvFileError::Syntax { path: path.to_string(), line: i + 1, why };
+        let (key, value) = line.split_once('=').ok_or_else(|| err("expected KEY=VALUE"))?;
+        let key = key.trim();
+        if !artifact::spec::is_env_name(key) {
+            return Err(err("invalid variable name"));
+        }
+        let value = value.trim();
+        let value = if value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"')) || (value.starts_with('\'') && value.ends_with('\'')))
+        {
+            &value[1..value.len() - 1]
+        } else {
+            value
+        };
+        out.push((key.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_forms() {
+        let text = "# db\nDATABASE_URL=postgres://x\nexport A='1 2'\nB=\"q\"\n\nEMPTY=\n";
+        let v = parse(text, ".env").unwrap();
+        assert_eq!(
+            v,
+            vec![
+                ("DATABASE_URL".into(), "postgres://x".into()),
+                ("A".into(), "1 2".into()),
+                ("B".into(), "q".into()),
+                ("EMPTY".into(), "".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_line_but_never_the_value() {
+        let e = parse("OK=1\nSECRET-KEY=hunter2\n", "/etc/app.env").unwrap_err().to_string();
+        assert_eq!(e, "env file /etc/app.env line 2: invalid variable name");
+        assert!(!e.contains("hunter2"));
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "X=1\nY=1\n").unwrap();
+        std::fs::write(d.path().join("b"), "X=2\n").unwrap();
+        let v = load_layers(&[d.path().join("a"), d.path().join("b")]).unwrap();
+        assert_eq!(v["X"], "2");
+        assert_eq!(v["Y"], "1");
+    }
+}

@@ -1,0 +1,105 @@
+//! Fetches a release blob into the host's cache: streamed to `<hex>.partial`,
+//! resumed from its length after a cut, hashed while writing, and renamed to
+//! `<hex>` only when size and sha256 match.
+
+use std::path::{Path, PathBuf};
+
+use artifact::Digest;
+use artifact::digest::StreamHasher;
+use proto::v1::FetchBlobRequest;
+use proto::v1::agents_client::AgentsClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("fetch {digest}: {status}")]
+    Rpc { digest: Digest, status: Box<tonic::Status> },
+    #[error("fetch {digest}: cache io at {path}: {source}")]
+    Io {
+        digest: Digest,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fetch {digest}: controller sent more than the expected {expected} bytes")]
+    TooLong { digest: Digest, expected: u64 },
+    #[error("fetch {digest}: stream ended at {got} of {expected} bytes")]
+    Short { digest: Digest, got: u64, expected: u64 },
+    #[error("fetch {digest}: downloaded bytes hash to {actual}; discarded")]
+    Mismatch { digest: Digest, actual: Digest },
+}
+
+/// Returns the path of the verified blob in `cache`, downloading what is missing.
+pub async fn fetch_blob(
+    client: &mut AgentsClient<Channel>,
+    cache: &Path,
+    digest: &Digest,
+    size: u64,
+) -> Result<PathBuf, FetchError> {
+    let io = |path: &Path| {
+        let (digest, path) = (digest.clone(), path.to_path_buf());
+        move |source| FetchError::Io { digest, path, source }
+    };
+    tokio::fs::create_dir_all(cache).await.map_err(io(cache))?;
+    let done = cache.join(digest.hex());
+    if tokio::fs::try_exists(&done).await.unwrap_or(false) {
+        return Ok(done);
+    }
+    let partial = cache.join(format!("{}.partial", digest.hex()));
+
+    // Resume: hash what an earlier attempt already wrote.
+    let mut hasher = StreamHasher::new();
+    let mut have = 0u64;
+    if let Ok(mut f) = tokio::fs::File::open(&partial).await {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).await.map_err(io(&partial))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            have += n as u64;
+        }
+    }
+    if have > size {
+        let _ = tokio::fs::remove_file(&partial).await;
+        hasher = StreamHasher::new();
+        have = 0;
+    }
+    if have > 0 {
+        tracing::info!(%digest, offset = have, "resuming blob download");
+    }
+    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&partial).await.map_err(io(&partial))?;
+    if have < size {
+        let rpc = |status| FetchError::Rpc { digest: digest.clone(), status: Box::new(status) };
+        let mut stream = client
+            .fetch_blob(FetchBlobRequest { digest: digest.to_string(), offset: have })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        while let Some(chunk) = stream.message().await.map_err(rpc)? {
+            if have + chunk.data.len() as u64 > size {
+                drop(file);
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(FetchError::TooLong { digest: digest.clone(), expected: size });
+            }
+            hasher.update(&chunk.data);
+            file.write_all(&chunk.data).await.map_err(io(&partial))?;
+            have += chunk.data.len() as u64;
+        }
+    }
+    file.flush().await.map_err(io(&partial))?;
+    file.sync_all().await.map_err(io(&partial))?;
+    drop(file);
+    if have != size {
+        return Err(FetchError::Short { digest: digest.clone(), got: have, expected: size });
+    }
+    let actual = hasher.finish();
+    if &actual != digest {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(FetchError::Mismatch { digest: digest.clone(), actual });
+    }
+    tokio::fs::rename(&partial, &done).await.map_err(io(&done))?;
+    Ok(done)
+}

@@ -1,0 +1,134 @@
+//! Health is more than a 200: the HTTP readiness check must pass, the process must
+//! be up, it must run from the new release, and every required env var NAME must
+//! be present in its real environment (`/proc/<pid>/environ`). Values are never
+//! read out: only the names before `=` are kept.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+use crate::supervisor::{self, ProcRecord};
+
+const MAX_ENVIRON_BYTES: u64 = 4 * 1024 * 1024;
+const HTTP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One HTTP GET to 127.0.0.1:port/path; Ok(status) or a short reason.
+pub async fn http_get(port: u16, path: &str) -> Result<u16, String> {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("http: {e}"))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+            .header(hyper::header::USER_AGENT, "slipway-agent")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("http: {e}"))?;
+        let status = resp.status().as_u16();
+        // Drain a bounded amount of the body so the connection ends cleanly.
+        let _ = tokio::time::timeout(Duration::from_millis(500), resp.into_body().collect()).await;
+        Ok(status)
+    };
+    tokio::time::timeout(HTTP_ATTEMPT_TIMEOUT, attempt).await.map_err(|_| "timed out".to_string())?
+}
+
+/// Names of the variables in a process's environment.
+pub fn env_names(pid: i32) -> std::io::Result<BTreeSet<String>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/environ"))?.take(MAX_ENVIRON_BYTES).read_to_end(&mut buf)?;
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let name = kv.split(|b| *b == b'=').next()?;
+            (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
+        })
+        .collect())
+}
+
+/// Required names absent from the process's environment.
+pub fn missing_env(pid: i32, required: &[String]) -> std::io::Result<Vec<String>> {
+    let names = env_names(pid)?;
+    Ok(required.iter().filter(|r| !names.contains(*r)).cloned().collect())
+}
+
+/// The outcome of one round of checks on one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    /// Not ready yet (e.g. HTTP not answering): keep trying until the deadline.
+    NotReady(String),
+    /// Failed for good: the process died, runs the wrong release, lacks env vars.
+    Failed { reason: String, missing_env: Vec<String> },
+}
+
+/// Checks one process once: alive, right release, env names, HTTP readiness.
+pub async fn check_once(
+    rec: &ProcRecord,
+    release_dir: &Path,
+    required_env: &[String],
+    http: Option<(u16, &str)>,
+) -> Verdict {
+    if !rec.alive() {
+        return Verdict::Failed { reason: format!("process {} exited", rec.process), missing_env: vec![] };
+    }
+    if !supervisor::runs_from(rec.pid, release_dir) {
+        let cwd = supervisor::cwd(rec.pid).map(|p| p.display().to_string()).unwrap_or_default();
+        return Verdict::Failed {
+            reason: format!("process {} runs from {cwd}, not from {}", rec.process, release_dir.display()),
+            missing_env: vec![],
+        };
+    }
+    match missing_env(rec.pid, required_env) {
+        Ok(missing) if !missing.is_empty() => {
+            return Verdict::Failed {
+                reason: format!("process {} lacks required env: {}", rec.process, missing.join(", ")),
+                missing_env: missing,
+            };
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return Verdict::Failed {
+                reason: format!("cannot read environment of process {}: {e}", rec.process),
+                missing_env: vec![],
+            };
+        }
+    }
+    if let Some((port, path)) = http {
+        match http_get(port, path).await {
+            Ok(s) if (200..300).contains(&s) => {}
+            Ok(s) => return Verdict::NotReady(format!("GET {path} on port {port} answered {s}")),
+            Err(e) => return Verdict::NotReady(format!("GET {path} on port {port}: {e}")),
+        }
+    }
+    Verdict::Healthy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_names_not_values_from_a_real_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env_clear()
+            .env("DATABASE_URL", "postgres://secret")
+            .env("PATH", "/usr/bin:/bin")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let names = env_names(pid).unwrap();
+        assert!(names.contains("DATABASE_URL"));
+        assert!(names.iter().all(|n| !n.contains("secret")));
+        assert_eq!(missing_env(pid, &["DATABASE_URL".into(), "REDIS_URL".into()]).unwrap(), vec!["REDIS_URL"]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,73 @@
+//! `slipway-agent`: load the config, init logging, run until SIGTERM/SIGINT.
+//! Exits 64 on a bad config so systemd does not restart it in a loop.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Slipway's host agent: pulls, installs, activates and checks releases.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = "Example:\n  slipway-agent --config /etc/slipway/agent.toml")]
+struct Args {
+    /// Agent config file (TOML).
+    #[arg(long, short, env = "SLIPWAY_AGENT_CONFIG", default_value = "/etc/slipway/agent.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let cfg = match agent::config::AgentConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "slipway-agent starting");
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match agent::run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down; apps keep running");
+    shutdown.cancel();
+}
+
+/// `SLIPWAY_LOG` filters (default info), `SLIPWAY_LOG_FORMAT=json` for JSON lines.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("SLIPWAY_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,55 @@
+//! Where an app's files live under the agent's state dir.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct AppPaths {
+    pub root: PathBuf,
+    pub releases: PathBuf,
+    pub current: PathBuf,
+    pub shared: PathBuf,
+    pub run: PathBuf,
+    pub logs: PathBuf,
+    pub deploy_log: PathBuf,
+    pub status: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl AppPaths {
+    pub fn new(state_dir: &Path, app: &str) -> Self {
+        let root = state_dir.join("apps").join(app);
+        Self {
+            releases: root.join("releases"),
+            current: root.join("current"),
+            shared: root.join("shared"),
+            run: root.join("run"),
+            logs: root.join("logs"),
+            deploy_log: root.join("deploy.log"),
+            status: root.join("status.json"),
+            lock: root.join(".lock"),
+            root,
+        }
+    }
+
+    pub fn release(&self, version: &str) -> PathBuf {
+        self.releases.join(version)
+    }
+
+    pub fn create(&self) -> std::io::Result<()> {
+        for d in [&self.releases, &self.shared, &self.run, &self.logs] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    /// The version `current` points at, if any.
+    pub fn current_version(&self) -> Option<String> {
+        let target = std::fs::read_link(&self.current).ok()?;
+        target.file_name()?.to_str().map(String::from)
+    }
+}
+
+/// Blob cache shared by all apps of the host.
+pub fn blob_cache(state_dir: &Path) -> PathBuf {
+    state_dir.join("blobs").join("sha256")
+}

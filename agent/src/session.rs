@@ -1,0 +1,151 @@
+//! The agent's one long-lived session with the controller: hello with what runs,
+//! desired state pushed down the moment it changes, status reports pushed up as
+//! they change, heartbeats. Reconnects with capped, jittered backoff; apps keep
+//! running whatever the controller does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1::agents_client::AgentsClient;
+use proto::v1::{AgentMessage, AppReport, DesiredApp, Heartbeat, Hello, agent_message, controller_message};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::AgentConfig;
+use crate::state::AppStatus;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    pub cfg: Arc<AgentConfig>,
+    pub desired: HashMap<String, watch::Sender<Option<DesiredApp>>>,
+    pub board: watch::Sender<BTreeMap<String, AppStatus>>,
+    pub channel: watch::Sender<Option<Channel>>,
+}
+
+impl Session {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.serve(&mut backoff, &shutdown) => r,
+            };
+            self.channel.send_replace(None);
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = result {
+                tracing::warn!(controller = %self.cfg.controller, error = %e, retry_in = ?backoff, "controller session ended");
+            }
+            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn report(&self, app: &str, statuses: &BTreeMap<String, AppStatus>) -> AppReport {
+        statuses.get(app).map(AppStatus::to_report).unwrap_or_else(|| AppReport {
+            app: app.to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn serve(&self, backoff: &mut Duration, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let channel = Endpoint::from_shared(self.cfg.controller.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("connect {}: {e}", self.cfg.controller))?;
+        let mut client = AgentsClient::new(channel.clone())
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+
+        let mut board = self.board.subscribe();
+        let mut sent: BTreeMap<String, AppReport> = BTreeMap::new();
+        let apps: Vec<AppReport> = {
+            let statuses = board.borrow_and_update();
+            self.cfg.apps.keys().map(|a| self.report(a, &statuses)).collect()
+        };
+        for r in &apps {
+            sent.insert(r.app.clone(), r.clone());
+        }
+        let (tx, rx) = mpsc::channel::<AgentMessage>(32);
+        let hello = Hello {
+            host: self.cfg.host.clone(),
+            tenant: self.cfg.tenant.clone(),
+            environment: self.cfg.environment.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            apps,
+        };
+        tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await?;
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| anyhow::anyhow!("controller refused the session: {}", s.message()))?
+            .into_inner();
+        self.channel.send_replace(Some(channel));
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+        heartbeat.reset();
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                msg = inbound.message() => {
+                    let msg = msg.map_err(|s| anyhow::anyhow!("session: {}", s.message()))?;
+                    let Some(msg) = msg else { anyhow::bail!("controller closed the session") };
+                    match msg.msg {
+                        Some(controller_message::Msg::Welcome(w)) => {
+                            tracing::info!(controller = %self.cfg.controller, host = %self.cfg.host, "connected to controller");
+                            *backoff = Duration::from_millis(200);
+                            heartbeat = tokio::time::interval(Duration::from_secs(u64::from(w.heartbeat_secs.clamp(1, 300))));
+                            heartbeat.reset();
+                        }
+                        Some(controller_message::Msg::Desired(state)) => self.apply_desired(state.apps),
+                        None => {}
+                    }
+                }
+                changed = board.changed() => {
+                    if changed.is_err() { return Ok(()); }
+                    let updates: Vec<AppReport> = {
+                        let statuses = board.borrow_and_update();
+                        self.cfg.apps.keys().map(|a| self.report(a, &statuses)).filter(|r| sent.get(&r.app) != Some(r)).collect()
+                    };
+                    for r in updates {
+                        sent.insert(r.app.clone(), r.clone());
+                        tx.send(AgentMessage { msg: Some(agent_message::Msg::Report(r)) }).await?;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {})) }).await?;
+                }
+            }
+        }
+    }
+
+    fn apply_desired(&self, apps: Vec<DesiredApp>) {
+        for d in apps {
+            let Some(tx) = self.desired.get(&d.app) else {
+                tracing::warn!(app = %d.app, "desired state for an app this host does not run; ignored");
+                continue;
+            };
+            tx.send_if_modified(|cur| {
+                let same = cur.as_ref().is_some_and(|c| c.manifest_digest == d.manifest_digest && c.generation == d.generation);
+                if !same {
+                    tracing::info!(app = %d.app, version = %d.version, generation = d.generation, "desired release received");
+                    *cur = Some(d);
+                }
+                !same
+            });
+        }
+    }
+}

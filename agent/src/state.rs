@@ -1,0 +1,148 @@
+//! What the agent knows about each app, persisted as `status.json` (temp + rename)
+//! and reported to the controller; and `deploy.log`, one JSON line per step.
+
+use std::io::Write;
+use std::path::Path;
+
+use proto::v1::{AppReport, DeployState, EnvCheck, Health};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    #[default]
+    Idle,
+    Fetching,
+    Installing,
+    Activating,
+    Healthy,
+    Unhealthy,
+    RolledBack,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvState {
+    #[default]
+    Unknown,
+    Ok,
+    Missing,
+}
+
+/// A release this host refused; not retried until the generation changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRelease {
+    pub version: String,
+    pub digest: String,
+    pub generation: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AppStatus {
+    pub app: String,
+    pub running_version: Option<String>,
+    pub running_digest: Option<String>,
+    pub state: State,
+    pub health: HealthState,
+    pub health_reason: String,
+    pub env_check: EnvState,
+    /// Names only; values never leave the host.
+    pub missing_env: Vec<String>,
+    pub last_error: String,
+    pub failed: Option<FailedRelease>,
+    /// Generation of the last desired release this host acted on.
+    pub generation: u64,
+    /// Versions activated successfully, oldest first (drives keep-N).
+    #[serde(default)]
+    pub history: Vec<String>,
+    pub updated_at: i64,
+}
+
+impl AppStatus {
+    pub fn load(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        artifact::unpack::write_atomic(path, &bytes)
+    }
+
+    pub fn to_report(&self) -> AppReport {
+        AppReport {
+            app: self.app.clone(),
+            running_version: self.running_version.clone().unwrap_or_default(),
+            running_digest: self.running_digest.clone().unwrap_or_default(),
+            state: match self.state {
+                State::Idle => DeployState::Idle,
+                State::Fetching => DeployState::Fetching,
+                State::Installing => DeployState::Installing,
+                State::Activating => DeployState::Activating,
+                State::Healthy => DeployState::Healthy,
+                State::Unhealthy => DeployState::Unhealthy,
+                State::RolledBack => DeployState::RolledBack,
+                State::Failed => DeployState::Failed,
+            } as i32,
+            health: match self.health {
+                HealthState::Unknown => Health::Unknown,
+                HealthState::Healthy => Health::Healthy,
+                HealthState::Unhealthy => Health::Unhealthy,
+            } as i32,
+            health_reason: self.health_reason.clone(),
+            env_check: match self.env_check {
+                EnvState::Unknown => EnvCheck::Unknown,
+                EnvState::Ok => EnvCheck::Ok,
+                EnvState::Missing => EnvCheck::Missing,
+            } as i32,
+            missing_env: self.missing_env.clone(),
+            last_error: self.last_error.clone(),
+            failed_version: self.failed.as_ref().map(|f| f.version.clone()).unwrap_or_default(),
+            failed_digest: self.failed.as_ref().map(|f| f.digest.clone()).unwrap_or_default(),
+            generation: self.generation,
+        }
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One line of `deploy.log`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogLine<'a> {
+    pub ts: i64,
+    pub app: &'a str,
+    pub version: &'a str,
+    pub step: &'a str,
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty", default)]
+    pub detail: &'a str,
+}
+
+/// Appends one JSON line to `deploy.log`; a failure to log is reported, never fatal.
+pub fn log_step(path: &Path, app: &str, version: &str, step: &str, outcome: &str, detail: &str) {
+    let line = LogLine { ts: now(), app, version, step, outcome, detail };
+    let result = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|mut s| {
+        s.push('\n');
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(s.as_bytes())
+    });
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot append to deploy.log");
+    }
+    tracing::info!(app, version, step, outcome, detail, "deploy step");
+}

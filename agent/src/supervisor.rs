@@ -1,0 +1,171 @@
+//! The built-in supervisor: runs an app's processes as children in their own
+//! process group with cwd = `current` and output appended to log files (never
+//! pipes to the agent), records each one in `run/<process>.json`, and stops them
+//! with SIGTERM, a grace period, then SIGKILL. Processes outlive the agent: a
+//! restarted agent adopts them from their pid files.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::paths::AppPaths;
+
+/// What is recorded about a running process so a restarted agent can find it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRecord {
+    pub process: String,
+    pub pid: i32,
+    /// Kernel start time (clock ticks since boot): guards against pid reuse.
+    pub start_time: u64,
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("start process {process}: {source}")]
+    Spawn {
+        process: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process {process} exited right after start")]
+    Vanished { process: String },
+    #[error("write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads `/proc/<pid>/stat`: (state char, start time).
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parens: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The start time of a live (not zombie) process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    match proc_stat(pid)? {
+        ('Z' | 'X', _) => None,
+        (_, t) => Some(t),
+    }
+}
+
+impl ProcRecord {
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+pub fn record_path(paths: &AppPaths, process: &str) -> PathBuf {
+    paths.run.join(format!("{process}.json"))
+}
+
+/// Pid files of the app's processes that are still alive.
+pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
+    let Ok(dir) = std::fs::read_dir(&paths.run) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+        let Ok(rec) = serde_json::from_slice::<ProcRecord>(&bytes) else { continue };
+        if rec.alive() {
+            out.push(rec);
+        } else {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    out.sort_by(|a, b| a.process.cmp(&b.process));
+    out
+}
+
+/// Starts `command` for `process` with cwd = the app's `current` link.
+pub fn start(
+    paths: &AppPaths,
+    process: &str,
+    version: &str,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<ProcRecord, SuperviseError> {
+    let spawn_err = |source| SuperviseError::Spawn { process: process.to_string(), source };
+    let program = if command[0].contains('/') && !command[0].starts_with('/') {
+        paths.current.join(&command[0])
+    } else {
+        PathBuf::from(&command[0])
+    };
+    let log_path = paths.logs.join(format!("{process}.log"));
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| SuperviseError::Io { path: log_path.clone(), source })?;
+    let log2 = log.try_clone().map_err(spawn_err)?;
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&command[1..])
+        .current_dir(&paths.current)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().map_err(spawn_err)?;
+    let pid = child.id() as i32;
+    // Reap the child when it exits so it never lingers as a zombie; liveness is
+    // judged from /proc so adopted and own children are treated alike.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    let start_time = start_time(pid).ok_or_else(|| SuperviseError::Vanished { process: process.to_string() })?;
+    let rec = ProcRecord { process: process.to_string(), pid, start_time, version: version.to_string() };
+    let path = record_path(paths, process);
+    let bytes = serde_json::to_vec(&rec).map_err(|e| SuperviseError::Io { path: path.clone(), source: e.into() })?;
+    artifact::unpack::write_atomic(&path, &bytes).map_err(|source| SuperviseError::Io { path, source })?;
+    tracing::info!(process, pid, version, "process started");
+    Ok(rec)
+}
+
+/// SIGTERM to the process group, wait up to `grace`, then SIGKILL.
+pub async fn stop(paths: &AppPaths, rec: &ProcRecord, grace: Duration) {
+    if rec.alive() {
+        let pgid = Pid::from_raw(rec.pid);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while rec.alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if rec.alive() {
+            tracing::warn!(process = %rec.process, pid = rec.pid, "did not stop within grace period; killing");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            while rec.alive() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tracing::info!(process = %rec.process, pid = rec.pid, "process stopped");
+    }
+    let _ = std::fs::remove_file(record_path(paths, &rec.process));
+}
+
+/// The directory a process runs in, resolved (`/proc/<pid>/cwd`).
+pub fn cwd(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// Whether the process runs from `dir` (or below it).
+pub fn runs_from(pid: i32, dir: &Path) -> bool {
+    let Some(cwd) = cwd(pid) else { return false };
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    cwd.starts_with(dir)
+}
