@@ -66,6 +66,11 @@ impl AppRunner {
         paths.create()?;
         let mut status = AppStatus::load(&paths.status).unwrap_or_default();
         status.app = name.clone();
+        // What is known from disk goes on the board at once, so the first hello
+        // already says what this host runs.
+        board.send_modify(|b| {
+            b.insert(name.clone(), status.clone());
+        });
         Ok(Self {
             name,
             cfg,
@@ -93,10 +98,21 @@ impl AppRunner {
     }
 
     fn log(&self, version: &str, step: &str, outcome: &str, detail: &str) {
-        log_step(&self.paths.deploy_log, &self.name, version, step, outcome, detail);
+        log_step(
+            &self.paths.deploy_log,
+            &self.name,
+            version,
+            step,
+            outcome,
+            detail,
+        );
     }
 
-    pub async fn run(mut self, mut desired: watch::Receiver<Option<DesiredApp>>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Option<DesiredApp>>,
+        shutdown: CancellationToken,
+    ) {
         self.start_up().await;
         let mut retry_after: Option<Instant> = None;
         loop {
@@ -164,7 +180,11 @@ impl AppRunner {
                 return;
             }
         };
-        let complete = spec.processes.keys().all(|p| adopted.iter().any(|r| &r.process == p && r.version == version));
+        let complete = spec.processes.keys().all(|p| {
+            adopted
+                .iter()
+                .any(|r| &r.process == p && r.version == version)
+        });
         if complete && adopted.len() == spec.processes.len() {
             tracing::info!(app = %self.name, %version, "adopted running processes");
             self.log(&version, "adopt", "ok", "");
@@ -182,6 +202,7 @@ impl AppRunner {
             }
         }
         self.monitor().await;
+        self.publish();
     }
 
     fn grace(&self) -> Duration {
@@ -192,11 +213,18 @@ impl AppRunner {
     /// files in order (last wins), then what Slipway sets.
     fn app_env(&self, version: &str) -> Result<BTreeMap<String, String>, String> {
         let mut env = BTreeMap::new();
-        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
         env.insert("LANG".into(), "C.UTF-8".into());
         let files: Vec<PathBuf> = if self.cfg.env_files.is_empty() {
             let default = self.paths.shared.join(".env");
-            if default.is_file() { vec![default] } else { vec![] }
+            if default.is_file() {
+                vec![default]
+            } else {
+                vec![]
+            }
         } else {
             self.cfg.env_files.clone()
         };
@@ -209,7 +237,11 @@ impl AppRunner {
         Ok(env)
     }
 
-    fn start_processes(&self, spec: &ReleaseSpec, version: &str) -> Result<Vec<ProcRecord>, String> {
+    fn start_processes(
+        &self,
+        spec: &ReleaseSpec,
+        version: &str,
+    ) -> Result<Vec<ProcRecord>, String> {
         let env = self.app_env(version)?;
         let mut procs = Vec::new();
         for (name, p) in &spec.processes {
@@ -218,7 +250,10 @@ impl AppRunner {
                 Err(e) => {
                     // Leave nothing half-started.
                     for r in &procs {
-                        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(r.pid), nix::sys::signal::SIGKILL);
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(r.pid),
+                            nix::sys::signal::SIGKILL,
+                        );
                     }
                     return Err(e.to_string());
                 }
@@ -245,26 +280,42 @@ impl AppRunner {
     async fn wait_healthy(&self, spec: &ReleaseSpec, version: &str) -> Result<(), String> {
         let release = self.paths.release(version);
         for rec in &self.procs {
-            let Some(ps) = spec.processes.get(&rec.process) else { continue };
+            let Some(ps) = spec.processes.get(&rec.process) else {
+                continue;
+            };
             let deadline = Instant::now() + Duration::from_secs(ps.health.timeout_secs);
             loop {
-                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
+                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps))
+                    .await
+                {
                     Verdict::Healthy => break,
                     Verdict::Failed { reason, .. } => return Err(reason),
                     Verdict::NotReady(why) if Instant::now() >= deadline => {
-                        return Err(format!("not ready within {}s: {why}", ps.health.timeout_secs));
+                        return Err(format!(
+                            "not ready within {}s: {why}",
+                            ps.health.timeout_secs
+                        ));
                     }
                     Verdict::NotReady(_) => tokio::time::sleep(CHECK_EVERY).await,
                 }
             }
         }
-        let hold = spec.processes.values().map(|p| p.health.min_healthy_secs).max().unwrap_or(0);
+        let hold = spec
+            .processes
+            .values()
+            .map(|p| p.health.min_healthy_secs)
+            .max()
+            .unwrap_or(0);
         let until = Instant::now() + Duration::from_secs(hold);
         while Instant::now() < until {
             tokio::time::sleep(CHECK_EVERY * 2).await;
             for rec in &self.procs {
-                let Some(ps) = spec.processes.get(&rec.process) else { continue };
-                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
+                let Some(ps) = spec.processes.get(&rec.process) else {
+                    continue;
+                };
+                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps))
+                    .await
+                {
                     Verdict::Healthy => {}
                     Verdict::Failed { reason: why, .. } | Verdict::NotReady(why) => {
                         return Err(format!("during the {hold}s minimum healthy time: {why}"));
@@ -298,10 +349,20 @@ impl AppRunner {
             Ok(b) => b,
             Err(e) => return self.refuse(d, "fetch", e.to_string()).await,
         };
-        let mut client = AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-        let blob = match crate::fetch::fetch_blob(&mut client, &self.blob_cache, &blob_digest, d.blob_size).await {
+        let mut client =
+            AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+        let blob = match crate::fetch::fetch_blob(
+            &mut client,
+            &self.blob_cache,
+            &blob_digest,
+            d.blob_size,
+        )
+        .await
+        {
             Ok(p) => p,
-            Err(crate::fetch::FetchError::Rpc { status, .. }) if status.code() != tonic::Code::NotFound => {
+            Err(crate::fetch::FetchError::Rpc { status, .. })
+                if status.code() != tonic::Code::NotFound =>
+            {
                 self.set_state(State::Idle);
                 return Outcome::Transient(format!("fetch: {}", status.message()));
             }
@@ -321,13 +382,22 @@ impl AppRunner {
                 return self.refuse(d, "unpack", e.to_string()).await;
             }
         };
-        self.log(&version, "unpack", "ok", &format!("{} entries", manifest.entries.len()));
+        self.log(
+            &version,
+            "unpack",
+            "ok",
+            &format!("{} entries", manifest.entries.len()),
+        );
         let spec = match ReleaseSpec::load(&release) {
             Ok(s) => s,
             Err(e) => return self.abandon(d, &release, "spec", e.to_string()).await,
         };
-        if let Err(e) = install::link_shared(&self.paths, &release, &spec.shared.files, &spec.shared.dirs) {
-            return self.abandon(d, &release, "link_shared", e.to_string()).await;
+        if let Err(e) =
+            install::link_shared(&self.paths, &release, &spec.shared.files, &spec.shared.dirs)
+        {
+            return self
+                .abandon(d, &release, "link_shared", e.to_string())
+                .await;
         }
         if let Some(hook) = &spec.hooks.prepare {
             let env = match self.app_env(&version) {
@@ -346,7 +416,9 @@ impl AppRunner {
         let previous_digest = self.status.running_digest.clone();
         self.stop_all().await;
         if let Err(e) = install::flip_current(&self.paths, &version) {
-            return self.roll_back(d, previous, previous_digest, format!("flip current: {e}")).await;
+            return self
+                .roll_back(d, previous, previous_digest, format!("flip current: {e}"))
+                .await;
         }
         self.log(&version, "flip", "ok", "");
         match self.start_processes(&spec, &version) {
@@ -372,8 +444,16 @@ impl AppRunner {
         s.generation = d.generation;
         s.history.retain(|v| v != &version);
         s.history.push(version.clone());
-        let protect: Vec<&str> = [Some(version.as_str()), previous.as_deref()].into_iter().flatten().collect();
-        let removed = install::prune(&self.paths, &self.status.history, self.cfg.keep_releases, &protect);
+        let protect: Vec<&str> = [Some(version.as_str()), previous.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let removed = install::prune(
+            &self.paths,
+            &self.status.history,
+            self.cfg.keep_releases,
+            &protect,
+        );
         self.status.history.retain(|v| !removed.contains(v));
         if !removed.is_empty() {
             self.log(&version, "prune", "ok", &removed.join(", "));
@@ -387,12 +467,20 @@ impl AppRunner {
     fn verify_manifest(&self, d: &DesiredApp) -> Result<Manifest, String> {
         let got = Digest::of(&d.manifest);
         if got.to_string() != d.manifest_digest {
-            return Err(format!("manifest bytes hash to {got}, not {}", d.manifest_digest));
+            return Err(format!(
+                "manifest bytes hash to {got}, not {}",
+                d.manifest_digest
+            ));
         }
         let limits = artifact::Limits::default();
-        let m = Manifest::from_canonical_bytes(&d.manifest, limits.max_entries, limits.max_total_bytes)
-            .map_err(|e| format!("manifest: {e}"))?;
-        if m.app != self.name || m.version != d.version || m.blob.digest != d.blob_digest || m.blob.size != d.blob_size {
+        let m =
+            Manifest::from_canonical_bytes(&d.manifest, limits.max_entries, limits.max_total_bytes)
+                .map_err(|e| format!("manifest: {e}"))?;
+        if m.app != self.name
+            || m.version != d.version
+            || m.blob.digest != d.blob_digest
+            || m.blob.size != d.blob_size
+        {
             return Err("manifest does not describe the desired release".into());
         }
         Ok(m)
@@ -415,13 +503,23 @@ impl AppRunner {
         });
         self.status.last_error = format!("{} {step}: {reason}", d.version);
         self.status.generation = d.generation;
-        self.status.state = if self.status.running_version.is_some() { State::RolledBack } else { State::Failed };
+        self.status.state = if self.status.running_version.is_some() {
+            State::RolledBack
+        } else {
+            State::Failed
+        };
         self.publish();
         Outcome::Done
     }
 
     /// Like `refuse`, and removes the half-installed release dir.
-    async fn abandon(&mut self, d: &DesiredApp, release: &Path, step: &str, reason: String) -> Outcome {
+    async fn abandon(
+        &mut self,
+        d: &DesiredApp,
+        release: &Path,
+        step: &str,
+        reason: String,
+    ) -> Outcome {
         if self.paths.current_version().as_deref() != Some(d.version.as_str()) {
             let _ = tokio::fs::remove_dir_all(release).await;
         }
@@ -456,7 +554,12 @@ impl AppRunner {
             self.status.health = HealthState::Unhealthy;
             self.status.health_reason = reason;
             self.publish();
-            self.log(&d.version, "deploy", "failed", "no previous release to roll back to");
+            self.log(
+                &d.version,
+                "deploy",
+                "failed",
+                "no previous release to roll back to",
+            );
             return Outcome::Done;
         };
         let restored = async {
@@ -481,8 +584,14 @@ impl AppRunner {
             Err(e) => {
                 self.status.state = State::Failed;
                 self.status.health = HealthState::Unhealthy;
-                self.status.health_reason = format!("previous release {prev} is unhealthy too: {e}");
-                self.log(&d.version, "rollback", "failed", &self.status.health_reason.clone());
+                self.status.health_reason =
+                    format!("previous release {prev} is unhealthy too: {e}");
+                self.log(
+                    &d.version,
+                    "rollback",
+                    "failed",
+                    &self.status.health_reason.clone(),
+                );
                 tracing::error!(app = %self.name, reason = %self.status.health_reason, "rollback did not restore a healthy release");
             }
         }
@@ -493,26 +602,51 @@ impl AppRunner {
     /// Periodic check of what runs: restarts crashed processes with backoff and
     /// keeps health and env check current.
     async fn monitor(&mut self) {
-        let Some(version) = self.status.running_version.clone() else { return };
+        let Some(version) = self.status.running_version.clone() else {
+            return;
+        };
         let release = self.paths.release(&version);
-        let Ok(spec) = ReleaseSpec::load(&release) else { return };
-        let mut verdict = (HealthState::Healthy, String::new(), EnvState::Ok, Vec::new());
+        let Ok(spec) = ReleaseSpec::load(&release) else {
+            return;
+        };
+        let mut verdict = (
+            HealthState::Healthy,
+            String::new(),
+            EnvState::Ok,
+            Vec::new(),
+        );
         let mut dead = false;
         for rec in &self.procs {
-            let Some(ps) = spec.processes.get(&rec.process) else { continue };
+            let Some(ps) = spec.processes.get(&rec.process) else {
+                continue;
+            };
             match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
                 Verdict::Healthy => {}
-                Verdict::NotReady(why) => verdict = (HealthState::Unhealthy, why, verdict.2, verdict.3.clone()),
-                Verdict::Failed { reason, missing_env } => {
+                Verdict::NotReady(why) => {
+                    verdict = (HealthState::Unhealthy, why, verdict.2, verdict.3.clone())
+                }
+                Verdict::Failed {
+                    reason,
+                    missing_env,
+                } => {
                     dead |= !rec.alive();
-                    let env = if missing_env.is_empty() { verdict.2 } else { EnvState::Missing };
+                    let env = if missing_env.is_empty() {
+                        verdict.2
+                    } else {
+                        EnvState::Missing
+                    };
                     verdict = (HealthState::Unhealthy, reason, env, missing_env);
                 }
             }
         }
         if self.procs.is_empty() {
             dead = true;
-            verdict = (HealthState::Unhealthy, "not running".into(), EnvState::Unknown, vec![]);
+            verdict = (
+                HealthState::Unhealthy,
+                "not running".into(),
+                EnvState::Unknown,
+                vec![],
+            );
         }
         if dead && self.next_restart.is_none_or(|t| Instant::now() >= t) {
             self.stop_all().await;
@@ -528,7 +662,8 @@ impl AppRunner {
             self.next_restart = Some(Instant::now() + backoff);
         }
         let s = &self.status;
-        if (s.health, &s.health_reason, s.env_check, &s.missing_env) == (verdict.0, &verdict.1, verdict.2, &verdict.3)
+        if (s.health, &s.health_reason, s.env_check, &s.missing_env)
+            == (verdict.0, &verdict.1, verdict.2, &verdict.3)
             && s.state != State::Idle
         {
             return;
@@ -538,7 +673,12 @@ impl AppRunner {
             (State::Unhealthy | State::Idle, HealthState::Healthy) => State::Healthy,
             (state, _) => state,
         };
-        (self.status.health, self.status.health_reason, self.status.env_check, self.status.missing_env) = verdict;
+        (
+            self.status.health,
+            self.status.health_reason,
+            self.status.env_check,
+            self.status.missing_env,
+        ) = verdict;
         self.publish();
     }
 }

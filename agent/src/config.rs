@@ -63,29 +63,51 @@ pub enum ConfigError {
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key}: {why}")]
-    Invalid { path: PathBuf, key: String, why: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
 }
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_string() })?;
-        let invalid = |key: &str, why: String| ConfigError::Invalid { path: path.into(), key: key.into(), why };
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_string(),
+        })?;
+        let invalid = |key: &str, why: String| ConfigError::Invalid {
+            path: path.into(),
+            key: key.into(),
+            why,
+        };
         validate_name(NameKind::Host, &cfg.host).map_err(|e| invalid("host", e.why.into()))?;
-        validate_name(NameKind::Tenant, &cfg.tenant).map_err(|e| invalid("tenant", e.why.into()))?;
-        validate_name(NameKind::Environment, &cfg.environment).map_err(|e| invalid("environment", e.why.into()))?;
+        validate_name(NameKind::Tenant, &cfg.tenant)
+            .map_err(|e| invalid("tenant", e.why.into()))?;
+        validate_name(NameKind::Environment, &cfg.environment)
+            .map_err(|e| invalid("environment", e.why.into()))?;
         if !(cfg.controller.starts_with("http://") || cfg.controller.starts_with("https://")) {
-            return Err(invalid("controller", "must be an http:// or https:// URL".into()));
+            return Err(invalid(
+                "controller",
+                "must be an http:// or https:// URL".into(),
+            ));
         }
         for (name, app) in &cfg.apps {
-            validate_name(NameKind::App, name).map_err(|e| invalid(&format!("apps.{name}"), e.why.into()))?;
+            validate_name(NameKind::App, name)
+                .map_err(|e| invalid(&format!("apps.{name}"), e.why.into()))?;
             if app.keep_releases < 2 {
-                return Err(invalid(&format!("apps.{name}.keep_releases"), "must be at least 2".into()));
+                return Err(invalid(
+                    &format!("apps.{name}.keep_releases"),
+                    "must be at least 2".into(),
+                ));
             }
         }
         Ok(cfg)
@@ -104,9 +126,13 @@ mod tests {
         assert_eq!(c.apps["web"].keep_releases, 5);
 
         let bad = ok.replace("h1", "../h1");
-        let e = AgentConfig::parse(&bad, Path::new("agent.toml")).unwrap_err().to_string();
+        let e = AgentConfig::parse(&bad, Path::new("agent.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("agent.toml: host"), "{e}");
-        let e = AgentConfig::parse(&format!("{ok}colour = 1\n"), Path::new("a.toml")).unwrap_err().to_string();
+        let e = AgentConfig::parse(&format!("{ok}colour = 1\n"), Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
     }
 }

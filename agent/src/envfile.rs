@@ -18,7 +18,11 @@ pub enum EnvFileError {
     #[error("env file {path}: larger than 1 MiB")]
     TooLarge { path: String },
     #[error("env file {path} line {line}: {why}")]
-    Syntax { path: String, line: usize, why: &'static str },
+    Syntax {
+        path: String,
+        line: usize,
+        why: &'static str,
+    },
 }
 
 /// Merges the files in order: a later file overrides an earlier one.
@@ -27,11 +31,17 @@ pub fn load_layers(files: &[impl AsRef<Path>]) -> Result<BTreeMap<String, String
     for f in files {
         let path = f.as_ref();
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| EnvFileError::Read { path: shown.clone(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| EnvFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         if meta.len() > MAX_ENV_FILE_BYTES {
             return Err(EnvFileError::TooLarge { path: shown });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| EnvFileError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| EnvFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         for (k, v) in parse(&text, &shown)? {
             vars.insert(k, v);
         }
@@ -47,15 +57,22 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, EnvFileErr
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let err = |why| EnvFileError::Syntax { path: path.to_string(), line: i + 1, why };
-        let (key, value) = line.split_once('=').ok_or_else(|| err("expected KEY=VALUE"))?;
+        let err = |why| EnvFileError::Syntax {
+            path: path.to_string(),
+            line: i + 1,
+            why,
+        };
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| err("expected KEY=VALUE"))?;
         let key = key.trim();
         if !artifact::spec::is_env_name(key) {
             return Err(err("invalid variable name"));
         }
         let value = value.trim();
         let value = if value.len() >= 2
-            && ((value.starts_with('"') && value.ends_with('"')) || (value.starts_with('\'') && value.ends_with('\'')))
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')))
         {
             &value[1..value.len() - 1]
         } else {
@@ -87,7 +104,9 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line_but_never_the_value() {
-        let e = parse("OK=1\nSECRET-KEY=hunter2\n", "/etc/app.env").unwrap_err().to_string();
+        let e = parse("OK=1\nSECRET-KEY=hunter2\n", "/etc/app.env")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "env file /etc/app.env line 2: invalid variable name");
         assert!(!e.contains("hunter2"));
     }

@@ -14,7 +14,10 @@ use tonic::transport::Channel;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("fetch {digest}: {status}")]
-    Rpc { digest: Digest, status: Box<tonic::Status> },
+    Rpc {
+        digest: Digest,
+        status: Box<tonic::Status>,
+    },
     #[error("fetch {digest}: cache io at {path}: {source}")]
     Io {
         digest: Digest,
@@ -25,7 +28,11 @@ pub enum FetchError {
     #[error("fetch {digest}: controller sent more than the expected {expected} bytes")]
     TooLong { digest: Digest, expected: u64 },
     #[error("fetch {digest}: stream ended at {got} of {expected} bytes")]
-    Short { digest: Digest, got: u64, expected: u64 },
+    Short {
+        digest: Digest,
+        got: u64,
+        expected: u64,
+    },
     #[error("fetch {digest}: downloaded bytes hash to {actual}; discarded")]
     Mismatch { digest: Digest, actual: Digest },
 }
@@ -39,7 +46,11 @@ pub async fn fetch_blob(
 ) -> Result<PathBuf, FetchError> {
     let io = |path: &Path| {
         let (digest, path) = (digest.clone(), path.to_path_buf());
-        move |source| FetchError::Io { digest, path, source }
+        move |source| FetchError::Io {
+            digest,
+            path,
+            source,
+        }
     };
     tokio::fs::create_dir_all(cache).await.map_err(io(cache))?;
     let done = cache.join(digest.hex());
@@ -70,11 +81,22 @@ pub async fn fetch_blob(
     if have > 0 {
         tracing::info!(%digest, offset = have, "resuming blob download");
     }
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&partial).await.map_err(io(&partial))?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .await
+        .map_err(io(&partial))?;
     if have < size {
-        let rpc = |status| FetchError::Rpc { digest: digest.clone(), status: Box::new(status) };
+        let rpc = |status| FetchError::Rpc {
+            digest: digest.clone(),
+            status: Box::new(status),
+        };
         let mut stream = client
-            .fetch_blob(FetchBlobRequest { digest: digest.to_string(), offset: have })
+            .fetch_blob(FetchBlobRequest {
+                digest: digest.to_string(),
+                offset: have,
+            })
             .await
             .map_err(rpc)?
             .into_inner();
@@ -82,7 +104,10 @@ pub async fn fetch_blob(
             if have + chunk.data.len() as u64 > size {
                 drop(file);
                 let _ = tokio::fs::remove_file(&partial).await;
-                return Err(FetchError::TooLong { digest: digest.clone(), expected: size });
+                return Err(FetchError::TooLong {
+                    digest: digest.clone(),
+                    expected: size,
+                });
             }
             hasher.update(&chunk.data);
             file.write_all(&chunk.data).await.map_err(io(&partial))?;
@@ -93,13 +118,22 @@ pub async fn fetch_blob(
     file.sync_all().await.map_err(io(&partial))?;
     drop(file);
     if have != size {
-        return Err(FetchError::Short { digest: digest.clone(), got: have, expected: size });
+        return Err(FetchError::Short {
+            digest: digest.clone(),
+            got: have,
+            expected: size,
+        });
     }
     let actual = hasher.finish();
     if &actual != digest {
         let _ = tokio::fs::remove_file(&partial).await;
-        return Err(FetchError::Mismatch { digest: digest.clone(), actual });
+        return Err(FetchError::Mismatch {
+            digest: digest.clone(),
+            actual,
+        });
     }
-    tokio::fs::rename(&partial, &done).await.map_err(io(&done))?;
+    tokio::fs::rename(&partial, &done)
+        .await
+        .map_err(io(&done))?;
     Ok(done)
 }

@@ -19,7 +19,9 @@ const HTTP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// One HTTP GET to 127.0.0.1:port/path; Ok(status) or a short reason.
 pub async fn http_get(port: u16, path: &str) -> Result<u16, String> {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("http: {e}"))?;
@@ -29,20 +31,27 @@ pub async fn http_get(port: u16, path: &str) -> Result<u16, String> {
             .header(hyper::header::USER_AGENT, "slipway-agent")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("http: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("http: {e}"))?;
         let status = resp.status().as_u16();
         // Drain a bounded amount of the body so the connection ends cleanly.
         let _ = tokio::time::timeout(Duration::from_millis(500), resp.into_body().collect()).await;
         Ok(status)
     };
-    tokio::time::timeout(HTTP_ATTEMPT_TIMEOUT, attempt).await.map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(HTTP_ATTEMPT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }
 
 /// Names of the variables in a process's environment.
 pub fn env_names(pid: i32) -> std::io::Result<BTreeSet<String>> {
     use std::io::Read;
     let mut buf = Vec::new();
-    std::fs::File::open(format!("/proc/{pid}/environ"))?.take(MAX_ENVIRON_BYTES).read_to_end(&mut buf)?;
+    std::fs::File::open(format!("/proc/{pid}/environ"))?
+        .take(MAX_ENVIRON_BYTES)
+        .read_to_end(&mut buf)?;
     Ok(buf
         .split(|b| *b == 0)
         .filter_map(|kv| {
@@ -55,7 +64,11 @@ pub fn env_names(pid: i32) -> std::io::Result<BTreeSet<String>> {
 /// Required names absent from the process's environment.
 pub fn missing_env(pid: i32, required: &[String]) -> std::io::Result<Vec<String>> {
     let names = env_names(pid)?;
-    Ok(required.iter().filter(|r| !names.contains(*r)).cloned().collect())
+    Ok(required
+        .iter()
+        .filter(|r| !names.contains(*r))
+        .cloned()
+        .collect())
 }
 
 /// The outcome of one round of checks on one process.
@@ -65,7 +78,10 @@ pub enum Verdict {
     /// Not ready yet (e.g. HTTP not answering): keep trying until the deadline.
     NotReady(String),
     /// Failed for good: the process died, runs the wrong release, lacks env vars.
-    Failed { reason: String, missing_env: Vec<String> },
+    Failed {
+        reason: String,
+        missing_env: Vec<String>,
+    },
 }
 
 /// Checks one process once: alive, right release, env names, HTTP readiness.
@@ -76,19 +92,32 @@ pub async fn check_once(
     http: Option<(u16, &str)>,
 ) -> Verdict {
     if !rec.alive() {
-        return Verdict::Failed { reason: format!("process {} exited", rec.process), missing_env: vec![] };
+        return Verdict::Failed {
+            reason: format!("process {} exited", rec.process),
+            missing_env: vec![],
+        };
     }
     if !supervisor::runs_from(rec.pid, release_dir) {
-        let cwd = supervisor::cwd(rec.pid).map(|p| p.display().to_string()).unwrap_or_default();
+        let cwd = supervisor::cwd(rec.pid)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         return Verdict::Failed {
-            reason: format!("process {} runs from {cwd}, not from {}", rec.process, release_dir.display()),
+            reason: format!(
+                "process {} runs from {cwd}, not from {}",
+                rec.process,
+                release_dir.display()
+            ),
             missing_env: vec![],
         };
     }
     match missing_env(rec.pid, required_env) {
         Ok(missing) if !missing.is_empty() => {
             return Verdict::Failed {
-                reason: format!("process {} lacks required env: {}", rec.process, missing.join(", ")),
+                reason: format!(
+                    "process {} lacks required env: {}",
+                    rec.process,
+                    missing.join(", ")
+                ),
                 missing_env: missing,
             };
         }
@@ -127,7 +156,10 @@ mod tests {
         let names = env_names(pid).unwrap();
         assert!(names.contains("DATABASE_URL"));
         assert!(names.iter().all(|n| !n.contains("secret")));
-        assert_eq!(missing_env(pid, &["DATABASE_URL".into(), "REDIS_URL".into()]).unwrap(), vec!["REDIS_URL"]);
+        assert_eq!(
+            missing_env(pid, &["DATABASE_URL".into(), "REDIS_URL".into()]).unwrap(),
+            vec!["REDIS_URL"]
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

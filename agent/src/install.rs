@@ -32,36 +32,61 @@ pub enum InstallError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
-    move |source| InstallError::Io { path: path.to_path_buf(), source }
+    move |source| InstallError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Unpacks the blob at `blob` into `releases/<version>`, replacing a leftover dir
 /// of the same version (never the one `current` points at).
-pub async fn unpack_release(paths: &AppPaths, blob: &Path, manifest: &Manifest) -> Result<PathBuf, InstallError> {
+pub async fn unpack_release(
+    paths: &AppPaths,
+    blob: &Path,
+    manifest: &Manifest,
+) -> Result<PathBuf, InstallError> {
     let dest = paths.release(&manifest.version);
     if paths.current_version().as_deref() != Some(manifest.version.as_str()) && dest.exists() {
-        tokio::fs::remove_dir_all(&dest).await.map_err(io_err(&dest))?;
+        tokio::fs::remove_dir_all(&dest)
+            .await
+            .map_err(io_err(&dest))?;
     }
     let (blob, manifest, dest2) = (blob.to_path_buf(), manifest.clone(), dest.clone());
     tokio::task::spawn_blocking(move || -> Result<(), InstallError> {
         let file = std::fs::File::open(&blob).map_err(io_err(&blob))?;
-        artifact::unpack_into(std::io::BufReader::new(file), &manifest, &dest2, &Limits::default())?;
+        artifact::unpack_into(
+            std::io::BufReader::new(file),
+            &manifest,
+            &dest2,
+            &Limits::default(),
+        )?;
         Ok(())
     })
     .await
-    .map_err(|e| InstallError::Io { path: dest.clone(), source: std::io::Error::other(e) })??;
+    .map_err(|e| InstallError::Io {
+        path: dest.clone(),
+        source: std::io::Error::other(e),
+    })??;
     Ok(dest)
 }
 
 /// Links `shared/<path>` into the release for every shared file and dir of the spec.
-pub fn link_shared(paths: &AppPaths, release: &Path, files: &[String], dirs: &[String]) -> Result<(), InstallError> {
+pub fn link_shared(
+    paths: &AppPaths,
+    release: &Path,
+    files: &[String],
+    dirs: &[String],
+) -> Result<(), InstallError> {
     for (kind, list) in [("file", files), ("dir", dirs)] {
         for rel in list {
             let shared = paths.shared.join(rel);
             if kind == "dir" {
                 std::fs::create_dir_all(&shared).map_err(io_err(&shared))?;
             } else if !shared.is_file() {
-                return Err(InstallError::SharedMissing { kind: "file", path: shared });
+                return Err(InstallError::SharedMissing {
+                    kind: "file",
+                    path: shared,
+                });
             }
             let link = release.join(rel);
             if std::fs::symlink_metadata(&link).is_ok() {
@@ -77,7 +102,11 @@ pub fn link_shared(paths: &AppPaths, release: &Path, files: &[String], dirs: &[S
 }
 
 /// Runs a hook in `dir` with the app's env; returns the tail of its output.
-pub async fn run_hook(hook: &HookSpec, dir: &Path, env: &BTreeMap<String, String>) -> Result<String, InstallError> {
+pub async fn run_hook(
+    hook: &HookSpec,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<String, InstallError> {
     let program = if hook.command[0].contains('/') && !hook.command[0].starts_with('/') {
         dir.join(&hook.command[0])
     } else {
@@ -109,10 +138,20 @@ pub async fn run_hook(hook: &HookSpec, dir: &Path, env: &BTreeMap<String, String
         .await
         .map_err(|_| InstallError::Hook(format!("timed out after {}s", hook.timeout_secs)))?;
     let text = String::from_utf8_lossy(&output);
-    let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(2000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let status = status.map_err(|e| InstallError::Hook(format!("wait: {e}")))?;
     if !status.success() {
-        return Err(InstallError::Hook(format!("failed ({status}): {}", tail.trim())));
+        return Err(InstallError::Hook(format!(
+            "failed ({status}): {}",
+            tail.trim()
+        )));
     }
     Ok(tail)
 }
@@ -132,7 +171,9 @@ pub fn flip_current(paths: &AppPaths, version: &str) -> Result<(), InstallError>
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(Path::new("releases").join(version), &tmp).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &paths.current).map_err(io_err(&paths.current))?;
-    std::fs::File::open(&paths.root).and_then(|d| d.sync_all()).map_err(io_err(&paths.root))
+    std::fs::File::open(&paths.root)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&paths.root))
 }
 
 /// Removes `current` (first deploy failed: nothing to fall back to).
@@ -143,10 +184,17 @@ pub fn clear_current(paths: &AppPaths) {
 /// Keeps the `keep` most recently activated releases plus current and previous;
 /// removes every other release dir and leftover temp dir.
 pub fn prune(paths: &AppPaths, history: &[String], keep: usize, protect: &[&str]) -> Vec<String> {
-    let mut kept: Vec<&str> = history.iter().rev().take(keep).map(String::as_str).collect();
+    let mut kept: Vec<&str> = history
+        .iter()
+        .rev()
+        .take(keep)
+        .map(String::as_str)
+        .collect();
     kept.extend_from_slice(protect);
     let mut removed = Vec::new();
-    let Ok(dir) = std::fs::read_dir(&paths.releases) else { return removed };
+    let Ok(dir) = std::fs::read_dir(&paths.releases) else {
+        return removed;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if kept.contains(&name.as_str()) {

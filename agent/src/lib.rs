@@ -38,16 +38,32 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     for (name, app_cfg) in &cfg.apps {
         let (tx, rx) = watch::channel(None);
         desired.insert(name.clone(), tx);
-        let runner = AppRunner::new(name.clone(), app_cfg.clone(), &cfg.state_dir, board.clone(), channel_rx.clone())
-            .map_err(|e| anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display()))?;
+        let runner = AppRunner::new(
+            name.clone(),
+            app_cfg.clone(),
+            &cfg.state_dir,
+            board.clone(),
+            channel_rx.clone(),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display())
+        })?;
         tracker.spawn(runner.run(rx, shutdown.clone()));
     }
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
-    let session = Session { cfg: cfg.clone(), desired, board, channel: channel_tx };
+    let session = Session {
+        cfg: cfg.clone(),
+        desired,
+        board,
+        channel: channel_tx,
+    };
     tracker.spawn(session.run(shutdown.clone()));
     tracker.close();
     shutdown.cancelled().await;
-    if tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not finish within 30s of shutdown");
     }
     Ok(())

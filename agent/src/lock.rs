@@ -33,13 +33,21 @@ impl AppLock {
                 .truncate(false)
                 .write(true)
                 .open(path)
-                .map_err(|source| LockError::Open { path: shown.clone(), source })?;
+                .map_err(|source| LockError::Open {
+                    path: shown.clone(),
+                    source,
+                })?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(Self { _lock: lock }),
                 Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(_) => return Err(LockError::Busy { path: shown, waited: timeout }),
+                Err(_) => {
+                    return Err(LockError::Busy {
+                        path: shown,
+                        waited: timeout,
+                    });
+                }
             }
         }
     }
@@ -54,9 +62,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(".lock");
         let first = AppLock::acquire(&p, Duration::from_secs(1)).await.unwrap();
-        let err = AppLock::acquire(&p, Duration::from_millis(300)).await.err().unwrap();
+        let err = AppLock::acquire(&p, Duration::from_millis(300))
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("another deploy"));
         drop(first);
-        AppLock::acquire(&p, Duration::from_millis(300)).await.unwrap();
+        AppLock::acquire(&p, Duration::from_millis(300))
+            .await
+            .unwrap();
     }
 }

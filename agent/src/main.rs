@@ -9,10 +9,19 @@ use tokio_util::sync::CancellationToken;
 
 /// Slipway's host agent: pulls, installs, activates and checks releases.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = "Example:\n  slipway-agent --config /etc/slipway/agent.toml")]
+#[command(
+    version,
+    about,
+    after_help = "Example:\n  slipway-agent --config /etc/slipway/agent.toml"
+)]
 struct Args {
     /// Agent config file (TOML).
-    #[arg(long, short, env = "SLIPWAY_AGENT_CONFIG", default_value = "/etc/slipway/agent.toml")]
+    #[arg(
+        long,
+        short,
+        env = "SLIPWAY_AGENT_CONFIG",
+        default_value = "/etc/slipway/agent.toml"
+    )]
     config: PathBuf,
 }
 
@@ -49,7 +58,10 @@ fn main() -> ExitCode {
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {
@@ -64,7 +76,9 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("SLIPWAY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1::agents_client::AgentsClient;
-use proto::v1::{AgentMessage, AppReport, DesiredApp, Heartbeat, Hello, agent_message, controller_message};
+use proto::v1::{
+    AgentMessage, AppReport, DesiredApp, Heartbeat, Hello, agent_message, controller_message,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,15 @@ use crate::config::AgentConfig;
 use crate::state::AppStatus;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The innermost cause of an error ("Connection refused" rather than "transport error").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
 
 pub struct Session {
     pub cfg: Arc<AgentConfig>,
@@ -51,13 +62,20 @@ impl Session {
     }
 
     fn report(&self, app: &str, statuses: &BTreeMap<String, AppStatus>) -> AppReport {
-        statuses.get(app).map(AppStatus::to_report).unwrap_or_else(|| AppReport {
-            app: app.to_string(),
-            ..Default::default()
-        })
+        statuses
+            .get(app)
+            .map(AppStatus::to_report)
+            .unwrap_or_else(|| AppReport {
+                app: app.to_string(),
+                ..Default::default()
+            })
     }
 
-    async fn serve(&self, backoff: &mut Duration, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn serve(
+        &self,
+        backoff: &mut Duration,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let channel = Endpoint::from_shared(self.cfg.controller.clone())?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -65,7 +83,7 @@ impl Session {
             .keep_alive_while_idle(true)
             .connect()
             .await
-            .map_err(|e| anyhow::anyhow!("connect {}: {e}", self.cfg.controller))?;
+            .map_err(|e| anyhow::anyhow!("connect {}: {}", self.cfg.controller, root_cause(&e)))?;
         let mut client = AgentsClient::new(channel.clone())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
@@ -74,7 +92,11 @@ impl Session {
         let mut sent: BTreeMap<String, AppReport> = BTreeMap::new();
         let apps: Vec<AppReport> = {
             let statuses = board.borrow_and_update();
-            self.cfg.apps.keys().map(|a| self.report(a, &statuses)).collect()
+            self.cfg
+                .apps
+                .keys()
+                .map(|a| self.report(a, &statuses))
+                .collect()
         };
         for r in &apps {
             sent.insert(r.app.clone(), r.clone());
@@ -87,7 +109,10 @@ impl Session {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             apps,
         };
-        tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await?;
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(hello)),
+        })
+        .await?;
         let mut inbound = client
             .session(ReceiverStream::new(rx))
             .await

@@ -108,8 +108,16 @@ impl AppStatus {
             } as i32,
             missing_env: self.missing_env.clone(),
             last_error: self.last_error.clone(),
-            failed_version: self.failed.as_ref().map(|f| f.version.clone()).unwrap_or_default(),
-            failed_digest: self.failed.as_ref().map(|f| f.digest.clone()).unwrap_or_default(),
+            failed_version: self
+                .failed
+                .as_ref()
+                .map(|f| f.version.clone())
+                .unwrap_or_default(),
+            failed_digest: self
+                .failed
+                .as_ref()
+                .map(|f| f.digest.clone())
+                .unwrap_or_default(),
             generation: self.generation,
         }
     }
@@ -136,11 +144,24 @@ pub struct LogLine<'a> {
 
 /// Appends one JSON line to `deploy.log`; a failure to log is reported, never fatal.
 pub fn log_step(path: &Path, app: &str, version: &str, step: &str, outcome: &str, detail: &str) {
-    let line = LogLine { ts: now(), app, version, step, outcome, detail };
-    let result = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|mut s| {
-        s.push('\n');
-        std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(s.as_bytes())
-    });
+    let line = LogLine {
+        ts: now(),
+        app,
+        version,
+        step,
+        outcome,
+        detail,
+    };
+    let result = serde_json::to_string(&line)
+        .map_err(std::io::Error::other)
+        .and_then(|mut s| {
+            s.push('\n');
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?
+                .write_all(s.as_bytes())
+        });
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "cannot append to deploy.log");
     }

@@ -75,11 +75,17 @@ pub fn record_path(paths: &AppPaths, process: &str) -> PathBuf {
 
 /// Pid files of the app's processes that are still alive.
 pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
-    let Ok(dir) = std::fs::read_dir(&paths.run) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(&paths.run) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Ok(bytes) = std::fs::read(entry.path()) else { continue };
-        let Ok(rec) = serde_json::from_slice::<ProcRecord>(&bytes) else { continue };
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<ProcRecord>(&bytes) else {
+            continue;
+        };
         if rec.alive() {
             out.push(rec);
         } else {
@@ -98,7 +104,10 @@ pub fn start(
     command: &[String],
     env: &BTreeMap<String, String>,
 ) -> Result<ProcRecord, SuperviseError> {
-    let spawn_err = |source| SuperviseError::Spawn { process: process.to_string(), source };
+    let spawn_err = |source| SuperviseError::Spawn {
+        process: process.to_string(),
+        source,
+    };
     let program = if command[0].contains('/') && !command[0].starts_with('/') {
         paths.current.join(&command[0])
     } else {
@@ -109,7 +118,10 @@ pub fn start(
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|source| SuperviseError::Io { path: log_path.clone(), source })?;
+        .map_err(|source| SuperviseError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
     let log2 = log.try_clone().map_err(spawn_err)?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&command[1..])
@@ -128,11 +140,22 @@ pub fn start(
         let mut child = child;
         let _ = child.wait();
     });
-    let start_time = start_time(pid).ok_or_else(|| SuperviseError::Vanished { process: process.to_string() })?;
-    let rec = ProcRecord { process: process.to_string(), pid, start_time, version: version.to_string() };
+    let start_time = start_time(pid).ok_or_else(|| SuperviseError::Vanished {
+        process: process.to_string(),
+    })?;
+    let rec = ProcRecord {
+        process: process.to_string(),
+        pid,
+        start_time,
+        version: version.to_string(),
+    };
     let path = record_path(paths, process);
-    let bytes = serde_json::to_vec(&rec).map_err(|e| SuperviseError::Io { path: path.clone(), source: e.into() })?;
-    artifact::unpack::write_atomic(&path, &bytes).map_err(|source| SuperviseError::Io { path, source })?;
+    let bytes = serde_json::to_vec(&rec).map_err(|e| SuperviseError::Io {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    artifact::unpack::write_atomic(&path, &bytes)
+        .map_err(|source| SuperviseError::Io { path, source })?;
     tracing::info!(process, pid, version, "process started");
     Ok(rec)
 }

@@ -77,7 +77,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), written: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -111,7 +115,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        Self { inner, hasher: Sha256::new(), read: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+        }
     }
 
     pub fn bytes_read(&self) -> u64 {
@@ -162,7 +170,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed_digests() {
-        for bad in ["", "sha256:", "md5:abcd", "sha256:zz", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "",
+            "sha256:",
+            "md5:abcd",
+            "sha256:zz",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

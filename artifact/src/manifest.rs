@@ -77,7 +77,10 @@ pub enum ManifestError {
 }
 
 fn entry_err(path: &str, why: impl Into<String>) -> ManifestError {
-    ManifestError::Entry { path: path.chars().take(200).collect(), why: why.into() }
+    ManifestError::Entry {
+        path: path.chars().take(200).collect(),
+        why: why.into(),
+    }
 }
 
 impl Manifest {
@@ -95,7 +98,11 @@ impl Manifest {
     /// Parses bytes received from elsewhere, insisting they are canonical so that the
     /// digest of the bytes and the digest of the parsed manifest agree, then
     /// validates every field.
-    pub fn from_canonical_bytes(bytes: &[u8], max_entries: usize, max_total: u64) -> Result<Self, ManifestError> {
+    pub fn from_canonical_bytes(
+        bytes: &[u8],
+        max_entries: usize,
+        max_total: u64,
+    ) -> Result<Self, ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge);
         }
@@ -113,7 +120,11 @@ impl Manifest {
 
     /// Sum of the sizes of all regular files.
     pub fn content_bytes(&self) -> u64 {
-        self.entries.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum()
+        self.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.size)
+            .sum()
     }
 
     /// Checks names, paths, ordering, modes and link targets. A manifest that
@@ -131,9 +142,15 @@ impl Manifest {
             return Err(entry_err("git_commit", "not a hex commit id"));
         }
         if self.entries.len() > max_entries {
-            return Err(ManifestError::TooManyEntries(self.entries.len(), max_entries));
+            return Err(ManifestError::TooManyEntries(
+                self.entries.len(),
+                max_entries,
+            ));
         }
-        let total = self.entries.iter().try_fold(0u64, |acc, e| acc.checked_add(e.size));
+        let total = self
+            .entries
+            .iter()
+            .try_fold(0u64, |acc, e| acc.checked_add(e.size));
         match total {
             Some(t) if t <= max_total => {}
             Some(t) => return Err(ManifestError::TooManyBytes(t, max_total)),
@@ -146,16 +163,25 @@ impl Manifest {
             if let Some(p) = prev
                 && p >= e.path.as_str()
             {
-                return Err(entry_err(&e.path, "entries are not strictly sorted (duplicate or out of order)"));
+                return Err(entry_err(
+                    &e.path,
+                    "entries are not strictly sorted (duplicate or out of order)",
+                ));
             }
             prev = Some(&e.path);
             if let Some((parent, _)) = e.path.rsplit_once('/')
                 && kinds.get(parent) != Some(&EntryKind::Dir)
             {
-                return Err(entry_err(&e.path, "parent is not a directory listed before it"));
+                return Err(entry_err(
+                    &e.path,
+                    "parent is not a directory listed before it",
+                ));
             }
             if e.mode & !0o777 != 0 {
-                return Err(entry_err(&e.path, "setuid, setgid or sticky bits are not allowed"));
+                return Err(entry_err(
+                    &e.path,
+                    "setuid, setgid or sticky bits are not allowed",
+                ));
             }
             if e.mode & 0o002 != 0 && e.kind != EntryKind::Symlink {
                 return Err(entry_err(&e.path, "world-writable modes are not allowed"));
@@ -213,7 +239,10 @@ pub fn check_clean_path(path: &str) -> Result<(), ManifestError> {
         }
     }
     // Belt and braces: the std parser must agree that every component is normal.
-    if !Path::new(path).components().all(|c| matches!(c, Component::Normal(_))) {
+    if !Path::new(path)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
         return Err(entry_err(path, "path is not a plain relative path"));
     }
     Ok(())
@@ -222,20 +251,33 @@ pub fn check_clean_path(path: &str) -> Result<(), ManifestError> {
 /// A link target must resolve inside the release, lexically, through directories
 /// only: every intermediate component must be a directory listed earlier, so a
 /// chain of links can never lead out.
-fn check_link_target(link: &str, target: &str, kinds: &BTreeMap<&str, EntryKind>) -> Result<(), ManifestError> {
+fn check_link_target(
+    link: &str,
+    target: &str,
+    kinds: &BTreeMap<&str, EntryKind>,
+) -> Result<(), ManifestError> {
     if target.is_empty() || target.len() > MAX_PATH_BYTES || target.contains('\0') {
         return Err(entry_err(link, "bad symlink target"));
     }
     if target.starts_with('/') {
-        return Err(entry_err(link, format!("symlink target {target:?} is absolute")));
+        return Err(entry_err(
+            link,
+            format!("symlink target {target:?} is absolute"),
+        ));
     }
     let mut stack: Vec<&str> = link.split('/').collect();
     stack.pop();
-    let comps: Vec<&str> = target.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let comps: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     for (i, comp) in comps.iter().enumerate() {
         if *comp == ".." {
             if stack.pop().is_none() {
-                return Err(entry_err(link, format!("symlink target {target:?} leaves the release")));
+                return Err(entry_err(
+                    link,
+                    format!("symlink target {target:?} leaves the release"),
+                ));
             }
             continue;
         }
@@ -244,12 +286,17 @@ fn check_link_target(link: &str, target: &str, kinds: &BTreeMap<&str, EntryKind>
         if !last && kinds.get(stack.join("/").as_str()) != Some(&EntryKind::Dir) {
             return Err(entry_err(
                 link,
-                format!("symlink target {target:?} goes through something that is not a directory of the release"),
+                format!(
+                    "symlink target {target:?} goes through something that is not a directory of the release"
+                ),
             ));
         }
     }
     if stack.is_empty() {
-        return Err(entry_err(link, format!("symlink target {target:?} points at the release root")));
+        return Err(entry_err(
+            link,
+            format!("symlink target {target:?} points at the release root"),
+        ));
     }
     Ok(())
 }
@@ -269,7 +316,14 @@ mod tests {
         }
     }
     fn dir(path: &str) -> Entry {
-        Entry { path: path.into(), kind: EntryKind::Dir, mode: 0o755, size: 0, sha256: None, target: None }
+        Entry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            sha256: None,
+            target: None,
+        }
     }
     fn link(path: &str, target: &str) -> Entry {
         Entry {
@@ -287,7 +341,10 @@ mod tests {
             app: "web".into(),
             version: "1.0.0".into(),
             git_commit: None,
-            blob: BlobRef { digest: Digest::of(b"blob").to_string(), size: 4 },
+            blob: BlobRef {
+                digest: Digest::of(b"blob").to_string(),
+                size: 4,
+            },
             entries,
         }
     }
@@ -297,14 +354,25 @@ mod tests {
         let got = manifest(entries).validate(1000, 1 << 30);
         match (got, expect_err) {
             (Ok(()), None) => {}
-            (Err(e), Some(want)) => assert!(e.to_string().contains(want), "error {e:?} lacks {want:?}"),
+            (Err(e), Some(want)) => {
+                assert!(e.to_string().contains(want), "error {e:?} lacks {want:?}")
+            }
             (got, want) => panic!("got {got:?}, wanted error {want:?}"),
         }
     }
 
     #[test]
     fn accepts_a_plain_tree() {
-        check(vec![file("a"), dir("d"), link("d/l", "../a"), file("d/x"), link("l2", "d/x")], None);
+        check(
+            vec![
+                file("a"),
+                dir("d"),
+                link("d/l", "../a"),
+                file("d/x"),
+                link("l2", "d/x"),
+            ],
+            None,
+        );
     }
 
     #[test]
@@ -314,11 +382,23 @@ mod tests {
         check(vec![dir("d"), file("d/../x")], Some("`.` or `..`"));
         check(vec![link("l", "../outside")], Some("leaves the release"));
         check(vec![link("l", "/etc")], Some("absolute"));
-        check(vec![dir("d"), link("d/l", "../../x")], Some("leaves the release"));
-        check(vec![link("a", "."), file("b")], Some("points at the release root"));
-        check(vec![dir("d"), link("d/a", "."), link("e", "d/a/../..")], Some("not a directory"));
+        check(
+            vec![dir("d"), link("d/l", "../../x")],
+            Some("leaves the release"),
+        );
+        check(
+            vec![link("a", "."), file("b")],
+            Some("points at the release root"),
+        );
+        check(
+            vec![dir("d"), link("d/a", "."), link("e", "d/a/../..")],
+            Some("not a directory"),
+        );
         check(vec![file("x/y")], Some("parent is not a directory"));
-        check(vec![link("d", "e"), file("d/x")], Some("parent is not a directory"));
+        check(
+            vec![link("d", "e"), file("d/x")],
+            Some("parent is not a directory"),
+        );
         check(vec![file("a"), file("a")], Some("strictly sorted"));
         check(vec![file("b"), file("a")], Some("strictly sorted"));
         let mut suid = file("a");
@@ -346,7 +426,13 @@ mod tests {
     #[test]
     fn enforces_limits() {
         let m = manifest(vec![file("a"), file("b")]);
-        assert!(matches!(m.validate(1, 100), Err(ManifestError::TooManyEntries(2, 1))));
-        assert!(matches!(m.validate(10, 1), Err(ManifestError::TooManyBytes(2, 1))));
+        assert!(matches!(
+            m.validate(1, 100),
+            Err(ManifestError::TooManyEntries(2, 1))
+        ));
+        assert!(matches!(
+            m.validate(10, 1),
+            Err(ManifestError::TooManyBytes(2, 1))
+        ));
     }
 }

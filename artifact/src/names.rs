@@ -39,7 +39,11 @@ pub const MAX_NAME_LEN: usize = 128;
 /// Accepts `[A-Za-z0-9][A-Za-z0-9._+-]*`, at most 128 bytes (versions may carry
 /// `+build` metadata; `.` and `..` can never match since the first byte is alphanumeric).
 pub fn validate_name(kind: NameKind, name: &str) -> Result<(), NameError> {
-    let err = |why| NameError { kind, name: name.chars().take(MAX_NAME_LEN).collect(), why };
+    let err = |why| NameError {
+        kind,
+        name: name.chars().take(MAX_NAME_LEN).collect(),
+        why,
+    };
     if name.is_empty() {
         return Err(err("must not be empty"));
     }
@@ -65,14 +69,23 @@ mod tests {
 
     #[test]
     fn accepts_usual_names() {
-        for ok in ["web", "1.4.2", "v2+build.7", "prod", "host-01.example", "a_b"] {
+        for ok in [
+            "web",
+            "1.4.2",
+            "v2+build.7",
+            "prod",
+            "host-01.example",
+            "a_b",
+        ] {
             validate_name(NameKind::Version, ok).unwrap();
         }
     }
 
     #[test]
     fn rejects_names_that_could_escape_a_path() {
-        for bad in ["", ".", "..", "../x", "a/b", "/abs", ".hidden", "a b", "a\0b", "é"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "/abs", ".hidden", "a b", "a\0b", "é",
+        ] {
             let e = validate_name(NameKind::App, bad).unwrap_err();
             assert_eq!(e.kind, NameKind::App);
         }

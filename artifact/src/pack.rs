@@ -33,7 +33,10 @@ pub enum PackError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
-    move |source| PackError::Io { path: path.to_path_buf(), source }
+    move |source| PackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What packing produced: the entries for the manifest and the blob's identity.
@@ -51,7 +54,10 @@ impl PackOutput {
             app: app.to_string(),
             version: version.to_string(),
             git_commit,
-            blob: BlobRef { digest: self.blob_digest.to_string(), size: self.blob_size },
+            blob: BlobRef {
+                digest: self.blob_digest.to_string(),
+                size: self.blob_size,
+            },
             entries: self.entries,
         }
     }
@@ -69,7 +75,9 @@ pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
     let hashing = HashingWriter::new(out);
     let mut encoder = zstd::stream::Encoder::new(hashing, ZSTD_LEVEL).map_err(PackError::Write)?;
     encoder.include_checksum(true).map_err(PackError::Write)?;
-    encoder.include_contentsize(false).map_err(PackError::Write)?;
+    encoder
+        .include_contentsize(false)
+        .map_err(PackError::Write)?;
     let mut builder = tar::Builder::new(encoder);
     builder.mode(tar::HeaderMode::Deterministic);
     builder.follow_symlinks(false);
@@ -86,8 +94,17 @@ pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
             header.set_size(0);
-            builder.append_data(&mut header, &rel, io::empty()).map_err(PackError::Write)?;
-            entries.push(Entry { path: rel, kind: EntryKind::Dir, mode: 0o755, size: 0, sha256: None, target: None });
+            builder
+                .append_data(&mut header, &rel, io::empty())
+                .map_err(PackError::Write)?;
+            entries.push(Entry {
+                path: rel,
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                size: 0,
+                sha256: None,
+                target: None,
+            });
         } else if ft.is_symlink() {
             let target = fs::read_link(&full).map_err(io_err(&full))?;
             let target = target.to_str().ok_or_else(|| PackError::Unsupported {
@@ -97,7 +114,9 @@ pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
-            builder.append_link(&mut header, &rel, target).map_err(PackError::Write)?;
+            builder
+                .append_link(&mut header, &rel, target)
+                .map_err(PackError::Write)?;
             entries.push(Entry {
                 path: rel,
                 kind: EntryKind::Symlink,
@@ -107,17 +126,23 @@ pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
                 target: Some(target.to_string()),
             });
         } else if ft.is_file() {
-            let mode = if meta.permissions().mode() & 0o100 != 0 { 0o755 } else { 0o644 };
+            let mode = if meta.permissions().mode() & 0o100 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             let size = meta.len();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(mode);
             header.set_size(size);
             let file = File::open(&full).map_err(io_err(&full))?;
             let mut reader = HashingReader::new(file.take(size));
-            builder.append_data(&mut header, &rel, &mut reader).map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => PackError::Changed(full.clone()),
-                _ => PackError::Write(e),
-            })?;
+            builder
+                .append_data(&mut header, &rel, &mut reader)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => PackError::Changed(full.clone()),
+                    _ => PackError::Write(e),
+                })?;
             let (digest, n) = reader.finish();
             if n != size {
                 return Err(PackError::Changed(full));
@@ -142,15 +167,25 @@ pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
     let hashing = encoder.finish().map_err(PackError::Write)?;
     let (mut inner, blob_digest, blob_size) = hashing.finish();
     inner.flush().map_err(PackError::Write)?;
-    let out = PackOutput { entries, blob_digest, blob_size };
+    let out = PackOutput {
+        entries,
+        blob_digest,
+        blob_size,
+    };
     // Validate what we are about to publish with the same rules agents apply.
-    out.clone().into_manifest("check", "check", None).validate(usize::MAX, u64::MAX)?;
+    out.clone()
+        .into_manifest("check", "check", None)
+        .validate(usize::MAX, u64::MAX)?;
     Ok(out)
 }
 
 /// Collects (relative path, full path) pairs of the whole tree.
 fn walk(root: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), PackError> {
-    let dir = if prefix.is_empty() { root.to_path_buf() } else { root.join(prefix) };
+    let dir = if prefix.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(prefix)
+    };
     let mut names = Vec::new();
     for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
         let entry = entry.map_err(io_err(&dir))?;
@@ -165,7 +200,11 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(
         names.push(name.to_string());
     }
     for name in names {
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let full = root.join(&rel);
         let is_dir = fs::symlink_metadata(&full).map_err(io_err(&full))?.is_dir();
         out.push((rel.clone(), full));

@@ -50,7 +50,11 @@ pub struct HealthSpec {
 
 impl Default for HealthSpec {
     fn default() -> Self {
-        Self { http: None, timeout_secs: default_timeout(), min_healthy_secs: default_min_healthy() }
+        Self {
+            http: None,
+            timeout_secs: default_timeout(),
+            min_healthy_secs: default_min_healthy(),
+        }
     }
 }
 
@@ -104,7 +108,11 @@ pub enum SpecError {
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("{file}: {key}: {why}")]
-    Invalid { file: String, key: String, why: String },
+    Invalid {
+        file: String,
+        key: String,
+        why: String,
+    },
 }
 
 impl ReleaseSpec {
@@ -112,11 +120,17 @@ impl ReleaseSpec {
     pub fn load(release_dir: &Path) -> Result<Self, SpecError> {
         let path = release_dir.join(SPEC_FILE);
         let file = path.display().to_string();
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| SpecError::Read { file: file.clone(), source })?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| SpecError::Read {
+            file: file.clone(),
+            source,
+        })?;
         if meta.len() > MAX_SPEC_BYTES {
             return Err(SpecError::TooLarge { file });
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::parse(&text, &file)
     }
 
@@ -124,49 +138,83 @@ impl ReleaseSpec {
         let spec: ReleaseSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
             file: file.to_string(),
             message: e.message().to_string()
-                + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
         })?;
         spec.validate(file)?;
         Ok(spec)
     }
 
     fn validate(&self, file: &str) -> Result<(), SpecError> {
-        let invalid = |key: String, why: String| SpecError::Invalid { file: file.to_string(), key, why };
+        let invalid = |key: String, why: String| SpecError::Invalid {
+            file: file.to_string(),
+            key,
+            why,
+        };
         if self.processes.is_empty() {
-            return Err(invalid("processes".into(), "at least one process is required".into()));
+            return Err(invalid(
+                "processes".into(),
+                "at least one process is required".into(),
+            ));
         }
         for (name, p) in &self.processes {
             let key = format!("processes.{name}");
-            validate_name(NameKind::Process, name).map_err(|e| invalid(key.clone(), e.why.to_string()))?;
+            validate_name(NameKind::Process, name)
+                .map_err(|e| invalid(key.clone(), e.why.to_string()))?;
             if p.command.is_empty() || p.command[0].is_empty() {
-                return Err(invalid(format!("{key}.command"), "must name a program".into()));
+                return Err(invalid(
+                    format!("{key}.command"),
+                    "must name a program".into(),
+                ));
             }
             for var in &p.required_env {
                 if !is_env_name(var) {
-                    return Err(invalid(format!("{key}.required_env"), format!("{var:?} is not a valid variable name")));
+                    return Err(invalid(
+                        format!("{key}.required_env"),
+                        format!("{var:?} is not a valid variable name"),
+                    ));
                 }
             }
             if let Some(path) = &p.health.http
                 && !path.starts_with('/')
             {
-                return Err(invalid(format!("{key}.health.http"), "must be a path starting with /".into()));
+                return Err(invalid(
+                    format!("{key}.health.http"),
+                    "must be a path starting with /".into(),
+                ));
             }
             if p.health.timeout_secs == 0 || p.health.timeout_secs > 3600 {
-                return Err(invalid(format!("{key}.health.timeout_secs"), "must be between 1 and 3600".into()));
+                return Err(invalid(
+                    format!("{key}.health.timeout_secs"),
+                    "must be between 1 and 3600".into(),
+                ));
             }
             if p.health.min_healthy_secs > 3600 {
-                return Err(invalid(format!("{key}.health.min_healthy_secs"), "must be at most 3600".into()));
+                return Err(invalid(
+                    format!("{key}.health.min_healthy_secs"),
+                    "must be at most 3600".into(),
+                ));
             }
         }
         if let Some(h) = &self.hooks.prepare {
             if h.command.is_empty() {
-                return Err(invalid("hooks.prepare.command".into(), "must name a program".into()));
+                return Err(invalid(
+                    "hooks.prepare.command".into(),
+                    "must name a program".into(),
+                ));
             }
             if h.timeout_secs == 0 || h.timeout_secs > 24 * 3600 {
-                return Err(invalid("hooks.prepare.timeout_secs".into(), "must be between 1 and 86400".into()));
+                return Err(invalid(
+                    "hooks.prepare.timeout_secs".into(),
+                    "must be between 1 and 86400".into(),
+                ));
             }
         }
-        for (key, list) in [("shared.files", &self.shared.files), ("shared.dirs", &self.shared.dirs)] {
+        for (key, list) in [
+            ("shared.files", &self.shared.files),
+            ("shared.dirs", &self.shared.dirs),
+        ] {
             for p in list {
                 check_clean_path(p).map_err(|e| invalid(key.into(), e.to_string()))?;
             }
@@ -176,7 +224,11 @@ impl ReleaseSpec {
 
     /// Every required env var name across processes, sorted and deduplicated.
     pub fn required_env(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.processes.values().flat_map(|p| p.required_env.iter().cloned()).collect();
+        let mut v: Vec<String> = self
+            .processes
+            .values()
+            .flat_map(|p| p.required_env.iter().cloned())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -200,7 +252,10 @@ mod tests {
             (Err(e), Some(want)) => {
                 let msg = e.to_string();
                 assert!(msg.contains(want), "error {msg:?} lacks {want:?}");
-                assert!(msg.starts_with("slipway.toml: "), "error names the file: {msg}");
+                assert!(
+                    msg.starts_with("slipway.toml: "),
+                    "error names the file: {msg}"
+                );
             }
             (got, want) => panic!("got {got:?}, wanted error {want:?}"),
         }
@@ -231,10 +286,25 @@ dirs = ["uploads"]
     fn errors_name_the_key_and_the_problem() {
         check("", Some("processes"));
         check("[processes]\n", Some("processes: at least one process"));
-        check("[processes.web]\ncommand = []\n", Some("processes.web.command"));
-        check("[processes.web]\ncommand = [\"x\"]\nrequired_env = [\"A-B\"]\n", Some("processes.web.required_env"));
-        check("[processes.web]\ncommand = [\"x\"]\nhealth = { http = \"health\" }\n", Some("processes.web.health.http"));
-        check("[processes.web]\ncommand = [\"x\"]\nport = 3\n", Some("unknown field `port`"));
-        check("[processes.web]\ncommand = [\"x\"]\n[shared]\nfiles = [\"../.env\"]\n", Some("shared.files"));
+        check(
+            "[processes.web]\ncommand = []\n",
+            Some("processes.web.command"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\nrequired_env = [\"A-B\"]\n",
+            Some("processes.web.required_env"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\nhealth = { http = \"health\" }\n",
+            Some("processes.web.health.http"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\nport = 3\n",
+            Some("unknown field `port`"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\n[shared]\nfiles = [\"../.env\"]\n",
+            Some("shared.files"),
+        );
     }
 }

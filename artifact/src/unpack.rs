@@ -23,7 +23,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_entries: 200_000, max_total_bytes: 8 << 30, window_log_max: 24 }
+        Self {
+            max_entries: 200_000,
+            max_total_bytes: 8 << 30,
+            window_log_max: 24,
+        }
     }
 }
 
@@ -48,27 +52,46 @@ pub enum UnpackError {
 }
 
 fn entry_err(path: &str, why: impl Into<String>) -> UnpackError {
-    UnpackError::Entry { path: path.chars().take(200).collect(), why: why.into() }
+    UnpackError::Entry {
+        path: path.chars().take(200).collect(),
+        why: why.into(),
+    }
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Write { path: path.to_path_buf(), source }
+    move |source| UnpackError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Unpacks the tar+zstd `blob` described by `manifest` into `dest` (which must not
 /// exist) via a temp dir in the same parent, then renames it into place.
-pub fn unpack_into(blob: impl Read, manifest: &Manifest, dest: &Path, limits: &Limits) -> Result<(), UnpackError> {
+pub fn unpack_into(
+    blob: impl Read,
+    manifest: &Manifest,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<(), UnpackError> {
     manifest.validate(limits.max_entries, limits.max_total_bytes)?;
     if fs::symlink_metadata(dest).is_ok() {
         return Err(UnpackError::Exists(dest.to_path_buf()));
     }
-    let parent = dest.parent().ok_or_else(|| UnpackError::Exists(dest.to_path_buf()))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let parent = dest
+        .parent()
+        .ok_or_else(|| UnpackError::Exists(dest.to_path_buf()))?;
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release");
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
     if fs::symlink_metadata(&tmp).is_ok() {
         fs::remove_dir_all(&tmp).map_err(write_err(&tmp))?;
     }
-    DirBuilder::new().mode(0o700).create(&tmp).map_err(write_err(&tmp))?;
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(write_err(&tmp))?;
     let result = unpack_tree(blob, manifest, &tmp, limits).and_then(|()| {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(write_err(&tmp))?;
         fs::rename(&tmp, dest).map_err(write_err(dest))?;
@@ -80,9 +103,16 @@ pub fn unpack_into(blob: impl Read, manifest: &Manifest, dest: &Path, limits: &L
     result
 }
 
-fn unpack_tree(blob: impl Read, manifest: &Manifest, root: &Path, limits: &Limits) -> Result<(), UnpackError> {
+fn unpack_tree(
+    blob: impl Read,
+    manifest: &Manifest,
+    root: &Path,
+    limits: &Limits,
+) -> Result<(), UnpackError> {
     let mut decoder = zstd::stream::read::Decoder::new(blob).map_err(UnpackError::Read)?;
-    decoder.window_log_max(limits.window_log_max).map_err(UnpackError::Read)?;
+    decoder
+        .window_log_max(limits.window_log_max)
+        .map_err(UnpackError::Read)?;
     // The tar reader can never see more than the manifest's content plus headers:
     // a zstd bomb stops here, not when the disk is full.
     let header_budget = (manifest.entries.len() as u64 + 8) * 4096;
@@ -97,35 +127,65 @@ fn unpack_tree(blob: impl Read, manifest: &Manifest, root: &Path, limits: &Limit
         let path = std::str::from_utf8(&raw_path)
             .map_err(|_| entry_err(&String::from_utf8_lossy(&raw_path), "path is not UTF-8"))?;
         let header_type = entry.header().entry_type();
-        let path = if header_type.is_dir() { path.strip_suffix('/').unwrap_or(path) } else { path };
+        let path = if header_type.is_dir() {
+            path.strip_suffix('/').unwrap_or(path)
+        } else {
+            path
+        };
         let Some(want) = expected.next() else {
-            return Err(entry_err(path, "not in the manifest (archive has more entries)"));
+            return Err(entry_err(
+                path,
+                "not in the manifest (archive has more entries)",
+            ));
         };
         if want.path != path {
-            return Err(entry_err(path, format!("not in the manifest at this position (expected {:?})", want.path)));
+            return Err(entry_err(
+                path,
+                format!(
+                    "not in the manifest at this position (expected {:?})",
+                    want.path
+                ),
+            ));
         }
         let kind = match header_type {
             tar::EntryType::Regular => EntryKind::File,
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink,
             tar::EntryType::Link => return Err(entry_err(path, "hardlinks are not allowed")),
-            other => return Err(entry_err(path, format!("entry type {other:?} is not allowed"))),
+            other => {
+                return Err(entry_err(
+                    path,
+                    format!("entry type {other:?} is not allowed"),
+                ));
+            }
         };
         if kind != want.kind {
-            return Err(entry_err(path, format!("is a {kind:?}, manifest says {:?}", want.kind)));
+            return Err(entry_err(
+                path,
+                format!("is a {kind:?}, manifest says {:?}", want.kind),
+            ));
         }
         let mode = entry.header().mode().map_err(UnpackError::Read)?;
         if mode & 0o7777 != want.mode {
-            return Err(entry_err(path, format!("mode {mode:o} differs from manifest {:o}", want.mode)));
+            return Err(entry_err(
+                path,
+                format!("mode {mode:o} differs from manifest {:o}", want.mode),
+            ));
         }
         let size = entry.header().size().map_err(UnpackError::Read)?;
         if size != want.size {
-            return Err(entry_err(path, format!("size {size} differs from manifest {}", want.size)));
+            return Err(entry_err(
+                path,
+                format!("size {size} differs from manifest {}", want.size),
+            ));
         }
         let out = root.join(path);
         match kind {
             EntryKind::Dir => {
-                DirBuilder::new().mode(0o700).create(&out).map_err(write_err(&out))?;
+                DirBuilder::new()
+                    .mode(0o700)
+                    .create(&out)
+                    .map_err(write_err(&out))?;
                 dirs.push((out, want.mode));
             }
             EntryKind::Symlink => {
@@ -136,7 +196,8 @@ fn unpack_tree(blob: impl Read, manifest: &Manifest, root: &Path, limits: &Limit
                 if Some(target.as_slice()) != want.target.as_deref().map(str::as_bytes) {
                     return Err(entry_err(path, "symlink target differs from manifest"));
                 }
-                let target = std::str::from_utf8(&target).map_err(|_| entry_err(path, "target is not UTF-8"))?;
+                let target = std::str::from_utf8(&target)
+                    .map_err(|_| entry_err(path, "target is not UTF-8"))?;
                 symlink(target, &out).map_err(write_err(&out))?;
             }
             EntryKind::File => {
@@ -148,17 +209,24 @@ fn unpack_tree(blob: impl Read, manifest: &Manifest, root: &Path, limits: &Limit
                     .open(&out)
                     .map_err(write_err(&out))?;
                 let mut w = HashingWriter::new(file);
-                let copied = io::copy(&mut (&mut entry).take(size), &mut w).map_err(UnpackError::Read)?;
+                let copied =
+                    io::copy(&mut (&mut entry).take(size), &mut w).map_err(UnpackError::Read)?;
                 let (file, digest, _) = w.finish();
                 if copied != size {
                     return Err(entry_err(path, "archive truncated inside this file"));
                 }
                 let want_digest = want.sha256.as_deref().unwrap_or_default();
-                if digest != Digest::parse(want_digest).map_err(|e| entry_err(path, e.to_string()))? {
-                    return Err(entry_err(path, format!("content digest {digest} differs from manifest")));
+                if digest
+                    != Digest::parse(want_digest).map_err(|e| entry_err(path, e.to_string()))?
+                {
+                    return Err(entry_err(
+                        path,
+                        format!("content digest {digest} differs from manifest"),
+                    ));
                 }
                 // umask may have masked the create mode; set it exactly.
-                file.set_permissions(fs::Permissions::from_mode(want.mode)).map_err(write_err(&out))?;
+                file.set_permissions(fs::Permissions::from_mode(want.mode))
+                    .map_err(write_err(&out))?;
                 file.sync_all().map_err(write_err(&out))?;
             }
         }
@@ -178,7 +246,9 @@ fn unpack_tree(blob: impl Read, manifest: &Manifest, root: &Path, limits: &Limit
 
 /// fsync a directory so renames and creations inside it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), UnpackError> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(write_err(dir))
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(write_err(dir))
 }
 
 /// Writes `bytes` to `path` durably: temp file beside it, fsync, rename, fsync dir.
@@ -204,7 +274,11 @@ mod tests {
         fs::create_dir_all(dir.join("bin")).unwrap();
         fs::write(dir.join("bin/app"), b"#!/bin/sh\necho hi\n").unwrap();
         fs::set_permissions(dir.join("bin/app"), fs::Permissions::from_mode(0o775)).unwrap();
-        fs::write(dir.join("slipway.toml"), b"[processes.web]\ncommand = [\"bin/app\"]\n").unwrap();
+        fs::write(
+            dir.join("slipway.toml"),
+            b"[processes.web]\ncommand = [\"bin/app\"]\n",
+        )
+        .unwrap();
         fs::create_dir_all(dir.join("a-b")).unwrap();
         fs::write(dir.join("a-b/x"), vec![7u8; 100_000]).unwrap();
         symlink("bin/app", dir.join("run")).unwrap();
@@ -226,7 +300,11 @@ mod tests {
         let (blob1, m1) = packed(&src);
         // Touch every mtime and repack: same bytes.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        fs::write(src.join("slipway.toml"), b"[processes.web]\ncommand = [\"bin/app\"]\n").unwrap();
+        fs::write(
+            src.join("slipway.toml"),
+            b"[processes.web]\ncommand = [\"bin/app\"]\n",
+        )
+        .unwrap();
         let (blob2, m2) = packed(&src);
         assert_eq!(Digest::of(&blob1), Digest::of(&blob2));
         assert_eq!(m1.digest(), m2.digest());
@@ -237,8 +315,15 @@ mod tests {
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         unpack_into(&blob1[..], &m1, &dest, &Limits::default()).unwrap();
         assert_eq!(fs::read(dest.join("a-b/x")).unwrap(), vec![7u8; 100_000]);
-        assert_eq!(fs::read_link(dest.join("run")).unwrap(), Path::new("bin/app"));
-        let mode = fs::metadata(dest.join("bin/app")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            fs::read_link(dest.join("run")).unwrap(),
+            Path::new("bin/app")
+        );
+        let mode = fs::metadata(dest.join("bin/app"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o755, "modes are normalised");
     }
 
@@ -254,7 +339,11 @@ mod tests {
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         let err = unpack_into(&blob[..], &m, &dest, &Limits::default()).unwrap_err();
         assert!(err.to_string().contains("content digest"), "{err}");
-        assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 0, "no temp dir left behind");
+        assert_eq!(
+            fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+            0,
+            "no temp dir left behind"
+        );
     }
 
     #[test]
@@ -275,7 +364,11 @@ mod tests {
     #[test]
     fn refuses_hostile_entries() {
         let t = tempfile::tempdir().unwrap();
-        for (name, kind) in [("../evil", tar::EntryType::Regular), ("dev", tar::EntryType::Char), ("h", tar::EntryType::Link)] {
+        for (name, kind) in [
+            ("../evil", tar::EntryType::Regular),
+            ("dev", tar::EntryType::Char),
+            ("h", tar::EntryType::Link),
+        ] {
             let mut tarball = Vec::new();
             {
                 let mut b = tar::Builder::new(&mut tarball);
@@ -296,7 +389,10 @@ mod tests {
                 app: "web".into(),
                 version: "1".into(),
                 git_commit: None,
-                blob: crate::manifest::BlobRef { digest: Digest::of(&blob).to_string(), size: blob.len() as u64 },
+                blob: crate::manifest::BlobRef {
+                    digest: Digest::of(&blob).to_string(),
+                    size: blob.len() as u64,
+                },
                 entries: vec![crate::manifest::Entry {
                     path: "x".into(),
                     kind: EntryKind::File,

@@ -17,14 +17,19 @@ pub enum BlobError {
         #[source]
         source: io::Error,
     },
-    #[error("digest mismatch: upload declared {declared} but its bytes hash to {actual}; blob discarded")]
+    #[error(
+        "digest mismatch: upload declared {declared} but its bytes hash to {actual}; blob discarded"
+    )]
     Mismatch { declared: Digest, actual: Digest },
     #[error("size mismatch: upload declared {declared} bytes but sent {actual}; blob discarded")]
     Size { declared: u64, actual: u64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io { path: path.to_path_buf(), source }
+    move |source| BlobError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Clone)]
@@ -44,7 +49,9 @@ impl BlobStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -73,7 +80,6 @@ impl BlobStore {
     }
 }
 
-
 /// An upload in progress. Dropping it without `commit` deletes the temp file.
 pub struct Upload {
     file: tokio::fs::File,
@@ -89,10 +95,16 @@ impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
         let next = self.written + chunk.len() as u64;
         if next > self.declared {
-            return Err(BlobError::Size { declared: self.declared, actual: next });
+            return Err(BlobError::Size {
+                declared: self.declared,
+                actual: next,
+            });
         }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).await.map_err(io_err(&self.tmp))?;
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(io_err(&self.tmp))?;
         self.written = next;
         Ok(())
     }
@@ -100,23 +112,37 @@ impl Upload {
     /// Verifies size and digest, then makes the blob durable under its name.
     pub async fn commit(mut self) -> Result<u64, BlobError> {
         if self.written != self.declared {
-            return Err(BlobError::Size { declared: self.declared, actual: self.written });
+            return Err(BlobError::Size {
+                declared: self.declared,
+                actual: self.written,
+            });
         }
         let actual = self.hasher.finish();
         if actual != self.digest {
-            return Err(BlobError::Mismatch { declared: self.digest, actual });
+            return Err(BlobError::Mismatch {
+                declared: self.digest,
+                actual,
+            });
         }
         self.file.flush().await.map_err(io_err(&self.tmp))?;
         self.file.sync_all().await.map_err(io_err(&self.tmp))?;
         let dest = self.dest.clone();
         let tmp = self.tmp;
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
-            tmp.persist(&dest).map_err(|e| BlobError::Io { path: dest.clone(), source: e.error })?;
+            tmp.persist(&dest).map_err(|e| BlobError::Io {
+                path: dest.clone(),
+                source: e.error,
+            })?;
             let dir = dest.parent().unwrap_or(Path::new("."));
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))
         })
         .await
-        .map_err(|e| BlobError::Io { path: self.dest.clone(), source: io::Error::other(e) })??;
+        .map_err(|e| BlobError::Io {
+            path: self.dest.clone(),
+            source: io::Error::other(e),
+        })??;
         Ok(self.written)
     }
 }

@@ -31,9 +31,10 @@ impl From<ControllerError> for Status {
             ControllerError::AlreadyExists(m) => Status::already_exists(m),
             ControllerError::FailedPrecondition(m) => Status::failed_precondition(m),
             ControllerError::InvalidArgument(m) => Status::invalid_argument(m),
-            ControllerError::Blob(e @ (crate::blobs::BlobError::Mismatch { .. } | crate::blobs::BlobError::Size { .. })) => {
-                Status::invalid_argument(e.to_string())
-            }
+            ControllerError::Blob(
+                e @ (crate::blobs::BlobError::Mismatch { .. }
+                | crate::blobs::BlobError::Size { .. }),
+            ) => Status::invalid_argument(e.to_string()),
             other => {
                 tracing::error!(error = %other, "internal error");
                 Status::internal("internal controller error (see the controller log)")

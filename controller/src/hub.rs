@@ -41,8 +41,13 @@ impl Hub {
 
     /// Registers a session for (tenant, host); a newer session replaces an older one.
     pub fn connect(&self, tenant: &str, host: &str) -> u64 {
-        let id = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.sessions.lock().expect("hub lock").insert((tenant.into(), host.into()), id);
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .insert((tenant.into(), host.into()), id);
         id
     }
 
@@ -54,10 +59,17 @@ impl Hub {
     }
 
     pub fn is_current(&self, tenant: &str, host: &str, id: u64) -> bool {
-        self.sessions.lock().expect("hub lock").get(&(tenant.to_string(), host.to_string())) == Some(&id)
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .get(&(tenant.to_string(), host.to_string()))
+            == Some(&id)
     }
 
     pub fn connected(&self, tenant: &str, host: &str) -> bool {
-        self.sessions.lock().expect("hub lock").contains_key(&(tenant.to_string(), host.to_string()))
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .contains_key(&(tenant.to_string(), host.to_string()))
     }
 }

@@ -32,11 +32,17 @@ pub struct Config {
 
 /// Opens the store and blob dir under `data_dir`, then serves on `listener` until
 /// `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("create data dir {}: {e}", config.data_dir.display()))?;
     let db = config.data_dir.join("slipway.db");
-    let store = Store::open_sqlite(&db).await.map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?;
+    let store = Store::open_sqlite(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
     let ctx = Arc::new(Ctx {
         store,
@@ -53,9 +59,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let releases = ReleasesServer::new(grpc::releases::ReleasesService { ctx: ctx.clone() })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let deployments = DeploymentsServer::new(grpc::deployments::DeploymentsService { ctx: ctx.clone() })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let deployments =
+        DeploymentsServer::new(grpc::deployments::DeploymentsService { ctx: ctx.clone() })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
     let agents = AgentsServer::new(grpc::agents::AgentsService { ctx: ctx.clone() })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -66,7 +73,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .add_service(releases)
         .add_service(deployments)
         .add_service(agents)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled(),
+        )
         .await?;
     tracing::info!("controller stopped");
     Ok(())

@@ -8,13 +8,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Slipway's controller: release store, desired state and agent sessions.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = "Example:\n  slipway-controller --listen 127.0.0.1:7400 --data-dir /var/lib/slipway-controller")]
+#[command(
+    version,
+    about,
+    after_help = "Example:\n  slipway-controller --listen 127.0.0.1:7400 --data-dir /var/lib/slipway-controller"
+)]
 struct Args {
     /// Address to serve gRPC on.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7400")]
     listen: String,
     /// Directory for the SQLite database and the blob store.
-    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = "/var/lib/slipway-controller")]
+    #[arg(
+        long,
+        env = "SLIPWAY_DATA_DIR",
+        default_value = "/var/lib/slipway-controller"
+    )]
     data_dir: PathBuf,
     /// Heartbeat interval the controller asks agents to keep.
     #[arg(long, default_value_t = 10)]
@@ -27,7 +35,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "slipway-controller starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "slipway-controller starting"
+    );
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,7 +74,10 @@ fn main() -> ExitCode {
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {
@@ -78,7 +92,9 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("SLIPWAY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -102,13 +104,19 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
 
     pub async fn tenant_exists(&self, tenant: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM tenants WHERE name = ?").bind(tenant).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.is_some())
     }
 
@@ -123,11 +131,15 @@ impl Store {
     }
 
     pub async fn environments(&self, tenant: &str) -> Result<Vec<(String, bool)>> {
-        let rows = sqlx::query("SELECT name, production FROM environments WHERE tenant = ? ORDER BY name")
-            .bind(tenant)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get::<i64, _>(1) != 0)).collect())
+        let rows =
+            sqlx::query("SELECT name, production FROM environments WHERE tenant = ? ORDER BY name")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get::<i64, _>(1) != 0))
+            .collect())
     }
 
     pub async fn app_exists(&self, tenant: &str, app: &str) -> Result<bool> {
@@ -140,30 +152,42 @@ impl Store {
     }
 
     pub async fn blob_size(&self, digest: &str) -> Result<Option<u64>> {
-        let row = sqlx::query("SELECT size FROM blobs WHERE digest = ?").bind(digest).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT size FROM blobs WHERE digest = ?")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
     pub async fn insert_blob(&self, digest: &str, size: u64) -> Result<()> {
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(digest)
-            .bind(size as i64)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Inserts the release unless (tenant, app, version) exists; returns the stored
     /// release and whether it was already there.
-    pub async fn insert_release(&self, tenant: &str, r: &ReleaseRow, manifest: &[u8]) -> Result<(ReleaseRow, bool)> {
+    pub async fn insert_release(
+        &self,
+        tenant: &str,
+        r: &ReleaseRow,
+        manifest: &[u8],
+    ) -> Result<(ReleaseRow, bool)> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO apps (tenant, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(tenant)
-            .bind(&r.app)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO apps (tenant, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&r.app)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
         let inserted = sqlx::query(
             "INSERT INTO releases (tenant, app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, manifest, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -183,11 +207,19 @@ impl Store {
         .rows_affected()
             == 1;
         tx.commit().await?;
-        let stored = self.release(tenant, &r.app, &r.version).await?.expect("release row exists after insert");
+        let stored = self
+            .release(tenant, &r.app, &r.version)
+            .await?
+            .expect("release row exists after insert");
         Ok((stored, !inserted))
     }
 
-    pub async fn release(&self, tenant: &str, app: &str, version: &str) -> Result<Option<ReleaseRow>> {
+    pub async fn release(
+        &self,
+        tenant: &str,
+        app: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRow>> {
         let row = sqlx::query(
             "SELECT app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at
              FROM releases WHERE tenant = ? AND app = ? AND version = ?",
@@ -213,7 +245,13 @@ impl Store {
     }
 
     /// Sets the desired release of app@env; returns the new generation.
-    pub async fn set_desired(&self, tenant: &str, app: &str, env: &str, version: &str) -> Result<u64> {
+    pub async fn set_desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        version: &str,
+    ) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let generation: i64 = sqlx::query(
             "INSERT INTO desired (tenant, app, environment, version, generation, updated_at) VALUES (?, ?, ?, ?, 1, ?)
@@ -245,7 +283,12 @@ impl Store {
     }
 
     /// Current desired (version, generation) of app@env.
-    pub async fn desired(&self, tenant: &str, app: &str, env: &str) -> Result<Option<(String, u64)>> {
+    pub async fn desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+    ) -> Result<Option<(String, u64)>> {
         let row = sqlx::query("SELECT version, generation FROM desired WHERE tenant = ? AND app = ? AND environment = ?")
             .bind(tenant)
             .bind(app)
@@ -256,7 +299,13 @@ impl Store {
     }
 
     /// The newest version desired before, that differs from `current`.
-    pub async fn previous_desired(&self, tenant: &str, app: &str, env: &str, current: &str) -> Result<Option<String>> {
+    pub async fn previous_desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        current: &str,
+    ) -> Result<Option<String>> {
         let row = sqlx::query(
             "SELECT version FROM desired_history WHERE tenant = ? AND app = ? AND environment = ? AND version != ?
              ORDER BY id DESC LIMIT 1",
@@ -271,7 +320,12 @@ impl Store {
     }
 
     /// Desired releases of the given apps in an environment, with their manifests.
-    pub async fn desired_for(&self, tenant: &str, env: &str, apps: &[String]) -> Result<Vec<DesiredRow>> {
+    pub async fn desired_for(
+        &self,
+        tenant: &str,
+        env: &str,
+        apps: &[String],
+    ) -> Result<Vec<DesiredRow>> {
         let rows = sqlx::query(
             "SELECT d.app, d.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest
              FROM desired d JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
@@ -297,7 +351,13 @@ impl Store {
     }
 
     /// Environments where app runs `manifest_digest` healthy on at least one host.
-    pub async fn healthy_hosts_running(&self, tenant: &str, app: &str, env: &str, manifest_digest: &str) -> Result<u64> {
+    pub async fn healthy_hosts_running(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        manifest_digest: &str,
+    ) -> Result<u64> {
         let row = sqlx::query(
             "SELECT COUNT(*) FROM host_status s JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              WHERE s.tenant = ? AND s.app = ? AND h.environment = ? AND s.running_digest = ? AND s.health = ?",
@@ -312,7 +372,13 @@ impl Store {
         Ok(row.get::<i64, _>(0) as u64)
     }
 
-    pub async fn upsert_host(&self, tenant: &str, host: &str, env: &str, agent_version: &str) -> Result<()> {
+    pub async fn upsert_host(
+        &self,
+        tenant: &str,
+        host: &str,
+        env: &str,
+        agent_version: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (tenant, name) DO UPDATE
@@ -329,11 +395,13 @@ impl Store {
     }
 
     pub async fn hosts_in_env(&self, tenant: &str, env: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM hosts WHERE tenant = ? AND environment = ? ORDER BY name")
-            .bind(tenant)
-            .bind(env)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT name FROM hosts WHERE tenant = ? AND environment = ? ORDER BY name",
+        )
+        .bind(tenant)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
@@ -444,7 +512,11 @@ impl Store {
                         health: r.get(8),
                         health_reason: r.get(9),
                         env_check: r.get(10),
-                        missing_env: missing.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                        missing_env: missing
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect(),
                         last_error: r.get(12),
                         failed_version: r.get(13),
                         failed_digest: r.get(14),
@@ -455,7 +527,10 @@ impl Store {
             .collect())
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one column per argument, all named at the call site")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one column per argument, all named at the call site"
+    )]
     pub async fn audit(
         &self,
         tenant: &str,
@@ -531,7 +606,9 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_sqlite(&dir.path().join("slipway.db")).await.unwrap();
+        let s = Store::open_sqlite(&dir.path().join("slipway.db"))
+            .await
+            .unwrap();
         (dir, s)
     }
 
@@ -553,7 +630,10 @@ mod tests {
         let (_d, s) = store().await;
         assert!(s.tenant_exists("default").await.unwrap());
         assert_eq!(s.environment("default", "prod").await.unwrap(), Some(true));
-        assert_eq!(s.environment("default", "preprod").await.unwrap(), Some(false));
+        assert_eq!(
+            s.environment("default", "preprod").await.unwrap(),
+            Some(false)
+        );
         assert_eq!(s.environment("default", "staging").await.unwrap(), None);
     }
 
@@ -561,18 +641,53 @@ mod tests {
     async fn versions_are_immutable_and_generations_grow() {
         let (_d, s) = store().await;
         s.insert_blob("sha256:b", 1).await.unwrap();
-        let (_, existed) = s.insert_release("default", &release("1", "sha256:m1"), b"{}").await.unwrap();
+        let (_, existed) = s
+            .insert_release("default", &release("1", "sha256:m1"), b"{}")
+            .await
+            .unwrap();
         assert!(!existed);
-        let (stored, existed) = s.insert_release("default", &release("1", "sha256:other"), b"{}").await.unwrap();
+        let (stored, existed) = s
+            .insert_release("default", &release("1", "sha256:other"), b"{}")
+            .await
+            .unwrap();
         assert!(existed);
-        assert_eq!(stored.manifest_digest, "sha256:m1", "the first registration wins");
-        s.insert_release("default", &release("2", "sha256:m2"), b"{}").await.unwrap();
+        assert_eq!(
+            stored.manifest_digest, "sha256:m1",
+            "the first registration wins"
+        );
+        s.insert_release("default", &release("2", "sha256:m2"), b"{}")
+            .await
+            .unwrap();
 
-        assert_eq!(s.set_desired("default", "web", "preprod", "1").await.unwrap(), 1);
-        assert_eq!(s.set_desired("default", "web", "preprod", "2").await.unwrap(), 2);
-        assert_eq!(s.previous_desired("default", "web", "preprod", "2").await.unwrap().as_deref(), Some("1"));
-        let d = s.desired_for("default", "preprod", &["web".into()]).await.unwrap();
+        assert_eq!(
+            s.set_desired("default", "web", "preprod", "1")
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.set_desired("default", "web", "preprod", "2")
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.previous_desired("default", "web", "preprod", "2")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
+        let d = s
+            .desired_for("default", "preprod", &["web".into()])
+            .await
+            .unwrap();
         assert_eq!((d[0].version.as_str(), d[0].generation), ("2", 2));
-        assert!(s.desired_for("default", "preprod", &["api".into()]).await.unwrap().is_empty());
+        assert!(
+            s.desired_for("default", "preprod", &["api".into()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -1,1 +1,415 @@
+//! Test harness: starts the real `slipway-controller`, `slipway-agent` and
+//! `slipctl` binaries on 127.0.0.1 with ephemeral ports and temp dirs, builds
+//! releases of the sample app, and cleans every process up on drop (including
+//! the app processes the agent leaves running by design).
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, next to the test executable's `deps/` dir.
+/// The binaries must be built first (`cargo build --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `f` until it returns Some, or panics naming `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One plain HTTP GET: (status, body), or None if nothing answered.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn print_log_on_panic(name: &str, path: &Path) {
+    if std::thread::panicking()
+        && let Ok(log) = std::fs::read_to_string(path)
+    {
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("----- {name} log ({}) -----", path.display());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+pub struct Controller {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Controller {
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let mut c = Controller {
+            child: None,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir: dir.join("controller"),
+            log: dir.join("controller.log"),
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(bin("slipway-controller"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--heartbeat-secs",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("SLIPWAY_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start controller");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(20), "controller to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// SIGKILL: no graceful shutdown, like a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs slipctl against this controller.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        slipctl(&self.url, args)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+        print_log_on_panic("controller", &self.log);
+    }
+}
+
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Panics with both streams unless slipctl exited 0.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "slipctl failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("bad json ({e}): {}", self.stdout))
+    }
+}
+
+pub fn slipctl(url: &str, args: &[&str]) -> CtlOutput {
+    let out: Output = Command::new(bin("slipctl"))
+        .args(args)
+        .env("SLIPWAY_CONTROLLER", url)
+        .env("SLIPWAY_ACTOR", "e2e-test")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run slipctl");
+    CtlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub app_port: u16,
+    pub host: String,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// An agent for `host` in `env` running app `web` on a fresh port, with
+    /// `shared/.env` holding `env_lines`.
+    pub fn start(
+        dir: &Path,
+        controller: &Controller,
+        host: &str,
+        env: &str,
+        env_lines: &str,
+    ) -> Self {
+        let state_dir = dir.join(format!("agent-{host}"));
+        let shared = state_dir.join("apps/web/shared");
+        std::fs::create_dir_all(&shared).expect("shared dir");
+        std::fs::write(shared.join(".env"), env_lines).expect("write .env");
+        let app_port = free_port();
+        let config = dir.join(format!("agent-{host}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"{env}\"\nstate_dir = \"{}\"\n\n[apps.web]\nport = {app_port}\nstop_grace_secs = 3\n",
+                controller.url,
+                state_dir.display()
+            ),
+        )
+        .expect("write agent config");
+        let mut a = Agent {
+            child: None,
+            config,
+            state_dir,
+            app_port,
+            host: host.to_string(),
+            log: dir.join(format!("agent-{host}.log")),
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(bin("slipway-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("SLIPWAY_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL the agent only; the app it supervises keeps running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn app_dir(&self) -> PathBuf {
+        self.state_dir.join("apps/web")
+    }
+
+    pub fn deploy_log(&self) -> String {
+        std::fs::read_to_string(self.app_dir().join("deploy.log")).unwrap_or_default()
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.app_dir().join("status.json")).expect("status.json");
+        serde_json::from_str(&text).expect("status.json parses")
+    }
+
+    /// Pid of the running app process, from the agent's pid file.
+    pub fn app_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.app_dir().join("run/web.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// What the app answers on `/` (e.g. "sample-app 1.0.0").
+    pub fn app_says(&self) -> Option<String> {
+        http_get(self.app_port, "/").map(|(_, body)| body.trim().to_string())
+    }
+
+    /// Waits until the app answers `/` with `sample-app <version>`.
+    pub fn wait_serving(&self, version: &str) {
+        let want = format!("sample-app {version}");
+        eventually(
+            Duration::from_secs(30),
+            &format!("{} to serve {want}", self.host),
+            || (self.app_says().as_deref() == Some(want.as_str())).then_some(()),
+        );
+    }
+
+    fn kill_apps(&self) {
+        let Ok(dir) = std::fs::read_dir(self.app_dir().join("run")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(pid) = v["pid"].as_i64() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        self.kill_apps();
+        print_log_on_panic(&format!("agent {}", self.host), &self.log);
+    }
+}
+
+/// Options of a sample-app release.
+pub struct ReleaseOpts<'a> {
+    pub version: &'a str,
+    pub healthy: bool,
+    pub required_env: &'a [&'a str],
+    pub prepare: &'a str,
+}
+
+impl<'a> ReleaseOpts<'a> {
+    pub fn new(version: &'a str) -> Self {
+        Self {
+            version,
+            healthy: true,
+            required_env: &["DATABASE_URL"],
+            prepare: "echo migrated > .migrated",
+        }
+    }
+}
+
+/// Writes a release dir of the sample app under `dir/release-<version>`.
+pub fn sample_release(dir: &Path, o: &ReleaseOpts) -> PathBuf {
+    let rel = dir.join(format!("release-{}", o.version));
+    std::fs::create_dir_all(rel.join("bin")).expect("release dir");
+    std::fs::copy(
+        bin("slipway-sample-app"),
+        rel.join("bin/slipway-sample-app"),
+    )
+    .expect("copy sample app");
+    std::fs::write(
+        rel.join("sample.conf"),
+        format!("version={}\nhealthy={}\n", o.version, o.healthy),
+    )
+    .expect("conf");
+    let required: Vec<String> = o.required_env.iter().map(|n| format!("{n:?}")).collect();
+    std::fs::write(
+        rel.join("slipway.toml"),
+        format!(
+            "[processes.web]\ncommand = [\"bin/slipway-sample-app\"]\nrequired_env = [{}]\nhealth = {{ http = \"/health\", timeout_secs = 5, min_healthy_secs = 1 }}\n\n[hooks.prepare]\ncommand = [\"sh\", \"-c\", {:?}]\ntimeout_secs = 20\n\n[shared]\nfiles = [\".env\"]\n",
+            required.join(", "),
+            o.prepare
+        ),
+    )
+    .expect("spec");
+    rel
+}
+
+/// Publishes a sample release and returns its release digest.
+pub fn publish(c: &Controller, dir: &Path, o: &ReleaseOpts) -> String {
+    let rel = sample_release(dir, o);
+    let out = c
+        .ctl(&[
+            "publish",
+            rel.to_str().expect("utf8"),
+            "--app",
+            "web",
+            "--version",
+            o.version,
+            "--allow-dirty",
+        ])
+        .ok();
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("release")
+                .map(|d| d.trim().to_string())
+        })
+        .expect("publish prints the release digest")
+}
+
+/// The status row of `host` for app `web`.
+pub fn status_row(c: &Controller, host: &str) -> Option<serde_json::Value> {
+    let out = c.ctl(&["status", "--app", "web", "--json"]);
+    if out.code != 0 {
+        return None;
+    }
+    out.json()
+        .as_array()?
+        .iter()
+        .find(|r| r["host"] == host)
+        .cloned()
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 use artifact::{Digest, NameKind, validate_name};
 use proto::v1::agents_server::Agents;
 use proto::v1::{
-    AgentMessage, AppReport, BlobChunk, ControllerMessage, DesiredApp, DesiredState, FetchBlobRequest, Hello,
-    Welcome, agent_message, controller_message,
+    AgentMessage, AppReport, BlobChunk, ControllerMessage, DesiredApp, DesiredState,
+    FetchBlobRequest, Hello, Welcome, agent_message, controller_message,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
@@ -45,8 +45,12 @@ fn bounded(s: String) -> String {
 
 fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
     validate_name(NameKind::App, &r.app).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if r.missing_env.len() > MAX_MISSING_NAMES || !r.missing_env.iter().all(|n| artifact::spec::is_env_name(n)) {
-        return Err(Status::invalid_argument("report: missing_env must hold variable names only"));
+    if r.missing_env.len() > MAX_MISSING_NAMES
+        || !r.missing_env.iter().all(|n| artifact::spec::is_env_name(n))
+    {
+        return Err(Status::invalid_argument(
+            "report: missing_env must hold variable names only",
+        ));
     }
     Ok(HostAppReport {
         app: r.app,
@@ -76,36 +80,69 @@ impl AgentsService {
     async fn accept_hello(&self, hello: Hello) -> Result<SessionHost, Status> {
         let store = &self.ctx.store;
         let tenant = super::tenant_of(&hello.tenant)?;
-        validate_name(NameKind::Host, &hello.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        validate_name(NameKind::Environment, &hello.environment).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_name(NameKind::Host, &hello.host)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_name(NameKind::Environment, &hello.environment)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if hello.apps.len() > MAX_APPS_PER_HOST {
-            return Err(Status::invalid_argument(format!("at most {MAX_APPS_PER_HOST} apps per host")));
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_APPS_PER_HOST} apps per host"
+            )));
         }
-        if !store.tenant_exists(&tenant).await.map_err(ControllerError::from)? {
+        if !store
+            .tenant_exists(&tenant)
+            .await
+            .map_err(ControllerError::from)?
+        {
             return Err(Status::not_found(format!("unknown tenant {tenant:?}")));
         }
-        if store.environment(&tenant, &hello.environment).await.map_err(ControllerError::from)?.is_none() {
+        if store
+            .environment(&tenant, &hello.environment)
+            .await
+            .map_err(ControllerError::from)?
+            .is_none()
+        {
             return Err(Status::not_found(format!(
                 "unknown environment {:?} for tenant {tenant:?}",
                 hello.environment
             )));
         }
         store
-            .upsert_host(&tenant, &hello.host, &hello.environment, &bounded(hello.agent_version))
+            .upsert_host(
+                &tenant,
+                &hello.host,
+                &hello.environment,
+                &bounded(hello.agent_version),
+            )
             .await
             .map_err(ControllerError::from)?;
         let mut apps = Vec::new();
         for r in hello.apps {
             let report = report_from_proto(r)?;
             apps.push(report.app.clone());
-            store.record_report(&tenant, &hello.host, &report).await.map_err(ControllerError::from)?;
+            store
+                .record_report(&tenant, &hello.host, &report)
+                .await
+                .map_err(ControllerError::from)?;
         }
-        store.retain_host_apps(&tenant, &hello.host, &apps).await.map_err(ControllerError::from)?;
-        Ok(SessionHost { tenant, host: hello.host, environment: hello.environment, apps })
+        store
+            .retain_host_apps(&tenant, &hello.host, &apps)
+            .await
+            .map_err(ControllerError::from)?;
+        Ok(SessionHost {
+            tenant,
+            host: hello.host,
+            environment: hello.environment,
+            apps,
+        })
     }
 
     async fn desired_for(&self, h: &SessionHost) -> Result<DesiredState, ControllerError> {
-        let rows = self.ctx.store.desired_for(&h.tenant, &h.environment, &h.apps).await?;
+        let rows = self
+            .ctx
+            .store
+            .desired_for(&h.tenant, &h.environment, &h.apps)
+            .await?;
         Ok(DesiredState {
             apps: rows
                 .into_iter()
@@ -128,13 +165,19 @@ impl Agents for AgentsService {
     type SessionStream = BoxStream<ControllerMessage>;
     type FetchBlobStream = BoxStream<BlobChunk>;
 
-    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??;
-        let Some(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }) = first else {
+        let Some(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(hello)),
+        }) = first
+        else {
             return Err(Status::invalid_argument("a session must start with hello"));
         };
         let host = self.accept_hello(hello).await?;
@@ -143,11 +186,17 @@ impl Agents for AgentsService {
 
         let (tx, rx) = mpsc::channel::<Result<ControllerMessage, Status>>(8);
         let welcome = ControllerMessage {
-            msg: Some(controller_message::Msg::Welcome(Welcome { heartbeat_secs: self.ctx.heartbeat_secs })),
+            msg: Some(controller_message::Msg::Welcome(Welcome {
+                heartbeat_secs: self.ctx.heartbeat_secs,
+            })),
         };
-        tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("agent went away"))?;
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
 
-        let svc = AgentsService { ctx: self.ctx.clone() };
+        let svc = AgentsService {
+            ctx: self.ctx.clone(),
+        };
         let mut desired_rx = self.ctx.hub.subscribe();
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
@@ -160,16 +209,24 @@ impl Agents for AgentsService {
                     push = false;
                     match svc.desired_for(&host).await {
                         Ok(state) => {
-                            let key: Vec<(String, u64)> = state.apps.iter().map(|a| (a.app.clone(), a.generation)).collect();
+                            let key: Vec<(String, u64)> = state
+                                .apps
+                                .iter()
+                                .map(|a| (a.app.clone(), a.generation))
+                                .collect();
                             if last_sent.as_ref() != Some(&key) {
-                                let msg = ControllerMessage { msg: Some(controller_message::Msg::Desired(state)) };
+                                let msg = ControllerMessage {
+                                    msg: Some(controller_message::Msg::Desired(state)),
+                                };
                                 if tx.send(Ok(msg)).await.is_err() {
                                     break;
                                 }
                                 last_sent = Some(key);
                             }
                         }
-                        Err(e) => tracing::error!(host = %host.host, error = %e, "computing desired state failed"),
+                        Err(e) => {
+                            tracing::error!(host = %host.host, error = %e, "computing desired state failed")
+                        }
                     }
                 }
                 tokio::select! {
@@ -215,9 +272,13 @@ impl Agents for AgentsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn fetch_blob(&self, req: Request<FetchBlobRequest>) -> Result<Response<Self::FetchBlobStream>, Status> {
+    async fn fetch_blob(
+        &self,
+        req: Request<FetchBlobRequest>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
         let req = req.into_inner();
-        let digest = Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let digest =
+            Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let size = self
             .ctx
             .store
@@ -226,14 +287,19 @@ impl Agents for AgentsService {
             .map_err(ControllerError::from)?
             .ok_or_else(|| Status::not_found(format!("no blob {digest}")))?;
         if req.offset > size {
-            return Err(Status::out_of_range(format!("offset {} is past the end of {digest} ({size} bytes)", req.offset)));
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of {digest} ({size} bytes)",
+                req.offset
+            )));
         }
         let path = self.ctx.blobs.path(&digest);
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             tracing::error!(path = %path.display(), error = %e, "blob listed in the store but unreadable");
             Status::not_found(format!("no blob {digest}"))
         })?;
-        file.seek(std::io::SeekFrom::Start(req.offset)).await.map_err(|e| Status::internal(e.to_string()))?;
+        file.seek(std::io::SeekFrom::Start(req.offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut remaining = size - req.offset;
@@ -247,7 +313,11 @@ impl Agents for AgentsService {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::data_loss(format!("reading blob {digest}: {e}")))).await;
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "reading blob {digest}: {e}"
+                            ))))
+                            .await;
                         return;
                     }
                 }

@@ -3,9 +3,9 @@
 
 use proto::v1::deployments_server::Deployments;
 use proto::v1::{
-    AuditEvent, DeployRequest, DeployResponse, Environment, FleetStatusRequest, FleetStatusResponse, HistoryRequest,
-    HistoryResponse, HostAppStatus, ListEnvironmentsRequest, ListEnvironmentsResponse, PromoteRequest, RetryRequest,
-    RollbackRequest,
+    AuditEvent, DeployRequest, DeployResponse, Environment, FleetStatusRequest,
+    FleetStatusResponse, HistoryRequest, HistoryResponse, HostAppStatus, ListEnvironmentsRequest,
+    ListEnvironmentsResponse, PromoteRequest, RetryRequest, RollbackRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -26,10 +26,17 @@ impl DeploymentsService {
     async fn check_app_env(&self, tenant: &str, app: &str, env: &str) -> Result<()> {
         let store = &self.ctx.store;
         if !store.app_exists(tenant, app).await? {
-            return Err(ControllerError::NotFound(format!("unknown app {app:?}: publish a release of it first")));
+            return Err(ControllerError::NotFound(format!(
+                "unknown app {app:?}: publish a release of it first"
+            )));
         }
         if store.environment(tenant, env).await?.is_none() {
-            let known: Vec<String> = store.environments(tenant).await?.into_iter().map(|(n, _)| n).collect();
+            let known: Vec<String> = store
+                .environments(tenant)
+                .await?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
             return Err(ControllerError::NotFound(format!(
                 "unknown environment {env:?} (known: {})",
                 known.join(", ")
@@ -39,13 +46,25 @@ impl DeploymentsService {
     }
 
     /// Points app@env at `version` and wakes the sessions of that environment.
-    async fn set_desired(&self, tenant: &str, app: &str, env: &str, version: &str) -> Result<DeployResponse> {
+    async fn set_desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        version: &str,
+    ) -> Result<DeployResponse> {
         self.check_app_env(tenant, app, env).await?;
         let store = &self.ctx.store;
         let release = store.release(tenant, app, version).await?.ok_or_else(|| {
-            ControllerError::NotFound(format!("unknown version {version:?} of app {app:?} (see `slipctl releases {app}`)"))
+            ControllerError::NotFound(format!(
+                "unknown version {version:?} of app {app:?} (see `slipctl releases {app}`)"
+            ))
         })?;
-        let previous = store.desired(tenant, app, env).await?.map(|(v, _)| v).unwrap_or_default();
+        let previous = store
+            .desired(tenant, app, env)
+            .await?
+            .map(|(v, _)| v)
+            .unwrap_or_default();
         let generation = store.set_desired(tenant, app, env, version).await?;
         self.ctx.hub.desired_changed();
         let connected_hosts = store
@@ -76,10 +95,23 @@ impl DeploymentsService {
         result: Result<DeployResponse>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let (detail, outcome) = match &result {
-            Ok(r) => (format!("{} -> {} ({})", r.previous_version, r.version, r.manifest_digest), "ok".to_string()),
+            Ok(r) => (
+                format!(
+                    "{} -> {} ({})",
+                    r.previous_version, r.version, r.manifest_digest
+                ),
+                "ok".to_string(),
+            ),
             Err(e) => (String::new(), format!("refused: {e}")),
         };
-        if let Err(e) = self.ctx.store.audit(tenant, &who.actor, action, app, env, &detail, &outcome, &who.peer).await {
+        if let Err(e) = self
+            .ctx
+            .store
+            .audit(
+                tenant, &who.actor, action, app, env, &detail, &outcome, &who.peer,
+            )
+            .await
+        {
             tracing::error!(error = %e, "audit log write failed");
         }
         Ok(Response::new(result?))
@@ -93,46 +125,75 @@ fn who<T>(req: &Request<T>) -> Caller {
 
 #[tonic::async_trait]
 impl Deployments for DeploymentsService {
-    async fn deploy(&self, req: Request<DeployRequest>) -> std::result::Result<Response<DeployResponse>, Status> {
+    async fn deploy(
+        &self,
+        req: Request<DeployRequest>,
+    ) -> std::result::Result<Response<DeployResponse>, Status> {
         let who = who(&req);
         let r = req.into_inner();
         let tenant = tenant_of(&r.tenant)?;
-        let result = self.set_desired(&tenant, &r.app, &r.environment, &r.version).await;
-        self.audited(&tenant, &who, "deploy", &r.app, &r.environment, result).await
+        let result = self
+            .set_desired(&tenant, &r.app, &r.environment, &r.version)
+            .await;
+        self.audited(&tenant, &who, "deploy", &r.app, &r.environment, result)
+            .await
     }
 
-    async fn promote(&self, req: Request<PromoteRequest>) -> std::result::Result<Response<DeployResponse>, Status> {
+    async fn promote(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> std::result::Result<Response<DeployResponse>, Status> {
         let who = who(&req);
         let r = req.into_inner();
         let tenant = tenant_of(&r.tenant)?;
         let result = async {
             if r.from_environment == r.to_environment {
-                return Err(ControllerError::InvalidArgument("--from and --to name the same environment".into()));
+                return Err(ControllerError::InvalidArgument(
+                    "--from and --to name the same environment".into(),
+                ));
             }
-            self.check_app_env(&tenant, &r.app, &r.from_environment).await?;
+            self.check_app_env(&tenant, &r.app, &r.from_environment)
+                .await?;
             let store = &self.ctx.store;
-            let (version, _) = store.desired(&tenant, &r.app, &r.from_environment).await?.ok_or_else(|| {
-                ControllerError::FailedPrecondition(format!("{} has no release in {}", r.app, r.from_environment))
-            })?;
+            let (version, _) = store
+                .desired(&tenant, &r.app, &r.from_environment)
+                .await?
+                .ok_or_else(|| {
+                    ControllerError::FailedPrecondition(format!(
+                        "{} has no release in {}",
+                        r.app, r.from_environment
+                    ))
+                })?;
             let release = store
                 .release(&tenant, &r.app, &version)
                 .await?
                 .ok_or_else(|| ControllerError::NotFound(format!("release {version} vanished")))?;
-            let healthy =
-                store.healthy_hosts_running(&tenant, &r.app, &r.from_environment, &release.manifest_digest).await?;
+            let healthy = store
+                .healthy_hosts_running(
+                    &tenant,
+                    &r.app,
+                    &r.from_environment,
+                    &release.manifest_digest,
+                )
+                .await?;
             if healthy == 0 {
                 return Err(ControllerError::FailedPrecondition(format!(
                     "{} {} ({}) is not running healthy on any {} host yet; nothing to promote",
                     r.app, version, release.manifest_digest, r.from_environment
                 )));
             }
-            self.set_desired(&tenant, &r.app, &r.to_environment, &version).await
+            self.set_desired(&tenant, &r.app, &r.to_environment, &version)
+                .await
         }
         .await;
-        self.audited(&tenant, &who, "promote", &r.app, &r.to_environment, result).await
+        self.audited(&tenant, &who, "promote", &r.app, &r.to_environment, result)
+            .await
     }
 
-    async fn rollback(&self, req: Request<RollbackRequest>) -> std::result::Result<Response<DeployResponse>, Status> {
+    async fn rollback(
+        &self,
+        req: Request<RollbackRequest>,
+    ) -> std::result::Result<Response<DeployResponse>, Status> {
         let who = who(&req);
         let r = req.into_inner();
         let tenant = tenant_of(&r.tenant)?;
@@ -140,48 +201,81 @@ impl Deployments for DeploymentsService {
             self.check_app_env(&tenant, &r.app, &r.environment).await?;
             let store = &self.ctx.store;
             let target = if r.to_version.is_empty() {
-                let (current, _) = store.desired(&tenant, &r.app, &r.environment).await?.ok_or_else(|| {
-                    ControllerError::FailedPrecondition(format!("{} has no release in {}", r.app, r.environment))
-                })?;
-                store.previous_desired(&tenant, &r.app, &r.environment, &current).await?.ok_or_else(|| {
-                    ControllerError::FailedPrecondition(format!(
-                        "{} in {} has no earlier release to roll back to; name one with --to",
-                        r.app, r.environment
-                    ))
-                })?
+                let (current, _) = store
+                    .desired(&tenant, &r.app, &r.environment)
+                    .await?
+                    .ok_or_else(|| {
+                        ControllerError::FailedPrecondition(format!(
+                            "{} has no release in {}",
+                            r.app, r.environment
+                        ))
+                    })?;
+                store
+                    .previous_desired(&tenant, &r.app, &r.environment, &current)
+                    .await?
+                    .ok_or_else(|| {
+                        ControllerError::FailedPrecondition(format!(
+                            "{} in {} has no earlier release to roll back to; name one with --to",
+                            r.app, r.environment
+                        ))
+                    })?
             } else {
                 r.to_version.clone()
             };
-            self.set_desired(&tenant, &r.app, &r.environment, &target).await
+            self.set_desired(&tenant, &r.app, &r.environment, &target)
+                .await
         }
         .await;
-        self.audited(&tenant, &who, "rollback", &r.app, &r.environment, result).await
+        self.audited(&tenant, &who, "rollback", &r.app, &r.environment, result)
+            .await
     }
 
-    async fn retry(&self, req: Request<RetryRequest>) -> std::result::Result<Response<DeployResponse>, Status> {
+    async fn retry(
+        &self,
+        req: Request<RetryRequest>,
+    ) -> std::result::Result<Response<DeployResponse>, Status> {
         let who = who(&req);
         let r = req.into_inner();
         let tenant = tenant_of(&r.tenant)?;
         let result = async {
             self.check_app_env(&tenant, &r.app, &r.environment).await?;
-            let (version, _) = self.ctx.store.desired(&tenant, &r.app, &r.environment).await?.ok_or_else(|| {
-                ControllerError::FailedPrecondition(format!("{} has no release in {}", r.app, r.environment))
-            })?;
+            let (version, _) = self
+                .ctx
+                .store
+                .desired(&tenant, &r.app, &r.environment)
+                .await?
+                .ok_or_else(|| {
+                    ControllerError::FailedPrecondition(format!(
+                        "{} has no release in {}",
+                        r.app, r.environment
+                    ))
+                })?;
             // Same release, new generation: hosts that refused it try once more.
-            self.set_desired(&tenant, &r.app, &r.environment, &version).await
+            self.set_desired(&tenant, &r.app, &r.environment, &version)
+                .await
         }
         .await;
-        self.audited(&tenant, &who, "retry", &r.app, &r.environment, result).await
+        self.audited(&tenant, &who, "retry", &r.app, &r.environment, result)
+            .await
     }
 
-    async fn fleet_status(&self, req: Request<FleetStatusRequest>) -> std::result::Result<Response<FleetStatusResponse>, Status> {
+    async fn fleet_status(
+        &self,
+        req: Request<FleetStatusRequest>,
+    ) -> std::result::Result<Response<FleetStatusResponse>, Status> {
         let r = req.into_inner();
         let tenant = tenant_of(&r.tenant)?;
-        let rows = self.ctx.store.fleet(&tenant, &r.app, &r.environment).await.map_err(ControllerError::from)?;
+        let rows = self
+            .ctx
+            .store
+            .fleet(&tenant, &r.app, &r.environment)
+            .await
+            .map_err(ControllerError::from)?;
         let rows = rows
             .into_iter()
             .map(|f| HostAppStatus {
                 connected: self.ctx.hub.connected(&tenant, &f.host),
+                generation: f.report.generation,
                 host: f.host,
                 app: f.report.app,
                 environment: f.environment,
@@ -201,11 +295,19 @@ impl Deployments for DeploymentsService {
         Ok(Response::new(FleetStatusResponse { rows }))
     }
 
-    async fn history(&self, req: Request<HistoryRequest>) -> std::result::Result<Response<HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> std::result::Result<Response<HistoryResponse>, Status> {
         let r = req.into_inner();
         let tenant = tenant_of(&r.tenant)?;
         let limit = if r.limit == 0 { 50 } else { r.limit.min(1000) };
-        let rows = self.ctx.store.history(&tenant, &r.app, limit).await.map_err(ControllerError::from)?;
+        let rows = self
+            .ctx
+            .store
+            .history(&tenant, &r.app, limit)
+            .await
+            .map_err(ControllerError::from)?;
         let events = rows
             .into_iter()
             .map(|a| AuditEvent {
@@ -227,9 +329,17 @@ impl Deployments for DeploymentsService {
         req: Request<ListEnvironmentsRequest>,
     ) -> std::result::Result<Response<ListEnvironmentsResponse>, Status> {
         let tenant = tenant_of(&req.into_inner().tenant)?;
-        let envs = self.ctx.store.environments(&tenant).await.map_err(ControllerError::from)?;
+        let envs = self
+            .ctx
+            .store
+            .environments(&tenant)
+            .await
+            .map_err(ControllerError::from)?;
         Ok(Response::new(ListEnvironmentsResponse {
-            environments: envs.into_iter().map(|(name, production)| Environment { name, production }).collect(),
+            environments: envs
+                .into_iter()
+                .map(|(name, production)| Environment { name, production })
+                .collect(),
         }))
     }
 }

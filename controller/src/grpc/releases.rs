@@ -3,8 +3,9 @@
 use artifact::{Digest, Manifest};
 use proto::v1::releases_server::Releases;
 use proto::v1::{
-    CreateReleaseRequest, CreateReleaseResponse, EnvDesired, ListReleasesRequest, ListReleasesResponse,
-    MissingBlobsRequest, MissingBlobsResponse, Release, UploadBlobRequest, UploadBlobResponse, upload_blob_request,
+    CreateReleaseRequest, CreateReleaseResponse, EnvDesired, ListReleasesRequest,
+    ListReleasesResponse, MissingBlobsRequest, MissingBlobsResponse, Release, UploadBlobRequest,
+    UploadBlobResponse, upload_blob_request,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -41,15 +42,26 @@ fn parse_digest(s: &str) -> Result<Digest, ControllerError> {
 
 #[tonic::async_trait]
 impl Releases for ReleasesService {
-    async fn missing_blobs(&self, req: Request<MissingBlobsRequest>) -> Result<Response<MissingBlobsResponse>, Status> {
+    async fn missing_blobs(
+        &self,
+        req: Request<MissingBlobsRequest>,
+    ) -> Result<Response<MissingBlobsResponse>, Status> {
         let req = req.into_inner();
         if req.digests.len() > MAX_DIGESTS_PER_QUERY {
-            return Err(Status::invalid_argument(format!("at most {MAX_DIGESTS_PER_QUERY} digests per query")));
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_DIGESTS_PER_QUERY} digests per query"
+            )));
         }
         let mut missing = Vec::new();
         for d in req.digests {
             let digest = parse_digest(&d)?;
-            let known = self.ctx.store.blob_size(&d).await.map_err(ControllerError::from)?.is_some();
+            let known = self
+                .ctx
+                .store
+                .blob_size(&d)
+                .await
+                .map_err(ControllerError::from)?
+                .is_some();
             if !known || !self.ctx.blobs.exists(&digest) {
                 missing.push(d);
             }
@@ -57,7 +69,10 @@ impl Releases for ReleasesService {
         Ok(Response::new(MissingBlobsResponse { missing }))
     }
 
-    async fn upload_blob(&self, req: Request<Streaming<UploadBlobRequest>>) -> Result<Response<UploadBlobResponse>, Status> {
+    async fn upload_blob(
+        &self,
+        req: Request<Streaming<UploadBlobRequest>>,
+    ) -> Result<Response<UploadBlobResponse>, Status> {
         let (actor, peer) = caller(&req);
         let mut stream = req.into_inner();
         let Some(first) = stream.message().await? else {
@@ -74,14 +89,37 @@ impl Releases for ReleasesService {
                 header.size, self.ctx.max_blob_bytes
             )));
         }
-        if self.ctx.blobs.exists(&digest) && self.ctx.store.blob_size(&header.digest).await.map_err(ControllerError::from)?.is_some() {
-            return Ok(Response::new(UploadBlobResponse { digest: header.digest, size: header.size, already_present: true }));
+        if self.ctx.blobs.exists(&digest)
+            && self
+                .ctx
+                .store
+                .blob_size(&header.digest)
+                .await
+                .map_err(ControllerError::from)?
+                .is_some()
+        {
+            return Ok(Response::new(UploadBlobResponse {
+                digest: header.digest,
+                size: header.size,
+                already_present: true,
+            }));
         }
-        let mut upload = self.ctx.blobs.begin(digest.clone(), header.size).await.map_err(ControllerError::from)?;
+        let mut upload = self
+            .ctx
+            .blobs
+            .begin(digest.clone(), header.size)
+            .await
+            .map_err(ControllerError::from)?;
         while let Some(msg) = stream.message().await? {
             match msg.part {
-                Some(upload_blob_request::Part::Chunk(bytes)) => upload.write(&bytes).await.map_err(ControllerError::from)?,
-                _ => return Err(Status::invalid_argument("upload: a second header in the stream")),
+                Some(upload_blob_request::Part::Chunk(bytes)) => {
+                    upload.write(&bytes).await.map_err(ControllerError::from)?
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "upload: a second header in the stream",
+                    ));
+                }
             }
         }
         let result = upload.commit().await;
@@ -92,15 +130,35 @@ impl Releases for ReleasesService {
         let _ = self
             .ctx
             .store
-            .audit(&tenant, &actor, "upload", "", "", &digest.to_string(), &outcome, &peer)
+            .audit(
+                &tenant,
+                &actor,
+                "upload",
+                "",
+                "",
+                &digest.to_string(),
+                &outcome,
+                &peer,
+            )
             .await;
         let size = result.map_err(ControllerError::from)?;
-        self.ctx.store.insert_blob(&header.digest, size).await.map_err(ControllerError::from)?;
+        self.ctx
+            .store
+            .insert_blob(&header.digest, size)
+            .await
+            .map_err(ControllerError::from)?;
         tracing::info!(digest = %digest, size, "blob stored");
-        Ok(Response::new(UploadBlobResponse { digest: header.digest, size, already_present: false }))
+        Ok(Response::new(UploadBlobResponse {
+            digest: header.digest,
+            size,
+            already_present: false,
+        }))
     }
 
-    async fn create_release(&self, req: Request<CreateReleaseRequest>) -> Result<Response<CreateReleaseResponse>, Status> {
+    async fn create_release(
+        &self,
+        req: Request<CreateReleaseRequest>,
+    ) -> Result<Response<CreateReleaseResponse>, Status> {
         let (actor, peer) = caller(&req);
         let req = req.into_inner();
         let tenant = tenant_of(&req.tenant)?;
@@ -119,36 +177,82 @@ impl Releases for ReleasesService {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("refused: {e}"),
         };
-        let _ = self.ctx.store.audit(&tenant, &actor, "publish", &app, "", &version, &outcome, &peer).await;
+        let _ = self
+            .ctx
+            .store
+            .audit(
+                &tenant, &actor, "publish", &app, "", &version, &outcome, &peer,
+            )
+            .await;
         let (release, already_present) = result?;
-        Ok(Response::new(CreateReleaseResponse { release: Some(release_to_proto(release)), already_present }))
+        Ok(Response::new(CreateReleaseResponse {
+            release: Some(release_to_proto(release)),
+            already_present,
+        }))
     }
 
-    async fn list_releases(&self, req: Request<ListReleasesRequest>) -> Result<Response<ListReleasesResponse>, Status> {
+    async fn list_releases(
+        &self,
+        req: Request<ListReleasesRequest>,
+    ) -> Result<Response<ListReleasesResponse>, Status> {
         let req = req.into_inner();
         let tenant = tenant_of(&req.tenant)?;
         let store = &self.ctx.store;
-        if !store.app_exists(&tenant, &req.app).await.map_err(ControllerError::from)? {
-            return Err(ControllerError::NotFound(format!("unknown app {:?}: publish a release first", req.app)).into());
+        if !store
+            .app_exists(&tenant, &req.app)
+            .await
+            .map_err(ControllerError::from)?
+        {
+            return Err(ControllerError::NotFound(format!(
+                "unknown app {:?}: publish a release first",
+                req.app
+            ))
+            .into());
         }
-        let releases = store.releases(&tenant, &req.app).await.map_err(ControllerError::from)?;
+        let releases = store
+            .releases(&tenant, &req.app)
+            .await
+            .map_err(ControllerError::from)?;
         let mut desired = Vec::new();
-        for (env, _) in store.environments(&tenant).await.map_err(ControllerError::from)? {
-            if let Some((version, _)) = store.desired(&tenant, &req.app, &env).await.map_err(ControllerError::from)? {
-                desired.push(EnvDesired { environment: env, version });
+        for (env, _) in store
+            .environments(&tenant)
+            .await
+            .map_err(ControllerError::from)?
+        {
+            if let Some((version, _)) = store
+                .desired(&tenant, &req.app, &env)
+                .await
+                .map_err(ControllerError::from)?
+            {
+                desired.push(EnvDesired {
+                    environment: env,
+                    version,
+                });
             }
         }
-        Ok(Response::new(ListReleasesResponse { releases: releases.into_iter().map(release_to_proto).collect(), desired }))
+        Ok(Response::new(ListReleasesResponse {
+            releases: releases.into_iter().map(release_to_proto).collect(),
+            desired,
+        }))
     }
 }
 
 impl ReleasesService {
-    async fn create(&self, tenant: &str, manifest: &Manifest, bytes: &[u8]) -> Result<(ReleaseRow, bool), ControllerError> {
+    async fn create(
+        &self,
+        tenant: &str,
+        manifest: &Manifest,
+        bytes: &[u8],
+    ) -> Result<(ReleaseRow, bool), ControllerError> {
         let store = &self.ctx.store;
         if !store.tenant_exists(tenant).await? {
-            return Err(ControllerError::NotFound(format!("unknown tenant {tenant:?}")));
+            return Err(ControllerError::NotFound(format!(
+                "unknown tenant {tenant:?}"
+            )));
         }
-        let blob = manifest.blob_digest().map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        let blob = manifest
+            .blob_digest()
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
         match store.blob_size(&manifest.blob.digest).await? {
             Some(size) if size == manifest.blob.size && self.ctx.blobs.exists(&blob) => {}
             Some(size) if size != manifest.blob.size => {
@@ -158,7 +262,9 @@ impl ReleasesService {
                 )));
             }
             _ => {
-                return Err(ControllerError::FailedPrecondition(format!("blob {blob} has not been uploaded")));
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "blob {blob} has not been uploaded"
+                )));
             }
         }
         let row = ReleaseRow {

@@ -1,0 +1,289 @@
+//! Dispatch of slipctl's subcommands to the controller.
+
+use proto::v1::{
+    DeployRequest, DeployResponse, HistoryRequest, ListEnvironmentsRequest, ListReleasesRequest,
+    PromoteRequest, RetryRequest, RollbackRequest,
+};
+use serde::Serialize;
+
+use crate::cli::{Cli, Command, Wait};
+use crate::client::{Clients, connect};
+use crate::error::{Result, from_status};
+use crate::publish::{human_bytes, publish};
+use crate::status::{ago, status};
+
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    let tenant = cli.global.tenant.clone();
+    let mut c = connect(&cli.global.controller).await?;
+    match cli.command {
+        Command::Publish {
+            dir,
+            app,
+            version,
+            allow_dirty,
+        } => publish(&mut c, &tenant, &dir, &app, &version, allow_dirty).await,
+        Command::Deploy {
+            app,
+            version,
+            env,
+            wait,
+        } => {
+            let req = DeployRequest {
+                tenant: tenant.clone(),
+                app,
+                version,
+                environment: env,
+            };
+            let r = c
+                .deployments
+                .deploy(req)
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            print_change("deploy", &r);
+            follow(&mut c, &tenant, &r, wait).await
+        }
+        Command::Promote {
+            app,
+            from,
+            to,
+            wait,
+        } => {
+            let req = PromoteRequest {
+                tenant: tenant.clone(),
+                app,
+                from_environment: from.clone(),
+                to_environment: to,
+            };
+            let r = c
+                .deployments
+                .promote(req)
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            print_change("promote", &r);
+            println!("  same artifact as {from}: {}", r.manifest_digest);
+            follow(&mut c, &tenant, &r, wait).await
+        }
+        Command::Rollback { app, env, to, wait } => {
+            let req = RollbackRequest {
+                tenant: tenant.clone(),
+                app,
+                environment: env,
+                to_version: to.unwrap_or_default(),
+            };
+            let r = c
+                .deployments
+                .rollback(req)
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            print_change("rollback", &r);
+            follow(&mut c, &tenant, &r, wait).await
+        }
+        Command::Retry { app, env, wait } => {
+            let req = RetryRequest {
+                tenant: tenant.clone(),
+                app,
+                environment: env,
+            };
+            let r = c
+                .deployments
+                .retry(req)
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            print_change("retry", &r);
+            follow(&mut c, &tenant, &r, wait).await
+        }
+        Command::Releases { app, json } => releases(&mut c, tenant, app, json).await,
+        Command::Status { app, env, json } => status(&mut c, tenant, app, env, json).await,
+        Command::History { app, limit, json } => history(&mut c, tenant, app, limit, json).await,
+        Command::Envs => {
+            let r = c
+                .deployments
+                .list_environments(ListEnvironmentsRequest { tenant })
+                .await
+                .map_err(|s| from_status(&c.url, s))?;
+            for e in r.into_inner().environments {
+                println!(
+                    "{}{}",
+                    e.name,
+                    if e.production { "  (production)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn follow(c: &mut Clients, tenant: &str, r: &DeployResponse, wait: Wait) -> Result<()> {
+    if wait.wait {
+        crate::status::wait_for(c, tenant, r, std::time::Duration::from_secs(wait.timeout)).await
+    } else {
+        Ok(())
+    }
+}
+
+fn print_change(what: &str, r: &DeployResponse) {
+    let from = if r.previous_version.is_empty() {
+        "(none)"
+    } else {
+        r.previous_version.as_str()
+    };
+    println!(
+        "{what}: {} in {}: {from} -> {} (generation {})",
+        r.app, r.environment, r.version, r.generation
+    );
+    println!("  release {}", r.manifest_digest);
+    if r.connected_hosts == 0 {
+        println!(
+            "  no host of {} is connected right now; hosts converge when they connect",
+            r.environment
+        );
+    } else {
+        println!(
+            "  pushed to {} connected host(s); follow with `slipctl status --app {} --env {}`",
+            r.connected_hosts, r.app, r.environment
+        );
+    }
+}
+
+#[derive(Serialize)]
+struct ReleaseJson {
+    app: String,
+    version: String,
+    release_digest: String,
+    blob_digest: String,
+    blob_size: u64,
+    entries: u32,
+    git_commit: String,
+    created_at: i64,
+    desired_in: Vec<String>,
+}
+
+async fn releases(c: &mut Clients, tenant: String, app: String, json: bool) -> Result<()> {
+    let r = c
+        .releases
+        .list_releases(ListReleasesRequest { tenant, app })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner();
+    let rows: Vec<ReleaseJson> = r
+        .releases
+        .into_iter()
+        .map(|rel| ReleaseJson {
+            desired_in: r
+                .desired
+                .iter()
+                .filter(|d| d.version == rel.version)
+                .map(|d| d.environment.clone())
+                .collect(),
+            app: rel.app,
+            version: rel.version,
+            release_digest: rel.manifest_digest,
+            blob_digest: rel.blob_digest,
+            blob_size: rel.blob_size,
+            entries: rel.entries,
+            git_commit: rel.git_commit,
+            created_at: rel.created_at,
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let mut t = crate::status::table(&[
+        "VERSION",
+        "RELEASE",
+        "SIZE",
+        "COMMIT",
+        "PUBLISHED",
+        "DESIRED IN",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.version,
+            short(&r.release_digest),
+            human_bytes(r.blob_size),
+            r.git_commit.chars().take(12).collect(),
+            ago(r.created_at),
+            r.desired_in.join(","),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct EventJson {
+    at: i64,
+    actor: String,
+    action: String,
+    app: String,
+    environment: String,
+    detail: String,
+    outcome: String,
+    peer: String,
+}
+
+async fn history(
+    c: &mut Clients,
+    tenant: String,
+    app: Option<String>,
+    limit: u32,
+    json: bool,
+) -> Result<()> {
+    let r = c
+        .deployments
+        .history(HistoryRequest {
+            tenant,
+            app: app.unwrap_or_default(),
+            limit,
+        })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner();
+    let rows: Vec<EventJson> = r
+        .events
+        .into_iter()
+        .map(|e| EventJson {
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            app: e.app,
+            environment: e.environment,
+            detail: e.detail,
+            outcome: e.outcome,
+            peer: e.peer,
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let mut t = crate::status::table(&["WHEN", "WHO", "ACTION", "APP", "ENV", "DETAIL", "OUTCOME"]);
+    for e in rows {
+        t.add_row(vec![
+            ago(e.at),
+            e.actor,
+            e.action,
+            e.app,
+            e.environment,
+            e.detail,
+            e.outcome,
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn short(digest: &str) -> String {
+    digest.chars().take(19).collect()
+}

@@ -1,0 +1,35 @@
+//! `slipctl`: the operator's and CI's command line. Thin: parse, dispatch, map the
+//! error to a documented exit code (0 ok, 1 operation failed, 2 usage,
+//! 3 controller unreachable).
+
+mod cli;
+mod client;
+mod commands;
+mod error;
+mod publish;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::dispatch(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! End to end: the real controller, agents and slipctl on 127.0.0.1, the real
+//! sample app serving HTTP, real files under temp dirs.
+
+use std::time::Duration;
+
+use integration_tests::{
+    Agent, Controller, ReleaseOpts, eventually, http_get, publish, sample_release, status_row,
+};
+
+const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn deploy_wait(c: &Controller, version: &str, env: &str) -> integration_tests::CtlOutput {
+    c.ctl(&[
+        "deploy",
+        "web",
+        version,
+        "--env",
+        env,
+        "--wait",
+        "--timeout",
+        "60",
+    ])
+}
+
+/// Counts deploy.log lines for `version` at `step`.
+fn steps(agent: &Agent, version: &str, step: &str) -> usize {
+    agent
+        .deploy_log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["version"] == version && v["step"] == step)
+        .count()
+}
+
+#[test]
+fn publish_deploy_upgrade_and_automatic_rollbacks() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+
+    // v1: published, deployed, serving; the prepare hook ran in the release dir.
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    let out = deploy_wait(&c, "1.0.0", "preprod").ok();
+    assert!(
+        out.stdout.contains("pre-1: 1.0.0 healthy"),
+        "{}",
+        out.stdout
+    );
+    agent.wait_serving("1.0.0");
+    assert!(
+        agent.app_dir().join("releases/1.0.0/.migrated").is_file(),
+        "prepare hook ran in the new release"
+    );
+    assert_eq!(
+        std::fs::read_link(agent.app_dir().join("current"))
+            .unwrap()
+            .to_str(),
+        Some("releases/1.0.0")
+    );
+    assert!(
+        http_get(agent.app_port, "/data").unwrap().0 == 200,
+        "the app got DATABASE_URL from shared/.env"
+    );
+
+    // v2: upgrade.
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    deploy_wait(&c, "2.0.0", "preprod").ok();
+    agent.wait_serving("2.0.0");
+
+    // v3: health never passes → rolled back to v2, and status says why.
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("3.0.0")
+        },
+    );
+    let out = deploy_wait(&c, "3.0.0", "preprod");
+    assert_eq!(
+        out.code, 1,
+        "--wait fails when the release is refused: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("503"),
+        "the reason reaches CI: {}",
+        out.stderr
+    );
+    agent.wait_serving("2.0.0");
+    let row = status_row(&c, "pre-1").unwrap();
+    assert_eq!(row["state"], "rolled_back");
+    assert_eq!(row["running"], "2.0.0");
+    assert_eq!(row["desired"], "3.0.0");
+    assert_eq!(row["failed_version"], "3.0.0");
+    assert!(
+        row["last_error"].as_str().unwrap().contains("answered 503"),
+        "{row}"
+    );
+    let table = c.ctl(&["status"]).ok().stdout;
+    assert!(
+        table.contains("rolled_back") && table.contains("answered 503"),
+        "{table}"
+    );
+
+    // v4 lacks a required env var: rolled back, the missing NAME reported.
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            required_env: &["DATABASE_URL", "PAYMENT_KEY"],
+            ..ReleaseOpts::new("4.0.0")
+        },
+    );
+    let out = deploy_wait(&c, "4.0.0", "preprod");
+    assert_eq!(out.code, 1);
+    agent.wait_serving("2.0.0");
+    let row = status_row(&c, "pre-1").unwrap();
+    assert_eq!(row["state"], "rolled_back");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("lacks required env: PAYMENT_KEY"),
+        "{row}"
+    );
+    assert!(
+        !row["last_error"].as_str().unwrap().contains("postgres://"),
+        "values never travel"
+    );
+    let local = agent.status_json();
+    assert_eq!(local["failed"]["version"], "4.0.0");
+    assert_eq!(local["running_version"], "2.0.0");
+
+    // No flapping: across several reconcile cycles the agent does not try v4 again…
+    let flips = steps(&agent, "4.0.0", "flip");
+    assert_eq!(flips, 1);
+    std::thread::sleep(Duration::from_secs(6)); // one monitor cycle; nothing to poll for: asserting absence
+    assert_eq!(
+        steps(&agent, "4.0.0", "flip"),
+        1,
+        "a refused release is not retried by itself"
+    );
+    // …until an explicit retry.
+    let out = c.ctl(&[
+        "retry",
+        "web",
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        steps(&agent, "4.0.0", "flip"),
+        2,
+        "retry makes the host try once more"
+    );
+
+    // Keep-N and the deploy log.
+    assert!(agent.app_dir().join("releases/1.0.0").is_dir());
+    let log = agent.deploy_log();
+    for step in ["fetch", "unpack", "prepare", "flip", "health", "rollback"] {
+        assert!(
+            log.contains(&format!("\"step\":\"{step}\"")),
+            "deploy.log records {step}"
+        );
+    }
+    assert!(
+        !log.contains("postgres://"),
+        "deploy.log never holds env values"
+    );
+
+    // Rollback through the controller goes to the previous desired release.
+    let out = c
+        .ctl(&[
+            "rollback", "web", "--env", "preprod", "--to", "1.0.0", "--wait",
+        ])
+        .ok();
+    assert!(out.stdout.contains("-> 1.0.0"), "{}", out.stdout);
+    agent.wait_serving("1.0.0");
+}
+
+#[test]
+fn a_failing_prepare_hook_leaves_the_old_release_serving() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            prepare: "echo migration 42 failed >&2; exit 3",
+            ..ReleaseOpts::new("2.0.0")
+        },
+    );
+    let out = deploy_wait(&c, "2.0.0", "preprod");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("migration 42 failed"),
+        "hook output explains: {}",
+        out.stderr
+    );
+    agent.wait_serving("1.0.0");
+    assert_eq!(
+        agent.app_pid(),
+        Some(pid),
+        "the old process was never restarted"
+    );
+    assert_eq!(
+        std::fs::read_link(agent.app_dir().join("current"))
+            .unwrap()
+            .to_str(),
+        Some("releases/1.0.0")
+    );
+    assert!(
+        !agent.app_dir().join("releases/2.0.0").exists(),
+        "the half-installed release is removed"
+    );
+}
+
+#[test]
+fn promote_runs_the_same_digest_on_the_prod_host() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let pre = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    let prod = Agent::start(t.path(), &c, "prod-1", "prod", DB_ENV);
+    let digest = publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+
+    // Nothing healthy in preprod yet: nothing to promote.
+    let out = c.ctl(&["promote", "web", "--from", "preprod", "--to", "prod"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("has no release in preprod"),
+        "{}",
+        out.stderr
+    );
+
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    pre.wait_serving("1.0.0");
+    assert_eq!(prod.app_says(), None, "prod untouched by a preprod deploy");
+
+    let out = c
+        .ctl(&[
+            "promote",
+            "web",
+            "--from",
+            "preprod",
+            "--to",
+            "prod",
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .ok();
+    assert!(out.stdout.contains(&digest), "{}", out.stdout);
+    prod.wait_serving("1.0.0");
+    let pre_row = status_row(&c, "pre-1").unwrap();
+    let prod_row = status_row(&c, "prod-1").unwrap();
+    assert_eq!(pre_row["running_digest"], digest.as_str());
+    assert_eq!(
+        prod_row["running_digest"],
+        digest.as_str(),
+        "byte-for-byte the artifact preprod ran"
+    );
+    assert_eq!(prod_row["environment"], "prod");
+
+    let history = c.ctl(&["history", "web", "--json"]).ok().json();
+    let promote = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "promote")
+        .unwrap()
+        .clone();
+    assert_eq!(promote["actor"], "e2e-test");
+    assert_eq!(promote["outcome"], "ok");
+}
+
+#[test]
+fn the_app_keeps_serving_while_the_controller_is_down() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+
+    c.kill();
+    let out = c.ctl(&["status"]);
+    assert_eq!(out.code, 3, "unreachable controller has its own exit code");
+    assert_eq!(
+        out.stderr.lines().count(),
+        1,
+        "one line, no stack trace: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.starts_with("error: cannot reach controller at"),
+        "{}",
+        out.stderr
+    );
+    for _ in 0..5 {
+        assert_eq!(agent.app_says().as_deref(), Some("sample-app 1.0.0"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    c.restart();
+    eventually(WAIT, "agent to reconnect", || {
+        status_row(&c, "pre-1").filter(|r| r["connected"] == true && r["running"] == "1.0.0")
+    });
+    assert_eq!(
+        agent.app_pid(),
+        Some(pid),
+        "reconnecting does not restart the app"
+    );
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    deploy_wait(&c, "2.0.0", "preprod").ok();
+    agent.wait_serving("2.0.0");
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_running_app() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+
+    agent.kill();
+    agent.wait_serving("1.0.0");
+    agent.spawn();
+    eventually(WAIT, "adoption to be logged", || {
+        (steps(&agent, "1.0.0", "adopt") == 1).then_some(())
+    });
+    eventually(WAIT, "agent to report again", || {
+        status_row(&c, "pre-1").filter(|r| r["connected"] == true && r["health"] == "healthy")
+    });
+    assert_eq!(
+        agent.app_pid(),
+        Some(pid),
+        "same process: adopted, not restarted"
+    );
+    assert_eq!(steps(&agent, "1.0.0", "fetch"), 1, "not redeployed");
+}
+
+#[test]
+fn a_crashed_app_process_is_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let new_pid = eventually(WAIT, "the app to be restarted", || {
+        agent.app_pid().filter(|p| *p != pid)
+    });
+    assert_ne!(new_pid, pid);
+    agent.wait_serving("1.0.0");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["deploy", "api", "1.0.0", "--env", "preprod"],
+            "unknown app \"api\"",
+        ),
+        (
+            &["deploy", "web", "9.9.9", "--env", "preprod"],
+            "unknown version \"9.9.9\"",
+        ),
+        (
+            &["deploy", "web", "1.0.0", "--env", "staging"],
+            "unknown environment \"staging\" (known: preprod, prod)",
+        ),
+        (&["releases", "nope"], "unknown app \"nope\""),
+        (
+            &["rollback", "web", "--env", "preprod"],
+            "has no release in preprod",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = c.ctl(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{args:?}: one line: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(want),
+            "{args:?}: {} lacks {want}",
+            out.stderr
+        );
+    }
+
+    // Versions are immutable: same version, other content → refused.
+    let rel = sample_release(
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("1.0.0")
+        },
+    );
+    let out = c.ctl(&[
+        "publish",
+        rel.to_str().unwrap(),
+        "--app",
+        "web",
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("already published with different content"),
+        "{}",
+        out.stderr
+    );
+    // Bad names never reach the controller.
+    let out = c.ctl(&[
+        "publish",
+        rel.to_str().unwrap(),
+        "--app",
+        "web",
+        "--version",
+        "../1",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("invalid version name"),
+        "{}",
+        out.stderr
+    );
+    // A tree without a spec is refused before anything is uploaded.
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = c.ctl(&[
+        "publish",
+        empty.to_str().unwrap(),
+        "--app",
+        "web",
+        "--version",
+        "2.0.0",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("slipway.toml"), "{}", out.stderr);
+
+    let releases = c.ctl(&["releases", "web", "--json"]).ok().json();
+    assert_eq!(
+        releases.as_array().unwrap().len(),
+        1,
+        "nothing registered by the refused calls"
+    );
+    assert!(
+        c.ctl(&["status", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn publish_is_deterministic_and_uploads_once() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let rel = sample_release(t.path(), &ReleaseOpts::new("1.0.0"));
+    let first = c
+        .ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.0",
+        ])
+        .ok();
+    assert!(first.stdout.contains(", uploaded)"), "{}", first.stdout);
+    let again = c
+        .ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.0",
+        ])
+        .ok();
+    assert!(
+        again.stdout.contains("already published, unchanged"),
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("upload skipped"), "{}", again.stdout);
+    // Same tree under another version: same blob, so no second upload either.
+    let other = c
+        .ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.1",
+        ])
+        .ok();
+    assert!(other.stdout.contains("upload skipped"), "{}", other.stdout);
+    let blob = |s: &str| {
+        s.lines()
+            .find(|l| l.trim().starts_with("blob"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(blob(&first.stdout), blob(&other.stdout));
+    let blobs = std::fs::read_dir(c.data_dir.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1);
+}
+
+#[test]
+fn git_checkouts_record_their_commit_and_dirty_trees_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let rel = sample_release(t.path(), &ReleaseOpts::new("1.0.0"));
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&rel)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@e",
+        "commit",
+        "-qm",
+        "v1",
+    ]);
+    let head = git(&["rev-parse", "HEAD"]);
+
+    let out = c
+        .ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.0",
+        ])
+        .ok();
+    assert!(out.stdout.contains(&head), "{}", out.stdout);
+    let listed = c.ctl(&["releases", "web", "--json"]).ok().json();
+    assert_eq!(listed[0]["git_commit"], head.as_str());
+
+    std::fs::write(rel.join("hotfix.txt"), "applied by hand").unwrap();
+    let out = c.ctl(&[
+        "publish",
+        rel.to_str().unwrap(),
+        "--app",
+        "web",
+        "--version",
+        "1.0.1",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("uncommitted change") && out.stderr.contains("--allow-dirty"),
+        "{}",
+        out.stderr
+    );
+    let out = c
+        .ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.1",
+            "--allow-dirty",
+        ])
+        .ok();
+    assert!(
+        out.stderr.contains("warning: publishing a dirty tree"),
+        "{}",
+        out.stderr
+    );
+}
