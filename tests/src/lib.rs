@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 /// The binaries must be built first (`cargo build --workspace`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir"); // test executables live in target/<profile>/deps
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),
