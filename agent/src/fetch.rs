@@ -34,11 +34,32 @@ pub enum FetchError {
         expected: u64,
     },
     #[error("fetch {digest}: downloaded bytes hash to {actual}; discarded")]
-    Mismatch { digest: Digest, actual: Digest },
+    Mismatch {
+        digest: Digest,
+        actual: Digest,
+        resumed: bool,
+    },
 }
 
 /// Returns the path of the verified blob in `cache`, downloading what is missing.
+/// A resumed download that does not verify (a corrupt partial file) is discarded
+/// and fetched once more from the start.
 pub async fn fetch_blob(
+    client: &mut AgentsClient<Channel>,
+    cache: &Path,
+    digest: &Digest,
+    size: u64,
+) -> Result<PathBuf, FetchError> {
+    match fetch_once(client, cache, digest, size).await {
+        Err(FetchError::Mismatch { resumed: true, .. }) => {
+            tracing::warn!(%digest, "resumed download did not verify; fetching from the start");
+            fetch_once(client, cache, digest, size).await
+        }
+        other => other,
+    }
+}
+
+async fn fetch_once(
     client: &mut AgentsClient<Channel>,
     cache: &Path,
     digest: &Digest,
@@ -78,7 +99,8 @@ pub async fn fetch_blob(
         hasher = StreamHasher::new();
         have = 0;
     }
-    if have > 0 {
+    let resumed = have > 0;
+    if resumed {
         tracing::info!(%digest, offset = have, "resuming blob download");
     }
     let mut file = tokio::fs::OpenOptions::new()
@@ -130,6 +152,7 @@ pub async fn fetch_blob(
         return Err(FetchError::Mismatch {
             digest: digest.clone(),
             actual,
+            resumed,
         });
     }
     tokio::fs::rename(&partial, &done)

@@ -269,6 +269,11 @@ impl Agent {
         }
     }
 
+    /// The agent's own log (stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn app_dir(&self) -> PathBuf {
         self.state_dir.join("apps/web")
     }

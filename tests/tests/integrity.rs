@@ -1,0 +1,163 @@
+//! Integrity end to end: uploads whose bytes do not match their digest, blobs
+//! tampered with on the controller's disk, interrupted and corrupt downloads.
+
+use integration_tests::{Agent, Controller, ReleaseOpts, publish};
+use proto::v1::releases_client::ReleasesClient;
+use proto::v1::{UploadBlobHeader, UploadBlobRequest, upload_blob_request};
+
+const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
+
+fn blob_of(c: &Controller, version: &str) -> (String, std::path::PathBuf) {
+    let releases = c.ctl(&["releases", "web", "--json"]).ok().json();
+    let digest = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == version)
+        .unwrap()["blob_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = digest.strip_prefix("sha256:").unwrap().to_string();
+    (hex.clone(), c.data_dir.join("blobs/sha256").join(hex))
+}
+
+fn upload(url: &str, declared_digest: &str, declared_size: u64, data: &[u8]) -> tonic::Status {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = ReleasesClient::connect(url.to_string()).await.unwrap();
+        let msgs = vec![
+            UploadBlobRequest {
+                part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
+                    tenant: "default".into(),
+                    digest: declared_digest.into(),
+                    size: declared_size,
+                })),
+            },
+            UploadBlobRequest {
+                part: Some(upload_blob_request::Part::Chunk(data.to_vec())),
+            },
+        ];
+        client
+            .upload_blob(tokio_stream::iter(msgs))
+            .await
+            .expect_err("upload must be refused")
+    })
+}
+
+#[test]
+fn an_upload_whose_bytes_do_not_match_its_digest_is_refused_and_not_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    // sha256("other"), but the bytes sent are "hello".
+    let other = "sha256:d9298a10d1b0735837dc4bd85dac641b0f3cef27a47e5d53a54f2f3f5b2fcffa";
+    let status = upload(&c.url, other, 5, b"hello");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("digest mismatch"),
+        "{}",
+        status.message()
+    );
+    let status = upload(&c.url, other, 3, b"hello");
+    assert!(
+        status.message().contains("size mismatch"),
+        "{}",
+        status.message()
+    );
+    for dir in ["blobs/sha256", "blobs/tmp"] {
+        assert_eq!(
+            std::fs::read_dir(c.data_dir.join(dir)).unwrap().count(),
+            0,
+            "nothing kept in {dir}"
+        );
+    }
+    let history = c.ctl(&["history", "--json"]).ok().json();
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "upload"
+                && e["outcome"].as_str().unwrap().starts_with("refused"))
+    );
+}
+
+#[test]
+fn a_blob_tampered_with_on_the_controller_is_refused_by_the_agent() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod", "--wait"])
+        .ok();
+
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    let (_, path) = blob_of(&c, "2.0.0");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out = c.ctl(&[
+        "deploy",
+        "web",
+        "2.0.0",
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("discarded"), "{}", out.stderr);
+    agent.wait_serving("1.0.0");
+    assert!(!agent.app_dir().join("releases/2.0.0").exists());
+    let cache = agent.state_dir.join("blobs/sha256");
+    assert_eq!(
+        std::fs::read_dir(cache).unwrap().count(),
+        1,
+        "only the good v1 blob is cached"
+    );
+}
+
+#[test]
+fn an_interrupted_download_resumes_and_a_corrupt_partial_is_fetched_again() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    let cache = agent.state_dir.join("blobs/sha256");
+    std::fs::create_dir_all(&cache).unwrap();
+
+    // As if an earlier download was cut halfway.
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    let (hex, path) = blob_of(&c, "1.0.0");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(
+        cache.join(format!("{hex}.partial")),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod", "--wait"])
+        .ok();
+    agent.wait_serving("1.0.0");
+    assert!(
+        agent.log_text().contains("resuming blob download"),
+        "the download resumed"
+    );
+
+    // A partial file with garbage in it: detected, discarded, fetched again.
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    let (hex, path) = blob_of(&c, "2.0.0");
+    let mut half = std::fs::read(&path).unwrap();
+    half.truncate(half.len() / 2);
+    half[10] ^= 0xff;
+    std::fs::write(cache.join(format!("{hex}.partial")), &half).unwrap();
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod", "--wait"])
+        .ok();
+    agent.wait_serving("2.0.0");
+    assert!(agent.log_text().contains("resumed download did not verify"));
+    assert!(!cache.join(format!("{hex}.partial")).exists());
+}
