@@ -167,8 +167,8 @@ impl AppRunner {
         };
         if self.status.running_version.as_deref() != Some(version.as_str()) {
             // status.json is behind the disk (agent killed mid-flip): trust the link.
+            self.status.running_digest = self.status.installed.get(&version).cloned();
             self.status.running_version = Some(version.clone());
-            self.status.running_digest = None;
         }
         let release = self.paths.release(&version);
         let spec = match ReleaseSpec::load(&release) {
@@ -341,10 +341,10 @@ impl AppRunner {
         tracing::info!(app = %self.name, %version, generation = d.generation, "deploying");
 
         // 1. Fetch.
-        self.set_state(State::Fetching);
         let Some(channel) = self.channel.borrow().clone() else {
             return Outcome::Transient("controller not connected".into());
         };
+        self.set_state(State::Fetching);
         let blob_digest = match Digest::parse(&d.blob_digest) {
             Ok(b) => b,
             Err(e) => return self.refuse(d, "fetch", e.to_string()).await,
@@ -382,6 +382,10 @@ impl AppRunner {
                 return self.refuse(d, "unpack", e.to_string()).await;
             }
         };
+        self.status
+            .installed
+            .insert(version.clone(), d.manifest_digest.clone());
+        self.publish();
         self.log(
             &version,
             "unpack",
@@ -455,6 +459,7 @@ impl AppRunner {
             &protect,
         );
         self.status.history.retain(|v| !removed.contains(v));
+        self.status.installed.retain(|v, _| !removed.contains(v));
         if !removed.is_empty() {
             self.log(&version, "prune", "ok", &removed.join(", "));
         }

@@ -46,7 +46,12 @@ pub async fn unpack_release(
     manifest: &Manifest,
 ) -> Result<PathBuf, InstallError> {
     let dest = paths.release(&manifest.version);
-    if paths.current_version().as_deref() != Some(manifest.version.as_str()) && dest.exists() {
+    if dest.exists() {
+        if paths.current_version().as_deref() == Some(manifest.version.as_str()) {
+            // Already unpacked and active (an agent that lost its status.json):
+            // the running tree is never replaced underneath its processes.
+            return Ok(dest);
+        }
         tokio::fs::remove_dir_all(&dest)
             .await
             .map_err(io_err(&dest))?;
@@ -90,6 +95,9 @@ pub fn link_shared(
             }
             let link = release.join(rel);
             if std::fs::symlink_metadata(&link).is_ok() {
+                if std::fs::read_link(&link).ok().as_deref() == Some(shared.as_path()) {
+                    continue; // linked by an earlier attempt
+                }
                 return Err(InstallError::SharedConflict(rel.clone()));
             }
             if let Some(parent) = link.parent() {

@@ -1,6 +1,7 @@
 //! What the agent knows about each app, persisted as `status.json` (temp + rename)
 //! and reported to the controller; and `deploy.log`, one JSON line per step.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -66,6 +67,10 @@ pub struct AppStatus {
     /// Versions activated successfully, oldest first (drives keep-N).
     #[serde(default)]
     pub history: Vec<String>,
+    /// Release digest of every version unpacked on disk, recorded before the flip
+    /// so an agent killed mid-deploy knows what `current` holds.
+    #[serde(default)]
+    pub installed: BTreeMap<String, String>,
     pub updated_at: i64,
 }
 
