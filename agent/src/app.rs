@@ -1,11 +1,12 @@
 //! One app on this host: its reconcile loop and deploy state machine.
 //!
 //! Desired release differs from running → verify manifest → fetch → unpack →
-//! link shared → prepare hook → flip `current` → restart → health (HTTP ready,
-//! process up, right release, env names, held for a minimum time) → healthy, or
-//! flip back, restart the previous release and report `rolled_back`. A release
-//! that failed is not tried again until its generation changes (new deploy or
-//! retry), so a broken release never flaps.
+//! link shared → prepare hook → (activation recorded) flip `current` → restart →
+//! health (HTTP ready, process up, right release, env names, held for a minimum
+//! time) → healthy, or flip back, restart the previous release and report
+//! `rolled_back`. A release that failed is not tried again until its generation
+//! changes (new deploy or retry), so a broken release never flaps. An agent
+//! restarted in the middle of an activation judges that release again on start.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use crate::health::{self, Verdict};
 use crate::install;
 use crate::lock::AppLock;
 use crate::paths::AppPaths;
-use crate::state::{AppStatus, EnvState, FailedRelease, HealthState, State, log_step};
+use crate::state::{Activation, AppStatus, EnvState, FailedRelease, HealthState, State, log_step};
 use crate::supervisor::{self, ProcRecord};
 
 const MONITOR_EVERY: Duration = Duration::from_secs(5);
@@ -34,6 +35,9 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 /// Shared view of every app's status, read by the session to report upstream.
 pub type Board = watch::Sender<BTreeMap<String, AppStatus>>;
 
+/// Env values handed to processes and hooks (kept on this host only).
+type Env = BTreeMap<String, String>;
+
 /// Why a deploy attempt stopped.
 enum Outcome {
     Done,
@@ -41,11 +45,28 @@ enum Outcome {
     Transient(String),
 }
 
+/// The release a deploy step is about.
+#[derive(Debug, Clone)]
+struct Target {
+    version: String,
+    digest: String,
+    generation: u64,
+}
+
+impl From<&DesiredApp> for Target {
+    fn from(d: &DesiredApp) -> Self {
+        Self {
+            version: d.version.clone(),
+            digest: d.manifest_digest.clone(),
+            generation: d.generation,
+        }
+    }
+}
+
 pub struct AppRunner {
     name: String,
     cfg: AppConfig,
     paths: AppPaths,
-    blob_cache: PathBuf,
     status: AppStatus,
     procs: Vec<ProcRecord>,
     board: Board,
@@ -74,7 +95,6 @@ impl AppRunner {
         Ok(Self {
             name,
             cfg,
-            blob_cache: crate::paths::blob_cache(state_dir),
             paths,
             status,
             procs: Vec::new(),
@@ -141,9 +161,16 @@ impl AppRunner {
         tracing::info!(app = %self.name, "app runner stopped; processes keep running");
     }
 
+    /// Versions are immutable per app: when `current` already holds the desired
+    /// version, that release runs and only its digest needs recording.
     fn needs_deploy(&mut self, d: &DesiredApp) -> bool {
-        if self.status.running_digest.as_deref() == Some(d.manifest_digest.as_str()) {
-            if self.status.generation != d.generation {
+        if self.status.running_version.as_deref() == Some(d.version.as_str())
+            && self.status.activating.is_none()
+        {
+            if self.status.running_digest.as_deref() != Some(d.manifest_digest.as_str())
+                || self.status.generation != d.generation
+            {
+                self.status.running_digest = Some(d.manifest_digest.clone());
                 self.status.generation = d.generation;
                 self.publish();
             }
@@ -153,7 +180,8 @@ impl AppRunner {
     }
 
     /// At agent start: adopt the processes of `current` if they still run,
-    /// otherwise start them again. Never redeploys.
+    /// otherwise start them again; finish judging an interrupted activation.
+    /// Never redeploys.
     async fn start_up(&mut self) {
         let adopted = supervisor::adopt(&self.paths);
         let Some(version) = self.paths.current_version() else {
@@ -162,6 +190,7 @@ impl AppRunner {
             }
             self.status.running_version = None;
             self.status.running_digest = None;
+            self.status.activating = None;
             self.publish();
             return;
         };
@@ -170,8 +199,7 @@ impl AppRunner {
             self.status.running_digest = self.status.installed.get(&version).cloned();
             self.status.running_version = Some(version.clone());
         }
-        let release = self.paths.release(&version);
-        let spec = match ReleaseSpec::load(&release) {
+        let spec = match ReleaseSpec::load(&self.paths.release(&version)) {
             Ok(s) => s,
             Err(e) => {
                 self.status.health = HealthState::Unhealthy;
@@ -193,7 +221,10 @@ impl AppRunner {
             for p in &adopted {
                 supervisor::stop(&self.paths, p, self.grace()).await;
             }
-            match self.start_processes(&spec, &version) {
+            match self
+                .app_env(&version)
+                .and_then(|env| self.start_processes(&spec, &version, &env))
+            {
                 Ok(procs) => {
                     self.procs = procs;
                     self.log(&version, "start", "ok", "processes were not running");
@@ -201,8 +232,42 @@ impl AppRunner {
                 Err(e) => self.log(&version, "start", "failed", &e),
             }
         }
+        if let Some(a) = self.status.activating.clone() {
+            self.resume_activation(a, &spec, &version).await;
+        }
         self.monitor().await;
         self.publish();
+    }
+
+    /// The agent stopped between a flip and its verdict: judge the release that
+    /// `current` holds now, and roll back if it does not prove healthy.
+    async fn resume_activation(&mut self, a: Activation, spec: &ReleaseSpec, current: &str) {
+        let target = Target {
+            version: a.version.clone(),
+            digest: a.digest.clone(),
+            generation: a.generation,
+        };
+        if current != a.version {
+            // It stopped during a rollback, after flipping back: record the refusal.
+            self.status.activating = None;
+            self.record_failure(&target, "agent restarted during activation".into());
+            self.status.state = State::RolledBack;
+            self.publish();
+            return;
+        }
+        self.log(
+            &a.version,
+            "activation",
+            "resumed",
+            "agent restarted before the verdict",
+        );
+        match self.wait_healthy(spec, &a.version).await {
+            Ok(()) => self.activated(&target, a.previous.as_deref()),
+            Err(reason) => {
+                self.roll_back(&target, a.previous, a.previous_digest, reason)
+                    .await;
+            }
+        }
     }
 
     fn grace(&self) -> Duration {
@@ -211,24 +276,14 @@ impl AppRunner {
 
     /// The environment processes and hooks run with: a minimal base, the host's env
     /// files in order (last wins), then what Slipway sets.
-    fn app_env(&self, version: &str) -> Result<BTreeMap<String, String>, String> {
+    fn app_env(&self, version: &str) -> Result<Env, String> {
         let mut env = BTreeMap::new();
         env.insert(
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         );
         env.insert("LANG".into(), "C.UTF-8".into());
-        let files: Vec<PathBuf> = if self.cfg.env_files.is_empty() {
-            let default = self.paths.shared.join(".env");
-            if default.is_file() {
-                vec![default]
-            } else {
-                vec![]
-            }
-        } else {
-            self.cfg.env_files.clone()
-        };
-        env.extend(crate::envfile::load_layers(&files).map_err(|e| e.to_string())?);
+        env.extend(crate::envfile::load_layers(&self.env_files()).map_err(|e| e.to_string())?);
         if let Some(port) = self.cfg.port {
             env.insert("PORT".into(), port.to_string());
         }
@@ -237,23 +292,39 @@ impl AppRunner {
         Ok(env)
     }
 
+    fn env_files(&self) -> Vec<PathBuf> {
+        if !self.cfg.env_files.is_empty() {
+            return self.cfg.env_files.clone();
+        }
+        let default = self.paths.shared.join(".env");
+        if default.is_file() {
+            vec![default]
+        } else {
+            vec![]
+        }
+    }
+
+    /// Hook output with every env file value masked: what a hook prints may be
+    /// logged and reported, what the env files hold may not.
+    fn redact(&self, text: &str) -> String {
+        let secrets = crate::envfile::load_layers(&self.env_files()).unwrap_or_default();
+        crate::envfile::redact(text, secrets.values())
+    }
+
     fn start_processes(
         &self,
         spec: &ReleaseSpec,
         version: &str,
+        env: &Env,
     ) -> Result<Vec<ProcRecord>, String> {
-        let env = self.app_env(version)?;
         let mut procs = Vec::new();
         for (name, p) in &spec.processes {
-            match supervisor::start(&self.paths, name, version, &p.command, &env) {
+            match supervisor::start(&self.paths, name, version, &p.command, env) {
                 Ok(r) => procs.push(r),
                 Err(e) => {
                     // Leave nothing half-started.
                     for r in &procs {
-                        let _ = nix::sys::signal::killpg(
-                            nix::unistd::Pid::from_raw(r.pid),
-                            nix::sys::signal::SIGKILL,
-                        );
+                        supervisor::kill_group(r);
                     }
                     return Err(e.to_string());
                 }
@@ -328,11 +399,12 @@ impl AppRunner {
 
     /// The deploy state machine for one desired release.
     async fn deploy(&mut self, d: &DesiredApp) -> Outcome {
+        let target = Target::from(d);
         let version = d.version.clone();
         // 0. The manifest must be the one the controller named, for this app.
         let manifest = match self.verify_manifest(d) {
             Ok(m) => m,
-            Err(why) => return self.refuse(d, "verify", why).await,
+            Err(why) => return self.refuse(&target, "verify", why),
         };
         let _lock = match AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await {
             Ok(l) => l,
@@ -340,20 +412,20 @@ impl AppRunner {
         };
         tracing::info!(app = %self.name, %version, generation = d.generation, "deploying");
 
-        // 1. Fetch.
+        // 1. Fetch into this app's cache.
         let Some(channel) = self.channel.borrow().clone() else {
             return Outcome::Transient("controller not connected".into());
         };
         self.set_state(State::Fetching);
         let blob_digest = match Digest::parse(&d.blob_digest) {
             Ok(b) => b,
-            Err(e) => return self.refuse(d, "fetch", e.to_string()).await,
+            Err(e) => return self.refuse(&target, "fetch", e.to_string()),
         };
         let mut client =
             AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
         let blob = match crate::fetch::fetch_blob(
             &mut client,
-            &self.blob_cache,
+            &self.paths.cache,
             &blob_digest,
             d.blob_size,
         )
@@ -366,21 +438,19 @@ impl AppRunner {
                 self.set_state(State::Idle);
                 return Outcome::Transient(format!("fetch: {}", status.message()));
             }
-            Err(e) => return self.refuse(d, "fetch", e.to_string()).await,
+            Err(e) => return self.refuse(&target, "fetch", e.to_string()),
         };
         self.log(&version, "fetch", "ok", &d.blob_digest);
 
         // 2. Install beside the running release; it stays untouched until the flip.
         self.set_state(State::Installing);
-        let release = match install::unpack_release(&self.paths, &blob, &manifest).await {
+        let unpacked = install::unpack_release(&self.paths, &blob, &manifest).await;
+        // Once unpacked (or refused) the blob has served its purpose: the cache
+        // only ever holds what is being installed.
+        let _ = std::fs::remove_file(&blob);
+        let release = match unpacked {
             Ok(p) => p,
-            Err(e) => {
-                // A corrupt cached blob must not poison the next attempt.
-                if matches!(e, install::InstallError::Unpack(_)) {
-                    let _ = std::fs::remove_file(&blob);
-                }
-                return self.refuse(d, "unpack", e.to_string()).await;
-            }
+            Err(e) => return self.refuse(&target, "unpack", e.to_string()),
         };
         self.status
             .installed
@@ -394,50 +464,86 @@ impl AppRunner {
         );
         let spec = match ReleaseSpec::load(&release) {
             Ok(s) => s,
-            Err(e) => return self.abandon(d, &release, "spec", e.to_string()).await,
+            Err(e) => return self.abandon(&target, &release, "spec", e.to_string()).await,
         };
+        if let Some((name, _)) = spec
+            .processes
+            .iter()
+            .find(|(_, p)| p.health.http.is_some() && self.cfg.port.is_none())
+        {
+            let why = format!(
+                "process {name} has an HTTP health check but apps.{}.port is not set in the agent config",
+                self.name
+            );
+            return self.abandon(&target, &release, "spec", why).await;
+        }
         if let Err(e) =
             install::link_shared(&self.paths, &release, &spec.shared.files, &spec.shared.dirs)
         {
             return self
-                .abandon(d, &release, "link_shared", e.to_string())
+                .abandon(&target, &release, "link_shared", e.to_string())
                 .await;
         }
+        // The env is read before anything is stopped: a broken env file refuses
+        // the release while the old one keeps serving.
+        let env = match self.app_env(&version) {
+            Ok(e) => e,
+            Err(e) => return self.abandon(&target, &release, "env", e).await,
+        };
         if let Some(hook) = &spec.hooks.prepare {
-            let env = match self.app_env(&version) {
-                Ok(e) => e,
-                Err(e) => return self.abandon(d, &release, "prepare", e).await,
-            };
             match install::run_hook(hook, &release, &env).await {
-                Ok(out) => self.log(&version, "prepare", "ok", out.trim()),
-                Err(e) => return self.abandon(d, &release, "prepare", e.to_string()).await,
+                Ok(out) => self.log(&version, "prepare", "ok", self.redact(&out).trim()),
+                Err(e) => {
+                    let why = self.redact(&e.to_string());
+                    return self.abandon(&target, &release, "prepare", why).await;
+                }
             }
         }
 
-        // 3. Activate: flip, restart.
-        self.set_state(State::Activating);
+        // 3. Activate: record, flip, restart.
         let previous = self.paths.current_version().filter(|v| v != &version);
         let previous_digest = self.status.running_digest.clone();
+        self.status.activating = Some(Activation {
+            version: version.clone(),
+            digest: d.manifest_digest.clone(),
+            generation: d.generation,
+            previous: previous.clone(),
+            previous_digest: previous_digest.clone(),
+        });
+        self.set_state(State::Activating);
         self.stop_all().await;
         if let Err(e) = install::flip_current(&self.paths, &version) {
             return self
-                .roll_back(d, previous, previous_digest, format!("flip current: {e}"))
+                .roll_back(
+                    &target,
+                    previous,
+                    previous_digest,
+                    format!("flip current: {e}"),
+                )
                 .await;
         }
         self.log(&version, "flip", "ok", "");
-        match self.start_processes(&spec, &version) {
+        match self.start_processes(&spec, &version, &env) {
             Ok(p) => self.procs = p,
-            Err(e) => return self.roll_back(d, previous, previous_digest, e).await,
+            Err(e) => return self.roll_back(&target, previous, previous_digest, e).await,
         }
 
         // 4. Health.
         if let Err(reason) = self.wait_healthy(&spec, &version).await {
-            return self.roll_back(d, previous, previous_digest, reason).await;
+            return self
+                .roll_back(&target, previous, previous_digest, reason)
+                .await;
         }
-        self.log(&version, "health", "ok", "");
+        self.activated(&target, previous.as_deref());
+        Outcome::Done
+    }
+
+    /// The release proved healthy: record it, prune old releases.
+    fn activated(&mut self, t: &Target, previous: Option<&str>) {
+        self.log(&t.version, "health", "ok", "");
         let s = &mut self.status;
-        s.running_version = Some(version.clone());
-        s.running_digest = Some(d.manifest_digest.clone());
+        s.running_version = Some(t.version.clone());
+        s.running_digest = Some(t.digest.clone());
         s.state = State::Healthy;
         s.health = HealthState::Healthy;
         s.health_reason.clear();
@@ -445,10 +551,11 @@ impl AppRunner {
         s.missing_env.clear();
         s.last_error.clear();
         s.failed = None;
-        s.generation = d.generation;
-        s.history.retain(|v| v != &version);
-        s.history.push(version.clone());
-        let protect: Vec<&str> = [Some(version.as_str()), previous.as_deref()]
+        s.activating = None;
+        s.generation = t.generation;
+        s.history.retain(|v| v != &t.version);
+        s.history.push(t.version.clone());
+        let protect: Vec<&str> = [Some(t.version.as_str()), previous]
             .into_iter()
             .flatten()
             .collect();
@@ -461,12 +568,11 @@ impl AppRunner {
         self.status.history.retain(|v| !removed.contains(v));
         self.status.installed.retain(|v, _| !removed.contains(v));
         if !removed.is_empty() {
-            self.log(&version, "prune", "ok", &removed.join(", "));
+            self.log(&t.version, "prune", "ok", &removed.join(", "));
         }
         self.restarts = 0;
         self.publish();
-        self.log(&version, "deploy", "healthy", "");
-        Outcome::Done
+        self.log(&t.version, "deploy", "healthy", "");
     }
 
     fn verify_manifest(&self, d: &DesiredApp) -> Result<Manifest, String> {
@@ -496,18 +602,23 @@ impl AppRunner {
         self.publish();
     }
 
-    /// Marks the release failed for this generation without touching what runs.
-    async fn refuse(&mut self, d: &DesiredApp, step: &str, reason: String) -> Outcome {
-        self.log(&d.version, step, "failed", &reason);
-        tracing::error!(app = %self.name, version = %d.version, step, reason = %reason, "deploy failed; old release keeps serving");
+    fn record_failure(&mut self, t: &Target, reason: String) {
+        self.status.last_error = format!("{}: {reason}", t.version);
         self.status.failed = Some(FailedRelease {
-            version: d.version.clone(),
-            digest: d.manifest_digest.clone(),
-            generation: d.generation,
-            reason: reason.clone(),
+            version: t.version.clone(),
+            digest: t.digest.clone(),
+            generation: t.generation,
+            reason,
         });
-        self.status.last_error = format!("{} {step}: {reason}", d.version);
-        self.status.generation = d.generation;
+        self.status.generation = t.generation;
+    }
+
+    /// Refuses the release for this generation before the flip: what runs is
+    /// untouched and keeps serving.
+    fn refuse(&mut self, t: &Target, step: &str, reason: String) -> Outcome {
+        self.log(&t.version, step, "failed", &reason);
+        tracing::error!(app = %self.name, version = %t.version, step, reason = %reason, "deploy refused; the running release keeps serving");
+        self.record_failure(t, format!("{step}: {reason}"));
         self.status.state = if self.status.running_version.is_some() {
             State::RolledBack
         } else {
@@ -518,41 +629,30 @@ impl AppRunner {
     }
 
     /// Like `refuse`, and removes the half-installed release dir.
-    async fn abandon(
-        &mut self,
-        d: &DesiredApp,
-        release: &Path,
-        step: &str,
-        reason: String,
-    ) -> Outcome {
-        if self.paths.current_version().as_deref() != Some(d.version.as_str()) {
+    async fn abandon(&mut self, t: &Target, release: &Path, step: &str, reason: String) -> Outcome {
+        if self.paths.current_version().as_deref() != Some(t.version.as_str()) {
             let _ = tokio::fs::remove_dir_all(release).await;
+            self.status.installed.remove(&t.version);
         }
-        self.refuse(d, step, reason).await
+        self.refuse(t, step, reason)
     }
 
     /// After the flip: put the previous release back and report why.
     async fn roll_back(
         &mut self,
-        d: &DesiredApp,
+        t: &Target,
         previous: Option<String>,
         previous_digest: Option<String>,
         reason: String,
     ) -> Outcome {
-        self.log(&d.version, "health", "failed", &reason);
+        self.log(&t.version, "health", "failed", &reason);
         self.stop_all().await;
         // Missing env names travel in the reason; env_check and missing_env keep
         // describing the release that runs.
-        self.status.failed = Some(FailedRelease {
-            version: d.version.clone(),
-            digest: d.manifest_digest.clone(),
-            generation: d.generation,
-            reason: reason.clone(),
-        });
-        self.status.generation = d.generation;
-        self.status.last_error = format!("{}: {reason}", d.version);
+        self.record_failure(t, reason.clone());
         let Some(prev) = previous else {
             install::clear_current(&self.paths);
+            self.status.activating = None;
             self.status.running_version = None;
             self.status.running_digest = None;
             self.status.state = State::Failed;
@@ -560,7 +660,7 @@ impl AppRunner {
             self.status.health_reason = reason;
             self.publish();
             self.log(
-                &d.version,
+                &t.version,
                 "deploy",
                 "failed",
                 "no previous release to roll back to",
@@ -570,10 +670,12 @@ impl AppRunner {
         let restored = async {
             install::flip_current(&self.paths, &prev).map_err(|e| e.to_string())?;
             let spec = ReleaseSpec::load(&self.paths.release(&prev)).map_err(|e| e.to_string())?;
-            self.procs = self.start_processes(&spec, &prev)?;
+            let env = self.app_env(&prev)?;
+            self.procs = self.start_processes(&spec, &prev, &env)?;
             self.wait_healthy(&spec, &prev).await
         }
         .await;
+        self.status.activating = None;
         self.status.running_version = Some(prev.clone());
         self.status.running_digest = previous_digest;
         match restored {
@@ -583,8 +685,8 @@ impl AppRunner {
                 self.status.health_reason.clear();
                 self.status.env_check = EnvState::Ok;
                 self.status.missing_env.clear();
-                self.log(&d.version, "rollback", "ok", &format!("back on {prev}"));
-                tracing::warn!(app = %self.name, failed = %d.version, running = %prev, reason = %self.status.last_error, "rolled back");
+                self.log(&t.version, "rollback", "ok", &format!("back on {prev}"));
+                tracing::warn!(app = %self.name, failed = %t.version, running = %prev, reason = %self.status.last_error, "rolled back");
             }
             Err(e) => {
                 self.status.state = State::Failed;
@@ -592,7 +694,7 @@ impl AppRunner {
                 self.status.health_reason =
                     format!("previous release {prev} is unhealthy too: {e}");
                 self.log(
-                    &d.version,
+                    &t.version,
                     "rollback",
                     "failed",
                     &self.status.health_reason.clone(),
@@ -620,7 +722,15 @@ impl AppRunner {
             EnvState::Ok,
             Vec::new(),
         );
-        let mut dead = false;
+        let mut dead = self.procs.is_empty();
+        if dead {
+            verdict = (
+                HealthState::Unhealthy,
+                "not running".into(),
+                EnvState::Unknown,
+                vec![],
+            );
+        }
         for rec in &self.procs {
             let Some(ps) = spec.processes.get(&rec.process) else {
                 continue;
@@ -628,7 +738,8 @@ impl AppRunner {
             match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
                 Verdict::Healthy => {}
                 Verdict::NotReady(why) => {
-                    verdict = (HealthState::Unhealthy, why, verdict.2, verdict.3.clone())
+                    verdict.0 = HealthState::Unhealthy;
+                    verdict.1 = why;
                 }
                 Verdict::Failed {
                     reason,
@@ -644,18 +755,12 @@ impl AppRunner {
                 }
             }
         }
-        if self.procs.is_empty() {
-            dead = true;
-            verdict = (
-                HealthState::Unhealthy,
-                "not running".into(),
-                EnvState::Unknown,
-                vec![],
-            );
-        }
         if dead && self.next_restart.is_none_or(|t| Instant::now() >= t) {
             self.stop_all().await;
-            match self.start_processes(&spec, &version) {
+            match self
+                .app_env(&version)
+                .and_then(|env| self.start_processes(&spec, &version, &env))
+            {
                 Ok(p) => {
                     self.procs = p;
                     self.restarts += 1;

@@ -83,6 +83,19 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, EnvFileErr
     Ok(out)
 }
 
+/// Replaces every occurrence of a secret value (4 bytes or longer, so `1` or
+/// `on` do not mask half the text) with `***`.
+pub fn redact<'a>(text: &str, secrets: impl Iterator<Item = &'a String>) -> String {
+    let mut values: Vec<&String> = secrets.filter(|v| v.len() >= 4).collect();
+    // Longest first, so a value containing another is masked whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_string();
+    for v in values {
+        out = out.replace(v.as_str(), "***");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +122,13 @@ mod tests {
             .to_string();
         assert_eq!(e, "env file /etc/app.env line 2: invalid variable name");
         assert!(!e.contains("hunter2"));
+    }
+
+    #[test]
+    fn redacts_values_but_not_short_ones() {
+        let secrets = ["postgres://u:pw@db/app".to_string(), "on".to_string()];
+        let out = redact("connecting to postgres://u:pw@db/app: on", secrets.iter());
+        assert_eq!(out, "connecting to ***: on");
     }
 
     #[test]

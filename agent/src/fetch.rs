@@ -1,4 +1,4 @@
-//! Fetches a release blob into the host's cache: streamed to `<hex>.partial`,
+//! Fetches a release blob into the app's cache: streamed to `<hex>.partial`,
 //! resumed from its length after a cut, hashed while writing, and renamed to
 //! `<hex>` only when size and sha256 match.
 
@@ -10,6 +10,9 @@ use proto::v1::FetchBlobRequest;
 use proto::v1::agents_client::AgentsClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
+
+/// A stream that sends nothing for this long is given up (and resumed later).
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -79,6 +82,14 @@ async fn fetch_once(
         return Ok(done);
     }
     let partial = cache.join(format!("{}.partial", digest.hex()));
+    // Downloads of releases no longer wanted only take space.
+    if let Ok(mut entries) = tokio::fs::read_dir(cache).await {
+        while let Ok(Some(e)) = entries.next_entry().await {
+            if e.path() != partial {
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
+        }
+    }
 
     // Resume: hash what an earlier attempt already wrote.
     let mut hasher = StreamHasher::new();
@@ -122,7 +133,18 @@ async fn fetch_once(
             .await
             .map_err(rpc)?
             .into_inner();
-        while let Some(chunk) = stream.message().await.map_err(rpc)? {
+        loop {
+            let next = tokio::time::timeout(STALL_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| {
+                    rpc(tonic::Status::unavailable(format!(
+                        "no data for {}s",
+                        STALL_TIMEOUT.as_secs()
+                    )))
+                })?;
+            let Some(chunk) = next.map_err(rpc)? else {
+                break;
+            };
             if have + chunk.data.len() as u64 > size {
                 drop(file);
                 let _ = tokio::fs::remove_file(&partial).await;

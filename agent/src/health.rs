@@ -93,7 +93,10 @@ pub async fn check_once(
 ) -> Verdict {
     if !rec.alive() {
         return Verdict::Failed {
-            reason: format!("process {} exited", rec.process),
+            reason: format!(
+                "process {} exited (see logs/{}.log)",
+                rec.process, rec.process
+            ),
             missing_env: vec![],
         };
     }

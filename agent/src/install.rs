@@ -128,13 +128,17 @@ pub async fn run_hook(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills `sh -c` and what it started.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| InstallError::Hook(format!("{:?} could not start: {e}", hook.command[0])))?;
+        .map_err(|e| InstallError::Hook(format!("{} could not start: {e}", program.display())))?;
+    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let (out, err) = (child.stdout.take(), child.stderr.take());
-    // Both pipes drained at once, so a hook filling one of them never blocks.
+    // Both pipes drained at once and to the end (a hook is never cut off by a
+    // full pipe); only the tail is kept.
     let collect = async {
-        let (mut a, b) = tokio::join!(read_bounded(out), read_bounded(err));
+        let (mut a, b) = tokio::join!(read_tail(out), read_tail(err));
         a.extend_from_slice(&b);
         a
     };
@@ -142,9 +146,17 @@ pub async fn run_hook(
         let (output, status) = tokio::join!(collect, child.wait());
         (output, status)
     };
-    let (output, status) = tokio::time::timeout(Duration::from_secs(hook.timeout_secs), run)
-        .await
-        .map_err(|_| InstallError::Hook(format!("timed out after {}s", hook.timeout_secs)))?;
+    let Ok((output, status)) =
+        tokio::time::timeout(Duration::from_secs(hook.timeout_secs), run).await
+    else {
+        if let Some(pgid) = pgid {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+        }
+        return Err(InstallError::Hook(format!(
+            "timed out after {}s (killed)",
+            hook.timeout_secs
+        )));
+    };
     let text = String::from_utf8_lossy(&output);
     let tail: String = text
         .chars()
@@ -164,12 +176,25 @@ pub async fn run_hook(
     Ok(tail)
 }
 
-async fn read_bounded(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(p) = pipe {
-        let _ = p.take(1 << 20).read_to_end(&mut buf).await;
+/// Reads a pipe to its end, keeping the last 64 KiB.
+async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    const KEEP: usize = 64 * 1024;
+    let mut kept = Vec::new();
+    let Some(mut p) = pipe else { return kept };
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = p.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * KEEP {
+            kept.drain(..kept.len() - KEEP);
+        }
     }
-    buf
+    if kept.len() > KEEP {
+        kept.drain(..kept.len() - KEEP);
+    }
+    kept
 }
 
 /// Points `current` at `releases/<version>` atomically: a new symlink under a temp

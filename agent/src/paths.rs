@@ -13,6 +13,8 @@ pub struct AppPaths {
     pub deploy_log: PathBuf,
     pub status: PathBuf,
     pub lock: PathBuf,
+    /// Blob being installed (download, resumable): emptied after each install.
+    pub cache: PathBuf,
 }
 
 impl AppPaths {
@@ -27,6 +29,7 @@ impl AppPaths {
             deploy_log: root.join("deploy.log"),
             status: root.join("status.json"),
             lock: root.join(".lock"),
+            cache: root.join("cache"),
             root,
         }
     }
@@ -47,9 +50,4 @@ impl AppPaths {
         let target = std::fs::read_link(&self.current).ok()?;
         target.file_name()?.to_str().map(String::from)
     }
-}
-
-/// Blob cache shared by all apps of the host.
-pub fn blob_cache(state_dir: &Path) -> PathBuf {
-    state_dir.join("blobs").join("sha256")
 }

@@ -49,6 +49,17 @@ pub struct FailedRelease {
     pub reason: String,
 }
 
+/// A release between the flip and its verdict, persisted before the flip so an
+/// agent restarted mid-activation finishes judging it instead of trusting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub version: String,
+    pub digest: String,
+    pub generation: u64,
+    pub previous: Option<String>,
+    pub previous_digest: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct AppStatus {
     pub app: String,
@@ -71,13 +82,26 @@ pub struct AppStatus {
     /// so an agent killed mid-deploy knows what `current` holds.
     #[serde(default)]
     pub installed: BTreeMap<String, String>,
+    #[serde(default)]
+    pub activating: Option<Activation>,
     pub updated_at: i64,
 }
 
 impl AppStatus {
+    /// Reads status.json. A file that does not parse is kept aside as
+    /// `status.json.bad` (never silently overwritten) and the agent starts from
+    /// what the disk says.
     pub fn load(path: &Path) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let bad = path.with_extension("json.bad");
+                tracing::error!(path = %path.display(), kept_as = %bad.display(), error = %e, "status.json is corrupt; rebuilding it from the release dirs");
+                let _ = std::fs::rename(path, &bad);
+                None
+            }
+        }
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {

@@ -160,20 +160,64 @@ pub fn start(
     Ok(rec)
 }
 
-/// SIGTERM to the process group, wait up to `grace`, then SIGKILL.
-pub async fn stop(paths: &AppPaths, rec: &ProcRecord, grace: Duration) {
+/// Processes of `rec`'s group that are ours: started no earlier than the
+/// leader and running from under the app's dir. While one of them lives, the
+/// group id cannot have been reused, so signalling the group is safe even after
+/// the leader (e.g. a shell wrapper) has died.
+fn group_members(rec: &ProcRecord, app_root: &Path) -> Vec<i32> {
+    let root = std::fs::canonicalize(app_root).unwrap_or_else(|_| app_root.to_path_buf());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let pgrp = fields.get(2).and_then(|f| f.parse::<i32>().ok());
+            let state = fields.first().and_then(|f| f.chars().next());
+            let started = fields.get(19).and_then(|f| f.parse::<u64>().ok());
+            pgrp == Some(rec.pid)
+                && !matches!(state, Some('Z' | 'X'))
+                && started.is_some_and(|t| t >= rec.start_time)
+                && cwd(*pid).is_some_and(|c| c.starts_with(&root))
+        })
+        .collect()
+}
+
+/// SIGKILL to the whole group, if it is still ours.
+pub fn kill_group(rec: &ProcRecord) {
     if rec.alive() {
-        let pgid = Pid::from_raw(rec.pid);
+        let _ = killpg(Pid::from_raw(rec.pid), Signal::SIGKILL);
+    }
+}
+
+/// SIGTERM to the process group, wait up to `grace` for every member to exit,
+/// then SIGKILL the group; gives up waiting (with an error log) after 10 more
+/// seconds rather than hang on a process stuck in the kernel.
+pub async fn stop(paths: &AppPaths, rec: &ProcRecord, grace: Duration) {
+    let pgid = Pid::from_raw(rec.pid);
+    let gone = || !rec.alive() && group_members(rec, &paths.root).is_empty();
+    if !gone() {
         let _ = killpg(pgid, Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
-        while rec.alive() && tokio::time::Instant::now() < deadline {
+        while !gone() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if rec.alive() {
+        if !gone() {
             tracing::warn!(process = %rec.process, pid = rec.pid, "did not stop within grace period; killing");
             let _ = killpg(pgid, Signal::SIGKILL);
-            while rec.alive() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !gone() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !gone() {
+                tracing::error!(process = %rec.process, pid = rec.pid, "process group survives SIGKILL (stuck in the kernel?)");
             }
         }
         tracing::info!(process = %rec.process, pid = rec.pid, "process stopped");

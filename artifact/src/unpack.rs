@@ -21,11 +21,15 @@ pub struct Limits {
     pub window_log_max: u32,
 }
 
+/// Default bounds, shared with the controller so both refuse the same releases.
+pub const MAX_ENTRIES: usize = 200_000;
+pub const MAX_TOTAL_BYTES: u64 = 8 << 30;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_entries: 200_000,
-            max_total_bytes: 8 << 30,
+            max_entries: MAX_ENTRIES,
+            max_total_bytes: MAX_TOTAL_BYTES,
             window_log_max: 24,
         }
     }

@@ -344,7 +344,10 @@ pub struct ReleaseOpts<'a> {
     pub version: &'a str,
     pub healthy: bool,
     pub required_env: &'a [&'a str],
+    /// Shell command of the prepare hook; empty: no hook.
     pub prepare: &'a str,
+    /// Start the app through `sh -c` without exec: a wrapper whose child holds the port.
+    pub wrapper: bool,
 }
 
 impl<'a> ReleaseOpts<'a> {
@@ -354,6 +357,7 @@ impl<'a> ReleaseOpts<'a> {
             healthy: true,
             required_env: &["DATABASE_URL"],
             prepare: "echo migrated > .migrated",
+            wrapper: false,
         }
     }
 }
@@ -373,12 +377,24 @@ pub fn sample_release(dir: &Path, o: &ReleaseOpts) -> PathBuf {
     )
     .expect("conf");
     let required: Vec<String> = o.required_env.iter().map(|n| format!("{n:?}")).collect();
+    let command = if o.wrapper {
+        r#"["sh", "-c", "bin/slipway-sample-app; echo wrapper done"]"#
+    } else {
+        r#"["bin/slipway-sample-app"]"#
+    };
+    let hook = if o.prepare.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n[hooks.prepare]\ncommand = [\"sh\", \"-c\", {:?}]\ntimeout_secs = 20\n",
+            o.prepare
+        )
+    };
     std::fs::write(
         rel.join("slipway.toml"),
         format!(
-            "[processes.web]\ncommand = [\"bin/slipway-sample-app\"]\nrequired_env = [{}]\nhealth = {{ http = \"/health\", timeout_secs = 5, min_healthy_secs = 1 }}\n\n[hooks.prepare]\ncommand = [\"sh\", \"-c\", {:?}]\ntimeout_secs = 20\n\n[shared]\nfiles = [\".env\"]\n",
+            "[processes.web]\ncommand = {command}\nrequired_env = [{}]\nhealth = {{ http = \"/health\", timeout_secs = 5, min_healthy_secs = 1 }}\n{hook}\n[shared]\nfiles = [\".env\"]\n",
             required.join(", "),
-            o.prepare
         ),
     )
     .expect("spec");

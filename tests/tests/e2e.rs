@@ -614,3 +614,132 @@ fn git_checkouts_record_their_commit_and_dirty_trees_are_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn a_broken_env_file_refuses_the_release_before_anything_stops() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            prepare: "",
+            ..ReleaseOpts::new("1.0.0")
+        },
+    );
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+
+    let env = agent.app_dir().join("shared/.env");
+    std::fs::write(&env, format!("{DB_ENV}-----BEGIN PRIVATE KEY-----\n")).unwrap();
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            prepare: "",
+            ..ReleaseOpts::new("2.0.0")
+        },
+    );
+    let out = deploy_wait(&c, "2.0.0", "preprod");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("line 2: expected KEY=VALUE"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        agent.app_pid(),
+        Some(pid),
+        "the running release was never stopped"
+    );
+    agent.wait_serving("1.0.0");
+}
+
+#[test]
+fn hook_output_is_reported_with_env_values_masked() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(
+        t.path(),
+        &c,
+        "pre-1",
+        "preprod",
+        "DATABASE_URL=postgres://app:canary-7731@db/app\n",
+    );
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            prepare: "echo \"cannot reach $DATABASE_URL\" >&2; exit 1",
+            ..ReleaseOpts::new("1.0.0")
+        },
+    );
+    let out = deploy_wait(&c, "1.0.0", "preprod");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("cannot reach ***"), "{}", out.stderr);
+    assert!(!out.stderr.contains("canary-7731"));
+    assert!(!agent.deploy_log().contains("canary-7731"));
+    let status = std::fs::read_to_string(agent.app_dir().join("status.json")).unwrap();
+    assert!(!status.contains("canary-7731"));
+}
+
+#[test]
+fn a_wrapper_whose_child_holds_the_port_is_stopped_as_a_group() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            wrapper: true,
+            ..ReleaseOpts::new("1.0.0")
+        },
+    );
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    agent.wait_serving("1.0.0");
+    // If only the shell were stopped, its child would keep the port and 2.0.0
+    // could not bind it.
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    deploy_wait(&c, "2.0.0", "preprod").ok();
+    agent.wait_serving("2.0.0");
+}
+
+#[test]
+fn an_agent_restarted_mid_activation_judges_the_release_and_rolls_back() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("2.0.0")
+        },
+    );
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod"]).ok();
+    eventually(WAIT, "the flip to 2.0.0", || {
+        (steps(&agent, "2.0.0", "flip") == 1).then_some(())
+    });
+    agent.kill(); // between the flip and the verdict
+    assert_eq!(
+        std::fs::read_link(agent.app_dir().join("current"))
+            .unwrap()
+            .to_str(),
+        Some("releases/2.0.0")
+    );
+    agent.spawn();
+
+    eventually(WAIT, "the resumed activation to roll back", || {
+        status_row(&c, "pre-1").filter(|r| r["state"] == "rolled_back" && r["running"] == "1.0.0")
+    });
+    agent.wait_serving("1.0.0");
+    assert_eq!(steps(&agent, "2.0.0", "activation"), 1);
+    assert_eq!(agent.status_json()["failed"]["version"], "2.0.0");
+    assert!(agent.status_json()["activating"].is_null());
+}

@@ -115,11 +115,11 @@ fn a_blob_tampered_with_on_the_controller_is_refused_by_the_agent() {
     assert!(out.stderr.contains("discarded"), "{}", out.stderr);
     agent.wait_serving("1.0.0");
     assert!(!agent.app_dir().join("releases/2.0.0").exists());
-    let cache = agent.state_dir.join("blobs/sha256");
+    let cache = agent.app_dir().join("cache");
     assert_eq!(
         std::fs::read_dir(cache).unwrap().count(),
-        1,
-        "only the good v1 blob is cached"
+        0,
+        "no bad bytes kept"
     );
 }
 
@@ -128,7 +128,7 @@ fn an_interrupted_download_resumes_and_a_corrupt_partial_is_fetched_again() {
     let t = tempfile::tempdir().unwrap();
     let c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
-    let cache = agent.state_dir.join("blobs/sha256");
+    let cache = agent.app_dir().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
 
     // As if an earlier download was cut halfway.
@@ -160,4 +160,9 @@ fn an_interrupted_download_resumes_and_a_corrupt_partial_is_fetched_again() {
     agent.wait_serving("2.0.0");
     assert!(agent.log_text().contains("resumed download did not verify"));
     assert!(!cache.join(format!("{hex}.partial")).exists());
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "the cache is emptied after each install"
+    );
 }

@@ -13,11 +13,12 @@ use super::{SharedCtx, caller, tenant_of};
 use crate::error::ControllerError;
 use crate::store::{ReleaseRow, now};
 
-/// Bounds on what a manifest may describe.
-pub const MAX_ENTRIES: usize = 200_000;
+/// Bounds on what a manifest may describe: the same the agents apply, so a
+/// release the controller accepts is one hosts can install.
+pub const MAX_ENTRIES: usize = artifact::unpack::MAX_ENTRIES;
 pub const MAX_DIGESTS_PER_QUERY: usize = 1024;
-/// Unpacked content a release may describe (agents apply their own limit too).
-pub const MAX_CONTENT_BYTES: u64 = 64 << 30;
+/// Unpacked content a release may describe.
+pub const MAX_CONTENT_BYTES: u64 = artifact::unpack::MAX_TOTAL_BYTES;
 
 pub struct ReleasesService {
     pub ctx: SharedCtx,
