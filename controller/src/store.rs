@@ -319,17 +319,11 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Desired releases of the given apps in an environment, with their manifests.
-    pub async fn desired_for(
-        &self,
-        tenant: &str,
-        env: &str,
-        apps: &[String],
-    ) -> Result<Vec<DesiredRow>> {
+    /// (app, generation) of every desired release in an environment: cheap, read
+    /// on every desired-state change by every session.
+    pub async fn desired_generations(&self, tenant: &str, env: &str) -> Result<Vec<(String, u64)>> {
         let rows = sqlx::query(
-            "SELECT d.app, d.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest
-             FROM desired d JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
-             WHERE d.tenant = ? AND d.environment = ? ORDER BY d.app",
+            "SELECT app, generation FROM desired WHERE tenant = ? AND environment = ? ORDER BY app",
         )
         .bind(tenant)
         .bind(env)
@@ -337,17 +331,36 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| DesiredRow {
-                app: r.get(0),
-                version: r.get(1),
-                generation: r.get::<i64, _>(2) as u64,
-                manifest_digest: r.get(3),
-                blob_digest: r.get(4),
-                blob_size: r.get::<i64, _>(5) as u64,
-                manifest: r.get(6),
-            })
-            .filter(|d| apps.contains(&d.app))
+            .map(|r| (r.get(0), r.get::<i64, _>(1) as u64))
             .collect())
+    }
+
+    /// The desired release of app@env with its manifest.
+    pub async fn desired_app(
+        &self,
+        tenant: &str,
+        env: &str,
+        app: &str,
+    ) -> Result<Option<DesiredRow>> {
+        let row = sqlx::query(
+            "SELECT d.app, d.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest
+             FROM desired d JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
+             WHERE d.tenant = ? AND d.environment = ? AND d.app = ?",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(app)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| DesiredRow {
+            app: r.get(0),
+            version: r.get(1),
+            generation: r.get::<i64, _>(2) as u64,
+            manifest_digest: r.get(3),
+            blob_digest: r.get(4),
+            blob_size: r.get::<i64, _>(5) as u64,
+            manifest: r.get(6),
+        }))
     }
 
     /// Environments where app runs `manifest_digest` healthy on at least one host.
@@ -679,15 +692,20 @@ mod tests {
             Some("1")
         );
         let d = s
-            .desired_for("default", "preprod", &["web".into()])
+            .desired_app("default", "preprod", "web")
             .await
+            .unwrap()
             .unwrap();
-        assert_eq!((d[0].version.as_str(), d[0].generation), ("2", 2));
+        assert_eq!((d.version.as_str(), d.generation), ("2", 2));
+        assert_eq!(
+            s.desired_generations("default", "preprod").await.unwrap(),
+            vec![("web".to_string(), 2)]
+        );
         assert!(
-            s.desired_for("default", "preprod", &["api".into()])
+            s.desired_app("default", "prod", "web")
                 .await
                 .unwrap()
-                .is_empty()
+                .is_none()
         );
     }
 }

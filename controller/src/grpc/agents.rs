@@ -2,6 +2,7 @@
 //! runs; the controller pushes the host's desired state whenever it changes and
 //! records every report. Blobs are fetched with resumable, chunked streams.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -137,16 +138,23 @@ impl AgentsService {
         })
     }
 
-    async fn desired_for(&self, h: &SessionHost) -> Result<DesiredState, ControllerError> {
-        let rows = self
-            .ctx
-            .store
-            .desired_for(&h.tenant, &h.environment, &h.apps)
-            .await?;
-        Ok(DesiredState {
-            apps: rows
-                .into_iter()
-                .map(|d| DesiredApp {
+    /// Desired releases of the host's apps whose generation differs from what was
+    /// last sent. Only the generations are read for every wake-up; manifests are
+    /// loaded for changed apps only, and each goes out in its own message so no
+    /// message carries more than one manifest.
+    async fn changed_desired(
+        &self,
+        h: &SessionHost,
+        sent: &HashMap<String, u64>,
+    ) -> Result<Vec<DesiredApp>, ControllerError> {
+        let store = &self.ctx.store;
+        let mut out = Vec::new();
+        for (app, generation) in store.desired_generations(&h.tenant, &h.environment).await? {
+            if !h.apps.contains(&app) || sent.get(&app) == Some(&generation) {
+                continue;
+            }
+            if let Some(d) = store.desired_app(&h.tenant, &h.environment, &app).await? {
+                out.push(DesiredApp {
                     app: d.app,
                     version: d.version,
                     manifest_digest: d.manifest_digest,
@@ -154,9 +162,10 @@ impl AgentsService {
                     blob_size: d.blob_size,
                     manifest: d.manifest,
                     generation: d.generation,
-                })
-                .collect(),
-        })
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -200,28 +209,27 @@ impl Agents for AgentsService {
         let mut desired_rx = self.ctx.hub.subscribe();
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
-            let mut last_sent: Option<Vec<(String, u64)>> = None;
+            let mut sent: HashMap<String, u64> = HashMap::new();
             // Mark the current value seen: the first push happens below regardless.
             desired_rx.borrow_and_update();
             let mut push = true;
-            loop {
+            'session: loop {
                 if push {
                     push = false;
-                    match svc.desired_for(&host).await {
-                        Ok(state) => {
-                            let key: Vec<(String, u64)> = state
-                                .apps
-                                .iter()
-                                .map(|a| (a.app.clone(), a.generation))
-                                .collect();
-                            if last_sent.as_ref() != Some(&key) {
+                    match svc.changed_desired(&host, &sent).await {
+                        Ok(apps) => {
+                            for app in apps {
+                                let generation = app.generation;
+                                let name = app.app.clone();
                                 let msg = ControllerMessage {
-                                    msg: Some(controller_message::Msg::Desired(state)),
+                                    msg: Some(controller_message::Msg::Desired(DesiredState {
+                                        apps: vec![app],
+                                    })),
                                 };
                                 if tx.send(Ok(msg)).await.is_err() {
-                                    break;
+                                    break 'session;
                                 }
-                                last_sent = Some(key);
+                                sent.insert(name, generation);
                             }
                         }
                         Err(e) => {
