@@ -28,6 +28,10 @@ use crate::paths::AppPaths;
 use crate::state::{Activation, AppStatus, EnvState, FailedRelease, HealthState, State, log_step};
 use crate::supervisor::{self, ProcRecord};
 
+fn status_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 const MONITOR_EVERY: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -73,6 +77,9 @@ pub struct AppRunner {
     channel: watch::Receiver<Option<Channel>>,
     restarts: u32,
     next_restart: Option<Instant>,
+    /// mtime of status.json as this runner last wrote it: a different one means
+    /// someone else (`slipway-agent rollback`) acted on the app.
+    saved_mtime: Option<std::time::SystemTime>,
 }
 
 impl AppRunner {
@@ -85,6 +92,7 @@ impl AppRunner {
     ) -> std::io::Result<Self> {
         let paths = AppPaths::new(state_dir, &name);
         paths.create()?;
+        let saved_mtime = status_mtime(&paths.status);
         let mut status = AppStatus::load(&paths.status).unwrap_or_default();
         status.app = name.clone();
         // What is known from disk goes on the board at once, so the first hello
@@ -102,6 +110,7 @@ impl AppRunner {
             channel,
             restarts: 0,
             next_restart: None,
+            saved_mtime,
         })
     }
 
@@ -111,6 +120,7 @@ impl AppRunner {
         if let Err(e) = self.status.save(&self.paths.status) {
             tracing::warn!(app = %self.name, error = %e, "cannot write status.json");
         }
+        self.saved_mtime = status_mtime(&self.paths.status);
         let s = self.status.clone();
         self.board.send_modify(|b| {
             b.insert(s.app.clone(), s);
@@ -136,6 +146,7 @@ impl AppRunner {
         self.start_up().await;
         let mut retry_after: Option<Instant> = None;
         loop {
+            self.reload_if_changed();
             let want = desired.borrow_and_update().clone();
             if let Some(d) = want
                 && retry_after.is_none_or(|t| Instant::now() >= t)
@@ -177,6 +188,140 @@ impl AppRunner {
             return false;
         }
         !matches!(&self.status.failed, Some(f) if f.digest == d.manifest_digest && f.generation == d.generation)
+    }
+
+    /// Picks up what a local command (`slipway-agent rollback`) wrote: its
+    /// status and the processes it started. True when something changed.
+    fn reload_if_changed(&mut self) -> bool {
+        let now = status_mtime(&self.paths.status);
+        if now == self.saved_mtime {
+            return false;
+        }
+        let Some(mut status) = AppStatus::load(&self.paths.status) else {
+            return false;
+        };
+        status.app = self.name.clone();
+        tracing::info!(app = %self.name, running = ?status.running_version, "status changed on the host; reloaded");
+        self.status = status;
+        self.procs = supervisor::adopt(&self.paths);
+        self.saved_mtime = now;
+        let s = self.status.clone();
+        self.board.send_modify(|b| {
+            b.insert(s.app.clone(), s);
+        });
+        true
+    }
+
+    /// `slipway-agent rollback APP [--to VERSION]`, run on the host without the
+    /// controller: serialized with deploys by the app lock, health-checked like a
+    /// deploy, undone if the target does not prove healthy. The release it leaves
+    /// is recorded as refused so the agent does not re-apply it by itself.
+    pub async fn local_rollback(
+        &mut self,
+        to: Option<String>,
+        actor: &str,
+    ) -> Result<String, String> {
+        let _lock = AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.reload_if_changed();
+        self.procs = supervisor::adopt(&self.paths);
+        let current = self
+            .paths
+            .current_version()
+            .ok_or_else(|| format!("{}: no release is active on this host", self.name))?;
+        let target = match to {
+            Some(v) => v,
+            None => {
+                let pos = self.status.history.iter().position(|v| v == &current);
+                let older = pos.map_or(&self.status.history[..], |i| &self.status.history[..i]);
+                older
+                    .iter()
+                    .rev()
+                    .find(|v| self.paths.release(v).is_dir())
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: no earlier release is kept on this host; name one with --to",
+                            self.name
+                        )
+                    })?
+            }
+        };
+        if target == current {
+            return Err(format!(
+                "{}: {target} is already the active release",
+                self.name
+            ));
+        }
+        if !self.paths.release(&target).is_dir() {
+            let kept = crate::local::kept_versions(&self.paths).join(", ");
+            return Err(format!(
+                "{}: release {target} is not on this host (kept: {kept})",
+                self.name
+            ));
+        }
+        let spec = ReleaseSpec::load(&self.paths.release(&target)).map_err(|e| e.to_string())?;
+        let env = self.app_env(&target)?;
+        let current_digest = self
+            .status
+            .running_digest
+            .clone()
+            .or_else(|| self.status.installed.get(&current).cloned())
+            .unwrap_or_default();
+
+        self.stop_all().await;
+        let switched = async {
+            install::flip_current(&self.paths, &target).map_err(|e| e.to_string())?;
+            self.procs = self.start_processes(&spec, &target, &env)?;
+            self.wait_healthy(&spec, &target).await
+        }
+        .await;
+        if let Err(reason) = switched {
+            // Put back what ran before; the operator's command failed, nothing else.
+            self.stop_all().await;
+            let _ = install::flip_current(&self.paths, &current);
+            if let (Ok(spec), Ok(env)) = (
+                ReleaseSpec::load(&self.paths.release(&current)),
+                self.app_env(&current),
+            ) {
+                self.procs = self
+                    .start_processes(&spec, &current, &env)
+                    .unwrap_or_default();
+            }
+            self.log(&target, "local_rollback", "failed", &reason);
+            self.publish();
+            return Err(format!(
+                "{}: {target} did not prove healthy, {current} restored: {reason}",
+                self.name
+            ));
+        }
+        let reason = format!("rolled back on the host by {actor}");
+        if self.status.failed.is_none() {
+            self.status.failed = Some(FailedRelease {
+                version: current.clone(),
+                digest: current_digest,
+                generation: self.status.generation,
+                reason: reason.clone(),
+            });
+        }
+        self.status.last_error = format!("{current}: {reason}");
+        self.status.running_version = Some(target.clone());
+        self.status.running_digest = self.status.installed.get(&target).cloned();
+        self.status.state = State::RolledBack;
+        self.status.health = HealthState::Healthy;
+        self.status.health_reason.clear();
+        self.status.env_check = EnvState::Ok;
+        self.status.missing_env.clear();
+        self.status.activating = None;
+        self.publish();
+        self.log(
+            &target,
+            "local_rollback",
+            "ok",
+            &format!("{current} -> {target} by {actor}"),
+        );
+        Ok(format!("{}: {current} -> {target}, healthy", self.name))
     }
 
     /// At agent start: adopt the processes of `current` if they still run,
@@ -410,6 +555,10 @@ impl AppRunner {
             Ok(l) => l,
             Err(e) => return Outcome::Transient(e.to_string()),
         };
+        // A local action may have run while we waited for the lock.
+        if self.reload_if_changed() && !self.needs_deploy(d) {
+            return Outcome::Done;
+        }
         tracing::info!(app = %self.name, %version, generation = d.generation, "deploying");
 
         // 1. Fetch into this app's cache.
@@ -712,6 +861,13 @@ impl AppRunner {
         let Some(version) = self.status.running_version.clone() else {
             return;
         };
+        // A local rollback in progress owns the processes for now.
+        let Some(_lock) = AppLock::try_acquire(&self.paths.lock) else {
+            return;
+        };
+        if self.reload_if_changed() {
+            return; // judged on the next round, with the processes just adopted
+        }
         let release = self.paths.release(&version);
         let Ok(spec) = ReleaseSpec::load(&release) else {
             return;

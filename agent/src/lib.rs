@@ -8,6 +8,7 @@ pub mod envfile;
 pub mod fetch;
 pub mod health;
 pub mod install;
+pub mod local;
 pub mod lock;
 pub mod paths;
 pub mod session;

@@ -24,6 +24,19 @@ pub struct AppLock {
 }
 
 impl AppLock {
+    /// The lock if nobody holds it right now.
+    pub fn try_acquire(path: &Path) -> Option<Self> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok()?;
+        Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .ok()
+            .map(|lock| Self { _lock: lock })
+    }
+
     pub async fn acquire(path: &Path, timeout: Duration) -> Result<Self, LockError> {
         let shown = path.display().to_string();
         let deadline = tokio::time::Instant::now() + timeout;

@@ -8,21 +8,50 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 /// Slipway's host agent: pulls, installs, activates and checks releases.
+/// Without a subcommand it runs the agent; the subcommands work on this host's
+/// state dir alone, with or without the controller.
 #[derive(Parser, Debug)]
 #[command(
     version,
     about,
-    after_help = "Example:\n  slipway-agent --config /etc/slipway/agent.toml"
+    after_help = "Example:\n  slipway-agent --config /etc/slipway/agent.toml\n  slipway-agent status\n  slipway-agent rollback web"
 )]
 struct Args {
     /// Agent config file (TOML).
     #[arg(
         long,
         short,
+        global = true,
         env = "SLIPWAY_AGENT_CONFIG",
         default_value = "/etc/slipway/agent.toml"
     )]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Local>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Local {
+    /// Run the agent (the default).
+    Run,
+    /// What each app on this host runs, and how it is doing.
+    #[command(after_help = "Example:\n  slipway-agent status --json")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The releases of APP kept on this host.
+    #[command(after_help = "Example:\n  slipway-agent releases web")]
+    Releases { app: String },
+    /// Switch APP back to an earlier release kept on this host, health-checked.
+    #[command(
+        after_help = "Example:\n  slipway-agent rollback web\n  slipway-agent rollback web --to 1.4.1"
+    )]
+    Rollback {
+        app: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,7 +64,6 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "slipway-agent starting");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -43,6 +71,31 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let local = match args.command {
+        None | Some(Local::Run) => None,
+        Some(cmd) => Some(cmd),
+    };
+    if let Some(cmd) = local {
+        let result = match cmd {
+            Local::Status { json } => agent::local::status(&cfg, json),
+            Local::Releases { app } => agent::local::releases(&cfg, &app),
+            Local::Rollback { app, to } => {
+                let actor = std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| format!("uid:{}", nix::unistd::getuid()));
+                rt.block_on(agent::local::rollback(&cfg, &app, to, &actor))
+            }
+            Local::Run => Ok(()),
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "slipway-agent starting");
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));

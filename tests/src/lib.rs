@@ -269,6 +269,23 @@ impl Agent {
         }
     }
 
+    /// Runs a local `slipway-agent` subcommand against this agent's config.
+    pub fn local(&self, args: &[&str]) -> CtlOutput {
+        let out = Command::new(bin("slipway-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("SLIPWAY_LOG", "warn")
+            .env("USER", "ops-on-host")
+            .output()
+            .expect("run slipway-agent");
+        CtlOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// The agent's own log (stderr).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
