@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::config::AppConfig;
-use crate::health::{self, Verdict};
+use crate::health::{self, Probe, Verdict};
 use crate::install;
 use crate::lock::AppLock;
 use crate::paths::AppPaths;
@@ -407,7 +407,10 @@ impl AppRunner {
             "agent restarted before the verdict",
         );
         match self.wait_healthy(spec, &a.version).await {
-            Ok(()) => self.activated(&target, a.previous.as_deref()),
+            Ok(()) => {
+                self.activated(&target, a.previous.as_deref());
+                self.post_activate(&a.version).await;
+            }
             Err(reason) => {
                 self.roll_back(&target, a.previous, a.previous_digest, reason)
                     .await;
@@ -464,7 +467,18 @@ impl AppRunner {
     ) -> Result<Vec<ProcRecord>, String> {
         let mut procs = Vec::new();
         for (name, p) in &spec.processes {
-            match supervisor::start(&self.paths, name, version, &p.command, env) {
+            let mut env = env.clone();
+            if let Some(port) = self.port_of(p) {
+                env.insert("PORT".into(), port.to_string());
+            }
+            match supervisor::start(
+                &self.paths,
+                name,
+                version,
+                &p.command,
+                p.cwd.as_deref(),
+                &env,
+            ) {
                 Ok(r) => procs.push(r),
                 Err(e) => {
                     // Leave nothing half-started.
@@ -484,10 +498,32 @@ impl AppRunner {
         }
     }
 
-    fn http_target<'a>(&self, spec: &'a artifact::spec::ProcessSpec) -> Option<(u16, &'a str)> {
-        match (&spec.health.http, self.cfg.port) {
-            (Some(path), Some(port)) => Some((port, path.as_str())),
-            _ => None,
+    /// The port a process listens on: its own from the spec, else the app's.
+    fn port_of(&self, ps: &artifact::spec::ProcessSpec) -> Option<u16> {
+        ps.port.or(self.cfg.port)
+    }
+
+    /// The readiness probe of a process. A port-based probe without a port was
+    /// refused at deploy; for a release already running it degrades to "up".
+    fn probe_for<'a>(
+        &self,
+        ps: &'a artifact::spec::ProcessSpec,
+        dir: &'a Path,
+        env: &'a Env,
+    ) -> Probe<'a> {
+        let port = self.port_of(ps);
+        match (&ps.health, port) {
+            (h, Some(port)) if h.http.is_some() => Probe::Http {
+                port,
+                path: h.http.as_deref().unwrap_or("/"),
+            },
+            (h, Some(port)) if h.tcp => Probe::Tcp { port },
+            (h, _) if h.command.is_some() => Probe::Command {
+                argv: h.command.as_deref().unwrap_or_default(),
+                dir,
+                env,
+            },
+            _ => Probe::Up,
         }
     }
 
@@ -495,15 +531,15 @@ impl AppRunner {
     /// the minimum healthy time. Err carries the reason (naming missing env vars).
     async fn wait_healthy(&self, spec: &ReleaseSpec, version: &str) -> Result<(), String> {
         let release = self.paths.release(version);
+        let env = self.app_env(version)?;
         for rec in &self.procs {
             let Some(ps) = spec.processes.get(&rec.process) else {
                 continue;
             };
             let deadline = Instant::now() + Duration::from_secs(ps.health.timeout_secs);
             loop {
-                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps))
-                    .await
-                {
+                let probe = self.probe_for(ps, &release, &env);
+                match health::check_once(rec, &release, &ps.required_env, probe).await {
                     Verdict::Healthy => break,
                     Verdict::Failed { reason, .. } => return Err(reason),
                     Verdict::NotReady(why) if Instant::now() >= deadline => {
@@ -529,9 +565,8 @@ impl AppRunner {
                 let Some(ps) = spec.processes.get(&rec.process) else {
                     continue;
                 };
-                match health::check_once(rec, &release, &ps.required_env, self.http_target(ps))
-                    .await
-                {
+                let probe = self.probe_for(ps, &release, &env);
+                match health::check_once(rec, &release, &ps.required_env, probe).await {
                     Verdict::Healthy => {}
                     Verdict::Failed { reason: why, .. } | Verdict::NotReady(why) => {
                         return Err(format!("during the {hold}s minimum healthy time: {why}"));
@@ -618,10 +653,10 @@ impl AppRunner {
         if let Some((name, _)) = spec
             .processes
             .iter()
-            .find(|(_, p)| p.health.http.is_some() && self.cfg.port.is_none())
+            .find(|(_, p)| (p.health.http.is_some() || p.health.tcp) && self.port_of(p).is_none())
         {
             let why = format!(
-                "process {name} has an HTTP health check but apps.{}.port is not set in the agent config",
+                "process {name} has an HTTP or TCP health check but no port: set its port in slipway.toml or apps.{}.port in the agent config",
                 self.name
             );
             return self.abandon(&target, &release, "spec", why).await;
@@ -660,6 +695,9 @@ impl AppRunner {
             previous_digest: previous_digest.clone(),
         });
         self.set_state(State::Activating);
+        if let Some(running) = &previous {
+            self.warn_restart(running).await;
+        }
         self.stop_all().await;
         if let Err(e) = install::flip_current(&self.paths, &version) {
             return self
@@ -684,6 +722,7 @@ impl AppRunner {
                 .await;
         }
         self.activated(&target, previous.as_deref());
+        self.post_activate(&version).await;
         Outcome::Done
     }
 
@@ -722,6 +761,88 @@ impl AppRunner {
         self.restarts = 0;
         self.publish();
         self.log(&t.version, "deploy", "healthy", "");
+    }
+
+    /// Runs a hook of `version` in `dir`, logging its (masked) output.
+    async fn run_hook_logged(
+        &self,
+        step: &str,
+        hook: &artifact::spec::HookSpec,
+        dir: &Path,
+        version: &str,
+    ) -> Result<(), String> {
+        let env = self.app_env(version)?;
+        match install::run_hook(hook, dir, &env).await {
+            Ok(out) => {
+                self.log(version, step, "ok", self.redact(&out).trim());
+                Ok(())
+            }
+            Err(e) => {
+                let why = self.redact(&e.to_string());
+                self.log(version, step, "failed", &why);
+                Err(why)
+            }
+        }
+    }
+
+    /// `post_activate`, once the release is healthy. A failure is reported; the
+    /// healthy release stays.
+    async fn post_activate(&mut self, version: &str) {
+        let dir = self.paths.release(version);
+        let Ok(spec) = ReleaseSpec::load(&dir) else {
+            return;
+        };
+        let Some(hook) = &spec.hooks.post_activate else {
+            return;
+        };
+        if let Err(why) = self
+            .run_hook_logged("post_activate", hook, &dir, version)
+            .await
+        {
+            self.status.last_error = format!("{version} post_activate hook {why}");
+            self.publish();
+        }
+    }
+
+    /// POSTs the running release's restart warning, if it has one, then waits.
+    async fn warn_restart(&self, running: &str) {
+        let Ok(spec) = ReleaseSpec::load(&self.paths.release(running)) else {
+            return;
+        };
+        let Some(w) = &spec.restart_warning else {
+            return;
+        };
+        let target = match &w.process {
+            Some(p) => spec.processes.get_key_value(p),
+            None => spec
+                .processes
+                .iter()
+                .find(|(_, p)| p.health.http.is_some() || p.health.tcp),
+        };
+        let Some(port) = target.and_then(|(_, p)| self.port_of(p)) else {
+            self.log(
+                running,
+                "restart_warning",
+                "skipped",
+                "no process with a port to warn",
+            );
+            return;
+        };
+        match health::http_request(hyper::Method::POST, port, &w.http).await {
+            Ok(status) => self.log(
+                running,
+                "restart_warning",
+                "ok",
+                &format!("POST {} answered {status}; waiting {}s", w.http, w.seconds),
+            ),
+            Err(e) => self.log(
+                running,
+                "restart_warning",
+                "failed",
+                &format!("POST {}: {e}", w.http),
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(w.seconds)).await;
     }
 
     fn verify_manifest(&self, d: &DesiredApp) -> Result<Manifest, String> {
@@ -799,6 +920,14 @@ impl AppRunner {
         // Missing env names travel in the reason; env_check and missing_env keep
         // describing the release that runs.
         self.record_failure(t, reason.clone());
+        let failed_dir = self.paths.release(&t.version);
+        if let Ok(spec) = ReleaseSpec::load(&failed_dir)
+            && let Some(hook) = &spec.hooks.on_rollback
+        {
+            let _ = self
+                .run_hook_logged("on_rollback", hook, &failed_dir, &t.version)
+                .await;
+        }
         let Some(prev) = previous else {
             install::clear_current(&self.paths);
             self.status.activating = None;
@@ -872,6 +1001,7 @@ impl AppRunner {
         let Ok(spec) = ReleaseSpec::load(&release) else {
             return;
         };
+        let env = self.app_env(&version).unwrap_or_default();
         let mut verdict = (
             HealthState::Healthy,
             String::new(),
@@ -891,7 +1021,8 @@ impl AppRunner {
             let Some(ps) = spec.processes.get(&rec.process) else {
                 continue;
             };
-            match health::check_once(rec, &release, &ps.required_env, self.http_target(ps)).await {
+            let probe = self.probe_for(ps, &release, &env);
+            match health::check_once(rec, &release, &ps.required_env, probe).await {
                 Verdict::Healthy => {}
                 Verdict::NotReady(why) => {
                     verdict.0 = HealthState::Unhealthy;

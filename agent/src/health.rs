@@ -18,6 +18,11 @@ const HTTP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One HTTP GET to 127.0.0.1:port/path; Ok(status) or a short reason.
 pub async fn http_get(port: u16, path: &str) -> Result<u16, String> {
+    http_request(hyper::Method::GET, port, path).await
+}
+
+/// One HTTP request with an empty body to 127.0.0.1:port/path.
+pub async fn http_request(method: hyper::Method, port: u16, path: &str) -> Result<u16, String> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -26,7 +31,9 @@ pub async fn http_get(port: u16, path: &str) -> Result<u16, String> {
             .await
             .map_err(|e| format!("http: {e}"))?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
             .header(hyper::header::USER_AGENT, "slipway-agent")
             .body(Empty::<Bytes>::new())
@@ -84,12 +91,87 @@ pub enum Verdict {
     },
 }
 
-/// Checks one process once: alive, right release, env names, HTTP readiness.
+/// How a process shows it is ready (besides being alive with the right env).
+#[derive(Debug, Clone, Copy)]
+pub enum Probe<'a> {
+    /// None: staying up is the test (workers).
+    Up,
+    Http {
+        port: u16,
+        path: &'a str,
+    },
+    Tcp {
+        port: u16,
+    },
+    Command {
+        argv: &'a [String],
+        dir: &'a Path,
+        env: &'a std::collections::BTreeMap<String, String>,
+    },
+}
+
+const COMMAND_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn probe(p: Probe<'_>) -> Result<(), String> {
+    match p {
+        Probe::Up => Ok(()),
+        Probe::Http { port, path } => match http_get(port, path).await {
+            Ok(s) if (200..300).contains(&s) => Ok(()),
+            Ok(s) => Err(format!("GET {path} on port {port} answered {s}")),
+            Err(e) => Err(format!("GET {path} on port {port}: {e}")),
+        },
+        Probe::Tcp { port } => tokio::time::timeout(
+            HTTP_ATTEMPT_TIMEOUT,
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        .map_err(|_| format!("TCP connect to port {port} timed out"))?
+        .map(|_| ())
+        .map_err(|e| format!("TCP connect to port {port}: {e}")),
+        Probe::Command { argv, dir, env } => {
+            let program = if argv[0].contains('/') && !argv[0].starts_with('/') {
+                dir.join(&argv[0])
+            } else {
+                std::path::PathBuf::from(&argv[0])
+            };
+            let mut child = tokio::process::Command::new(&program)
+                .args(&argv[1..])
+                .current_dir(dir)
+                .env_clear()
+                .envs(env)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| {
+                    format!("health command {} could not start: {e}", program.display())
+                })?;
+            match tokio::time::timeout(COMMAND_PROBE_TIMEOUT, child.wait()).await {
+                Ok(Ok(s)) if s.success() => Ok(()),
+                Ok(Ok(s)) => Err(format!("health command {:?} {s}", argv[0])),
+                Ok(Err(e)) => Err(format!("health command {:?}: {e}", argv[0])),
+                Err(_) => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::SIGKILL,
+                        );
+                    }
+                    Err(format!("health command {:?} timed out", argv[0]))
+                }
+            }
+        }
+    }
+}
+
+/// Checks one process once: alive, right release, env names, its probe.
 pub async fn check_once(
     rec: &ProcRecord,
     release_dir: &Path,
     required_env: &[String],
-    http: Option<(u16, &str)>,
+    readiness: Probe<'_>,
 ) -> Verdict {
     if !rec.alive() {
         return Verdict::Failed {
@@ -132,14 +214,10 @@ pub async fn check_once(
             };
         }
     }
-    if let Some((port, path)) = http {
-        match http_get(port, path).await {
-            Ok(s) if (200..300).contains(&s) => {}
-            Ok(s) => return Verdict::NotReady(format!("GET {path} on port {port} answered {s}")),
-            Err(e) => return Verdict::NotReady(format!("GET {path} on port {port}: {e}")),
-        }
+    match probe(readiness).await {
+        Ok(()) => Verdict::Healthy,
+        Err(why) => Verdict::NotReady(why),
     }
-    Verdict::Healthy
 }
 
 #[cfg(test)]

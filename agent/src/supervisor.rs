@@ -96,12 +96,14 @@ pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
     out
 }
 
-/// Starts `command` for `process` with cwd = the app's `current` link.
+/// Starts `command` for `process` with cwd = the app's `current` link (or `cwd`
+/// below it); a relative program path is resolved in the release dir.
 pub fn start(
     paths: &AppPaths,
     process: &str,
     version: &str,
     command: &[String],
+    cwd: Option<&str>,
     env: &BTreeMap<String, String>,
 ) -> Result<ProcRecord, SuperviseError> {
     let spawn_err = |source| SuperviseError::Spawn {
@@ -125,7 +127,7 @@ pub fn start(
     let log2 = log.try_clone().map_err(spawn_err)?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&command[1..])
-        .current_dir(&paths.current)
+        .current_dir(cwd.map_or_else(|| paths.current.clone(), |c| paths.current.join(c)))
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())

@@ -21,6 +21,7 @@ pub struct ReleaseSpec {
     pub hooks: Hooks,
     #[serde(default)]
     pub shared: Shared,
+    pub restart_warning: Option<RestartWarning>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -33,13 +34,27 @@ pub struct ProcessSpec {
     pub required_env: Vec<String>,
     #[serde(default)]
     pub health: HealthSpec,
+    /// Working dir, relative to the release dir (default: the release dir).
+    pub cwd: Option<String>,
+    /// Port this process listens on (given to it as `PORT`, used by HTTP/TCP
+    /// health); default: the app's port from the host config.
+    pub port: Option<u16>,
 }
 
+/// How a process proves it is ready: at most one probe (HTTP path, TCP connect
+/// or a command); with none, a process that stays up for `min_healthy_secs`
+/// (a worker) is healthy.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
-    /// HTTP readiness path, polled on the app's host port until it answers 2xx.
+    /// HTTP readiness path, polled until it answers 2xx.
     pub http: Option<String>,
+    /// Ready when a TCP connect to the process's port succeeds.
+    #[serde(default)]
+    pub tcp: bool,
+    /// Ready when this command (argv, run in the release dir with the app's env)
+    /// exits 0.
+    pub command: Option<Vec<String>>,
     /// Deadline for the first passing check.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
@@ -52,6 +67,8 @@ impl Default for HealthSpec {
     fn default() -> Self {
         Self {
             http: None,
+            tcp: false,
+            command: None,
             timeout_secs: default_timeout(),
             min_healthy_secs: default_min_healthy(),
         }
@@ -70,6 +87,30 @@ fn default_min_healthy() -> u64 {
 pub struct Hooks {
     /// Runs in the new release dir before `current` flips; failure aborts the deploy.
     pub prepare: Option<HookSpec>,
+    /// Runs in the release dir once it is healthy; a failure is reported, the
+    /// release stays.
+    pub post_activate: Option<HookSpec>,
+    /// Runs in the failed release's dir after its processes stopped, before the
+    /// previous release starts again (e.g. to undo a migration).
+    pub on_rollback: Option<HookSpec>,
+}
+
+/// Tell the running app it is about to be restarted: an HTTP POST to one of its
+/// processes, then a pause.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestartWarning {
+    /// Path to POST to, e.g. `/admin/restart-warning`.
+    pub http: String,
+    /// Process that receives it (default: the first process with a port-based probe).
+    pub process: Option<String>,
+    /// Seconds to wait after the POST before stopping the app.
+    #[serde(default = "default_warning_secs")]
+    pub seconds: u64,
+}
+
+fn default_warning_secs() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -176,6 +217,30 @@ impl ReleaseSpec {
                     ));
                 }
             }
+            let probes = usize::from(p.health.http.is_some())
+                + usize::from(p.health.tcp)
+                + usize::from(p.health.command.is_some());
+            if probes > 1 {
+                return Err(invalid(
+                    format!("{key}.health"),
+                    "http, tcp and command are alternatives: choose one".into(),
+                ));
+            }
+            if p.health.command.as_ref().is_some_and(|c| c.is_empty()) {
+                return Err(invalid(
+                    format!("{key}.health.command"),
+                    "must name a program".into(),
+                ));
+            }
+            if let Some(cwd) = &p.cwd {
+                check_clean_path(cwd).map_err(|e| invalid(format!("{key}.cwd"), e.to_string()))?;
+            }
+            if p.port == Some(0) {
+                return Err(invalid(
+                    format!("{key}.port"),
+                    "must be between 1 and 65535".into(),
+                ));
+            }
             if let Some(path) = &p.health.http
                 && !path.starts_with('/')
             {
@@ -197,17 +262,45 @@ impl ReleaseSpec {
                 ));
             }
         }
-        if let Some(h) = &self.hooks.prepare {
+        let hooks = [
+            ("prepare", &self.hooks.prepare),
+            ("post_activate", &self.hooks.post_activate),
+            ("on_rollback", &self.hooks.on_rollback),
+        ];
+        for (name, hook) in hooks {
+            let Some(h) = hook else { continue };
             if h.command.is_empty() {
                 return Err(invalid(
-                    "hooks.prepare.command".into(),
+                    format!("hooks.{name}.command"),
                     "must name a program".into(),
                 ));
             }
             if h.timeout_secs == 0 || h.timeout_secs > 24 * 3600 {
                 return Err(invalid(
-                    "hooks.prepare.timeout_secs".into(),
+                    format!("hooks.{name}.timeout_secs"),
                     "must be between 1 and 86400".into(),
+                ));
+            }
+        }
+        if let Some(w) = &self.restart_warning {
+            if !w.http.starts_with('/') {
+                return Err(invalid(
+                    "restart_warning.http".into(),
+                    "must be a path starting with /".into(),
+                ));
+            }
+            if w.seconds > 600 {
+                return Err(invalid(
+                    "restart_warning.seconds".into(),
+                    "must be at most 600".into(),
+                ));
+            }
+            if let Some(p) = &w.process
+                && !self.processes.contains_key(p)
+            {
+                return Err(invalid(
+                    "restart_warning.process".into(),
+                    format!("no process named {p:?}"),
                 ));
             }
         }
@@ -299,8 +392,24 @@ dirs = ["uploads"]
             Some("processes.web.health.http"),
         );
         check(
-            "[processes.web]\ncommand = [\"x\"]\nport = 3\n",
-            Some("unknown field `port`"),
+            "[processes.web]\ncommand = [\"x\"]\ncolour = 3\n",
+            Some("unknown field `colour`"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\nhealth = { http = \"/h\", tcp = true }\n",
+            Some("processes.web.health: http, tcp and command are alternatives"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\ncwd = \"../up\"\n",
+            Some("processes.web.cwd"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\n[restart_warning]\nhttp = \"/w\"\nprocess = \"api\"\n",
+            Some("restart_warning.process: no process named \"api\""),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\n[hooks.on_rollback]\ncommand = []\n",
+            Some("hooks.on_rollback.command"),
         );
         check(
             "[processes.web]\ncommand = [\"x\"]\n[shared]\nfiles = [\"../.env\"]\n",

@@ -217,6 +217,18 @@ impl Agent {
         env: &str,
         env_lines: &str,
     ) -> Self {
+        Self::start_with(dir, controller, host, env, env_lines, true)
+    }
+
+    /// Like `start`; `with_port: false` leaves `port` out of the app's config.
+    pub fn start_with(
+        dir: &Path,
+        controller: &Controller,
+        host: &str,
+        env: &str,
+        env_lines: &str,
+        with_port: bool,
+    ) -> Self {
         let state_dir = dir.join(format!("agent-{host}"));
         let shared = state_dir.join("apps/web/shared");
         std::fs::create_dir_all(&shared).expect("shared dir");
@@ -226,9 +238,10 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"{env}\"\nstate_dir = \"{}\"\n\n[apps.web]\nport = {app_port}\nstop_grace_secs = 3\n",
+                "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"{env}\"\nstate_dir = \"{}\"\n\n[apps.web]\n{}stop_grace_secs = 3\n",
                 controller.url,
-                state_dir.display()
+                state_dir.display(),
+                if with_port { format!("port = {app_port}\n") } else { String::new() },
             ),
         )
         .expect("write agent config");

@@ -7,6 +7,7 @@
 //!   /health  200 {"version":..} or 503 when configured unhealthy
 //!   /        "sample-app <version>"
 //!   /data    500 unless DATABASE_URL is set: the route a 200 on /health hides
+//!   POST /restart-warning  writes `restart-warned` in its working dir
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -55,7 +56,22 @@ fn handle(stream: TcpStream, conf: &Conf) {
     while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
         line.clear();
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("GET");
+    let path = parts.next().unwrap_or("/");
+    if method == "POST" && path == "/restart-warning" {
+        // Leaves a trace in its release dir so tests and operators can see it.
+        let ok = std::fs::write("restart-warned", "warned\n").is_ok();
+        return respond(
+            stream,
+            if ok {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            },
+            "noted\n",
+        );
+    }
     match path {
         "/health" if conf.healthy => respond(
             stream,
