@@ -35,6 +35,15 @@ fn status_mtime(path: &Path) -> Option<std::time::SystemTime> {
 const MONITOR_EVERY: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+const ENV_SETTLE: Duration = Duration::from_millis(300);
+
+/// The next change of the watched env files; never, without a watch.
+async fn next_change(w: &mut Option<crate::filewatch::FileWatch>) -> Option<()> {
+    match w {
+        Some(w) => w.changed.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Shared view of every app's status, read by the session to report upstream.
 pub type Board = watch::Sender<BTreeMap<String, AppStatus>>;
@@ -144,6 +153,13 @@ impl AppRunner {
         shutdown: CancellationToken,
     ) {
         self.start_up().await;
+        let mut env_watch = match crate::filewatch::watch_files(&self.watched_env_files()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(app = %self.name, error = %e, "cannot watch env files; edits apply at the next deploy");
+                None
+            }
+        };
         let mut retry_after: Option<Instant> = None;
         loop {
             self.reload_if_changed();
@@ -166,6 +182,14 @@ impl AppRunner {
                 _ = shutdown.cancelled() => break,
                 changed = desired.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep_until(wake.min(Instant::now() + MONITOR_EVERY)) => self.monitor().await,
+                Some(()) = next_change(&mut env_watch) => {
+                    // Let the editor finish, and fold a burst of events into one.
+                    tokio::time::sleep(ENV_SETTLE).await;
+                    if let Some(w) = env_watch.as_mut() {
+                        while w.changed.try_recv().is_ok() {}
+                    }
+                    self.on_env_change().await;
+                }
             }
         }
         // Apps outlive the agent: leave processes running for the next agent to adopt.
@@ -440,6 +464,73 @@ impl AppRunner {
         Ok(env)
     }
 
+    /// Env files to watch: the configured ones, or the default `shared/.env`
+    /// even before it exists (creating it is a change too).
+    fn watched_env_files(&self) -> Vec<PathBuf> {
+        if self.cfg.env_files.is_empty() {
+            vec![self.paths.shared.join(".env")]
+        } else {
+            self.cfg.env_files.clone()
+        }
+    }
+
+    /// An env file changed: restart the running release's processes with the
+    /// new environment and check them again (names of missing vars reported).
+    /// The release stays; a deploy in progress reads the new env by itself.
+    async fn on_env_change(&mut self) {
+        let Some(version) = self.status.running_version.clone() else {
+            return;
+        };
+        let Some(_lock) = AppLock::try_acquire(&self.paths.lock) else {
+            return;
+        };
+        self.reload_if_changed();
+        self.warn_env_duplicates(&version);
+        let dir = self.paths.release(&version);
+        let Ok(spec) = ReleaseSpec::load(&dir) else {
+            return;
+        };
+        let env = match self.app_env(&version) {
+            Ok(env) => env,
+            Err(e) => {
+                // Keep what runs: it still has the last good environment.
+                self.log(
+                    &version,
+                    "env",
+                    "failed",
+                    &format!("{e}; processes keep their previous environment"),
+                );
+                self.status.health_reason = format!("env file not applied: {e}");
+                self.publish();
+                return;
+            }
+        };
+        self.log(&version, "env", "changed", "restarting processes");
+        self.stop_all().await;
+        match self.start_processes(&spec, &version, &env) {
+            Ok(p) => self.procs = p,
+            Err(e) => self.log(&version, "restart", "failed", &e),
+        }
+        match self.wait_healthy(&spec, &version).await {
+            Ok(()) => self.log(&version, "env", "ok", "healthy with the new environment"),
+            Err(why) => self.log(&version, "env", "unhealthy", &why),
+        }
+        self.monitor_locked(&spec, &version).await;
+    }
+
+    /// Warns (names and files only) about a variable defined in two env layers.
+    fn warn_env_duplicates(&self, version: &str) {
+        for dup in crate::envfile::duplicates(&self.env_files()) {
+            tracing::warn!(app = %self.name, duplicate = %dup, "env var defined in more than one env file; the last one wins");
+            self.log(
+                version,
+                "env",
+                "warning",
+                &format!("{dup}: defined twice, the last file wins"),
+            );
+        }
+    }
+
     fn env_files(&self) -> Vec<PathBuf> {
         if !self.cfg.env_files.is_empty() {
             return self.cfg.env_files.clone();
@@ -674,6 +765,7 @@ impl AppRunner {
             Ok(e) => e,
             Err(e) => return self.abandon(&target, &release, "env", e).await,
         };
+        self.warn_env_duplicates(&version);
         if let Some(hook) = &spec.hooks.prepare {
             match install::run_hook(hook, &release, &env).await {
                 Ok(out) => self.log(&version, "prepare", "ok", self.redact(&out).trim()),
@@ -997,10 +1089,16 @@ impl AppRunner {
         if self.reload_if_changed() {
             return; // judged on the next round, with the processes just adopted
         }
-        let release = self.paths.release(&version);
-        let Ok(spec) = ReleaseSpec::load(&release) else {
+        let Ok(spec) = ReleaseSpec::load(&self.paths.release(&version)) else {
             return;
         };
+        self.monitor_locked(&spec, &version).await;
+    }
+
+    /// One monitor round, the app lock held by the caller.
+    async fn monitor_locked(&mut self, spec: &ReleaseSpec, version: &str) {
+        let version = version.to_string();
+        let release = self.paths.release(&version);
         let env = self.app_env(&version).unwrap_or_default();
         let mut verdict = (
             HealthState::Healthy,
@@ -1046,7 +1144,7 @@ impl AppRunner {
             self.stop_all().await;
             match self
                 .app_env(&version)
-                .and_then(|env| self.start_processes(&spec, &version, &env))
+                .and_then(|env| self.start_processes(spec, &version, &env))
             {
                 Ok(p) => {
                     self.procs = p;

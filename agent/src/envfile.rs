@@ -49,6 +49,28 @@ pub fn load_layers(files: &[impl AsRef<Path>]) -> Result<BTreeMap<String, String
     Ok(vars)
 }
 
+/// Names defined in more than one layer, each as "NAME in a, b": one canonical
+/// place per secret, so a duplicate is worth a warning. Names only, never values.
+pub fn duplicates(files: &[impl AsRef<Path>]) -> Vec<String> {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in files {
+        let path = f.as_ref().display().to_string();
+        let Ok(text) = std::fs::read_to_string(f.as_ref()) else {
+            continue;
+        };
+        for (k, _) in parse(&text, &path).unwrap_or_default() {
+            let files = seen.entry(k).or_default();
+            if !files.contains(&path) {
+                files.push(path.clone());
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(k, files)| format!("{k} in {}", files.join(", ")))
+        .collect()
+}
+
 pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, EnvFileError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -129,6 +151,19 @@ mod tests {
         let secrets = ["postgres://u:pw@db/app".to_string(), "on".to_string()];
         let out = redact("connecting to postgres://u:pw@db/app: on", secrets.iter());
         assert_eq!(out, "connecting to ***: on");
+    }
+
+    #[test]
+    fn duplicates_across_layers_are_named_without_values() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "X=secret-a\nY=1\n").unwrap();
+        std::fs::write(d.path().join("b"), "X=secret-b\n").unwrap();
+        let dups = duplicates(&[d.path().join("a"), d.path().join("b")]);
+        assert_eq!(dups.len(), 1);
+        assert!(
+            dups[0].starts_with("X in ") && !dups[0].contains("secret"),
+            "{dups:?}"
+        );
     }
 
     #[test]

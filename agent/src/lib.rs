@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod envfile;
 pub mod fetch;
+pub mod filewatch;
 pub mod health;
 pub mod install;
 pub mod local;

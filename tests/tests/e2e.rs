@@ -743,3 +743,41 @@ fn an_agent_restarted_mid_activation_judges_the_release_and_rolls_back() {
     assert_eq!(agent.status_json()["failed"]["version"], "2.0.0");
     assert!(agent.status_json()["activating"].is_null());
 }
+
+#[test]
+fn an_env_file_edit_restarts_the_app_and_a_removed_variable_is_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+    let env = agent.app_dir().join("shared/.env");
+
+    std::fs::write(&env, format!("{DB_ENV}FEATURE_FLAG=on\n")).unwrap();
+    let new_pid = eventually(WAIT, "a restart with the new env", || {
+        agent.app_pid().filter(|p| *p != pid)
+    });
+    let environ = std::fs::read(format!("/proc/{new_pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("FEATURE_FLAG=on"));
+    agent.wait_serving("1.0.0");
+
+    // Someone drops DATABASE_URL: the app restarts without it and the fleet sees why.
+    std::fs::write(&env, "FEATURE_FLAG=on\n").unwrap();
+    let row = eventually(WAIT, "the missing variable to be reported", || {
+        status_row(&c, "pre-1").filter(|r| r["env_check"] == "missing DATABASE_URL")
+    });
+    assert_eq!(row["health"], "unhealthy");
+    assert_eq!(row["missing_env"][0], "DATABASE_URL");
+    assert_eq!(
+        http_get(agent.app_port, "/data").unwrap().0,
+        500,
+        "the route the check protects"
+    );
+    let log = agent.deploy_log();
+    assert!(
+        log.contains("\"step\":\"env\",\"outcome\":\"changed\""),
+        "{log}"
+    );
+    assert!(!log.contains("postgres://"));
+}
