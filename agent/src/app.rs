@@ -99,7 +99,7 @@ impl AppRunner {
         board: Board,
         channel: watch::Receiver<Option<Channel>>,
     ) -> std::io::Result<Self> {
-        let paths = AppPaths::new(state_dir, &name);
+        let paths = AppPaths::for_app(state_dir, &name, &cfg);
         paths.create()?;
         let saved_mtime = status_mtime(&paths.status);
         let mut status = AppStatus::load(&paths.status).unwrap_or_default();

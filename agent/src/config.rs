@@ -20,6 +20,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// Dir of per-app host settings, one `<app>.toml` each (same keys as
+    /// `[apps.<app>]`). Default: `apps/` beside this config file.
+    pub apps_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +40,9 @@ pub struct AppConfig {
     /// Seconds between SIGTERM and SIGKILL when stopping the app.
     #[serde(default = "default_grace")]
     pub stop_grace_secs: u64,
+    /// Where the app's releases, `current` and `shared/` live, e.g. `/opt/web`
+    /// (default: `<state_dir>/apps/<app>`).
+    pub install_root: Option<PathBuf>,
 }
 
 fn default_tenant() -> String {
@@ -50,6 +56,21 @@ fn default_keep() -> usize {
 }
 fn default_grace() -> u64 {
     10
+}
+
+const MAX_APPS: usize = 256;
+
+/// Checks one app's host settings: Err((key, why)).
+fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
+    if app.keep_releases < 2 {
+        return Err(("keep_releases", "must be at least 2".into()));
+    }
+    if let Some(root) = &app.install_root
+        && !root.is_absolute()
+    {
+        return Err(("install_root", "must be an absolute path".into()));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +92,66 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
+    /// Reads the agent config and the per-app files of its apps dir.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        let dir = cfg
+            .apps_dir
+            .clone()
+            .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("apps"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(cfg);
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        if files.len() > MAX_APPS {
+            return Err(ConfigError::Invalid {
+                path: dir,
+                key: "apps".into(),
+                why: format!("more than {MAX_APPS} app files"),
+            });
+        }
+        for file in files {
+            let name = file
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let invalid = |key: &str, why: String| ConfigError::Invalid {
+                path: file.clone(),
+                key: key.into(),
+                why,
+            };
+            validate_name(NameKind::App, &name).map_err(|e| invalid("file name", e.why.into()))?;
+            if cfg.apps.contains_key(&name) {
+                return Err(invalid(
+                    "app",
+                    format!(
+                        "{name} is also defined in {} under [apps.{name}]: keep one",
+                        path.display()
+                    ),
+                ));
+            }
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let app: AppConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: file.clone(),
+                message: e.message().to_string(),
+            })?;
+            validate_app(&app).map_err(|(key, why)| invalid(key, why))?;
+            cfg.apps.insert(name, app);
+        }
+        Ok(cfg)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -103,12 +178,7 @@ impl AgentConfig {
         for (name, app) in &cfg.apps {
             validate_name(NameKind::App, name)
                 .map_err(|e| invalid(&format!("apps.{name}"), e.why.into()))?;
-            if app.keep_releases < 2 {
-                return Err(invalid(
-                    &format!("apps.{name}.keep_releases"),
-                    "must be at least 2".into(),
-                ));
-            }
+            validate_app(app).map_err(|(key, why)| invalid(&format!("apps.{name}.{key}"), why))?;
         }
         Ok(cfg)
     }
@@ -134,5 +204,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn per_app_files_join_the_config_and_conflicts_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("agent.toml");
+        std::fs::write(
+            &main,
+            "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.path().join("apps")).unwrap();
+        std::fs::write(
+            d.path().join("apps/web.toml"),
+            "port = 8080\ninstall_root = \"/opt/web\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&main).unwrap();
+        assert_eq!(c.apps["web"].port, Some(8080));
+        assert_eq!(
+            c.apps["web"].install_root.as_deref(),
+            Some(Path::new("/opt/web"))
+        );
+
+        std::fs::write(
+            d.path().join("apps/api.toml"),
+            "install_root = \"opt/api\"\n",
+        )
+        .unwrap();
+        let e = AgentConfig::load(&main).unwrap_err().to_string();
+        assert!(
+            e.contains("api.toml: install_root: must be an absolute path"),
+            "{e}"
+        );
+        std::fs::remove_file(d.path().join("apps/api.toml")).unwrap();
+
+        std::fs::write(&main, "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.web]\n").unwrap();
+        let e = AgentConfig::load(&main).unwrap_err().to_string();
+        assert!(e.contains("web is also defined in"), "{e}");
     }
 }

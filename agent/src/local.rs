@@ -32,7 +32,7 @@ fn app_paths(cfg: &AgentConfig, app: &str) -> Result<AppPaths, String> {
         let known: Vec<&String> = cfg.apps.keys().collect();
         return Err(format!("unknown app {app:?} (this host runs: {known:?})"));
     }
-    Ok(AppPaths::new(&cfg.state_dir, app))
+    Ok(AppPaths::for_app(&cfg.state_dir, app, &cfg.apps[app]))
 }
 
 #[derive(Serialize)]
@@ -47,9 +47,9 @@ struct StatusLine {
 pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
     let rows: Vec<StatusLine> = cfg
         .apps
-        .keys()
-        .map(|app| {
-            let paths = AppPaths::new(&cfg.state_dir, app);
+        .iter()
+        .map(|(app, app_cfg)| {
+            let paths = AppPaths::for_app(&cfg.state_dir, app, app_cfg);
             let s = AppStatus::load(&paths.status).unwrap_or_default();
             StatusLine {
                 app: app.clone(),

@@ -18,8 +18,19 @@ pub struct AppPaths {
 }
 
 impl AppPaths {
+    /// Paths of an app: under its install root when the host config sets one.
+    pub fn for_app(state_dir: &Path, app: &str, cfg: &crate::config::AppConfig) -> Self {
+        match &cfg.install_root {
+            Some(root) => Self::at(root.clone()),
+            None => Self::new(state_dir, app),
+        }
+    }
+
     pub fn new(state_dir: &Path, app: &str) -> Self {
-        let root = state_dir.join("apps").join(app);
+        Self::at(state_dir.join("apps").join(app))
+    }
+
+    fn at(root: PathBuf) -> Self {
         Self {
             releases: root.join("releases"),
             current: root.join("current"),

@@ -781,3 +781,49 @@ fn an_env_file_edit_restarts_the_app_and_a_removed_variable_is_reported() {
     );
     assert!(!log.contains("postgres://"));
 }
+
+#[test]
+fn an_app_defined_in_its_own_host_file_installs_under_its_install_root() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    agent.kill();
+    // Move the app's settings out of agent.toml into apps/web.toml, /opt-style root.
+    let cfg = std::fs::read_to_string(&agent.config).unwrap();
+    let (main, _) = cfg.split_once("[apps.web]").unwrap();
+    std::fs::write(&agent.config, main).unwrap();
+    let root = t.path().join("opt-web");
+    std::fs::create_dir_all(root.join("shared")).unwrap();
+    std::fs::write(root.join("shared/.env"), DB_ENV).unwrap();
+    let apps_dir = agent.config.parent().unwrap().join("apps");
+    std::fs::create_dir_all(&apps_dir).unwrap();
+    std::fs::write(
+        apps_dir.join("web.toml"),
+        format!(
+            "port = {}\ninstall_root = {:?}\n",
+            agent.app_port,
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+    agent.spawn();
+
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    agent.wait_serving("1.0.0");
+    assert_eq!(
+        std::fs::read_link(root.join("current")).unwrap().to_str(),
+        Some("releases/1.0.0")
+    );
+    assert!(root.join("deploy.log").is_file());
+    assert!(
+        !agent.app_dir().join("releases/1.0.0").exists(),
+        "nothing under the state dir"
+    );
+    // The harness cleans up the app via the state dir's pid files: stop it here.
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("run/web.json")).unwrap()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(rec["pid"].as_i64().unwrap() as i32);
+    agent.kill();
+    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::SIGKILL);
+}
