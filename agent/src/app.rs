@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Backend};
 use crate::health::{self, Probe, Verdict};
 use crate::install;
 use crate::lock::AppLock;
@@ -355,7 +355,7 @@ impl AppRunner {
         let adopted = supervisor::adopt(&self.paths);
         let Some(version) = self.paths.current_version() else {
             for p in &adopted {
-                supervisor::stop(&self.paths, p, self.grace()).await;
+                self.stop_proc(p).await;
             }
             self.status.running_version = None;
             self.status.running_digest = None;
@@ -388,7 +388,7 @@ impl AppRunner {
             self.procs = adopted;
         } else {
             for p in &adopted {
-                supervisor::stop(&self.paths, p, self.grace()).await;
+                self.stop_proc(p).await;
             }
             match self
                 .app_env(&version)
@@ -562,21 +562,39 @@ impl AppRunner {
             if let Some(port) = self.port_of(p) {
                 env.insert("PORT".into(), port.to_string());
             }
-            match supervisor::start(
-                &self.paths,
-                name,
-                version,
-                &p.command,
-                p.cwd.as_deref(),
-                &env,
-            ) {
+            let started = match self.cfg.service {
+                Backend::Supervise => supervisor::start(
+                    &self.paths,
+                    name,
+                    version,
+                    &p.command,
+                    p.cwd.as_deref(),
+                    &env,
+                )
+                .map_err(|e| e.to_string()),
+                // The unit holds command, cwd and env files; it points at current/.
+                Backend::Systemd => crate::systemd::restart(
+                    &self.paths,
+                    name,
+                    &self.cfg.unit(&self.name, name),
+                    version,
+                ),
+            };
+            match started {
                 Ok(r) => procs.push(r),
                 Err(e) => {
                     // Leave nothing half-started.
                     for r in &procs {
-                        supervisor::kill_group(r);
+                        match self.cfg.service {
+                            Backend::Supervise => supervisor::kill_group(r),
+                            Backend::Systemd => crate::systemd::stop(
+                                &self.paths,
+                                r,
+                                &self.cfg.unit(&self.name, &r.process),
+                            ),
+                        }
                     }
-                    return Err(e.to_string());
+                    return Err(e);
                 }
             }
         }
@@ -585,7 +603,24 @@ impl AppRunner {
 
     async fn stop_all(&mut self) {
         for p in std::mem::take(&mut self.procs) {
-            supervisor::stop(&self.paths, &p, self.grace()).await;
+            self.stop_proc(&p).await;
+        }
+    }
+
+    /// Stops one process through the app's service backend.
+    async fn stop_proc(&self, p: &ProcRecord) {
+        match self.cfg.service {
+            Backend::Supervise => supervisor::stop(&self.paths, p, self.grace()).await,
+            Backend::Systemd => {
+                let (paths, rec, unit) = (
+                    self.paths.clone(),
+                    p.clone(),
+                    self.cfg.unit(&self.name, &p.process),
+                );
+                let _ =
+                    tokio::task::spawn_blocking(move || crate::systemd::stop(&paths, &rec, &unit))
+                        .await;
+            }
         }
     }
 

@@ -40,9 +40,34 @@ pub struct AppConfig {
     /// Seconds between SIGTERM and SIGKILL when stopping the app.
     #[serde(default = "default_grace")]
     pub stop_grace_secs: u64,
+    /// How the app's processes run: `supervise` (the agent's own supervisor,
+    /// default) or `systemd` (units the operator installed, driven by systemctl).
+    #[serde(default)]
+    pub service: Backend,
+    /// systemd backend: unit of each process (default `<app>-<process>.service`).
+    #[serde(default)]
+    pub units: BTreeMap<String, String>,
     /// Where the app's releases, `current` and `shared/` live, e.g. `/opt/web`
     /// (default: `<state_dir>/apps/<app>`).
     pub install_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Supervise,
+    Systemd,
+}
+
+impl AppConfig {
+    /// The systemd unit of a process.
+    pub fn unit(&self, app: &str, process: &str) -> String {
+        self.units
+            .get(process)
+            .cloned()
+            .unwrap_or_else(|| format!("{app}-{process}.service"))
+    }
 }
 
 fn default_tenant() -> String {
@@ -64,6 +89,9 @@ const MAX_APPS: usize = 256;
 fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
     if app.keep_releases < 2 {
         return Err(("keep_releases", "must be at least 2".into()));
+    }
+    if !app.units.is_empty() && app.service != Backend::Systemd {
+        return Err(("units", "only applies with service = \"systemd\"".into()));
     }
     if let Some(root) = &app.install_root
         && !root.is_absolute()

@@ -15,6 +15,7 @@ pub mod paths;
 pub mod session;
 pub mod state;
 pub mod supervisor;
+pub mod systemd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -151,15 +151,21 @@ pub fn start(
         start_time,
         version: version.to_string(),
     };
+    write_record(paths, &rec)?;
+    tracing::info!(process, pid, version, "process started");
+    Ok(rec)
+}
+
+/// Records a running process in `run/<process>.json` for adoption after restarts.
+pub fn write_record(paths: &AppPaths, rec: &ProcRecord) -> Result<(), SuperviseError> {
+    let process = rec.process.as_str();
     let path = record_path(paths, process);
     let bytes = serde_json::to_vec(&rec).map_err(|e| SuperviseError::Io {
         path: path.clone(),
         source: e.into(),
     })?;
     artifact::unpack::write_atomic(&path, &bytes)
-        .map_err(|source| SuperviseError::Io { path, source })?;
-    tracing::info!(process, pid, version, "process started");
-    Ok(rec)
+        .map_err(|source| SuperviseError::Io { path, source })
 }
 
 /// Processes of `rec`'s group that are ours: started no earlier than the

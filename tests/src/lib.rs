@@ -200,6 +200,9 @@ pub fn slipctl(url: &str, args: &[&str]) -> CtlOutput {
 
 pub struct Agent {
     child: Option<Child>,
+    /// Command the agent runs under (e.g. `nsenter … --` into a namespaced
+    /// systemd); its app pids are then not this namespace's and are not touched.
+    pub prefix: Vec<String>,
     pub config: PathBuf,
     pub state_dir: PathBuf,
     pub app_port: u16,
@@ -229,6 +232,20 @@ impl Agent {
         env_lines: &str,
         with_port: bool,
     ) -> Self {
+        let mut a = Self::configured(dir, controller, host, env, env_lines, with_port);
+        a.spawn();
+        a
+    }
+
+    /// The agent's files, without starting it.
+    pub fn configured(
+        dir: &Path,
+        controller: &Controller,
+        host: &str,
+        env: &str,
+        env_lines: &str,
+        with_port: bool,
+    ) -> Self {
         let state_dir = dir.join(format!("agent-{host}"));
         let shared = state_dir.join("apps/web/shared");
         std::fs::create_dir_all(&shared).expect("shared dir");
@@ -245,16 +262,15 @@ impl Agent {
             ),
         )
         .expect("write agent config");
-        let mut a = Agent {
+        Agent {
             child: None,
+            prefix: Vec::new(),
             config,
             state_dir,
             app_port,
             host: host.to_string(),
             log: dir.join(format!("agent-{host}.log")),
-        };
-        a.spawn();
-        a
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -263,7 +279,15 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(bin("slipway-agent"))
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("slipway-agent"));
+                c
+            }
+            None => Command::new(bin("slipway-agent")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("SLIPWAY_LOG", "info")
@@ -341,6 +365,9 @@ impl Agent {
     }
 
     fn kill_apps(&self) {
+        if !self.prefix.is_empty() {
+            return; // pids of another pid namespace: its owner tears it down
+        }
         let Ok(dir) = std::fs::read_dir(self.app_dir().join("run")) else {
             return;
         };
