@@ -570,6 +570,7 @@ impl AppRunner {
                     &p.command,
                     p.cwd.as_deref(),
                     &env,
+                    self.cfg.run_as(),
                 )
                 .map_err(|e| e.to_string()),
                 // The unit holds command, cwd and env files; it points at current/.
@@ -762,6 +763,13 @@ impl AppRunner {
             Ok(p) => p,
             Err(e) => return self.refuse(&target, "unpack", e.to_string()),
         };
+        if let Some(run_as) = self.cfg.run_as()
+            && let Err(e) = install::chown_tree(&release, run_as)
+        {
+            return self
+                .abandon(&target, &release, "unpack", e.to_string())
+                .await;
+        }
         self.status
             .installed
             .insert(version.clone(), d.manifest_digest.clone());
@@ -802,7 +810,7 @@ impl AppRunner {
         };
         self.warn_env_duplicates(&version);
         if let Some(hook) = &spec.hooks.prepare {
-            match install::run_hook(hook, &release, &env).await {
+            match install::run_hook(hook, &release, &env, self.cfg.run_as()).await {
                 Ok(out) => self.log(&version, "prepare", "ok", self.redact(&out).trim()),
                 Err(e) => {
                     let why = self.redact(&e.to_string());
@@ -899,7 +907,7 @@ impl AppRunner {
         version: &str,
     ) -> Result<(), String> {
         let env = self.app_env(version)?;
-        match install::run_hook(hook, dir, &env).await {
+        match install::run_hook(hook, dir, &env, self.cfg.run_as()).await {
             Ok(out) => {
                 self.log(version, step, "ok", self.redact(&out).trim());
                 Ok(())
@@ -1132,6 +1140,7 @@ impl AppRunner {
 
     /// One monitor round, the app lock held by the caller.
     async fn monitor_locked(&mut self, spec: &ReleaseSpec, version: &str) {
+        supervisor::rotate_logs(&self.paths, self.cfg.log_max_bytes, self.cfg.log_keep);
         let version = version.to_string();
         let release = self.paths.release(&version);
         let env = self.app_env(&version).unwrap_or_default();

@@ -47,6 +47,15 @@ pub struct AppConfig {
     /// systemd backend: unit of each process (default `<app>-<process>.service`).
     #[serde(default)]
     pub units: BTreeMap<String, String>,
+    /// Unix user the app's processes and hooks run as (default: the agent's).
+    /// The release tree is handed to this user after unpacking.
+    pub user: Option<String>,
+    /// A process log is rotated (copy + truncate) past this size.
+    #[serde(default = "default_log_max")]
+    pub log_max_bytes: u64,
+    /// Rotated logs kept per process.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: u32,
     /// Where the app's releases, `current` and `shared/` live, e.g. `/opt/web`
     /// (default: `<state_dir>/apps/<app>`).
     pub install_root: Option<PathBuf>,
@@ -60,7 +69,25 @@ pub enum Backend {
     Systemd,
 }
 
+/// Who the app runs as.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 impl AppConfig {
+    /// The app's user, resolved (validated at load, so only a user deleted since
+    /// then yields None).
+    pub fn run_as(&self) -> Option<RunAs> {
+        let name = self.user.as_ref()?;
+        let u = nix::unistd::User::from_name(name).ok()??;
+        Some(RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })
+    }
+
     /// The systemd unit of a process.
     pub fn unit(&self, app: &str, process: &str) -> String {
         self.units
@@ -79,6 +106,12 @@ fn default_state_dir() -> PathBuf {
 fn default_keep() -> usize {
     5
 }
+fn default_log_max() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_log_keep() -> u32 {
+    5
+}
 fn default_grace() -> u64 {
     10
 }
@@ -92,6 +125,24 @@ fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
     }
     if !app.units.is_empty() && app.service != Backend::Systemd {
         return Err(("units", "only applies with service = \"systemd\"".into()));
+    }
+    if let Some(user) = &app.user {
+        match nix::unistd::User::from_name(user) {
+            Ok(Some(_)) => {}
+            _ => return Err(("user", format!("no such user {user:?} on this host"))),
+        }
+        if app.service == Backend::Systemd {
+            return Err((
+                "user",
+                "with service = \"systemd\" the unit sets User=".into(),
+            ));
+        }
+    }
+    if app.log_keep == 0 || app.log_keep > 100 || app.log_max_bytes < 1024 {
+        return Err((
+            "log_keep",
+            "log_keep must be 1..=100 and log_max_bytes at least 1024".into(),
+        ));
     }
     if let Some(root) = &app.install_root
         && !root.is_absolute()

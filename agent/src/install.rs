@@ -114,13 +114,18 @@ pub async fn run_hook(
     hook: &HookSpec,
     dir: &Path,
     env: &BTreeMap<String, String>,
+    run_as: Option<crate::config::RunAs>,
 ) -> Result<String, InstallError> {
     let program = if hook.command[0].contains('/') && !hook.command[0].starts_with('/') {
         dir.join(&hook.command[0])
     } else {
         PathBuf::from(&hook.command[0])
     };
-    let mut child = tokio::process::Command::new(&program)
+    let mut cmd = tokio::process::Command::new(&program);
+    if let Some(r) = run_as {
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    let mut child = cmd
         .args(&hook.command[1..])
         .current_dir(dir)
         .env_clear()
@@ -195,6 +200,40 @@ async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
         kept.drain(..kept.len() - KEEP);
     }
     kept
+}
+
+/// Hands a release tree to the app's user (no symlink is followed).
+pub fn chown_tree(root: &Path, run_as: crate::config::RunAs) -> Result<(), InstallError> {
+    use nix::unistd::{Gid, Uid};
+    let (uid, gid) = (
+        Some(Uid::from_raw(run_as.uid)),
+        Some(Gid::from_raw(run_as.gid)),
+    );
+    let chown = |p: &Path| {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            uid,
+            gid,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| InstallError::Io {
+            path: p.to_path_buf(),
+            source: e.into(),
+        })
+    };
+    chown(root)?;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let path = entry.path();
+            chown(&path)?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Points `current` at `releases/<version>` atomically: a new symlink under a temp

@@ -105,6 +105,7 @@ pub fn start(
     command: &[String],
     cwd: Option<&str>,
     env: &BTreeMap<String, String>,
+    run_as: Option<crate::config::RunAs>,
 ) -> Result<ProcRecord, SuperviseError> {
     let spawn_err = |source| SuperviseError::Spawn {
         process: process.to_string(),
@@ -134,6 +135,10 @@ pub fn start(
         .stdout(log)
         .stderr(log2);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Some(r) = run_as {
+        std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, r.gid);
+    }
     let child = cmd.spawn().map_err(spawn_err)?;
     let pid = child.id() as i32;
     // Reap the child when it exits so it never lingers as a zombie; liveness is
@@ -231,6 +236,34 @@ pub async fn stop(paths: &AppPaths, rec: &ProcRecord, grace: Duration) {
         tracing::info!(process = %rec.process, pid = rec.pid, "process stopped");
     }
     let _ = std::fs::remove_file(record_path(paths, &rec.process));
+}
+
+/// Rotates every `logs/*.log` larger than `max` the way logrotate's
+/// copytruncate does (the processes keep their O_APPEND descriptors):
+/// `x.log.{n-1}` → `x.log.{n}`, copy `x.log` → `x.log.1`, truncate `x.log`.
+pub fn rotate_logs(paths: &AppPaths, max: u64, keep: u32) {
+    let Ok(dir) = std::fs::read_dir(&paths.logs) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        if entry.metadata().map(|m| m.len()).unwrap_or(0) <= max {
+            continue;
+        }
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+        let _ = std::fs::remove_file(numbered(keep));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if std::fs::copy(&path, numbered(1)).is_ok()
+            && let Ok(f) = OpenOptions::new().write(true).open(&path)
+        {
+            let _ = f.set_len(0);
+        }
+    }
 }
 
 /// The directory a process runs in, resolved (`/proc/<pid>/cwd`).

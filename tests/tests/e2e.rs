@@ -827,3 +827,62 @@ fn an_app_defined_in_its_own_host_file_installs_under_its_install_root() {
     agent.kill();
     let _ = nix::sys::signal::killpg(pid, nix::sys::signal::SIGKILL);
 }
+
+#[test]
+fn the_app_runs_as_its_user_and_its_logs_rotate() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    // The app's user must be able to reach its files.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let c = Controller::start(t.path());
+    let mut agent = Agent::configured(t.path(), &c, "pre-1", "preprod", DB_ENV, true);
+    let mut cfg = std::fs::read_to_string(&agent.config).unwrap();
+    cfg.push_str("user = \"nobody\"\nlog_max_bytes = 2048\nlog_keep = 2\n");
+    std::fs::write(&agent.config, cfg).unwrap();
+    agent.spawn();
+
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            prepare: "id -u > .hook-uid",
+            ..ReleaseOpts::new("1.0.0")
+        },
+    );
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let pid = agent.app_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(nobody.to_string().as_str()),
+        "{uid_line}"
+    );
+    let hook_uid =
+        std::fs::read_to_string(agent.app_dir().join("releases/1.0.0/.hook-uid")).unwrap();
+    assert_eq!(
+        hook_uid.trim(),
+        nobody.to_string(),
+        "the prepare hook ran as the app's user"
+    );
+
+    // The sample app logs every request: push its log past 2 KiB.
+    for _ in 0..400 {
+        http_get(agent.app_port, "/").unwrap();
+    }
+    let logs = agent.app_dir().join("logs");
+    eventually(WAIT, "the log to be rotated", || {
+        logs.join("web.log.1").is_file().then_some(())
+    });
+    assert!(std::fs::metadata(logs.join("web.log")).unwrap().len() < 4096);
+    assert!(
+        !logs.join("web.log.3").exists(),
+        "log_keep bounds the rotated files"
+    );
+    agent.wait_serving("1.0.0");
+}

@@ -59,6 +59,7 @@ fn handle(stream: TcpStream, conf: &Conf) {
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("GET");
     let path = parts.next().unwrap_or("/");
+    eprintln!("{method} {path}");
     if method == "POST" && path == "/restart-warning" {
         // Leaves a trace in its release dir so tests and operators can see it.
         let ok = std::fs::write("restart-warned", "warned\n").is_ok();
