@@ -580,6 +580,17 @@ impl AppRunner {
                     &self.cfg.unit(&self.name, name),
                     version,
                 ),
+                Backend::Command => match self.cfg.commands.get(name) {
+                    Some(cmds) => crate::command_backend::start(
+                        &self.paths,
+                        name,
+                        cmds,
+                        &env,
+                        version,
+                        self.cfg.run_as(),
+                    ),
+                    None => Err(format!("process {name} has no commands in the host config")),
+                },
             };
             match started {
                 Ok(r) => procs.push(r),
@@ -593,6 +604,17 @@ impl AppRunner {
                                 r,
                                 &self.cfg.unit(&self.name, &r.process),
                             ),
+                            Backend::Command => {
+                                if let Some(cmds) = self.cfg.commands.get(&r.process) {
+                                    crate::command_backend::stop(
+                                        &self.paths,
+                                        r,
+                                        cmds,
+                                        &env,
+                                        self.cfg.run_as(),
+                                    );
+                                }
+                            }
                         }
                     }
                     return Err(e);
@@ -621,6 +643,17 @@ impl AppRunner {
                 let _ =
                     tokio::task::spawn_blocking(move || crate::systemd::stop(&paths, &rec, &unit))
                         .await;
+            }
+            Backend::Command => {
+                let Some(cmds) = self.cfg.commands.get(&p.process).cloned() else {
+                    return;
+                };
+                let env = self.app_env(&p.version).unwrap_or_default();
+                let (paths, rec, run_as) = (self.paths.clone(), p.clone(), self.cfg.run_as());
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::command_backend::stop(&paths, &rec, &cmds, &env, run_as)
+                })
+                .await;
             }
         }
     }
@@ -791,6 +824,18 @@ impl AppRunner {
         {
             let why = format!(
                 "process {name} has an HTTP or TCP health check but no port: set its port in slipway.toml or apps.{}.port in the agent config",
+                self.name
+            );
+            return self.abandon(&target, &release, "spec", why).await;
+        }
+        if self.cfg.service == Backend::Command
+            && let Some(name) = spec
+                .processes
+                .keys()
+                .find(|p| !self.cfg.commands.contains_key(*p))
+        {
+            let why = format!(
+                "process {name} has no start/stop/pid commands in apps.{}.commands",
                 self.name
             );
             return self.abandon(&target, &release, "spec", why).await;

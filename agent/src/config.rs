@@ -47,6 +47,9 @@ pub struct AppConfig {
     /// systemd backend: unit of each process (default `<app>-<process>.service`).
     #[serde(default)]
     pub units: BTreeMap<String, String>,
+    /// command backend: start/stop/pid commands of each process.
+    #[serde(default)]
+    pub commands: BTreeMap<String, CommandSet>,
     /// Unix user the app's processes and hooks run as (default: the agent's).
     /// The release tree is handed to this user after unpacking.
     pub user: Option<String>,
@@ -67,6 +70,18 @@ pub enum Backend {
     #[default]
     Supervise,
     Systemd,
+    Command,
+}
+
+/// How the `command` backend starts, stops and finds one process (argv each,
+/// run in `current/` with the app's env).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSet {
+    pub start: Vec<String>,
+    pub stop: Vec<String>,
+    /// Prints the pid of the running process (health and env checks use it).
+    pub pid: Vec<String>,
 }
 
 /// Who the app runs as.
@@ -122,6 +137,25 @@ const MAX_APPS: usize = 256;
 fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
     if app.keep_releases < 2 {
         return Err(("keep_releases", "must be at least 2".into()));
+    }
+    if !app.commands.is_empty() && app.service != Backend::Command {
+        return Err(("commands", "only applies with service = \"command\"".into()));
+    }
+    if app.service == Backend::Command && app.commands.is_empty() {
+        return Err((
+            "commands",
+            "service = \"command\" needs start/stop/pid commands per process".into(),
+        ));
+    }
+    if app
+        .commands
+        .values()
+        .any(|c| c.start.is_empty() || c.stop.is_empty() || c.pid.is_empty())
+    {
+        return Err((
+            "commands",
+            "start, stop and pid must each name a program".into(),
+        ));
     }
     if !app.units.is_empty() && app.service != Backend::Systemd {
         return Err(("units", "only applies with service = \"systemd\"".into()));

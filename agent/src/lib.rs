@@ -3,6 +3,7 @@
 //! environment, rolls back on failure and reports. It never links sqlx.
 
 pub mod app;
+pub mod command_backend;
 pub mod config;
 pub mod envfile;
 pub mod fetch;

@@ -886,3 +886,54 @@ fn the_app_runs_as_its_user_and_its_logs_rotate() {
     );
     agent.wait_serving("1.0.0");
 }
+
+#[test]
+fn the_command_backend_drives_an_outside_process_manager() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut agent = Agent::configured(t.path(), &c, "pre-1", "preprod", DB_ENV, true);
+    // A stand-in for pm2: starts the app detached, records and reports its pid.
+    let mut cfg = std::fs::read_to_string(&agent.config).unwrap();
+    cfg.push_str(concat!(
+        "service = \"command\"\n",
+        "[apps.web.commands.web]\n",
+        "start = [\"sh\", \"-c\", \"setsid bin/slipway-sample-app >> ../../logs/pm.log 2>&1 < /dev/null & echo $! > ../../pm.pid\"]\n",
+        "stop = [\"sh\", \"-c\", \"kill $(cat ../../pm.pid)\"]\n",
+        "pid = [\"cat\", \"../../pm.pid\"]\n",
+    ));
+    std::fs::write(&agent.config, cfg).unwrap();
+    agent.spawn();
+
+    for v in ["1.0.0", "2.0.0"] {
+        publish(&c, t.path(), &ReleaseOpts::new(v));
+        deploy_wait(&c, v, "preprod").ok();
+        agent.wait_serving(v);
+    }
+    let pid: i32 = std::fs::read_to_string(agent.app_dir().join("pm.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        agent.app_pid(),
+        Some(pid),
+        "health checks follow the pid the manager reports"
+    );
+    let row = status_row(&c, "pre-1").unwrap();
+    assert_eq!(row["health"], "healthy");
+    assert_eq!(
+        row["env_check"], "ok",
+        "env names read from the managed process"
+    );
+
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("3.0.0")
+        },
+    );
+    assert_eq!(deploy_wait(&c, "3.0.0", "preprod").code, 1);
+    agent.wait_serving("2.0.0");
+}

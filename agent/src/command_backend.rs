@@ -1,0 +1,118 @@
+//! The `command` service backend, for anything the agent neither supervises nor
+//! reaches through systemd (pm2, a container runtime): operator-given `start`,
+//! `stop` and `pid` commands per process, run in `current/` with the app's env.
+//! `pid` prints the main pid, which is health-checked like any process.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{CommandSet, RunAs};
+use crate::paths::AppPaths;
+use crate::supervisor::{self, ProcRecord};
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const PID_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs one operator command to completion (bounded); Ok(stdout).
+fn run(
+    argv: &[String],
+    paths: &AppPaths,
+    env: &BTreeMap<String, String>,
+    run_as: Option<RunAs>,
+) -> Result<String, String> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(&paths.current)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(r) = run_as {
+        std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, r.gid);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{:?} could not start: {e}", argv[0]))?;
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{:?} timed out after {}s",
+                    argv[0],
+                    COMMAND_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{:?}: {e}", argv[0]))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{:?} failed ({}): {}",
+            argv[0],
+            out.status,
+            err.trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn start(
+    paths: &AppPaths,
+    process: &str,
+    cmds: &CommandSet,
+    env: &BTreeMap<String, String>,
+    version: &str,
+    run_as: Option<RunAs>,
+) -> Result<ProcRecord, String> {
+    run(&cmds.start, paths, env, run_as).map_err(|e| format!("start {process}: {e}"))?;
+    let deadline = Instant::now() + PID_WAIT;
+    loop {
+        let pid = run(&cmds.pid, paths, env, run_as)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            .filter(|p| *p > 0);
+        if let Some(pid) = pid
+            && let Some(start_time) = supervisor::start_time(pid)
+        {
+            let rec = ProcRecord {
+                process: process.to_string(),
+                pid,
+                start_time,
+                version: version.to_string(),
+            };
+            supervisor::write_record(paths, &rec).map_err(|e| e.to_string())?;
+            return Ok(rec);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "start {process}: the pid command printed no live pid within {}s",
+                PID_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn stop(
+    paths: &AppPaths,
+    rec: &ProcRecord,
+    cmds: &CommandSet,
+    env: &BTreeMap<String, String>,
+    run_as: Option<RunAs>,
+) {
+    if let Err(e) = run(&cmds.stop, paths, env, run_as) {
+        tracing::warn!(process = %rec.process, error = %e, "stop command failed");
+    }
+    let _ = std::fs::remove_file(supervisor::record_path(paths, &rec.process));
+}
