@@ -37,12 +37,19 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 const ENV_SETTLE: Duration = Duration::from_millis(300);
 
-/// The next change of the watched env files; never, without a watch.
-async fn next_change(w: &mut Option<crate::filewatch::FileWatch>) -> Option<()> {
-    match w {
-        Some(w) => w.changed.recv().await,
-        None => std::future::pending().await,
-    }
+/// Stops every process of an app that left the config (whatever backend ran it).
+pub async fn stop_app(name: &str, cfg: &AppConfig, state_dir: &Path) {
+    let (board, _) = watch::channel(BTreeMap::new());
+    let (_tx, rx) = watch::channel(None);
+    let Ok(mut runner) = AppRunner::new(name.to_string(), cfg.clone(), state_dir, board, rx) else {
+        return;
+    };
+    runner.procs = supervisor::adopt(&runner.paths);
+    runner.stop_all().await;
+    runner.status.state = State::Idle;
+    runner.status.health = HealthState::Unknown;
+    runner.status.health_reason = "removed from the agent config".into();
+    runner.publish();
 }
 
 /// Shared view of every app's status, read by the session to report upstream.
@@ -147,12 +154,19 @@ impl AppRunner {
         );
     }
 
+    /// The reconcile loop. `settings_changed`: the host settings differ from
+    /// the ones the running processes were started with (a live config edit),
+    /// so they are restarted once after adoption.
     pub async fn run(
         mut self,
         mut desired: watch::Receiver<Option<DesiredApp>>,
+        settings_changed: bool,
         shutdown: CancellationToken,
     ) {
         self.start_up().await;
+        if settings_changed {
+            self.restart_running("host settings changed").await;
+        }
         let mut env_watch = match crate::filewatch::watch_files(&self.watched_env_files()) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -182,13 +196,11 @@ impl AppRunner {
                 _ = shutdown.cancelled() => break,
                 changed = desired.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep_until(wake.min(Instant::now() + MONITOR_EVERY)) => self.monitor().await,
-                Some(()) = next_change(&mut env_watch) => {
+                Some(()) = crate::filewatch::next_change(&mut env_watch) => {
                     // Let the editor finish, and fold a burst of events into one.
                     tokio::time::sleep(ENV_SETTLE).await;
-                    if let Some(w) = env_watch.as_mut() {
-                        while w.changed.try_recv().is_ok() {}
-                    }
-                    self.on_env_change().await;
+                    crate::filewatch::drain(&mut env_watch);
+                    self.restart_running("env file changed").await;
                 }
             }
         }
@@ -474,10 +486,11 @@ impl AppRunner {
         }
     }
 
-    /// An env file changed: restart the running release's processes with the
-    /// new environment and check them again (names of missing vars reported).
-    /// The release stays; a deploy in progress reads the new env by itself.
-    async fn on_env_change(&mut self) {
+    /// An env file or the host settings changed: restart the running release's
+    /// processes with the new environment and check them again (names of
+    /// missing vars reported). The release stays; a deploy in progress reads
+    /// the new env by itself.
+    async fn restart_running(&mut self, why: &str) {
         let Some(version) = self.status.running_version.clone() else {
             return;
         };
@@ -505,7 +518,12 @@ impl AppRunner {
                 return;
             }
         };
-        self.log(&version, "env", "changed", "restarting processes");
+        self.log(
+            &version,
+            "env",
+            "changed",
+            &format!("{why}: restarting processes"),
+        );
         self.stop_all().await;
         match self.start_processes(&spec, &version, &env) {
             Ok(p) => self.procs = p,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use artifact::{NameKind, validate_name};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Controller URL, e.g. `http://127.0.0.1:7400`.
@@ -25,7 +25,7 @@ pub struct AgentConfig {
     pub apps_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// Port the app listens on; given to it as `PORT` and used for HTTP health.

@@ -15,24 +15,36 @@ pub struct FileWatch {
 }
 
 pub fn watch_files(files: &[PathBuf]) -> notify::Result<FileWatch> {
+    watch_paths(files, &[])
+}
+
+/// Like `watch_files`, plus any file directly inside `dirs`.
+pub fn watch_paths(files: &[PathBuf], dirs: &[PathBuf]) -> notify::Result<FileWatch> {
     let wanted: BTreeSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+    let whole: BTreeSet<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
     let (tx, rx) = mpsc::channel(1);
     let filter = wanted.clone();
+    let whole_filter = whole.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if matches!(event.kind, notify::EventKind::Access(_)) {
             return;
         }
-        if event.paths.iter().any(|p| filter.contains(&absolute(p))) {
+        let hit = |p: &PathBuf| {
+            let p = absolute(p);
+            filter.contains(&p) || p.parent().is_some_and(|d| whole_filter.contains(d))
+        };
+        if event.paths.iter().any(hit) {
             // A full channel already carries a pending change: nothing lost.
             let _ = tx.try_send(());
         }
     })?;
-    let dirs: BTreeSet<PathBuf> = wanted
+    let mut watched: BTreeSet<PathBuf> = wanted
         .iter()
         .filter_map(|f| f.parent().map(Path::to_path_buf))
         .collect();
-    for dir in dirs {
+    watched.extend(whole);
+    for dir in watched {
         if dir.is_dir() {
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         }
@@ -45,4 +57,19 @@ pub fn watch_files(files: &[PathBuf]) -> notify::Result<FileWatch> {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The next change; never, without a watch.
+pub async fn next_change(w: &mut Option<FileWatch>) -> Option<()> {
+    match w {
+        Some(w) => w.changed.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops pending change signals (a burst of events counts once).
+pub fn drain(w: &mut Option<FileWatch>) {
+    if let Some(w) = w.as_mut() {
+        while w.changed.try_recv().is_ok() {}
+    }
 }

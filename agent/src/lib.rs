@@ -18,7 +18,8 @@ pub mod state;
 pub mod supervisor;
 pub mod systemd;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,11 +31,94 @@ use crate::app::AppRunner;
 use crate::config::AgentConfig;
 use crate::session::Session;
 
-/// Runs the app runners and the controller session until `shutdown` fires.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .map_err(|e| anyhow::anyhow!("create state dir {}: {e}", cfg.state_dir.display()))?;
-    let cfg = Arc::new(cfg);
+/// Runs the agent until `shutdown` fires. With `config_path`, the config file
+/// and the per-app files are watched: a valid edit is applied live (tasks are
+/// restarted with the new config, running apps are adopted, apps whose settings
+/// changed are restarted, removed apps are stopped); a broken edit is rejected
+/// with an error log line and the last good config stays in force.
+pub async fn run(
+    cfg: AgentConfig,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut current = cfg;
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    loop {
+        std::fs::create_dir_all(&current.state_dir).map_err(|e| {
+            anyhow::anyhow!("create state dir {}: {e}", current.state_dir.display())
+        })?;
+        let tasks = shutdown.child_token();
+        let tracker = start(&current, &changed, tasks.clone())?;
+        let mut watch = config_path.as_ref().and_then(|p| {
+            let (files, dirs) = config_paths(p, &current);
+            filewatch::watch_paths(&files, &dirs)
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch the config; edits apply at restart"))
+                .ok()
+        });
+        let next = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                Some(()) = filewatch::next_change(&mut watch) => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    filewatch::drain(&mut watch);
+                    let Some(path) = &config_path else { continue };
+                    match AgentConfig::load(path) {
+                        Err(e) => tracing::error!(error = %e, "config edit rejected; the last good config stays in force"),
+                        Ok(new) if new == current => {}
+                        Ok(new) => break Some(new),
+                    }
+                }
+            }
+        };
+        tasks.cancel();
+        match next {
+            None => {
+                if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("tasks did not finish within 30s of shutdown");
+                }
+                return Ok(());
+            }
+            Some(new) => {
+                // A deploy in progress finishes first: never two runners per app.
+                tracker.wait().await;
+                for (name, old) in &current.apps {
+                    if !new.apps.contains_key(name) {
+                        tracing::info!(app = %name, "app removed from the config; stopping it");
+                        app::stop_app(name, old, &current.state_dir).await;
+                    }
+                }
+                changed = new
+                    .apps
+                    .iter()
+                    .filter(|(n, c)| current.apps.get(*n).is_some_and(|old| old != *c))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                tracing::info!(apps = new.apps.len(), changed = ?changed, "config reloaded");
+                current = new;
+            }
+        }
+    }
+}
+
+/// The config file, the per-app files, and the apps dir (new files count).
+fn config_paths(path: &Path, cfg: &AgentConfig) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let dir = cfg
+        .apps_dir
+        .clone()
+        .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("apps"));
+    (vec![path.to_path_buf()], vec![dir])
+}
+
+/// Spawns the app runners and the controller session for `cfg`.
+fn start(
+    cfg: &AgentConfig,
+    restart: &BTreeSet<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<TaskTracker> {
+    let cfg = Arc::new(cfg.clone());
     let (board, _) = watch::channel(BTreeMap::new());
     let (channel_tx, channel_rx) = watch::channel(None);
     let tracker = TaskTracker::new();
@@ -52,7 +136,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         .map_err(|e| {
             anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display())
         })?;
-        tracker.spawn(runner.run(rx, shutdown.clone()));
+        tracker.spawn(runner.run(rx, restart.contains(name), shutdown.clone()));
     }
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
     let session = Session {
@@ -61,14 +145,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         board,
         channel: channel_tx,
     };
-    tracker.spawn(session.run(shutdown.clone()));
+    tracker.spawn(session.run(shutdown));
     tracker.close();
-    shutdown.cancelled().await;
-    if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("tasks did not finish within 30s of shutdown");
-    }
-    Ok(())
+    Ok(tracker)
 }

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        match agent::run(cfg, shutdown).await {
+        match agent::run(cfg, Some(args.config.clone()), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

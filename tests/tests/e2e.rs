@@ -937,3 +937,44 @@ fn the_command_backend_drives_an_outside_process_manager() {
     assert_eq!(deploy_wait(&c, "3.0.0", "preprod").code, 1);
     agent.wait_serving("2.0.0");
 }
+
+#[test]
+fn a_config_edit_applies_live_and_a_broken_one_is_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy_wait(&c, "1.0.0", "preprod").ok();
+    let good = std::fs::read_to_string(&agent.config).unwrap();
+
+    // A broken edit: rejected, logged, the app untouched.
+    let pid = agent.app_pid().unwrap();
+    std::fs::write(&agent.config, format!("{good}\nthis is not toml\n")).unwrap();
+    eventually(WAIT, "the rejection to be logged", || {
+        agent
+            .log_text()
+            .contains("config edit rejected")
+            .then_some(())
+    });
+    assert_eq!(agent.app_pid(), Some(pid));
+    agent.wait_serving("1.0.0");
+
+    // A valid edit: the app moves to its new port without an agent restart.
+    let old_port = agent.app_port;
+    let new_port = integration_tests::free_port();
+    std::fs::write(
+        &agent.config,
+        good.replace(&format!("port = {old_port}"), &format!("port = {new_port}")),
+    )
+    .unwrap();
+    agent.app_port = new_port;
+    agent.wait_serving("1.0.0");
+    assert!(
+        http_get(old_port, "/").is_none(),
+        "nothing left on the old port"
+    );
+    assert!(agent.log_text().contains("config reloaded"));
+    eventually(WAIT, "the agent to report healthy on the new port", || {
+        status_row(&c, "pre-1").filter(|r| r["health"] == "healthy" && r["connected"] == true)
+    });
+}
