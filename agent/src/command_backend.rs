@@ -82,17 +82,10 @@ pub fn start(
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
             .filter(|p| *p > 0);
-        if let Some(pid) = pid
-            && let Some(start_time) = supervisor::start_time(pid)
+        if let Some(recorded) =
+            pid.and_then(|pid| supervisor::record_started(paths, process, pid, version))
         {
-            let rec = ProcRecord {
-                process: process.to_string(),
-                pid,
-                start_time,
-                version: version.to_string(),
-            };
-            supervisor::write_record(paths, &rec).map_err(|e| e.to_string())?;
-            return Ok(rec);
+            return recorded;
         }
         if Instant::now() >= deadline {
             return Err(format!(

@@ -161,6 +161,28 @@ pub fn start(
     Ok(rec)
 }
 
+/// Records a process another manager started (systemd, a command backend), if
+/// `pid` is alive: Some(Ok(record)), or None to keep waiting.
+pub fn record_started(
+    paths: &AppPaths,
+    process: &str,
+    pid: i32,
+    version: &str,
+) -> Option<Result<ProcRecord, String>> {
+    let start_time = start_time(pid)?;
+    let rec = ProcRecord {
+        process: process.to_string(),
+        pid,
+        start_time,
+        version: version.to_string(),
+    };
+    Some(
+        write_record(paths, &rec)
+            .map(|()| rec)
+            .map_err(|e| e.to_string()),
+    )
+}
+
 /// Records a running process in `run/<process>.json` for adoption after restarts.
 pub fn write_record(paths: &AppPaths, rec: &ProcRecord) -> Result<(), SuperviseError> {
     let process = rec.process.as_str();

@@ -45,17 +45,11 @@ pub fn restart(
     systemctl(&["restart", unit])?;
     let deadline = Instant::now() + MAIN_PID_WAIT;
     loop {
-        if let Some(pid) = main_pid(unit).filter(|p| Some(*p) != before)
-            && let Some(start_time) = supervisor::start_time(pid)
+        if let Some(recorded) = main_pid(unit)
+            .filter(|p| Some(*p) != before)
+            .and_then(|pid| supervisor::record_started(paths, process, pid, version))
         {
-            let rec = ProcRecord {
-                process: process.to_string(),
-                pid,
-                start_time,
-                version: version.to_string(),
-            };
-            supervisor::write_record(paths, &rec).map_err(|e| e.to_string())?;
-            return Ok(rec);
+            return recorded;
         }
         if Instant::now() >= deadline {
             let state = systemctl(&["is-active", unit]).unwrap_or_else(|e| e);

@@ -38,6 +38,9 @@ fn rollback_on_the_host_works_with_the_controller_stopped_and_is_reported_later(
         out.stderr
     );
 
+    // A lock file left by a process that died never blocks: the lock is a flock
+    // the kernel drops with its holder, not the file's existence.
+    std::fs::write(agent.app_dir().join(".lock"), "pid 999999\n").unwrap();
     let out = agent.local(&["rollback", "web"]).ok();
     assert!(
         out.stdout.contains("2.0.0 -> 1.0.0, healthy"),
