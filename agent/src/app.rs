@@ -37,18 +37,39 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 const ENV_SETTLE: Duration = Duration::from_millis(300);
 
-/// Stops every process of an app that left the config (whatever backend ran it).
-pub async fn stop_app(name: &str, cfg: &AppConfig, state_dir: &Path) {
+/// Stops every process of an app with the settings it was started with
+/// (it left the config, or its settings changed).
+pub async fn stop_app(name: &str, cfg: &AppConfig, state_dir: &Path, reason: &str) {
     let (board, _) = watch::channel(BTreeMap::new());
     let (_tx, rx) = watch::channel(None);
     let Ok(mut runner) = AppRunner::new(name.to_string(), cfg.clone(), state_dir, board, rx) else {
         return;
     };
+    let _lock = AppLock::acquire(&runner.paths.lock, LOCK_TIMEOUT)
+        .await
+        .ok();
     runner.procs = supervisor::adopt(&runner.paths);
+    if cfg.service == Backend::Systemd
+        && let Some(version) = runner.paths.current_version()
+        && let Ok(spec) = ReleaseSpec::load(&runner.paths.release(&version))
+    {
+        // Units run whether or not a pid file still names their main process.
+        for process in spec.processes.keys() {
+            if !runner.procs.iter().any(|p| &p.process == process) {
+                let unit = cfg.unit(name, process);
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = std::process::Command::new("systemctl")
+                        .args(["stop", &unit])
+                        .status();
+                })
+                .await;
+            }
+        }
+    }
     runner.stop_all().await;
     runner.status.state = State::Idle;
     runner.status.health = HealthState::Unknown;
-    runner.status.health_reason = "removed from the agent config".into();
+    runner.status.health_reason = reason.into();
     runner.publish();
 }
 
@@ -154,19 +175,13 @@ impl AppRunner {
         );
     }
 
-    /// The reconcile loop. `settings_changed`: the host settings differ from
-    /// the ones the running processes were started with (a live config edit),
-    /// so they are restarted once after adoption.
+    /// The reconcile loop, until `shutdown`.
     pub async fn run(
         mut self,
         mut desired: watch::Receiver<Option<DesiredApp>>,
-        settings_changed: bool,
         shutdown: CancellationToken,
     ) {
         self.start_up().await;
-        if settings_changed {
-            self.restart_running("host settings changed").await;
-        }
         let mut env_watch = match crate::filewatch::watch_files(&self.watched_env_files()) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -267,7 +282,11 @@ impl AppRunner {
             .current_version()
             .ok_or_else(|| format!("{}: no release is active on this host", self.name))?;
         let target = match to {
-            Some(v) => v,
+            Some(v) => {
+                artifact::validate_name(artifact::NameKind::Version, &v)
+                    .map_err(|e| e.to_string())?;
+                v
+            }
             None => {
                 let pos = self.status.history.iter().position(|v| v == &current);
                 let older = pos.map_or(&self.status.history[..], |i| &self.status.history[..i]);
@@ -333,14 +352,12 @@ impl AppRunner {
             ));
         }
         let reason = format!("rolled back on the host by {actor}");
-        if self.status.failed.is_none() {
-            self.status.failed = Some(FailedRelease {
-                version: current.clone(),
-                digest: current_digest,
-                generation: self.status.generation,
-                reason: reason.clone(),
-            });
-        }
+        self.status.failed = Some(FailedRelease {
+            version: current.clone(),
+            digest: current_digest,
+            generation: self.status.generation,
+            reason: reason.clone(),
+        });
         self.status.last_error = format!("{current}: {reason}");
         self.status.running_version = Some(target.clone());
         self.status.running_digest = self.status.installed.get(&target).cloned();
@@ -364,6 +381,8 @@ impl AppRunner {
     /// otherwise start them again; finish judging an interrupted activation.
     /// Never redeploys.
     async fn start_up(&mut self) {
+        // Never at the same time as `slipway-agent rollback`.
+        let _lock = AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await.ok();
         let adopted = supervisor::adopt(&self.paths);
         let Some(version) = self.paths.current_version() else {
             for p in &adopted {
@@ -592,21 +611,26 @@ impl AppRunner {
                 )
                 .map_err(|e| e.to_string()),
                 // The unit holds command, cwd and env files; it points at current/.
-                Backend::Systemd => crate::systemd::restart(
-                    &self.paths,
-                    name,
-                    &self.cfg.unit(&self.name, name),
-                    version,
-                ),
-                Backend::Command => match self.cfg.commands.get(name) {
-                    Some(cmds) => crate::command_backend::start(
+                Backend::Systemd => tokio::task::block_in_place(|| {
+                    crate::systemd::restart(
                         &self.paths,
                         name,
-                        cmds,
-                        &env,
+                        &self.cfg.unit(&self.name, name),
                         version,
-                        self.cfg.run_as(),
-                    ),
+                    )
+                }),
+                Backend::Command => match self.cfg.commands.get(name) {
+                    Some(cmds) => tokio::task::block_in_place(|| {
+                        crate::command_backend::start(
+                            &self.paths,
+                            name,
+                            cmds,
+                            &env,
+                            version,
+                            self.cfg.run_as(),
+                        )
+                    })
+                    .map_err(|e| self.redact(&e)),
                     None => Err(format!("process {name} has no commands in the host config")),
                 },
             };
@@ -815,7 +839,7 @@ impl AppRunner {
             Err(e) => return self.refuse(&target, "unpack", e.to_string()),
         };
         if let Some(run_as) = self.cfg.run_as()
-            && let Err(e) = install::chown_tree(&release, run_as)
+            && let Err(e) = tokio::task::block_in_place(|| install::chown_tree(&release, run_as))
         {
             return self
                 .abandon(&target, &release, "unpack", e.to_string())
@@ -1203,7 +1227,9 @@ impl AppRunner {
 
     /// One monitor round, the app lock held by the caller.
     async fn monitor_locked(&mut self, spec: &ReleaseSpec, version: &str) {
-        supervisor::rotate_logs(&self.paths, self.cfg.log_max_bytes, self.cfg.log_keep);
+        tokio::task::block_in_place(|| {
+            supervisor::rotate_logs(&self.paths, self.cfg.log_max_bytes, self.cfg.log_keep)
+        });
         let version = version.to_string();
         let release = self.paths.release(&version);
         let env = self.app_env(&version).unwrap_or_default();

@@ -14,21 +14,33 @@ use crate::supervisor::{self, ProcRecord};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const PID_WAIT: Duration = Duration::from_secs(15);
 
-/// Runs one operator command to completion (bounded); Ok(stdout).
+/// Runs one operator command to completion (bounded). `capture`: stdout is
+/// returned (the pid command); otherwise output goes to `logs/commands.log`,
+/// never to a pipe a backgrounded child could hold open forever.
 fn run(
     argv: &[String],
     paths: &AppPaths,
     env: &BTreeMap<String, String>,
     run_as: Option<RunAs>,
+    capture: bool,
 ) -> Result<String, String> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&paths.current)
         .env_clear()
         .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
+    if capture {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    } else {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.logs.join("commands.log"))
+            .map_err(|e| format!("open logs/commands.log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdout(log).stderr(log2);
+    }
     if let Some(r) = run_as {
         std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, r.gid);
@@ -75,10 +87,10 @@ pub fn start(
     version: &str,
     run_as: Option<RunAs>,
 ) -> Result<ProcRecord, String> {
-    run(&cmds.start, paths, env, run_as).map_err(|e| format!("start {process}: {e}"))?;
+    run(&cmds.start, paths, env, run_as, false).map_err(|e| format!("start {process}: {e}"))?;
     let deadline = Instant::now() + PID_WAIT;
     loop {
-        let pid = run(&cmds.pid, paths, env, run_as)
+        let pid = run(&cmds.pid, paths, env, run_as, true)
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
             .filter(|p| *p > 0);
@@ -104,7 +116,7 @@ pub fn stop(
     env: &BTreeMap<String, String>,
     run_as: Option<RunAs>,
 ) {
-    if let Err(e) = run(&cmds.stop, paths, env, run_as) {
+    if let Err(e) = run(&cmds.stop, paths, env, run_as, false) {
         tracing::warn!(process = %rec.process, error = %e, "stop command failed");
     }
     let _ = std::fs::remove_file(supervisor::record_path(paths, &rec.process));

@@ -217,6 +217,7 @@ impl AgentConfig {
             .clone()
             .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("apps"));
         let Ok(entries) = std::fs::read_dir(&dir) else {
+            cfg.check_roots(path)?;
             return Ok(cfg);
         };
         let mut files: Vec<PathBuf> = entries
@@ -264,7 +265,27 @@ impl AgentConfig {
             validate_app(&app).map_err(|(key, why)| invalid(key, why))?;
             cfg.apps.insert(name, app);
         }
+        cfg.check_roots(path)?;
         Ok(cfg)
+    }
+
+    /// Two apps must never share a root: they would fight over `current`.
+    fn check_roots(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<PathBuf, &str> = BTreeMap::new();
+        for (name, app) in &self.apps {
+            let root = app
+                .install_root
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("apps").join(name));
+            if let Some(other) = seen.insert(root.clone(), name) {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    key: format!("apps.{name}.install_root"),
+                    why: format!("{} is also the root of app {other}", root.display()),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -356,5 +377,9 @@ mod tests {
         std::fs::write(&main, "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.web]\n").unwrap();
         let e = AgentConfig::load(&main).unwrap_err().to_string();
         assert!(e.contains("web is also defined in"), "{e}");
+
+        std::fs::write(&main, "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.api]\ninstall_root = \"/opt/web\"\n").unwrap();
+        let e = AgentConfig::load(&main).unwrap_err().to_string();
+        assert!(e.contains("/opt/web is also the root of app"), "{e}");
     }
 }

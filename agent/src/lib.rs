@@ -42,13 +42,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut current = cfg;
-    let mut changed: BTreeSet<String> = BTreeSet::new();
+    let mut previous: Option<AgentConfig> = None;
     loop {
-        std::fs::create_dir_all(&current.state_dir).map_err(|e| {
-            anyhow::anyhow!("create state dir {}: {e}", current.state_dir.display())
-        })?;
         let tasks = shutdown.child_token();
-        let tracker = start(&current, &changed, tasks.clone())?;
+        let started = std::fs::create_dir_all(&current.state_dir)
+            .map_err(|e| anyhow::anyhow!("create state dir {}: {e}", current.state_dir.display()))
+            .and_then(|()| start(&current, tasks.clone()));
+        let tracker = match (started, previous.take()) {
+            (Ok(t), _) => t,
+            // The new config cannot run: back to the last good one.
+            (Err(e), Some(good)) => {
+                tracing::error!(error = %e, "new config cannot start; back to the last good config");
+                current = good;
+                continue;
+            }
+            (Err(e), None) => return Err(e),
+        };
         let mut watch = config_path.as_ref().and_then(|p| {
             let (files, dirs) = config_paths(p, &current);
             filewatch::watch_paths(&files, &dirs)
@@ -84,20 +93,35 @@ pub async fn run(
             Some(new) => {
                 // A deploy in progress finishes first: never two runners per app.
                 tracker.wait().await;
+                // Stop with the settings they were started with (backend, root,
+                // units): the new runners start changed apps afresh.
                 for (name, old) in &current.apps {
-                    if !new.apps.contains_key(name) {
-                        tracing::info!(app = %name, "app removed from the config; stopping it");
-                        app::stop_app(name, old, &current.state_dir).await;
+                    match new.apps.get(name) {
+                        None => {
+                            tracing::info!(app = %name, "app removed from the config; stopping it");
+                            app::stop_app(
+                                name,
+                                old,
+                                &current.state_dir,
+                                "removed from the agent config",
+                            )
+                            .await;
+                        }
+                        Some(c) if c != old => {
+                            app::stop_app(name, old, &current.state_dir, "host settings changed")
+                                .await;
+                        }
+                        Some(_) => {}
                     }
                 }
-                changed = new
+                let changed: BTreeSet<&String> = new
                     .apps
                     .iter()
                     .filter(|(n, c)| current.apps.get(*n).is_some_and(|old| old != *c))
-                    .map(|(n, _)| n.clone())
+                    .map(|(n, _)| n)
                     .collect();
                 tracing::info!(apps = new.apps.len(), changed = ?changed, "config reloaded");
-                current = new;
+                previous = Some(std::mem::replace(&mut current, new));
             }
         }
     }
@@ -113,11 +137,7 @@ fn config_paths(path: &Path, cfg: &AgentConfig) -> (Vec<PathBuf>, Vec<PathBuf>) 
 }
 
 /// Spawns the app runners and the controller session for `cfg`.
-fn start(
-    cfg: &AgentConfig,
-    restart: &BTreeSet<String>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<TaskTracker> {
+fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskTracker> {
     let cfg = Arc::new(cfg.clone());
     let (board, _) = watch::channel(BTreeMap::new());
     let (channel_tx, channel_rx) = watch::channel(None);
@@ -136,7 +156,7 @@ fn start(
         .map_err(|e| {
             anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display())
         })?;
-        tracker.spawn(runner.run(rx, restart.contains(name), shutdown.clone()));
+        tracker.spawn(runner.run(rx, shutdown.clone()));
     }
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
     let session = Session {

@@ -196,7 +196,7 @@ pub fn write_record(paths: &AppPaths, rec: &ProcRecord) -> Result<(), SuperviseE
 }
 
 /// Processes of `rec`'s group that are ours: started no earlier than the
-/// leader and running from under the app's dir. While one of them lives, the
+/// leader and running from under the app's dir or carrying `SLIPWAY_APP`. While one of them lives, the
 /// group id cannot have been reused, so signalling the group is safe even after
 /// the leader (e.g. a shell wrapper) has died.
 fn group_members(rec: &ProcRecord, app_root: &Path) -> Vec<i32> {
@@ -220,9 +220,20 @@ fn group_members(rec: &ProcRecord, app_root: &Path) -> Vec<i32> {
             pgrp == Some(rec.pid)
                 && !matches!(state, Some('Z' | 'X'))
                 && started.is_some_and(|t| t >= rec.start_time)
-                && cwd(*pid).is_some_and(|c| c.starts_with(&root))
+                && (cwd(*pid).is_some_and(|c| c.starts_with(&root)) || started_by_slipway(*pid))
         })
         .collect()
+}
+
+/// Whether a process carries the `SLIPWAY_APP` variable the agent gives every
+/// app process (inherited by its children, wherever they chdir to).
+fn started_by_slipway(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv.starts_with(b"SLIPWAY_APP="))
+        })
+        .unwrap_or(false)
 }
 
 /// SIGKILL to the whole group, if it is still ours.

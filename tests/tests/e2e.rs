@@ -735,9 +735,14 @@ fn an_agent_restarted_mid_activation_judges_the_release_and_rolls_back() {
     );
     agent.spawn();
 
-    eventually(WAIT, "the resumed activation to roll back", || {
-        status_row(&c, "pre-1").filter(|r| r["state"] == "rolled_back" && r["running"] == "1.0.0")
-    });
+    eventually(
+        Duration::from_secs(90),
+        "the resumed activation to roll back",
+        || {
+            status_row(&c, "pre-1")
+                .filter(|r| r["state"] == "rolled_back" && r["running"] == "1.0.0")
+        },
+    );
     agent.wait_serving("1.0.0");
     assert_eq!(steps(&agent, "2.0.0", "activation"), 1);
     assert_eq!(agent.status_json()["failed"]["version"], "2.0.0");
