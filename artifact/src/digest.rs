@@ -38,11 +38,6 @@ impl Digest {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
-
-    /// A short form for humans: `sha256:0123456789ab`.
-    pub fn short(&self) -> String {
-        format!("sha256:{}", &self.hex()[..12])
-    }
 }
 
 fn truncate(s: &str) -> String {
@@ -84,10 +79,6 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_hasher(self.hasher), self.written)
     }
@@ -120,10 +111,6 @@ impl<R: Read> HashingReader<R> {
             hasher: Sha256::new(),
             read: 0,
         }
-    }
-
-    pub fn bytes_read(&self) -> u64 {
-        self.read
     }
 
     pub fn finish(self) -> (Digest, u64) {

@@ -190,11 +190,7 @@ async fn releases(c: &mut Clients, tenant: String, app: String, json: bool) -> R
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
-        return Ok(());
+        return crate::status::print_json(&rows);
     }
     let mut t = crate::status::table(&[
         "VERSION",
@@ -262,11 +258,7 @@ async fn history(
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
-        return Ok(());
+        return crate::status::print_json(&rows);
     }
     let mut t = crate::status::table(&["WHEN", "WHO", "ACTION", "APP", "ENV", "DETAIL", "OUTCOME"]);
     for e in rows {

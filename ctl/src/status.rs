@@ -26,6 +26,14 @@ pub struct StatusRow {
     pub last_seen: i64,
 }
 
+/// `--json` output: pretty JSON of the rows on stdout.
+pub fn print_json<T: Serialize>(rows: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(rows)
+        .map_err(|e| crate::error::CtlError::Failed(format!("encode json: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
@@ -119,11 +127,7 @@ pub async fn status(
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
-        return Ok(());
+        return print_json(&rows);
     }
     if rows.is_empty() {
         println!("no hosts have reported yet");

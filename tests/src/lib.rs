@@ -183,19 +183,25 @@ impl CtlOutput {
     }
 }
 
+impl From<Output> for CtlOutput {
+    fn from(out: Output) -> Self {
+        CtlOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 pub fn slipctl(url: &str, args: &[&str]) -> CtlOutput {
-    let out: Output = Command::new(bin("slipctl"))
+    Command::new(bin("slipctl"))
         .args(args)
         .env("SLIPWAY_CONTROLLER", url)
         .env("SLIPWAY_ACTOR", "e2e-test")
         .stdin(Stdio::null())
         .output()
-        .expect("run slipctl");
-    CtlOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .expect("run slipctl")
+        .into()
 }
 
 pub struct Agent {
@@ -308,19 +314,15 @@ impl Agent {
 
     /// Runs a local `slipway-agent` subcommand against this agent's config.
     pub fn local(&self, args: &[&str]) -> CtlOutput {
-        let out = Command::new(bin("slipway-agent"))
+        Command::new(bin("slipway-agent"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env("SLIPWAY_LOG", "warn")
             .env("USER", "ops-on-host")
             .output()
-            .expect("run slipway-agent");
-        CtlOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .expect("run slipway-agent")
+            .into()
     }
 
     /// The agent's own log (stderr).

@@ -460,6 +460,11 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("slipway.toml"), "{}", out.stderr);
 
+    let envs = c.ctl(&["envs"]).ok().stdout;
+    assert!(
+        envs.contains("preprod\n") && envs.contains("prod  (production)"),
+        "{envs}"
+    );
     let releases = c.ctl(&["releases", "web", "--json"]).ok().json();
     assert_eq!(
         releases.as_array().unwrap().len(),

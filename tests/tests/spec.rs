@@ -180,3 +180,46 @@ fn a_port_probe_without_a_port_is_refused_before_anything_stops() {
         "nothing was activated"
     );
 }
+
+#[test]
+fn a_process_port_from_the_spec_with_a_tcp_probe_and_a_failing_post_activate() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    // No port in the host config: the spec gives the process its own.
+    let agent = Agent::start_with(t.path(), &c, "pre-1", "preprod", DB_ENV, false);
+    let port = integration_tests::free_port();
+    publish_with_spec(
+        &c,
+        t.path(),
+        "1.0.0",
+        true,
+        &format!(
+            "[processes.web]\ncommand = [\"bin/slipway-sample-app\"]\nport = {port}\nhealth = {{ tcp = true, min_healthy_secs = 1 }}\n\n[hooks.post_activate]\ncommand = [\"sh\", \"-c\", \"echo cache warm-up failed >&2; exit 2\"]\n"
+        ),
+    );
+    c.ctl(&[
+        "deploy",
+        "web",
+        "1.0.0",
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "60",
+    ])
+    .ok();
+    let (status, body) =
+        integration_tests::http_get(port, "/").expect("the app listens on the spec's port");
+    assert_eq!((status, body.trim()), (200, "sample-app 1.0.0"));
+    // post_activate failed: reported, the healthy release stays.
+    let status = agent.status_json();
+    assert_eq!(status["running_version"], "1.0.0");
+    assert_eq!(status["state"], "healthy");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cache warm-up failed"),
+        "{status}"
+    );
+}
