@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Controller URL, e.g. `http://127.0.0.1:7400`.
+    /// Controller URL, e.g. `https://127.0.0.1:7400`.
     pub controller: String,
     pub host: String,
     #[serde(default = "default_tenant")]
@@ -23,6 +23,36 @@ pub struct AgentConfig {
     /// Dir of per-app host settings, one `<app>.toml` each (same keys as
     /// `[apps.<app>]`). Default: `apps/` beside this config file.
     pub apps_dir: Option<PathBuf>,
+    /// A file holding a join token from `slipctl hosts add`: used once, at the
+    /// first start, to enroll (`slipway-agent join TOKEN` does the same by hand).
+    pub join_token_file: Option<PathBuf>,
+    /// Which publisher keys releases must be signed with.
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// Release signature policy. With no keys, releases are not checked for
+/// publisher signatures (directives from the controller always are).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Trusted publisher keys, `ed25519:<hex>` (from `slipctl keys generate`).
+    /// Several may be listed at once so keys rotate without a flag day.
+    #[serde(default)]
+    pub publisher_keys: Vec<String>,
+    /// Valid signatures by distinct trusted keys a release needs (default 1).
+    #[serde(default = "default_threshold")]
+    pub signatures_required: usize,
+}
+
+fn default_threshold() -> usize {
+    1
+}
+
+impl TrustConfig {
+    pub fn enforced(&self) -> bool {
+        !self.publisher_keys.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,6 +92,9 @@ pub struct AppConfig {
     /// Where the app's releases, `current` and `shared/` live, e.g. `/opt/web`
     /// (default: `<state_dir>/apps/<app>`).
     pub install_root: Option<PathBuf>,
+    /// The agent's `[trust]` policy, copied into every app at load.
+    #[serde(skip)]
+    pub trust: TrustConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -266,6 +299,9 @@ impl AgentConfig {
             cfg.apps.insert(name, app);
         }
         cfg.check_roots(path)?;
+        for app in cfg.apps.values_mut() {
+            app.trust = cfg.trust.clone();
+        }
         Ok(cfg)
     }
 
@@ -303,10 +339,27 @@ impl AgentConfig {
             .map_err(|e| invalid("tenant", e.why.into()))?;
         validate_name(NameKind::Environment, &cfg.environment)
             .map_err(|e| invalid("environment", e.why.into()))?;
-        if !(cfg.controller.starts_with("http://") || cfg.controller.starts_with("https://")) {
+        if !cfg.controller.starts_with("https://") {
             return Err(invalid(
                 "controller",
-                "must be an http:// or https:// URL".into(),
+                "must be an https:// URL (agents talk to the controller over mutual TLS only)".into(),
+            ));
+        }
+        trust::tls::ControllerUrl::parse(&cfg.controller)
+            .map_err(|e| invalid("controller", e.to_string()))?;
+        for k in &cfg.trust.publisher_keys {
+            trust::sign::parse_public(k).map_err(|e| invalid("trust.publisher_keys", e.to_string()))?;
+        }
+        if cfg.trust.enforced()
+            && (cfg.trust.signatures_required == 0
+                || cfg.trust.signatures_required > cfg.trust.publisher_keys.len())
+        {
+            return Err(invalid(
+                "trust.signatures_required",
+                format!(
+                    "must be between 1 and the number of publisher_keys ({})",
+                    cfg.trust.publisher_keys.len()
+                ),
             ));
         }
         for (name, app) in &cfg.apps {
@@ -324,7 +377,7 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        let ok = "controller = \"http://127.0.0.1:7400\"\nhost = \"h1\"\nenvironment = \"preprod\"\n[apps.web]\nport = 8080\n";
+        let ok = "controller = \"https://127.0.0.1:7400\"\nhost = \"h1\"\nenvironment = \"preprod\"\n[apps.web]\nport = 8080\n";
         let c = AgentConfig::parse(ok, Path::new("agent.toml")).unwrap();
         assert_eq!(c.tenant, "default");
         assert_eq!(c.apps["web"].keep_releases, 5);
@@ -346,7 +399,7 @@ mod tests {
         let main = d.path().join("agent.toml");
         std::fs::write(
             &main,
-            "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n",
+            "controller = \"https://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n",
         )
         .unwrap();
         std::fs::create_dir_all(d.path().join("apps")).unwrap();
@@ -374,11 +427,11 @@ mod tests {
         );
         std::fs::remove_file(d.path().join("apps/api.toml")).unwrap();
 
-        std::fs::write(&main, "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.web]\n").unwrap();
+        std::fs::write(&main, "controller = \"https://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.web]\n").unwrap();
         let e = AgentConfig::load(&main).unwrap_err().to_string();
         assert!(e.contains("web is also defined in"), "{e}");
 
-        std::fs::write(&main, "controller = \"http://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.api]\ninstall_root = \"/opt/web\"\n").unwrap();
+        std::fs::write(&main, "controller = \"https://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.api]\ninstall_root = \"/opt/web\"\n").unwrap();
         let e = AgentConfig::load(&main).unwrap_err().to_string();
         assert!(e.contains("/opt/web is also the root of app"), "{e}");
     }

@@ -5,10 +5,12 @@
 pub mod app;
 pub mod command_backend;
 pub mod config;
+pub mod directive;
 pub mod envfile;
 pub mod fetch;
 pub mod filewatch;
 pub mod health;
+pub mod identity;
 pub mod install;
 pub mod local;
 pub mod lock;
@@ -29,6 +31,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::AppRunner;
 use crate::config::AgentConfig;
+use crate::directive::DirectiveGuard;
+use crate::identity::Identity;
 use crate::session::Session;
 
 /// Runs the agent until `shutdown` fires. With `config_path`, the config file
@@ -41,6 +45,7 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    ensure_enrolled(&cfg, &shutdown).await?;
     let mut current = cfg;
     let mut previous: Option<AgentConfig> = None;
     loop {
@@ -159,13 +164,53 @@ fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskT
         tracker.spawn(runner.run(rx, shutdown.clone()));
     }
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
+    let identity = Identity::load(&cfg.state_dir)?.ok_or_else(|| not_enrolled(&cfg))?;
+    identity.check(&cfg)?;
     let session = Session {
         cfg: cfg.clone(),
         desired,
         board,
         channel: channel_tx,
+        guard: std::sync::Mutex::new(DirectiveGuard::load(&cfg.state_dir)),
+        identity: std::sync::Mutex::new(identity),
     };
     tracker.spawn(session.run(shutdown));
     tracker.close();
     Ok(tracker)
+}
+
+fn not_enrolled(cfg: &AgentConfig) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this host is not enrolled: run `slipway-agent join TOKEN` with the token `slipctl hosts add {} --env {}` prints, or set join_token_file",
+        cfg.host,
+        cfg.environment
+    )
+}
+
+/// Enrolls with `join_token_file` when this host has no identity yet; waits
+/// for an unreachable controller, gives up on a refused token.
+async fn ensure_enrolled(cfg: &AgentConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    if Identity::load(&cfg.state_dir)?.is_some() {
+        return Ok(());
+    }
+    let Some(file) = &cfg.join_token_file else {
+        return Err(not_enrolled(cfg));
+    };
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("read join token {}: {e}", file.display()))?;
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        match identity::enroll(cfg, &token).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.downcast_ref::<trust::TrustError>().is_some_and(|t| matches!(t, trust::TrustError::Io { .. })) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "enrollment: controller unreachable");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped before enrolling"),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+    }
 }

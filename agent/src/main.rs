@@ -34,6 +34,12 @@ struct Args {
 enum Local {
     /// Run the agent (the default).
     Run,
+    /// Enroll this host with a one-time join token from `slipctl hosts add`.
+    #[command(after_help = "Example:\n  slipway-agent join swj_…")]
+    Join {
+        /// The join token (or `-` to read it from stdin).
+        token: String,
+    },
     /// What each app on this host runs, and how it is doing.
     #[command(after_help = "Example:\n  slipway-agent status --json")]
     Status {
@@ -84,6 +90,23 @@ fn main() -> ExitCode {
                     .or_else(|_| std::env::var("USER"))
                     .unwrap_or_else(|_| format!("uid:{}", nix::unistd::getuid()));
                 rt.block_on(agent::local::rollback(&cfg, &app, to, &actor))
+            }
+            Local::Join { token } => {
+                let token = if token == "-" {
+                    let mut t = String::new();
+                    let _ = std::io::stdin().read_line(&mut t);
+                    t
+                } else {
+                    token
+                };
+                rt.block_on(agent::identity::enroll(&cfg, &token))
+                    .map(|id| {
+                        println!(
+                            "enrolled {} in {}/{}; certificate valid until {}",
+                            id.host, id.tenant, id.environment, id.not_after
+                        )
+                    })
+                    .map_err(|e| format!("{e:#}"))
             }
             Local::Run => Ok(()),
         };

@@ -14,9 +14,11 @@ use proto::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::AgentConfig;
+use crate::directive::DirectiveGuard;
+use crate::identity::{self, Identity};
 use crate::state::AppStatus;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -35,7 +37,12 @@ pub struct Session {
     pub desired: HashMap<String, watch::Sender<Option<DesiredApp>>>,
     pub board: watch::Sender<BTreeMap<String, AppStatus>>,
     pub channel: watch::Sender<Option<Channel>>,
+    pub identity: std::sync::Mutex<Identity>,
+    pub guard: std::sync::Mutex<DirectiveGuard>,
 }
+
+/// How often a live session checks whether its certificate is due for renewal.
+const RENEWAL_CHECK: Duration = Duration::from_secs(30);
 
 impl Session {
     pub async fn run(self, shutdown: CancellationToken) {
@@ -76,14 +83,17 @@ impl Session {
         backoff: &mut Duration,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let channel = Endpoint::from_shared(self.cfg.controller.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect()
+        let id = self.identity.lock().expect("identity lock").clone();
+        let channel = trust::tls::connect(&self.cfg.controller, Some(id.tls()?), false)
             .await
-            .map_err(|e| anyhow::anyhow!("connect {}: {}", self.cfg.controller, root_cause(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if id.needs_renewal(identity::now()) {
+            let renewed = identity::renew(&self.cfg, &id, channel.clone()).await?;
+            *self.identity.lock().expect("identity lock") = renewed;
+            // Reconnect with the new certificate.
+            *backoff = Duration::from_millis(200);
+            return Ok(());
+        }
         let mut client = AgentsClient::new(channel.clone())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
@@ -121,6 +131,8 @@ impl Session {
         self.channel.send_replace(Some(channel));
         let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
         heartbeat.reset();
+        let mut renewal = tokio::time::interval(RENEWAL_CHECK);
+        renewal.reset();
 
         loop {
             tokio::select! {
@@ -150,6 +162,12 @@ impl Session {
                         tx.send(AgentMessage { msg: Some(agent_message::Msg::Report(r)) }).await?;
                     }
                 }
+                _ = renewal.tick() => {
+                    if id.needs_renewal(identity::now()) {
+                        tracing::info!("certificate due for renewal; reconnecting");
+                        return Ok(());
+                    }
+                }
                 _ = heartbeat.tick() => {
                     tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {})) }).await?;
                 }
@@ -158,7 +176,17 @@ impl Session {
     }
 
     fn apply_desired(&self, apps: Vec<DesiredApp>) {
+        let id = self.identity.lock().expect("identity lock").clone();
         for d in apps {
+            let checked = self
+                .guard
+                .lock()
+                .expect("guard lock")
+                .check(&id, &d, identity::now());
+            if let Err(why) = checked {
+                tracing::warn!(app = %d.app, version = %d.version, reason = %why, "directive refused; nothing changes");
+                continue;
+            }
             let Some(tx) = self.desired.get(&d.app) else {
                 tracing::warn!(app = %d.app, "desired state for an app this host does not run; ignored");
                 continue;

@@ -84,6 +84,9 @@ pub struct AppStatus {
     pub installed: BTreeMap<String, String>,
     #[serde(default)]
     pub activating: Option<Activation>,
+    /// Release counter of every version unpacked on disk (downgrade checks).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
     pub updated_at: i64,
 }
 

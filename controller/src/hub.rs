@@ -58,6 +58,15 @@ impl Hub {
         }
     }
 
+    /// Ends the host's session (revoked): its loop sees it is no longer current.
+    pub fn evict(&self, tenant: &str, host: &str) {
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .remove(&(tenant.to_string(), host.to_string()));
+        self.desired_changed();
+    }
+
     pub fn is_current(&self, tenant: &str, host: &str, id: u64) -> bool {
         self.sessions
             .lock()

@@ -2,6 +2,7 @@
 //! release of every app in every environment, and what every host reports; serves
 //! slipctl and the agents over gRPC. It never spawns app processes.
 
+pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod grpc;
@@ -11,9 +12,12 @@ pub mod store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use proto::v1::admin_server::AdminServer;
 use proto::v1::agents_server::AgentsServer;
 use proto::v1::deployments_server::DeploymentsServer;
+use proto::v1::enrollment_server::EnrollmentServer;
 use proto::v1::releases_server::ReleasesServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,13 +32,63 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
+    /// Names (DNS or IP) in the controller's server certificate.
+    pub server_names: Vec<String>,
+    /// Operator-provided CA (certificate, key); default: one made under `data_dir/pki`.
+    pub ca: Option<(PathBuf, PathBuf)>,
+    pub agent_cert_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub directive_ttl: Duration,
 }
 
-/// Opens the store and blob dir under `data_dir`, then serves on `listener` until
-/// `shutdown` fires.
+impl Config {
+    /// Defaults for everything but the data dir.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            heartbeat_secs: 10,
+            max_blob_bytes: 4 << 30,
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            ca: None,
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
+            join_token_ttl: Duration::from_secs(3600),
+            directive_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Where the bootstrap admin token is written on first start (0600).
+pub fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+/// The CA certificate slipctl and agents trust.
+pub fn ca_cert_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("pki/ca.pem")
+}
+
+/// The first start creates an admin token for tenant `default` and writes it
+/// (never logs it) to `admin.token`, so the operator can make the others.
+async fn bootstrap_admin(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if store.api_token_count().await? > 0 {
+        return Ok(());
+    }
+    let (text, row) =
+        grpc::admin::new_token("default", "bootstrap-admin", vec!["admin".into()], "controller");
+    let path = admin_token_path(data_dir);
+    trust::write_private(&path, format!("{text}\n").as_bytes())?;
+    store.insert_api_token(&row).await?;
+    tracing::info!(path = %path.display(), "bootstrap admin token written");
+    Ok(())
+}
+
+/// Opens the store and blob dir under `data_dir`, then serves TLS on `listener`
+/// (and, when given, plaintext for slipctl on a loopback `plaintext` listener)
+/// until `shutdown` fires.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    plaintext: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -44,40 +98,91 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
+    let pki = config.data_dir.join("pki");
+    let ca = match &config.ca {
+        Some((cert, key)) => trust::pki::Ca::load(cert, key)?,
+        None => trust::pki::Ca::load_or_create(&pki)?,
+    };
+    let directive_key = trust::sign::KeyPair::load_or_create(&pki.join("directive.key"))?;
+    // The server certificate is re-issued at every start (and lives a year).
+    let (server_cert, server_key) =
+        ca.issue_server(&config.server_names, Duration::from_secs(365 * 24 * 3600))?;
+    bootstrap_admin(&store, &config.data_dir).await?;
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(server_cert, server_key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(&ca.cert_pem))
+        // Enrollment comes without a certificate; every other agent call checks it.
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10));
     let ctx = Arc::new(Ctx {
         store,
         blobs,
         hub: Hub::new(),
+        ca,
+        directive_key,
+        agent_cert_ttl: config.agent_cert_ttl,
+        join_token_ttl: config.join_token_ttl,
+        directive_ttl: config.directive_ttl,
         heartbeat_secs: config.heartbeat_secs,
         max_blob_bytes: config.max_blob_bytes,
         shutdown: shutdown.clone(),
     });
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "controller listening");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), ca_pin = %ctx.ca.pin(), "controller listening (TLS)");
 
     let limit = proto::MAX_MESSAGE_BYTES;
-    let releases = ReleasesServer::new(grpc::releases::ReleasesService { ctx: ctx.clone() })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let deployments =
-        DeploymentsServer::new(grpc::deployments::DeploymentsService { ctx: ctx.clone() })
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
     let agents = AgentsServer::new(grpc::agents::AgentsService { ctx: ctx.clone() })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(releases)
-        .add_service(deployments)
+    let enrollment = EnrollmentServer::new(grpc::enrollment::EnrollmentService { ctx: ctx.clone() })
+        .max_decoding_message_size(64 * 1024);
+    let tls_server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(agents)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled(),
-        )
-        .await?;
+        .add_service(enrollment);
+    let tls_server = add_api(tls_server, &ctx).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        shutdown.cancelled(),
+    );
+    match plaintext {
+        Some(plain) => {
+            let plain_addr = plain.local_addr()?;
+            anyhow::ensure!(
+                plain_addr.ip().is_loopback(),
+                "plaintext is served on loopback only, not on {plain_addr}"
+            );
+            tracing::warn!(addr = %plain_addr, "also serving slipctl in plaintext on loopback (no agent calls)");
+            let plain_server = add_api(
+                tonic::transport::Server::builder().add_routes(tonic::service::Routes::default()),
+                &ctx,
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(plain),
+                shutdown.cancelled(),
+            );
+            tokio::try_join!(tls_server, plain_server)?;
+        }
+        None => tls_server.await?,
+    }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// The services slipctl and CI call (Releases, Deployments, Admin).
+fn add_api(router: tonic::transport::server::Router, ctx: &grpc::SharedCtx) -> tonic::transport::server::Router {
+    let limit = proto::MAX_MESSAGE_BYTES;
+    router
+        .add_service(
+            ReleasesServer::new(grpc::releases::ReleasesService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            DeploymentsServer::new(grpc::deployments::DeploymentsService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(AdminServer::new(grpc::admin::AdminService { ctx: ctx.clone() }))
 }

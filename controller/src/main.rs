@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,28 @@ struct Args {
     /// Largest release blob accepted, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_blob_bytes: u64,
+    /// A DNS name or IP the controller's certificate holds (repeatable; agents and
+    /// slipctl connect by one of them). Default: localhost, 127.0.0.1, ::1.
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// Operator-provided CA certificate (PEM); default: a CA made under DATA_DIR/pki.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Key of --ca-cert (PEM).
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of agent certificates; agents renew at two thirds of it.
+    #[arg(long, default_value_t = 24 * 3600)]
+    agent_cert_ttl_secs: u64,
+    /// Default lifetime of join tokens from `slipctl hosts add`.
+    #[arg(long, default_value_t = 3600)]
+    join_token_ttl_secs: u64,
+    /// How long a directive sent to a host stays valid for new installs.
+    #[arg(long, default_value_t = 3600)]
+    directive_ttl_secs: u64,
+    /// Also serve slipctl (not agents) in plaintext here; loopback addresses only.
+    #[arg(long, value_name = "ADDR")]
+    plaintext_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -54,14 +77,33 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
         };
+        let plaintext = match &args.plaintext_listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) if l.local_addr().is_ok_and(|a| a.ip().is_loopback()) => Some(l),
+                Ok(_) => {
+                    eprintln!("error: --plaintext-listen {addr}: plaintext is allowed on loopback addresses only");
+                    return ExitCode::from(64);
+                }
+                Err(e) => {
+                    eprintln!("error: listen on {addr}: {e}");
+                    return ExitCode::from(64);
+                }
+            },
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        let config = controller::Config {
-            data_dir: args.data_dir,
-            heartbeat_secs: args.heartbeat_secs.max(1),
-            max_blob_bytes: args.max_blob_bytes,
-        };
-        match controller::run(config, listener, shutdown).await {
+        let mut config = controller::Config::new(args.data_dir);
+        config.heartbeat_secs = args.heartbeat_secs.max(1);
+        config.max_blob_bytes = args.max_blob_bytes;
+        if !args.server_names.is_empty() {
+            config.server_names = args.server_names;
+        }
+        config.ca = args.ca_cert.zip(args.ca_key);
+        config.agent_cert_ttl = Duration::from_secs(args.agent_cert_ttl_secs.max(60));
+        config.join_token_ttl = Duration::from_secs(args.join_token_ttl_secs.max(1));
+        config.directive_ttl = Duration::from_secs(args.directive_ttl_secs.max(1));
+        match controller::run(config, listener, plaintext, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "controller failed");

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Publish releases, deploy them, promote them to production, and see the fleet",
     after_help = "Exit codes: 0 ok, 1 operation failed, 2 usage error, 3 controller unreachable.\n\n\
-Example:\n  export SLIPWAY_CONTROLLER=http://127.0.0.1:7400\n  slipctl publish ./build --app web --version 1.4.2\n  slipctl deploy web 1.4.2 --env preprod\n  slipctl promote web --from preprod --to prod\n  slipctl status"
+Example:\n  export SLIPWAY_CONTROLLER=https://127.0.0.1:7400 SLIPWAY_CA_CERT=ca.pem SLIPWAY_TOKEN=swt_…\n  slipctl publish ./build --app web --version 1.4.2\n  slipctl deploy web 1.4.2 --env preprod\n  slipctl promote web --from preprod --to prod\n  slipctl status"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -26,9 +26,15 @@ pub struct Global {
         long,
         global = true,
         env = "SLIPWAY_CONTROLLER",
-        default_value = "http://127.0.0.1:7400"
+        default_value = "https://127.0.0.1:7400"
     )]
     pub controller: String,
+    /// The controller's CA certificate (its DATA_DIR/pki/ca.pem), for https.
+    #[arg(long, global = true, env = "SLIPWAY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// File holding the API token (`$SLIPWAY_TOKEN` wins when set).
+    #[arg(long, global = true, env = "SLIPWAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Tenant to act on.
     #[arg(long, global = true, env = "SLIPWAY_TENANT", default_value = "default")]
     pub tenant: String,
@@ -63,6 +69,9 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         /// Publish even though the git checkout has uncommitted changes (no commit is recorded then).
         #[arg(long)]
         allow_dirty: bool,
+        /// Sign the release with this publisher key (from `slipctl keys generate`).
+        #[arg(long, value_name = "KEY_FILE")]
+        sign: Option<PathBuf>,
     },
     /// Set the release APP should run in an environment.
     #[command(after_help = "Example:\n  slipctl deploy web 1.4.2 --env preprod --wait")]
@@ -71,6 +80,9 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         version: String,
         #[arg(long)]
         env: String,
+        /// Authorize an older release than hosts run, signed with this publisher key.
+        #[arg(long, value_name = "KEY_FILE")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         wait: Wait,
     },
@@ -95,6 +107,10 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         env: String,
         #[arg(long)]
         to: Option<String>,
+        /// Sign the rollback with this publisher key: hosts that enforce release
+        /// signatures refuse an older release without it. Needs --to.
+        #[arg(long, value_name = "KEY_FILE", requires = "to")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         wait: Wait,
     },
@@ -138,4 +154,80 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
     /// List the tenant's environments.
     #[command(after_help = "Example:\n  slipctl envs")]
     Envs,
+    /// Hosts of the tenant; add one (prints its join token) or revoke one.
+    #[command(
+        after_help = "Example:\n  slipctl hosts --env prod\n  slipctl hosts add web-1 --env prod\n  slipctl hosts revoke web-1"
+    )]
+    Hosts {
+        #[command(subcommand)]
+        command: Option<HostsCommand>,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// API tokens of the tenant (admin).
+    #[command(
+        after_help = "Example:\n  slipctl tokens create ci --role publisher --role deployer\n  slipctl tokens list\n  slipctl tokens revoke ci"
+    )]
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Publisher signing keys.
+    #[command(after_help = "Example:\n  slipctl keys generate --out release.key")]
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostsCommand {
+    /// Register HOST in an environment and print its one-time join token.
+    #[command(after_help = "Example:\n  slipctl hosts add web-1 --env prod --ttl 900")]
+    Add {
+        host: String,
+        #[arg(long)]
+        env: String,
+        /// Seconds the join token stays valid (default: the controller's, 1 h).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Cut a host off: its certificate stops working on its next call.
+    #[command(after_help = "Example:\n  slipctl hosts revoke web-1")]
+    Revoke { host: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create a token; it is printed once and only its hash is kept.
+    #[command(
+        after_help = "Roles: viewer (read), publisher (publish), deployer (non-production changes),\npromoter (production changes), admin (everything, tokens and hosts).\n\nExample:\n  slipctl tokens create ci --role publisher --role deployer"
+    )]
+    Create {
+        name: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  slipctl tokens list --json")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name or id.
+    #[command(after_help = "Example:\n  slipctl tokens revoke ci")]
+    Revoke { token: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make an ed25519 publisher key: the secret goes to --out (0600), the
+    /// public key is printed for agents' `publisher_keys`.
+    #[command(after_help = "Example:\n  slipctl keys generate --out release.key")]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }

@@ -6,6 +6,7 @@ use proto::v1::{
 };
 use serde::Serialize;
 
+use crate::admin::{hosts, keys, rollback_authorization, tokens};
 use crate::cli::{Cli, Command, Wait};
 use crate::client::{Clients, connect};
 use crate::error::{Result, from_status};
@@ -14,25 +15,35 @@ use crate::status::{ago, status};
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
     let tenant = cli.global.tenant.clone();
-    let mut c = connect(&cli.global.controller).await?;
+    if let Command::Keys { command } = cli.command {
+        return keys(command);
+    }
+    let mut c = connect(&cli.global).await?;
     match cli.command {
         Command::Publish {
             dir,
             app,
             version,
             allow_dirty,
-        } => publish(&mut c, &tenant, &dir, &app, &version, allow_dirty).await,
+            sign,
+        } => publish(&mut c, &tenant, &dir, &app, &version, allow_dirty, sign.as_deref()).await,
         Command::Deploy {
             app,
             version,
             env,
+            sign,
             wait,
         } => {
+            let authorization = match sign {
+                Some(key) => rollback_authorization(&mut c, &tenant, &app, &env, &version, &key).await?,
+                None => Vec::new(),
+            };
             let req = DeployRequest {
                 tenant: tenant.clone(),
                 app,
                 version,
                 environment: env,
+                authorization,
             };
             let r = c
                 .deployments
@@ -65,12 +76,24 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             println!("  same artifact as {from}: {}", r.manifest_digest);
             follow(&mut c, &tenant, &r, wait).await
         }
-        Command::Rollback { app, env, to, wait } => {
+        Command::Rollback {
+            app,
+            env,
+            to,
+            sign,
+            wait,
+        } => {
+            let to = to.unwrap_or_default();
+            let authorization = match sign {
+                Some(key) => rollback_authorization(&mut c, &tenant, &app, &env, &to, &key).await?,
+                None => Vec::new(),
+            };
             let req = RollbackRequest {
                 tenant: tenant.clone(),
                 app,
                 environment: env,
-                to_version: to.unwrap_or_default(),
+                to_version: to,
+                authorization,
             };
             let r = c
                 .deployments
@@ -114,6 +137,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Hosts { command, env, json } => hosts(&mut c, tenant, command, env, json).await,
+        Command::Tokens { command } => tokens(&mut c, tenant, command).await,
+        Command::Keys { .. } => unreachable!("handled before connecting"),
     }
 }
 
@@ -159,6 +185,8 @@ struct ReleaseJson {
     entries: u32,
     git_commit: String,
     created_at: i64,
+    counter: u64,
+    signed_by: Vec<String>,
     desired_in: Vec<String>,
 }
 
@@ -187,6 +215,8 @@ async fn releases(c: &mut Clients, tenant: String, app: String, json: bool) -> R
             entries: rel.entries,
             git_commit: rel.git_commit,
             created_at: rel.created_at,
+            counter: rel.counter,
+            signed_by: rel.signed_by,
         })
         .collect();
     if json {

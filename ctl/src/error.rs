@@ -9,6 +9,8 @@ pub enum CtlError {
     Failed(String),
     /// The controller could not be reached.
     Unreachable(String),
+    /// Bad local setup or arguments (a missing CA file, a malformed token).
+    Usage(String),
 }
 
 impl CtlError {
@@ -16,6 +18,7 @@ impl CtlError {
         match self {
             CtlError::Failed(_) => 1,
             CtlError::Unreachable(_) => 3,
+            CtlError::Usage(_) => 2,
         }
     }
 }
@@ -23,7 +26,7 @@ impl CtlError {
 impl fmt::Display for CtlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CtlError::Failed(m) | CtlError::Unreachable(m) => f.write_str(m),
+            CtlError::Failed(m) | CtlError::Unreachable(m) | CtlError::Usage(m) => f.write_str(m),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! error to a documented exit code (0 ok, 1 operation failed, 2 usage,
 //! 3 controller unreachable).
 
+mod admin;
 mod cli;
 mod client;
 mod commands;

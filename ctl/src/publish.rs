@@ -77,7 +77,12 @@ pub async fn publish(
     app: &str,
     version: &str,
     allow_dirty: bool,
+    sign: Option<&Path>,
 ) -> Result<()> {
+    let key = sign
+        .map(trust::sign::KeyPair::load)
+        .transpose()
+        .map_err(|e| CtlError::Usage(e.to_string()))?;
     validate_name(NameKind::App, app).map_err(|e| failed(e.to_string()))?;
     validate_name(NameKind::Version, version).map_err(|e| failed(e.to_string()))?;
     if !dir.is_dir() {
@@ -121,11 +126,30 @@ pub async fn publish(
         false
     };
 
+    // A signed release names its counter: one above the app's highest so far.
+    let (counter, signatures) = match &key {
+        None => (0, Vec::new()),
+        Some(key) => {
+            let counter = crate::admin::highest_counter(c, tenant, app).await? + 1;
+            let digest = manifest.digest().to_string();
+            let statement = trust::sign::ReleaseStatement {
+                tenant,
+                app,
+                version,
+                counter,
+                manifest_digest: &digest,
+            };
+            let s = key.sign(&statement.bytes());
+            (counter, vec![proto::v1::Signature { key: s.key, sig: s.sig }])
+        }
+    };
     let resp = c
         .releases
         .create_release(CreateReleaseRequest {
             tenant: tenant.into(),
             manifest: manifest.to_canonical_bytes(),
+            counter,
+            signatures,
         })
         .await
         .map_err(|s| from_status(&c.url, s))?
@@ -145,6 +169,10 @@ pub async fn publish(
     println!("  release  {}", release.manifest_digest);
     println!("  blob     {digest} ({}, {how})", human_bytes(size));
     println!("  entries  {}", release.entries);
+    println!("  counter  {}", release.counter);
+    for k in &release.signed_by {
+        println!("  signed   {k}");
+    }
     if !release.git_commit.is_empty() {
         println!("  commit   {}", release.git_commit);
     }

@@ -67,6 +67,9 @@ impl AppRunner {
             Ok(m) => m,
             Err(why) => return self.refuse(&target, "verify", why),
         };
+        if let Err(why) = self.verify_signatures(d) {
+            return self.refuse(&target, "verify", why);
+        }
         let _lock = match AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await {
             Ok(l) => l,
             Err(e) => return Outcome::Transient(e.to_string()),
@@ -127,6 +130,7 @@ impl AppRunner {
         self.status
             .installed
             .insert(version.clone(), d.manifest_digest.clone());
+        self.status.counters.insert(version.clone(), d.counter);
         self.publish();
         self.log(
             &version,
@@ -366,6 +370,70 @@ impl AppRunner {
             return Err("manifest does not describe the desired release".into());
         }
         Ok(m)
+    }
+
+    /// With `[trust] publisher_keys`: the release must be signed by enough
+    /// distinct trusted keys, and one older than what runs (lower counter) also
+    /// needs an operator-signed rollback authorization for this environment.
+    pub(super) fn verify_signatures(&self, d: &DesiredApp) -> Result<(), String> {
+        let policy = &self.cfg.trust;
+        if !policy.enforced() {
+            return Ok(());
+        }
+        let sigs = |list: &[proto::v1::Signature]| -> Vec<trust::sign::Signature> {
+            list.iter()
+                .map(|s| trust::sign::Signature {
+                    key: s.key.clone(),
+                    sig: s.sig.clone(),
+                })
+                .collect()
+        };
+        let release = trust::sign::ReleaseStatement {
+            tenant: &d.tenant,
+            app: &self.name,
+            version: &d.version,
+            counter: d.counter,
+            manifest_digest: &d.manifest_digest,
+        };
+        let valid = trust::sign::count_trusted(
+            &release.bytes(),
+            &sigs(&d.release_signatures),
+            &policy.publisher_keys,
+        );
+        if valid < policy.signatures_required {
+            return Err(format!(
+                "release is signed by {valid} trusted publisher key(s); {} required",
+                policy.signatures_required
+            ));
+        }
+        let running = self
+            .status
+            .running_version
+            .as_ref()
+            .and_then(|v| self.status.counters.get(v))
+            .copied()
+            .unwrap_or(0);
+        if d.counter < running {
+            let rollback = trust::sign::RollbackStatement {
+                tenant: &d.tenant,
+                app: &self.name,
+                environment: &d.environment,
+                version: &d.version,
+                manifest_digest: &d.manifest_digest,
+            };
+            let valid = trust::sign::count_trusted(
+                &rollback.bytes(),
+                &sigs(&d.rollback_authorization),
+                &policy.publisher_keys,
+            );
+            if valid < policy.signatures_required {
+                return Err(format!(
+                    "downgrade refused: release counter {} is below the running release's {running}; going back needs an operator-signed rollback (slipctl rollback --to {} --sign KEY)",
+                    d.counter, d.version
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn set_state(&mut self, state: State) {

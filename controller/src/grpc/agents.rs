@@ -10,7 +10,8 @@ use artifact::{Digest, NameKind, validate_name};
 use proto::v1::agents_server::Agents;
 use proto::v1::{
     AgentMessage, AppReport, BlobChunk, ControllerMessage, DesiredApp, DesiredState,
-    FetchBlobRequest, Hello, Welcome, agent_message, controller_message,
+    EnrollResponse, FetchBlobRequest, Hello, RenewRequest, Welcome, agent_message,
+    controller_message,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
@@ -19,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::SharedCtx;
+use crate::auth::{self, AgentId};
 use crate::error::ControllerError;
 use crate::store::HostAppReport;
 
@@ -78,41 +80,36 @@ struct SessionHost {
 }
 
 impl AgentsService {
-    async fn accept_hello(&self, hello: Hello) -> Result<SessionHost, Status> {
+    /// Accepts a hello from the host `id` (its certificate): what the agent
+    /// says about itself must agree with it, and never overrides it.
+    async fn accept_hello(&self, hello: Hello, id: AgentId) -> Result<SessionHost, Status> {
         let store = &self.ctx.store;
-        let tenant = super::tenant_of(&hello.tenant)?;
-        validate_name(NameKind::Host, &hello.host)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        validate_name(NameKind::Environment, &hello.environment)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for (what, said, is) in [
+            ("host", &hello.host, &id.host),
+            ("tenant", &hello.tenant, &id.tenant),
+            ("environment", &hello.environment, &id.environment),
+        ] {
+            if !said.is_empty() && said != is {
+                return Err(Status::permission_denied(format!(
+                    "this agent's certificate is for {what} {is:?}, but its config says {said:?}"
+                )));
+            }
+        }
+        let AgentId {
+            tenant,
+            host: hello_host,
+            environment: hello_env,
+        } = id;
         if hello.apps.len() > MAX_APPS_PER_HOST {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_APPS_PER_HOST} apps per host"
             )));
         }
-        if !store
-            .tenant_exists(&tenant)
-            .await
-            .map_err(ControllerError::from)?
-        {
-            return Err(Status::not_found(format!("unknown tenant {tenant:?}")));
-        }
-        if store
-            .environment(&tenant, &hello.environment)
-            .await
-            .map_err(ControllerError::from)?
-            .is_none()
-        {
-            return Err(Status::not_found(format!(
-                "unknown environment {:?} for tenant {tenant:?}",
-                hello.environment
-            )));
-        }
         store
             .upsert_host(
                 &tenant,
-                &hello.host,
-                &hello.environment,
+                &hello_host,
+                &hello_env,
                 &bounded(hello.agent_version),
             )
             .await
@@ -122,18 +119,18 @@ impl AgentsService {
             let report = report_from_proto(r)?;
             apps.push(report.app.clone());
             store
-                .record_report(&tenant, &hello.host, &report)
+                .record_report(&tenant, &hello_host, &report)
                 .await
                 .map_err(ControllerError::from)?;
         }
         store
-            .retain_host_apps(&tenant, &hello.host, &apps)
+            .retain_host_apps(&tenant, &hello_host, &apps)
             .await
             .map_err(ControllerError::from)?;
         Ok(SessionHost {
             tenant,
-            host: hello.host,
-            environment: hello.environment,
+            host: hello_host,
+            environment: hello_env,
             apps,
         })
     }
@@ -154,18 +151,63 @@ impl AgentsService {
                 continue;
             }
             if let Some(d) = store.desired_app(&h.tenant, &h.environment, &app).await? {
-                out.push(DesiredApp {
-                    app: d.app,
-                    version: d.version,
-                    manifest_digest: d.manifest_digest,
-                    blob_digest: d.blob_digest,
-                    blob_size: d.blob_size,
-                    manifest: d.manifest,
-                    generation: d.generation,
-                });
+                out.push(self.signed_directive(h, d).await?);
             }
         }
         Ok(out)
+    }
+}
+
+impl AgentsService {
+    /// The desired release as a directive for this one host: a fresh sequence
+    /// number, an expiry, and the controller's signature over both.
+    async fn signed_directive(
+        &self,
+        h: &SessionHost,
+        d: crate::store::DesiredRow,
+    ) -> Result<DesiredApp, ControllerError> {
+        let sequence = self.ctx.store.next_directive_seq(&h.tenant, &h.host).await?;
+        let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
+        let to_proto = |json: &str| -> Vec<proto::v1::Signature> {
+            serde_json::from_str::<Vec<trust::sign::Signature>>(json)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| proto::v1::Signature { key: s.key, sig: s.sig })
+                .collect()
+        };
+        let rollback_authorization = to_proto(&d.authorization);
+        let directive = trust::sign::Directive {
+            tenant: &h.tenant,
+            host: &h.host,
+            environment: &h.environment,
+            app: &d.app,
+            version: &d.version,
+            manifest_digest: &d.manifest_digest,
+            counter: d.counter,
+            generation: d.generation,
+            sequence,
+            expires_at,
+            rollback_authorized: !rollback_authorization.is_empty(),
+        };
+        let directive_signature = self.ctx.directive_key.sign(&directive.bytes()).sig;
+        Ok(DesiredApp {
+            release_signatures: to_proto(&d.signatures),
+            rollback_authorization,
+            tenant: h.tenant.clone(),
+            host: h.host.clone(),
+            environment: h.environment.clone(),
+            sequence,
+            expires_at,
+            directive_signature,
+            counter: d.counter,
+            app: d.app,
+            version: d.version,
+            manifest_digest: d.manifest_digest,
+            blob_digest: d.blob_digest,
+            blob_size: d.blob_size,
+            manifest: d.manifest,
+            generation: d.generation,
+        })
     }
 }
 
@@ -179,6 +221,7 @@ impl Agents for AgentsService {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let id = auth::agent(&self.ctx, &req).await?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -189,7 +232,7 @@ impl Agents for AgentsService {
         else {
             return Err(Status::invalid_argument("a session must start with hello"));
         };
-        let host = self.accept_hello(hello).await?;
+        let host = self.accept_hello(hello, id).await?;
         let session_id = self.ctx.hub.connect(&host.tenant, &host.host);
         tracing::info!(tenant = %host.tenant, host = %host.host, env = %host.environment, %peer, "agent connected");
 
@@ -284,13 +327,15 @@ impl Agents for AgentsService {
         &self,
         req: Request<FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let id = auth::agent(&self.ctx, &req).await?;
         let req = req.into_inner();
         let digest =
             Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Through the tenant's own link only: another tenant's blob is "missing".
         let size = self
             .ctx
             .store
-            .blob_size(&req.digest)
+            .tenant_blob_size(&id.tenant, &req.digest)
             .await
             .map_err(ControllerError::from)?
             .ok_or_else(|| Status::not_found(format!("no blob {digest}")))?;
@@ -332,5 +377,16 @@ impl Agents for AgentsService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<RenewRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let id = auth::agent(&self.ctx, &req).await?;
+        let csr = req.into_inner().csr_pem;
+        let resp = super::enrollment::issue(&self.ctx, &id, &csr).await?;
+        tracing::info!(tenant = %id.tenant, host = %id.host, not_after = resp.not_after, "agent certificate renewed");
+        Ok(Response::new(resp))
     }
 }

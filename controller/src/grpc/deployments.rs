@@ -9,17 +9,11 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{SharedCtx, caller, tenant_of};
+use super::{Authorized, SharedCtx, Want, authorize};
 use crate::error::{ControllerError, Result};
 
 pub struct DeploymentsService {
     pub ctx: SharedCtx,
-}
-
-/// Who did it and from where, carried into the audit log.
-struct Caller {
-    actor: String,
-    peer: String,
 }
 
 impl DeploymentsService {
@@ -52,6 +46,7 @@ impl DeploymentsService {
         app: &str,
         env: &str,
         version: &str,
+        authorization: &[proto::v1::Signature],
     ) -> Result<DeployResponse> {
         self.check_app_env(tenant, app, env).await?;
         let store = &self.ctx.store;
@@ -65,7 +60,18 @@ impl DeploymentsService {
             .await?
             .map(|(v, _)| v)
             .unwrap_or_default();
-        let generation = store.set_desired(tenant, app, env, version).await?;
+        let statement = trust::sign::RollbackStatement {
+            tenant,
+            app,
+            environment: env,
+            version,
+            manifest_digest: &release.manifest_digest,
+        };
+        let authorization =
+            super::releases::checked_signatures(authorization, &statement.bytes())?;
+        let generation = store
+            .set_desired(tenant, app, env, version, &authorization)
+            .await?;
         self.ctx.hub.desired_changed();
         let connected_hosts = store
             .hosts_in_env(tenant, env)
@@ -87,8 +93,7 @@ impl DeploymentsService {
 
     async fn audited(
         &self,
-        tenant: &str,
-        who: &Caller,
+        who: &Authorized,
         action: &str,
         app: &str,
         env: &str,
@@ -104,23 +109,9 @@ impl DeploymentsService {
             ),
             Err(e) => (String::new(), format!("refused: {e}")),
         };
-        if let Err(e) = self
-            .ctx
-            .store
-            .audit(
-                tenant, &who.actor, action, app, env, &detail, &outcome, &who.peer,
-            )
-            .await
-        {
-            tracing::error!(error = %e, "audit log write failed");
-        }
+        super::audit(&self.ctx, who, action, app, env, &detail, &outcome).await;
         Ok(Response::new(result?))
     }
-}
-
-fn who<T>(req: &Request<T>) -> Caller {
-    let (actor, peer) = caller(req);
-    Caller { actor, peer }
 }
 
 #[tonic::async_trait]
@@ -129,13 +120,14 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<DeployRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let who = who(&req);
+        let r = req.get_ref();
+        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.environment), "deploy", &r.app, &r.environment).await?;
         let r = req.into_inner();
-        let tenant = tenant_of(&r.tenant)?;
+        let tenant = who.tenant.clone();
         let result = self
-            .set_desired(&tenant, &r.app, &r.environment, &r.version)
+            .set_desired(&tenant, &r.app, &r.environment, &r.version, &r.authorization)
             .await;
-        self.audited(&tenant, &who, "deploy", &r.app, &r.environment, result)
+        self.audited(&who, "deploy", &r.app, &r.environment, result)
             .await
     }
 
@@ -143,9 +135,10 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<PromoteRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let who = who(&req);
+        let r = req.get_ref();
+        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.to_environment), "promote", &r.app, &r.to_environment).await?;
         let r = req.into_inner();
-        let tenant = tenant_of(&r.tenant)?;
+        let tenant = who.tenant.clone();
         let result = async {
             if r.from_environment == r.to_environment {
                 return Err(ControllerError::InvalidArgument(
@@ -182,11 +175,11 @@ impl Deployments for DeploymentsService {
                     r.app, version, release.manifest_digest, r.from_environment
                 )));
             }
-            self.set_desired(&tenant, &r.app, &r.to_environment, &version)
+            self.set_desired(&tenant, &r.app, &r.to_environment, &version, &[])
                 .await
         }
         .await;
-        self.audited(&tenant, &who, "promote", &r.app, &r.to_environment, result)
+        self.audited(&who, "promote", &r.app, &r.to_environment, result)
             .await
     }
 
@@ -194,9 +187,10 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<RollbackRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let who = who(&req);
+        let r = req.get_ref();
+        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.environment), "rollback", &r.app, &r.environment).await?;
         let r = req.into_inner();
-        let tenant = tenant_of(&r.tenant)?;
+        let tenant = who.tenant.clone();
         let result = async {
             self.check_app_env(&tenant, &r.app, &r.environment).await?;
             let store = &self.ctx.store;
@@ -222,11 +216,11 @@ impl Deployments for DeploymentsService {
             } else {
                 r.to_version.clone()
             };
-            self.set_desired(&tenant, &r.app, &r.environment, &target)
+            self.set_desired(&tenant, &r.app, &r.environment, &target, &r.authorization)
                 .await
         }
         .await;
-        self.audited(&tenant, &who, "rollback", &r.app, &r.environment, result)
+        self.audited(&who, "rollback", &r.app, &r.environment, result)
             .await
     }
 
@@ -234,9 +228,10 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<RetryRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let who = who(&req);
+        let r = req.get_ref();
+        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.environment), "retry", &r.app, &r.environment).await?;
         let r = req.into_inner();
-        let tenant = tenant_of(&r.tenant)?;
+        let tenant = who.tenant.clone();
         let result = async {
             self.check_app_env(&tenant, &r.app, &r.environment).await?;
             let (version, _) = self
@@ -250,12 +245,23 @@ impl Deployments for DeploymentsService {
                         r.app, r.environment
                     ))
                 })?;
-            // Same release, new generation: hosts that refused it try once more.
-            self.set_desired(&tenant, &r.app, &r.environment, &version)
+            // Same release (and authorization), new generation: hosts that
+            // refused it try once more.
+            let authorization: Vec<proto::v1::Signature> = self
+                .ctx
+                .store
+                .desired_app(&tenant, &r.environment, &r.app)
+                .await?
+                .and_then(|d| serde_json::from_str::<Vec<trust::sign::Signature>>(&d.authorization).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| proto::v1::Signature { key: s.key, sig: s.sig })
+                .collect();
+            self.set_desired(&tenant, &r.app, &r.environment, &version, &authorization)
                 .await
         }
         .await;
-        self.audited(&tenant, &who, "retry", &r.app, &r.environment, result)
+        self.audited(&who, "retry", &r.app, &r.environment, result)
             .await
     }
 
@@ -263,8 +269,9 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<FleetStatusRequest>,
     ) -> std::result::Result<Response<FleetStatusResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let tenant = who.tenant;
         let r = req.into_inner();
-        let tenant = tenant_of(&r.tenant)?;
         let rows = self
             .ctx
             .store
@@ -299,8 +306,9 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<HistoryRequest>,
     ) -> std::result::Result<Response<HistoryResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let tenant = who.tenant;
         let r = req.into_inner();
-        let tenant = tenant_of(&r.tenant)?;
         let limit = if r.limit == 0 { 50 } else { r.limit.min(1000) };
         let rows = self
             .ctx
@@ -328,7 +336,8 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<ListEnvironmentsRequest>,
     ) -> std::result::Result<Response<ListEnvironmentsResponse>, Status> {
-        let tenant = tenant_of(&req.into_inner().tenant)?;
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let tenant = who.tenant;
         let envs = self
             .ctx
             .store

@@ -1,14 +1,19 @@
-//! The gRPC edge: the only place that touches prost types. Each service converts
-//! requests to store calls and domain errors to `tonic::Status`.
+//! The gRPC edge: the only place that touches prost types. Each service
+//! authorizes the caller, converts requests to store calls and domain errors to
+//! `tonic::Status`.
 
+pub mod admin;
 pub mod agents;
 pub mod deployments;
+pub mod enrollment;
 pub mod releases;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tonic::Request;
+use tonic::{Request, Status};
 
+use crate::auth::{self, Need, Principal};
 use crate::blobs::BlobStore;
 use crate::hub::Hub;
 use crate::store::Store;
@@ -18,6 +23,12 @@ pub struct Ctx {
     pub store: Store,
     pub blobs: BlobStore,
     pub hub: Hub,
+    pub ca: trust::pki::Ca,
+    /// Signs every directive sent to a host.
+    pub directive_key: trust::sign::KeyPair,
+    pub agent_cert_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub directive_ttl: Duration,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -25,22 +36,128 @@ pub struct Ctx {
 
 pub type SharedCtx = Arc<Ctx>;
 
-/// Who asked (`x-slipway-actor`, set by slipctl) and from where, for the audit log.
-/// Until API tokens land, the actor is self-declared.
-pub fn caller<T>(req: &Request<T>) -> (String, String) {
-    let actor = req
-        .metadata()
-        .get("x-slipway-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(128).collect::<String>())
-        .unwrap_or_else(|| "unknown".into());
-    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-    (actor, peer)
-}
-
 /// The tenant of a request, "default" when empty.
 pub fn tenant_of(t: &str) -> Result<String, crate::error::ControllerError> {
     let t = if t.is_empty() { "default" } else { t };
     artifact::validate_name(artifact::NameKind::Tenant, t)?;
     Ok(t.to_string())
+}
+
+/// What a call wants to do.
+pub enum Want<'a> {
+    Read,
+    Publish,
+    Admin,
+    /// Change desired state in this environment (production needs `promoter`).
+    ChangeIn(&'a str),
+}
+
+/// An authorized caller, with the tenant the call acts on.
+pub struct Authorized {
+    pub principal: Principal,
+    pub tenant: String,
+    pub peer: String,
+}
+
+impl Authorized {
+    pub fn actor(&self) -> String {
+        self.principal.actor()
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> String {
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// Authenticates the API token, resolves the tenant (the token's when the
+/// request names none) and checks the role `want` needs. A refused mutation is
+/// written to the audit log with who tried and from where.
+pub async fn authorize<T>(
+    ctx: &Ctx,
+    req: &Request<T>,
+    tenant: &str,
+    want: Want<'_>,
+    action: &str,
+    app: &str,
+    env: &str,
+) -> Result<Authorized, Status> {
+    let peer = peer(req);
+    let mut actor = "unauthenticated".to_string();
+    let mut need = match want {
+        Want::Read => Need::Read,
+        Want::Publish => Need::Publish,
+        Want::Admin => Need::Admin,
+        Want::ChangeIn(_) => Need::Change { production: true },
+    };
+    let result: Result<(Principal, String), Status> = async {
+        let principal = auth::authenticate(ctx, req).await?;
+        actor = principal.actor();
+        let tenant = if tenant.is_empty() {
+            principal.tenant.clone()
+        } else {
+            tenant_of(tenant)?
+        };
+        if let Want::ChangeIn(env) = want {
+            let production = ctx
+                .store
+                .environment(&tenant, env)
+                .await
+                .map_err(crate::error::ControllerError::from)?
+                .unwrap_or(false);
+            need = Need::Change { production };
+        }
+        principal.check(&tenant, need)?;
+        Ok((principal, tenant))
+    }
+    .await;
+    match result {
+        Ok((principal, tenant)) => Ok(Authorized {
+            principal,
+            tenant,
+            peer,
+        }),
+        Err(status) => {
+            if need.is_mutation() {
+                let audit_tenant = tenant_of(tenant).unwrap_or_else(|_| "default".into());
+                let outcome = format!("refused: {}", status.message());
+                if let Err(e) = ctx
+                    .store
+                    .audit(&audit_tenant, &actor, action, app, env, "", &outcome, &peer)
+                    .await
+                {
+                    tracing::error!(error = %e, "audit log write failed");
+                }
+                tracing::warn!(%actor, action, app, env, %peer, reason = %status.message(), "refused");
+            }
+            Err(status)
+        }
+    }
+}
+
+/// Writes one audit row for an authorized caller's mutation.
+pub async fn audit(
+    ctx: &Ctx,
+    who: &Authorized,
+    action: &str,
+    app: &str,
+    env: &str,
+    detail: &str,
+    outcome: &str,
+) {
+    if let Err(e) = ctx
+        .store
+        .audit(
+            &who.tenant,
+            &who.actor(),
+            action,
+            app,
+            env,
+            detail,
+            outcome,
+            &who.peer,
+        )
+        .await
+    {
+        tracing::error!(error = %e, "audit log write failed");
+    }
 }

@@ -9,7 +9,7 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{SharedCtx, caller, tenant_of};
+use super::{SharedCtx, Want, audit, authorize};
 use crate::error::ControllerError;
 use crate::store::{ReleaseRow, now};
 
@@ -34,7 +34,45 @@ fn release_to_proto(r: ReleaseRow) -> Release {
         git_commit: r.git_commit.unwrap_or_default(),
         created_at: r.created_at,
         entries: r.entries,
+        counter: r.counter,
+        signed_by: serde_json::from_str::<Vec<trust::sign::Signature>>(&r.signatures)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.key)
+            .collect(),
     }
+}
+
+/// Most signatures a release or an authorization may carry.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// Checks every signature over `payload` (a bad one is refused, not dropped)
+/// and returns them as stored JSON.
+pub fn checked_signatures(
+    sigs: &[proto::v1::Signature],
+    payload: &[u8],
+) -> Result<String, ControllerError> {
+    if sigs.len() > MAX_SIGNATURES {
+        return Err(ControllerError::InvalidArgument(format!(
+            "at most {MAX_SIGNATURES} signatures"
+        )));
+    }
+    let mut out = Vec::new();
+    for s in sigs {
+        let key = trust::sign::parse_public(&s.key)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        if !trust::sign::verify(&key, payload, &s.sig) {
+            return Err(ControllerError::InvalidArgument(format!(
+                "the signature by {} does not verify for this release",
+                s.key
+            )));
+        }
+        out.push(trust::sign::Signature {
+            key: s.key.clone(),
+            sig: s.sig.clone(),
+        });
+    }
+    Ok(serde_json::to_string(&out).expect("signatures serialize"))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ControllerError> {
@@ -47,6 +85,7 @@ impl Releases for ReleasesService {
         &self,
         req: Request<MissingBlobsRequest>,
     ) -> Result<Response<MissingBlobsResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Publish, "upload", "", "").await?;
         let req = req.into_inner();
         if req.digests.len() > MAX_DIGESTS_PER_QUERY {
             return Err(Status::invalid_argument(format!(
@@ -59,7 +98,7 @@ impl Releases for ReleasesService {
             let known = self
                 .ctx
                 .store
-                .blob_size(&d)
+                .tenant_blob_size(&who.tenant, &d)
                 .await
                 .map_err(ControllerError::from)?
                 .is_some();
@@ -74,7 +113,7 @@ impl Releases for ReleasesService {
         &self,
         req: Request<Streaming<UploadBlobRequest>>,
     ) -> Result<Response<UploadBlobResponse>, Status> {
-        let (actor, peer) = caller(&req);
+        let who = authorize(&self.ctx, &req, "", Want::Publish, "upload", "", "").await?;
         let mut stream = req.into_inner();
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty upload"));
@@ -82,7 +121,12 @@ impl Releases for ReleasesService {
         let Some(upload_blob_request::Part::Header(header)) = first.part else {
             return Err(Status::invalid_argument("upload must start with a header"));
         };
-        let tenant = tenant_of(&header.tenant)?;
+        if !header.tenant.is_empty() && header.tenant != who.tenant {
+            return Err(Status::permission_denied(format!(
+                "this token is for tenant {:?}, not {:?}",
+                who.tenant, header.tenant
+            )));
+        }
         let digest = parse_digest(&header.digest)?;
         if header.size > self.ctx.max_blob_bytes {
             return Err(Status::invalid_argument(format!(
@@ -94,7 +138,7 @@ impl Releases for ReleasesService {
             && self
                 .ctx
                 .store
-                .blob_size(&header.digest)
+                .tenant_blob_size(&who.tenant, &header.digest)
                 .await
                 .map_err(ControllerError::from)?
                 .is_some()
@@ -128,24 +172,15 @@ impl Releases for ReleasesService {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("refused: {e}"),
         };
-        let _ = self
-            .ctx
-            .store
-            .audit(
-                &tenant,
-                &actor,
-                "upload",
-                "",
-                "",
-                &digest.to_string(),
-                &outcome,
-                &peer,
-            )
-            .await;
+        audit(&self.ctx, &who, "upload", "", "", &digest.to_string(), &outcome).await;
         let size = result.map_err(ControllerError::from)?;
-        self.ctx
-            .store
+        let store = &self.ctx.store;
+        store
             .insert_blob(&header.digest, size)
+            .await
+            .map_err(ControllerError::from)?;
+        store
+            .link_blob(&who.tenant, &header.digest)
             .await
             .map_err(ControllerError::from)?;
         tracing::info!(digest = %digest, size, "blob stored");
@@ -160,9 +195,9 @@ impl Releases for ReleasesService {
         &self,
         req: Request<CreateReleaseRequest>,
     ) -> Result<Response<CreateReleaseResponse>, Status> {
-        let (actor, peer) = caller(&req);
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Publish, "publish", "", "").await?;
         let req = req.into_inner();
-        let tenant = tenant_of(&req.tenant)?;
+        let tenant = who.tenant.clone();
         let parsed = Manifest::from_canonical_bytes(&req.manifest, MAX_ENTRIES, MAX_CONTENT_BYTES)
             .map_err(|e| ControllerError::InvalidArgument(format!("invalid manifest: {e}")));
         let (app, version) = match &parsed {
@@ -170,7 +205,10 @@ impl Releases for ReleasesService {
             Err(_) => (String::new(), String::new()),
         };
         let result = match parsed {
-            Ok(m) => self.create(&tenant, &m, &req.manifest).await,
+            Ok(m) => {
+                self.create(&tenant, &m, &req.manifest, req.counter, &req.signatures)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -178,13 +216,7 @@ impl Releases for ReleasesService {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("refused: {e}"),
         };
-        let _ = self
-            .ctx
-            .store
-            .audit(
-                &tenant, &actor, "publish", &app, "", &version, &outcome, &peer,
-            )
-            .await;
+        audit(&self.ctx, &who, "publish", &app, "", &version, &outcome).await;
         let (release, already_present) = result?;
         Ok(Response::new(CreateReleaseResponse {
             release: Some(release_to_proto(release)),
@@ -196,8 +228,9 @@ impl Releases for ReleasesService {
         &self,
         req: Request<ListReleasesRequest>,
     ) -> Result<Response<ListReleasesResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let tenant = who.tenant;
         let req = req.into_inner();
-        let tenant = tenant_of(&req.tenant)?;
         let store = &self.ctx.store;
         if !store
             .app_exists(&tenant, &req.app)
@@ -244,6 +277,8 @@ impl ReleasesService {
         tenant: &str,
         manifest: &Manifest,
         bytes: &[u8],
+        counter: u64,
+        signatures: &[proto::v1::Signature],
     ) -> Result<(ReleaseRow, bool), ControllerError> {
         let store = &self.ctx.store;
         if !store.tenant_exists(tenant).await? {
@@ -254,7 +289,7 @@ impl ReleasesService {
         let blob = manifest
             .blob_digest()
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-        match store.blob_size(&manifest.blob.digest).await? {
+        match store.tenant_blob_size(tenant, &manifest.blob.digest).await? {
             Some(size) if size == manifest.blob.size && self.ctx.blobs.exists(&blob) => {}
             Some(size) if size != manifest.blob.size => {
                 return Err(ControllerError::InvalidArgument(format!(
@@ -268,6 +303,31 @@ impl ReleasesService {
                 )));
             }
         }
+        if let Some(existing) = store.release(tenant, &manifest.app, &manifest.version).await? {
+            if existing.manifest_digest == manifest.digest().to_string() {
+                return Ok((existing, true));
+            }
+        }
+        let highest = store.max_counter(tenant, &manifest.app).await?;
+        let counter = match counter {
+            0 => highest + 1,
+            c if c <= highest => {
+                return Err(ControllerError::InvalidArgument(format!(
+                    "release counter {c} is not above {}'s highest ({highest})",
+                    manifest.app
+                )));
+            }
+            c => c,
+        };
+        let manifest_digest = manifest.digest().to_string();
+        let statement = trust::sign::ReleaseStatement {
+            tenant,
+            app: &manifest.app,
+            version: &manifest.version,
+            counter,
+            manifest_digest: &manifest_digest,
+        };
+        let signatures = checked_signatures(signatures, &statement.bytes())?;
         let row = ReleaseRow {
             app: manifest.app.clone(),
             version: manifest.version.clone(),
@@ -277,6 +337,8 @@ impl ReleasesService {
             git_commit: manifest.git_commit.clone(),
             entries: manifest.entries.len() as u32,
             created_at: now(),
+            counter,
+            signatures,
         };
         let (stored, existed) = store.insert_release(tenant, &row, bytes).await?;
         if existed && stored.manifest_digest != row.manifest_digest {

@@ -6,6 +6,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod trust;
+
+pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused};
+
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -36,6 +40,9 @@ pub struct ReleaseRow {
     pub git_commit: Option<String>,
     pub entries: u32,
     pub created_at: i64,
+    pub counter: u64,
+    /// Publisher signatures, JSON (`[{"key","sig"}]`).
+    pub signatures: String,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +54,10 @@ pub struct DesiredRow {
     pub blob_digest: String,
     pub blob_size: u64,
     pub manifest: Vec<u8>,
+    pub counter: u64,
+    pub signatures: String,
+    /// Operator rollback authorization, JSON signatures.
+    pub authorization: String,
 }
 
 /// One host's report for one app, as stored.
@@ -189,8 +200,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let inserted = sqlx::query(
-            "INSERT INTO releases (tenant, app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, manifest, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO releases (tenant, app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, manifest, created_at, counter, signatures)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(tenant)
         .bind(&r.app)
@@ -202,6 +213,8 @@ impl Store {
         .bind(r.entries as i64)
         .bind(manifest)
         .bind(r.created_at)
+        .bind(r.counter as i64)
+        .bind(&r.signatures)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -221,7 +234,7 @@ impl Store {
         version: &str,
     ) -> Result<Option<ReleaseRow>> {
         let row = sqlx::query(
-            "SELECT app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at
+            "SELECT app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at, counter, signatures
              FROM releases WHERE tenant = ? AND app = ? AND version = ?",
         )
         .bind(tenant)
@@ -234,7 +247,7 @@ impl Store {
 
     pub async fn releases(&self, tenant: &str, app: &str) -> Result<Vec<ReleaseRow>> {
         let rows = sqlx::query(
-            "SELECT app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at
+            "SELECT app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at, counter, signatures
              FROM releases WHERE tenant = ? AND app = ? ORDER BY created_at DESC, rowid DESC",
         )
         .bind(tenant)
@@ -251,12 +264,14 @@ impl Store {
         app: &str,
         env: &str,
         version: &str,
+        authorization: &str,
     ) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let generation: i64 = sqlx::query(
-            "INSERT INTO desired (tenant, app, environment, version, generation, updated_at) VALUES (?, ?, ?, ?, 1, ?)
+            "INSERT INTO desired (tenant, app, environment, version, generation, updated_at, authorization) VALUES (?, ?, ?, ?, 1, ?, ?)
              ON CONFLICT (tenant, app, environment) DO UPDATE
-               SET version = excluded.version, generation = desired.generation + 1, updated_at = excluded.updated_at
+               SET version = excluded.version, generation = desired.generation + 1, updated_at = excluded.updated_at,
+                   authorization = excluded.authorization
              RETURNING generation",
         )
         .bind(tenant)
@@ -264,6 +279,7 @@ impl Store {
         .bind(env)
         .bind(version)
         .bind(now())
+        .bind(authorization)
         .fetch_one(&mut *tx)
         .await?
         .get(0);
@@ -343,7 +359,8 @@ impl Store {
         app: &str,
     ) -> Result<Option<DesiredRow>> {
         let row = sqlx::query(
-            "SELECT d.app, d.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest
+            "SELECT d.app, d.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest,
+                    r.counter, r.signatures, d.authorization
              FROM desired d JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
              WHERE d.tenant = ? AND d.environment = ? AND d.app = ?",
         )
@@ -360,6 +377,9 @@ impl Store {
             blob_digest: r.get(4),
             blob_size: r.get::<i64, _>(5) as u64,
             manifest: r.get(6),
+            counter: r.get::<i64, _>(7) as u64,
+            signatures: r.get(8),
+            authorization: r.get(9),
         }))
     }
 
@@ -610,6 +630,8 @@ fn release_from_row(r: sqlx::sqlite::SqliteRow) -> ReleaseRow {
         git_commit: r.get(5),
         entries: r.get::<i64, _>(6) as u32,
         created_at: r.get(7),
+        counter: r.get::<i64, _>(8) as u64,
+        signatures: r.get(9),
     }
 }
 
@@ -635,6 +657,8 @@ mod tests {
             git_commit: None,
             entries: 1,
             created_at: now(),
+            counter: 0,
+            signatures: "[]".into(),
         }
     }
 
@@ -673,19 +697,19 @@ mod tests {
             .unwrap();
 
         assert_eq!(
-            s.set_desired("default", "web", "preprod", "1")
+            s.set_desired("default", "web", "preprod", "1", "[]")
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
-            s.set_desired("default", "web", "preprod", "2")
+            s.set_desired("default", "web", "preprod", "2", "[]")
                 .await
                 .unwrap(),
             2
         );
         assert_eq!(
-            s.previous_desired("default", "web", "preprod", "2")
+            s.previous_desired("default", "web", "preprod", "2", "[]")
                 .await
                 .unwrap()
                 .as_deref(),

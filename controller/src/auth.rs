@@ -1,0 +1,181 @@
+//! Who is calling. People and CI present an API token (`authorization: Bearer
+//! swt_…`) whose roles decide what they may do in their tenant; agents present
+//! the client certificate they got at enrollment, and the certificate alone
+//! says which tenant, host and environment they are.
+
+use tonic::{Request, Status};
+
+use crate::grpc::Ctx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Viewer,
+    Publisher,
+    Deployer,
+    Promoter,
+    Admin,
+}
+
+pub const ROLE_NAMES: &str = "viewer, publisher, deployer, promoter, admin";
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "viewer" => Role::Viewer,
+            "publisher" => Role::Publisher,
+            "deployer" => Role::Deployer,
+            "promoter" => Role::Promoter,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Read,
+    Publish,
+    /// Change desired state; `production` for an environment marked production.
+    Change { production: bool },
+    Admin,
+}
+
+impl Need {
+    /// Whether a refusal of this need belongs in the audit log (mutations do).
+    pub fn is_mutation(self) -> bool {
+        self != Need::Read
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Need::Read => "a valid token",
+            Need::Publish => "the publisher role",
+            Need::Change { production: false } => "the deployer or promoter role",
+            Need::Change { production: true } => {
+                "the promoter role (production changes are not for CI tokens)"
+            }
+            Need::Admin => "the admin role",
+        }
+    }
+}
+
+/// A caller authenticated by API token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub token_id: String,
+    pub name: String,
+    pub tenant: String,
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    /// How the audit log names the caller.
+    pub fn actor(&self) -> String {
+        format!("{} (token {})", self.name, self.token_id)
+    }
+
+    pub fn allows(&self, need: Need) -> bool {
+        let has = |r| self.roles.contains(&Role::Admin) || self.roles.contains(&r);
+        match need {
+            Need::Read => true,
+            Need::Publish => has(Role::Publisher),
+            Need::Change { production: false } => has(Role::Deployer) || has(Role::Promoter),
+            Need::Change { production: true } => has(Role::Promoter),
+            Need::Admin => has(Role::Admin),
+        }
+    }
+
+    /// Refuses unless the token is for `tenant` and grants `need`.
+    pub fn check(&self, tenant: &str, need: Need) -> Result<(), Status> {
+        if self.tenant != tenant {
+            return Err(Status::permission_denied(format!(
+                "token {:?} is for tenant {:?}, not {tenant:?}",
+                self.name, self.tenant
+            )));
+        }
+        if !self.allows(need) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} lacks {}",
+                self.name,
+                need.describe()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The caller's API token, checked against its stored hash.
+pub async fn authenticate<T>(ctx: &Ctx, req: &Request<T>) -> Result<Principal, Status> {
+    let Some(value) = req.metadata().get("authorization") else {
+        return Err(Status::unauthenticated(
+            "no API token: set SLIPWAY_TOKEN or --token-file",
+        ));
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
+    let token = trust::secret::ApiToken::parse(text)
+        .map_err(|_| Status::unauthenticated("invalid API token"))?;
+    let row = ctx
+        .store
+        .api_token(&token.id)
+        .await
+        .map_err(crate::error::ControllerError::from)?;
+    let Some(row) = row else {
+        return Err(Status::unauthenticated("invalid API token"));
+    };
+    let hash = trust::secret::hash_secret(&token.secret);
+    if !trust::ct_eq(hash.as_bytes(), row.secret_hash.as_bytes()) {
+        return Err(Status::unauthenticated("invalid API token"));
+    }
+    if row.revoked_at.is_some() {
+        return Err(Status::unauthenticated(format!(
+            "API token {:?} was revoked",
+            row.name
+        )));
+    }
+    Ok(Principal {
+        token_id: row.id,
+        name: row.name,
+        tenant: row.tenant,
+        roles: row.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+    })
+}
+
+/// An agent, as its client certificate says.
+#[derive(Debug, Clone)]
+pub struct AgentId {
+    pub tenant: String,
+    pub host: String,
+    pub environment: String,
+}
+
+pub async fn agent<T>(ctx: &Ctx, req: &Request<T>) -> Result<AgentId, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate is required: enroll this agent with a join token")
+    })?;
+    let cert = certs.first().ok_or_else(|| {
+        Status::unauthenticated("a client certificate is required: enroll this agent with a join token")
+    })?;
+    let fingerprint = trust::pki::fingerprint(cert);
+    let owner = ctx
+        .store
+        .cert_owner(&fingerprint)
+        .await
+        .map_err(crate::error::ControllerError::from)?
+        .ok_or_else(|| Status::unauthenticated("unknown client certificate: enroll again"))?;
+    if owner.revoked {
+        return Err(Status::permission_denied(format!(
+            "host {:?} was revoked",
+            owner.host
+        )));
+    }
+    Ok(AgentId {
+        tenant: owner.tenant,
+        host: owner.host,
+        environment: owner.environment,
+    })
+}

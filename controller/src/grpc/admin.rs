@@ -1,0 +1,232 @@
+//! `Admin`: API tokens and hosts (join tokens, revocation, inventory). Admin
+//! role only, every change audited.
+
+use std::time::Duration;
+
+use artifact::{NameKind, validate_name};
+use proto::v1::admin_server::Admin;
+use proto::v1::{
+    AddHostRequest, AddHostResponse, CreateTokenRequest, CreateTokenResponse, HostInfo,
+    ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, RevokeHostRequest,
+    RevokeHostResponse, RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+};
+use tonic::{Request, Response, Status};
+
+use super::{SharedCtx, Want, audit, authorize};
+use crate::auth::{ROLE_NAMES, Role};
+use crate::error::ControllerError;
+use crate::store::{ApiTokenRow, now};
+
+/// Longest a join token may live.
+const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct AdminService {
+    pub ctx: SharedCtx,
+}
+
+fn token_info(t: ApiTokenRow) -> TokenInfo {
+    TokenInfo {
+        id: t.id,
+        name: t.name,
+        roles: t.roles,
+        created_at: t.created_at,
+        created_by: t.created_by,
+        revoked_at: t.revoked_at.unwrap_or(0),
+    }
+}
+
+fn validate_token_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "invalid token name {:?}: 1-64 of A-Z a-z 0-9 - _ . @",
+            name.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+/// Creates an API token; returns (token text, stored row).
+pub fn new_token(tenant: &str, name: &str, roles: Vec<String>, created_by: &str) -> (String, ApiTokenRow) {
+    let token = trust::secret::ApiToken::generate();
+    let row = ApiTokenRow {
+        id: token.id.clone(),
+        tenant: tenant.into(),
+        name: name.into(),
+        roles,
+        secret_hash: trust::secret::hash_secret(&token.secret),
+        created_at: now(),
+        created_by: created_by.into(),
+        revoked_at: None,
+    };
+    (token.encode(), row)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "token-create", "", "").await?;
+        let r = req.into_inner();
+        validate_token_name(&r.name)?;
+        if r.roles.is_empty() || r.roles.len() > 5 {
+            return Err(Status::invalid_argument(format!("give one or more roles: {ROLE_NAMES}")));
+        }
+        for role in &r.roles {
+            if Role::parse(role).is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "unknown role {role:?} (roles: {ROLE_NAMES})"
+                )));
+            }
+        }
+        let (text, row) = new_token(&who.tenant, &r.name, r.roles.clone(), &who.actor());
+        self.ctx
+            .store
+            .insert_api_token(&row)
+            .await
+            .map_err(ControllerError::from)?;
+        let detail = format!("{} {} [{}]", row.name, row.id, row.roles.join(","));
+        audit(&self.ctx, &who, "token-create", "", "", &detail, "ok").await;
+        Ok(Response::new(CreateTokenResponse {
+            token: text,
+            info: Some(token_info(row)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "token-list", "", "").await?;
+        let rows = self
+            .ctx
+            .store
+            .api_tokens(&who.tenant)
+            .await
+            .map_err(ControllerError::from)?;
+        Ok(Response::new(ListTokensResponse {
+            tokens: rows.into_iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "token-revoke", "", "").await?;
+        let r = req.into_inner();
+        let n = self
+            .ctx
+            .store
+            .revoke_api_token(&who.tenant, &r.token)
+            .await
+            .map_err(ControllerError::from)?;
+        let outcome = if n == 0 { "refused: no such active token" } else { "ok" };
+        audit(&self.ctx, &who, "token-revoke", "", "", &r.token, outcome).await;
+        if n == 0 {
+            return Err(Status::not_found(format!("no active token {:?}", r.token)));
+        }
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn add_host(
+        &self,
+        req: Request<AddHostRequest>,
+    ) -> Result<Response<AddHostResponse>, Status> {
+        let r = req.get_ref();
+        let who = authorize(&self.ctx, &req, &r.tenant, Want::Admin, "host-add", "", &r.environment).await?;
+        let r = req.into_inner();
+        validate_name(NameKind::Host, &r.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let store = &self.ctx.store;
+        if store
+            .environment(&who.tenant, &r.environment)
+            .await
+            .map_err(ControllerError::from)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!("unknown environment {:?}", r.environment)));
+        }
+        let ttl = match r.ttl_secs {
+            0 => self.ctx.join_token_ttl,
+            s => Duration::from_secs(u64::from(s)).min(MAX_JOIN_TTL),
+        };
+        let token = trust::secret::JoinToken::generate(&self.ctx.ca.pin());
+        let expires_at = now() + ttl.as_secs() as i64;
+        store
+            .add_host(
+                &who.tenant,
+                &r.host,
+                &r.environment,
+                &token.id,
+                &trust::secret::hash_secret(&token.secret),
+                expires_at,
+                &who.actor(),
+            )
+            .await
+            .map_err(ControllerError::from)?;
+        let detail = format!("{} (join token {} valid until {expires_at})", r.host, token.id);
+        audit(&self.ctx, &who, "host-add", "", &r.environment, &detail, "ok").await;
+        Ok(Response::new(AddHostResponse {
+            join_token: token.encode(),
+            expires_at,
+        }))
+    }
+
+    async fn revoke_host(
+        &self,
+        req: Request<RevokeHostRequest>,
+    ) -> Result<Response<RevokeHostResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "host-revoke", "", "").await?;
+        let r = req.into_inner();
+        let found = self
+            .ctx
+            .store
+            .revoke_host(&who.tenant, &r.host)
+            .await
+            .map_err(ControllerError::from)?;
+        let outcome = if found { "ok" } else { "refused: no such host" };
+        audit(&self.ctx, &who, "host-revoke", "", "", &r.host, outcome).await;
+        if !found {
+            return Err(Status::not_found(format!("no host {:?}", r.host)));
+        }
+        self.ctx.hub.evict(&who.tenant, &r.host);
+        tracing::warn!(tenant = %who.tenant, host = %r.host, "host revoked");
+        Ok(Response::new(RevokeHostResponse {}))
+    }
+
+    async fn list_hosts(
+        &self,
+        req: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
+        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let r = req.into_inner();
+        let rows = self
+            .ctx
+            .store
+            .hosts(&who.tenant, &r.environment)
+            .await
+            .map_err(ControllerError::from)?;
+        Ok(Response::new(ListHostsResponse {
+            hosts: rows
+                .into_iter()
+                .map(|h| HostInfo {
+                    connected: self.ctx.hub.connected(&who.tenant, &h.name),
+                    name: h.name,
+                    environment: h.environment,
+                    agent_version: h.agent_version,
+                    last_seen: h.last_seen,
+                    cert_fingerprint: h.cert_fingerprint,
+                    cert_not_after: h.cert_not_after,
+                    revoked_at: h.revoked_at.unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+}

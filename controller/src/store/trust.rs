@@ -1,0 +1,346 @@
+//! Store side of trust: API tokens, join tokens, host certificates and
+//! revocation, directive sequence numbers, per-tenant blob links.
+
+use sqlx::Row;
+
+use super::{Result, Store, now};
+
+#[derive(Debug, Clone)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub revoked_at: Option<i64>,
+}
+
+/// Who a client certificate belongs to.
+#[derive(Debug, Clone)]
+pub struct CertOwner {
+    pub tenant: String,
+    pub host: String,
+    pub environment: String,
+    pub revoked: bool,
+    pub not_after: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    pub name: String,
+    pub environment: String,
+    pub agent_version: String,
+    pub last_seen: i64,
+    pub cert_fingerprint: String,
+    pub cert_not_after: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Why a join token was refused (the same words for every caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefused {
+    #[error("join token unknown")]
+    Unknown,
+    #[error("join token already used")]
+    Used,
+    #[error("join token expired")]
+    Expired,
+    #[error("join token was issued for host {0:?}, not this one")]
+    WrongHost(String),
+    #[error("host was revoked")]
+    Revoked,
+}
+
+fn token_from_row(r: sqlx::sqlite::SqliteRow) -> ApiTokenRow {
+    let roles: String = r.get(3);
+    ApiTokenRow {
+        id: r.get(0),
+        tenant: r.get(1),
+        name: r.get(2),
+        roles: roles.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+        secret_hash: r.get(4),
+        created_at: r.get(5),
+        created_by: r.get(6),
+        revoked_at: r.get(7),
+    }
+}
+
+
+impl Store {
+    pub async fn api_token_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0))
+    }
+
+    pub async fn insert_api_token(&self, t: &ApiTokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant)
+        .bind(&t.name)
+        .bind(t.roles.join(","))
+        .bind(&t.secret_hash)
+        .bind(t.created_at)
+        .bind(&t.created_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
+        let row = sqlx::query("SELECT id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at FROM api_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(token_from_row))
+    }
+
+    pub async fn api_tokens(&self, tenant: &str) -> Result<Vec<ApiTokenRow>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at FROM api_tokens WHERE tenant = ? ORDER BY created_at, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(token_from_row).collect())
+    }
+
+    /// Revokes the tenant's token with this id or name; how many were revoked.
+    pub async fn revoke_api_token(&self, tenant: &str, id_or_name: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ? WHERE tenant = ? AND (id = ? OR name = ?) AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(tenant)
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Registers (or re-admits) a host in an environment and stores its join token.
+    #[expect(clippy::too_many_arguments, reason = "one column per argument")]
+    pub async fn add_host(
+        &self,
+        tenant: &str,
+        host: &str,
+        env: &str,
+        token_id: &str,
+        secret_hash: &str,
+        expires_at: i64,
+        created_by: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES (?, ?, ?, '', 0)
+             ON CONFLICT (tenant, name) DO UPDATE SET environment = excluded.environment, revoked_at = NULL",
+        )
+        .bind(tenant)
+        .bind(host)
+        .bind(env)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (id, tenant, host, secret_hash, expires_at, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(token_id)
+        .bind(tenant)
+        .bind(host)
+        .bind(secret_hash)
+        .bind(expires_at)
+        .bind(now())
+        .bind(created_by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks and burns a join token: `(tenant, environment)` of its host, or why not.
+    pub async fn consume_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        host: &str,
+    ) -> Result<std::result::Result<(String, String), JoinRefused>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
+             FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(JoinRefused::Unknown));
+        };
+        let stored_hash: String = row.get(2);
+        if !trust::ct_eq(stored_hash.as_bytes(), secret_hash.as_bytes()) {
+            return Ok(Err(JoinRefused::Unknown));
+        }
+        if row.get::<Option<i64>, _>(4).is_some() {
+            return Ok(Err(JoinRefused::Used));
+        }
+        if row.get::<i64, _>(3) <= now() {
+            return Ok(Err(JoinRefused::Expired));
+        }
+        let token_host: String = row.get(1);
+        if token_host != host {
+            return Ok(Err(JoinRefused::WrongHost(token_host)));
+        }
+        if row.get::<Option<i64>, _>(6).is_some() {
+            return Ok(Err(JoinRefused::Revoked));
+        }
+        sqlx::query("UPDATE join_tokens SET used_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok((row.get(0), row.get(5))))
+    }
+
+    /// Remembers a certificate issued to a host; it is the host's current one.
+    pub async fn record_cert(&self, tenant: &str, host: &str, fingerprint: &str, not_after: i64) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(fingerprint)
+            .bind(tenant)
+            .bind(host)
+            .bind(not_after)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE hosts SET cert_fingerprint = ?, cert_not_after = ? WHERE tenant = ? AND name = ?")
+            .bind(fingerprint)
+            .bind(not_after)
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        // Expired certificates can never be presented again (TLS checks validity).
+        sqlx::query("DELETE FROM host_certs WHERE not_after < ?")
+            .bind(now() - 3600)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cert_owner(&self, fingerprint: &str) -> Result<Option<CertOwner>> {
+        let row = sqlx::query(
+            "SELECT c.tenant, c.host, h.environment, h.revoked_at, c.not_after FROM host_certs c
+             JOIN hosts h ON h.tenant = c.tenant AND h.name = c.host WHERE c.fingerprint = ?",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| CertOwner {
+            tenant: r.get(0),
+            host: r.get(1),
+            environment: r.get(2),
+            revoked: r.get::<Option<i64>, _>(3).is_some(),
+            not_after: r.get(4),
+        }))
+    }
+
+    /// Revokes a host: its certificates and unused join tokens stop working.
+    pub async fn revoke_host(&self, tenant: &str, host: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("UPDATE hosts SET revoked_at = ? WHERE tenant = ? AND name = ?")
+            .bind(now())
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM host_certs WHERE tenant = ? AND host = ?")
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE join_tokens SET used_at = ? WHERE tenant = ? AND host = ? AND used_at IS NULL")
+            .bind(now())
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// The next directive sequence number of a host (only ever grows).
+    pub async fn next_directive_seq(&self, tenant: &str, host: &str) -> Result<u64> {
+        let row = sqlx::query(
+            "UPDATE hosts SET directive_seq = directive_seq + 1 WHERE tenant = ? AND name = ? RETURNING directive_seq",
+        )
+        .bind(tenant)
+        .bind(host)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+
+    pub async fn hosts(&self, tenant: &str, env: &str) -> Result<Vec<HostRow>> {
+        let rows = sqlx::query(
+            "SELECT name, environment, agent_version, last_seen, cert_fingerprint, cert_not_after, revoked_at
+             FROM hosts WHERE tenant = ? AND (? = '' OR environment = ?) ORDER BY environment, name",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HostRow {
+                name: r.get(0),
+                environment: r.get(1),
+                agent_version: r.get(2),
+                last_seen: r.get(3),
+                cert_fingerprint: r.get(4),
+                cert_not_after: r.get(5),
+                revoked_at: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Gives a tenant access to a blob it uploaded (or proved it has).
+    pub async fn link_blob(&self, tenant: &str, digest: &str) -> Result<()> {
+        sqlx::query("INSERT INTO blob_links (tenant, digest, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(tenant)
+            .bind(digest)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Size of a blob the tenant may read; None exactly as for a missing blob.
+    pub async fn tenant_blob_size(&self, tenant: &str, digest: &str) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM blob_links l JOIN blobs b ON b.digest = l.digest WHERE l.tenant = ? AND l.digest = ?",
+        )
+        .bind(tenant)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    /// The highest release counter of an app (0 when none).
+    pub async fn max_counter(&self, tenant: &str, app: &str) -> Result<u64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(counter), 0) FROM releases WHERE tenant = ? AND app = ?")
+            .bind(tenant)
+            .bind(app)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+}

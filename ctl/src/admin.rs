@@ -1,0 +1,284 @@
+//! Hosts, API tokens and publisher keys: enrolling and revoking hosts, making
+//! and revoking tokens, generating keys and signing rollback authorizations.
+
+use std::path::Path;
+
+use proto::v1::{
+    AddHostRequest, CreateTokenRequest, ListHostsRequest, ListReleasesRequest, ListTokensRequest,
+    RevokeHostRequest, RevokeTokenRequest, Signature,
+};
+use serde::Serialize;
+
+use crate::cli::{HostsCommand, KeysCommand, TokensCommand};
+use crate::client::Clients;
+use crate::error::{CtlError, Result, from_status};
+use crate::status::{ago, print_json, table};
+
+/// The highest release counter of `app` (0 when it has no release yet).
+pub async fn highest_counter(c: &mut Clients, tenant: &str, app: &str) -> Result<u64> {
+    match c
+        .releases
+        .list_releases(ListReleasesRequest {
+            tenant: tenant.into(),
+            app: app.into(),
+        })
+        .await
+    {
+        Ok(r) => Ok(r.into_inner().releases.iter().map(|r| r.counter).max().unwrap_or(0)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(0),
+        Err(s) => Err(from_status(&c.url, s)),
+    }
+}
+
+/// Signs "run `version` of `app` in `env`" with the publisher key at `key`.
+pub async fn rollback_authorization(
+    c: &mut Clients,
+    tenant: &str,
+    app: &str,
+    env: &str,
+    version: &str,
+    key: &Path,
+) -> Result<Vec<Signature>> {
+    let key = trust::sign::KeyPair::load(key).map_err(|e| CtlError::Usage(e.to_string()))?;
+    let releases = c
+        .releases
+        .list_releases(ListReleasesRequest {
+            tenant: tenant.into(),
+            app: app.into(),
+        })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner()
+        .releases;
+    let release = releases
+        .iter()
+        .find(|r| r.version == version)
+        .ok_or_else(|| CtlError::Failed(format!("unknown version {version:?} of app {app:?}")))?;
+    let statement = trust::sign::RollbackStatement {
+        tenant,
+        app,
+        environment: env,
+        version,
+        manifest_digest: &release.manifest_digest,
+    };
+    let s = key.sign(&statement.bytes());
+    Ok(vec![Signature { key: s.key, sig: s.sig }])
+}
+
+pub fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Generate { out } => {
+            if out.exists() {
+                return Err(CtlError::Failed(format!(
+                    "{} exists; refusing to overwrite a key",
+                    out.display()
+                )));
+            }
+            let key = trust::sign::KeyPair::generate();
+            trust::write_private(&out, key.encode_secret().as_bytes())
+                .map_err(|e| CtlError::Failed(e.to_string()))?;
+            eprintln!("secret key written to {} (keep it offline; mode 0600)", out.display());
+            eprintln!("public key (add it to agents' publisher_keys):");
+            println!("{}", key.public());
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HostJson {
+    name: String,
+    environment: String,
+    connected: bool,
+    agent_version: String,
+    last_seen: i64,
+    cert_fingerprint: String,
+    cert_not_after: i64,
+    revoked: bool,
+}
+
+pub async fn hosts(
+    c: &mut Clients,
+    tenant: String,
+    cmd: Option<HostsCommand>,
+    env: Option<String>,
+    json: bool,
+) -> Result<()> {
+    match cmd {
+        Some(HostsCommand::Add { host, env, ttl }) => {
+            let r = c
+                .admin
+                .add_host(AddHostRequest {
+                    tenant,
+                    host: host.clone(),
+                    environment: env.clone(),
+                    ttl_secs: ttl.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            eprintln!(
+                "host {host} added to {env}; its one-time join token (valid {}s):",
+                r.expires_at - now()
+            );
+            println!("{}", r.join_token);
+            eprintln!("on {host}: slipway-agent --config /etc/slipway/agent.toml join <TOKEN>");
+            Ok(())
+        }
+        Some(HostsCommand::Revoke { host }) => {
+            c.admin
+                .revoke_host(RevokeHostRequest {
+                    tenant,
+                    host: host.clone(),
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?;
+            println!("host {host} revoked: its certificate is refused from its next call");
+            Ok(())
+        }
+        None => {
+            let rows: Vec<HostJson> = c
+                .admin
+                .list_hosts(ListHostsRequest {
+                    tenant,
+                    environment: env.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner()
+                .hosts
+                .into_iter()
+                .map(|h| HostJson {
+                    name: h.name,
+                    environment: h.environment,
+                    connected: h.connected,
+                    agent_version: h.agent_version,
+                    last_seen: h.last_seen,
+                    cert_fingerprint: h.cert_fingerprint,
+                    cert_not_after: h.cert_not_after,
+                    revoked: h.revoked_at != 0,
+                })
+                .collect();
+            if json {
+                return print_json(&rows);
+            }
+            let mut t = table(&["HOST", "ENV", "STATE", "AGENT", "LAST SEEN", "CERT UNTIL"]);
+            for h in rows {
+                let state = if h.revoked {
+                    "revoked"
+                } else if h.cert_fingerprint.is_empty() {
+                    "not enrolled"
+                } else if h.connected {
+                    "connected"
+                } else {
+                    "offline"
+                };
+                t.add_row(vec![
+                    h.name,
+                    h.environment,
+                    state.into(),
+                    h.agent_version,
+                    if h.last_seen == 0 { "-".into() } else { ago(h.last_seen) },
+                    if h.cert_not_after == 0 { "-".into() } else { in_time(h.cert_not_after) },
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TokenJson {
+    id: String,
+    name: String,
+    roles: Vec<String>,
+    created_at: i64,
+    created_by: String,
+    revoked: bool,
+}
+
+pub async fn tokens(c: &mut Clients, tenant: String, cmd: TokensCommand) -> Result<()> {
+    match cmd {
+        TokensCommand::Create { name, roles } => {
+            let r = c
+                .admin
+                .create_token(CreateTokenRequest {
+                    tenant,
+                    name: name.clone(),
+                    roles,
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            let roles = r.info.map(|i| i.roles.join(", ")).unwrap_or_default();
+            eprintln!("token {name} ({roles}); shown once, store it as a secret:");
+            println!("{}", r.token);
+            Ok(())
+        }
+        TokensCommand::List { json } => {
+            let rows: Vec<TokenJson> = c
+                .admin
+                .list_tokens(ListTokensRequest { tenant })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner()
+                .tokens
+                .into_iter()
+                .map(|t| TokenJson {
+                    id: t.id,
+                    name: t.name,
+                    roles: t.roles,
+                    created_at: t.created_at,
+                    created_by: t.created_by,
+                    revoked: t.revoked_at != 0,
+                })
+                .collect();
+            if json {
+                return print_json(&rows);
+            }
+            let mut t = table(&["NAME", "ID", "ROLES", "CREATED", "BY", "STATE"]);
+            for r in rows {
+                t.add_row(vec![
+                    r.name,
+                    r.id,
+                    r.roles.join(","),
+                    ago(r.created_at),
+                    r.created_by,
+                    if r.revoked { "revoked".into() } else { "active".into() },
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        TokensCommand::Revoke { token } => {
+            c.admin
+                .revoke_token(RevokeTokenRequest {
+                    tenant,
+                    token: token.clone(),
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?;
+            println!("token {token} revoked");
+            Ok(())
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn in_time(ts: i64) -> String {
+    let secs = ts - now();
+    if secs <= 0 {
+        "expired".into()
+    } else if secs < 3600 {
+        format!("in {}m", secs / 60)
+    } else {
+        format!("in {}h", secs / 3600)
+    }
+}
