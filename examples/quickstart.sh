@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Slipway's main job, locally, on embedded defaults: a controller on SQLite, two
-# agents (a preprod host and a prod host), the sample app published once,
-# deployed to preprod, promoted to prod by digest, and the fleet status printed.
+# agents (a preprod host and a prod host) enrolled with one-time join tokens and
+# talking mTLS, the sample app published once and signed, deployed to preprod
+# with a CI token, promoted to prod by digest with the admin (promoter) token,
+# and the fleet status printed.
 # Everything lives in a temp dir and is stopped on exit (KEEP=1 keeps it running
 # until Ctrl-C so you can poke at it).
 set -euo pipefail
@@ -15,7 +17,7 @@ echo "==> building (cargo build --workspace)"
 cargo build --workspace --quiet
 BIN=$PWD/target/debug
 WORK=$(mktemp -d /tmp/slipway-quickstart.XXXXXX)
-export SLIPWAY_CONTROLLER=http://127.0.0.1:$CTL_PORT
+export SLIPWAY_CONTROLLER=https://127.0.0.1:$CTL_PORT
 
 PIDS=()
 cleanup() {
@@ -43,6 +45,15 @@ echo "==> controller on 127.0.0.1:$CTL_PORT (SQLite + blobs under $WORK/controll
 "$BIN/slipway-controller" --listen "127.0.0.1:$CTL_PORT" --data-dir "$WORK/controller" >"$WORK/controller.log" 2>&1 &
 PIDS+=($!)
 wait_port "$CTL_PORT"
+for _ in $(seq 1 100); do [ -s "$WORK/controller/admin.token" ] && break; sleep 0.1; done
+# The first start wrote its CA and a bootstrap admin token (0600) under the data dir.
+export SLIPWAY_CA_CERT=$WORK/controller/pki/ca.pem
+export SLIPWAY_TOKEN_FILE=$WORK/controller/admin.token
+
+echo "==> a publisher signing key; agents trust its public half"
+"$BIN/slipctl" keys generate --out "$WORK/release.key" >"$WORK/release.pub"
+PUBKEY=$(cat "$WORK/release.pub")
+echo "    $PUBKEY"
 
 start_agent() { # host env port
   local dir="$WORK/agent-$1"
@@ -50,11 +61,17 @@ start_agent() { # host env port
   # Secrets live on the host only; Slipway checks the NAME is in the process env.
   printf 'DATABASE_URL=postgres://app:local-secret@127.0.0.1/app\n' >"$dir/apps/web/shared/.env"
   chmod 600 "$dir/apps/web/shared/.env"
+  # A one-time join token: it names the host and pins the controller's CA.
+  "$BIN/slipctl" hosts add "$1" --env "$2" >"$WORK/agent-$1.join" 2>/dev/null
   cat >"$WORK/agent-$1.toml" <<TOML
 controller = "$SLIPWAY_CONTROLLER"
 host = "$1"
 environment = "$2"
 state_dir = "$dir"
+join_token_file = "$WORK/agent-$1.join"
+
+[trust]
+publisher_keys = ["$PUBKEY"]
 
 [apps.web]
 port = $3
@@ -72,20 +89,30 @@ mkdir -p "$REL/bin"
 cp "$BIN/slipway-sample-app" "$REL/bin/"
 cp examples/sample-app/release/slipway.toml examples/sample-app/release/sample.conf "$REL/"
 
-echo "==> slipctl publish"
-"$BIN/slipctl" publish "$REL" --app web --version 1.0.0
-echo "==> slipctl deploy web 1.0.0 --env preprod --wait"
-"$BIN/slipctl" deploy web 1.0.0 --env preprod --wait --timeout 60
+echo "==> a CI token: publisher + deployer (never production)"
+CI_TOKEN=$("$BIN/slipctl" tokens create ci --role publisher --role deployer 2>/dev/null)
+echo "==> CI: slipctl publish --sign"
+SLIPWAY_TOKEN=$CI_TOKEN "$BIN/slipctl" publish "$REL" --app web --version 1.0.0 --sign "$WORK/release.key"
+echo "==> CI: slipctl deploy web 1.0.0 --env preprod --wait"
+SLIPWAY_TOKEN=$CI_TOKEN "$BIN/slipctl" deploy web 1.0.0 --env preprod --wait --timeout 60
 echo "    preprod answers: $(curl -fsS "http://127.0.0.1:$PRE_PORT/")"
-echo "==> slipctl promote web --from preprod --to prod --wait"
+echo "==> CI tries to promote to prod (refused by the controller):"
+if SLIPWAY_TOKEN=$CI_TOKEN "$BIN/slipctl" promote web --from preprod --to prod 2>&1 | sed 's/^/    /'; then
+  echo "a CI token promoted to production" >&2
+  exit 1
+fi
+echo "==> founder (admin token): slipctl promote web --from preprod --to prod --wait"
 "$BIN/slipctl" promote web --from preprod --to prod --wait --timeout 60
 echo "    prod answers:    $(curl -fsS "http://127.0.0.1:$PROD_PORT/")"
 echo "==> slipctl status"
 "$BIN/slipctl" status
+echo "==> slipctl hosts"
+"$BIN/slipctl" hosts
 
 if [ "${KEEP:-0}" = 1 ]; then
   echo
-  echo "Running. export SLIPWAY_CONTROLLER=$SLIPWAY_CONTROLLER and try: $BIN/slipctl releases web"
+  echo "Running. export SLIPWAY_CONTROLLER=$SLIPWAY_CONTROLLER SLIPWAY_CA_CERT=$SLIPWAY_CA_CERT SLIPWAY_TOKEN_FILE=$SLIPWAY_TOKEN_FILE"
+  echo "and try: $BIN/slipctl releases web"
   echo "Files under $WORK. Ctrl-C stops everything."
   wait
 fi

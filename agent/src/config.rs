@@ -342,13 +342,15 @@ impl AgentConfig {
         if !cfg.controller.starts_with("https://") {
             return Err(invalid(
                 "controller",
-                "must be an https:// URL (agents talk to the controller over mutual TLS only)".into(),
+                "must be an https:// URL (agents talk to the controller over mutual TLS only)"
+                    .into(),
             ));
         }
         trust::tls::ControllerUrl::parse(&cfg.controller)
             .map_err(|e| invalid("controller", e.to_string()))?;
         for k in &cfg.trust.publisher_keys {
-            trust::sign::parse_public(k).map_err(|e| invalid("trust.publisher_keys", e.to_string()))?;
+            trust::sign::parse_public(k)
+                .map_err(|e| invalid("trust.publisher_keys", e.to_string()))?;
         }
         if cfg.trust.enforced()
             && (cfg.trust.signatures_required == 0

@@ -31,7 +31,10 @@ impl DirectiveGuard {
     /// Accepts `d` (and remembers its sequence) or says why not.
     pub fn check(&mut self, id: &Identity, d: &DesiredApp, now: i64) -> Result<(), String> {
         if d.host != id.host {
-            return Err(format!("directive is for host {:?}, this is {:?}", d.host, id.host));
+            return Err(format!(
+                "directive is for host {:?}, this is {:?}",
+                d.host, id.host
+            ));
         }
         if d.tenant != id.tenant || d.environment != id.environment {
             return Err(format!(

@@ -51,10 +51,11 @@ impl Identity {
             return Ok(None);
         }
         let read = |name: &str| {
-            std::fs::read_to_string(d.join(name)).with_context(|| format!("read {}", d.join(name).display()))
+            std::fs::read_to_string(d.join(name))
+                .with_context(|| format!("read {}", d.join(name).display()))
         };
-        let mut id: Identity =
-            serde_json::from_str(&read("identity.json")?).with_context(|| format!("parse {}", meta.display()))?;
+        let mut id: Identity = serde_json::from_str(&read("identity.json")?)
+            .with_context(|| format!("parse {}", meta.display()))?;
         id.cert_pem = read("agent.pem")?;
         id.key_pem = read("agent.key")?;
         id.ca_pem = read("ca.pem")?;
@@ -68,7 +69,10 @@ impl Identity {
         trust::write_private(&d.join("agent.pem"), self.cert_pem.as_bytes())?;
         trust::write_private(&d.join("ca.pem"), self.ca_pem.as_bytes())?;
         // Last: its presence means the others are complete.
-        trust::write_private(&d.join("identity.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        trust::write_private(
+            &d.join("identity.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )?;
         Ok(())
     }
 
@@ -106,7 +110,8 @@ impl Identity {
 
     /// Checks the identity belongs to this config.
     pub fn check(&self, cfg: &AgentConfig) -> anyhow::Result<()> {
-        if self.host != cfg.host || self.tenant != cfg.tenant || self.environment != cfg.environment {
+        if self.host != cfg.host || self.tenant != cfg.tenant || self.environment != cfg.environment
+        {
             bail!(
                 "this host enrolled as {}/{} in {}, but the config says {}/{} in {}: enroll again with a new join token",
                 self.tenant,
@@ -126,7 +131,8 @@ impl Identity {
 pub async fn enroll(cfg: &AgentConfig, token_text: &str) -> anyhow::Result<Identity> {
     let token = trust::secret::JoinToken::parse(token_text)?;
     let (key_pem, csr_pem) = trust::pki::agent_key_and_csr(&cfg.host)?;
-    let tls = trust::tls::client_config(trust::tls::ServerTrust::Pinned(token.ca_pin.clone()), None)?;
+    let tls =
+        trust::tls::client_config(trust::tls::ServerTrust::Pinned(token.ca_pin.clone()), None)?;
     let channel = trust::tls::connect(&cfg.controller, Some(Arc::new(tls)), false).await?;
     let resp = EnrollmentClient::new(channel)
         .enroll(EnrollRequest {
@@ -150,7 +156,11 @@ pub async fn enroll(cfg: &AgentConfig, token_text: &str) -> anyhow::Result<Ident
 }
 
 /// Trades the current certificate for a fresh one (new key) over mTLS.
-pub async fn renew(cfg: &AgentConfig, current: &Identity, channel: Channel) -> anyhow::Result<Identity> {
+pub async fn renew(
+    cfg: &AgentConfig,
+    current: &Identity,
+    channel: Channel,
+) -> anyhow::Result<Identity> {
     let (key_pem, csr_pem) = trust::pki::agent_key_and_csr(&cfg.host)?;
     let resp = AgentsClient::new(channel)
         .renew(RenewRequest { csr_pem })

@@ -202,7 +202,10 @@ async fn ensure_enrolled(cfg: &AgentConfig, shutdown: &CancellationToken) -> any
     loop {
         match identity::enroll(cfg, &token).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.downcast_ref::<trust::TrustError>().is_some_and(|t| matches!(t, trust::TrustError::Io { .. })) => {
+            Err(e)
+                if e.downcast_ref::<trust::TrustError>()
+                    .is_some_and(|t| matches!(t, trust::TrustError::Io { .. })) =>
+            {
                 tracing::warn!(error = %e, retry_in = ?backoff, "enrollment: controller unreachable");
             }
             Err(e) => return Err(e),

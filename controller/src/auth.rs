@@ -37,7 +37,9 @@ pub enum Need {
     Read,
     Publish,
     /// Change desired state; `production` for an environment marked production.
-    Change { production: bool },
+    Change {
+        production: bool,
+    },
     Admin,
 }
 
@@ -155,10 +157,14 @@ pub struct AgentId {
 
 pub async fn agent<T>(ctx: &Ctx, req: &Request<T>) -> Result<AgentId, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("a client certificate is required: enroll this agent with a join token")
+        Status::unauthenticated(
+            "a client certificate is required: enroll this agent with a join token",
+        )
     })?;
     let cert = certs.first().ok_or_else(|| {
-        Status::unauthenticated("a client certificate is required: enroll this agent with a join token")
+        Status::unauthenticated(
+            "a client certificate is required: enroll this agent with a join token",
+        )
     })?;
     let fingerprint = trust::pki::fingerprint(cert);
     let owner = ctx

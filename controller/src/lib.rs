@@ -73,8 +73,12 @@ async fn bootstrap_admin(store: &Store, data_dir: &std::path::Path) -> anyhow::R
     if store.api_token_count().await? > 0 {
         return Ok(());
     }
-    let (text, row) =
-        grpc::admin::new_token("default", "bootstrap-admin", vec!["admin".into()], "controller");
+    let (text, row) = grpc::admin::new_token(
+        "default",
+        "bootstrap-admin",
+        vec!["admin".into()],
+        "controller",
+    );
     let path = admin_token_path(data_dir);
     trust::write_private(&path, format!("{text}\n").as_bytes())?;
     store.insert_api_token(&row).await?;
@@ -109,7 +113,10 @@ pub async fn run(
         ca.issue_server(&config.server_names, Duration::from_secs(365 * 24 * 3600))?;
     bootstrap_admin(&store, &config.data_dir).await?;
     let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(server_cert, server_key))
+        .identity(tonic::transport::Identity::from_pem(
+            server_cert,
+            server_key,
+        ))
         .client_ca_root(tonic::transport::Certificate::from_pem(&ca.cert_pem))
         // Enrollment comes without a certificate; every other agent call checks it.
         .client_auth_optional(true)
@@ -134,8 +141,9 @@ pub async fn run(
     let agents = AgentsServer::new(grpc::agents::AgentsService { ctx: ctx.clone() })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let enrollment = EnrollmentServer::new(grpc::enrollment::EnrollmentService { ctx: ctx.clone() })
-        .max_decoding_message_size(64 * 1024);
+    let enrollment =
+        EnrollmentServer::new(grpc::enrollment::EnrollmentService { ctx: ctx.clone() })
+            .max_decoding_message_size(64 * 1024);
     let tls_server = tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -171,7 +179,10 @@ pub async fn run(
 }
 
 /// The services slipctl and CI call (Releases, Deployments, Admin).
-fn add_api(router: tonic::transport::server::Router, ctx: &grpc::SharedCtx) -> tonic::transport::server::Router {
+fn add_api(
+    router: tonic::transport::server::Router,
+    ctx: &grpc::SharedCtx,
+) -> tonic::transport::server::Router {
     let limit = proto::MAX_MESSAGE_BYTES;
     router
         .add_service(
@@ -184,5 +195,7 @@ fn add_api(router: tonic::transport::server::Router, ctx: &grpc::SharedCtx) -> t
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
-        .add_service(AdminServer::new(grpc::admin::AdminService { ctx: ctx.clone() }))
+        .add_service(AdminServer::new(grpc::admin::AdminService {
+            ctx: ctx.clone(),
+        }))
 }

@@ -24,7 +24,13 @@ pub async fn highest_counter(c: &mut Clients, tenant: &str, app: &str) -> Result
         })
         .await
     {
-        Ok(r) => Ok(r.into_inner().releases.iter().map(|r| r.counter).max().unwrap_or(0)),
+        Ok(r) => Ok(r
+            .into_inner()
+            .releases
+            .iter()
+            .map(|r| r.counter)
+            .max()
+            .unwrap_or(0)),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(0),
         Err(s) => Err(from_status(&c.url, s)),
     }
@@ -62,7 +68,10 @@ pub async fn rollback_authorization(
         manifest_digest: &release.manifest_digest,
     };
     let s = key.sign(&statement.bytes());
-    Ok(vec![Signature { key: s.key, sig: s.sig }])
+    Ok(vec![Signature {
+        key: s.key,
+        sig: s.sig,
+    }])
 }
 
 pub fn keys(cmd: KeysCommand) -> Result<()> {
@@ -77,7 +86,10 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
             let key = trust::sign::KeyPair::generate();
             trust::write_private(&out, key.encode_secret().as_bytes())
                 .map_err(|e| CtlError::Failed(e.to_string()))?;
-            eprintln!("secret key written to {} (keep it offline; mode 0600)", out.display());
+            eprintln!(
+                "secret key written to {} (keep it offline; mode 0600)",
+                out.display()
+            );
             eprintln!("public key (add it to agents' publisher_keys):");
             println!("{}", key.public());
             Ok(())
@@ -178,8 +190,16 @@ pub async fn hosts(
                     h.environment,
                     state.into(),
                     h.agent_version,
-                    if h.last_seen == 0 { "-".into() } else { ago(h.last_seen) },
-                    if h.cert_not_after == 0 { "-".into() } else { in_time(h.cert_not_after) },
+                    if h.last_seen == 0 {
+                        "-".into()
+                    } else {
+                        ago(h.last_seen)
+                    },
+                    if h.cert_not_after == 0 {
+                        "-".into()
+                    } else {
+                        in_time(h.cert_not_after)
+                    },
                 ]);
             }
             println!("{t}");
@@ -245,7 +265,11 @@ pub async fn tokens(c: &mut Clients, tenant: String, cmd: TokensCommand) -> Resu
                     r.roles.join(","),
                     ago(r.created_at),
                     r.created_by,
-                    if r.revoked { "revoked".into() } else { "active".into() },
+                    if r.revoked {
+                        "revoked".into()
+                    } else {
+                        "active".into()
+                    },
                 ]);
             }
             println!("{t}");

@@ -33,7 +33,12 @@ impl Interceptor for Token {
 
 /// `$SLIPWAY_TOKEN`, else the first line of `--token-file`; None when neither.
 fn token(file: Option<&PathBuf>) -> Result<Token> {
-    let text = match (std::env::var("SLIPWAY_TOKEN").ok().filter(|t| !t.is_empty()), file) {
+    let text = match (
+        std::env::var("SLIPWAY_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        file,
+    ) {
         (Some(t), _) => t,
         (None, Some(path)) => std::fs::read_to_string(path)
             .map_err(|e| CtlError::Usage(format!("read token file {}: {e}", path.display())))?,
@@ -56,7 +61,8 @@ pub struct Clients {
 
 pub async fn connect(g: &Global) -> Result<Clients> {
     let url = g.controller.as_str();
-    let parsed = trust::tls::ControllerUrl::parse(url).map_err(|e| CtlError::Usage(e.to_string()))?;
+    let parsed =
+        trust::tls::ControllerUrl::parse(url).map_err(|e| CtlError::Usage(e.to_string()))?;
     let tls = if parsed.tls {
         let Some(ca) = &g.ca_cert else {
             return Err(CtlError::Usage(

@@ -26,7 +26,18 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             version,
             allow_dirty,
             sign,
-        } => publish(&mut c, &tenant, &dir, &app, &version, allow_dirty, sign.as_deref()).await,
+        } => {
+            publish(
+                &mut c,
+                &tenant,
+                &dir,
+                &app,
+                &version,
+                allow_dirty,
+                sign.as_deref(),
+            )
+            .await
+        }
         Command::Deploy {
             app,
             version,
@@ -35,7 +46,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             wait,
         } => {
             let authorization = match sign {
-                Some(key) => rollback_authorization(&mut c, &tenant, &app, &env, &version, &key).await?,
+                Some(key) => {
+                    rollback_authorization(&mut c, &tenant, &app, &env, &version, &key).await?
+                }
                 None => Vec::new(),
             };
             let req = DeployRequest {

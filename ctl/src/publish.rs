@@ -140,7 +140,13 @@ pub async fn publish(
                 manifest_digest: &digest,
             };
             let s = key.sign(&statement.bytes());
-            (counter, vec![proto::v1::Signature { key: s.key, sig: s.sig }])
+            (
+                counter,
+                vec![proto::v1::Signature {
+                    key: s.key,
+                    sig: s.sig,
+                }],
+            )
         }
     };
     let resp = c

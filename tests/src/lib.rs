@@ -86,21 +86,71 @@ pub struct Controller {
     pub port: u16,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The bootstrap admin token the controller wrote at its first start.
+    pub admin_token: String,
     log: PathBuf,
+    /// Extra flags for every start.
+    pub extra_args: Vec<String>,
 }
 
 impl Controller {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// A controller started with extra flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let port = free_port();
         let mut c = Controller {
             child: None,
             port,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{port}"),
             data_dir: dir.join("controller"),
+            admin_token: String::new(),
             log: dir.join("controller.log"),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
         c.spawn();
+        let token_file = c.data_dir.join("admin.token");
+        c.admin_token = eventually(Duration::from_secs(10), "admin token", || {
+            std::fs::read_to_string(&token_file).ok()
+        })
+        .trim()
+        .to_string();
         c
+    }
+
+    /// The controller's CA certificate (what slipctl and tests trust).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir.join("pki/ca.pem")
+    }
+
+    /// An API token with these roles (made with the admin token).
+    pub fn token(&self, name: &str, roles: &[&str]) -> String {
+        let mut args = vec!["tokens", "create", name];
+        for r in roles {
+            args.push("--role");
+            args.push(r);
+        }
+        self.ctl(&args).ok().stdout.trim().to_string()
+    }
+
+    /// A one-time join token for `host` in `env`.
+    pub fn join_token(&self, host: &str, env: &str) -> String {
+        self.ctl(&["hosts", "add", host, "--env", env])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// A TLS gRPC channel to the controller (no client certificate).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        let pem = std::fs::read_to_string(self.ca_cert()).expect("ca.pem");
+        let cfg = trust::tls::client_config(trust::tls::ServerTrust::Roots(pem), None).unwrap();
+        trust::tls::connect(&self.url, Some(std::sync::Arc::new(cfg)), false)
+            .await
+            .expect("connect")
     }
 
     fn spawn(&mut self) {
@@ -118,6 +168,7 @@ impl Controller {
             ])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.extra_args)
             .env("SLIPWAY_LOG", "info")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -147,9 +198,22 @@ impl Controller {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Runs slipctl against this controller.
+    /// Runs slipctl against this controller with the admin token.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        slipctl(&self.url, args)
+        self.ctl_as(&self.admin_token, args)
+    }
+
+    /// Runs slipctl against this controller with `token`.
+    pub fn ctl_as(&self, token: &str, args: &[&str]) -> CtlOutput {
+        Command::new(bin("slipctl"))
+            .args(args)
+            .env("SLIPWAY_CONTROLLER", &self.url)
+            .env("SLIPWAY_CA_CERT", self.ca_cert())
+            .env("SLIPWAY_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run slipctl")
+            .into()
     }
 }
 
@@ -193,11 +257,12 @@ impl From<Output> for CtlOutput {
     }
 }
 
+/// slipctl with no token or CA (for usage and reachability errors).
 pub fn slipctl(url: &str, args: &[&str]) -> CtlOutput {
     Command::new(bin("slipctl"))
         .args(args)
         .env("SLIPWAY_CONTROLLER", url)
-        .env("SLIPWAY_ACTOR", "e2e-test")
+        .env_remove("SLIPWAY_TOKEN")
         .stdin(Stdio::null())
         .output()
         .expect("run slipctl")
@@ -258,12 +323,17 @@ impl Agent {
         std::fs::write(shared.join(".env"), env_lines).expect("write .env");
         let app_port = free_port();
         let config = dir.join(format!("agent-{host}.toml"));
+        let join = dir.join(format!("agent-{host}.join"));
+        if !state_dir.join("identity/identity.json").exists() {
+            std::fs::write(&join, controller.join_token(host, env)).expect("write join token");
+        }
         std::fs::write(
             &config,
             format!(
-                "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"{env}\"\nstate_dir = \"{}\"\n\n[apps.web]\n{}stop_grace_secs = 3\n",
+                "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"{env}\"\nstate_dir = \"{}\"\njoin_token_file = \"{}\"\n\n[apps.web]\n{}stop_grace_secs = 3\n",
                 controller.url,
                 state_dir.display(),
+                join.display(),
                 if with_port { format!("port = {app_port}\n") } else { String::new() },
             ),
         )

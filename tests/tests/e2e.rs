@@ -279,7 +279,13 @@ fn promote_runs_the_same_digest_on_the_prod_host() {
         .find(|e| e["action"] == "promote")
         .unwrap()
         .clone();
-    assert_eq!(promote["actor"], "e2e-test");
+    assert!(
+        promote["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("bootstrap-admin (token "),
+        "{promote}"
+    );
     assert_eq!(promote["outcome"], "ok");
 }
 

@@ -22,13 +22,19 @@ fn blob_of(c: &Controller, version: &str) -> (String, std::path::PathBuf) {
     (hex.clone(), c.data_dir.join("blobs/sha256").join(hex))
 }
 
-fn upload(url: &str, declared_digest: &str, declared_size: u64, data: &[u8]) -> tonic::Status {
+fn upload(c: &Controller, declared_digest: &str, declared_size: u64, data: &[u8]) -> tonic::Status {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut client = ReleasesClient::connect(url.to_string()).await.unwrap();
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {}", c.admin_token).parse().unwrap();
+        let mut client =
+            ReleasesClient::with_interceptor(c.channel().await, move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            });
         let msgs = vec![
             UploadBlobRequest {
                 part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
@@ -54,14 +60,14 @@ fn an_upload_whose_bytes_do_not_match_its_digest_is_refused_and_not_kept() {
     let c = Controller::start(t.path());
     // sha256("other"), but the bytes sent are "hello".
     let other = "sha256:d9298a10d1b0735837dc4bd85dac641b0f3cef27a47e5d53a54f2f3f5b2fcffa";
-    let status = upload(&c.url, other, 5, b"hello");
+    let status = upload(&c, other, 5, b"hello");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains("digest mismatch"),
         "{}",
         status.message()
     );
-    let status = upload(&c.url, other, 3, b"hello");
+    let status = upload(&c, other, 3, b"hello");
     assert!(
         status.message().contains("size mismatch"),
         "{}",

@@ -52,7 +52,12 @@ fn validate_token_name(name: &str) -> Result<(), Status> {
 }
 
 /// Creates an API token; returns (token text, stored row).
-pub fn new_token(tenant: &str, name: &str, roles: Vec<String>, created_by: &str) -> (String, ApiTokenRow) {
+pub fn new_token(
+    tenant: &str,
+    name: &str,
+    roles: Vec<String>,
+    created_by: &str,
+) -> (String, ApiTokenRow) {
     let token = trust::secret::ApiToken::generate();
     let row = ApiTokenRow {
         id: token.id.clone(),
@@ -73,11 +78,22 @@ impl Admin for AdminService {
         &self,
         req: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "token-create", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Admin,
+            "token-create",
+            "",
+            "",
+        )
+        .await?;
         let r = req.into_inner();
         validate_token_name(&r.name)?;
         if r.roles.is_empty() || r.roles.len() > 5 {
-            return Err(Status::invalid_argument(format!("give one or more roles: {ROLE_NAMES}")));
+            return Err(Status::invalid_argument(format!(
+                "give one or more roles: {ROLE_NAMES}"
+            )));
         }
         for role in &r.roles {
             if Role::parse(role).is_none() {
@@ -104,7 +120,16 @@ impl Admin for AdminService {
         &self,
         req: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "token-list", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Admin,
+            "token-list",
+            "",
+            "",
+        )
+        .await?;
         let rows = self
             .ctx
             .store
@@ -120,7 +145,16 @@ impl Admin for AdminService {
         &self,
         req: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "token-revoke", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Admin,
+            "token-revoke",
+            "",
+            "",
+        )
+        .await?;
         let r = req.into_inner();
         let n = self
             .ctx
@@ -128,7 +162,11 @@ impl Admin for AdminService {
             .revoke_api_token(&who.tenant, &r.token)
             .await
             .map_err(ControllerError::from)?;
-        let outcome = if n == 0 { "refused: no such active token" } else { "ok" };
+        let outcome = if n == 0 {
+            "refused: no such active token"
+        } else {
+            "ok"
+        };
         audit(&self.ctx, &who, "token-revoke", "", "", &r.token, outcome).await;
         if n == 0 {
             return Err(Status::not_found(format!("no active token {:?}", r.token)));
@@ -141,9 +179,19 @@ impl Admin for AdminService {
         req: Request<AddHostRequest>,
     ) -> Result<Response<AddHostResponse>, Status> {
         let r = req.get_ref();
-        let who = authorize(&self.ctx, &req, &r.tenant, Want::Admin, "host-add", "", &r.environment).await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &r.tenant,
+            Want::Admin,
+            "host-add",
+            "",
+            &r.environment,
+        )
+        .await?;
         let r = req.into_inner();
-        validate_name(NameKind::Host, &r.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_name(NameKind::Host, &r.host)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let store = &self.ctx.store;
         if store
             .environment(&who.tenant, &r.environment)
@@ -151,7 +199,10 @@ impl Admin for AdminService {
             .map_err(ControllerError::from)?
             .is_none()
         {
-            return Err(Status::not_found(format!("unknown environment {:?}", r.environment)));
+            return Err(Status::not_found(format!(
+                "unknown environment {:?}",
+                r.environment
+            )));
         }
         let ttl = match r.ttl_secs {
             0 => self.ctx.join_token_ttl,
@@ -171,8 +222,20 @@ impl Admin for AdminService {
             )
             .await
             .map_err(ControllerError::from)?;
-        let detail = format!("{} (join token {} valid until {expires_at})", r.host, token.id);
-        audit(&self.ctx, &who, "host-add", "", &r.environment, &detail, "ok").await;
+        let detail = format!(
+            "{} (join token {} valid until {expires_at})",
+            r.host, token.id
+        );
+        audit(
+            &self.ctx,
+            &who,
+            "host-add",
+            "",
+            &r.environment,
+            &detail,
+            "ok",
+        )
+        .await;
         Ok(Response::new(AddHostResponse {
             join_token: token.encode(),
             expires_at,
@@ -183,7 +246,16 @@ impl Admin for AdminService {
         &self,
         req: Request<RevokeHostRequest>,
     ) -> Result<Response<RevokeHostResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Admin, "host-revoke", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Admin,
+            "host-revoke",
+            "",
+            "",
+        )
+        .await?;
         let r = req.into_inner();
         let found = self
             .ctx
@@ -205,7 +277,16 @@ impl Admin for AdminService {
         &self,
         req: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Read,
+            "",
+            "",
+            "",
+        )
+        .await?;
         let r = req.into_inner();
         let rows = self
             .ctx

@@ -166,13 +166,20 @@ impl AgentsService {
         h: &SessionHost,
         d: crate::store::DesiredRow,
     ) -> Result<DesiredApp, ControllerError> {
-        let sequence = self.ctx.store.next_directive_seq(&h.tenant, &h.host).await?;
+        let sequence = self
+            .ctx
+            .store
+            .next_directive_seq(&h.tenant, &h.host)
+            .await?;
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
         let to_proto = |json: &str| -> Vec<proto::v1::Signature> {
             serde_json::from_str::<Vec<trust::sign::Signature>>(json)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|s| proto::v1::Signature { key: s.key, sig: s.sig })
+                .map(|s| proto::v1::Signature {
+                    key: s.key,
+                    sig: s.sig,
+                })
                 .collect()
         };
         let rollback_authorization = to_proto(&d.authorization);
@@ -379,10 +386,7 @@ impl Agents for AgentsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn renew(
-        &self,
-        req: Request<RenewRequest>,
-    ) -> Result<Response<EnrollResponse>, Status> {
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
         let id = auth::agent(&self.ctx, &req).await?;
         let csr = req.into_inner().csr_pem;
         let resp = super::enrollment::issue(&self.ctx, &id, &csr).await?;

@@ -67,8 +67,7 @@ impl DeploymentsService {
             version,
             manifest_digest: &release.manifest_digest,
         };
-        let authorization =
-            super::releases::checked_signatures(authorization, &statement.bytes())?;
+        let authorization = super::releases::checked_signatures(authorization, &statement.bytes())?;
         let generation = store
             .set_desired(tenant, app, env, version, &authorization)
             .await?;
@@ -121,11 +120,26 @@ impl Deployments for DeploymentsService {
         req: Request<DeployRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let r = req.get_ref();
-        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.environment), "deploy", &r.app, &r.environment).await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &r.tenant,
+            Want::ChangeIn(&r.environment),
+            "deploy",
+            &r.app,
+            &r.environment,
+        )
+        .await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = self
-            .set_desired(&tenant, &r.app, &r.environment, &r.version, &r.authorization)
+            .set_desired(
+                &tenant,
+                &r.app,
+                &r.environment,
+                &r.version,
+                &r.authorization,
+            )
             .await;
         self.audited(&who, "deploy", &r.app, &r.environment, result)
             .await
@@ -136,7 +150,16 @@ impl Deployments for DeploymentsService {
         req: Request<PromoteRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let r = req.get_ref();
-        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.to_environment), "promote", &r.app, &r.to_environment).await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &r.tenant,
+            Want::ChangeIn(&r.to_environment),
+            "promote",
+            &r.app,
+            &r.to_environment,
+        )
+        .await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = async {
@@ -188,7 +211,16 @@ impl Deployments for DeploymentsService {
         req: Request<RollbackRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let r = req.get_ref();
-        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.environment), "rollback", &r.app, &r.environment).await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &r.tenant,
+            Want::ChangeIn(&r.environment),
+            "rollback",
+            &r.app,
+            &r.environment,
+        )
+        .await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = async {
@@ -229,7 +261,16 @@ impl Deployments for DeploymentsService {
         req: Request<RetryRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let r = req.get_ref();
-        let who = authorize(&self.ctx, &req, &r.tenant, Want::ChangeIn(&r.environment), "retry", &r.app, &r.environment).await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &r.tenant,
+            Want::ChangeIn(&r.environment),
+            "retry",
+            &r.app,
+            &r.environment,
+        )
+        .await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = async {
@@ -252,10 +293,15 @@ impl Deployments for DeploymentsService {
                 .store
                 .desired_app(&tenant, &r.environment, &r.app)
                 .await?
-                .and_then(|d| serde_json::from_str::<Vec<trust::sign::Signature>>(&d.authorization).ok())
+                .and_then(|d| {
+                    serde_json::from_str::<Vec<trust::sign::Signature>>(&d.authorization).ok()
+                })
                 .unwrap_or_default()
                 .into_iter()
-                .map(|s| proto::v1::Signature { key: s.key, sig: s.sig })
+                .map(|s| proto::v1::Signature {
+                    key: s.key,
+                    sig: s.sig,
+                })
                 .collect();
             self.set_desired(&tenant, &r.app, &r.environment, &version, &authorization)
                 .await
@@ -269,7 +315,16 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<FleetStatusRequest>,
     ) -> std::result::Result<Response<FleetStatusResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Read,
+            "",
+            "",
+            "",
+        )
+        .await?;
         let tenant = who.tenant;
         let r = req.into_inner();
         let rows = self
@@ -306,7 +361,16 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<HistoryRequest>,
     ) -> std::result::Result<Response<HistoryResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Read,
+            "",
+            "",
+            "",
+        )
+        .await?;
         let tenant = who.tenant;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 50 } else { r.limit.min(1000) };
@@ -336,7 +400,16 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<ListEnvironmentsRequest>,
     ) -> std::result::Result<Response<ListEnvironmentsResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Read,
+            "",
+            "",
+            "",
+        )
+        .await?;
         let tenant = who.tenant;
         let envs = self
             .ctx

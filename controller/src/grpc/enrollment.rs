@@ -85,7 +85,16 @@ impl Enrollment for EnrollmentService {
         let host: String = r.host.chars().take(128).collect();
         if let Err(e) = ctx
             .store
-            .audit(&tenant, &format!("host:{host}"), "enroll", "", "", "", &outcome, &peer)
+            .audit(
+                &tenant,
+                &format!("host:{host}"),
+                "enroll",
+                "",
+                "",
+                "",
+                &outcome,
+                &peer,
+            )
             .await
         {
             tracing::error!(error = %e, "audit log write failed");

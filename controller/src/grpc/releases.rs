@@ -85,7 +85,16 @@ impl Releases for ReleasesService {
         &self,
         req: Request<MissingBlobsRequest>,
     ) -> Result<Response<MissingBlobsResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Publish, "upload", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Publish,
+            "upload",
+            "",
+            "",
+        )
+        .await?;
         let req = req.into_inner();
         if req.digests.len() > MAX_DIGESTS_PER_QUERY {
             return Err(Status::invalid_argument(format!(
@@ -172,7 +181,16 @@ impl Releases for ReleasesService {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("refused: {e}"),
         };
-        audit(&self.ctx, &who, "upload", "", "", &digest.to_string(), &outcome).await;
+        audit(
+            &self.ctx,
+            &who,
+            "upload",
+            "",
+            "",
+            &digest.to_string(),
+            &outcome,
+        )
+        .await;
         let size = result.map_err(ControllerError::from)?;
         let store = &self.ctx.store;
         store
@@ -195,7 +213,16 @@ impl Releases for ReleasesService {
         &self,
         req: Request<CreateReleaseRequest>,
     ) -> Result<Response<CreateReleaseResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Publish, "publish", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Publish,
+            "publish",
+            "",
+            "",
+        )
+        .await?;
         let req = req.into_inner();
         let tenant = who.tenant.clone();
         let parsed = Manifest::from_canonical_bytes(&req.manifest, MAX_ENTRIES, MAX_CONTENT_BYTES)
@@ -228,7 +255,16 @@ impl Releases for ReleasesService {
         &self,
         req: Request<ListReleasesRequest>,
     ) -> Result<Response<ListReleasesResponse>, Status> {
-        let who = authorize(&self.ctx, &req, &req.get_ref().tenant, Want::Read, "", "", "").await?;
+        let who = authorize(
+            &self.ctx,
+            &req,
+            &req.get_ref().tenant,
+            Want::Read,
+            "",
+            "",
+            "",
+        )
+        .await?;
         let tenant = who.tenant;
         let req = req.into_inner();
         let store = &self.ctx.store;
@@ -289,7 +325,10 @@ impl ReleasesService {
         let blob = manifest
             .blob_digest()
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-        match store.tenant_blob_size(tenant, &manifest.blob.digest).await? {
+        match store
+            .tenant_blob_size(tenant, &manifest.blob.digest)
+            .await?
+        {
             Some(size) if size == manifest.blob.size && self.ctx.blobs.exists(&blob) => {}
             Some(size) if size != manifest.blob.size => {
                 return Err(ControllerError::InvalidArgument(format!(
@@ -303,7 +342,10 @@ impl ReleasesService {
                 )));
             }
         }
-        if let Some(existing) = store.release(tenant, &manifest.app, &manifest.version).await? {
+        if let Some(existing) = store
+            .release(tenant, &manifest.app, &manifest.version)
+            .await?
+        {
             if existing.manifest_digest == manifest.digest().to_string() {
                 return Ok((existing, true));
             }

@@ -709,7 +709,7 @@ mod tests {
             2
         );
         assert_eq!(
-            s.previous_desired("default", "web", "preprod", "2", "[]")
+            s.previous_desired("default", "web", "preprod", "2")
                 .await
                 .unwrap()
                 .as_deref(),

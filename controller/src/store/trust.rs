@@ -59,14 +59,17 @@ fn token_from_row(r: sqlx::sqlite::SqliteRow) -> ApiTokenRow {
         id: r.get(0),
         tenant: r.get(1),
         name: r.get(2),
-        roles: roles.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         secret_hash: r.get(4),
         created_at: r.get(5),
         created_by: r.get(6),
         revoked_at: r.get(7),
     }
 }
-
 
 impl Store {
     pub async fn api_token_count(&self) -> Result<i64> {
@@ -207,7 +210,13 @@ impl Store {
     }
 
     /// Remembers a certificate issued to a host; it is the host's current one.
-    pub async fn record_cert(&self, tenant: &str, host: &str, fingerprint: &str, not_after: i64) -> Result<()> {
+    pub async fn record_cert(
+        &self,
+        tenant: &str,
+        host: &str,
+        fingerprint: &str,
+        not_after: i64,
+    ) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES (?, ?, ?, ?, ?)")
             .bind(fingerprint)
@@ -265,12 +274,14 @@ impl Store {
             .bind(host)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE join_tokens SET used_at = ? WHERE tenant = ? AND host = ? AND used_at IS NULL")
-            .bind(now())
-            .bind(tenant)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE join_tokens SET used_at = ? WHERE tenant = ? AND host = ? AND used_at IS NULL",
+        )
+        .bind(now())
+        .bind(tenant)
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -336,11 +347,13 @@ impl Store {
 
     /// The highest release counter of an app (0 when none).
     pub async fn max_counter(&self, tenant: &str, app: &str) -> Result<u64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(counter), 0) FROM releases WHERE tenant = ? AND app = ?")
-            .bind(tenant)
-            .bind(app)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(counter), 0) FROM releases WHERE tenant = ? AND app = ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.get::<i64, _>(0) as u64)
     }
 }
