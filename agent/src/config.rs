@@ -251,6 +251,7 @@ impl AgentConfig {
             .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("apps"));
         let Ok(entries) = std::fs::read_dir(&dir) else {
             cfg.check_roots(path)?;
+            cfg.spread_trust();
             return Ok(cfg);
         };
         let mut files: Vec<PathBuf> = entries
@@ -299,10 +300,15 @@ impl AgentConfig {
             cfg.apps.insert(name, app);
         }
         cfg.check_roots(path)?;
-        for app in cfg.apps.values_mut() {
-            app.trust = cfg.trust.clone();
-        }
+        cfg.spread_trust();
         Ok(cfg)
+    }
+
+    /// Every app checks releases against the agent's `[trust]` policy.
+    fn spread_trust(&mut self) {
+        for app in self.apps.values_mut() {
+            app.trust = self.trust.clone();
+        }
     }
 
     /// Two apps must never share a root: they would fight over `current`.

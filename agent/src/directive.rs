@@ -78,3 +78,116 @@ impl DirectiveGuard {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(key: &trust::sign::KeyPair) -> Identity {
+        Identity {
+            tenant: "default".into(),
+            host: "web-1".into(),
+            environment: "prod".into(),
+            directive_key: key.public(),
+            issued_at: 0,
+            not_after: 0,
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            ca_pem: String::new(),
+        }
+    }
+
+    fn directive(
+        key: &trust::sign::KeyPair,
+        host: &str,
+        sequence: u64,
+        expires_at: i64,
+    ) -> DesiredApp {
+        let manifest = b"{}".to_vec();
+        let mut d = DesiredApp {
+            app: "web".into(),
+            version: "1".into(),
+            manifest_digest: trust::sha256(&manifest),
+            manifest,
+            generation: 1,
+            counter: 1,
+            tenant: "default".into(),
+            host: host.into(),
+            environment: "prod".into(),
+            sequence,
+            expires_at,
+            ..Default::default()
+        };
+        let s = trust::sign::Directive {
+            tenant: &d.tenant,
+            host: &d.host,
+            environment: &d.environment,
+            app: &d.app,
+            version: &d.version,
+            manifest_digest: &d.manifest_digest,
+            counter: d.counter,
+            generation: d.generation,
+            sequence: d.sequence,
+            expires_at: d.expires_at,
+            rollback_authorized: false,
+        };
+        d.directive_signature = key.sign(&s.bytes()).sig;
+        d
+    }
+
+    #[test]
+    fn replayed_foreign_expired_and_forged_directives_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = trust::sign::KeyPair::generate();
+        let id = identity(&key);
+        let mut guard = DirectiveGuard::load(dir.path());
+        std::fs::create_dir_all(crate::identity::dir(dir.path())).unwrap();
+        let now = 1_000;
+
+        let first = directive(&key, "web-1", 5, now + 60);
+        guard.check(&id, &first, now).unwrap();
+        let seq_file = crate::identity::dir(dir.path()).join("directive.seq");
+        assert_eq!(std::fs::read_to_string(&seq_file).unwrap().trim(), "5");
+
+        // Replay of the same directive, and an older one.
+        let e = guard.check(&id, &first, now).unwrap_err();
+        assert!(e.contains("replayed"), "{e}");
+        assert!(
+            guard
+                .check(&id, &directive(&key, "web-1", 4, now + 60), now)
+                .is_err()
+        );
+        // For another host (mix-and-match).
+        let e = guard
+            .check(&id, &directive(&key, "web-2", 9, now + 60), now)
+            .unwrap_err();
+        assert!(e.contains("for host \"web-2\""), "{e}");
+        // Expired.
+        let e = guard
+            .check(&id, &directive(&key, "web-1", 9, now - 1), now)
+            .unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        // Signed by someone else.
+        let other = trust::sign::KeyPair::generate();
+        let e = guard
+            .check(&id, &directive(&other, "web-1", 9, now + 60), now)
+            .unwrap_err();
+        assert!(e.contains("signature"), "{e}");
+        // A field changed after signing.
+        let mut tampered = directive(&key, "web-1", 9, now + 60);
+        tampered.version = "2".into();
+        assert!(guard.check(&id, &tampered, now).is_err());
+
+        // Nothing above moved the high-water mark, on disk or after a restart.
+        assert_eq!(std::fs::read_to_string(&seq_file).unwrap().trim(), "5");
+        let mut reloaded = DirectiveGuard::load(dir.path());
+        assert_eq!(reloaded.highest(), 5);
+        assert!(
+            reloaded.check(&id, &first, now).is_err(),
+            "replay refused across restarts"
+        );
+        reloaded
+            .check(&id, &directive(&key, "web-1", 6, now + 60), now)
+            .unwrap();
+    }
+}

@@ -221,7 +221,10 @@ mod tests {
         let trusted = vec![a.public(), b.public()];
         let payload = stmt(3);
         let sa = a.sign(&payload);
-        assert_eq!(count_trusted(&payload, &[sa.clone()], &trusted), 1);
+        assert_eq!(
+            count_trusted(&payload, std::slice::from_ref(&sa), &trusted),
+            1
+        );
         assert_eq!(
             count_trusted(&payload, &[sa.clone(), sa.clone()], &trusted),
             1,
@@ -236,7 +239,10 @@ mod tests {
             0
         );
         // A signature over another counter does not verify.
-        assert_eq!(count_trusted(&stmt(4), &[sa.clone()], &trusted), 0);
+        assert_eq!(
+            count_trusted(&stmt(4), std::slice::from_ref(&sa), &trusted),
+            0
+        );
         // A stranger's signature relabelled with a trusted key name fails.
         let forged = Signature {
             key: a.public(),

@@ -345,10 +345,9 @@ impl ReleasesService {
         if let Some(existing) = store
             .release(tenant, &manifest.app, &manifest.version)
             .await?
+            && existing.manifest_digest == manifest.digest().to_string()
         {
-            if existing.manifest_digest == manifest.digest().to_string() {
-                return Ok((existing, true));
-            }
+            return Ok((existing, true));
         }
         let highest = store.max_counter(tenant, &manifest.app).await?;
         let counter = match counter {
