@@ -92,9 +92,6 @@ pub struct AppConfig {
     /// Where the app's releases, `current` and `shared/` live, e.g. `/opt/web`
     /// (default: `<state_dir>/apps/<app>`).
     pub install_root: Option<PathBuf>,
-    /// The agent's `[trust]` policy, copied into every app at load.
-    #[serde(skip)]
-    pub trust: TrustConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -251,7 +248,6 @@ impl AgentConfig {
             .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("apps"));
         let Ok(entries) = std::fs::read_dir(&dir) else {
             cfg.check_roots(path)?;
-            cfg.spread_trust();
             return Ok(cfg);
         };
         let mut files: Vec<PathBuf> = entries
@@ -300,15 +296,7 @@ impl AgentConfig {
             cfg.apps.insert(name, app);
         }
         cfg.check_roots(path)?;
-        cfg.spread_trust();
         Ok(cfg)
-    }
-
-    /// Every app checks releases against the agent's `[trust]` policy.
-    fn spread_trust(&mut self) {
-        for app in self.apps.values_mut() {
-            app.trust = self.trust.clone();
-        }
     }
 
     /// Two apps must never share a root: they would fight over `current`.

@@ -9,6 +9,23 @@ use proto::v1::DesiredApp;
 
 use crate::identity::Identity;
 
+/// The statement the controller signed, rebuilt from what the directive says.
+pub fn statement(d: &DesiredApp) -> trust::sign::Directive<'_> {
+    trust::sign::Directive {
+        tenant: &d.tenant,
+        host: &d.host,
+        environment: &d.environment,
+        app: &d.app,
+        version: &d.version,
+        manifest_digest: &d.manifest_digest,
+        counter: d.counter,
+        generation: d.generation,
+        sequence: d.sequence,
+        expires_at: d.expires_at,
+        rollback_authorized: !d.rollback_authorization.is_empty(),
+    }
+}
+
 pub struct DirectiveGuard {
     path: PathBuf,
     highest: u64,
@@ -51,25 +68,10 @@ impl DirectiveGuard {
                 d.sequence, self.highest
             ));
         }
-        let manifest_digest = trust::sha256(&d.manifest);
-        if manifest_digest != d.manifest_digest {
-            return Err("directive names another manifest than it carries".into());
-        }
-        let statement = trust::sign::Directive {
-            tenant: &d.tenant,
-            host: &d.host,
-            environment: &d.environment,
-            app: &d.app,
-            version: &d.version,
-            manifest_digest: &d.manifest_digest,
-            counter: d.counter,
-            generation: d.generation,
-            sequence: d.sequence,
-            expires_at: d.expires_at,
-            rollback_authorized: !d.rollback_authorization.is_empty(),
-        };
+        // The signature covers the manifest digest; the deploy checks the
+        // manifest bytes hash to it before using them.
         let key = trust::sign::parse_public(&id.directive_key).map_err(|e| e.to_string())?;
-        if !trust::sign::verify(&key, &statement.bytes(), &d.directive_signature) {
+        if !trust::sign::verify(&key, &statement(d).bytes(), &d.directive_signature) {
             return Err("directive signature does not verify against the controller's key".into());
         }
         trust::write_private(&self.path, format!("{}\n", d.sequence).as_bytes())
@@ -118,20 +120,7 @@ mod tests {
             expires_at,
             ..Default::default()
         };
-        let s = trust::sign::Directive {
-            tenant: &d.tenant,
-            host: &d.host,
-            environment: &d.environment,
-            app: &d.app,
-            version: &d.version,
-            manifest_digest: &d.manifest_digest,
-            counter: d.counter,
-            generation: d.generation,
-            sequence: d.sequence,
-            expires_at: d.expires_at,
-            rollback_authorized: false,
-        };
-        d.directive_signature = key.sign(&s.bytes()).sig;
+        d.directive_signature = key.sign(&statement(&d).bytes()).sig;
         d
     }
 

@@ -143,6 +143,9 @@ fn config_paths(path: &Path, cfg: &AgentConfig) -> (Vec<PathBuf>, Vec<PathBuf>) 
 
 /// Spawns the app runners and the controller session for `cfg`.
 fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskTracker> {
+    // Before anything is spawned: a start that fails must leave nothing running.
+    let identity = Identity::load(&cfg.state_dir)?.ok_or_else(|| not_enrolled(cfg))?;
+    identity.check(cfg)?;
     let cfg = Arc::new(cfg.clone());
     let (board, _) = watch::channel(BTreeMap::new());
     let (channel_tx, channel_rx) = watch::channel(None);
@@ -158,14 +161,13 @@ fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskT
             board.clone(),
             channel_rx.clone(),
         )
+        .map(|r| r.with_trust(cfg.trust.clone()))
         .map_err(|e| {
             anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display())
         })?;
         tracker.spawn(runner.run(rx, shutdown.clone()));
     }
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
-    let identity = Identity::load(&cfg.state_dir)?.ok_or_else(|| not_enrolled(&cfg))?;
-    identity.check(&cfg)?;
     let session = Session {
         cfg: cfg.clone(),
         desired,

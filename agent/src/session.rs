@@ -131,7 +131,9 @@ impl Session {
         self.channel.send_replace(Some(channel));
         let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
         heartbeat.reset();
-        let mut renewal = tokio::time::interval(RENEWAL_CHECK);
+        // Check a few times per certificate life, at least every RENEWAL_CHECK.
+        let life = Duration::from_secs((id.not_after - id.issued_at).max(6) as u64);
+        let mut renewal = tokio::time::interval((life / 6).min(RENEWAL_CHECK));
         renewal.reset();
 
         loop {

@@ -19,15 +19,26 @@ pub enum Role {
 pub const ROLE_NAMES: &str = "viewer, publisher, deployer, promoter, admin";
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Publisher => "publisher",
+            Role::Deployer => "deployer",
+            Role::Promoter => "promoter",
+            Role::Admin => "admin",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "viewer" => Role::Viewer,
-            "publisher" => Role::Publisher,
-            "deployer" => Role::Deployer,
-            "promoter" => Role::Promoter,
-            "admin" => Role::Admin,
-            _ => return None,
-        })
+        [
+            Role::Viewer,
+            Role::Publisher,
+            Role::Deployer,
+            Role::Promoter,
+            Role::Admin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             config.server_names = args.server_names;
         }
         config.ca = args.ca_cert.zip(args.ca_key);
-        config.agent_cert_ttl = Duration::from_secs(args.agent_cert_ttl_secs.max(60));
+        config.agent_cert_ttl = Duration::from_secs(args.agent_cert_ttl_secs.max(10));
         config.join_token_ttl = Duration::from_secs(args.join_token_ttl_secs.max(1));
         config.directive_ttl = Duration::from_secs(args.directive_ttl_secs.max(1));
         match controller::run(config, listener, plaintext, shutdown).await {

@@ -4,15 +4,31 @@
 use std::path::Path;
 
 use proto::v1::{
-    AddHostRequest, CreateTokenRequest, ListHostsRequest, ListReleasesRequest, ListTokensRequest,
-    RevokeHostRequest, RevokeTokenRequest, Signature,
+    AddHostRequest, CreateTenantRequest, CreateTokenRequest, ListHostsRequest, ListReleasesRequest,
+    ListTokensRequest, RevokeHostRequest, RevokeTokenRequest, Signature,
 };
 use serde::Serialize;
 
-use crate::cli::{HostsCommand, KeysCommand, TokensCommand};
+use crate::cli::{HostsCommand, KeysCommand, TenantsCommand, TokensCommand};
 use crate::client::Clients;
 use crate::error::{CtlError, Result, from_status};
 use crate::status::{ago, print_json, table};
+
+/// The tenant to act on: `--tenant`, else the API token's (asked of the controller).
+pub async fn resolved_tenant(c: &mut Clients, tenant: &str) -> Result<String> {
+    if !tenant.is_empty() {
+        return Ok(tenant.to_string());
+    }
+    Ok(whoami(c).await?.tenant)
+}
+
+pub async fn whoami(c: &mut Clients) -> Result<proto::v1::WhoAmIResponse> {
+    Ok(c.admin
+        .who_am_i(proto::v1::WhoAmIRequest {})
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner())
+}
 
 /// The highest release counter of `app` (0 when it has no release yet).
 pub async fn highest_counter(c: &mut Clients, tenant: &str, app: &str) -> Result<u64> {
@@ -46,6 +62,7 @@ pub async fn rollback_authorization(
     key: &Path,
 ) -> Result<Vec<Signature>> {
     let key = trust::sign::KeyPair::load(key).map_err(|e| CtlError::Usage(e.to_string()))?;
+    let tenant = &resolved_tenant(c, tenant).await?;
     let releases = c
         .releases
         .list_releases(ListReleasesRequest {
@@ -284,6 +301,25 @@ pub async fn tokens(c: &mut Clients, tenant: String, cmd: TokensCommand) -> Resu
                 .await
                 .map_err(|s| from_status(&c.url, s))?;
             println!("token {token} revoked");
+            Ok(())
+        }
+    }
+}
+
+pub async fn tenants(c: &mut Clients, tenant: String, cmd: TenantsCommand) -> Result<()> {
+    match cmd {
+        TenantsCommand::Add { name } => {
+            let r = c
+                .admin
+                .create_tenant(CreateTenantRequest {
+                    tenant,
+                    name: name.clone(),
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            eprintln!("tenant {name} created with preprod and prod; its admin token (shown once):");
+            println!("{}", r.token);
             Ok(())
         }
     }

@@ -35,8 +35,14 @@ pub struct Global {
     /// File holding the API token (`$SLIPWAY_TOKEN` wins when set).
     #[arg(long, global = true, env = "SLIPWAY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Tenant to act on.
-    #[arg(long, global = true, env = "SLIPWAY_TENANT", default_value = "default")]
+    /// Tenant to act on (default: the API token's).
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_TENANT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub tenant: String,
 }
 
@@ -174,6 +180,17 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Tenants (operators: admins of tenant "default").
+    #[command(
+        after_help = "Example:\n  slipctl tenants add acme   # prints acme's first admin token"
+    )]
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// Which tenant, token and roles this slipctl acts as.
+    #[command(after_help = "Example:\n  slipctl whoami")]
+    Whoami,
     /// Publisher signing keys.
     #[command(after_help = "Example:\n  slipctl keys generate --out release.key")]
     Keys {
@@ -219,6 +236,13 @@ pub enum TokensCommand {
     /// Revoke a token by name or id.
     #[command(after_help = "Example:\n  slipctl tokens revoke ci")]
     Revoke { token: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Create a tenant with preprod and prod; prints its first admin token once.
+    #[command(after_help = "Example:\n  slipctl tenants add acme")]
+    Add { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,7 +6,7 @@ use proto::v1::{
 };
 use serde::Serialize;
 
-use crate::admin::{hosts, keys, rollback_authorization, tokens};
+use crate::admin::{hosts, keys, rollback_authorization, tenants, tokens};
 use crate::cli::{Cli, Command, Wait};
 use crate::client::{Clients, connect};
 use crate::error::{Result, from_status};
@@ -152,6 +152,19 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Hosts { command, env, json } => hosts(&mut c, tenant, command, env, json).await,
         Command::Tokens { command } => tokens(&mut c, tenant, command).await,
+        Command::Tenants { command } => tenants(&mut c, tenant, command).await,
+        Command::Whoami => {
+            let w = crate::admin::whoami(&mut c).await?;
+            let t = w.token.unwrap_or_default();
+            println!(
+                "tenant {}, token {} ({}), roles: {}",
+                w.tenant,
+                t.name,
+                t.id,
+                t.roles.join(", ")
+            );
+            Ok(())
+        }
         Command::Keys { .. } => unreachable!("handled before connecting"),
     }
 }

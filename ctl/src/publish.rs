@@ -130,6 +130,7 @@ pub async fn publish(
     let (counter, signatures) = match &key {
         None => (0, Vec::new()),
         Some(key) => {
+            let tenant = &crate::admin::resolved_tenant(c, tenant).await?;
             let counter = crate::admin::highest_counter(c, tenant, app).await? + 1;
             let digest = manifest.digest().to_string();
             let statement = trust::sign::ReleaseStatement {

@@ -395,6 +395,22 @@ impl Agent {
             .into()
     }
 
+    /// A gRPC channel to `c` that presents this agent's certificate (mTLS).
+    pub async fn channel(&self, c: &Controller) -> tonic::transport::Channel {
+        let dir = self.state_dir.join("identity");
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).expect("identity file");
+        let id = trust::tls::ClientIdentity {
+            cert_pem: read("agent.pem"),
+            key_pem: read("agent.key"),
+        };
+        let cfg =
+            trust::tls::client_config(trust::tls::ServerTrust::Roots(read("ca.pem")), Some(&id))
+                .unwrap();
+        trust::tls::connect(&c.url, Some(std::sync::Arc::new(cfg)), false)
+            .await
+            .expect("connect")
+    }
+
     /// The agent's own log (stderr).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -368,3 +368,334 @@ fn a_key_enforcing_agent_refuses_unsigned_releases_and_unsigned_downgrades() {
     .ok();
     a.wait_serving("1.0.0");
 }
+
+/// Fetches a blob with `agent`'s certificate: the gRPC status of the refusal.
+fn fetch_refused(c: &Controller, agent: &Agent, digest: &str) -> tonic::Status {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = proto::v1::agents_client::AgentsClient::new(agent.channel(c).await);
+        let mut stream = match client
+            .fetch_blob(proto::v1::FetchBlobRequest {
+                digest: digest.into(),
+                offset: 0,
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(status) => return status,
+        };
+        match stream.message().await {
+            Err(status) => status,
+            Ok(m) => panic!(
+                "fetch of {digest} was served: {:?} bytes",
+                m.map(|c| c.data.len())
+            ),
+        }
+    })
+}
+
+#[test]
+fn another_tenant_cannot_see_fetch_or_probe_our_blobs() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let acme = c
+        .ctl(&["tenants", "add", "acme"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let acme_dir = t.path().join("acme");
+    std::fs::create_dir_all(&acme_dir).unwrap();
+    let rel = sample_release(&acme_dir, &ReleaseOpts::new("1.0.0"));
+    c.ctl_as(
+        &acme,
+        &[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.0",
+        ],
+    )
+    .ok();
+    let acme_release = c.ctl_as(&acme, &["releases", "web", "--json"]).ok().json();
+    let blob = acme_release[0]["blob_digest"].as_str().unwrap().to_string();
+
+    // An agent of tenant default asks for acme's blob by digest: refused
+    // exactly like a digest nobody uploaded.
+    let a = Agent::start(t.path(), &c, "web-1", "preprod", DB_ENV);
+    eventually(Duration::from_secs(20), "agent enrolled", || {
+        a.state_dir
+            .join("identity/agent.pem")
+            .exists()
+            .then_some(())
+    });
+    let theirs = fetch_refused(&c, &a, &blob);
+    let nobody = fetch_refused(&c, &a, &format!("sha256:{}", "0".repeat(64)));
+    assert_eq!(theirs.code(), tonic::Code::NotFound, "{theirs:?}");
+    assert_eq!(
+        theirs.message().replace(&blob, "D"),
+        nobody
+            .message()
+            .replace(&format!("sha256:{}", "0".repeat(64)), "D"),
+        "the refusal does not tell whether another tenant has it"
+    );
+
+    // default's view: no app web, the digest is reported missing (not "present").
+    assert_eq!(c.ctl(&["releases", "web"]).code, 1);
+    // Publishing the same bytes under default uploads them again (no probe by digest).
+    let out = c
+        .ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            "1.0.0",
+        ])
+        .ok();
+    assert!(out.stdout.contains("uploaded"), "{}", out.stdout);
+    // acme's token cannot act on tenant default.
+    let out = c.ctl_as(&acme, &["--tenant", "default", "status"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("is for tenant \"acme\""),
+        "{}",
+        out.stderr
+    );
+    // Only operators (admins of default) create tenants.
+    let out = c.ctl_as(&acme, &["tenants", "add", "evil"]);
+    assert!(
+        out.stderr.contains("only admins of tenant"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn agent_certificates_renew_before_they_expire_and_the_agent_keeps_working() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start_with(t.path(), &["--agent-cert-ttl-secs", "12"]);
+    let a = Agent::start(t.path(), &c, "web-1", "preprod", DB_ENV);
+    let fingerprint = || {
+        c.ctl(&["hosts", "--json"]).ok().json()[0]["cert_fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = eventually(Duration::from_secs(20), "enrollment", || {
+        Some(fingerprint()).filter(|f| !f.is_empty())
+    });
+    let second = eventually(Duration::from_secs(20), "a renewed certificate", || {
+        Some(fingerprint()).filter(|f| !f.is_empty() && *f != first)
+    });
+    eventually(Duration::from_secs(20), "a second renewal", || {
+        Some(fingerprint()).filter(|f| *f != first && *f != second)
+    });
+    // Well past the first certificate's life the host still deploys.
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    a.wait_serving("1.0.0");
+    assert!(a.log_text().contains("certificate renewed"));
+}
+
+#[test]
+fn plaintext_is_loopback_only_and_https_needs_the_ca() {
+    let t = tempfile::tempdir().unwrap();
+    let plain = integration_tests::free_port();
+    let c = Controller::start_with(
+        t.path(),
+        &["--plaintext-listen", &format!("127.0.0.1:{plain}")],
+    );
+    let run = |url: &str, token: &str, ca: bool, args: &[&str]| -> integration_tests::CtlOutput {
+        let mut cmd = std::process::Command::new(integration_tests::bin("slipctl"));
+        cmd.args(args)
+            .env("SLIPWAY_CONTROLLER", url)
+            .env("SLIPWAY_TOKEN", token);
+        if ca {
+            cmd.env("SLIPWAY_CA_CERT", c.ca_cert());
+        } else {
+            cmd.env_remove("SLIPWAY_CA_CERT");
+        }
+        cmd.output().unwrap().into()
+    };
+    let plain_url = format!("http://127.0.0.1:{plain}");
+    // slipctl over the explicit loopback plaintext listener: still needs a token.
+    let out = run(&plain_url, &c.admin_token, false, &["envs"]).ok();
+    assert!(out.stdout.contains("prod  (production)"), "{}", out.stdout);
+    let out = run(&plain_url, "", false, &["envs"]);
+    assert!(out.stderr.contains("no API token"), "{}", out.stderr);
+    // Agent calls are not served there at all.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let ch = trust::tls::connect(&plain_url, None, false).await.unwrap();
+        proto::v1::agents_client::AgentsClient::new(ch)
+            .fetch_blob(proto::v1::FetchBlobRequest {
+                digest: format!("sha256:{}", "0".repeat(64)),
+                offset: 0,
+            })
+            .await
+            .expect_err("no agent service on plaintext")
+    });
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // Plaintext to a non-loopback address, https without the CA: usage errors.
+    let out = run("http://10.1.2.3:7400", &c.admin_token, false, &["envs"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("loopback only"), "{}", out.stderr);
+    let out = run(&c.url, &c.admin_token, false, &["envs"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--ca-cert"), "{}", out.stderr);
+    // With the CA, https works.
+    run(&c.url, &c.admin_token, true, &["envs"]).ok();
+
+    // The controller refuses to serve plaintext off loopback.
+    let out = std::process::Command::new(integration_tests::bin("slipway-controller"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--plaintext-listen",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(t.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback addresses only"));
+}
+
+#[test]
+fn canary_secrets_never_leave_the_host_or_reach_a_log() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let db_canary = format!("canary-db-{}", trust::secret::random_hex(8));
+    let key_canary = format!("canary-key-{}", trust::secret::random_hex(8));
+    let env = format!("DATABASE_URL=postgres://app:{db_canary}@db/app\nPAYMENT_KEY={key_canary}\n");
+    let a = Agent::start(t.path(), &c, "web-1", "preprod", &env);
+    let ci = c.token("ci", &["publisher", "deployer"]);
+
+    // Healthy v1 whose prepare hook prints the secret; broken v2 (rolled back);
+    // v3 whose prepare hook fails after printing it; an operator rollback.
+    let mut v1 = ReleaseOpts::new("1.0.0");
+    v1.prepare = "echo db=$DATABASE_URL key=$PAYMENT_KEY";
+    let mut v2 = ReleaseOpts::new("2.0.0");
+    v2.healthy = false;
+    let mut v3 = ReleaseOpts::new("3.0.0");
+    v3.prepare = "echo $PAYMENT_KEY >&2; exit 3";
+    for o in [&v1, &v2, &v3] {
+        let rel = sample_release(t.path(), o);
+        c.ctl_as(
+            &ci,
+            &[
+                "publish",
+                rel.to_str().unwrap(),
+                "--app",
+                "web",
+                "--version",
+                o.version,
+            ],
+        )
+        .ok();
+    }
+    c.ctl_as(
+        &ci,
+        &[
+            "deploy",
+            "web",
+            "1.0.0",
+            "--env",
+            "preprod",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    )
+    .ok();
+    let mut replies = Vec::new();
+    for v in ["2.0.0", "3.0.0"] {
+        let out = c.ctl_as(
+            &ci,
+            &[
+                "deploy",
+                "web",
+                v,
+                "--env",
+                "preprod",
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+        );
+        replies.push(out.stdout + &out.stderr);
+    }
+    eventually(Duration::from_secs(30), "v3 refused", || {
+        a.deploy_log().contains("3.0.0").then_some(())
+    });
+    a.wait_serving("1.0.0");
+    c.ctl_as(
+        &ci,
+        &["rollback", "web", "--env", "preprod", "--to", "1.0.0"],
+    )
+    .ok();
+    for args in [
+        vec!["status", "--json"],
+        vec!["history", "--json", "--limit", "500"],
+        vec!["releases", "web", "--json"],
+        vec!["hosts", "--json"],
+        vec!["tokens", "list", "--json"],
+    ] {
+        let out = c.ctl(&args).ok();
+        replies.push(out.stdout + &out.stderr);
+    }
+    assert!(
+        a.deploy_log().contains("db=***"),
+        "the hook ran and its output was kept, masked: {}",
+        a.deploy_log()
+    );
+
+    let ci_secret = ci.rsplit('_').next().unwrap().to_string();
+    let admin_secret = c.admin_token.rsplit('_').next().unwrap().to_string();
+    let mut places: Vec<(String, String)> = replies
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (format!("controller reply {i}"), r))
+        .collect();
+    let mut files = vec![
+        t.path().join("controller.log"),
+        t.path().join("agent-web-1.log"),
+        a.app_dir().join("status.json"),
+        a.app_dir().join("deploy.log"),
+    ];
+    for entry in std::fs::read_dir(&c.data_dir).unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("slipway.db")
+        {
+            files.push(entry.path());
+        }
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        places.push((
+            f.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    for (where_, text) in &places {
+        for canary in [&db_canary, &key_canary, &ci_secret, &admin_secret] {
+            assert!(
+                !text.contains(canary.as_str()),
+                "{canary} leaked into {where_}"
+            );
+        }
+    }
+}

@@ -65,7 +65,7 @@ pub struct Issued {
 
 pub struct Ca {
     pub cert_pem: String,
-    cert_der: Vec<u8>,
+    pin: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -107,17 +107,17 @@ impl Ca {
             .map_err(io_err(format!("read CA key {}", key.display())))?;
         let key_pair = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair)?;
-        let cert_der = first_cert_der(&cert_pem)?;
+        let pin = spki_pin(&first_cert_der(&cert_pem)?)?;
         Ok(Ca {
             cert_pem,
-            cert_der,
+            pin,
             issuer,
         })
     }
 
     /// What join tokens pin: `sha256:<hex>` of the CA's public key info.
-    pub fn pin(&self) -> String {
-        spki_pin(&self.cert_der).expect("own CA certificate parses")
+    pub fn pin(&self) -> &str {
+        &self.pin
     }
 
     /// A server certificate for the controller's names, chained with the CA

@@ -30,6 +30,13 @@ pub struct Signature {
     pub sig: String,
 }
 
+impl Signature {
+    /// `(key, signature)`, as [`count_trusted`] takes them.
+    pub fn pair(&self) -> (&str, &str) {
+        (&self.key, &self.sig)
+    }
+}
+
 /// An ed25519 key pair (a publisher key, or the controller's directive key).
 pub struct KeyPair(SigningKey);
 
@@ -113,21 +120,26 @@ pub fn verify(key: &VerifyingKey, payload: &[u8], sig_hex: &str) -> bool {
         .is_ok()
 }
 
-/// How many *distinct* trusted keys validly signed `payload`. Signatures by
-/// unknown keys, bad signatures and repeats of one key count for nothing.
-pub fn count_trusted(payload: &[u8], sigs: &[Signature], trusted: &[String]) -> usize {
+/// How many *distinct* trusted keys validly signed `payload`, given
+/// `(key, signature)` pairs. Signatures by unknown keys, bad signatures and
+/// repeats of one key count for nothing.
+pub fn count_trusted<'a>(
+    payload: &[u8],
+    sigs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    trusted: &[String],
+) -> usize {
     let mut seen: Vec<[u8; 32]> = Vec::new();
-    for s in sigs {
-        if !trusted.iter().any(|t| t.trim() == s.key.trim()) {
+    for (key_text, sig) in sigs {
+        if !trusted.iter().any(|t| t.trim() == key_text.trim()) {
             continue;
         }
-        let Ok(key) = parse_public(&s.key) else {
+        let Ok(key) = parse_public(key_text) else {
             continue;
         };
         if seen.contains(&key.to_bytes()) {
             continue;
         }
-        if verify(&key, payload, &s.sig) {
+        if verify(&key, payload, sig) {
             seen.push(key.to_bytes());
         }
     }
@@ -221,34 +233,24 @@ mod tests {
         let trusted = vec![a.public(), b.public()];
         let payload = stmt(3);
         let sa = a.sign(&payload);
+        let sb = b.sign(&payload);
+        let ss = stranger.sign(&payload);
+        assert_eq!(count_trusted(&payload, [sa.pair()], &trusted), 1);
         assert_eq!(
-            count_trusted(&payload, std::slice::from_ref(&sa), &trusted),
-            1
-        );
-        assert_eq!(
-            count_trusted(&payload, &[sa.clone(), sa.clone()], &trusted),
+            count_trusted(&payload, [sa.pair(), sa.pair()], &trusted),
             1,
             "one key twice counts once"
         );
-        assert_eq!(
-            count_trusted(&payload, &[sa.clone(), b.sign(&payload)], &trusted),
-            2
-        );
-        assert_eq!(
-            count_trusted(&payload, &[stranger.sign(&payload)], &trusted),
-            0
-        );
+        assert_eq!(count_trusted(&payload, [sa.pair(), sb.pair()], &trusted), 2);
+        assert_eq!(count_trusted(&payload, [ss.pair()], &trusted), 0);
         // A signature over another counter does not verify.
-        assert_eq!(
-            count_trusted(&stmt(4), std::slice::from_ref(&sa), &trusted),
-            0
-        );
+        assert_eq!(count_trusted(&stmt(4), [sa.pair()], &trusted), 0);
         // A stranger's signature relabelled with a trusted key name fails.
         let forged = Signature {
             key: a.public(),
             sig: stranger.sign(&payload).sig,
         };
-        assert_eq!(count_trusted(&payload, &[forged], &trusted), 0);
+        assert_eq!(count_trusted(&payload, [forged.pair()], &trusted), 0);
     }
 
     #[test]

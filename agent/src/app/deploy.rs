@@ -376,18 +376,10 @@ impl AppRunner {
     /// distinct trusted keys, and one older than what runs (lower counter) also
     /// needs an operator-signed rollback authorization for this environment.
     pub(super) fn verify_signatures(&self, d: &DesiredApp) -> Result<(), String> {
-        let policy = &self.cfg.trust;
+        let policy = &self.trust;
         if !policy.enforced() {
             return Ok(());
         }
-        let sigs = |list: &[proto::v1::Signature]| -> Vec<trust::sign::Signature> {
-            list.iter()
-                .map(|s| trust::sign::Signature {
-                    key: s.key.clone(),
-                    sig: s.sig.clone(),
-                })
-                .collect()
-        };
         let release = trust::sign::ReleaseStatement {
             tenant: &d.tenant,
             app: &self.name,
@@ -397,7 +389,7 @@ impl AppRunner {
         };
         let valid = trust::sign::count_trusted(
             &release.bytes(),
-            &sigs(&d.release_signatures),
+            pairs(&d.release_signatures),
             &policy.publisher_keys,
         );
         if valid < policy.signatures_required {
@@ -423,7 +415,7 @@ impl AppRunner {
             };
             let valid = trust::sign::count_trusted(
                 &rollback.bytes(),
-                &sigs(&d.rollback_authorization),
+                pairs(&d.rollback_authorization),
                 &policy.publisher_keys,
             );
             if valid < policy.signatures_required {
@@ -558,4 +550,9 @@ impl AppRunner {
         self.publish();
         Outcome::Done
     }
+}
+
+/// `(key, signature)` pairs of wire signatures.
+fn pairs(list: &[proto::v1::Signature]) -> impl Iterator<Item = (&str, &str)> {
+    list.iter().map(|s| (s.key.as_str(), s.sig.as_str()))
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::config::{AppConfig, Backend};
+use crate::config::{AppConfig, Backend, TrustConfig};
 use crate::health::{self, Probe, Verdict};
 use crate::install;
 use crate::lock::AppLock;
@@ -121,6 +121,7 @@ pub struct AppRunner {
     /// mtime of status.json as this runner last wrote it: a different one means
     /// someone else (`slipway-agent rollback`) acted on the app.
     saved_mtime: Option<std::time::SystemTime>,
+    trust: TrustConfig,
 }
 
 impl AppRunner {
@@ -152,7 +153,15 @@ impl AppRunner {
             restarts: 0,
             next_restart: None,
             saved_mtime,
+            trust: TrustConfig::default(),
         })
+    }
+
+    /// The publisher-signature policy deploys are checked against (none by
+    /// default: local actions and stops never install anything new).
+    pub fn with_trust(mut self, trust: TrustConfig) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// Writes status.json and tells the session.

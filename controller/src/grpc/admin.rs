@@ -6,16 +6,20 @@ use std::time::Duration;
 use artifact::{NameKind, validate_name};
 use proto::v1::admin_server::Admin;
 use proto::v1::{
-    AddHostRequest, AddHostResponse, CreateTokenRequest, CreateTokenResponse, HostInfo,
-    ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, RevokeHostRequest,
-    RevokeHostResponse, RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+    AddHostRequest, AddHostResponse, CreateTenantRequest, CreateTokenRequest, CreateTokenResponse,
+    HostInfo, ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse,
+    RevokeHostRequest, RevokeHostResponse, RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+    WhoAmIRequest, WhoAmIResponse,
 };
 use tonic::{Request, Response, Status};
 
-use super::{SharedCtx, Want, audit, authorize};
+use super::{SharedCtx, Want, audit, authorize, reader};
 use crate::auth::{ROLE_NAMES, Role};
 use crate::error::ControllerError;
 use crate::store::{ApiTokenRow, now};
+
+/// Admins of this tenant operate the controller: they create the others.
+pub const OPERATOR_TENANT: &str = "default";
 
 /// Longest a join token may live.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -78,16 +82,7 @@ impl Admin for AdminService {
         &self,
         req: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Admin,
-            "token-create",
-            "",
-            "",
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Admin, "token-create").await?;
         let r = req.into_inner();
         validate_token_name(&r.name)?;
         if r.roles.is_empty() || r.roles.len() > 5 {
@@ -120,16 +115,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Admin,
-            "token-list",
-            "",
-            "",
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Admin, "token-list").await?;
         let rows = self
             .ctx
             .store
@@ -145,16 +131,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Admin,
-            "token-revoke",
-            "",
-            "",
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Admin, "token-revoke").await?;
         let r = req.into_inner();
         let n = self
             .ctx
@@ -178,17 +155,7 @@ impl Admin for AdminService {
         &self,
         req: Request<AddHostRequest>,
     ) -> Result<Response<AddHostResponse>, Status> {
-        let r = req.get_ref();
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &r.tenant,
-            Want::Admin,
-            "host-add",
-            "",
-            &r.environment,
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Admin, "host-add").await?;
         let r = req.into_inner();
         validate_name(NameKind::Host, &r.host)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -208,7 +175,7 @@ impl Admin for AdminService {
             0 => self.ctx.join_token_ttl,
             s => Duration::from_secs(u64::from(s)).min(MAX_JOIN_TTL),
         };
-        let token = trust::secret::JoinToken::generate(&self.ctx.ca.pin());
+        let token = trust::secret::JoinToken::generate(self.ctx.ca.pin());
         let expires_at = now() + ttl.as_secs() as i64;
         store
             .add_host(
@@ -246,16 +213,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RevokeHostRequest>,
     ) -> Result<Response<RevokeHostResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Admin,
-            "host-revoke",
-            "",
-            "",
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Admin, "host-revoke").await?;
         let r = req.into_inner();
         let found = self
             .ctx
@@ -277,16 +235,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Read,
-            "",
-            "",
-            "",
-        )
-        .await?;
+        let who = reader(&self.ctx, &req).await?;
         let r = req.into_inner();
         let rows = self
             .ctx
@@ -308,6 +257,66 @@ impl Admin for AdminService {
                     revoked_at: h.revoked_at.unwrap_or(0),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn create_tenant(
+        &self,
+        req: Request<CreateTenantRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Admin, "tenant-create").await?;
+        let name = req.into_inner().name;
+        if who.tenant != OPERATOR_TENANT {
+            audit(
+                &self.ctx,
+                &who,
+                "tenant-create",
+                "",
+                "",
+                &name,
+                "refused: not an operator",
+            )
+            .await;
+            return Err(Status::permission_denied(format!(
+                "only admins of tenant {OPERATOR_TENANT:?} create tenants"
+            )));
+        }
+        validate_name(NameKind::Tenant, &name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let store = &self.ctx.store;
+        if !store
+            .create_tenant(&name)
+            .await
+            .map_err(ControllerError::from)?
+        {
+            return Err(Status::already_exists(format!("tenant {name:?} exists")));
+        }
+        let (text, row) = new_token(&name, "admin", vec!["admin".into()], &who.actor());
+        store
+            .insert_api_token(&row)
+            .await
+            .map_err(ControllerError::from)?;
+        audit(&self.ctx, &who, "tenant-create", "", "", &name, "ok").await;
+        Ok(Response::new(CreateTokenResponse {
+            token: text,
+            info: Some(token_info(row)),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        let who = reader(&self.ctx, &req).await?;
+        let p = who.principal;
+        Ok(Response::new(WhoAmIResponse {
+            tenant: who.tenant,
+            token: Some(TokenInfo {
+                id: p.token_id,
+                name: p.name,
+                roles: p.roles.iter().map(|r| r.as_str().to_string()).collect(),
+                ..Default::default()
+            }),
         }))
     }
 }

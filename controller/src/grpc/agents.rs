@@ -106,12 +106,7 @@ impl AgentsService {
             )));
         }
         store
-            .upsert_host(
-                &tenant,
-                &hello_host,
-                &hello_env,
-                &bounded(hello.agent_version),
-            )
+            .host_hello(&tenant, &hello_host, &bounded(hello.agent_version))
             .await
             .map_err(ControllerError::from)?;
         let mut apps = Vec::new();
@@ -172,17 +167,7 @@ impl AgentsService {
             .next_directive_seq(&h.tenant, &h.host)
             .await?;
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
-        let to_proto = |json: &str| -> Vec<proto::v1::Signature> {
-            serde_json::from_str::<Vec<trust::sign::Signature>>(json)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| proto::v1::Signature {
-                    key: s.key,
-                    sig: s.sig,
-                })
-                .collect()
-        };
-        let rollback_authorization = to_proto(&d.authorization);
+        let rollback_authorization = super::releases::stored_signatures(&d.authorization);
         let directive = trust::sign::Directive {
             tenant: &h.tenant,
             host: &h.host,
@@ -198,7 +183,7 @@ impl AgentsService {
         };
         let directive_signature = self.ctx.directive_key.sign(&directive.bytes()).sig;
         Ok(DesiredApp {
-            release_signatures: to_proto(&d.signatures),
+            release_signatures: super::releases::stored_signatures(&d.signatures),
             rollback_authorization,
             tenant: h.tenant.clone(),
             host: h.host.clone(),

@@ -9,7 +9,7 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Authorized, SharedCtx, Want, authorize};
+use super::{Authorized, SharedCtx, Want, authorize, reader};
 use crate::error::{ControllerError, Result};
 
 pub struct DeploymentsService {
@@ -73,10 +73,10 @@ impl DeploymentsService {
             .await?;
         self.ctx.hub.desired_changed();
         let connected_hosts = store
-            .hosts_in_env(tenant, env)
+            .hosts(tenant, env)
             .await?
             .iter()
-            .filter(|h| self.ctx.hub.connected(tenant, h))
+            .filter(|h| self.ctx.hub.connected(tenant, &h.name))
             .count() as u32;
         tracing::info!(tenant, app, env, version, generation, "desired release set");
         Ok(DeployResponse {
@@ -119,17 +119,7 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<DeployRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let r = req.get_ref();
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &r.tenant,
-            Want::ChangeIn(&r.environment),
-            "deploy",
-            &r.app,
-            &r.environment,
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Change, "deploy").await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = self
@@ -149,17 +139,7 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<PromoteRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let r = req.get_ref();
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &r.tenant,
-            Want::ChangeIn(&r.to_environment),
-            "promote",
-            &r.app,
-            &r.to_environment,
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Change, "promote").await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = async {
@@ -210,17 +190,7 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<RollbackRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let r = req.get_ref();
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &r.tenant,
-            Want::ChangeIn(&r.environment),
-            "rollback",
-            &r.app,
-            &r.environment,
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Change, "rollback").await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = async {
@@ -260,25 +230,17 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<RetryRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let r = req.get_ref();
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &r.tenant,
-            Want::ChangeIn(&r.environment),
-            "retry",
-            &r.app,
-            &r.environment,
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Change, "retry").await?;
         let r = req.into_inner();
         let tenant = who.tenant.clone();
         let result = async {
             self.check_app_env(&tenant, &r.app, &r.environment).await?;
-            let (version, _) = self
+            // Same release (and authorization), new generation: hosts that
+            // refused it try once more.
+            let current = self
                 .ctx
                 .store
-                .desired(&tenant, &r.app, &r.environment)
+                .desired_app(&tenant, &r.environment, &r.app)
                 .await?
                 .ok_or_else(|| {
                     ControllerError::FailedPrecondition(format!(
@@ -286,23 +248,10 @@ impl Deployments for DeploymentsService {
                         r.app, r.environment
                     ))
                 })?;
-            // Same release (and authorization), new generation: hosts that
-            // refused it try once more.
-            let authorization: Vec<proto::v1::Signature> = self
-                .ctx
-                .store
-                .desired_app(&tenant, &r.environment, &r.app)
-                .await?
-                .and_then(|d| {
-                    serde_json::from_str::<Vec<trust::sign::Signature>>(&d.authorization).ok()
-                })
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| proto::v1::Signature {
-                    key: s.key,
-                    sig: s.sig,
-                })
-                .collect();
+            let (version, authorization) = (
+                current.version,
+                super::releases::stored_signatures(&current.authorization),
+            );
             self.set_desired(&tenant, &r.app, &r.environment, &version, &authorization)
                 .await
         }
@@ -315,16 +264,7 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<FleetStatusRequest>,
     ) -> std::result::Result<Response<FleetStatusResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Read,
-            "",
-            "",
-            "",
-        )
-        .await?;
+        let who = reader(&self.ctx, &req).await?;
         let tenant = who.tenant;
         let r = req.into_inner();
         let rows = self
@@ -361,16 +301,7 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<HistoryRequest>,
     ) -> std::result::Result<Response<HistoryResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Read,
-            "",
-            "",
-            "",
-        )
-        .await?;
+        let who = reader(&self.ctx, &req).await?;
         let tenant = who.tenant;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 50 } else { r.limit.min(1000) };
@@ -400,16 +331,7 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<ListEnvironmentsRequest>,
     ) -> std::result::Result<Response<ListEnvironmentsResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Read,
-            "",
-            "",
-            "",
-        )
-        .await?;
+        let who = reader(&self.ctx, &req).await?;
         let tenant = who.tenant;
         let envs = self
             .ctx

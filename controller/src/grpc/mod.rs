@@ -44,12 +44,78 @@ pub fn tenant_of(t: &str) -> Result<String, crate::error::ControllerError> {
 }
 
 /// What a call wants to do.
-pub enum Want<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
     Read,
     Publish,
     Admin,
-    /// Change desired state in this environment (production needs `promoter`).
-    ChangeIn(&'a str),
+    /// Change desired state in the request's environment (production needs `promoter`).
+    Change,
+}
+
+/// A request names its tenant (empty: the token's) and, for changes, the app
+/// and environment it is about (for the role check and the audit log).
+pub trait Scoped {
+    fn tenant(&self) -> &str;
+    fn target(&self) -> (&str, &str) {
+        ("", "")
+    }
+}
+
+macro_rules! scoped {
+    ($($t:ty),* $(,)?) => {$(
+        impl Scoped for $t {
+            fn tenant(&self) -> &str { &self.tenant }
+        }
+    )*};
+}
+macro_rules! targeted {
+    ($($t:ty => $app:ident, $env:ident);* $(;)?) => {$(
+        impl Scoped for $t {
+            fn tenant(&self) -> &str { &self.tenant }
+            fn target(&self) -> (&str, &str) { (&self.$app, &self.$env) }
+        }
+    )*};
+}
+use proto::v1 as pb;
+scoped!(
+    pb::MissingBlobsRequest,
+    pb::CreateReleaseRequest,
+    pb::ListReleasesRequest,
+    pb::FleetStatusRequest,
+    pb::HistoryRequest,
+    pb::ListEnvironmentsRequest,
+    pb::CreateTokenRequest,
+    pb::ListTokensRequest,
+    pb::RevokeTokenRequest,
+    pb::RevokeHostRequest,
+    pb::ListHostsRequest,
+    pb::CreateTenantRequest,
+);
+targeted!(
+    pb::DeployRequest => app, environment;
+    pb::PromoteRequest => app, to_environment;
+    pb::RollbackRequest => app, environment;
+    pb::RetryRequest => app, environment;
+);
+impl Scoped for pb::AddHostRequest {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn target(&self) -> (&str, &str) {
+        ("", &self.environment)
+    }
+}
+impl Scoped for pb::WhoAmIRequest {
+    fn tenant(&self) -> &str {
+        ""
+    }
+}
+/// An upload names its tenant in the first message: authorize for the token's.
+impl Scoped for tonic::Streaming<pb::UploadBlobRequest> {
+    fn tenant(&self) -> &str {
+        ""
+    }
 }
 
 /// An authorized caller, with the tenant the call acts on.
@@ -69,25 +135,29 @@ fn peer<T>(req: &Request<T>) -> String {
     req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
+/// A read: any valid token of the tenant.
+pub async fn reader<T: Scoped>(ctx: &Ctx, req: &Request<T>) -> Result<Authorized, Status> {
+    authorize(ctx, req, Want::Read, "").await
+}
+
 /// Authenticates the API token, resolves the tenant (the token's when the
-/// request names none) and checks the role `want` needs. A refused mutation is
-/// written to the audit log with who tried and from where.
-pub async fn authorize<T>(
+/// request names none) and checks the role `want` needs. A refused mutation
+/// (`action`) is written to the audit log with who tried and from where.
+pub async fn authorize<T: Scoped>(
     ctx: &Ctx,
     req: &Request<T>,
-    tenant: &str,
-    want: Want<'_>,
+    want: Want,
     action: &str,
-    app: &str,
-    env: &str,
 ) -> Result<Authorized, Status> {
     let peer = peer(req);
+    let tenant = req.get_ref().tenant();
+    let (app, env) = req.get_ref().target();
     let mut actor = "unauthenticated".to_string();
     let mut need = match want {
         Want::Read => Need::Read,
         Want::Publish => Need::Publish,
         Want::Admin => Need::Admin,
-        Want::ChangeIn(_) => Need::Change { production: true },
+        Want::Change => Need::Change { production: true },
     };
     let result: Result<(Principal, String), Status> = async {
         let principal = auth::authenticate(ctx, req).await?;
@@ -97,7 +167,7 @@ pub async fn authorize<T>(
         } else {
             tenant_of(tenant)?
         };
-        if let Want::ChangeIn(env) = want {
+        if want == Want::Change {
             let production = ctx
                 .store
                 .environment(&tenant, env)

@@ -9,7 +9,7 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{SharedCtx, Want, audit, authorize};
+use super::{SharedCtx, Want, audit, authorize, reader};
 use crate::error::ControllerError;
 use crate::store::{ReleaseRow, now};
 
@@ -35,8 +35,7 @@ fn release_to_proto(r: ReleaseRow) -> Release {
         created_at: r.created_at,
         entries: r.entries,
         counter: r.counter,
-        signed_by: serde_json::from_str::<Vec<trust::sign::Signature>>(&r.signatures)
-            .unwrap_or_default()
+        signed_by: stored_signatures(&r.signatures)
             .into_iter()
             .map(|s| s.key)
             .collect(),
@@ -45,6 +44,18 @@ fn release_to_proto(r: ReleaseRow) -> Release {
 
 /// Most signatures a release or an authorization may carry.
 pub const MAX_SIGNATURES: usize = 16;
+
+/// Signatures as the store keeps them (JSON), for the wire.
+pub fn stored_signatures(json: &str) -> Vec<proto::v1::Signature> {
+    serde_json::from_str::<Vec<trust::sign::Signature>>(json)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| proto::v1::Signature {
+            key: s.key,
+            sig: s.sig,
+        })
+        .collect()
+}
 
 /// Checks every signature over `payload` (a bad one is refused, not dropped)
 /// and returns them as stored JSON.
@@ -85,16 +96,7 @@ impl Releases for ReleasesService {
         &self,
         req: Request<MissingBlobsRequest>,
     ) -> Result<Response<MissingBlobsResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Publish,
-            "upload",
-            "",
-            "",
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Publish, "upload").await?;
         let req = req.into_inner();
         if req.digests.len() > MAX_DIGESTS_PER_QUERY {
             return Err(Status::invalid_argument(format!(
@@ -122,7 +124,7 @@ impl Releases for ReleasesService {
         &self,
         req: Request<Streaming<UploadBlobRequest>>,
     ) -> Result<Response<UploadBlobResponse>, Status> {
-        let who = authorize(&self.ctx, &req, "", Want::Publish, "upload", "", "").await?;
+        let who = authorize(&self.ctx, &req, Want::Publish, "upload").await?;
         let mut stream = req.into_inner();
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty upload"));
@@ -213,16 +215,7 @@ impl Releases for ReleasesService {
         &self,
         req: Request<CreateReleaseRequest>,
     ) -> Result<Response<CreateReleaseResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Publish,
-            "publish",
-            "",
-            "",
-        )
-        .await?;
+        let who = authorize(&self.ctx, &req, Want::Publish, "publish").await?;
         let req = req.into_inner();
         let tenant = who.tenant.clone();
         let parsed = Manifest::from_canonical_bytes(&req.manifest, MAX_ENTRIES, MAX_CONTENT_BYTES)
@@ -255,16 +248,7 @@ impl Releases for ReleasesService {
         &self,
         req: Request<ListReleasesRequest>,
     ) -> Result<Response<ListReleasesResponse>, Status> {
-        let who = authorize(
-            &self.ctx,
-            &req,
-            &req.get_ref().tenant,
-            Want::Read,
-            "",
-            "",
-            "",
-        )
-        .await?;
+        let who = reader(&self.ctx, &req).await?;
         let tenant = who.tenant;
         let req = req.into_inner();
         let store = &self.ctx.store;
@@ -317,11 +301,6 @@ impl ReleasesService {
         signatures: &[proto::v1::Signature],
     ) -> Result<(ReleaseRow, bool), ControllerError> {
         let store = &self.ctx.store;
-        if !store.tenant_exists(tenant).await? {
-            return Err(ControllerError::NotFound(format!(
-                "unknown tenant {tenant:?}"
-            )));
-        }
         let blob = manifest
             .blob_digest()
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;

@@ -162,14 +162,6 @@ impl Store {
         Ok(row.is_some())
     }
 
-    pub async fn blob_size(&self, digest: &str) -> Result<Option<u64>> {
-        let row = sqlx::query("SELECT size FROM blobs WHERE digest = ?")
-            .bind(digest)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
-    }
-
     pub async fn insert_blob(&self, digest: &str, size: u64) -> Result<()> {
         sqlx::query(
             "INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -405,37 +397,19 @@ impl Store {
         Ok(row.get::<i64, _>(0) as u64)
     }
 
-    pub async fn upsert_host(
-        &self,
-        tenant: &str,
-        host: &str,
-        env: &str,
-        agent_version: &str,
-    ) -> Result<()> {
+    /// A host said hello: what agent it runs, and that it was seen. Hosts are
+    /// created by `hosts add`, never by an agent.
+    pub async fn host_hello(&self, tenant: &str, host: &str, agent_version: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (tenant, name) DO UPDATE
-               SET environment = excluded.environment, agent_version = excluded.agent_version, last_seen = excluded.last_seen",
+            "UPDATE hosts SET agent_version = ?, last_seen = ? WHERE tenant = ? AND name = ?",
         )
-        .bind(tenant)
-        .bind(host)
-        .bind(env)
         .bind(agent_version)
         .bind(now())
+        .bind(tenant)
+        .bind(host)
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    pub async fn hosts_in_env(&self, tenant: &str, env: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT name FROM hosts WHERE tenant = ? AND environment = ? ORDER BY name",
-        )
-        .bind(tenant)
-        .bind(env)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn touch_host(&self, tenant: &str, host: &str) -> Result<()> {

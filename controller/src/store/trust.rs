@@ -79,6 +79,32 @@ impl Store {
             .get(0))
     }
 
+    /// A new tenant with the usual preprod and prod; false if it exists.
+    pub async fn create_tenant(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let created = sqlx::query(
+            "INSERT INTO tenants (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if created {
+            for (env, production) in [("preprod", 0), ("prod", 1)] {
+                sqlx::query("INSERT INTO environments (tenant, name, production) VALUES (?, ?, ?)")
+                    .bind(name)
+                    .bind(env)
+                    .bind(production)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
     pub async fn insert_api_token(&self, t: &ApiTokenRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
