@@ -74,7 +74,17 @@ pub enum ManifestError {
     TooManyEntries(usize, usize),
     #[error("manifest content totals {0} bytes, more than the limit of {1}")]
     TooManyBytes(u64, u64),
+    #[error(
+        "manifest content ({content} bytes) is more than {MAX_RATIO} times its {blob}-byte blob: refused as a decompression bomb"
+    )]
+    Ratio { content: u64, blob: u64 },
 }
+
+/// Most a blob may expand on unpacking (content / compressed size), beyond the
+/// first [`RATIO_SLACK`] bytes: a zstd bomb is refused before any byte is decoded.
+pub const MAX_RATIO: u64 = 1000;
+/// Content any blob may unpack to whatever its ratio (small releases of zeros).
+pub const RATIO_SLACK: u64 = 64 << 20;
 
 fn entry_err(path: &str, why: impl Into<String>) -> ManifestError {
     ManifestError::Entry {
@@ -155,6 +165,19 @@ impl Manifest {
             Some(t) if t <= max_total => {}
             Some(t) => return Err(ManifestError::TooManyBytes(t, max_total)),
             None => return Err(ManifestError::TooManyBytes(u64::MAX, max_total)),
+        }
+        let content = self.content_bytes();
+        if content
+            > self
+                .blob
+                .size
+                .saturating_mul(MAX_RATIO)
+                .saturating_add(RATIO_SLACK)
+        {
+            return Err(ManifestError::Ratio {
+                content,
+                blob: self.blob.size,
+            });
         }
         let mut kinds: BTreeMap<&str, EntryKind> = BTreeMap::new();
         let mut prev: Option<&str> = None;
