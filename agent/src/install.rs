@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use artifact::spec::HookSpec;
 use artifact::{Limits, Manifest};
+use std::io::Read;
+
 use tokio::io::AsyncReadExt;
 
+use crate::config::RunAs;
 use crate::paths::AppPaths;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +42,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 }
 
 /// Unpacks the blob at `blob` into `releases/<version>`, replacing a leftover dir
-/// of the same version (never the one `current` points at).
+/// of the same version (never the one `current` points at). With `run_as`, the
+/// archive is read and written by a child process running as the app's user
+/// (`slipway-agent unpack`), so a hostile archive never meets root: the tree it
+/// builds is owned by that user and is moved into place by the agent.
 pub async fn unpack_release(
     paths: &AppPaths,
     blob: &Path,
     manifest: &Manifest,
+    run_as: Option<RunAs>,
 ) -> Result<PathBuf, InstallError> {
     let dest = paths.release(&manifest.version);
     if dest.exists() {
@@ -58,14 +65,19 @@ pub async fn unpack_release(
     }
     let (blob, manifest, dest2) = (blob.to_path_buf(), manifest.clone(), dest.clone());
     tokio::task::spawn_blocking(move || -> Result<(), InstallError> {
-        let file = std::fs::File::open(&blob).map_err(io_err(&blob))?;
-        artifact::unpack_into(
-            std::io::BufReader::new(file),
-            &manifest,
-            &dest2,
-            &Limits::default(),
-        )?;
-        Ok(())
+        match run_as {
+            None => {
+                let file = std::fs::File::open(&blob).map_err(io_err(&blob))?;
+                artifact::unpack_into(
+                    std::io::BufReader::new(file),
+                    &manifest,
+                    &dest2,
+                    &Limits::default(),
+                )?;
+                Ok(())
+            }
+            Some(user) => unpack_as(user, &blob, &manifest, &dest2),
+        }
     })
     .await
     .map_err(|e| InstallError::Io {
@@ -73,6 +85,107 @@ pub async fn unpack_release(
         source: std::io::Error::other(e),
     })??;
     Ok(dest)
+}
+
+/// Most of the child's error output kept for the error message.
+const CHILD_ERROR_BYTES: usize = 2048;
+
+/// Runs `slipway-agent unpack` as `user` into a staging dir it owns, then moves
+/// the finished tree to `dest`. Whatever happens, the staging dir is removed.
+fn unpack_as(
+    user: RunAs,
+    blob: &Path,
+    manifest: &Manifest,
+    dest: &Path,
+) -> Result<(), InstallError> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::process::CommandExt;
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release");
+    let stage = parent.join(format!(".stage-{name}-{}", std::process::id()));
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).map_err(io_err(&stage))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&stage)
+        .map_err(io_err(&stage))?;
+    let result = (|| {
+        nix::unistd::chown(
+            &stage,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .map_err(|e| InstallError::Io {
+            path: stage.clone(),
+            source: e.into(),
+        })?;
+        let manifest_file = stage.join("manifest.json");
+        std::fs::write(&manifest_file, manifest.to_canonical_bytes())
+            .map_err(io_err(&manifest_file))?;
+        let tree = stage.join("tree");
+        let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+        let out = std::process::Command::new(&exe)
+            .arg("unpack")
+            .arg("--manifest")
+            .arg(&manifest_file)
+            .arg("--dest")
+            .arg(&tree)
+            .stdin(std::fs::File::open(blob).map_err(io_err(blob))?)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_clear()
+            .current_dir(&stage)
+            .uid(user.uid)
+            .gid(user.gid)
+            .output()
+            .map_err(io_err(&exe))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let line = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let line: String = line
+                .trim_start_matches("error: ")
+                .chars()
+                .take(CHILD_ERROR_BYTES)
+                .collect();
+            return Err(InstallError::Unpack(artifact::UnpackError::Read(
+                std::io::Error::other(format!("as uid {}: {line} ({})", user.uid, out.status)),
+            )));
+        }
+        std::fs::rename(&tree, dest).map_err(io_err(dest))?;
+        artifact::unpack::fsync_dir(parent)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&stage);
+    result
+}
+
+/// The child side of [`unpack_as`]: the manifest from a file, the blob from stdin.
+pub fn unpack_child(manifest: &Path, dest: &Path) -> Result<(), String> {
+    let limits = Limits::default();
+    let mut bytes = Vec::new();
+    std::fs::File::open(manifest)
+        .and_then(|f| {
+            std::io::Read::take(f, artifact::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("read {}: {e}", manifest.display()))?;
+    let m = Manifest::from_canonical_bytes(&bytes, limits.max_entries, limits.max_total_bytes)
+        .map_err(|e| format!("manifest: {e}"))?;
+    artifact::unpack_into(
+        std::io::BufReader::new(std::io::stdin().lock()),
+        &m,
+        dest,
+        &limits,
+    )
+    .map_err(|e| format!("unpack: {e}"))
 }
 
 /// Links `shared/<path>` into the release for every shared file and dir of the spec.
@@ -200,40 +313,6 @@ async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
         kept.drain(..kept.len() - KEEP);
     }
     kept
-}
-
-/// Hands a release tree to the app's user (no symlink is followed).
-pub fn chown_tree(root: &Path, run_as: crate::config::RunAs) -> Result<(), InstallError> {
-    use nix::unistd::{Gid, Uid};
-    let (uid, gid) = (
-        Some(Uid::from_raw(run_as.uid)),
-        Some(Gid::from_raw(run_as.gid)),
-    );
-    let chown = |p: &Path| {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            p,
-            uid,
-            gid,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| InstallError::Io {
-            path: p.to_path_buf(),
-            source: e.into(),
-        })
-    };
-    chown(root)?;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            let path = entry.path();
-            chown(&path)?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Points `current` at `releases/<version>` atomically: a new symlink under a temp

@@ -58,10 +58,29 @@ enum Local {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Internal: unpack the blob on stdin against a manifest file into DEST.
+    /// The agent runs this as the app's user, so archives are never read as root.
+    #[command(hide = true)]
+    Unpack {
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        dest: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Local::Unpack { manifest, dest }) = &args.command {
+        // Runs as the app's user, before (and without) the agent's config.
+        return match agent::install::unpack_child(manifest, dest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     init_tracing();
     let cfg = match agent::config::AgentConfig::load(&args.config) {
         Ok(c) => c,
@@ -108,7 +127,7 @@ fn main() -> ExitCode {
                     })
                     .map_err(|e| format!("{e:#}"))
             }
-            Local::Run => Ok(()),
+            Local::Run | Local::Unpack { .. } => Ok(()),
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,

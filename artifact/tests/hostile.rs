@@ -187,7 +187,10 @@ fn files_written_through_a_symlink() {
             entry("d/passwd", EntryKind::File, 0o644, b"root::0:0", None),
         ],
     );
-    assert_has(&refused(&b, &m, &Limits::default()), "parent is not a directory");
+    assert_has(
+        &refused(&b, &m, &Limits::default()),
+        "parent is not a directory",
+    );
 }
 
 #[test]

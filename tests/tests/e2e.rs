@@ -886,6 +886,22 @@ fn the_app_runs_as_its_user_and_its_logs_rotate() {
         nobody.to_string(),
         "the prepare hook ran as the app's user"
     );
+    assert!(
+        agent
+            .deploy_log()
+            .contains(&format!("unpacked as uid {nobody}")),
+        "the archive was unpacked by the app's user: {}",
+        agent.deploy_log()
+    );
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(
+            agent
+                .app_dir()
+                .join("releases/1.0.0/bin/slipway-sample-app"),
+        )
+        .unwrap(),
+    );
+    assert_eq!(owner, nobody, "the release tree belongs to the app's user");
 
     // The sample app logs every request: push its log past 2 KiB.
     for _ in 0..400 {

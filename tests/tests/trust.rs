@@ -699,3 +699,140 @@ fn canary_secrets_never_leave_the_host_or_reach_a_log() {
         }
     }
 }
+
+/// Publishes, through the real API, a blob whose tar does not match its
+/// manifest (as a compromised publisher or controller could): `../evil` where
+/// the manifest lists `x`.
+fn publish_hostile(c: &Controller, version: &str) {
+    let mut tarball = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tarball);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        h.set_mode(0o644);
+        let name = b"../evil";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let blob = zstd::encode_all(&tarball[..], 3).unwrap();
+    let digest = artifact::Digest::of(&blob).to_string();
+    let manifest = artifact::Manifest {
+        format: 1,
+        app: "web".into(),
+        version: version.into(),
+        git_commit: None,
+        blob: artifact::manifest::BlobRef {
+            digest: digest.clone(),
+            size: blob.len() as u64,
+        },
+        entries: vec![artifact::Entry {
+            path: "x".into(),
+            kind: artifact::EntryKind::File,
+            mode: 0o644,
+            size: 1,
+            sha256: Some(artifact::Digest::of(b"x").to_string()),
+            target: None,
+        }],
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use proto::v1::{
+            CreateReleaseRequest, UploadBlobHeader, UploadBlobRequest, upload_blob_request,
+        };
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {}", c.admin_token).parse().unwrap();
+        let mut client = proto::v1::releases_client::ReleasesClient::with_interceptor(
+            c.channel().await,
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            },
+        );
+        let msgs = vec![
+            UploadBlobRequest {
+                part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
+                    tenant: String::new(),
+                    digest,
+                    size: blob.len() as u64,
+                })),
+            },
+            UploadBlobRequest {
+                part: Some(upload_blob_request::Part::Chunk(blob)),
+            },
+        ];
+        client.upload_blob(tokio_stream::iter(msgs)).await.unwrap();
+        client
+            .create_release(CreateReleaseRequest {
+                manifest: manifest.to_canonical_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_hostile_archive_is_refused_by_the_app_user_and_the_host_is_unchanged() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    // The app's user must be able to reach its files.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Controller::start(t.path());
+    let mut a = Agent::configured(t.path(), &c, "web-1", "preprod", DB_ENV, true);
+    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
+    cfg.push_str("user = \"nobody\"\n");
+    std::fs::write(&a.config, cfg).unwrap();
+    a.spawn();
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    c.ctl(&[
+        "deploy",
+        "web",
+        "1.0.0",
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "60",
+    ])
+    .ok();
+    a.wait_serving("1.0.0");
+    let releases = a.app_dir().join("releases");
+    let before: Vec<_> = std::fs::read_dir(&releases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+
+    publish_hostile(&c, "2.0.0");
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod"]).ok();
+    let error = eventually(
+        Duration::from_secs(30),
+        "the hostile release to be refused",
+        || {
+            let e = a.status_json()["last_error"].as_str().unwrap().to_string();
+            e.contains("2.0.0").then_some(e)
+        },
+    );
+    assert!(
+        error.contains("unpack") && error.contains("not in the manifest"),
+        "{error}"
+    );
+    assert!(
+        error.contains("as uid"),
+        "refused by the unpacking child: {error}"
+    );
+    assert_eq!(a.app_says().as_deref(), Some("sample-app 1.0.0"));
+    let after: Vec<_> = std::fs::read_dir(&releases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "no release, temp or staging dir left");
+    assert!(!a.app_dir().join("evil").exists() && !releases.join("evil").exists());
+}

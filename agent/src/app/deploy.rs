@@ -112,7 +112,11 @@ impl AppRunner {
 
         // 2. Install beside the running release; it stays untouched until the flip.
         self.set_state(State::Installing);
-        let unpacked = install::unpack_release(&self.paths, &blob, &manifest).await;
+        let run_as = self.cfg.run_as();
+        if let (Some(user), None) = (&self.cfg.user, run_as) {
+            return self.refuse(&target, "unpack", format!("user {user:?} no longer exists"));
+        }
+        let unpacked = install::unpack_release(&self.paths, &blob, &manifest, run_as).await;
         // Once unpacked (or refused) the blob has served its purpose: the cache
         // only ever holds what is being installed.
         let _ = std::fs::remove_file(&blob);
@@ -120,13 +124,6 @@ impl AppRunner {
             Ok(p) => p,
             Err(e) => return self.refuse(&target, "unpack", e.to_string()),
         };
-        if let Some(run_as) = self.cfg.run_as()
-            && let Err(e) = tokio::task::block_in_place(|| install::chown_tree(&release, run_as))
-        {
-            return self
-                .abandon(&target, &release, "unpack", e.to_string())
-                .await;
-        }
         self.status
             .installed
             .insert(version.clone(), d.manifest_digest.clone());
@@ -136,7 +133,14 @@ impl AppRunner {
             &version,
             "unpack",
             "ok",
-            &format!("{} entries", manifest.entries.len()),
+            &match run_as {
+                Some(u) => format!(
+                    "{} entries, unpacked as uid {}",
+                    manifest.entries.len(),
+                    u.uid
+                ),
+                None => format!("{} entries", manifest.entries.len()),
+            },
         );
         let spec = match ReleaseSpec::load(&release) {
             Ok(s) => s,
