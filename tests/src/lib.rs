@@ -144,6 +144,20 @@ impl Controller {
             .to_string()
     }
 
+    /// `slipctl deploy web VERSION --env ENV --wait` (60 s), with the admin token.
+    pub fn deploy_wait(&self, version: &str, env: &str) -> CtlOutput {
+        self.ctl(&[
+            "deploy",
+            "web",
+            version,
+            "--env",
+            env,
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+    }
+
     /// A TLS gRPC channel to the controller (no client certificate).
     pub async fn channel(&self) -> tonic::transport::Channel {
         let pem = std::fs::read_to_string(self.ca_cert()).expect("ca.pem");
@@ -347,6 +361,13 @@ impl Agent {
             host: host.to_string(),
             log: dir.join(format!("agent-{host}.log")),
         }
+    }
+
+    /// Appends lines to the agent's config (to `[apps.web]`, or new tables).
+    pub fn append_config(&self, text: &str) {
+        let mut cfg = std::fs::read_to_string(&self.config).expect("agent config");
+        cfg.push_str(text);
+        std::fs::write(&self.config, cfg).expect("write agent config");
     }
 
     pub fn spawn(&mut self) {

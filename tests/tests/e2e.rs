@@ -10,19 +10,6 @@ use integration_tests::{
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn deploy_wait(c: &Controller, version: &str, env: &str) -> integration_tests::CtlOutput {
-    c.ctl(&[
-        "deploy",
-        "web",
-        version,
-        "--env",
-        env,
-        "--wait",
-        "--timeout",
-        "60",
-    ])
-}
-
 /// Counts deploy.log lines for `version` at `step`.
 fn steps(agent: &Agent, version: &str, step: &str) -> usize {
     agent
@@ -41,7 +28,7 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
 
     // v1: published, deployed, serving; the prepare hook ran in the release dir.
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    let out = deploy_wait(&c, "1.0.0", "preprod").ok();
+    let out = c.deploy_wait("1.0.0", "preprod").ok();
     assert!(
         out.stdout.contains("pre-1: 1.0.0 healthy"),
         "{}",
@@ -65,7 +52,7 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
 
     // v2: upgrade.
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
-    deploy_wait(&c, "2.0.0", "preprod").ok();
+    c.deploy_wait("2.0.0", "preprod").ok();
     agent.wait_serving("2.0.0");
 
     // v3: health never passes → rolled back to v2, and status says why.
@@ -77,7 +64,7 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
             ..ReleaseOpts::new("3.0.0")
         },
     );
-    let out = deploy_wait(&c, "3.0.0", "preprod");
+    let out = c.deploy_wait("3.0.0", "preprod");
     assert_eq!(
         out.code, 1,
         "--wait fails when the release is refused: {}",
@@ -113,7 +100,7 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
             ..ReleaseOpts::new("4.0.0")
         },
     );
-    let out = deploy_wait(&c, "4.0.0", "preprod");
+    let out = c.deploy_wait("4.0.0", "preprod");
     assert_eq!(out.code, 1);
     agent.wait_serving("2.0.0");
     let row = status_row(&c, "pre-1").unwrap();
@@ -189,7 +176,7 @@ fn a_failing_prepare_hook_leaves_the_old_release_serving() {
     let c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
 
     publish(
@@ -200,7 +187,7 @@ fn a_failing_prepare_hook_leaves_the_old_release_serving() {
             ..ReleaseOpts::new("2.0.0")
         },
     );
-    let out = deploy_wait(&c, "2.0.0", "preprod");
+    let out = c.deploy_wait("2.0.0", "preprod");
     assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains("migration 42 failed"),
@@ -242,7 +229,7 @@ fn promote_runs_the_same_digest_on_the_prod_host() {
         out.stderr
     );
 
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     pre.wait_serving("1.0.0");
     assert_eq!(prod.app_says(), None, "prod untouched by a preprod deploy");
 
@@ -295,7 +282,7 @@ fn the_app_keeps_serving_while_the_controller_is_down() {
     let mut c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
 
     c.kill();
@@ -327,7 +314,7 @@ fn the_app_keeps_serving_while_the_controller_is_down() {
         "reconnecting does not restart the app"
     );
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
-    deploy_wait(&c, "2.0.0", "preprod").ok();
+    c.deploy_wait("2.0.0", "preprod").ok();
     agent.wait_serving("2.0.0");
 }
 
@@ -337,7 +324,7 @@ fn a_restarted_agent_adopts_the_running_app() {
     let c = Controller::start(t.path());
     let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
 
     agent.kill();
@@ -363,7 +350,7 @@ fn a_crashed_app_process_is_restarted() {
     let c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     let new_pid = eventually(WAIT, "the app to be restarted", || {
@@ -639,7 +626,7 @@ fn a_broken_env_file_refuses_the_release_before_anything_stops() {
             ..ReleaseOpts::new("1.0.0")
         },
     );
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
 
     let env = agent.app_dir().join("shared/.env");
@@ -652,7 +639,7 @@ fn a_broken_env_file_refuses_the_release_before_anything_stops() {
             ..ReleaseOpts::new("2.0.0")
         },
     );
-    let out = deploy_wait(&c, "2.0.0", "preprod");
+    let out = c.deploy_wait("2.0.0", "preprod");
     assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains("line 2: expected KEY=VALUE"),
@@ -686,7 +673,7 @@ fn hook_output_is_reported_with_env_values_masked() {
             ..ReleaseOpts::new("1.0.0")
         },
     );
-    let out = deploy_wait(&c, "1.0.0", "preprod");
+    let out = c.deploy_wait("1.0.0", "preprod");
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("cannot reach ***"), "{}", out.stderr);
     assert!(!out.stderr.contains("canary-7731"));
@@ -708,12 +695,12 @@ fn a_wrapper_whose_child_holds_the_port_is_stopped_as_a_group() {
             ..ReleaseOpts::new("1.0.0")
         },
     );
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     agent.wait_serving("1.0.0");
     // If only the shell were stopped, its child would keep the port and 2.0.0
     // could not bind it.
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
-    deploy_wait(&c, "2.0.0", "preprod").ok();
+    c.deploy_wait("2.0.0", "preprod").ok();
     agent.wait_serving("2.0.0");
 }
 
@@ -723,7 +710,7 @@ fn an_agent_restarted_mid_activation_judges_the_release_and_rolls_back() {
     let c = Controller::start(t.path());
     let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
 
     publish(
         &c,
@@ -766,7 +753,7 @@ fn an_env_file_edit_restarts_the_app_and_a_removed_variable_is_reported() {
     let c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
     let env = agent.app_dir().join("shared/.env");
 
@@ -825,7 +812,7 @@ fn an_app_defined_in_its_own_host_file_installs_under_its_install_root() {
     agent.spawn();
 
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     agent.wait_serving("1.0.0");
     assert_eq!(
         std::fs::read_link(root.join("current")).unwrap().to_str(),
@@ -870,7 +857,7 @@ fn the_app_runs_as_its_user_and_its_logs_rotate() {
             ..ReleaseOpts::new("1.0.0")
         },
     );
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let pid = agent.app_pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -938,7 +925,7 @@ fn the_command_backend_drives_an_outside_process_manager() {
 
     for v in ["1.0.0", "2.0.0"] {
         publish(&c, t.path(), &ReleaseOpts::new(v));
-        deploy_wait(&c, v, "preprod").ok();
+        c.deploy_wait(v, "preprod").ok();
         agent.wait_serving(v);
     }
     let pid: i32 = std::fs::read_to_string(agent.app_dir().join("pm.pid"))
@@ -966,7 +953,7 @@ fn the_command_backend_drives_an_outside_process_manager() {
             ..ReleaseOpts::new("3.0.0")
         },
     );
-    assert_eq!(deploy_wait(&c, "3.0.0", "preprod").code, 1);
+    assert_eq!(c.deploy_wait("3.0.0", "preprod").code, 1);
     agent.wait_serving("2.0.0");
 }
 
@@ -976,7 +963,7 @@ fn a_config_edit_applies_live_and_a_broken_one_is_rejected() {
     let c = Controller::start(t.path());
     let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    deploy_wait(&c, "1.0.0", "preprod").ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     let good = std::fs::read_to_string(&agent.config).unwrap();
 
     // A broken edit: rejected, logged, the app untouched.

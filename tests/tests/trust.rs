@@ -255,12 +255,10 @@ fn a_key_enforcing_agent_refuses_unsigned_releases_and_unsigned_downgrades() {
         .ok()
         .stdout;
     let mut a = Agent::configured(t.path(), &c, "web-1", "preprod", DB_ENV, true);
-    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
-    cfg.push_str(&format!(
+    a.append_config(&format!(
         "\n[trust]\npublisher_keys = [\"{}\"]\n",
         public.trim()
     ));
-    std::fs::write(&a.config, cfg).unwrap();
     a.spawn();
     let publish_signed = |version: &str| {
         let rel = sample_release(t.path(), &ReleaseOpts::new(version));
@@ -278,29 +276,9 @@ fn a_key_enforcing_agent_refuses_unsigned_releases_and_unsigned_downgrades() {
     };
 
     publish_signed("1.0.0");
-    c.ctl(&[
-        "deploy",
-        "web",
-        "1.0.0",
-        "--env",
-        "preprod",
-        "--wait",
-        "--timeout",
-        "60",
-    ])
-    .ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     publish_signed("2.0.0");
-    c.ctl(&[
-        "deploy",
-        "web",
-        "2.0.0",
-        "--env",
-        "preprod",
-        "--wait",
-        "--timeout",
-        "60",
-    ])
-    .ok();
+    c.deploy_wait("2.0.0", "preprod").ok();
     a.wait_serving("2.0.0");
 
     // Unsigned: refused before anything is fetched; 2.0.0 keeps serving.
@@ -785,22 +763,10 @@ fn a_hostile_archive_is_refused_by_the_app_user_and_the_host_is_unchanged() {
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let c = Controller::start(t.path());
     let mut a = Agent::configured(t.path(), &c, "web-1", "preprod", DB_ENV, true);
-    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
-    cfg.push_str("user = \"nobody\"\n");
-    std::fs::write(&a.config, cfg).unwrap();
+    a.append_config("user = \"nobody\"\n");
     a.spawn();
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
-    c.ctl(&[
-        "deploy",
-        "web",
-        "1.0.0",
-        "--env",
-        "preprod",
-        "--wait",
-        "--timeout",
-        "60",
-    ])
-    .ok();
+    c.deploy_wait("1.0.0", "preprod").ok();
     a.wait_serving("1.0.0");
     let releases = a.app_dir().join("releases");
     let before: Vec<_> = std::fs::read_dir(&releases)
