@@ -103,6 +103,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
     let pki = config.data_dir.join("pki");
+    std::fs::create_dir_all(&pki).map_err(|e| anyhow::anyhow!("create {}: {e}", pki.display()))?;
     let ca = match &config.ca {
         Some((cert, key)) => trust::pki::Ca::load(cert, key)?,
         None => trust::pki::Ca::load_or_create(&pki)?,

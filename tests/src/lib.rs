@@ -122,7 +122,10 @@ impl Controller {
 
     /// The controller's CA certificate (what slipctl and tests trust).
     pub fn ca_cert(&self) -> PathBuf {
-        self.data_dir.join("pki/ca.pem")
+        match self.extra_args.iter().position(|a| a == "--ca-cert") {
+            Some(i) => PathBuf::from(&self.extra_args[i + 1]),
+            None => self.data_dir.join("pki/ca.pem"),
+        }
     }
 
     /// An API token with these roles (made with the admin token).

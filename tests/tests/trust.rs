@@ -802,3 +802,32 @@ fn a_hostile_archive_is_refused_by_the_app_user_and_the_host_is_unchanged() {
     assert_eq!(before, after, "no release, temp or staging dir left");
     assert!(!a.app_dir().join("evil").exists() && !releases.join("evil").exists());
 }
+
+#[test]
+fn an_operator_provided_ca_is_used_and_pinned() {
+    let t = tempfile::tempdir().unwrap();
+    let ca_dir = t.path().join("operator-ca");
+    let ca = trust::pki::Ca::load_or_create(&ca_dir).unwrap();
+    let (cert, key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
+    let c = Controller::start_with(
+        t.path(),
+        &[
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    // The controller made no CA of its own, and join tokens pin the operator's.
+    assert!(!c.data_dir.join("pki/ca.pem").exists());
+    let token = c.join_token("web-9", "preprod");
+    let pin = ca.pin().strip_prefix("sha256:").unwrap();
+    assert!(token.ends_with(pin), "{token} pins {pin}");
+    // slipctl (given the operator's CA file) and an enrolling agent trust it.
+    c.ctl(&["envs"]).ok();
+    let _a = Agent::start(t.path(), &c, "web-1", "preprod", DB_ENV);
+    eventually(Duration::from_secs(20), "the agent to connect", || {
+        let hosts = c.ctl(&["hosts", "--json"]).ok().json();
+        (hosts[0]["connected"] == true).then_some(())
+    });
+}

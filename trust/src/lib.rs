@@ -16,12 +16,9 @@ pub mod tls;
 pub enum TrustError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message (one line), not a separate source.
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
     #[error("tls: {0}")]
@@ -38,7 +35,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrustError {
     let what = what.into();
-    move |source| TrustError::Io { what, source }
+    move |cause| TrustError::Io { what, cause }
 }
 
 /// Writes a secret file readable by its owner only (0600), atomically.

@@ -226,7 +226,7 @@ pub async fn connect(url: &str, tls: Option<Arc<ClientConfig>>, lazy: bool) -> R
             }
             TrustError::Io {
                 what: format!("cannot reach controller at {url}"),
-                source: std::io::Error::other(cause.to_string()),
+                cause: std::io::Error::other(cause.to_string()),
             }
         })
 }
