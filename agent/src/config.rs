@@ -92,6 +92,10 @@ pub struct AppConfig {
     /// Where the app's releases, `current` and `shared/` live, e.g. `/opt/web`
     /// (default: `<state_dir>/apps/<app>`).
     pub install_root: Option<PathBuf>,
+    /// Seconds between full drift checks of the running release against its
+    /// baseline (file changes seen by `notify` are checked at once too).
+    #[serde(default = "default_drift_check")]
+    pub drift_check_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -153,6 +157,9 @@ fn default_keep() -> usize {
 }
 fn default_log_max() -> u64 {
     10 * 1024 * 1024
+}
+fn default_drift_check() -> u64 {
+    60
 }
 fn default_log_keep() -> u32 {
     5

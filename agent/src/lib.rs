@@ -6,6 +6,7 @@ pub mod app;
 pub mod command_backend;
 pub mod config;
 pub mod directive;
+pub mod drift;
 pub mod envfile;
 pub mod fetch;
 pub mod filewatch;

@@ -15,6 +15,8 @@ pub struct AppPaths {
     pub lock: PathBuf,
     /// Blob being installed (download, resumable): emptied after each install.
     pub cache: PathBuf,
+    /// Drift baselines, `<version>.json`: each release as installed.
+    pub baselines: PathBuf,
 }
 
 impl AppPaths {
@@ -41,6 +43,7 @@ impl AppPaths {
             status: root.join("status.json"),
             lock: root.join(".lock"),
             cache: root.join("cache"),
+            baselines: root.join("baselines"),
             root,
         }
     }
@@ -49,8 +52,18 @@ impl AppPaths {
         self.releases.join(version)
     }
 
+    pub fn baseline(&self, version: &str) -> PathBuf {
+        self.baselines.join(format!("{version}.json"))
+    }
+
     pub fn create(&self) -> std::io::Result<()> {
-        for d in [&self.releases, &self.shared, &self.run, &self.logs] {
+        for d in [
+            &self.releases,
+            &self.shared,
+            &self.run,
+            &self.logs,
+            &self.baselines,
+        ] {
             std::fs::create_dir_all(d)?;
         }
         Ok(())

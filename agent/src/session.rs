@@ -32,6 +32,15 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// PRETTY_NAME from /etc/os-release, for the inventory.
+fn os_name() -> String {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').chars().take(128).collect())
+        .unwrap_or_default()
+}
+
 pub struct Session {
     pub cfg: Arc<AgentConfig>,
     pub desired: HashMap<String, watch::Sender<Option<DesiredApp>>>,
@@ -118,6 +127,7 @@ impl Session {
             environment: self.cfg.environment.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             apps,
+            os: os_name(),
         };
         tx.send(AgentMessage {
             msg: Some(agent_message::Msg::Hello(hello)),

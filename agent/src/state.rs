@@ -87,6 +87,12 @@ pub struct AppStatus {
     /// Release counter of every version unpacked on disk (downgrade checks).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+    /// Drift in the running release: at most `DRIFT_LINES` "changed|added|removed
+    /// <path>" lines, and how many paths drifted in all.
+    #[serde(default)]
+    pub drift: Vec<String>,
+    #[serde(default)]
+    pub drift_count: u32,
     pub updated_at: i64,
 }
 
@@ -151,6 +157,8 @@ impl AppStatus {
                 .map(|f| f.digest.clone())
                 .unwrap_or_default(),
             generation: self.generation,
+            drift: self.drift.clone(),
+            drift_count: self.drift_count,
         }
     }
 }

@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 #[derive(Clone)]
 pub struct Hub {
     desired_tx: Arc<watch::Sender<u64>>,
+    /// Wakes the rollout engine: a report arrived or a rollout changed.
+    rollouts: Arc<Notify>,
     sessions: Arc<Mutex<HashMap<(String, String), u64>>>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -25,6 +27,7 @@ impl Hub {
         let (tx, _rx) = watch::channel(0);
         Self {
             desired_tx: Arc::new(tx),
+            rollouts: Arc::new(Notify::new()),
             sessions: Arc::default(),
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         }
@@ -33,6 +36,15 @@ impl Hub {
     /// Wakes every session to recompute its host's desired state.
     pub fn desired_changed(&self) {
         self.desired_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Wakes the rollout engine (coalesced: one pending wake-up at most).
+    pub fn rollouts_changed(&self) {
+        self.rollouts.notify_one();
+    }
+
+    pub fn rollout_signal(&self) -> Arc<Notify> {
+        self.rollouts.clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

@@ -5,8 +5,10 @@
 pub mod auth;
 pub mod blobs;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod hub;
+pub mod rollout;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -135,6 +137,8 @@ pub async fn run(
         max_blob_bytes: config.max_blob_bytes,
         shutdown: shutdown.clone(),
     });
+    // Rollouts resume from the store: a restart mid-rollout carries on.
+    tokio::spawn(rollout::run(ctx.clone()));
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), ca_pin = %ctx.ca.pin(), "controller listening (TLS)");
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use proto::v1::{
     AddHostRequest, CreateTenantRequest, CreateTokenRequest, ListHostsRequest, ListReleasesRequest,
-    ListTokensRequest, RevokeHostRequest, RevokeTokenRequest, Signature,
+    ListTokensRequest, RevokeHostRequest, RevokeTokenRequest, Signature, UpdateHostRequest,
 };
 use serde::Serialize;
 
@@ -118,7 +118,12 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
 struct HostJson {
     name: String,
     environment: String,
+    purpose: String,
+    criticality: String,
+    labels: std::collections::BTreeMap<String, String>,
+    os: String,
     connected: bool,
+    offline: bool,
     agent_version: String,
     last_seen: i64,
     cert_fingerprint: String,
@@ -126,15 +131,53 @@ struct HostJson {
     revoked: bool,
 }
 
+/// `slipctl hosts` filters.
+pub struct HostFilter {
+    pub env: Option<String>,
+    pub labels: Vec<String>,
+    pub purpose: Option<String>,
+    pub criticality: Option<String>,
+    pub offline: bool,
+}
+
+/// `KEY=VALUE` pairs from the command line.
+fn parse_labels(pairs: &[String]) -> Result<std::collections::HashMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| CtlError::Usage(format!("label {p:?}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn host_state(h: &HostJson) -> &'static str {
+    if h.revoked {
+        "revoked"
+    } else if h.cert_fingerprint.is_empty() {
+        "not enrolled"
+    } else if h.offline {
+        "offline"
+    } else {
+        "connected"
+    }
+}
+
 pub async fn hosts(
     c: &mut Clients,
     tenant: String,
     cmd: Option<HostsCommand>,
-    env: Option<String>,
+    filter: HostFilter,
     json: bool,
 ) -> Result<()> {
     match cmd {
-        Some(HostsCommand::Add { host, env, ttl }) => {
+        Some(HostsCommand::Add {
+            host,
+            env,
+            ttl,
+            inventory,
+        }) => {
             let r = c
                 .admin
                 .add_host(AddHostRequest {
@@ -142,6 +185,9 @@ pub async fn hosts(
                     host: host.clone(),
                     environment: env.clone(),
                     ttl_secs: ttl.unwrap_or(0),
+                    purpose: inventory.purpose.unwrap_or_default(),
+                    criticality: inventory.criticality.unwrap_or_default(),
+                    labels: parse_labels(&inventory.labels)?,
                 })
                 .await
                 .map_err(|s| from_status(&c.url, s))?
@@ -152,6 +198,38 @@ pub async fn hosts(
             );
             println!("{}", r.join_token);
             eprintln!("on {host}: slipway-agent --config /etc/slipway/agent.toml join <TOKEN>");
+            Ok(())
+        }
+        Some(HostsCommand::Set {
+            host,
+            inventory,
+            unlabel,
+        }) => {
+            let h = c
+                .admin
+                .update_host(UpdateHostRequest {
+                    tenant,
+                    host,
+                    purpose: inventory.purpose,
+                    criticality: inventory.criticality,
+                    set_labels: parse_labels(&inventory.labels)?,
+                    remove_labels: unlabel,
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner();
+            let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "host {}: purpose {:?}, criticality {}, labels {}",
+                h.name,
+                h.purpose,
+                h.criticality,
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels.join(",")
+                }
+            );
             Ok(())
         }
         Some(HostsCommand::Revoke { host }) => {
@@ -170,17 +248,26 @@ pub async fn hosts(
                 .admin
                 .list_hosts(ListHostsRequest {
                     tenant,
-                    environment: env.unwrap_or_default(),
+                    environment: filter.env.unwrap_or_default(),
+                    labels: parse_labels(&filter.labels)?,
+                    purpose: filter.purpose.unwrap_or_default(),
+                    criticality: filter.criticality.unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner()
                 .hosts
                 .into_iter()
+                .filter(|h| !filter.offline || h.offline)
                 .map(|h| HostJson {
                     name: h.name,
                     environment: h.environment,
+                    purpose: h.purpose,
+                    criticality: h.criticality,
+                    labels: h.labels.into_iter().collect(),
+                    os: h.os,
                     connected: h.connected,
+                    offline: h.offline,
                     agent_version: h.agent_version,
                     last_seen: h.last_seen,
                     cert_fingerprint: h.cert_fingerprint,
@@ -191,22 +278,31 @@ pub async fn hosts(
             if json {
                 return print_json(&rows);
             }
-            let mut t = table(&["HOST", "ENV", "STATE", "AGENT", "LAST SEEN", "CERT UNTIL"]);
+            let mut t = table(&[
+                "HOST",
+                "ENV",
+                "PURPOSE",
+                "CRIT",
+                "LABELS",
+                "STATE",
+                "AGENT",
+                "OS",
+                "LAST SEEN",
+                "CERT UNTIL",
+            ]);
+            let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
             for h in rows {
-                let state = if h.revoked {
-                    "revoked"
-                } else if h.cert_fingerprint.is_empty() {
-                    "not enrolled"
-                } else if h.connected {
-                    "connected"
-                } else {
-                    "offline"
-                };
+                let labels: Vec<String> =
+                    h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 t.add_row(vec![
-                    h.name,
-                    h.environment,
-                    state.into(),
-                    h.agent_version,
+                    h.name.clone(),
+                    h.environment.clone(),
+                    dash(h.purpose.clone()),
+                    h.criticality.clone(),
+                    dash(labels.join(",")),
+                    host_state(&h).into(),
+                    dash(h.agent_version.clone()),
+                    dash(h.os.clone()),
                     if h.last_seen == 0 {
                         "-".into()
                     } else {

@@ -46,16 +46,39 @@ pub struct Global {
     pub tenant: String,
 }
 
-/// `--wait`: follow the change until every connected host of the environment
-/// runs it healthy (exit 0) or refused it (exit 1), for CI.
+/// `--wait`: follow the change's rollout live until it ends (exit 0 when it
+/// succeeded, 1 when it halted, was reverted or aborted), for CI.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct Wait {
-    /// Wait until connected hosts report the release healthy or rolled back.
+    /// Follow the rollout until it ends; exit 1 unless it succeeded.
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this many seconds.
-    #[arg(long, default_value_t = 300, requires = "wait")]
+    #[arg(long, default_value_t = 1800, requires = "wait")]
     pub timeout: u64,
+}
+
+/// How the change reaches the environment's hosts; unset: the environment's strategy.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StrategyArgs {
+    /// Hosts changed first, alone; any failure there halts the rollout.
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+    /// Hosts per batch after the canary: N, or N% of the environment's hosts.
+    #[arg(long, value_name = "N|N%")]
+    pub batch: Option<String>,
+    /// Seconds a batch's hosts have to report healthy; later counts as failed.
+    #[arg(long, value_name = "SECS")]
+    pub batch_timeout: Option<u32>,
+    /// Seconds to wait between batches.
+    #[arg(long, value_name = "SECS")]
+    pub pause: Option<u32>,
+    /// Failed hosts tolerated before the rollout halts: N or N%.
+    #[arg(long, value_name = "N|N%")]
+    pub max_failures: Option<String>,
+    /// On halt, put the previous release back on the hosts already changed.
+    #[arg(long, value_name = "BOOL")]
+    pub auto_revert: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,16 +113,27 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         #[arg(long, value_name = "KEY_FILE")]
         sign: Option<PathBuf>,
         #[command(flatten)]
+        strategy: StrategyArgs,
+        #[command(flatten)]
         wait: Wait,
     },
     /// Copy the exact release (same digest) one environment runs to another.
-    #[command(after_help = "Example:\n  slipctl promote web --from preprod --to prod")]
+    #[command(
+        after_help = "Example:\n  slipctl promote web --from preprod --to prod --wait\n\n\
+Refused until the release has run healthy on every host of --from for the soak time of --to,\n\
+and while a host of either environment carries unacknowledged drift."
+    )]
     Promote {
         app: String,
         #[arg(long)]
         from: String,
         #[arg(long)]
         to: String,
+        /// Promote despite the soak and drift gates (promoter role; audited).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        strategy: StrategyArgs,
         #[command(flatten)]
         wait: Wait,
     },
@@ -136,17 +170,35 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         #[arg(long)]
         json: bool,
     },
-    /// Fleet table: what every host should run, runs, and how it is doing.
+    /// The fleet: per environment and app, how many hosts run the desired
+    /// release, are updating, failed, drifted or offline; --hosts for each host.
     #[command(
-        after_help = "Example:\n  slipctl status --env prod\n  slipctl status --json | jq '.[] | select(.health != \"healthy\")'"
+        after_help = "Example:\n  slipctl status --env prod\n  slipctl status --hosts --app web\n  slipctl status --json | jq '.hosts[] | select(.status != \"ok\")'"
     )]
     Status {
         #[arg(long)]
         app: Option<String>,
         #[arg(long)]
         env: Option<String>,
+        /// One row per host and app.
+        #[arg(long)]
+        hosts: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Follow, pause, resume or abort the rollout of APP in an environment.
+    #[command(
+        after_help = "Example:\n  slipctl rollout status web --env prod --wait\n  slipctl rollout pause web --env prod\n  slipctl rollout abort web --env prod"
+    )]
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Hand-made changes to running releases.
+    #[command(after_help = "Example:\n  slipctl drift ack web --env prod --host web-3")]
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
     },
     /// Who changed what, when, from where (the audit log).
     #[command(after_help = "Example:\n  slipctl history web")]
@@ -157,9 +209,16 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         #[arg(long)]
         json: bool,
     },
-    /// List the tenant's environments.
-    #[command(after_help = "Example:\n  slipctl envs")]
-    Envs,
+    /// The tenant's environments, their soak and rollout strategy; change one.
+    #[command(
+        after_help = "Example:\n  slipctl envs\n  slipctl envs set prod --soak 3600 --canary 1 --batch 25% --pause 60"
+    )]
+    Envs {
+        #[command(subcommand)]
+        command: Option<EnvsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Hosts of the tenant; add one (prints its join token) or revoke one.
     #[command(
         after_help = "Example:\n  slipctl hosts --env prod\n  slipctl hosts add web-1 --env prod\n  slipctl hosts revoke web-1"
@@ -169,6 +228,16 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
         command: Option<HostsCommand>,
         #[arg(long)]
         env: Option<String>,
+        /// Only hosts with this label (repeat: all must match).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long)]
+        criticality: Option<String>,
+        /// Only hosts that are offline (no session, or missed heartbeats).
+        #[arg(long)]
+        offline: bool,
         #[arg(long)]
         json: bool,
     },
@@ -202,7 +271,9 @@ DIR must hold slipway.toml. When DIR is in a git checkout, its commit is recorde
 #[derive(Subcommand, Debug)]
 pub enum HostsCommand {
     /// Register HOST in an environment and print its one-time join token.
-    #[command(after_help = "Example:\n  slipctl hosts add web-1 --env prod --ttl 900")]
+    #[command(
+        after_help = "Example:\n  slipctl hosts add web-1 --env prod --purpose web --criticality high --label zone=fsn1 --ttl 900"
+    )]
     Add {
         host: String,
         #[arg(long)]
@@ -210,10 +281,110 @@ pub enum HostsCommand {
         /// Seconds the join token stays valid (default: the controller's, 1 h).
         #[arg(long)]
         ttl: Option<u32>,
+        #[command(flatten)]
+        inventory: HostInventory,
+    },
+    /// Change a host's purpose, criticality or labels.
+    #[command(
+        after_help = "Example:\n  slipctl hosts set web-1 --label canary=true --unlabel zone"
+    )]
+    Set {
+        host: String,
+        #[command(flatten)]
+        inventory: HostInventory,
+        /// Remove this label (repeat).
+        #[arg(long = "unlabel", value_name = "KEY")]
+        unlabel: Vec<String>,
     },
     /// Cut a host off: its certificate stops working on its next call.
     #[command(after_help = "Example:\n  slipctl hosts revoke web-1")]
     Revoke { host: String },
+}
+
+/// What the inventory says about a host.
+#[derive(Args, Debug, Clone, Default)]
+pub struct HostInventory {
+    /// What the host is for (free text: web, db, worker…).
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// low, medium, high or critical; canaries are picked among the least critical.
+    #[arg(long)]
+    pub criticality: Option<String>,
+    /// KEY=VALUE (repeat); `canary=true` puts the host first in rollouts.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Show the latest rollout host by host, following it live until it ends.
+    #[command(after_help = "Example:\n  slipctl rollout status web --env prod --wait")]
+    Status {
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// Print the current state once instead of following.
+        #[arg(long, conflicts_with = "wait")]
+        once: bool,
+        #[arg(long, conflicts_with = "wait")]
+        json: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Stop admitting new batches (hosts already changed stay as they are).
+    #[command(after_help = "Example:\n  slipctl rollout pause web --env prod")]
+    Pause {
+        app: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Continue a paused rollout.
+    #[command(after_help = "Example:\n  slipctl rollout resume web --env prod")]
+    Resume {
+        app: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Stop the rollout and put the previous release back on the hosts it changed.
+    #[command(after_help = "Example:\n  slipctl rollout abort web --env prod")]
+    Abort {
+        app: String,
+        #[arg(long)]
+        env: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DriftCommand {
+    /// Accept the drift hosts report now: it stops blocking promotion until it changes.
+    #[command(after_help = "Example:\n  slipctl drift ack web --env prod --host web-3")]
+    Ack {
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// Only this host (default: every drifted host of the environment).
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvsCommand {
+    /// Create or change an environment (admin).
+    #[command(
+        after_help = "Example:\n  slipctl envs set prod --soak 3600 --batch 2 --pause 30\n  slipctl envs set staging --production false"
+    )]
+    Set {
+        name: String,
+        #[arg(long, value_name = "BOOL")]
+        production: Option<bool>,
+        /// Seconds a release must run healthy on every host of the source
+        /// environment before it may be promoted here.
+        #[arg(long, value_name = "SECS")]
+        soak: Option<u32>,
+        #[command(flatten)]
+        strategy: StrategyArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,13 +1,13 @@
 //! Dispatch of slipctl's subcommands to the controller.
 
 use proto::v1::{
-    DeployRequest, DeployResponse, HistoryRequest, ListEnvironmentsRequest, ListReleasesRequest,
-    PromoteRequest, RetryRequest, RollbackRequest,
+    DeployRequest, DeployResponse, HistoryRequest, ListReleasesRequest, PromoteRequest,
+    RetryRequest, RollbackRequest,
 };
 use serde::Serialize;
 
 use crate::admin::{hosts, keys, rollback_authorization, tenants, tokens};
-use crate::cli::{Cli, Command, Wait};
+use crate::cli::{Cli, Command, EnvsCommand};
 use crate::client::{Clients, connect};
 use crate::error::{Result, from_status};
 use crate::publish::{human_bytes, publish};
@@ -43,6 +43,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             version,
             env,
             sign,
+            strategy,
             wait,
         } => {
             let authorization = match sign {
@@ -57,6 +58,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 version,
                 environment: env,
                 authorization,
+                strategy: crate::rollout::strategy(&strategy),
             };
             let r = c
                 .deployments
@@ -65,12 +67,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner();
             print_change("deploy", &r);
-            follow(&mut c, &tenant, &r, wait).await
+            crate::rollout::follow_change(&mut c, &tenant, &r, wait).await
         }
         Command::Promote {
             app,
             from,
             to,
+            force,
+            strategy,
             wait,
         } => {
             let req = PromoteRequest {
@@ -78,6 +82,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 app,
                 from_environment: from.clone(),
                 to_environment: to,
+                force,
+                strategy: crate::rollout::strategy(&strategy),
             };
             let r = c
                 .deployments
@@ -87,7 +93,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .into_inner();
             print_change("promote", &r);
             println!("  same artifact as {from}: {}", r.manifest_digest);
-            follow(&mut c, &tenant, &r, wait).await
+            crate::rollout::follow_change(&mut c, &tenant, &r, wait).await
         }
         Command::Rollback {
             app,
@@ -115,7 +121,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner();
             print_change("rollback", &r);
-            follow(&mut c, &tenant, &r, wait).await
+            crate::rollout::follow_change(&mut c, &tenant, &r, wait).await
         }
         Command::Retry { app, env, wait } => {
             let req = RetryRequest {
@@ -130,27 +136,45 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner();
             print_change("retry", &r);
-            follow(&mut c, &tenant, &r, wait).await
+            crate::rollout::follow_change(&mut c, &tenant, &r, wait).await
         }
         Command::Releases { app, json } => releases(&mut c, tenant, app, json).await,
-        Command::Status { app, env, json } => status(&mut c, tenant, app, env, json).await,
+        Command::Status {
+            app,
+            env,
+            hosts,
+            json,
+        } => status(&mut c, tenant, app, env, hosts, json).await,
+        Command::Rollout { command } => crate::rollout::rollout(&mut c, tenant, command).await,
+        Command::Drift { command } => crate::rollout::drift(&mut c, tenant, command).await,
         Command::History { app, limit, json } => history(&mut c, tenant, app, limit, json).await,
-        Command::Envs => {
-            let r = c
-                .deployments
-                .list_environments(ListEnvironmentsRequest { tenant })
-                .await
-                .map_err(|s| from_status(&c.url, s))?;
-            for e in r.into_inner().environments {
-                println!(
-                    "{}{}",
-                    e.name,
-                    if e.production { "  (production)" } else { "" }
-                );
-            }
-            Ok(())
+        Command::Envs { command, json } => match command {
+            None => crate::status::envs(&mut c, tenant, json).await,
+            Some(EnvsCommand::Set {
+                name,
+                production,
+                soak,
+                strategy,
+            }) => crate::status::set_env(&mut c, tenant, name, production, soak, &strategy).await,
+        },
+        Command::Hosts {
+            command,
+            env,
+            labels,
+            purpose,
+            criticality,
+            offline,
+            json,
+        } => {
+            let filter = crate::admin::HostFilter {
+                env,
+                labels,
+                purpose,
+                criticality,
+                offline,
+            };
+            hosts(&mut c, tenant, command, filter, json).await
         }
-        Command::Hosts { command, env, json } => hosts(&mut c, tenant, command, env, json).await,
         Command::Tokens { command } => tokens(&mut c, tenant, command).await,
         Command::Tenants { command } => tenants(&mut c, tenant, command).await,
         Command::Whoami => {
@@ -166,14 +190,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Keys { .. } => unreachable!("handled before connecting"),
-    }
-}
-
-async fn follow(c: &mut Clients, tenant: &str, r: &DeployResponse, wait: Wait) -> Result<()> {
-    if wait.wait {
-        crate::status::wait_for(c, tenant, r, std::time::Duration::from_secs(wait.timeout)).await
-    } else {
-        Ok(())
     }
 }
 
@@ -195,8 +211,8 @@ fn print_change(what: &str, r: &DeployResponse) {
         );
     } else {
         println!(
-            "  pushed to {} connected host(s); follow with `slipctl status --app {} --env {}`",
-            r.connected_hosts, r.app, r.environment
+            "  rollout {} over {} connected host(s); follow with `slipctl rollout status {} --env {}`",
+            r.rollout_id, r.connected_hosts, r.app, r.environment
         );
     }
 }

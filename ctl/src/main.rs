@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod error;
 mod publish;
+mod rollout;
 mod status;
 
 use std::process::ExitCode;

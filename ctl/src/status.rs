@@ -5,7 +5,7 @@ use proto::v1::{DeployState, EnvCheck, FleetStatusRequest, Health};
 use serde::Serialize;
 
 use crate::client::Clients;
-use crate::error::{CtlError, Result, from_status};
+use crate::error::{Result, from_status};
 
 #[derive(Serialize)]
 pub struct StatusRow {
@@ -24,6 +24,13 @@ pub struct StatusRow {
     pub last_error: String,
     pub connected: bool,
     pub last_seen: i64,
+    /// ok, updating, drifted, offline, failed
+    pub status: String,
+    pub offline: bool,
+    pub drift: Vec<String>,
+    pub drift_count: u32,
+    pub drift_acked: bool,
+    pub healthy_since: i64,
 }
 
 /// `--json` output: pretty JSON of the rows on stdout.
@@ -88,11 +95,88 @@ fn env_name(v: i32, missing: &[String]) -> String {
     }
 }
 
+#[derive(Serialize)]
+pub struct AppJson {
+    pub app: String,
+    pub environment: String,
+    pub desired: String,
+    pub hosts: u32,
+    pub at_desired: u32,
+    pub updating: u32,
+    pub failed: u32,
+    pub drifted: u32,
+    pub offline: u32,
+    pub status: String,
+    pub rollout: Option<RolloutBrief>,
+}
+
+#[derive(Serialize)]
+pub struct RolloutBrief {
+    pub id: u64,
+    pub state: String,
+    pub step: u32,
+    pub steps: u32,
+    pub to_version: String,
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+pub struct EnvJson {
+    pub environment: String,
+    pub status: String,
+    pub apps: u32,
+    pub hosts: u32,
+}
+
+#[derive(Serialize)]
+pub struct FleetJson {
+    pub environments: Vec<EnvJson>,
+    pub apps: Vec<AppJson>,
+    pub hosts: Vec<StatusRow>,
+}
+
+fn host_row(s: proto::v1::HostAppStatus) -> StatusRow {
+    StatusRow {
+        env_check: env_name(s.env_check, &s.missing_env),
+        state: state_name(s.state),
+        health: health_name(s.health),
+        host: s.host,
+        app: s.app,
+        environment: s.environment,
+        desired: s.desired_version,
+        running: s.running_version,
+        running_digest: s.running_digest,
+        health_reason: s.health_reason,
+        missing_env: s.missing_env,
+        failed_version: s.failed_version,
+        last_error: s.last_error,
+        connected: s.connected,
+        last_seen: s.last_seen,
+        status: s.status,
+        offline: s.offline,
+        drift: s.drift,
+        drift_count: s.drift_count,
+        drift_acked: s.drift_acked,
+        healthy_since: s.healthy_since,
+    }
+}
+
+fn rollout_note(r: &Option<RolloutBrief>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if r.state == "running" || r.state == "paused" => {
+            format!("{} {} {}/{}", r.to_version, r.state, r.step + 1, r.steps)
+        }
+        Some(r) => format!("{} {}", r.to_version, r.state),
+    }
+}
+
 pub async fn status(
     c: &mut Clients,
     tenant: String,
     app: Option<String>,
     env: Option<String>,
+    per_host: bool,
     json: bool,
 ) -> Result<()> {
     let r = c
@@ -105,40 +189,145 @@ pub async fn status(
         .await
         .map_err(|s| from_status(&c.url, s))?
         .into_inner();
-    let rows: Vec<StatusRow> = r
-        .rows
-        .into_iter()
-        .map(|s| StatusRow {
-            env_check: env_name(s.env_check, &s.missing_env),
-            state: state_name(s.state),
-            health: health_name(s.health),
-            host: s.host,
-            app: s.app,
-            environment: s.environment,
-            desired: s.desired_version,
-            running: s.running_version,
-            running_digest: s.running_digest,
-            health_reason: s.health_reason,
-            missing_env: s.missing_env,
-            failed_version: s.failed_version,
-            last_error: s.last_error,
-            connected: s.connected,
-            last_seen: s.last_seen,
-        })
-        .collect();
+    let fleet = FleetJson {
+        environments: r
+            .environments
+            .into_iter()
+            .map(|e| EnvJson {
+                environment: e.environment,
+                status: e.status,
+                apps: e.apps,
+                hosts: e.hosts,
+            })
+            .collect(),
+        apps: r
+            .apps
+            .into_iter()
+            .map(|a| AppJson {
+                rollout: a.rollout.map(|r| RolloutBrief {
+                    id: r.id,
+                    state: r.state,
+                    step: r.step,
+                    steps: r.steps,
+                    to_version: r.to_version,
+                    reason: r.reason,
+                }),
+                app: a.app,
+                environment: a.environment,
+                desired: a.desired_version,
+                hosts: a.hosts,
+                at_desired: a.at_desired,
+                updating: a.updating,
+                failed: a.failed,
+                drifted: a.drifted,
+                offline: a.offline,
+                status: a.status,
+            })
+            .collect(),
+        hosts: r.rows.into_iter().map(host_row).collect(),
+    };
     if json {
-        return print_json(&rows);
+        return print_json(&fleet);
     }
-    if rows.is_empty() {
+    if fleet.hosts.is_empty() {
         println!("no hosts have reported yet");
         return Ok(());
     }
+    let mut t = table(&["ENV", "STATUS", "APPS", "HOSTS"]);
+    for e in &fleet.environments {
+        t.add_row(vec![
+            e.environment.clone(),
+            e.status.clone(),
+            e.apps.to_string(),
+            e.hosts.to_string(),
+        ]);
+    }
+    println!("{t}\n");
+    let mut t = table(&[
+        "APP", "ENV", "DESIRED", "HOSTS", "OK", "UPDATING", "FAILED", "DRIFTED", "OFFLINE",
+        "STATUS", "ROLLOUT",
+    ]);
+    for a in &fleet.apps {
+        t.add_row(vec![
+            a.app.clone(),
+            a.environment.clone(),
+            if a.desired.is_empty() {
+                "-".into()
+            } else {
+                a.desired.clone()
+            },
+            a.hosts.to_string(),
+            a.at_desired.to_string(),
+            a.updating.to_string(),
+            a.failed.to_string(),
+            a.drifted.to_string(),
+            a.offline.to_string(),
+            a.status.clone(),
+            rollout_note(&a.rollout),
+        ]);
+    }
+    println!("{t}");
+    // Why the latest rollout of an app did not succeed.
+    for a in &fleet.apps {
+        if let Some(r) = a.rollout.as_ref().filter(|r| {
+            matches!(r.state.as_str(), "halted" | "reverted" | "aborted") && !r.reason.is_empty()
+        }) {
+            println!(
+                "  {} {}: rollout {} of {} {}: {}",
+                a.app, a.environment, r.id, r.to_version, r.state, r.reason
+            );
+        }
+    }
+    if per_host {
+        println!();
+        host_table(fleet.hosts);
+    } else {
+        // The hosts that make a rollup less than ok, one line each.
+        for h in fleet
+            .hosts
+            .iter()
+            .filter(|h| h.status != "ok" && h.status != "updating")
+        {
+            println!(
+                "  {} {} ({}): {}",
+                h.host,
+                h.app,
+                h.environment,
+                host_note(h)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn host_note(h: &StatusRow) -> String {
+    let drift = || {
+        let mut d = h.drift.join(", ");
+        if h.drift_count as usize > h.drift.len() {
+            d.push_str(&format!(
+                " (+{} more)",
+                h.drift_count as usize - h.drift.len()
+            ));
+        }
+        d
+    };
+    match h.status.as_str() {
+        "drifted" => format!("drift: {}", drift()),
+        "offline" => format!("offline, last seen {}", ago(h.last_seen)),
+        _ if !h.last_error.is_empty() => h.last_error.clone(),
+        _ if h.drift_count > 0 => format!("drift (acknowledged): {}", drift()),
+        _ => h.health_reason.clone(),
+    }
+}
+
+fn host_table(rows: Vec<StatusRow>) {
     let mut t = table(&[
         "HOST",
         "APP",
         "ENV",
         "DESIRED",
         "RUNNING",
+        "STATUS",
         "STATE",
         "HEALTH",
         "ENV CHECK",
@@ -146,16 +335,12 @@ pub async fn status(
         "NOTE",
     ]);
     for r in rows {
-        let seen = if r.connected {
-            ago(r.last_seen)
-        } else {
+        let seen = if r.offline {
             format!("offline, {}", ago(r.last_seen))
-        };
-        let note = if !r.last_error.is_empty() {
-            r.last_error
         } else {
-            r.health_reason
+            ago(r.last_seen)
         };
+        let note = host_note(&r);
         let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
         t.add_row(vec![
             r.host,
@@ -163,6 +348,7 @@ pub async fn status(
             r.environment,
             dash(r.desired),
             dash(r.running),
+            r.status,
             r.state,
             r.health,
             r.env_check,
@@ -171,73 +357,102 @@ pub async fn status(
         ]);
     }
     println!("{t}");
+}
+
+#[derive(Serialize)]
+struct EnvPolicyJson {
+    name: String,
+    production: bool,
+    soak_secs: u32,
+    canary: u32,
+    batch: String,
+    batch_timeout_secs: u32,
+    pause_secs: u32,
+    max_failures: String,
+    auto_revert: bool,
+}
+
+fn env_json(e: proto::v1::Environment) -> EnvPolicyJson {
+    let s = e.strategy.unwrap_or_default();
+    EnvPolicyJson {
+        name: e.name,
+        production: e.production,
+        soak_secs: e.soak_secs,
+        canary: s.canary.unwrap_or(0),
+        batch: s.batch,
+        batch_timeout_secs: s.batch_timeout_secs.unwrap_or(0),
+        pause_secs: s.pause_secs.unwrap_or(0),
+        max_failures: s.max_failures,
+        auto_revert: s.auto_revert.unwrap_or(false),
+    }
+}
+
+fn print_envs(rows: Vec<EnvPolicyJson>) {
+    let mut t = table(&[
+        "ENV",
+        "PRODUCTION",
+        "SOAK",
+        "CANARY",
+        "BATCH",
+        "BATCH TIMEOUT",
+        "PAUSE",
+        "MAX FAILURES",
+        "AUTO REVERT",
+    ]);
+    for e in rows {
+        t.add_row(vec![
+            e.name,
+            if e.production { "yes" } else { "no" }.into(),
+            format!("{}s", e.soak_secs),
+            e.canary.to_string(),
+            e.batch,
+            format!("{}s", e.batch_timeout_secs),
+            format!("{}s", e.pause_secs),
+            e.max_failures,
+            if e.auto_revert { "on" } else { "off" }.into(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub async fn envs(c: &mut Clients, tenant: String, json: bool) -> Result<()> {
+    let rows: Vec<EnvPolicyJson> = c
+        .deployments
+        .list_environments(proto::v1::ListEnvironmentsRequest { tenant })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner()
+        .environments
+        .into_iter()
+        .map(env_json)
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    print_envs(rows);
     Ok(())
 }
 
-/// Polls the fleet until every connected host of the environment runs the
-/// release healthy (Ok) or has refused this generation of it (Err naming why).
-pub async fn wait_for(
+pub async fn set_env(
     c: &mut Clients,
-    tenant: &str,
-    r: &proto::v1::DeployResponse,
-    timeout: std::time::Duration,
+    tenant: String,
+    name: String,
+    production: Option<bool>,
+    soak: Option<u32>,
+    strategy: &crate::cli::StrategyArgs,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let rows = c
-            .deployments
-            .fleet_status(FleetStatusRequest {
-                tenant: tenant.to_string(),
-                app: r.app.clone(),
-                environment: r.environment.clone(),
-            })
-            .await
-            .map_err(|s| from_status(&c.url, s))?
-            .into_inner()
-            .rows;
-        let connected: Vec<_> = rows.iter().filter(|h| h.connected).collect();
-        let ok = |h: &&proto::v1::HostAppStatus| {
-            h.running_digest == r.manifest_digest && h.health == Health::Healthy as i32
-        };
-        let refused = |h: &&proto::v1::HostAppStatus| {
-            h.failed_version == r.version && h.generation >= r.generation
-        };
-        let pending: Vec<_> = connected.iter().filter(|h| !ok(h) && !refused(h)).collect();
-        if !connected.is_empty() && pending.is_empty() {
-            let failed: Vec<String> = connected
-                .iter()
-                .filter(|h| refused(h))
-                .map(|h| format!("{}: {}", h.host, h.last_error))
-                .collect();
-            for h in connected.iter().filter(|h| ok(h)) {
-                println!("  {}: {} healthy", h.host, r.version);
-            }
-            if !failed.is_empty() {
-                return Err(CtlError::Failed(format!(
-                    "{} {} was refused by {} host(s): {}",
-                    r.app,
-                    r.version,
-                    failed.len(),
-                    failed.join("; ")
-                )));
-            }
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let waiting: Vec<String> = if connected.is_empty() {
-                vec![format!("no host of {} is connected", r.environment)]
-            } else {
-                pending
-                    .iter()
-                    .map(|h| format!("{} ({})", h.host, state_name(h.state)))
-                    .collect()
-            };
-            return Err(CtlError::Failed(format!(
-                "timed out after {}s waiting for {}",
-                timeout.as_secs(),
-                waiting.join(", ")
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    let e = c
+        .admin
+        .set_environment(proto::v1::SetEnvironmentRequest {
+            tenant,
+            name,
+            production,
+            soak_secs: soak,
+            strategy: crate::rollout::strategy(strategy),
+        })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner();
+    print_envs(vec![env_json(e)]);
+    Ok(())
 }

@@ -600,7 +600,7 @@ pub fn status_row(c: &Controller, host: &str) -> Option<serde_json::Value> {
     if out.code != 0 {
         return None;
     }
-    out.json()
+    out.json()["hosts"]
         .as_array()?
         .iter()
         .find(|r| r["host"] == host)

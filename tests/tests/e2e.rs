@@ -75,17 +75,30 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
         "the reason reaches CI: {}",
         out.stderr
     );
+    assert!(
+        out.stderr.contains("reverted to 2.0.0"),
+        "the failed rollout put the previous release back: {}",
+        out.stderr
+    );
     agent.wait_serving("2.0.0");
     let row = status_row(&c, "pre-1").unwrap();
     assert_eq!(row["state"], "rolled_back");
     assert_eq!(row["running"], "2.0.0");
-    assert_eq!(row["desired"], "3.0.0");
+    assert_eq!(
+        row["desired"], "2.0.0",
+        "auto-revert points the environment back at 2.0.0"
+    );
     assert_eq!(row["failed_version"], "3.0.0");
     assert!(
         row["last_error"].as_str().unwrap().contains("answered 503"),
         "{row}"
     );
     let table = c.ctl(&["status"]).ok().stdout;
+    assert!(
+        table.contains("3.0.0 reverted") && table.contains("answered 503"),
+        "the summary says the rollout was reverted, and why: {table}"
+    );
+    let table = c.ctl(&["status", "--hosts"]).ok().stdout;
     assert!(
         table.contains("rolled_back") && table.contains("answered 503"),
         "{table}"
@@ -129,21 +142,13 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
         1,
         "a refused release is not retried by itself"
     );
-    // …until an explicit retry.
-    let out = c.ctl(&[
-        "retry",
-        "web",
-        "--env",
-        "preprod",
-        "--wait",
-        "--timeout",
-        "60",
-    ]);
+    // …until it is deployed again.
+    let out = c.deploy_wait("4.0.0", "preprod");
     assert_eq!(out.code, 1);
     assert_eq!(
         steps(&agent, "4.0.0", "flip"),
         2,
-        "retry makes the host try once more"
+        "a new deploy makes the host try once more"
     );
 
     // Keep-N and the deploy log.
@@ -455,7 +460,11 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
     let envs = c.ctl(&["envs"]).ok().stdout;
     assert!(
-        envs.contains("preprod\n") && envs.contains("prod  (production)"),
+        envs.lines()
+            .any(|l| l.trim_start().starts_with("preprod ") && l.contains(" no "))
+            && envs
+                .lines()
+                .any(|l| l.trim_start().starts_with("prod ") && l.contains(" yes ")),
         "{envs}"
     );
     let releases = c.ctl(&["releases", "web", "--json"]).ok().json();
@@ -465,9 +474,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "nothing registered by the refused calls"
     );
     assert!(
-        c.ctl(&["status", "--json"])
-            .ok()
-            .json()
+        c.ctl(&["status", "--json"]).ok().json()["hosts"]
             .as_array()
             .unwrap()
             .is_empty()

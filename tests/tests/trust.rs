@@ -504,7 +504,13 @@ fn plaintext_is_loopback_only_and_https_needs_the_ca() {
     let plain_url = format!("http://127.0.0.1:{plain}");
     // slipctl over the explicit loopback plaintext listener: still needs a token.
     let out = run(&plain_url, &c.admin_token, false, &["envs"]).ok();
-    assert!(out.stdout.contains("prod  (production)"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("prod ") && l.contains(" yes ")),
+        "{}",
+        out.stdout
+    );
     let out = run(&plain_url, "", false, &["envs"]);
     assert!(out.stderr.contains("no API token"), "{}", out.stderr);
     // Agent calls are not served there at all.

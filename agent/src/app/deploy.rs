@@ -193,6 +193,8 @@ impl AppRunner {
             }
         }
 
+        self.take_baseline(&version).await;
+
         // 3. Activate: record, flip, restart.
         let previous = self.paths.current_version().filter(|v| v != &version);
         let previous_digest = self.status.running_digest.clone();
@@ -249,6 +251,8 @@ impl AppRunner {
         s.last_error.clear();
         s.failed = None;
         s.activating = None;
+        s.drift.clear();
+        s.drift_count = 0;
         s.generation = t.generation;
         s.history.retain(|v| v != &t.version);
         s.history.push(t.version.clone());
@@ -263,6 +267,9 @@ impl AppRunner {
             &protect,
         );
         self.status.history.retain(|v| !removed.contains(v));
+        for v in &removed {
+            let _ = std::fs::remove_file(self.paths.baseline(v));
+        }
         self.status.installed.retain(|v, _| !removed.contains(v));
         if !removed.is_empty() {
             self.log(&t.version, "prune", "ok", &removed.join(", "));

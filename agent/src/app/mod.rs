@@ -29,6 +29,7 @@ use crate::state::{Activation, AppStatus, EnvState, FailedRelease, HealthState, 
 use crate::supervisor::{self, ProcRecord};
 
 mod deploy;
+mod drift_watch;
 mod local_action;
 mod processes;
 
@@ -122,6 +123,8 @@ pub struct AppRunner {
     /// someone else (`slipway-agent rollback`) acted on the app.
     saved_mtime: Option<std::time::SystemTime>,
     trust: TrustConfig,
+    /// The release whose drift is being watched.
+    drift: Option<drift_watch::Armed>,
 }
 
 impl AppRunner {
@@ -154,6 +157,7 @@ impl AppRunner {
             next_restart: None,
             saved_mtime,
             trust: TrustConfig::default(),
+            drift: None,
         })
     }
 
@@ -203,8 +207,19 @@ impl AppRunner {
             }
         };
         let mut retry_after: Option<Instant> = None;
+        let mut drift_watch = None;
+        let mut next_drift_check = Instant::now();
         loop {
             self.reload_if_changed();
+            if self.drift_stale() {
+                drift_watch = self.arm_drift().await;
+                next_drift_check = Instant::now();
+            }
+            if Instant::now() >= next_drift_check {
+                self.check_drift().await;
+                next_drift_check =
+                    Instant::now() + Duration::from_secs(self.cfg.drift_check_secs.max(1));
+            }
             let want = desired.borrow_and_update().clone();
             if let Some(d) = want
                 && retry_after.is_none_or(|t| Instant::now() >= t)
@@ -229,6 +244,12 @@ impl AppRunner {
                     tokio::time::sleep(ENV_SETTLE).await;
                     crate::filewatch::drain(&mut env_watch);
                     self.restart_running("env file changed").await;
+                }
+                _ = tokio::time::sleep_until(next_drift_check) => {}
+                Some(()) = drift_watch::next_change(&mut drift_watch) => {
+                    tokio::time::sleep(ENV_SETTLE).await;
+                    drift_watch::drain(&mut drift_watch);
+                    next_drift_check = Instant::now();
                 }
             }
         }

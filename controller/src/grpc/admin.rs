@@ -8,8 +8,8 @@ use proto::v1::admin_server::Admin;
 use proto::v1::{
     AddHostRequest, AddHostResponse, CreateTenantRequest, CreateTokenRequest, CreateTokenResponse,
     HostInfo, ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse,
-    RevokeHostRequest, RevokeHostResponse, RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
-    WhoAmIRequest, WhoAmIResponse,
+    RevokeHostRequest, RevokeHostResponse, RevokeTokenRequest, RevokeTokenResponse,
+    SetEnvironmentRequest, TokenInfo, UpdateHostRequest, WhoAmIRequest, WhoAmIResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -171,6 +171,12 @@ impl Admin for AdminService {
                 r.environment
             )));
         }
+        let inventory = super::inventory::host_change(
+            (!r.purpose.is_empty()).then(|| r.purpose.clone()),
+            (!r.criticality.is_empty()).then(|| r.criticality.clone()),
+            r.labels.clone(),
+            Vec::new(),
+        )?;
         let ttl = match r.ttl_secs {
             0 => self.ctx.join_token_ttl,
             s => Duration::from_secs(u64::from(s)).min(MAX_JOIN_TTL),
@@ -187,6 +193,10 @@ impl Admin for AdminService {
                 expires_at,
                 &who.actor(),
             )
+            .await
+            .map_err(ControllerError::from)?;
+        store
+            .update_host(&who.tenant, &r.host, &inventory)
             .await
             .map_err(ControllerError::from)?;
         let detail = format!(
@@ -243,21 +253,80 @@ impl Admin for AdminService {
             .hosts(&who.tenant, &r.environment)
             .await
             .map_err(ControllerError::from)?;
+        let now = now();
         Ok(Response::new(ListHostsResponse {
             hosts: rows
                 .into_iter()
-                .map(|h| HostInfo {
-                    connected: self.ctx.hub.connected(&who.tenant, &h.name),
-                    name: h.name,
-                    environment: h.environment,
-                    agent_version: h.agent_version,
-                    last_seen: h.last_seen,
-                    cert_fingerprint: h.cert_fingerprint,
-                    cert_not_after: h.cert_not_after,
-                    revoked_at: h.revoked_at.unwrap_or(0),
-                })
+                .filter(|h| super::inventory::matches(h, &r))
+                .map(|h| super::inventory::host_info(&self.ctx, &who.tenant, h, now))
                 .collect(),
         }))
+    }
+
+    async fn update_host(
+        &self,
+        req: Request<UpdateHostRequest>,
+    ) -> Result<Response<HostInfo>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Admin, "host-update").await?;
+        let r = req.into_inner();
+        let change =
+            super::inventory::host_change(r.purpose, r.criticality, r.set_labels, r.remove_labels)?;
+        let store = &self.ctx.store;
+        let found = store
+            .update_host(&who.tenant, &r.host, &change)
+            .await
+            .map_err(ControllerError::from)?;
+        let outcome = if found { "ok" } else { "refused: no such host" };
+        audit(
+            &self.ctx,
+            &who,
+            "host-update",
+            "",
+            "",
+            &format!("{} {change:?}", r.host),
+            outcome,
+        )
+        .await;
+        let row = store
+            .hosts(&who.tenant, "")
+            .await
+            .map_err(ControllerError::from)?
+            .into_iter()
+            .find(|h| h.name == r.host)
+            .filter(|_| found)
+            .ok_or_else(|| Status::not_found(format!("no host {:?}", r.host)))?;
+        Ok(Response::new(super::inventory::host_info(
+            &self.ctx,
+            &who.tenant,
+            row,
+            now(),
+        )))
+    }
+
+    async fn set_environment(
+        &self,
+        req: Request<SetEnvironmentRequest>,
+    ) -> Result<Response<proto::v1::Environment>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Admin, "env-set").await?;
+        let r = req.into_inner();
+        let result = async {
+            let change = super::inventory::env_change(&r)?;
+            Ok::<_, ControllerError>(
+                self.ctx
+                    .store
+                    .set_environment(&who.tenant, &r.name, &change)
+                    .await?,
+            )
+        }
+        .await;
+        let (detail, outcome) = match &result {
+            Ok(p) => (format!("{p:?}"), "ok".to_string()),
+            Err(e) => (String::new(), format!("refused: {e}")),
+        };
+        audit(&self.ctx, &who, "env-set", "", &r.name, &detail, &outcome).await;
+        Ok(Response::new(super::rollouts::environment_to_proto(
+            result?,
+        )))
     }
 
     async fn create_tenant(

@@ -28,6 +28,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_APPS_PER_HOST: usize = 256;
 const MAX_TEXT: usize = 4096;
 const MAX_MISSING_NAMES: usize = 256;
+const MAX_DRIFT_LINES: usize = 50;
+const MAX_DRIFT_LINE: usize = 512;
 
 pub struct AgentsService {
     pub ctx: SharedCtx,
@@ -55,7 +57,14 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
             "report: missing_env must hold variable names only",
         ));
     }
+    if r.drift.len() > MAX_DRIFT_LINES || r.drift.iter().any(|l| l.len() > MAX_DRIFT_LINE) {
+        return Err(Status::invalid_argument(format!(
+            "report: at most {MAX_DRIFT_LINES} drift lines of {MAX_DRIFT_LINE} bytes"
+        )));
+    }
     Ok(HostAppReport {
+        drift: r.drift,
+        drift_count: r.drift_count,
         app: r.app,
         running_version: bounded(r.running_version),
         running_digest: bounded(r.running_digest),
@@ -109,6 +118,12 @@ impl AgentsService {
             .host_hello(&tenant, &hello_host, &bounded(hello.agent_version))
             .await
             .map_err(ControllerError::from)?;
+        let mut os = hello.os;
+        os.truncate(os.floor_char_boundary(256));
+        store
+            .set_host_os(&tenant, &hello_host, &os)
+            .await
+            .map_err(ControllerError::from)?;
         let mut apps = Vec::new();
         for r in hello.apps {
             let report = report_from_proto(r)?;
@@ -130,22 +145,44 @@ impl AgentsService {
         })
     }
 
-    /// Desired releases of the host's apps whose generation differs from what was
-    /// last sent. Only the generations are read for every wake-up; manifests are
-    /// loaded for changed apps only, and each goes out in its own message so no
-    /// message carries more than one manifest.
+    /// What this host should run of each of its apps, where it differs from
+    /// what was last sent: the environment's desired release, unless a rollout
+    /// holds the host back at the previous one (its step is not admitted
+    /// yet). Manifests are loaded for changed apps only, and each goes out in
+    /// its own message so no message carries more than one manifest.
     async fn changed_desired(
         &self,
         h: &SessionHost,
-        sent: &HashMap<String, u64>,
+        sent: &HashMap<String, (String, u64)>,
     ) -> Result<Vec<DesiredApp>, ControllerError> {
         let store = &self.ctx.store;
         let mut out = Vec::new();
         for (app, generation) in store.desired_generations(&h.tenant, &h.environment).await? {
-            if !h.apps.contains(&app) || sent.get(&app) == Some(&generation) {
+            if !h.apps.contains(&app) {
                 continue;
             }
-            if let Some(d) = store.desired_app(&h.tenant, &h.environment, &app).await? {
+            let row = match store
+                .held_at(&h.tenant, &app, &h.environment, &h.host)
+                .await?
+            {
+                // Held back with nothing to keep (a first release): nothing yet.
+                Some((version, _)) if version.is_empty() => None,
+                Some((version, held_generation)) => {
+                    if sent.get(&app) == Some(&(version.clone(), held_generation)) {
+                        continue;
+                    }
+                    store
+                        .release_as_desired(&h.tenant, &app, &version, held_generation)
+                        .await?
+                }
+                None => {
+                    if sent.get(&app).is_some_and(|(_, g)| *g == generation) {
+                        continue;
+                    }
+                    store.desired_app(&h.tenant, &h.environment, &app).await?
+                }
+            };
+            if let Some(d) = row {
                 out.push(self.signed_directive(h, d).await?);
             }
         }
@@ -225,6 +262,8 @@ impl Agents for AgentsService {
             return Err(Status::invalid_argument("a session must start with hello"));
         };
         let host = self.accept_hello(hello, id).await?;
+        // A host coming back may unblock a rollout step.
+        self.ctx.hub.rollouts_changed();
         let session_id = self.ctx.hub.connect(&host.tenant, &host.host);
         tracing::info!(tenant = %host.tenant, host = %host.host, env = %host.environment, %peer, "agent connected");
 
@@ -244,7 +283,7 @@ impl Agents for AgentsService {
         let mut desired_rx = self.ctx.hub.subscribe();
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
-            let mut sent: HashMap<String, u64> = HashMap::new();
+            let mut sent: HashMap<String, (String, u64)> = HashMap::new();
             // Mark the current value seen: the first push happens below regardless.
             desired_rx.borrow_and_update();
             let mut push = true;
@@ -254,7 +293,7 @@ impl Agents for AgentsService {
                     match svc.changed_desired(&host, &sent).await {
                         Ok(apps) => {
                             for app in apps {
-                                let generation = app.generation;
+                                let key = (app.version.clone(), app.generation);
                                 let name = app.app.clone();
                                 let msg = ControllerMessage {
                                     msg: Some(controller_message::Msg::Desired(DesiredState {
@@ -264,7 +303,7 @@ impl Agents for AgentsService {
                                 if tx.send(Ok(msg)).await.is_err() {
                                     break 'session;
                                 }
-                                sent.insert(name, generation);
+                                sent.insert(name, key);
                             }
                         }
                         Err(e) => {
@@ -289,6 +328,7 @@ impl Agents for AgentsService {
                                     if let Err(e) = svc.ctx.store.record_report(&host.tenant, &host.host, &report).await {
                                         tracing::error!(error = %e, "recording report failed");
                                     }
+                                    svc.ctx.hub.rollouts_changed();
                                 }
                                 Err(status) => {
                                     let _ = tx.send(Err(status)).await;

@@ -1,11 +1,14 @@
-//! `Deployments`: set desired releases (deploy, promote, rollback, retry) and read
-//! the fleet's state and history.
+//! `Deployments`: set desired releases (deploy, promote, rollback, retry), each
+//! carried by a rollout; promotion gates (soak, drift); read the fleet's state
+//! and history. Rollout control and fleet status live in `rollouts` and
+//! `fleet_status`.
 
 use proto::v1::deployments_server::Deployments;
 use proto::v1::{
-    AuditEvent, DeployRequest, DeployResponse, Environment, FleetStatusRequest,
-    FleetStatusResponse, HistoryRequest, HistoryResponse, HostAppStatus, ListEnvironmentsRequest,
-    ListEnvironmentsResponse, PromoteRequest, RetryRequest, RollbackRequest,
+    AckDriftRequest, AckDriftResponse, AuditEvent, DeployRequest, DeployResponse,
+    FleetStatusRequest, FleetStatusResponse, HistoryRequest, HistoryResponse,
+    ListEnvironmentsRequest, ListEnvironmentsResponse, PromoteRequest, RetryRequest,
+    RollbackRequest, RolloutInfo, RolloutRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -39,15 +42,23 @@ impl DeploymentsService {
         Ok(())
     }
 
-    /// Points app@env at `version` and wakes the sessions of that environment.
+    /// Points app@env at `version` through a rollout with the environment's
+    /// strategy (overridden by `strategy`), which wakes the sessions.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each argument is one part of the change"
+    )]
     async fn set_desired(
         &self,
-        tenant: &str,
+        who: &Authorized,
         app: &str,
         env: &str,
         version: &str,
         authorization: &[proto::v1::Signature],
+        strategy: Option<&proto::v1::Strategy>,
+        all_at_once: bool,
     ) -> Result<DeployResponse> {
+        let tenant = who.tenant.as_str();
         self.check_app_env(tenant, app, env).await?;
         let store = &self.ctx.store;
         let release = store.release(tenant, app, version).await?.ok_or_else(|| {
@@ -68,10 +79,29 @@ impl DeploymentsService {
             manifest_digest: &release.manifest_digest,
         };
         let authorization = super::releases::checked_signatures(authorization, &statement.bytes())?;
-        let generation = store
-            .set_desired(tenant, app, env, version, &authorization)
-            .await?;
-        self.ctx.hub.desired_changed();
+        let policy = store
+            .env_policy(tenant, env)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("unknown environment {env:?}")))?;
+        let mut strategy = super::rollouts::strategy_from_proto(policy.strategy, strategy)?;
+        if all_at_once {
+            strategy = strategy.all_at_once();
+        }
+        let started = crate::rollout::start(
+            &self.ctx,
+            &crate::rollout::Change {
+                tenant,
+                app,
+                environment: env,
+                version,
+                digest: &release.manifest_digest,
+                authorization: &authorization,
+                strategy,
+                actor: &who.actor(),
+            },
+        )
+        .await?;
+        let generation = started.generation;
         let connected_hosts = store
             .hosts(tenant, env)
             .await?
@@ -87,6 +117,7 @@ impl DeploymentsService {
             previous_version: previous,
             generation,
             connected_hosts,
+            rollout_id: started.rollout_id as u64,
         })
     }
 
@@ -113,6 +144,157 @@ impl DeploymentsService {
     }
 }
 
+impl DeploymentsService {
+    /// Promotion gates: the exact digest must have run healthy on every host
+    /// of the source environment for the target's soak time, and no host of
+    /// either environment may carry unacknowledged drift. Each blocker, named.
+    async fn promotion_blockers(
+        &self,
+        tenant: &str,
+        app: &str,
+        from: &str,
+        to: &str,
+        digest: &str,
+        soak_secs: u32,
+    ) -> Result<Vec<String>> {
+        let store = &self.ctx.store;
+        let now = crate::store::now();
+        let mut blockers = Vec::new();
+        let source = store.fleet(tenant, app, from).await?;
+        if source.is_empty() {
+            blockers.push(format!("no {from} host runs {app}"));
+        }
+        for f in &source {
+            let h = &f.host;
+            let offline = crate::fleet::offline(
+                self.ctx.hub.connected(tenant, h),
+                f.last_seen,
+                now,
+                self.ctx.heartbeat_secs,
+            );
+            if offline {
+                blockers.push(format!("{h} is offline"));
+            } else if f.report.running_digest != digest {
+                blockers.push(format!(
+                    "{h} runs {} instead",
+                    if f.report.running_version.is_empty() {
+                        "nothing"
+                    } else {
+                        &f.report.running_version
+                    }
+                ));
+            } else if f.healthy_since == 0 {
+                blockers.push(format!("{h} is not healthy"));
+            } else if now - f.healthy_since < i64::from(soak_secs) {
+                blockers.push(format!(
+                    "{h} has run it healthy for {}s of the {soak_secs}s soak",
+                    now - f.healthy_since
+                ));
+            }
+        }
+        for env in [from, to] {
+            let rows = if env == from {
+                source.clone()
+            } else {
+                store.fleet(tenant, app, env).await?
+            };
+            for f in rows.iter().filter(|f| f.drifted()) {
+                blockers.push(format!(
+                    "{} ({env}) has drift: {}",
+                    f.host,
+                    f.report
+                        .drift
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        Ok(blockers)
+    }
+
+    async fn promote_inner(
+        &self,
+        who: &Authorized,
+        r: &PromoteRequest,
+    ) -> Result<(DeployResponse, Vec<String>)> {
+        let tenant = who.tenant.as_str();
+        if r.from_environment == r.to_environment {
+            return Err(ControllerError::InvalidArgument(
+                "--from and --to name the same environment".into(),
+            ));
+        }
+        self.check_app_env(tenant, &r.app, &r.from_environment)
+            .await?;
+        self.check_app_env(tenant, &r.app, &r.to_environment)
+            .await?;
+        let store = &self.ctx.store;
+        let (version, _) = store
+            .desired(tenant, &r.app, &r.from_environment)
+            .await?
+            .ok_or_else(|| {
+                ControllerError::FailedPrecondition(format!(
+                    "{} has no release in {}",
+                    r.app, r.from_environment
+                ))
+            })?;
+        let release = store
+            .release(tenant, &r.app, &version)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("release {version} vanished")))?;
+        let soak = store
+            .env_policy(tenant, &r.to_environment)
+            .await?
+            .map(|p| p.soak_secs)
+            .unwrap_or(0);
+        let blockers = self
+            .promotion_blockers(
+                tenant,
+                &r.app,
+                &r.from_environment,
+                &r.to_environment,
+                &release.manifest_digest,
+                soak,
+            )
+            .await?;
+        if !blockers.is_empty() {
+            if !r.force {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "cannot promote {} {version} ({}) from {} to {}: {} (wait for the soak, redeploy or `slipctl drift ack`, or --force as promoter)",
+                    r.app,
+                    release.manifest_digest,
+                    r.from_environment,
+                    r.to_environment,
+                    blockers.join("; ")
+                )));
+            }
+            if !who
+                .principal
+                .allows(crate::auth::Need::Change { production: true })
+            {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "--force needs the promoter role; blocked by: {}",
+                    blockers.join("; ")
+                )));
+            }
+        }
+        let resp = self
+            .set_desired(
+                who,
+                &r.app,
+                &r.to_environment,
+                &version,
+                &[],
+                r.strategy.as_ref(),
+                false,
+            )
+            .await?;
+        Ok((resp, blockers))
+    }
+}
+
 #[tonic::async_trait]
 impl Deployments for DeploymentsService {
     async fn deploy(
@@ -121,14 +303,15 @@ impl Deployments for DeploymentsService {
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let who = authorize(&self.ctx, &req, Want::Change, "deploy").await?;
         let r = req.into_inner();
-        let tenant = who.tenant.clone();
         let result = self
             .set_desired(
-                &tenant,
+                &who,
                 &r.app,
                 &r.environment,
                 &r.version,
                 &r.authorization,
+                r.strategy.as_ref(),
+                false,
             )
             .await;
         self.audited(&who, "deploy", &r.app, &r.environment, result)
@@ -141,49 +324,35 @@ impl Deployments for DeploymentsService {
     ) -> std::result::Result<Response<DeployResponse>, Status> {
         let who = authorize(&self.ctx, &req, Want::Change, "promote").await?;
         let r = req.into_inner();
-        let tenant = who.tenant.clone();
-        let result = async {
-            if r.from_environment == r.to_environment {
-                return Err(ControllerError::InvalidArgument(
-                    "--from and --to name the same environment".into(),
-                ));
-            }
-            self.check_app_env(&tenant, &r.app, &r.from_environment)
-                .await?;
-            let store = &self.ctx.store;
-            let (version, _) = store
-                .desired(&tenant, &r.app, &r.from_environment)
-                .await?
-                .ok_or_else(|| {
-                    ControllerError::FailedPrecondition(format!(
-                        "{} has no release in {}",
-                        r.app, r.from_environment
-                    ))
-                })?;
-            let release = store
-                .release(&tenant, &r.app, &version)
-                .await?
-                .ok_or_else(|| ControllerError::NotFound(format!("release {version} vanished")))?;
-            let healthy = store
-                .healthy_hosts_running(
-                    &tenant,
+        match self.promote_inner(&who, &r).await {
+            Ok((resp, bypassed)) if !bypassed.is_empty() => {
+                // Forced past its gates: the audit row says which.
+                let detail = format!(
+                    "{} -> {} ({}); forced past: {}",
+                    resp.previous_version,
+                    resp.version,
+                    resp.manifest_digest,
+                    bypassed.join("; ")
+                );
+                super::audit(
+                    &self.ctx,
+                    &who,
+                    "promote --force",
                     &r.app,
-                    &r.from_environment,
-                    &release.manifest_digest,
+                    &r.to_environment,
+                    &detail,
+                    "ok",
                 )
-                .await?;
-            if healthy == 0 {
-                return Err(ControllerError::FailedPrecondition(format!(
-                    "{} {} ({}) is not running healthy on any {} host yet; nothing to promote",
-                    r.app, version, release.manifest_digest, r.from_environment
-                )));
+                .await;
+                tracing::warn!(actor = %who.actor(), app = %r.app, env = %r.to_environment, "promotion forced past its gates");
+                Ok(Response::new(resp))
             }
-            self.set_desired(&tenant, &r.app, &r.to_environment, &version, &[])
-                .await
+            result => {
+                let result = result.map(|(resp, _)| resp);
+                self.audited(&who, "promote", &r.app, &r.to_environment, result)
+                    .await
+            }
         }
-        .await;
-        self.audited(&who, "promote", &r.app, &r.to_environment, result)
-            .await
     }
 
     async fn rollback(
@@ -218,8 +387,17 @@ impl Deployments for DeploymentsService {
             } else {
                 r.to_version.clone()
             };
-            self.set_desired(&tenant, &r.app, &r.environment, &target, &r.authorization)
-                .await
+            // A rollback is urgent: every host at once, no canary.
+            self.set_desired(
+                &who,
+                &r.app,
+                &r.environment,
+                &target,
+                &r.authorization,
+                None,
+                true,
+            )
+            .await
         }
         .await;
         self.audited(&who, "rollback", &r.app, &r.environment, result)
@@ -235,11 +413,8 @@ impl Deployments for DeploymentsService {
         let tenant = who.tenant.clone();
         let result = async {
             self.check_app_env(&tenant, &r.app, &r.environment).await?;
-            // Same release (and authorization), new generation: hosts that
-            // refused it try once more.
-            let current = self
-                .ctx
-                .store
+            let store = &self.ctx.store;
+            let current = store
                 .desired_app(&tenant, &r.environment, &r.app)
                 .await?
                 .ok_or_else(|| {
@@ -248,16 +423,108 @@ impl Deployments for DeploymentsService {
                         r.app, r.environment
                     ))
                 })?;
+            // Same release (and authorization), new generation: hosts that
+            // refused it try once more. (After an automatic revert the
+            // desired release is the previous one: deploy the failed one
+            // again to retry it.)
             let (version, authorization) = (
                 current.version,
                 super::releases::stored_signatures(&current.authorization),
             );
-            self.set_desired(&tenant, &r.app, &r.environment, &version, &authorization)
-                .await
+            self.set_desired(
+                &who,
+                &r.app,
+                &r.environment,
+                &version,
+                &authorization,
+                None,
+                false,
+            )
+            .await
         }
         .await;
         self.audited(&who, "retry", &r.app, &r.environment, result)
             .await
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<RolloutRequest>,
+    ) -> std::result::Result<Response<RolloutInfo>, Status> {
+        let who = reader(&self.ctx, &req).await?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            super::rollouts::status(&self.ctx, &who.tenant, &r.app, &r.environment).await?,
+        ))
+    }
+
+    async fn pause_rollout(
+        &self,
+        req: Request<RolloutRequest>,
+    ) -> std::result::Result<Response<RolloutInfo>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, "rollout-pause").await?;
+        let r = req.into_inner();
+        super::rollouts::control(&self.ctx, &who, &r, super::rollouts::Control::Pause).await
+    }
+
+    async fn resume_rollout(
+        &self,
+        req: Request<RolloutRequest>,
+    ) -> std::result::Result<Response<RolloutInfo>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, "rollout-resume").await?;
+        let r = req.into_inner();
+        super::rollouts::control(&self.ctx, &who, &r, super::rollouts::Control::Resume).await
+    }
+
+    async fn abort_rollout(
+        &self,
+        req: Request<RolloutRequest>,
+    ) -> std::result::Result<Response<RolloutInfo>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, "rollout-abort").await?;
+        let r = req.into_inner();
+        super::rollouts::control(&self.ctx, &who, &r, super::rollouts::Control::Abort).await
+    }
+
+    async fn ack_drift(
+        &self,
+        req: Request<AckDriftRequest>,
+    ) -> std::result::Result<Response<AckDriftResponse>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, "drift-ack").await?;
+        let r = req.into_inner();
+        let hosts = self
+            .ctx
+            .store
+            .ack_drift(&who.tenant, &r.app, &r.environment, &r.host)
+            .await
+            .map_err(ControllerError::from)?;
+        let outcome = if hosts.is_empty() {
+            "refused: no drift to acknowledge"
+        } else {
+            "ok"
+        };
+        super::audit(
+            &self.ctx,
+            &who,
+            "drift-ack",
+            &r.app,
+            &r.environment,
+            &hosts.join(", "),
+            outcome,
+        )
+        .await;
+        if hosts.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "no host of {} reports drift in {}{}",
+                r.environment,
+                r.app,
+                if r.host.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", r.host)
+                }
+            )));
+        }
+        Ok(Response::new(AckDriftResponse { hosts }))
     }
 
     async fn fleet_status(
@@ -265,36 +532,10 @@ impl Deployments for DeploymentsService {
         req: Request<FleetStatusRequest>,
     ) -> std::result::Result<Response<FleetStatusResponse>, Status> {
         let who = reader(&self.ctx, &req).await?;
-        let tenant = who.tenant;
         let r = req.into_inner();
-        let rows = self
-            .ctx
-            .store
-            .fleet(&tenant, &r.app, &r.environment)
-            .await
-            .map_err(ControllerError::from)?;
-        let rows = rows
-            .into_iter()
-            .map(|f| HostAppStatus {
-                connected: self.ctx.hub.connected(&tenant, &f.host),
-                generation: f.report.generation,
-                host: f.host,
-                app: f.report.app,
-                environment: f.environment,
-                desired_version: f.desired_version.unwrap_or_default(),
-                running_version: f.report.running_version,
-                running_digest: f.report.running_digest,
-                state: f.report.state,
-                health: f.report.health,
-                health_reason: f.report.health_reason,
-                env_check: f.report.env_check,
-                missing_env: f.report.missing_env,
-                last_seen: f.last_seen,
-                failed_version: f.report.failed_version,
-                last_error: f.report.last_error,
-            })
-            .collect();
-        Ok(Response::new(FleetStatusResponse { rows }))
+        Ok(Response::new(
+            super::fleet_status::build(&self.ctx, &who.tenant, &r.app, &r.environment).await?,
+        ))
     }
 
     async fn history(
@@ -332,17 +573,16 @@ impl Deployments for DeploymentsService {
         req: Request<ListEnvironmentsRequest>,
     ) -> std::result::Result<Response<ListEnvironmentsResponse>, Status> {
         let who = reader(&self.ctx, &req).await?;
-        let tenant = who.tenant;
         let envs = self
             .ctx
             .store
-            .environments(&tenant)
+            .env_policies(&who.tenant)
             .await
             .map_err(ControllerError::from)?;
         Ok(Response::new(ListEnvironmentsResponse {
             environments: envs
                 .into_iter()
-                .map(|(name, production)| Environment { name, production })
+                .map(super::rollouts::environment_to_proto)
                 .collect(),
         }))
     }

@@ -6,7 +6,10 @@ pub mod admin;
 pub mod agents;
 pub mod deployments;
 pub mod enrollment;
+pub mod fleet_status;
+pub mod inventory;
 pub mod releases;
+pub mod rollouts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,12 +94,16 @@ scoped!(
     pb::RevokeHostRequest,
     pb::ListHostsRequest,
     pb::CreateTenantRequest,
+    pb::UpdateHostRequest,
+    pb::SetEnvironmentRequest,
 );
 targeted!(
     pb::DeployRequest => app, environment;
     pb::PromoteRequest => app, to_environment;
     pb::RollbackRequest => app, environment;
     pb::RetryRequest => app, environment;
+    pb::RolloutRequest => app, environment;
+    pb::AckDriftRequest => app, environment;
 );
 impl Scoped for pb::AddHostRequest {
     fn tenant(&self) -> &str {

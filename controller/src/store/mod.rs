@@ -6,8 +6,12 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod fleet;
+mod rollouts;
 mod trust;
 
+pub use fleet::{EnvChange, EnvPolicy, HostChange, labels_from_json};
+pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused};
 
 use sqlx::Row;
@@ -75,6 +79,9 @@ pub struct HostAppReport {
     pub failed_version: String,
     pub failed_digest: String,
     pub generation: u64,
+    /// Drift lines (bounded) and how many paths drifted in all.
+    pub drift: Vec<String>,
+    pub drift_count: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +91,19 @@ pub struct FleetRow {
     pub desired_version: Option<String>,
     pub last_seen: i64,
     pub report: HostAppReport,
+    pub healthy_since: i64,
+    pub drift_acked: String,
+}
+
+impl FleetRow {
+    /// Drift reported and not acknowledged.
+    pub fn drifted(&self) -> bool {
+        crate::fleet::drifted(
+            &self.report.drift.join("\n"),
+            self.report.drift_count,
+            &self.drift_acked,
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -259,35 +279,9 @@ impl Store {
         authorization: &str,
     ) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let generation: i64 = sqlx::query(
-            "INSERT INTO desired (tenant, app, environment, version, generation, updated_at, authorization) VALUES (?, ?, ?, ?, 1, ?, ?)
-             ON CONFLICT (tenant, app, environment) DO UPDATE
-               SET version = excluded.version, generation = desired.generation + 1, updated_at = excluded.updated_at,
-                   authorization = excluded.authorization
-             RETURNING generation",
-        )
-        .bind(tenant)
-        .bind(app)
-        .bind(env)
-        .bind(version)
-        .bind(now())
-        .bind(authorization)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
-        sqlx::query(
-            "INSERT INTO desired_history (tenant, app, environment, version, generation, at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tenant)
-        .bind(app)
-        .bind(env)
-        .bind(version)
-        .bind(generation)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+        let generation = upsert_desired(&mut tx, tenant, app, env, version, authorization).await?;
         tx.commit().await?;
-        Ok(generation as u64)
+        Ok(generation)
     }
 
     /// Current desired (version, generation) of app@env.
@@ -375,6 +369,37 @@ impl Store {
         }))
     }
 
+    /// A release as a directive row for a host a rollout holds back.
+    pub async fn release_as_desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        version: &str,
+        generation: u64,
+    ) -> Result<Option<DesiredRow>> {
+        let row = sqlx::query(
+            "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures
+             FROM releases WHERE tenant = ? AND app = ? AND version = ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| DesiredRow {
+            app: r.get(0),
+            version: r.get(1),
+            generation,
+            manifest_digest: r.get(2),
+            blob_digest: r.get(3),
+            blob_size: r.get::<i64, _>(4) as u64,
+            manifest: r.get(5),
+            counter: r.get::<i64, _>(6) as u64,
+            signatures: r.get(7),
+            authorization: "[]".into(),
+        }))
+    }
+
     /// Environments where app runs `manifest_digest` healthy on at least one host.
     pub async fn healthy_hosts_running(
         &self,
@@ -427,9 +452,16 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
-                env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
+                healthy_since, drift, drift_count)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (tenant, host, app) DO UPDATE SET
+                healthy_since = CASE
+                    WHEN excluded.healthy_since = 0 THEN 0
+                    WHEN host_status.healthy_since > 0 AND host_status.running_digest = excluded.running_digest
+                        THEN host_status.healthy_since
+                    ELSE excluded.healthy_since END,
+                drift = excluded.drift, drift_count = excluded.drift_count,
                 running_version = excluded.running_version, running_digest = excluded.running_digest,
                 state = excluded.state, health = excluded.health, health_reason = excluded.health_reason,
                 env_check = excluded.env_check, missing_env = excluded.missing_env, last_error = excluded.last_error,
@@ -451,6 +483,13 @@ impl Store {
         .bind(&r.failed_digest)
         .bind(r.generation as i64)
         .bind(now())
+        .bind(if r.health == proto::v1::Health::Healthy as i32 {
+            now()
+        } else {
+            0
+        })
+        .bind(r.drift.join("\n"))
+        .bind(i64::from(r.drift_count))
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
@@ -488,7 +527,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT s.host, h.environment, d.version, h.last_seen, s.app, s.running_version, s.running_digest, s.state,
                     s.health, s.health_reason, s.env_check, s.missing_env, s.last_error, s.failed_version,
-                    s.failed_digest, s.generation
+                    s.failed_digest, s.generation, s.healthy_since, s.drift, s.drift_count, s.drift_acked
              FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
@@ -506,7 +545,10 @@ impl Store {
             .into_iter()
             .map(|r| {
                 let missing: String = r.get(11);
+                let drift: String = r.get(17);
                 FleetRow {
+                    healthy_since: r.get(16),
+                    drift_acked: r.get(19),
                     host: r.get(0),
                     environment: r.get(1),
                     desired_version: r.get(2),
@@ -528,6 +570,12 @@ impl Store {
                         failed_version: r.get(13),
                         failed_digest: r.get(14),
                         generation: r.get::<i64, _>(15) as u64,
+                        drift: drift
+                            .split('\n')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect(),
+                        drift_count: r.get::<i64, _>(18) as u32,
                     },
                 }
             })
@@ -592,6 +640,45 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Points app@env at `version` (new generation, history row) inside a transaction.
+async fn upsert_desired(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    app: &str,
+    env: &str,
+    version: &str,
+    authorization: &str,
+) -> Result<u64> {
+    let generation: i64 = sqlx::query(
+        "INSERT INTO desired (tenant, app, environment, version, generation, updated_at, authorization) VALUES (?, ?, ?, ?, 1, ?, ?)
+         ON CONFLICT (tenant, app, environment) DO UPDATE
+           SET version = excluded.version, generation = desired.generation + 1, updated_at = excluded.updated_at,
+               authorization = excluded.authorization
+         RETURNING generation",
+    )
+    .bind(tenant)
+    .bind(app)
+    .bind(env)
+    .bind(version)
+    .bind(now())
+    .bind(authorization)
+    .fetch_one(&mut *tx)
+    .await?
+    .get(0);
+    sqlx::query(
+        "INSERT INTO desired_history (tenant, app, environment, version, generation, at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(tenant)
+    .bind(app)
+    .bind(env)
+    .bind(version)
+    .bind(generation)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    Ok(generation as u64)
 }
 
 fn release_from_row(r: sqlx::sqlite::SqliteRow) -> ReleaseRow {

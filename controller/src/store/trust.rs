@@ -36,6 +36,10 @@ pub struct HostRow {
     pub cert_fingerprint: String,
     pub cert_not_after: i64,
     pub revoked_at: Option<i64>,
+    pub purpose: String,
+    pub criticality: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub os: String,
 }
 
 /// Why a join token was refused (the same words for every caller).
@@ -326,7 +330,8 @@ impl Store {
 
     pub async fn hosts(&self, tenant: &str, env: &str) -> Result<Vec<HostRow>> {
         let rows = sqlx::query(
-            "SELECT name, environment, agent_version, last_seen, cert_fingerprint, cert_not_after, revoked_at
+            "SELECT name, environment, agent_version, last_seen, cert_fingerprint, cert_not_after, revoked_at,
+                    purpose, criticality, labels, os
              FROM hosts WHERE tenant = ? AND (? = '' OR environment = ?) ORDER BY environment, name",
         )
         .bind(tenant)
@@ -344,6 +349,10 @@ impl Store {
                 cert_fingerprint: r.get(4),
                 cert_not_after: r.get(5),
                 revoked_at: r.get(6),
+                purpose: r.get(7),
+                criticality: r.get(8),
+                labels: super::labels_from_json(&r.get::<String, _>(9)),
+                os: r.get(10),
             })
             .collect())
     }

@@ -1,0 +1,124 @@
+//! How a host is doing with one app, and how that rolls up: per app and
+//! environment, then per environment, always the worst of the parts. Pure
+//! functions over what the store holds.
+
+use proto::v1::Health;
+
+/// Best to worst; a rollup is the maximum of its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostState {
+    Ok,
+    Updating,
+    Drifted,
+    Offline,
+    Failed,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Ok => "ok",
+            HostState::Updating => "updating",
+            HostState::Drifted => "drifted",
+            HostState::Offline => "offline",
+            HostState::Failed => "failed",
+        }
+    }
+}
+
+/// What classification needs of one host's row.
+pub struct HostFacts<'a> {
+    pub desired_version: &'a str,
+    pub running_version: &'a str,
+    pub health: i32,
+    pub failed_version: &'a str,
+    pub offline: bool,
+    pub drifted: bool,
+}
+
+pub fn classify(f: &HostFacts<'_>) -> HostState {
+    let refused = !f.desired_version.is_empty() && f.failed_version == f.desired_version;
+    let at_desired = f.running_version == f.desired_version;
+    if refused || (at_desired && f.health == Health::Unhealthy as i32) {
+        HostState::Failed
+    } else if f.offline {
+        HostState::Offline
+    } else if f.drifted {
+        HostState::Drifted
+    } else if at_desired && f.health == Health::Healthy as i32 {
+        HostState::Ok
+    } else {
+        HostState::Updating
+    }
+}
+
+/// The fingerprint an acknowledgement is bound to: new drift needs a new ack.
+pub fn drift_fingerprint(drift: &str, count: u32) -> String {
+    trust::sha256(format!("{count}\n{drift}").as_bytes())
+}
+
+/// Whether the host's drift is there and not acknowledged.
+pub fn drifted(drift: &str, count: u32, acked: &str) -> bool {
+    count > 0 && drift_fingerprint(drift, count) != acked
+}
+
+/// A host is offline without a session or when it missed its heartbeats.
+pub fn offline(connected: bool, last_seen: i64, now: i64, heartbeat_secs: u32) -> bool {
+    !connected || now - last_seen > 3 * i64::from(heartbeat_secs.max(1)) + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>(running: &'a str, health: Health) -> HostFacts<'a> {
+        HostFacts {
+            desired_version: "2",
+            running_version: running,
+            health: health as i32,
+            failed_version: "",
+            offline: false,
+            drifted: false,
+        }
+    }
+
+    #[test]
+    fn classification_prefers_the_worst_signal() {
+        assert_eq!(classify(&facts("2", Health::Healthy)), HostState::Ok);
+        assert_eq!(classify(&facts("1", Health::Healthy)), HostState::Updating);
+        assert_eq!(classify(&facts("2", Health::Unhealthy)), HostState::Failed);
+        let refused = HostFacts {
+            failed_version: "2",
+            offline: true,
+            ..facts("1", Health::Healthy)
+        };
+        assert_eq!(classify(&refused), HostState::Failed);
+        let off = HostFacts {
+            offline: true,
+            drifted: true,
+            ..facts("2", Health::Healthy)
+        };
+        assert_eq!(classify(&off), HostState::Offline);
+        let drifted = HostFacts {
+            drifted: true,
+            ..facts("2", Health::Healthy)
+        };
+        assert_eq!(classify(&drifted), HostState::Drifted);
+        assert!(HostState::Failed > HostState::Offline && HostState::Drifted > HostState::Updating);
+    }
+
+    #[test]
+    fn an_ack_covers_only_the_drift_it_saw() {
+        let ack = drift_fingerprint("changed app.py", 1);
+        assert!(!drifted("changed app.py", 1, &ack));
+        assert!(drifted("changed app.py\nadded x", 2, &ack));
+        assert!(!drifted("", 0, ""));
+    }
+
+    #[test]
+    fn offline_after_missed_heartbeats() {
+        assert!(!offline(true, 100, 110, 10));
+        assert!(offline(true, 100, 140, 10));
+        assert!(offline(false, 100, 100, 10));
+    }
+}

@@ -1,0 +1,133 @@
+//! The inventory over the wire: hosts' purpose, criticality and labels
+//! (checked here), host rows with their liveness, listing filters, and
+//! environment changes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::v1::{HostInfo, ListHostsRequest, SetEnvironmentRequest};
+
+use super::Ctx;
+use crate::error::{ControllerError, Result};
+use crate::rollout::plan::CRITICALITIES;
+use crate::store::{EnvChange, HostChange, HostRow};
+
+const MAX_LABELS: usize = 32;
+const MAX_LABEL_KEY: usize = 63;
+const MAX_TEXT: usize = 128;
+
+fn check_text(what: &str, s: &str) -> Result<()> {
+    if s.len() > MAX_TEXT || s.chars().any(char::is_control) {
+        return Err(ControllerError::InvalidArgument(format!(
+            "{what} {s:?}: at most {MAX_TEXT} bytes of printable text"
+        )));
+    }
+    Ok(())
+}
+
+fn check_label_key(k: &str) -> Result<()> {
+    let ok = !k.is_empty()
+        && k.len() <= MAX_LABEL_KEY
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+    if !ok {
+        return Err(ControllerError::InvalidArgument(format!(
+            "label key {k:?}: 1 to {MAX_LABEL_KEY} of a-z, A-Z, 0-9, '.', '_', '-', '/'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_criticality(c: &str) -> Result<()> {
+    if !CRITICALITIES.contains(&c) {
+        return Err(ControllerError::InvalidArgument(format!(
+            "criticality {c:?}: one of {}",
+            CRITICALITIES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A host change from the wire, checked.
+pub fn host_change(
+    purpose: Option<String>,
+    criticality: Option<String>,
+    set_labels: HashMap<String, String>,
+    remove_labels: Vec<String>,
+) -> Result<HostChange> {
+    if let Some(p) = &purpose {
+        check_text("purpose", p)?;
+    }
+    if let Some(c) = &criticality {
+        check_criticality(c)?;
+    }
+    if set_labels.len() + remove_labels.len() > MAX_LABELS {
+        return Err(ControllerError::InvalidArgument(format!(
+            "at most {MAX_LABELS} labels"
+        )));
+    }
+    for (k, v) in &set_labels {
+        check_label_key(k)?;
+        check_text("label value", v)?;
+    }
+    for k in &remove_labels {
+        check_label_key(k)?;
+    }
+    Ok(HostChange {
+        purpose,
+        criticality,
+        set_labels: set_labels.into_iter().collect(),
+        remove_labels,
+    })
+}
+
+pub fn host_info(ctx: &Ctx, tenant: &str, h: HostRow, now: i64) -> HostInfo {
+    let connected = ctx.hub.connected(tenant, &h.name);
+    HostInfo {
+        offline: crate::fleet::offline(connected, h.last_seen, now, ctx.heartbeat_secs),
+        connected,
+        name: h.name,
+        environment: h.environment,
+        agent_version: h.agent_version,
+        last_seen: h.last_seen,
+        cert_fingerprint: h.cert_fingerprint,
+        cert_not_after: h.cert_not_after,
+        revoked_at: h.revoked_at.unwrap_or(0),
+        purpose: h.purpose,
+        criticality: h.criticality,
+        labels: h.labels.into_iter().collect(),
+        os: h.os,
+    }
+}
+
+/// Whether a host matches a listing's filters (every label given must match).
+pub fn matches(h: &HostRow, r: &ListHostsRequest) -> bool {
+    let labels: BTreeMap<&String, &String> = r.labels.iter().collect();
+    (r.purpose.is_empty() || h.purpose == r.purpose)
+        && (r.criticality.is_empty() || h.criticality == r.criticality)
+        && labels
+            .iter()
+            .all(|(k, v)| h.labels.get(*k).is_some_and(|hv| hv == *v))
+}
+
+/// An environment change from the wire, checked.
+pub fn env_change(r: &SetEnvironmentRequest) -> Result<EnvChange> {
+    artifact::validate_name(artifact::NameKind::Environment, &r.name)?;
+    let s = r.strategy.clone().unwrap_or_default();
+    // Validate the strategy fields by applying them to the defaults.
+    let checked = super::rollouts::strategy_from_proto(Default::default(), Some(&s))?;
+    if r.soak_secs.is_some_and(|s| s > 30 * 86_400) {
+        return Err(ControllerError::InvalidArgument(
+            "soak: at most 30 days".into(),
+        ));
+    }
+    Ok(EnvChange {
+        production: r.production,
+        soak_secs: r.soak_secs,
+        canary: s.canary,
+        batch: (!s.batch.is_empty()).then_some(checked.batch),
+        batch_timeout_secs: s.batch_timeout_secs.map(|_| checked.batch_timeout_secs),
+        pause_secs: s.pause_secs,
+        max_failures: (!s.max_failures.is_empty()).then_some(checked.max_failures),
+        auto_revert: s.auto_revert,
+    })
+}

@@ -1,0 +1,281 @@
+//! The rollout engine. A change of an app's desired release in an environment
+//! starts a rollout (`start`): hosts are planned into steps (canaries, then
+//! batches) and held at the previous release until their step is admitted.
+//! One task (`run`) drives every running rollout from what the store holds:
+//! admit the next step, judge the admitted hosts from their reports (healthy,
+//! failed, timed out, offline), halt past the failure threshold and revert
+//! the hosts already changed, all at once. Nothing lives only in memory, so a
+//! restarted controller carries on where it stopped.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use proto::v1::Health;
+
+use crate::fleet;
+use crate::grpc::{Ctx, SharedCtx};
+use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
+use plan::Strategy;
+
+/// How often running rollouts are looked at even when nothing reports.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A change of desired release to roll out.
+pub struct Change<'a> {
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub environment: &'a str,
+    pub version: &'a str,
+    pub digest: &'a str,
+    pub authorization: &'a str,
+    pub strategy: Strategy,
+    pub actor: &'a str,
+}
+
+/// Sets the desired release and plans its rollout over the environment's
+/// hosts that run the app, then wakes the sessions and the engine.
+pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
+    let candidates = ctx.store.app_hosts(c.tenant, c.app, c.environment).await?;
+    let (plan, steps) = plan::plan(&candidates, &c.strategy);
+    let started = ctx
+        .store
+        .start_rollout(&NewRollout {
+            tenant: c.tenant,
+            app: c.app,
+            environment: c.environment,
+            to_version: c.version,
+            to_digest: c.digest,
+            authorization: c.authorization,
+            strategy: c.strategy,
+            plan: &plan,
+            steps,
+            created_by: c.actor,
+        })
+        .await?;
+    tracing::info!(
+        tenant = c.tenant,
+        app = c.app,
+        env = c.environment,
+        version = c.version,
+        rollout = started.rollout_id,
+        hosts = plan.len(),
+        steps,
+        "rollout started"
+    );
+    ctx.hub.desired_changed();
+    ctx.hub.rollouts_changed();
+    Ok(started)
+}
+
+/// Drives every running rollout until shutdown.
+pub async fn run(ctx: SharedCtx) {
+    let signal = ctx.hub.rollout_signal();
+    loop {
+        match ctx.store.running_rollouts().await {
+            Ok(rollouts) => {
+                for r in rollouts {
+                    if let Err(e) = advance(&ctx, &r).await {
+                        tracing::error!(rollout = r.id, error = %e, "advancing rollout failed");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading rollouts failed"),
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = signal.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// A host's verdict in a rollout from its latest report, or None while it is
+/// still on its way.
+fn judge(
+    r: &RolloutRow,
+    report: Option<&FleetRow>,
+    offline: bool,
+    now: i64,
+) -> Option<(&'static str, String)> {
+    if let Some(f) = report {
+        let rep = &f.report;
+        let current = rep.generation >= r.generation;
+        if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy as i32 {
+            return Some(("healthy", String::new()));
+        }
+        if current && rep.failed_digest == r.to_digest {
+            return Some(("failed", rep.last_error.clone()));
+        }
+    }
+    if offline {
+        return Some(("offline", "went offline during its step".into()));
+    }
+    let timeout = i64::from(r.strategy.batch_timeout_secs);
+    if now - r.step_started_at > timeout {
+        return Some(("timeout", format!("not healthy within {timeout}s")));
+    }
+    None
+}
+
+fn describe_failures(failed: &[&RolloutHostRow]) -> String {
+    failed
+        .iter()
+        .take(5)
+        .map(|h| format!("{} {}: {}", h.host, h.outcome, h.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn advance(ctx: &Ctx, r: &RolloutRow) -> Result<(), StoreError> {
+    let store = &ctx.store;
+    let now = store::now();
+    let hosts = store.rollout_hosts(r.id).await?;
+    let reports: HashMap<String, FleetRow> = store
+        .fleet(&r.tenant, &r.app, &r.environment)
+        .await?
+        .into_iter()
+        .map(|f| (f.host.clone(), f))
+        .collect();
+    let is_offline = |h: &str| {
+        reports.get(h).is_none_or(|f| {
+            fleet::offline(
+                ctx.hub.connected(&r.tenant, h),
+                f.last_seen,
+                now,
+                ctx.heartbeat_secs,
+            )
+        })
+    };
+
+    if r.step_started_at == 0 {
+        if r.next_step_at > now {
+            return Ok(());
+        }
+        let offline: Vec<String> = hosts
+            .iter()
+            .filter(|h| h.step == r.step && is_offline(&h.host))
+            .map(|h| h.host.clone())
+            .collect();
+        store.admit_step(r.id, r.step, &offline).await?;
+        tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
+            steps = r.steps, offline = offline.len(), "rollout step admitted");
+        ctx.hub.desired_changed();
+        return Ok(());
+    }
+
+    let mut judged = false;
+    for h in hosts
+        .iter()
+        .filter(|h| h.admitted_at > 0 && h.outcome == "pending")
+    {
+        if let Some((outcome, reason)) = judge(r, reports.get(&h.host), is_offline(&h.host), now) {
+            tracing::info!(rollout = r.id, host = %h.host, outcome, reason = %reason, "rollout host judged");
+            store
+                .set_host_outcome(r.id, &h.host, outcome, &reason)
+                .await?;
+            judged = true;
+        }
+    }
+    let hosts = if judged {
+        store.rollout_hosts(r.id).await?
+    } else {
+        hosts
+    };
+
+    let failed: Vec<&RolloutHostRow> = hosts
+        .iter()
+        .filter(|h| matches!(h.outcome.as_str(), "failed" | "timeout"))
+        .collect();
+    let canary_failed = r.strategy.canary > 0 && failed.iter().any(|h| h.step == 0);
+    if canary_failed || failed.len() > r.strategy.max_failures.of(hosts.len()) {
+        let what = if canary_failed {
+            "canary failed"
+        } else {
+            "failure threshold crossed"
+        };
+        let reason = format!(
+            "{what} at step {}/{}: {}",
+            r.step + 1,
+            r.steps,
+            describe_failures(&failed)
+        );
+        return halt(ctx, r, &reason).await;
+    }
+    if hosts
+        .iter()
+        .any(|h| h.step == r.step && h.outcome == "pending")
+    {
+        return Ok(());
+    }
+    if r.step + 1 >= r.steps {
+        if store
+            .transition_rollout(r.id, &["running"], "succeeded", None)
+            .await?
+        {
+            tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, "rollout succeeded");
+            engine_audit(ctx, r, "rollout-succeeded", "ok").await;
+            ctx.hub.desired_changed();
+        }
+    } else {
+        let at = if r.strategy.pause_secs > 0 {
+            now + i64::from(r.strategy.pause_secs)
+        } else {
+            0
+        };
+        store.next_step(r.id, r.step + 1, at).await?;
+        ctx.hub.rollouts_changed();
+    }
+    Ok(())
+}
+
+/// Stops a rollout past its failure threshold and, with auto-revert, puts
+/// the previous release back on every host at once.
+async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError> {
+    tracing::warn!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, reason, "rollout halted");
+    if r.strategy.auto_revert && !r.from_version.is_empty() {
+        let reason = format!("{reason}; reverted to {}", r.from_version);
+        if ctx
+            .store
+            .revert_rollout(r.id, &["running"], "reverted", &reason)
+            .await?
+            .is_some()
+        {
+            engine_audit(ctx, r, "rollout-revert", &format!("reverted: {reason}")).await;
+            ctx.hub.desired_changed();
+        }
+        return Ok(());
+    }
+    if ctx
+        .store
+        .transition_rollout(r.id, &["running"], "halted", Some(reason))
+        .await?
+    {
+        engine_audit(ctx, r, "rollout-halt", &format!("halted: {reason}")).await;
+    }
+    Ok(())
+}
+
+async fn engine_audit(ctx: &Ctx, r: &RolloutRow, action: &str, outcome: &str) {
+    let detail = format!(
+        "rollout {}: {} -> {} ({})",
+        r.id, r.from_version, r.to_version, r.to_digest
+    );
+    if let Err(e) = ctx
+        .store
+        .audit(
+            &r.tenant,
+            "controller",
+            action,
+            &r.app,
+            &r.environment,
+            &detail,
+            outcome,
+            "",
+        )
+        .await
+    {
+        tracing::error!(error = %e, "audit log write failed");
+    }
+}

@@ -1,0 +1,221 @@
+//! Rollout strategies and plans: which hosts change in which step. Pure
+//! functions, no I/O: the engine (`rollout::Engine`) and the store use them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A number of hosts, absolute or relative to the environment's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Amount {
+    /// "3" or "25%".
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a host count (\"N\") or a share (\"N%\")");
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u32 = p.trim().parse().map_err(|_| bad())?;
+            if p > 100 {
+                return Err(format!("{s:?}: a share is at most 100%"));
+            }
+            Ok(Amount::Percent(p))
+        } else {
+            s.parse().map(Amount::Count).map_err(|_| bad())
+        }
+    }
+
+    /// How many of `total` hosts this amounts to (a share rounds up).
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Amount::Count(n) => n as usize,
+            Amount::Percent(p) => (total * p as usize).div_ceil(100),
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How a change of desired release reaches an environment's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strategy {
+    /// Hosts changed first, alone; a failure among them always halts.
+    pub canary: u32,
+    /// Hosts per batch after the canary (at least one).
+    pub batch: Amount,
+    pub batch_timeout_secs: u32,
+    pub pause_secs: u32,
+    /// Failed hosts tolerated before the rollout halts.
+    pub max_failures: Amount,
+    pub auto_revert: bool,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Self {
+            canary: 1,
+            batch: Amount::Percent(25),
+            batch_timeout_secs: 600,
+            pause_secs: 0,
+            max_failures: Amount::Count(0),
+            auto_revert: true,
+        }
+    }
+}
+
+impl Strategy {
+    /// Every host at once: manual rollbacks, which must not wait for canaries.
+    pub fn all_at_once(self) -> Self {
+        Self {
+            canary: 0,
+            batch: Amount::Percent(100),
+            ..self
+        }
+    }
+}
+
+/// What the planner needs to know of a host.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub name: String,
+    pub criticality: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn criticality_rank(c: &str) -> u8 {
+    match c {
+        "low" => 0,
+        "high" => 2,
+        "critical" => 3,
+        _ => 1,
+    }
+}
+
+pub const CRITICALITIES: [&str; 4] = ["low", "medium", "high", "critical"];
+
+/// Orders the hosts (label `canary=true` first, then the least critical, then
+/// by name) and cuts them into steps: step 0 the canaries, then batches.
+/// Returns (host, step) for every host, and the number of steps.
+pub fn plan(hosts: &[Candidate], s: &Strategy) -> (Vec<(String, u32)>, u32) {
+    let mut order: Vec<&Candidate> = hosts.iter().collect();
+    order.sort_by(|a, b| {
+        let canary = |c: &Candidate| c.labels.get("canary").map(String::as_str) != Some("true");
+        (canary(a), criticality_rank(&a.criticality), &a.name).cmp(&(
+            canary(b),
+            criticality_rank(&b.criticality),
+            &b.name,
+        ))
+    });
+    let total = order.len();
+    let mut out = Vec::with_capacity(total);
+    let mut step = 0u32;
+    let mut rest = order.as_slice();
+    let canaries = (s.canary as usize).min(total);
+    if canaries > 0 {
+        let (first, tail) = rest.split_at(canaries);
+        out.extend(first.iter().map(|c| (c.name.clone(), step)));
+        rest = tail;
+        step += 1;
+    }
+    let batch = s.batch.of(total).max(1);
+    for chunk in rest.chunks(batch) {
+        out.extend(chunk.iter().map(|c| (c.name.clone(), step)));
+        step += 1;
+    }
+    (out, step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, criticality: &str, canary: bool) -> Candidate {
+        let mut labels = BTreeMap::new();
+        if canary {
+            labels.insert("canary".into(), "true".into());
+        }
+        Candidate {
+            name: name.into(),
+            criticality: criticality.into(),
+            labels,
+        }
+    }
+
+    fn steps_of(plan: &[(String, u32)]) -> Vec<Vec<&str>> {
+        let mut out: Vec<Vec<&str>> = Vec::new();
+        for (h, s) in plan {
+            if out.len() <= *s as usize {
+                out.resize(*s as usize + 1, Vec::new());
+            }
+            out[*s as usize].push(h);
+        }
+        out
+    }
+
+    #[test]
+    fn amounts_parse_and_round_up() {
+        assert_eq!(Amount::parse("2"), Ok(Amount::Count(2)));
+        assert_eq!(Amount::parse("25%"), Ok(Amount::Percent(25)));
+        assert!(Amount::parse("150%").is_err());
+        assert!(Amount::parse("two").unwrap_err().contains("\"two\""));
+        assert_eq!(Amount::Percent(25).of(6), 2, "1.5 hosts round up");
+        assert_eq!(Amount::Percent(100).of(6), 6);
+        assert_eq!(Amount::Count(3).of(6), 3);
+    }
+
+    #[test]
+    fn canary_first_then_batches() {
+        let hosts: Vec<_> = (1..=6)
+            .map(|i| host(&format!("h{i}"), "medium", false))
+            .collect();
+        let s = Strategy {
+            batch: Amount::Count(2),
+            ..Strategy::default()
+        };
+        let (plan, steps) = plan(&hosts, &s);
+        assert_eq!(steps, 4);
+        assert_eq!(
+            steps_of(&plan),
+            vec![vec!["h1"], vec!["h2", "h3"], vec!["h4", "h5"], vec!["h6"]]
+        );
+    }
+
+    #[test]
+    fn labelled_canaries_and_low_criticality_go_first() {
+        let hosts = vec![
+            host("a", "critical", false),
+            host("b", "low", false),
+            host("c", "high", true),
+            host("d", "medium", false),
+        ];
+        let (plan, steps) = plan(
+            &hosts,
+            &Strategy {
+                batch: Amount::Percent(50),
+                ..Strategy::default()
+            },
+        );
+        assert_eq!(steps, 3);
+        assert_eq!(steps_of(&plan), vec![vec!["c"], vec!["b", "d"], vec!["a"]]);
+    }
+
+    #[test]
+    fn all_at_once_and_empty() {
+        let hosts: Vec<_> = (1..=3).map(|i| host(&format!("h{i}"), "", false)).collect();
+        let (plan1, steps) = plan(&hosts, &Strategy::default().all_at_once());
+        assert_eq!(steps, 1);
+        assert_eq!(plan1.len(), 3);
+        let (none, steps) = plan(&[], &Strategy::default());
+        assert!(none.is_empty());
+        assert_eq!(steps, 0);
+    }
+}

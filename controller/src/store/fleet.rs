@@ -1,0 +1,241 @@
+//! The inventory side of the store: hosts' purpose, criticality, labels and
+//! OS; environments with their soak and rollout strategy; drift
+//! acknowledgements.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::{Result, Store};
+use crate::rollout::plan::{Amount, Strategy};
+
+/// An environment and its policy.
+#[derive(Debug, Clone)]
+pub struct EnvPolicy {
+    pub name: String,
+    pub production: bool,
+    pub soak_secs: u32,
+    pub strategy: Strategy,
+}
+
+/// Changes to an environment; `None` keeps what is stored.
+#[derive(Debug, Clone, Default)]
+pub struct EnvChange {
+    pub production: Option<bool>,
+    pub soak_secs: Option<u32>,
+    pub canary: Option<u32>,
+    pub batch: Option<Amount>,
+    pub batch_timeout_secs: Option<u32>,
+    pub pause_secs: Option<u32>,
+    pub max_failures: Option<Amount>,
+    pub auto_revert: Option<bool>,
+}
+
+/// Inventory fields a host is registered or updated with.
+#[derive(Debug, Clone, Default)]
+pub struct HostChange {
+    pub purpose: Option<String>,
+    pub criticality: Option<String>,
+    pub set_labels: BTreeMap<String, String>,
+    pub remove_labels: Vec<String>,
+}
+
+pub fn labels_from_json(text: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn labels_to_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
+}
+
+fn policy_from_row(r: &sqlx::sqlite::SqliteRow) -> EnvPolicy {
+    let amount =
+        |col: &str, fallback: Amount| Amount::parse(&r.get::<String, _>(col)).unwrap_or(fallback);
+    EnvPolicy {
+        name: r.get("name"),
+        production: r.get::<i64, _>("production") != 0,
+        soak_secs: r.get::<i64, _>("soak_secs") as u32,
+        strategy: Strategy {
+            canary: r.get::<i64, _>("canary") as u32,
+            batch: amount("batch", Amount::Percent(25)),
+            batch_timeout_secs: r.get::<i64, _>("batch_timeout_secs") as u32,
+            pause_secs: r.get::<i64, _>("pause_secs") as u32,
+            max_failures: amount("max_failures", Amount::Count(0)),
+            auto_revert: r.get::<i64, _>("auto_revert") != 0,
+        },
+    }
+}
+
+const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert";
+
+impl Store {
+    pub async fn env_policy(&self, tenant: &str, env: &str) -> Result<Option<EnvPolicy>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? AND name = ?"
+        )))
+        .bind(tenant)
+        .bind(env)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(policy_from_row))
+    }
+
+    pub async fn env_policies(&self, tenant: &str) -> Result<Vec<EnvPolicy>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? ORDER BY name"
+        )))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(policy_from_row).collect())
+    }
+
+    /// Creates the environment if needed and applies the changes.
+    pub async fn set_environment(
+        &self,
+        tenant: &str,
+        env: &str,
+        c: &EnvChange,
+    ) -> Result<EnvPolicy> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO environments (tenant, name, production) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(env)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE environments SET
+                production = COALESCE(?, production), soak_secs = COALESCE(?, soak_secs),
+                canary = COALESCE(?, canary), batch = COALESCE(?, batch),
+                batch_timeout_secs = COALESCE(?, batch_timeout_secs), pause_secs = COALESCE(?, pause_secs),
+                max_failures = COALESCE(?, max_failures), auto_revert = COALESCE(?, auto_revert)
+             WHERE tenant = ? AND name = ?",
+        )
+        .bind(c.production.map(i64::from))
+        .bind(c.soak_secs.map(i64::from))
+        .bind(c.canary.map(i64::from))
+        .bind(c.batch.map(|a| a.to_string()))
+        .bind(c.batch_timeout_secs.map(i64::from))
+        .bind(c.pause_secs.map(i64::from))
+        .bind(c.max_failures.map(|a| a.to_string()))
+        .bind(c.auto_revert.map(i64::from))
+        .bind(tenant)
+        .bind(env)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(self
+            .env_policy(tenant, env)
+            .await?
+            .expect("environment exists after upsert"))
+    }
+
+    /// Applies inventory changes to a host; false when there is no such host.
+    pub async fn update_host(&self, tenant: &str, host: &str, c: &HostChange) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(row) = sqlx::query("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
+            .bind(tenant)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let mut labels = labels_from_json(&row.get::<String, _>(0));
+        for k in &c.remove_labels {
+            labels.remove(k);
+        }
+        labels.extend(c.set_labels.clone());
+        sqlx::query(
+            "UPDATE hosts SET purpose = COALESCE(?, purpose), criticality = COALESCE(?, criticality), labels = ?
+             WHERE tenant = ? AND name = ?",
+        )
+        .bind(&c.purpose)
+        .bind(&c.criticality)
+        .bind(labels_to_json(&labels))
+        .bind(tenant)
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn set_host_os(&self, tenant: &str, host: &str, os: &str) -> Result<()> {
+        sqlx::query("UPDATE hosts SET os = ? WHERE tenant = ? AND name = ?")
+            .bind(os)
+            .bind(tenant)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Acknowledges the drift app@env's hosts (or one host) report now; the
+    /// hosts whose drift was acknowledged.
+    pub async fn ack_drift(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        host: &str,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT s.host, s.drift, s.drift_count FROM host_status s
+             JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
+             WHERE s.tenant = ? AND s.app = ? AND h.environment = ? AND (? = '' OR s.host = ?) AND s.drift_count > 0",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(env)
+        .bind(host)
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut acked = Vec::new();
+        for r in rows {
+            let (h, drift, count): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+            let fp = crate::fleet::drift_fingerprint(&drift, count as u32);
+            sqlx::query(
+                "UPDATE host_status SET drift_acked = ? WHERE tenant = ? AND host = ? AND app = ?",
+            )
+            .bind(fp)
+            .bind(tenant)
+            .bind(&h)
+            .bind(app)
+            .execute(&self.pool)
+            .await?;
+            acked.push(h);
+        }
+        Ok(acked)
+    }
+
+    /// Hosts of an environment that announced `app`, for planning a rollout.
+    pub async fn app_hosts(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+    ) -> Result<Vec<crate::rollout::plan::Candidate>> {
+        let rows = sqlx::query(
+            "SELECT h.name, h.criticality, h.labels FROM hosts h
+             JOIN host_status s ON s.tenant = h.tenant AND s.host = h.name AND s.app = ?
+             WHERE h.tenant = ? AND h.environment = ? AND h.revoked_at IS NULL ORDER BY h.name",
+        )
+        .bind(app)
+        .bind(tenant)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| crate::rollout::plan::Candidate {
+                name: r.get(0),
+                criticality: r.get(1),
+                labels: labels_from_json(&r.get::<String, _>(2)),
+            })
+            .collect())
+    }
+}
