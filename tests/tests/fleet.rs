@@ -1,0 +1,449 @@
+//! A fleet: one controller and six agents on loopback, each with its own
+//! state dir, host identity and app port. Rollouts go canary → batches, halt
+//! and revert on failure, skip offline hosts that converge when back, survive
+//! a controller restart; promotion waits for the soak and refuses drift.
+
+use std::time::Duration;
+
+use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish, status_row};
+
+/// `web` log lines of `agent` for `version` at `step`.
+fn steps(agent: &Agent, version: &str, step: &str) -> usize {
+    agent
+        .deploy_log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["version"] == version && v["step"] == step)
+        .count()
+}
+
+/// Starts one agent per name in `env` and waits until each has said hello.
+fn fleet(dir: &std::path::Path, c: &Controller, env: &str, names: &[&str]) -> Vec<Agent> {
+    let agents: Vec<Agent> = names
+        .iter()
+        .map(|h| Agent::start(dir, c, h, env, "DATABASE_URL=postgres://db/app\n"))
+        .collect();
+    for h in names {
+        eventually(Duration::from_secs(30), &format!("{h} to connect"), || {
+            status_row(c, h).filter(|r| r["connected"] == true)
+        });
+    }
+    agents
+}
+
+fn rollout(c: &Controller, env: &str) -> serde_json::Value {
+    c.ctl(&["rollout", "status", "web", "--env", env, "--json"])
+        .ok()
+        .json()
+}
+
+/// Step of every host in the rollout, in host order.
+fn plan(r: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut p: Vec<(String, u64)> = r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["step"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+fn outcomes(r: &serde_json::Value) -> Vec<(String, String)> {
+    let mut o: Vec<(String, String)> = r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    o.sort();
+    o
+}
+
+fn deploy(c: &Controller, version: &str, extra: &[&str]) -> integration_tests::CtlOutput {
+    let mut args = vec![
+        "deploy",
+        "web",
+        version,
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    c.ctl(&args)
+}
+
+const HOSTS: [&str; 6] = ["pre-1", "pre-2", "pre-3", "pre-4", "pre-5", "pre-6"];
+
+#[test]
+fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut agents = fleet(t.path(), &c, "preprod", &HOSTS);
+    // FEATURE_FLAG exists on the first three hosts only: 3.0.0 needs it.
+    for a in &agents[..3] {
+        std::fs::write(
+            a.app_dir().join("shared/.env"),
+            "DATABASE_URL=postgres://db/app\nFEATURE_FLAG=1\n",
+        )
+        .unwrap();
+    }
+
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy(&c, "1.0.0", &["--canary", "0", "--batch", "100%"]).ok();
+    assert_eq!(plan(&rollout(&c, "preprod")).len(), 6);
+
+    // 2.0.0: canary first, then batches of two.
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    let out = deploy(&c, "2.0.0", &["--canary", "1", "--batch", "2"]).ok();
+    let r = rollout(&c, "preprod");
+    assert_eq!(r["state"], "succeeded");
+    assert_eq!(r["steps"], 4);
+    assert_eq!(
+        plan(&r),
+        vec![
+            ("pre-1".into(), 0),
+            ("pre-2".into(), 1),
+            ("pre-3".into(), 1),
+            ("pre-4".into(), 2),
+            ("pre-5".into(), 2),
+            ("pre-6".into(), 3)
+        ]
+    );
+    let seen = |needle: &str| {
+        out.stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} in:\n{}", out.stdout))
+    };
+    assert!(
+        seen("pre-1: 2.0.0 healthy") < seen("pre-2: updating to 2.0.0")
+            && seen("pre-3: 2.0.0 healthy") < seen("pre-4: updating to 2.0.0")
+            && seen("pre-5: 2.0.0 healthy") < seen("pre-6: updating to 2.0.0"),
+        "each step starts after the previous one is healthy:\n{}",
+        out.stdout
+    );
+    for a in &agents {
+        a.wait_serving("2.0.0");
+    }
+
+    // 3.0.0 never gets healthy: the canary fails, the rollout halts and
+    // reverts it, and no other host is touched.
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("3.0.0")
+        },
+    );
+    let out = deploy(&c, "3.0.0", &["--canary", "1", "--batch", "2"]);
+    assert_eq!(out.code, 1, "--wait fails a halted rollout: {}", out.stdout);
+    assert!(
+        out.stderr.contains("canary failed") && out.stderr.contains("reverted to 2.0.0"),
+        "{}",
+        out.stderr
+    );
+    let r = rollout(&c, "preprod");
+    assert_eq!(r["state"], "reverted");
+    assert_eq!(outcomes(&r)[0], ("pre-1".into(), "failed".into()));
+    for a in &agents[1..] {
+        assert_eq!(
+            steps(a, "3.0.0", "fetch") + steps(a, "3.0.0", "flip"),
+            0,
+            "{} never saw 3.0.0",
+            a.host
+        );
+        a.wait_serving("2.0.0");
+    }
+    agents[0].wait_serving("2.0.0");
+    assert_eq!(status_row(&c, "pre-3").unwrap()["desired"], "2.0.0");
+
+    // 4.0.0 needs FEATURE_FLAG: canary and batch 1 (pre-1..3) take it, batch 2
+    // (pre-4, pre-5) fails; the threshold (0) is crossed, and batches 1 and
+    // 2 go back to 2.0.0 at once. pre-6 is never touched.
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            required_env: &["DATABASE_URL", "FEATURE_FLAG"],
+            ..ReleaseOpts::new("4.0.0")
+        },
+    );
+    let out = deploy(&c, "4.0.0", &["--canary", "1", "--batch", "2"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("failure threshold crossed at step 3/4")
+            && out.stderr.contains("FEATURE_FLAG")
+            && out.stderr.contains("reverted to 2.0.0"),
+        "{}",
+        out.stderr
+    );
+    for a in &agents[..3] {
+        assert!(
+            steps(a, "4.0.0", "deploy") == 1,
+            "{} ran 4.0.0 healthy first: {}",
+            a.host,
+            a.deploy_log()
+        );
+    }
+    for a in &agents[..5] {
+        a.wait_serving("2.0.0");
+    }
+    assert_eq!(steps(&agents[5], "4.0.0", "flip"), 0, "pre-6 untouched");
+    let r = rollout(&c, "preprod");
+    assert_eq!(r["state"], "reverted");
+    let o = outcomes(&r);
+    assert_eq!(o[0].1, "reverted");
+    assert_eq!(o[3].1, "failed", "{o:?}");
+    assert_eq!(o[5].1, "pending", "{o:?}");
+
+    // A host offline during a rollout is skipped, and converges when back.
+    agents[5].kill();
+    eventually(Duration::from_secs(30), "pre-6 offline", || {
+        status_row(&c, "pre-6").filter(|r| r["status"] == "offline")
+    });
+    let hosts_json = c.ctl(&["hosts", "--offline", "--json"]).ok().json();
+    assert_eq!(hosts_json.as_array().unwrap().len(), 1);
+    assert_eq!(hosts_json[0]["name"], "pre-6");
+    publish(&c, t.path(), &ReleaseOpts::new("5.0.0"));
+    let out = deploy(&c, "5.0.0", &["--canary", "1", "--batch", "50%"]).ok();
+    assert!(
+        out.stdout.contains("pre-6: offline; converges when back"),
+        "{}",
+        out.stdout
+    );
+    let summary = c.ctl(&["status", "--json"]).ok().json();
+    assert_eq!(summary["apps"][0]["offline"], 1, "{summary}");
+    assert_eq!(summary["apps"][0]["status"], "offline");
+    assert_eq!(summary["environments"][0]["status"], "offline");
+    agents[5].spawn();
+    agents[5].wait_serving("5.0.0");
+    eventually(Duration::from_secs(30), "every host ok", || {
+        let s = c.ctl(&["status", "--json"]).ok().json();
+        (s["apps"][0]["status"] == "ok" && s["apps"][0]["at_desired"] == 6).then_some(())
+    });
+
+    // A new host joining the environment gets the desired release by itself.
+    let newcomer = Agent::start(
+        t.path(),
+        &c,
+        "pre-7",
+        "preprod",
+        "DATABASE_URL=postgres://db/app\n",
+    );
+    newcomer.wait_serving("5.0.0");
+
+    // Abort: a rollout paused after its canary is stopped and the canary reverted.
+    publish(&c, t.path(), &ReleaseOpts::new("6.0.0"));
+    c.ctl(&[
+        "deploy", "web", "6.0.0", "--env", "preprod", "--canary", "1", "--pause", "600",
+    ])
+    .ok();
+    agents[0].wait_serving("6.0.0");
+    let out = c.ctl(&["rollout", "abort", "web", "--env", "preprod"]).ok();
+    assert!(out.stdout.contains("aborted"), "{}", out.stdout);
+    agents[0].wait_serving("5.0.0");
+    assert_eq!(steps(&agents[1], "6.0.0", "flip"), 0);
+    let history = c.ctl(&["history", "web", "--json"]).ok().json();
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"rollout-abort") && actions.contains(&"rollout-revert"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_restarted_controller_resumes_a_paused_and_resumed_rollout() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = Controller::start(t.path());
+    let agents = fleet(t.path(), &c, "preprod", &HOSTS);
+    c.ctl(&[
+        "hosts",
+        "set",
+        "pre-4",
+        "--label",
+        "canary=true",
+        "--criticality",
+        "low",
+    ])
+    .ok();
+    c.ctl(&[
+        "envs", "set", "preprod", "--canary", "1", "--batch", "2", "--pause", "2",
+    ])
+    .ok();
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy(&c, "1.0.0", &[]).ok();
+    let r = rollout(&c, "preprod");
+    assert_eq!(r["steps"], 4, "the environment's strategy applies");
+    assert_eq!(
+        plan(&r).iter().find(|(_, s)| *s == 0).unwrap().0,
+        "pre-4",
+        "the host labelled canary=true goes first"
+    );
+
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod"]).ok();
+    eventually(Duration::from_secs(60), "batch 1 admitted", || {
+        (rollout(&c, "preprod")["step"].as_u64() >= Some(1)).then_some(())
+    });
+    let paused = c.ctl(&["rollout", "pause", "web", "--env", "preprod"]).ok();
+    assert!(paused.stdout.contains("paused"), "{}", paused.stdout);
+
+    // Killed mid-rollout: the state is in the database.
+    c.kill();
+    c.restart();
+    let r = rollout(&c, "preprod");
+    assert_eq!(r["state"], "paused", "still paused after the restart");
+    let step = r["step"].as_u64().unwrap();
+    c.ctl(&["rollout", "resume", "web", "--env", "preprod"])
+        .ok();
+    let out = c
+        .ctl(&[
+            "rollout",
+            "status",
+            "web",
+            "--env",
+            "preprod",
+            "--wait",
+            "--timeout",
+            "120",
+        ])
+        .ok();
+    assert!(out.stdout.contains("succeeded"), "{}", out.stdout);
+    let r = rollout(&c, "preprod");
+    assert!(r["step"].as_u64().unwrap() > step);
+    assert!(
+        outcomes(&r).iter().all(|(_, o)| o == "healthy"),
+        "{:?}",
+        outcomes(&r)
+    );
+    for a in &agents {
+        a.wait_serving("2.0.0");
+    }
+}
+
+#[test]
+fn promotion_waits_for_the_soak_and_refuses_drift() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let pre = fleet(t.path(), &c, "preprod", &["pre-1", "pre-2", "pre-3"]);
+    let prod = fleet(t.path(), &c, "prod", &["prod-1", "prod-2", "prod-3"]);
+    c.ctl(&["envs", "set", "prod", "--soak", "5"]).ok();
+
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    deploy(&c, "1.0.0", &[]).ok();
+    let promote = |force: bool| {
+        let mut args = vec![
+            "promote",
+            "web",
+            "--from",
+            "preprod",
+            "--to",
+            "prod",
+            "--wait",
+            "--timeout",
+            "120",
+        ];
+        if force {
+            args.push("--force");
+        }
+        c.ctl(&args)
+    };
+    let out = promote(false);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("of the 5s soak"),
+        "refused before the soak: {}",
+        out.stderr
+    );
+    assert!(
+        status_row(&c, "prod-1").unwrap()["running"] == "",
+        "nothing reached prod"
+    );
+    // Allowed once every preprod host has run it healthy for 5 s.
+    let out = eventually(Duration::from_secs(30), "the soak to pass", || {
+        let out = promote(false);
+        (out.code == 0).then_some(out)
+    });
+    assert!(out.stdout.contains("succeeded"), "{}", out.stdout);
+    for a in &prod {
+        a.wait_serving("1.0.0");
+    }
+
+    // A hand edit in prod-2's running release is drift: reported with its
+    // path, shown in status, and it blocks the next promotion.
+    let conf = prod[1].app_dir().join("current/sample.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("# hotfix applied by hand\n");
+    std::fs::write(&conf, text).unwrap();
+    let row = eventually(Duration::from_secs(30), "drift on prod-2", || {
+        status_row(&c, "prod-2").filter(|r| r["status"] == "drifted")
+    });
+    assert_eq!(row["drift"][0], "changed sample.conf", "{row}");
+    let table = c.ctl(&["status"]).ok().stdout;
+    assert!(
+        table.contains("prod-2 web (prod): drift: changed sample.conf"),
+        "{table}"
+    );
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    deploy(&c, "2.0.0", &[]).ok();
+    std::thread::sleep(Duration::from_secs(6)); // let the soak pass: only drift blocks now
+    let out = promote(false);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("prod-2 (prod) has drift: changed sample.conf"),
+        "{}",
+        out.stderr
+    );
+    let out = c.ctl(&["drift", "ack", "web", "--env", "prod"]).ok();
+    assert!(out.stdout.contains("prod-2"), "{}", out.stdout);
+    promote(false).ok();
+    for a in &prod {
+        a.wait_serving("2.0.0");
+    }
+    let row = eventually(
+        Duration::from_secs(30),
+        "drift gone with the redeploy",
+        || status_row(&c, "prod-2").filter(|r| r["drift_count"] == 0 && r["status"] == "ok"),
+    );
+    assert_eq!(row["running"], "2.0.0");
+
+    // --force skips the soak, and the audit log says so.
+    publish(&c, t.path(), &ReleaseOpts::new("3.0.0"));
+    deploy(&c, "3.0.0", &[]).ok();
+    assert_eq!(promote(false).code, 1);
+    promote(true).ok();
+    for a in &prod {
+        a.wait_serving("3.0.0");
+    }
+    let history = c.ctl(&["history", "web", "--json"]).ok().json();
+    let forced = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "promote --force")
+        .expect("a promote --force audit row");
+    assert!(
+        forced["detail"].as_str().unwrap().contains("soak"),
+        "{forced}"
+    );
+    drop(pre);
+}
