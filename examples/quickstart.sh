@@ -82,6 +82,10 @@ TOML
 echo "==> agents: preprod-1 (app on :$PRE_PORT) and prod-1 (app on :$PROD_PORT)"
 start_agent preprod-1 preprod "$PRE_PORT"
 start_agent prod-1 prod "$PROD_PORT"
+for _ in $(seq 1 100); do # both enrolled and connected: a rollout plans the hosts it sees
+  [ "$("$BIN/slipctl" hosts --json | grep -c '"connected": true')" = 2 ] && break
+  sleep 0.2
+done
 
 echo "==> a release of the sample app"
 REL="$WORK/release"
@@ -104,6 +108,8 @@ fi
 echo "==> founder (admin token): slipctl promote web --from preprod --to prod --wait"
 "$BIN/slipctl" promote web --from preprod --to prod --wait --timeout 60
 echo "    prod answers:    $(curl -fsS "http://127.0.0.1:$PROD_PORT/")"
+echo "==> slipctl rollout status web --env prod --once"
+"$BIN/slipctl" rollout status web --env prod --once
 echo "==> slipctl status"
 "$BIN/slipctl" status
 echo "==> slipctl hosts"

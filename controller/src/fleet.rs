@@ -62,6 +62,14 @@ pub fn drifted(drift: &str, count: u32, acked: &str) -> bool {
     count > 0 && drift_fingerprint(drift, count) != acked
 }
 
+/// Whether a host's labels satisfy a selector (every label given must match).
+pub fn selector_matches(
+    selector: &std::collections::BTreeMap<String, String>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// A host is offline without a session or when it missed its heartbeats.
 pub fn offline(connected: bool, last_seen: i64, now: i64, heartbeat_secs: u32) -> bool {
     !connected || now - last_seen > 3 * i64::from(heartbeat_secs.max(1)) + 2

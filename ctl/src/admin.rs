@@ -9,7 +9,7 @@ use proto::v1::{
 };
 use serde::Serialize;
 
-use crate::cli::{HostsCommand, KeysCommand, TenantsCommand, TokensCommand};
+use crate::cli::{AppsCommand, HostsCommand, KeysCommand, TenantsCommand, TokensCommand};
 use crate::client::Clients;
 use crate::error::{CtlError, Result, from_status};
 use crate::status::{ago, print_json, table};
@@ -437,4 +437,104 @@ fn in_time(ts: i64) -> String {
     } else {
         format!("in {}h", secs / 3600)
     }
+}
+
+#[derive(Serialize)]
+struct PlacementJson {
+    app: String,
+    environment: String,
+    selector: std::collections::BTreeMap<String, String>,
+    desired: String,
+    hosts: Vec<String>,
+    not_configured: Vec<String>,
+    excluded: Vec<String>,
+}
+
+/// `slipctl apps [place]`.
+pub async fn apps(
+    c: &mut Clients,
+    tenant: String,
+    cmd: Option<AppsCommand>,
+    env: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let placements = match cmd {
+        Some(AppsCommand::Place { app, env, selector }) => vec![
+            c.deployments
+                .place_app(proto::v1::PlaceAppRequest {
+                    tenant,
+                    app,
+                    environment: env,
+                    selector: parse_labels(&selector)?,
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner(),
+        ],
+        None => {
+            c.deployments
+                .list_apps(proto::v1::ListAppsRequest {
+                    tenant,
+                    app: String::new(),
+                    environment: env.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| from_status(&c.url, s))?
+                .into_inner()
+                .apps
+        }
+    };
+    let rows: Vec<PlacementJson> = placements
+        .into_iter()
+        .map(|p| PlacementJson {
+            app: p.app,
+            environment: p.environment,
+            selector: p.selector.into_iter().collect(),
+            desired: p.desired_version,
+            hosts: p.hosts,
+            not_configured: p.not_configured,
+            excluded: p.excluded,
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    let mut t = table(&[
+        "APP",
+        "ENV",
+        "SELECTOR",
+        "DESIRED",
+        "HOSTS",
+        "NOT CONFIGURED",
+        "EXCLUDED",
+    ]);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    for p in rows {
+        let selector: Vec<String> = p.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        t.add_row(vec![
+            p.app.clone(),
+            p.environment.clone(),
+            if selector.is_empty() {
+                "(all)".into()
+            } else {
+                selector.join(",")
+            },
+            if p.desired.is_empty() {
+                "-".into()
+            } else {
+                p.desired.clone()
+            },
+            list(&p.hosts),
+            list(&p.not_configured),
+            list(&p.excluded),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
 }

@@ -194,6 +194,20 @@ and while a host of either environment carries unacknowledged drift."
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Apps per environment: their label selector and the hosts it places them on.
+    #[command(
+        after_help = "Example:\n  slipctl apps --env prod\n  slipctl apps place web --env prod --selector role=web\n\n\
+Without a selector, every host whose agent config lists the app runs it. With one, only\n\
+matching hosts get its releases; matching hosts whose agent lacks the app are listed."
+    )]
+    Apps {
+        #[command(subcommand)]
+        command: Option<AppsCommand>,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand-made changes to running releases.
     #[command(after_help = "Example:\n  slipctl drift ack web --env prod --host web-3")]
     Drift {
@@ -351,6 +365,20 @@ pub enum RolloutCommand {
         app: String,
         #[arg(long)]
         env: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// Place APP in an environment on the hosts whose labels match (none: every host).
+    #[command(after_help = "Example:\n  slipctl apps place web --env prod --selector role=web")]
+    Place {
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// KEY=VALUE (repeat: all must match).
+        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
     },
 }
 

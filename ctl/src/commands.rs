@@ -147,6 +147,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         } => status(&mut c, tenant, app, env, hosts, json).await,
         Command::Rollout { command } => crate::rollout::rollout(&mut c, tenant, command).await,
         Command::Drift { command } => crate::rollout::drift(&mut c, tenant, command).await,
+        Command::Apps { command, env, json } => {
+            crate::admin::apps(&mut c, tenant, command, env, json).await
+        }
         Command::History { app, limit, json } => history(&mut c, tenant, app, limit, json).await,
         Command::Envs { command, json } => match command {
             None => crate::status::envs(&mut c, tenant, json).await,

@@ -69,3 +69,15 @@ ALTER TABLE host_status ADD COLUMN healthy_since INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE host_status ADD COLUMN drift TEXT NOT NULL DEFAULT '';
 ALTER TABLE host_status ADD COLUMN drift_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE host_status ADD COLUMN drift_acked TEXT NOT NULL DEFAULT '';
+
+-- Which hosts of an environment run an app: the hosts whose labels match the
+-- selector (a JSON object of label = value, all must match; {}: every host
+-- whose agent is configured for the app).
+CREATE TABLE placements (
+    tenant      TEXT NOT NULL,
+    app         TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    selector    TEXT NOT NULL DEFAULT '{}',
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, app, environment)
+);

@@ -5,7 +5,7 @@ use integration_tests::{bin, slipctl};
 
 const SUBCOMMANDS: &[&str] = &[
     "publish", "deploy", "promote", "rollback", "retry", "releases", "status", "history", "envs",
-    "rollout", "drift", "hosts",
+    "rollout", "drift", "hosts", "apps",
 ];
 
 #[test]

@@ -276,6 +276,8 @@ impl Admin for AdminService {
             .update_host(&who.tenant, &r.host, &change)
             .await
             .map_err(ControllerError::from)?;
+        // Labels decide placement: sessions recompute what their host should run.
+        self.ctx.hub.desired_changed();
         let outcome = if found { "ok" } else { "refused: no such host" };
         audit(
             &self.ctx,

@@ -157,8 +157,21 @@ impl AgentsService {
     ) -> Result<Vec<DesiredApp>, ControllerError> {
         let store = &self.ctx.store;
         let mut out = Vec::new();
+        let placements = store.placements(&h.tenant).await?;
+        let labels = if placements.is_empty() {
+            Default::default()
+        } else {
+            store.host_labels(&h.tenant, &h.host).await?
+        };
         for (app, generation) in store.desired_generations(&h.tenant, &h.environment).await? {
             if !h.apps.contains(&app) {
+                continue;
+            }
+            // A selector that leaves this host out: it gets no releases of the app.
+            if placements
+                .get(&(app.clone(), h.environment.clone()))
+                .is_some_and(|sel| !crate::fleet::selector_matches(sel, &labels))
+            {
                 continue;
             }
             let row = match store

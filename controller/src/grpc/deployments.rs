@@ -5,10 +5,10 @@
 
 use proto::v1::deployments_server::Deployments;
 use proto::v1::{
-    AckDriftRequest, AckDriftResponse, AuditEvent, DeployRequest, DeployResponse,
-    FleetStatusRequest, FleetStatusResponse, HistoryRequest, HistoryResponse,
-    ListEnvironmentsRequest, ListEnvironmentsResponse, PromoteRequest, RetryRequest,
-    RollbackRequest, RolloutInfo, RolloutRequest,
+    AckDriftRequest, AckDriftResponse, AppPlacement, AuditEvent, DeployRequest, DeployResponse,
+    FleetStatusRequest, FleetStatusResponse, HistoryRequest, HistoryResponse, ListAppsRequest,
+    ListAppsResponse, ListEnvironmentsRequest, ListEnvironmentsResponse, PlaceAppRequest,
+    PromoteRequest, RetryRequest, RollbackRequest, RolloutInfo, RolloutRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -483,6 +483,58 @@ impl Deployments for DeploymentsService {
         let who = authorize(&self.ctx, &req, Want::Change, "rollout-abort").await?;
         let r = req.into_inner();
         super::rollouts::control(&self.ctx, &who, &r, super::rollouts::Control::Abort).await
+    }
+
+    async fn list_apps(
+        &self,
+        req: Request<ListAppsRequest>,
+    ) -> std::result::Result<Response<ListAppsResponse>, Status> {
+        let who = reader(&self.ctx, &req).await?;
+        let r = req.into_inner();
+        let apps =
+            super::inventory::placements(&self.ctx, &who.tenant, &r.app, &r.environment).await?;
+        Ok(Response::new(ListAppsResponse { apps }))
+    }
+
+    async fn place_app(
+        &self,
+        req: Request<PlaceAppRequest>,
+    ) -> std::result::Result<Response<AppPlacement>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, "app-place").await?;
+        let r = req.into_inner();
+        let result = async {
+            let selector = super::inventory::selector(r.selector.clone())?;
+            self.check_app_env(&who.tenant, &r.app, &r.environment)
+                .await?;
+            self.ctx
+                .store
+                .set_placement(&who.tenant, &r.app, &r.environment, &selector)
+                .await?;
+            self.ctx.hub.desired_changed();
+            super::inventory::placements(&self.ctx, &who.tenant, &r.app, &r.environment)
+                .await?
+                .pop()
+                .ok_or_else(|| ControllerError::NotFound(format!("app {:?}", r.app)))
+        }
+        .await;
+        let (detail, outcome) = match &result {
+            Ok(p) => (
+                format!("selector {:?}: hosts {}", p.selector, p.hosts.join(", ")),
+                "ok".to_string(),
+            ),
+            Err(e) => (String::new(), format!("refused: {e}")),
+        };
+        super::audit(
+            &self.ctx,
+            &who,
+            "app-place",
+            &r.app,
+            &r.environment,
+            &detail,
+            &outcome,
+        )
+        .await;
+        Ok(Response::new(result?))
     }
 
     async fn ack_drift(

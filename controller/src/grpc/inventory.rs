@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use proto::v1::{HostInfo, ListHostsRequest, SetEnvironmentRequest};
+use proto::v1::{AppPlacement, HostInfo, ListHostsRequest, SetEnvironmentRequest};
 
 use super::Ctx;
 use crate::error::{ControllerError, Result};
@@ -130,4 +130,78 @@ pub fn env_change(r: &SetEnvironmentRequest) -> Result<EnvChange> {
         max_failures: (!s.max_failures.is_empty()).then_some(checked.max_failures),
         auto_revert: s.auto_revert,
     })
+}
+
+/// A selector from the wire, checked.
+pub fn selector(labels: HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    if labels.len() > MAX_LABELS {
+        return Err(ControllerError::InvalidArgument(format!(
+            "at most {MAX_LABELS} labels in a selector"
+        )));
+    }
+    for (k, v) in &labels {
+        check_label_key(k)?;
+        check_text("label value", v)?;
+    }
+    Ok(labels.into_iter().collect())
+}
+
+/// Apps per environment with the hosts their selectors place them on.
+pub async fn placements(
+    ctx: &Ctx,
+    tenant: &str,
+    app: &str,
+    env: &str,
+) -> Result<Vec<AppPlacement>> {
+    let store = &ctx.store;
+    let selectors = store.placements(tenant).await?;
+    let hosts: Vec<HostRow> = store
+        .hosts(tenant, env)
+        .await?
+        .into_iter()
+        .filter(|h| h.revoked_at.is_none())
+        .collect();
+    let configured = store.configured_apps(tenant).await?;
+    let mut out = Vec::new();
+    for a in store.apps(tenant).await? {
+        if !app.is_empty() && a != app {
+            continue;
+        }
+        for e in store.env_policies(tenant).await? {
+            if !env.is_empty() && e.name != env {
+                continue;
+            }
+            let selector = selectors
+                .get(&(a.clone(), e.name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let is_configured = |h: &str| configured.iter().any(|(ch, ca)| ch == h && ca == &a);
+            let mut p = AppPlacement {
+                app: a.clone(),
+                environment: e.name.clone(),
+                desired_version: store
+                    .desired(tenant, &a, &e.name)
+                    .await?
+                    .map(|(v, _)| v)
+                    .unwrap_or_default(),
+                ..Default::default()
+            };
+            for h in hosts.iter().filter(|h| h.environment == e.name) {
+                let placed = crate::fleet::selector_matches(&selector, &h.labels);
+                match (placed, is_configured(&h.name)) {
+                    (true, true) => p.hosts.push(h.name.clone()),
+                    // Without a selector, hosts choose their apps by their config.
+                    (true, false) if !selector.is_empty() => {
+                        p.hosts.push(h.name.clone());
+                        p.not_configured.push(h.name.clone());
+                    }
+                    (false, true) => p.excluded.push(h.name.clone()),
+                    _ => {}
+                }
+            }
+            p.selector = selector.into_iter().collect();
+            out.push(p);
+        }
+    }
+    Ok(out)
 }

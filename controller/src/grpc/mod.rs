@@ -96,6 +96,7 @@ scoped!(
     pb::CreateTenantRequest,
     pb::UpdateHostRequest,
     pb::SetEnvironmentRequest,
+    pb::ListAppsRequest,
 );
 targeted!(
     pb::DeployRequest => app, environment;
@@ -104,6 +105,7 @@ targeted!(
     pb::RetryRequest => app, environment;
     pb::RolloutRequest => app, environment;
     pb::AckDriftRequest => app, environment;
+    pb::PlaceAppRequest => app, environment;
 );
 impl Scoped for pb::AddHostRequest {
     fn tenant(&self) -> &str {

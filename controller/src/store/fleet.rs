@@ -212,7 +212,8 @@ impl Store {
         Ok(acked)
     }
 
-    /// Hosts of an environment that announced `app`, for planning a rollout.
+    /// Hosts of an environment that announced `app` and match its selector,
+    /// for planning a rollout.
     pub async fn app_hosts(
         &self,
         tenant: &str,
@@ -229,6 +230,11 @@ impl Store {
         .bind(env)
         .fetch_all(&self.pool)
         .await?;
+        let selector = self
+            .placements(tenant)
+            .await?
+            .remove(&(app.to_string(), env.to_string()))
+            .unwrap_or_default();
         Ok(rows
             .into_iter()
             .map(|r| crate::rollout::plan::Candidate {
@@ -236,6 +242,85 @@ impl Store {
                 criticality: r.get(1),
                 labels: labels_from_json(&r.get::<String, _>(2)),
             })
+            .filter(|c| crate::fleet::selector_matches(&selector, &c.labels))
             .collect())
+    }
+}
+
+/// Label selectors per (app, environment).
+pub type Placements = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+impl Store {
+    /// Sets the label selector of app@env (empty: every configured host).
+    pub async fn set_placement(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO placements (tenant, app, environment, selector, updated_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (tenant, app, environment) DO UPDATE SET selector = excluded.selector, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(env)
+        .bind(labels_to_json(selector))
+        .bind(super::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every selector of the tenant (app@env without one: every host).
+    pub async fn placements(&self, tenant: &str) -> Result<Placements> {
+        let rows =
+            sqlx::query("SELECT app, environment, selector FROM placements WHERE tenant = ?")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.get(0), r.get(1)),
+                    labels_from_json(&r.get::<String, _>(2)),
+                )
+            })
+            .collect())
+    }
+
+    /// A host's labels (empty for an unknown host).
+    pub async fn host_labels(&self, tenant: &str, host: &str) -> Result<BTreeMap<String, String>> {
+        let row = sqlx::query("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
+            .bind(tenant)
+            .bind(host)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| labels_from_json(&r.get::<String, _>(0)))
+            .unwrap_or_default())
+    }
+
+    /// Names of the tenant's apps (published at least once).
+    pub async fn apps(&self, tenant: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM apps WHERE tenant = ? ORDER BY name")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// (host, app) pairs the agents announced, per environment.
+    pub async fn configured_apps(&self, tenant: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT s.host, s.app FROM host_status s JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
+             WHERE s.tenant = ? AND h.revoked_at IS NULL",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

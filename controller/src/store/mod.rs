@@ -10,7 +10,7 @@ mod fleet;
 mod rollouts;
 mod trust;
 
-pub use fleet::{EnvChange, EnvPolicy, HostChange, labels_from_json};
+pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused};
 
@@ -93,6 +93,7 @@ pub struct FleetRow {
     pub report: HostAppReport,
     pub healthy_since: i64,
     pub drift_acked: String,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl FleetRow {
@@ -523,15 +524,20 @@ impl Store {
         Ok(())
     }
 
+    /// What every host placed on an app reports (hosts a selector leaves out
+    /// are not part of the app's fleet).
     pub async fn fleet(&self, tenant: &str, app: &str, env: &str) -> Result<Vec<FleetRow>> {
+        let placements = self.placements(tenant).await?;
         let rows = sqlx::query(
             "SELECT s.host, h.environment, d.version, h.last_seen, s.app, s.running_version, s.running_digest, s.state,
                     s.health, s.health_reason, s.env_check, s.missing_env, s.last_error, s.failed_version,
-                    s.failed_digest, s.generation, s.healthy_since, s.drift, s.drift_count, s.drift_acked
+                    s.failed_digest, s.generation, s.healthy_since, s.drift, s.drift_count, s.drift_acked,
+                    h.labels
              FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
              WHERE s.tenant = ? AND (? = '' OR s.app = ?) AND (? = '' OR h.environment = ?)
+               AND h.revoked_at IS NULL
              ORDER BY s.app, h.environment, s.host",
         )
         .bind(tenant)
@@ -547,6 +553,7 @@ impl Store {
                 let missing: String = r.get(11);
                 let drift: String = r.get(17);
                 FleetRow {
+                    labels: labels_from_json(&r.get::<String, _>(20)),
                     healthy_since: r.get(16),
                     drift_acked: r.get(19),
                     host: r.get(0),
@@ -578,6 +585,11 @@ impl Store {
                         drift_count: r.get::<i64, _>(18) as u32,
                     },
                 }
+            })
+            .filter(|f: &FleetRow| {
+                placements
+                    .get(&(f.report.app.clone(), f.environment.clone()))
+                    .is_none_or(|sel| crate::fleet::selector_matches(sel, &f.labels))
             })
             .collect())
     }
