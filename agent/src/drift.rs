@@ -45,10 +45,32 @@ pub enum Fingerprint {
         size: u64,
         /// Lowercase hex, or `"special"` for a device, fifo or socket.
         sha256: String,
+        /// Inode and change times when recorded: a file whose stat is
+        /// unchanged is not read again (ctime cannot be set back by hand).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stat: Option<Stat>,
     },
     Symlink {
         target: String,
     },
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Stat {
+    fn of(meta: &Metadata) -> Self {
+        Self {
+            ino: meta.ino(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+        }
+    }
 }
 
 /// The fingerprints of a release tree, keyed by '/'-joined relative path.
@@ -92,6 +114,37 @@ impl Drift {
             .take(limit)
             .map(|(path, label)| format!("{label} {path}"))
             .collect()
+    }
+}
+
+impl Drift {
+    /// Names this drift exactly: every drifted path with what it holds now
+    /// (size, inode, change times), over the release `version`. An operator's
+    /// acknowledgement is bound to it, so a later edit needs a new one.
+    pub fn digest(&self, root: &Path, version: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(version.as_bytes());
+        let labelled = [
+            ("changed", &self.changed),
+            ("added", &self.added),
+            ("removed", &self.removed),
+        ];
+        for (label, paths) in labelled {
+            for p in paths {
+                h.update([0]);
+                h.update(label.as_bytes());
+                h.update([0]);
+                h.update(p.as_bytes());
+                if let Ok(m) = fs::symlink_metadata(root.join(p)) {
+                    let s = Stat::of(&m);
+                    h.update(m.len().to_le_bytes());
+                    h.update(s.ino.to_le_bytes());
+                    h.update(s.mtime_ns.to_le_bytes());
+                    h.update(s.ctime_ns.to_le_bytes());
+                }
+            }
+        }
+        format!("sha256:{}", to_hex(&h.finalize()))
     }
 }
 
@@ -215,7 +268,7 @@ struct Live {
 
 enum LiveKind {
     Dir { mode: u32 },
-    File { mode: u32, size: u64 },
+    File { mode: u32, size: u64, stat: Stat },
     Special { mode: u32 },
     Symlink { target: String },
 }
@@ -296,6 +349,7 @@ fn classify(path: &Path, meta: &Metadata) -> io::Result<Option<LiveKind>> {
         LiveKind::File {
             mode,
             size: meta.len(),
+            stat: Stat::of(meta),
         }
     } else {
         // Devices, fifos, sockets (and any kind std does not name): present,
@@ -313,11 +367,12 @@ fn fingerprint(live: &Live) -> io::Result<Option<Fingerprint>> {
             target: target.clone(),
         },
         LiveKind::Special { mode } => special(*mode),
-        LiveKind::File { mode, size } => match hash_file(&live.path)? {
+        LiveKind::File { mode, size, stat } => match hash_file(&live.path)? {
             Some(sha256) => Fingerprint::File {
                 mode: *mode,
                 size: *size,
                 sha256,
+                stat: Some(*stat),
             },
             None => return Ok(None),
         },
@@ -330,6 +385,7 @@ fn special(mode: u32) -> Fingerprint {
         mode,
         size: 0,
         sha256: SPECIAL.to_string(),
+        stat: None,
     }
 }
 
@@ -341,15 +397,18 @@ fn judge(live: &Live, recorded: &Fingerprint) -> io::Result<Verdict> {
         (LiveKind::Symlink { target }, Fingerprint::Symlink { target: t }) => target == t,
         (LiveKind::Special { mode }, recorded) => special(*mode) == *recorded,
         (
-            LiveKind::File { mode, size },
+            LiveKind::File { mode, size, stat },
             Fingerprint::File {
                 mode: m,
                 size: s,
                 sha256,
+                stat: recorded_stat,
             },
         ) => {
             if mode != m || size != s {
                 false
+            } else if *recorded_stat == Some(*stat) {
+                true
             } else {
                 match hash_file(&live.path)? {
                     Some(h) => h == *sha256,
@@ -573,10 +632,47 @@ mod tests {
             Fingerprint::File {
                 mode: 0o600,
                 size: 0,
-                sha256: "special".into()
+                sha256: "special".into(),
+                stat: None,
             }
         );
         assert!(compare(dir.path(), &b2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_edit_with_its_mtime_put_back_is_still_changed() {
+        let dir = tree();
+        let b = base(dir.path());
+        let (path, rel) = b
+            .entries
+            .iter()
+            .find_map(|(rel, fp)| match fp {
+                Fingerprint::File { size, .. } if *size > 0 => {
+                    Some((dir.path().join(rel), rel.clone()))
+                }
+                _ => None,
+            })
+            .expect("a file in the tree");
+        let before = fs::metadata(&path).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let mtime = nix::sys::time::TimeSpec::new(before.mtime(), before.mtime_nsec());
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &mtime,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        assert_eq!(compare(dir.path(), &b).unwrap().changed, [rel]);
+        let d = compare(dir.path(), &b).unwrap();
+        assert_eq!(
+            d.digest(dir.path(), "1"),
+            compare(dir.path(), &b).unwrap().digest(dir.path(), "1"),
+            "the same drift has the same digest"
+        );
     }
 
     #[test]

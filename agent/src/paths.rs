@@ -66,6 +66,9 @@ impl AppPaths {
         ] {
             std::fs::create_dir_all(d)?;
         }
+        // Baselines hold a digest of every release file: the agent's eyes only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.baselines, std::fs::Permissions::from_mode(0o700))?;
         Ok(())
     }
 

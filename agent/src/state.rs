@@ -93,6 +93,8 @@ pub struct AppStatus {
     pub drift: Vec<String>,
     #[serde(default)]
     pub drift_count: u32,
+    #[serde(default)]
+    pub drift_digest: String,
     pub updated_at: i64,
 }
 
@@ -159,6 +161,7 @@ impl AppStatus {
             generation: self.generation,
             drift: self.drift.clone(),
             drift_count: self.drift_count,
+            drift_digest: self.drift_digest.clone(),
         }
     }
 }

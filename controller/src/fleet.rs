@@ -52,14 +52,20 @@ pub fn classify(f: &HostFacts<'_>) -> HostState {
     }
 }
 
-/// The fingerprint an acknowledgement is bound to: new drift needs a new ack.
-pub fn drift_fingerprint(drift: &str, count: u32) -> String {
-    trust::sha256(format!("{count}\n{drift}").as_bytes())
+/// The fingerprint an acknowledgement is bound to: the agent's digest of
+/// the drift (paths and what they hold now), so a new edit needs a new ack;
+/// the reported lines for an agent that sends no digest.
+pub fn drift_fingerprint(digest: &str, drift: &str, count: u32) -> String {
+    if digest.is_empty() {
+        trust::sha256(format!("{count}\n{drift}").as_bytes())
+    } else {
+        digest.to_string()
+    }
 }
 
 /// Whether the host's drift is there and not acknowledged.
-pub fn drifted(drift: &str, count: u32, acked: &str) -> bool {
-    count > 0 && drift_fingerprint(drift, count) != acked
+pub fn drifted(digest: &str, drift: &str, count: u32, acked: &str) -> bool {
+    count > 0 && drift_fingerprint(digest, drift, count) != acked
 }
 
 /// Whether a host's labels satisfy a selector (every label given must match).
@@ -70,9 +76,17 @@ pub fn selector_matches(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// A host is offline without a session or when it missed its heartbeats.
-pub fn offline(connected: bool, last_seen: i64, now: i64, heartbeat_secs: u32) -> bool {
-    !connected || now - last_seen > 3 * i64::from(heartbeat_secs.max(1)) + 2
+/// How long a host may go unheard before it counts as offline: three missed
+/// heartbeats, plus slack for a reconnect.
+pub fn offline_after(heartbeat_secs: u32) -> i64 {
+    3 * i64::from(heartbeat_secs.max(1)) + 2
+}
+
+/// A host is offline when it missed its heartbeats. A dropped session alone
+/// is not enough: an agent reconnecting (its restart, the controller's) is
+/// heard from again within a heartbeat or two.
+pub fn offline(last_seen: i64, now: i64, heartbeat_secs: u32) -> bool {
+    now - last_seen > offline_after(heartbeat_secs)
 }
 
 #[cfg(test)]
@@ -117,16 +131,24 @@ mod tests {
 
     #[test]
     fn an_ack_covers_only_the_drift_it_saw() {
-        let ack = drift_fingerprint("changed app.py", 1);
-        assert!(!drifted("changed app.py", 1, &ack));
-        assert!(drifted("changed app.py\nadded x", 2, &ack));
-        assert!(!drifted("", 0, ""));
+        let ack = drift_fingerprint("", "changed app.py", 1);
+        assert!(!drifted("", "changed app.py", 1, &ack));
+        assert!(drifted("", "changed app.py\nadded x", 2, &ack));
+        assert!(!drifted("", "", 0, ""));
+        let ack = drift_fingerprint("sha256:one", "changed app.py", 1);
+        assert!(
+            drifted("sha256:two", "changed app.py", 1, &ack),
+            "the same path edited again is new drift"
+        );
     }
 
     #[test]
     fn offline_after_missed_heartbeats() {
-        assert!(!offline(true, 100, 110, 10));
-        assert!(offline(true, 100, 140, 10));
-        assert!(offline(false, 100, 100, 10));
+        assert!(!offline(100, 110, 10));
+        assert!(offline(100, 140, 10));
+        assert!(
+            !offline(100, 101, 10),
+            "a session just dropped: reconnecting, not offline"
+        );
     }
 }

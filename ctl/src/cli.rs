@@ -154,7 +154,8 @@ and while a host of either environment carries unacknowledged drift."
         #[command(flatten)]
         wait: Wait,
     },
-    /// Ask hosts that refused the current release to try it again.
+    /// Roll the current release out again (new generation, canary and batches):
+    /// hosts that refused it try once more, healthy ones just confirm it.
     #[command(after_help = "Example:\n  slipctl retry web --env preprod")]
     Retry {
         app: String,
@@ -345,7 +346,8 @@ pub enum RolloutCommand {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Stop admitting new batches (hosts already changed stay as they are).
+    /// Stop admitting new batches (hosts already changed stay as they are; a
+    /// failure among them still halts and reverts).
     #[command(after_help = "Example:\n  slipctl rollout pause web --env prod")]
     Pause {
         app: String,
@@ -360,7 +362,9 @@ pub enum RolloutCommand {
         env: String,
     },
     /// Stop the rollout and put the previous release back on the hosts it changed.
-    #[command(after_help = "Example:\n  slipctl rollout abort web --env prod")]
+    #[command(after_help = "Example:\n  slipctl rollout abort web --env prod\n\n\
+Hosts that enforce publisher signatures refuse to go back to an older release without a\n\
+signed rollback: use `slipctl rollback web --env prod --to VERSION --sign KEY` for them.")]
     Abort {
         app: String,
         #[arg(long)]
@@ -400,10 +404,13 @@ pub enum DriftCommand {
 pub enum EnvsCommand {
     /// Create or change an environment (admin).
     #[command(
-        after_help = "Example:\n  slipctl envs set prod --soak 3600 --batch 2 --pause 30\n  slipctl envs set staging --production false"
+        after_help = "Example:\n  slipctl envs set prod --soak 3600 --batch 2 --pause 30\n  slipctl envs set staging --create --production false"
     )]
     Set {
         name: String,
+        /// Create the environment when it does not exist.
+        #[arg(long)]
+        create: bool,
         #[arg(long, value_name = "BOOL")]
         production: Option<bool>,
         /// Seconds a release must run healthy on every host of the source

@@ -155,10 +155,18 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             None => crate::status::envs(&mut c, tenant, json).await,
             Some(EnvsCommand::Set {
                 name,
+                create,
                 production,
                 soak,
                 strategy,
-            }) => crate::status::set_env(&mut c, tenant, name, production, soak, &strategy).await,
+            }) => {
+                let change = crate::status::EnvChange {
+                    create,
+                    production,
+                    soak,
+                };
+                crate::status::set_env(&mut c, tenant, name, change, &strategy).await
+            }
         },
         Command::Hosts {
             command,
@@ -214,8 +222,8 @@ fn print_change(what: &str, r: &DeployResponse) {
         );
     } else {
         println!(
-            "  rollout {} over {} connected host(s); follow with `slipctl rollout status {} --env {}`",
-            r.rollout_id, r.connected_hosts, r.app, r.environment
+            "  rollout {} over {} host(s) ({} connected); follow with `slipctl rollout status {} --env {}`",
+            r.rollout_id, r.planned_hosts, r.connected_hosts, r.app, r.environment
         );
     }
 }

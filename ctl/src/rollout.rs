@@ -180,7 +180,8 @@ pub async fn follow(
                     "pending" => println!("  {}: updating to {}", h.host, r.to_version),
                     "healthy" => println!("  {}: {} healthy", h.host, r.to_version),
                     "offline" => println!("  {}: offline; converges when back", h.host),
-                    other => println!("  {}: {other} {}", h.host, h.reason),
+                    other if h.reason.is_empty() => println!("  {}: {other}", h.host),
+                    other => println!("  {}: {other}: {}", h.host, h.reason),
                 }
             }
             seen_hosts.insert(h.host.clone(), now);

@@ -433,12 +433,18 @@ pub async fn envs(c: &mut Clients, tenant: String, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `envs set` flags besides the strategy.
+pub struct EnvChange {
+    pub create: bool,
+    pub production: Option<bool>,
+    pub soak: Option<u32>,
+}
+
 pub async fn set_env(
     c: &mut Clients,
     tenant: String,
     name: String,
-    production: Option<bool>,
-    soak: Option<u32>,
+    change: EnvChange,
     strategy: &crate::cli::StrategyArgs,
 ) -> Result<()> {
     let e = c
@@ -446,9 +452,10 @@ pub async fn set_env(
         .set_environment(proto::v1::SetEnvironmentRequest {
             tenant,
             name,
-            production,
-            soak_secs: soak,
+            production: change.production,
+            soak_secs: change.soak,
             strategy: crate::rollout::strategy(strategy),
+            create: change.create,
         })
         .await
         .map_err(|s| from_status(&c.url, s))?

@@ -59,6 +59,10 @@ CREATE TABLE rollout_hosts (
     -- pending, healthy, failed, timeout, offline, reverted
     outcome     TEXT NOT NULL DEFAULT 'pending',
     reason      TEXT NOT NULL DEFAULT '',
+    -- What the host keeps until admitted: the rollout's previous release, or
+    -- what a superseded rollout had already given it.
+    hold_version    TEXT NOT NULL DEFAULT '',
+    hold_generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (rollout_id, host)
 );
 
@@ -69,6 +73,8 @@ ALTER TABLE host_status ADD COLUMN healthy_since INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE host_status ADD COLUMN drift TEXT NOT NULL DEFAULT '';
 ALTER TABLE host_status ADD COLUMN drift_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE host_status ADD COLUMN drift_acked TEXT NOT NULL DEFAULT '';
+-- The agent's digest of the drift (paths and what they hold now).
+ALTER TABLE host_status ADD COLUMN drift_digest TEXT NOT NULL DEFAULT '';
 
 -- Which hosts of an environment run an app: the hosts whose labels match the
 -- selector (a JSON object of label = value, all must match; {}: every host

@@ -276,7 +276,7 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
 }
 
 #[test]
-fn a_restarted_controller_resumes_a_paused_and_resumed_rollout() {
+fn a_controller_restarted_mid_rollout_finishes_it_host_by_host() {
     let t = tempfile::tempdir().unwrap();
     let mut c = Controller::start(t.path());
     let agents = fleet(t.path(), &c, "preprod", &HOSTS);
@@ -311,15 +311,16 @@ fn a_restarted_controller_resumes_a_paused_and_resumed_rollout() {
     });
     let paused = c.ctl(&["rollout", "pause", "web", "--env", "preprod"]).ok();
     assert!(paused.stdout.contains("paused"), "{}", paused.stdout);
-
-    // Killed mid-rollout: the state is in the database.
-    c.kill();
-    c.restart();
-    let r = rollout(&c, "preprod");
-    assert_eq!(r["state"], "paused", "still paused after the restart");
-    let step = r["step"].as_u64().unwrap();
+    let step = rollout(&c, "preprod")["step"].as_u64().unwrap();
     c.ctl(&["rollout", "resume", "web", "--env", "preprod"])
         .ok();
+
+    // Killed mid-rollout, and down long enough for every host to look
+    // unheard of when it comes back: the state is in the database, and hosts
+    // get the time to reconnect before anyone is judged offline.
+    c.kill();
+    std::thread::sleep(Duration::from_secs(9)); // longer than three heartbeats: the case under test
+    c.restart();
     let out = c
         .ctl(&[
             "rollout",
@@ -337,7 +338,7 @@ fn a_restarted_controller_resumes_a_paused_and_resumed_rollout() {
     assert!(r["step"].as_u64().unwrap() > step);
     assert!(
         outcomes(&r).iter().all(|(_, o)| o == "healthy"),
-        "{:?}",
+        "every host proved healthy, none skipped as offline: {:?}",
         outcomes(&r)
     );
     for a in &agents {
@@ -462,6 +463,19 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     );
     let out = c.ctl(&["drift", "ack", "web", "--env", "prod"]).ok();
     assert!(out.stdout.contains("prod-2"), "{}", out.stdout);
+    // The ack covers that edit only: editing the file again is new drift.
+    eventually(Duration::from_secs(10), "the ack to show", || {
+        status_row(&c, "prod-2").filter(|r| r["status"] == "ok" && r["drift_acked"] == true)
+    });
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("# and a second one\n");
+    std::fs::write(&conf, text).unwrap();
+    eventually(Duration::from_secs(30), "new drift on prod-2", || {
+        status_row(&c, "prod-2").filter(|r| r["status"] == "drifted")
+    });
+    assert_eq!(promote(false).code, 1, "blocked again");
+    c.ctl(&["drift", "ack", "web", "--env", "prod", "--host", "prod-2"])
+        .ok();
     promote(false).ok();
     for a in &prod {
         a.wait_serving("2.0.0");

@@ -253,6 +253,7 @@ impl AppRunner {
         s.activating = None;
         s.drift.clear();
         s.drift_count = 0;
+        s.drift_digest.clear();
         s.generation = t.generation;
         s.history.retain(|v| v != &t.version);
         s.history.push(t.version.clone());

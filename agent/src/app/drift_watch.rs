@@ -12,6 +12,22 @@ use super::AppRunner;
 
 /// Drift lines reported per app (the count says how many in all).
 pub const DRIFT_LINES: usize = 50;
+/// Longest drift line reported (a longer path is cut, marked with "…").
+const MAX_LINE: usize = 400;
+
+/// A drift line as reported: control characters shown escaped, bounded.
+fn report_line(line: &str) -> String {
+    let mut out: String = line.escape_debug().collect();
+    if out.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
 
 /// The release drift is being checked for.
 pub(super) struct Armed {
@@ -90,23 +106,38 @@ impl AppRunner {
         let root = self.paths.release(version);
         let baseline = baseline.clone();
         let version = version.clone();
-        let found =
-            match tokio::task::spawn_blocking(move || drift::compare(&root, &baseline)).await {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    tracing::warn!(app = %self.name, %version, error = %e, "drift check failed");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(app = %self.name, error = %e, "drift task failed");
-                    return;
-                }
-            };
-        let lines = found.lines(DRIFT_LINES);
+        let v = version.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            drift::compare(&root, &baseline).map(|d| {
+                let digest = if d.is_empty() {
+                    String::new()
+                } else {
+                    d.digest(&root, &v)
+                };
+                (d, digest)
+            })
+        })
+        .await;
+        let (found, digest) = match checked {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::warn!(app = %self.name, %version, error = %e, "drift check failed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.name, error = %e, "drift task failed");
+                return;
+            }
+        };
         let count = u32::try_from(found.count()).unwrap_or(u32::MAX);
-        if lines == self.status.drift && count == self.status.drift_count {
+        if digest == self.status.drift_digest && count == self.status.drift_count {
             return;
         }
+        let lines: Vec<String> = found
+            .lines(DRIFT_LINES)
+            .iter()
+            .map(|l| report_line(l))
+            .collect();
         if count > 0 {
             tracing::warn!(app = %self.name, %version, count, paths = %lines.join(", "), "drift: the running release was changed on the host");
             self.log(&version, "drift", "found", &lines.join(", "));
@@ -116,6 +147,7 @@ impl AppRunner {
         }
         self.status.drift = lines;
         self.status.drift_count = count;
+        self.status.drift_digest = digest;
         self.publish();
     }
 }

@@ -41,6 +41,7 @@ const MONITOR_EVERY: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 const ENV_SETTLE: Duration = Duration::from_millis(300);
+const DRIFT_MIN_GAP: Duration = Duration::from_secs(5);
 
 /// Stops every process of an app with the settings it was started with
 /// (it left the config, or its settings changed).
@@ -209,6 +210,7 @@ impl AppRunner {
         let mut retry_after: Option<Instant> = None;
         let mut drift_watch = None;
         let mut next_drift_check = Instant::now();
+        let mut last_drift_check = Instant::now();
         loop {
             self.reload_if_changed();
             if self.drift_stale() {
@@ -217,6 +219,7 @@ impl AppRunner {
             }
             if Instant::now() >= next_drift_check {
                 self.check_drift().await;
+                last_drift_check = Instant::now();
                 next_drift_check =
                     Instant::now() + Duration::from_secs(self.cfg.drift_check_secs.max(1));
             }
@@ -249,7 +252,9 @@ impl AppRunner {
                 Some(()) = drift_watch::next_change(&mut drift_watch) => {
                     tokio::time::sleep(ENV_SETTLE).await;
                     drift_watch::drain(&mut drift_watch);
-                    next_drift_check = Instant::now();
+                    // At once, but not more often than DRIFT_MIN_GAP: an app
+                    // writing into its release dir must not keep the host hashing.
+                    next_drift_check = Instant::now().max(last_drift_check + DRIFT_MIN_GAP);
                 }
             }
         }

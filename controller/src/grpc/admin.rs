@@ -285,7 +285,7 @@ impl Admin for AdminService {
             "host-update",
             "",
             "",
-            &format!("{} {change:?}", r.host),
+            &super::inventory::describe_change(&r.host, &change),
             outcome,
         )
         .await;
@@ -313,6 +313,20 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let result = async {
             let change = super::inventory::env_change(&r)?;
+            let store = &self.ctx.store;
+            if !r.create && store.environment(&who.tenant, &r.name).await?.is_none() {
+                let known: Vec<String> = store
+                    .environments(&who.tenant)
+                    .await?
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                return Err(ControllerError::NotFound(format!(
+                    "unknown environment {:?} (known: {}); add --create to create it",
+                    r.name,
+                    known.join(", ")
+                )));
+            }
             Ok::<_, ControllerError>(
                 self.ctx
                     .store
@@ -322,7 +336,7 @@ impl Admin for AdminService {
         }
         .await;
         let (detail, outcome) = match &result {
-            Ok(p) => (format!("{p:?}"), "ok".to_string()),
+            Ok(p) => (super::rollouts::describe_policy(p), "ok".to_string()),
             Err(e) => (String::new(), format!("refused: {e}")),
         };
         audit(&self.ctx, &who, "env-set", "", &r.name, &detail, &outcome).await;

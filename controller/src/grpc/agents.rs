@@ -57,14 +57,21 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
             "report: missing_env must hold variable names only",
         ));
     }
-    if r.drift.len() > MAX_DRIFT_LINES || r.drift.iter().any(|l| l.len() > MAX_DRIFT_LINE) {
-        return Err(Status::invalid_argument(format!(
-            "report: at most {MAX_DRIFT_LINES} drift lines of {MAX_DRIFT_LINE} bytes"
-        )));
-    }
+    // Drift is the host's to describe, bounded here: cut, never refused (a
+    // refusal would end the session of a host whose only fault is a long path).
+    let drift: Vec<String> = r
+        .drift
+        .into_iter()
+        .take(MAX_DRIFT_LINES)
+        .map(|mut l| {
+            l.truncate(l.floor_char_boundary(MAX_DRIFT_LINE));
+            l.replace(['\n', '\r'], " ")
+        })
+        .collect();
     Ok(HostAppReport {
-        drift: r.drift,
+        drift,
         drift_count: r.drift_count,
+        drift_digest: bounded(r.drift_digest),
         app: r.app,
         running_version: bounded(r.running_version),
         running_digest: bounded(r.running_digest),

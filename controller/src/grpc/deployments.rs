@@ -56,7 +56,7 @@ impl DeploymentsService {
         version: &str,
         authorization: &[proto::v1::Signature],
         strategy: Option<&proto::v1::Strategy>,
-        all_at_once: bool,
+        is_rollback: bool,
     ) -> Result<DeployResponse> {
         let tenant = who.tenant.as_str();
         self.check_app_env(tenant, app, env).await?;
@@ -84,8 +84,8 @@ impl DeploymentsService {
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("unknown environment {env:?}")))?;
         let mut strategy = super::rollouts::strategy_from_proto(policy.strategy, strategy)?;
-        if all_at_once {
-            strategy = strategy.all_at_once();
+        if is_rollback {
+            strategy = strategy.rollback();
         }
         let started = crate::rollout::start(
             &self.ctx,
@@ -118,6 +118,7 @@ impl DeploymentsService {
             generation,
             connected_hosts,
             rollout_id: started.rollout_id as u64,
+            planned_hosts: started.planned_hosts as u32,
         })
     }
 
@@ -166,12 +167,7 @@ impl DeploymentsService {
         }
         for f in &source {
             let h = &f.host;
-            let offline = crate::fleet::offline(
-                self.ctx.hub.connected(tenant, h),
-                f.last_seen,
-                now,
-                self.ctx.heartbeat_secs,
-            );
+            let offline = crate::fleet::offline(f.last_seen, now, self.ctx.heartbeat_secs);
             if offline {
                 blockers.push(format!("{h} is offline"));
             } else if f.report.running_digest != digest {
@@ -543,12 +539,14 @@ impl Deployments for DeploymentsService {
     ) -> std::result::Result<Response<AckDriftResponse>, Status> {
         let who = authorize(&self.ctx, &req, Want::Change, "drift-ack").await?;
         let r = req.into_inner();
-        let hosts = self
+        let acked = self
             .ctx
             .store
             .ack_drift(&who.tenant, &r.app, &r.environment, &r.host)
             .await
             .map_err(ControllerError::from)?;
+        let detail: Vec<String> = acked.iter().map(|(h, d)| format!("{h}: {d}")).collect();
+        let hosts: Vec<String> = acked.into_iter().map(|(h, _)| h).collect();
         let outcome = if hosts.is_empty() {
             "refused: no drift to acknowledge"
         } else {
@@ -560,7 +558,7 @@ impl Deployments for DeploymentsService {
             "drift-ack",
             &r.app,
             &r.environment,
-            &hosts.join(", "),
+            &detail.join("; "),
             outcome,
         )
         .await;

@@ -16,7 +16,7 @@ pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<Flee
     let mut apps: BTreeMap<(String, String), (AppEnvSummary, HostState)> = BTreeMap::new();
     for f in rows {
         let connected = ctx.hub.connected(tenant, &f.host);
-        let offline = fleet::offline(connected, f.last_seen, now, ctx.heartbeat_secs);
+        let offline = fleet::offline(f.last_seen, now, ctx.heartbeat_secs);
         let drifted = f.drifted();
         let desired = f.desired_version.clone().unwrap_or_default();
         let state = fleet::classify(&HostFacts {

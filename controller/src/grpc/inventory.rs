@@ -83,7 +83,7 @@ pub fn host_change(
 pub fn host_info(ctx: &Ctx, tenant: &str, h: HostRow, now: i64) -> HostInfo {
     let connected = ctx.hub.connected(tenant, &h.name);
     HostInfo {
-        offline: crate::fleet::offline(connected, h.last_seen, now, ctx.heartbeat_secs),
+        offline: crate::fleet::offline(h.last_seen, now, ctx.heartbeat_secs),
         connected,
         name: h.name,
         environment: h.environment,
@@ -204,4 +204,22 @@ pub async fn placements(
         }
     }
     Ok(out)
+}
+
+/// One line for the audit log.
+pub fn describe_change(host: &str, c: &HostChange) -> String {
+    let mut parts = vec![host.to_string()];
+    if let Some(p) = &c.purpose {
+        parts.push(format!("purpose={p:?}"));
+    }
+    if let Some(cr) = &c.criticality {
+        parts.push(format!("criticality={cr}"));
+    }
+    for (k, v) in &c.set_labels {
+        parts.push(format!("+{k}={v}"));
+    }
+    for k in &c.remove_labels {
+        parts.push(format!("-{k}"));
+    }
+    parts.join(" ")
 }

@@ -42,9 +42,16 @@ pub fn strategy_from_proto(base: Strategy, over: Option<&pb::Strategy>) -> Resul
     Ok(Strategy {
         canary: o.canary.unwrap_or(base.canary),
         batch: batch.unwrap_or(base.batch),
-        batch_timeout_secs: bounded_secs("batch timeout", o.batch_timeout_secs)?
-            .map(|s| s.max(1))
-            .unwrap_or(base.batch_timeout_secs),
+        batch_timeout_secs: match bounded_secs("batch timeout", o.batch_timeout_secs)? {
+            Some(0) => {
+                return Err(ControllerError::InvalidArgument(
+                    "batch timeout: at least 1 second (hosts need time to deploy and prove healthy)"
+                        .into(),
+                ));
+            }
+            Some(s) => s,
+            None => base.batch_timeout_secs,
+        },
         pause_secs: bounded_secs("pause", o.pause_secs)?.unwrap_or(base.pause_secs),
         max_failures: amount("max failures", &o.max_failures)?.unwrap_or(base.max_failures),
         auto_revert: o.auto_revert.unwrap_or(base.auto_revert),
@@ -60,6 +67,22 @@ pub fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
         max_failures: s.max_failures.to_string(),
         auto_revert: Some(s.auto_revert),
     }
+}
+
+/// One line for the audit log.
+pub fn describe_policy(p: &EnvPolicy) -> String {
+    let s = &p.strategy;
+    format!(
+        "production={} soak={}s canary={} batch={} batch_timeout={}s pause={}s max_failures={} auto_revert={}",
+        p.production,
+        p.soak_secs,
+        s.canary,
+        s.batch,
+        s.batch_timeout_secs,
+        s.pause_secs,
+        s.max_failures,
+        s.auto_revert
+    )
 }
 
 pub fn environment_to_proto(p: EnvPolicy) -> pb::Environment {
@@ -137,7 +160,7 @@ async fn apply(ctx: &Ctx, r: &RolloutRow, c: Control) -> Result<()> {
     let store = &ctx.store;
     let refused = |what: &str| {
         ControllerError::FailedPrecondition(format!(
-            "rollout {} of {} {} in {} is {}: nothing to {what}",
+            "rollout {} of {} {} in {} has state {}: nothing to {what}",
             r.id, r.app, r.to_version, r.environment, r.state
         ))
     };
@@ -151,6 +174,12 @@ async fn apply(ctx: &Ctx, r: &RolloutRow, c: Control) -> Result<()> {
             }
         }
         Control::Resume => {
+            if r.state == "halted" {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "rollout {} of {} {} in {} halted ({}): `slipctl rollout abort` reverts it, `slipctl retry` or a new deploy starts over",
+                    r.id, r.app, r.to_version, r.environment, r.reason
+                )));
+            }
             if !store
                 .transition_rollout(r.id, &["paused"], "running", None)
                 .await?
@@ -167,7 +196,7 @@ async fn apply(ctx: &Ctx, r: &RolloutRow, c: Control) -> Result<()> {
                     r.app, r.to_version, r.app, r.environment
                 )));
             }
-            let reason = format!("aborted; reverted to {}", r.from_version);
+            let reason = format!("stopped by an operator; reverted to {}", r.from_version);
             if store
                 .revert_rollout(r.id, &["running", "paused", "halted"], "aborted", &reason)
                 .await?

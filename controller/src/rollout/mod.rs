@@ -69,14 +69,19 @@ pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
     Ok(started)
 }
 
-/// Drives every running rollout until shutdown.
+/// Drives every running (and paused) rollout until shutdown.
 pub async fn run(ctx: SharedCtx) {
     let signal = ctx.hub.rollout_signal();
+    let started = tokio::time::Instant::now();
+    // Right after a start, every host looks unheard of: agents are still
+    // reconnecting. Nobody is judged offline before they had the time to.
+    let grace = Duration::from_secs(fleet::offline_after(ctx.heartbeat_secs) as u64);
     loop {
-        match ctx.store.running_rollouts().await {
+        let trust_offline = started.elapsed() > grace;
+        match ctx.store.active_rollouts().await {
             Ok(rollouts) => {
                 for r in rollouts {
-                    if let Err(e) = advance(&ctx, &r).await {
+                    if let Err(e) = advance(&ctx, &r, trust_offline).await {
                         tracing::error!(rollout = r.id, error = %e, "advancing rollout failed");
                     }
                 }
@@ -92,9 +97,11 @@ pub async fn run(ctx: SharedCtx) {
 }
 
 /// A host's verdict in a rollout from its latest report, or None while it is
-/// still on its way.
+/// still on its way. An offline canary is not skipped: it is waited for (and
+/// times out), so a rollout never passes its canary step unproven.
 fn judge(
     r: &RolloutRow,
+    step: u32,
     report: Option<&FleetRow>,
     offline: bool,
     now: i64,
@@ -109,14 +116,23 @@ fn judge(
             return Some(("failed", rep.last_error.clone()));
         }
     }
-    if offline {
+    if offline && !is_canary(r, step) {
         return Some(("offline", "went offline during its step".into()));
     }
     let timeout = i64::from(r.strategy.batch_timeout_secs);
     if now - r.step_started_at > timeout {
-        return Some(("timeout", format!("not healthy within {timeout}s")));
+        let why = if offline {
+            format!("offline, and no healthy report within {timeout}s")
+        } else {
+            format!("not healthy within {timeout}s")
+        };
+        return Some(("timeout", why));
     }
     None
+}
+
+fn is_canary(r: &RolloutRow, step: u32) -> bool {
+    step == 0 && r.strategy.canary > 0
 }
 
 fn describe_failures(failed: &[&RolloutHostRow]) -> String {
@@ -128,9 +144,10 @@ fn describe_failures(failed: &[&RolloutHostRow]) -> String {
         .join("; ")
 }
 
-async fn advance(ctx: &Ctx, r: &RolloutRow) -> Result<(), StoreError> {
+async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), StoreError> {
     let store = &ctx.store;
     let now = store::now();
+    let running = r.state == "running";
     let hosts = store.rollout_hosts(r.id).await?;
     let reports: HashMap<String, FleetRow> = store
         .fleet(&r.tenant, &r.app, &r.environment)
@@ -139,38 +156,38 @@ async fn advance(ctx: &Ctx, r: &RolloutRow) -> Result<(), StoreError> {
         .map(|f| (f.host.clone(), f))
         .collect();
     let is_offline = |h: &str| {
-        reports.get(h).is_none_or(|f| {
-            fleet::offline(
-                ctx.hub.connected(&r.tenant, h),
-                f.last_seen,
-                now,
-                ctx.heartbeat_secs,
-            )
-        })
+        trust_offline
+            && reports
+                .get(h)
+                .is_none_or(|f| fleet::offline(f.last_seen, now, ctx.heartbeat_secs))
     };
 
     if r.step_started_at == 0 {
-        if r.next_step_at > now {
+        // A paused rollout admits nothing new.
+        if !running || r.next_step_at > now {
             return Ok(());
         }
         let offline: Vec<String> = hosts
             .iter()
-            .filter(|h| h.step == r.step && is_offline(&h.host))
+            .filter(|h| h.step == r.step && !is_canary(r, h.step) && is_offline(&h.host))
             .map(|h| h.host.clone())
             .collect();
-        store.admit_step(r.id, r.step, &offline).await?;
-        tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
-            steps = r.steps, offline = offline.len(), "rollout step admitted");
-        ctx.hub.desired_changed();
+        if store.admit_step(r.id, r.step, &offline).await? {
+            tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
+                steps = r.steps, offline = offline.len(), "rollout step admitted");
+            ctx.hub.desired_changed();
+        }
         return Ok(());
     }
 
+    // Paused or not, admitted hosts are judged and a failure halts.
     let mut judged = false;
     for h in hosts
         .iter()
         .filter(|h| h.admitted_at > 0 && h.outcome == "pending")
     {
-        if let Some((outcome, reason)) = judge(r, reports.get(&h.host), is_offline(&h.host), now) {
+        let verdict = judge(r, h.step, reports.get(&h.host), is_offline(&h.host), now);
+        if let Some((outcome, reason)) = verdict {
             tracing::info!(rollout = r.id, host = %h.host, outcome, reason = %reason, "rollout host judged");
             store
                 .set_host_outcome(r.id, &h.host, outcome, &reason)
@@ -188,8 +205,8 @@ async fn advance(ctx: &Ctx, r: &RolloutRow) -> Result<(), StoreError> {
         .iter()
         .filter(|h| matches!(h.outcome.as_str(), "failed" | "timeout"))
         .collect();
-    let canary_failed = r.strategy.canary > 0 && failed.iter().any(|h| h.step == 0);
-    if canary_failed || failed.len() > r.strategy.max_failures.of(hosts.len()) {
+    let canary_failed = failed.iter().any(|h| is_canary(r, h.step));
+    if canary_failed || failed.len() > r.strategy.max_failures.tolerated_of(hosts.len()) {
         let what = if canary_failed {
             "canary failed"
         } else {
@@ -203,9 +220,10 @@ async fn advance(ctx: &Ctx, r: &RolloutRow) -> Result<(), StoreError> {
         );
         return halt(ctx, r, &reason).await;
     }
-    if hosts
-        .iter()
-        .any(|h| h.step == r.step && h.outcome == "pending")
+    if !running
+        || hosts
+            .iter()
+            .any(|h| h.step == r.step && h.outcome == "pending")
     {
         return Ok(());
     }
@@ -236,9 +254,11 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
     tracing::warn!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, reason, "rollout halted");
     if r.strategy.auto_revert && !r.from_version.is_empty() {
         let reason = format!("{reason}; reverted to {}", r.from_version);
+        // With publisher keys, agents refuse an older release without a signed
+        // rollback: those hosts report it failed and keep the new one.
         if ctx
             .store
-            .revert_rollout(r.id, &["running"], "reverted", &reason)
+            .revert_rollout(r.id, &["running", "paused"], "reverted", &reason)
             .await?
             .is_some()
         {
@@ -247,9 +267,15 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
         }
         return Ok(());
     }
+    let reason = match (r.strategy.auto_revert, r.from_version.is_empty()) {
+        (true, true) => format!(
+            "{reason}; nothing to revert to (first release here): deploy another release or abort"
+        ),
+        _ => format!("{reason}; auto-revert is off: abort to revert, or deploy"),
+    };
     if ctx
         .store
-        .transition_rollout(r.id, &["running"], "halted", Some(reason))
+        .transition_rollout(r.id, &["running", "paused"], "halted", Some(&reason))
         .await?
     {
         engine_audit(ctx, r, "rollout-halt", &format!("halted: {reason}")).await;

@@ -1,5 +1,5 @@
 //! Rollout strategies and plans: which hosts change in which step. Pure
-//! functions, no I/O: the engine (`rollout::Engine`) and the store use them.
+//! functions, no I/O: the engine (`rollout::run`) and the store use them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,11 +27,20 @@ impl Amount {
         }
     }
 
-    /// How many of `total` hosts this amounts to (a share rounds up).
+    /// How many of `total` hosts this amounts to (a share rounds up: batch sizes).
     pub fn of(self, total: usize) -> usize {
         match self {
             Amount::Count(n) => n as usize,
             Amount::Percent(p) => (total * p as usize).div_ceil(100),
+        }
+    }
+
+    /// Failures this tolerates among `total` hosts (a share rounds down:
+    /// 10% of 6 hosts tolerates none).
+    pub fn tolerated_of(self, total: usize) -> usize {
+        match self {
+            Amount::Count(n) => n as usize,
+            Amount::Percent(p) => total * p as usize / 100,
         }
     }
 }
@@ -73,11 +82,15 @@ impl Default for Strategy {
 }
 
 impl Strategy {
-    /// Every host at once: manual rollbacks, which must not wait for canaries.
-    pub fn all_at_once(self) -> Self {
+    /// Every host at once and nothing reverted: a manual rollback must not
+    /// wait for canaries, and one host failing it must not put the whole
+    /// environment back on the release being rolled back from.
+    pub fn rollback(self) -> Self {
         Self {
             canary: 0,
             batch: Amount::Percent(100),
+            max_failures: Amount::Percent(100),
+            auto_revert: false,
             ..self
         }
     }
@@ -170,6 +183,12 @@ mod tests {
         assert_eq!(Amount::Percent(25).of(6), 2, "1.5 hosts round up");
         assert_eq!(Amount::Percent(100).of(6), 6);
         assert_eq!(Amount::Count(3).of(6), 3);
+        assert_eq!(
+            Amount::Percent(10).tolerated_of(6),
+            0,
+            "failures round down"
+        );
+        assert_eq!(Amount::Percent(50).tolerated_of(5), 2);
     }
 
     #[test]
@@ -211,7 +230,7 @@ mod tests {
     #[test]
     fn all_at_once_and_empty() {
         let hosts: Vec<_> = (1..=3).map(|i| host(&format!("h{i}"), "", false)).collect();
-        let (plan1, steps) = plan(&hosts, &Strategy::default().all_at_once());
+        let (plan1, steps) = plan(&hosts, &Strategy::default().rollback());
         assert_eq!(steps, 1);
         assert_eq!(plan1.len(), 3);
         let (none, steps) = plan(&[], &Strategy::default());

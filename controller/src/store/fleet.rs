@@ -174,16 +174,16 @@ impl Store {
     }
 
     /// Acknowledges the drift app@env's hosts (or one host) report now; the
-    /// hosts whose drift was acknowledged.
+    /// hosts whose drift was acknowledged, with what it was.
     pub async fn ack_drift(
         &self,
         tenant: &str,
         app: &str,
         env: &str,
         host: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
-            "SELECT s.host, s.drift, s.drift_count FROM host_status s
+            "SELECT s.host, s.drift, s.drift_count, s.drift_digest FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              WHERE s.tenant = ? AND s.app = ? AND h.environment = ? AND (? = '' OR s.host = ?) AND s.drift_count > 0",
         )
@@ -196,8 +196,9 @@ impl Store {
         .await?;
         let mut acked = Vec::new();
         for r in rows {
-            let (h, drift, count): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
-            let fp = crate::fleet::drift_fingerprint(&drift, count as u32);
+            let (h, drift, count, digest): (String, String, i64, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let fp = crate::fleet::drift_fingerprint(&digest, &drift, count as u32);
             sqlx::query(
                 "UPDATE host_status SET drift_acked = ? WHERE tenant = ? AND host = ? AND app = ?",
             )
@@ -207,7 +208,8 @@ impl Store {
             .bind(app)
             .execute(&self.pool)
             .await?;
-            acked.push(h);
+            let first: Vec<&str> = drift.lines().take(3).collect();
+            acked.push((h, format!("{} ({count} path(s))", first.join(", "))));
         }
         Ok(acked)
     }

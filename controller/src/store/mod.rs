@@ -82,6 +82,7 @@ pub struct HostAppReport {
     /// Drift lines (bounded) and how many paths drifted in all.
     pub drift: Vec<String>,
     pub drift_count: u32,
+    pub drift_digest: String,
 }
 
 #[derive(Debug, Clone)]
@@ -99,10 +100,15 @@ pub struct FleetRow {
 impl FleetRow {
     /// Drift reported and not acknowledged.
     pub fn drifted(&self) -> bool {
-        crate::fleet::drifted(
+        self.report.drift_count > 0 && self.drift_fingerprint() != self.drift_acked
+    }
+
+    /// What an acknowledgement of this host's drift is bound to.
+    pub fn drift_fingerprint(&self) -> String {
+        crate::fleet::drift_fingerprint(
+            &self.report.drift_digest,
             &self.report.drift.join("\n"),
             self.report.drift_count,
-            &self.drift_acked,
         )
     }
 }
@@ -301,7 +307,9 @@ impl Store {
         Ok(row.map(|r| (r.get(0), r.get::<i64, _>(1) as u64)))
     }
 
-    /// The newest version desired before, that differs from `current`.
+    /// The newest version desired before, that differs from `current` and
+    /// whose latest rollout here did not fail (halted, reverted, aborted): a
+    /// rollback never goes back to a release that was just reverted.
     pub async fn previous_desired(
         &self,
         tenant: &str,
@@ -310,7 +318,10 @@ impl Store {
         current: &str,
     ) -> Result<Option<String>> {
         let row = sqlx::query(
-            "SELECT version FROM desired_history WHERE tenant = ? AND app = ? AND environment = ? AND version != ?
+            "SELECT version FROM desired_history d WHERE tenant = ? AND app = ? AND environment = ? AND version != ?
+               AND COALESCE((SELECT state FROM rollouts r WHERE r.tenant = d.tenant AND r.app = d.app
+                   AND r.environment = d.environment AND r.to_version = d.version ORDER BY r.id DESC LIMIT 1), '')
+                   NOT IN ('halted', 'reverted', 'aborted')
              ORDER BY id DESC LIMIT 1",
         )
         .bind(tenant)
@@ -454,15 +465,15 @@ impl Store {
         sqlx::query(
             "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
                 env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
-                healthy_since, drift, drift_count)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                healthy_since, drift, drift_count, drift_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (tenant, host, app) DO UPDATE SET
                 healthy_since = CASE
                     WHEN excluded.healthy_since = 0 THEN 0
                     WHEN host_status.healthy_since > 0 AND host_status.running_digest = excluded.running_digest
                         THEN host_status.healthy_since
                     ELSE excluded.healthy_since END,
-                drift = excluded.drift, drift_count = excluded.drift_count,
+                drift = excluded.drift, drift_count = excluded.drift_count, drift_digest = excluded.drift_digest,
                 running_version = excluded.running_version, running_digest = excluded.running_digest,
                 state = excluded.state, health = excluded.health, health_reason = excluded.health_reason,
                 env_check = excluded.env_check, missing_env = excluded.missing_env, last_error = excluded.last_error,
@@ -491,6 +502,7 @@ impl Store {
         })
         .bind(r.drift.join("\n"))
         .bind(i64::from(r.drift_count))
+        .bind(&r.drift_digest)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
@@ -532,7 +544,7 @@ impl Store {
             "SELECT s.host, h.environment, d.version, h.last_seen, s.app, s.running_version, s.running_digest, s.state,
                     s.health, s.health_reason, s.env_check, s.missing_env, s.last_error, s.failed_version,
                     s.failed_digest, s.generation, s.healthy_since, s.drift, s.drift_count, s.drift_acked,
-                    h.labels
+                    h.labels, s.drift_digest
              FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
@@ -583,6 +595,7 @@ impl Store {
                             .map(String::from)
                             .collect(),
                         drift_count: r.get::<i64, _>(18) as u32,
+                        drift_digest: r.get(21),
                     },
                 }
             })

@@ -65,6 +65,7 @@ pub struct Started {
     pub generation: u64,
     /// What hosts not yet admitted keep running.
     pub from_version: String,
+    pub planned_hosts: usize,
 }
 
 const COLUMNS: &str = "id, tenant, app, environment, from_version, from_generation, to_version, to_digest, generation,
@@ -113,14 +114,35 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let holding = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT from_version, from_generation FROM rollouts WHERE tenant = ? AND app = ? AND environment = ?
-             AND state IN {HOLDING} ORDER BY id DESC LIMIT 1"
+            "SELECT from_version, from_generation, id, to_version, generation FROM rollouts
+             WHERE tenant = ? AND app = ? AND environment = ? AND state IN {HOLDING} ORDER BY id DESC LIMIT 1"
         )))
         .bind(n.tenant)
         .bind(n.app)
         .bind(n.environment)
         .fetch_optional(&mut *tx)
         .await?;
+        // Per host of a superseded rollout: what it runs by now (the new
+        // release once admitted and not failed, else what it was held at).
+        let mut kept: std::collections::HashMap<String, (String, i64)> = Default::default();
+        if let Some(h) = &holding {
+            let (id, to_version, generation): (i64, String, i64) = (h.get(2), h.get(3), h.get(4));
+            for row in sqlx::query(
+                "SELECT host, admitted_at, outcome, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = ?",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                let (admitted, outcome): (i64, String) = (row.get(1), row.get(2));
+                let hold = if admitted > 0 && !matches!(outcome.as_str(), "failed" | "timeout") {
+                    (to_version.clone(), generation)
+                } else {
+                    (row.get(3), row.get(4))
+                };
+                kept.insert(row.get(0), hold);
+            }
+        }
         let (from_version, from_generation): (String, i64) = match holding {
             Some(r) => (r.get(0), r.get(1)),
             None => sqlx::query(
@@ -184,18 +206,27 @@ impl Store {
         .await?
         .get(0);
         for (host, step) in n.plan {
-            sqlx::query("INSERT INTO rollout_hosts (rollout_id, host, step) VALUES (?, ?, ?)")
-                .bind(id)
-                .bind(host)
-                .bind(i64::from(*step))
-                .execute(&mut *tx)
-                .await?;
+            let (hold_version, hold_generation) = kept
+                .get(host)
+                .cloned()
+                .unwrap_or_else(|| (from_version.clone(), from_generation));
+            sqlx::query(
+                "INSERT INTO rollout_hosts (rollout_id, host, step, hold_version, hold_generation) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(host)
+            .bind(i64::from(*step))
+            .bind(hold_version)
+            .bind(hold_generation)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Started {
             rollout_id: id,
             generation,
             from_version,
+            planned_hosts: n.plan.len(),
         })
     }
 
@@ -290,10 +321,10 @@ impl Store {
             .filter(|r| matches!(r.state.as_str(), "running" | "paused" | "halted")))
     }
 
-    /// Every rollout the engine has to drive.
-    pub async fn running_rollouts(&self) -> Result<Vec<RolloutRow>> {
+    /// Every rollout the engine has to drive (paused ones are still judged).
+    pub async fn active_rollouts(&self) -> Result<Vec<RolloutRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE state = 'running' ORDER BY id"
+            "SELECT {COLUMNS} FROM rollouts WHERE state IN ('running', 'paused') ORDER BY id"
         )))
         .fetch_all(&self.pool)
         .await?;
@@ -331,22 +362,42 @@ impl Store {
         let Some(r) = self.holding_rollout(tenant, app, env).await? else {
             return Ok(None);
         };
-        let admitted = sqlx::query(
-            "SELECT 1 FROM rollout_hosts WHERE rollout_id = ? AND host = ? AND admitted_at > 0",
+        let row = sqlx::query(
+            "SELECT admitted_at, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = ? AND host = ?",
         )
         .bind(r.id)
         .bind(host)
         .fetch_optional(&self.pool)
-        .await?
-        .is_some();
-        Ok((!admitted).then_some((r.from_version, r.from_generation)))
+        .await?;
+        Ok(match row {
+            // Not in the plan (joined since): the rollout's previous release.
+            None => Some((r.from_version, r.from_generation)),
+            Some(row) if row.get::<i64, _>(0) > 0 => None,
+            Some(row) => Some((row.get(1), row.get::<i64, _>(2) as u64)),
+        })
     }
 
     /// Admits the hosts of the rollout's current step; `offline` ones are
-    /// admitted too (they converge when back) but not waited for.
-    pub async fn admit_step(&self, id: i64, step: u32, offline: &[String]) -> Result<()> {
+    /// admitted too (they converge when back) but not waited for. False when
+    /// the rollout is no longer running at that step (paused meanwhile).
+    pub async fn admit_step(&self, id: i64, step: u32, offline: &[String]) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
+        let moved = sqlx::query(
+            "UPDATE rollouts SET step_started_at = ?, next_step_at = 0, updated_at = ?
+             WHERE id = ? AND state = 'running' AND step = ? AND step_started_at = 0",
+        )
+        .bind(t)
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(step))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         sqlx::query("UPDATE rollout_hosts SET admitted_at = ? WHERE rollout_id = ? AND step = ?")
             .bind(t)
             .bind(id)
@@ -355,7 +406,7 @@ impl Store {
             .await?;
         for h in offline {
             sqlx::query(
-                "UPDATE rollout_hosts SET outcome = 'offline', reason = 'offline when its batch started'
+                "UPDATE rollout_hosts SET outcome = 'offline', reason = 'offline when its step started'
                  WHERE rollout_id = ? AND host = ?",
             )
             .bind(id)
@@ -363,16 +414,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE rollouts SET step_started_at = ?, next_step_at = 0, updated_at = ? WHERE id = ? AND state = 'running'",
-        )
-        .bind(t)
-        .bind(t)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn set_host_outcome(
@@ -383,7 +426,7 @@ impl Store {
         reason: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ?",
+            "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ? AND outcome = 'pending'",
         )
         .bind(outcome)
         .bind(reason)
@@ -446,5 +489,164 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ReleaseRow;
+
+    async fn store_with_releases() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_sqlite(&dir.path().join("slipway.db"))
+            .await
+            .unwrap();
+        s.insert_blob("sha256:b", 1).await.unwrap();
+        for v in ["1", "2", "3"] {
+            let r = ReleaseRow {
+                app: "web".into(),
+                version: v.into(),
+                manifest_digest: format!("sha256:m{v}"),
+                blob_digest: "sha256:b".into(),
+                blob_size: 1,
+                git_commit: None,
+                entries: 1,
+                created_at: now(),
+                counter: 0,
+                signatures: "[]".into(),
+            };
+            s.insert_release("default", &r, b"{}").await.unwrap();
+        }
+        (dir, s)
+    }
+
+    async fn start(s: &Store, version: &str, plan: &[(&str, u32)]) -> Started {
+        let plan: Vec<(String, u32)> = plan.iter().map(|(h, st)| (h.to_string(), *st)).collect();
+        let steps = plan.iter().map(|(_, st)| st + 1).max().unwrap_or(0);
+        s.start_rollout(&NewRollout {
+            tenant: "default",
+            app: "web",
+            environment: "preprod",
+            to_version: version,
+            to_digest: &format!("sha256:m{version}"),
+            authorization: "[]",
+            strategy: Strategy::default(),
+            plan: &plan,
+            steps,
+            created_by: "test",
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn hosts_are_held_at_the_previous_release_until_admitted() {
+        let (_d, s) = store_with_releases().await;
+        let first = start(&s, "1", &[]).await;
+        assert_eq!(first.from_version, "");
+        assert_eq!(
+            s.rollout(first.rollout_id).await.unwrap().unwrap().state,
+            "succeeded",
+            "an empty plan is done at once"
+        );
+        let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
+        assert_eq!(second.from_version, "1");
+        assert_eq!(
+            s.desired("default", "web", "preprod").await.unwrap(),
+            Some(("2".into(), second.generation))
+        );
+        let held = s.held_at("default", "web", "preprod", "a").await.unwrap();
+        assert_eq!(held, Some(("1".into(), first.generation)));
+        s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
+        assert_eq!(
+            s.held_at("default", "web", "preprod", "a").await.unwrap(),
+            None
+        );
+        assert!(
+            s.held_at("default", "web", "preprod", "b")
+                .await
+                .unwrap()
+                .is_some(),
+            "batch 1 not admitted yet"
+        );
+        assert!(
+            s.held_at("default", "web", "preprod", "newcomer")
+                .await
+                .unwrap()
+                .is_some(),
+            "a host outside the plan waits for the rollout to end"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_superseding_deploy_keeps_held_hosts_on_the_same_release() {
+        let (_d, s) = store_with_releases().await;
+        let first = start(&s, "1", &[]).await;
+        let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
+        s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
+        let third = start(&s, "3", &[("a", 0), ("b", 1)]).await;
+        assert_eq!(
+            s.rollout(second.rollout_id).await.unwrap().unwrap().state,
+            "superseded"
+        );
+        assert_eq!(third.from_version, "1", "b never left 1");
+        assert_eq!(
+            s.held_at("default", "web", "preprod", "b").await.unwrap(),
+            Some(("1".into(), first.generation))
+        );
+        assert_eq!(
+            s.held_at("default", "web", "preprod", "a").await.unwrap(),
+            Some(("2".into(), second.generation)),
+            "a already had 2: it keeps it, not 1, until its step"
+        );
+        assert!(
+            !s.admit_step(second.rollout_id, 1, &[]).await.unwrap(),
+            "a superseded rollout admits nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revert_points_desired_back_and_releases_the_hold() {
+        let (_d, s) = store_with_releases().await;
+        start(&s, "1", &[]).await;
+        let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
+        s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
+        let generation = s
+            .revert_rollout(second.rollout_id, &["running"], "reverted", "canary failed")
+            .await
+            .unwrap()
+            .expect("reverted");
+        assert!(generation > second.generation);
+        assert_eq!(
+            s.desired("default", "web", "preprod").await.unwrap(),
+            Some(("1".into(), generation))
+        );
+        let r = s.rollout(second.rollout_id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state.as_str(), r.reason.as_str()),
+            ("reverted", "canary failed")
+        );
+        assert_eq!(
+            s.held_at("default", "web", "preprod", "b").await.unwrap(),
+            None
+        );
+        let hosts = s.rollout_hosts(second.rollout_id).await.unwrap();
+        assert_eq!(hosts[0].outcome, "reverted");
+        assert_eq!(hosts[1].outcome, "pending");
+        assert_eq!(
+            s.previous_desired("default", "web", "preprod", "1")
+                .await
+                .unwrap(),
+            None,
+            "a rollback never goes back to the release just reverted"
+        );
+        assert!(
+            s.revert_rollout(second.rollout_id, &["running"], "reverted", "again")
+                .await
+                .unwrap()
+                .is_none(),
+            "only once"
+        );
     }
 }
