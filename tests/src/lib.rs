@@ -26,6 +26,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A `/proc/<pid>/status` memory field in KiB (`VmRSS:`, `VmHWM:`), 0 if unknown.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

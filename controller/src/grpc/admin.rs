@@ -315,17 +315,10 @@ impl Admin for AdminService {
             let change = super::inventory::env_change(&r)?;
             let store = &self.ctx.store;
             if !r.create && store.environment(&who.tenant, &r.name).await?.is_none() {
-                let known: Vec<String> = store
-                    .environments(&who.tenant)
-                    .await?
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
-                return Err(ControllerError::NotFound(format!(
-                    "unknown environment {:?} (known: {}); add --create to create it",
-                    r.name,
-                    known.join(", ")
-                )));
+                let hint = "; add --create to create it";
+                return Err(
+                    super::unknown_environment(&self.ctx, &who.tenant, &r.name, hint).await?,
+                );
             }
             Ok::<_, ControllerError>(
                 self.ctx

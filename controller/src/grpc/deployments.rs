@@ -28,16 +28,7 @@ impl DeploymentsService {
             )));
         }
         if store.environment(tenant, env).await?.is_none() {
-            let known: Vec<String> = store
-                .environments(tenant)
-                .await?
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            return Err(ControllerError::NotFound(format!(
-                "unknown environment {env:?} (known: {})",
-                known.join(", ")
-            )));
+            return Err(super::unknown_environment(&self.ctx, tenant, env, "").await?);
         }
         Ok(())
     }

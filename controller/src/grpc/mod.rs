@@ -213,6 +213,26 @@ pub async fn authorize<T: Scoped>(
     }
 }
 
+/// "unknown environment X (known: a, b)" + `hint`, as a not-found error.
+pub async fn unknown_environment(
+    ctx: &Ctx,
+    tenant: &str,
+    env: &str,
+    hint: &str,
+) -> Result<crate::error::ControllerError, crate::error::ControllerError> {
+    let known: Vec<String> = ctx
+        .store
+        .environments(tenant)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    Ok(crate::error::ControllerError::NotFound(format!(
+        "unknown environment {env:?} (known: {}){hint}",
+        known.join(", ")
+    )))
+}
+
 /// Writes one audit row for an authorized caller's mutation.
 pub async fn audit(
     ctx: &Ctx,

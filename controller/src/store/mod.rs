@@ -356,32 +356,30 @@ impl Store {
         env: &str,
         app: &str,
     ) -> Result<Option<DesiredRow>> {
-        let row = sqlx::query(
-            "SELECT d.app, d.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest,
-                    r.counter, r.signatures, d.authorization
-             FROM desired d JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
-             WHERE d.tenant = ? AND d.environment = ? AND d.app = ?",
+        let Some(row) = sqlx::query(
+            "SELECT version, generation, authorization FROM desired WHERE tenant = ? AND environment = ? AND app = ?",
         )
         .bind(tenant)
         .bind(env)
         .bind(app)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| DesiredRow {
-            app: r.get(0),
-            version: r.get(1),
-            generation: r.get::<i64, _>(2) as u64,
-            manifest_digest: r.get(3),
-            blob_digest: r.get(4),
-            blob_size: r.get::<i64, _>(5) as u64,
-            manifest: r.get(6),
-            counter: r.get::<i64, _>(7) as u64,
-            signatures: r.get(8),
-            authorization: r.get(9),
+        .await?
+        else {
+            return Ok(None);
+        };
+        let version: String = row.get(0);
+        let generation = row.get::<i64, _>(1) as u64;
+        let desired = self
+            .release_as_desired(tenant, app, &version, generation)
+            .await?;
+        Ok(desired.map(|d| DesiredRow {
+            authorization: row.get(2),
+            ..d
         }))
     }
 
-    /// A release as a directive row for a host a rollout holds back.
+    /// A release as a directive row (no rollback authorization): what a host
+    /// held back by a rollout keeps, and the base of `desired_app`.
     pub async fn release_as_desired(
         &self,
         tenant: &str,
@@ -733,7 +731,7 @@ mod tests {
         (dir, s)
     }
 
-    fn release(version: &str, digest: &str) -> ReleaseRow {
+    pub(super) fn release(version: &str, digest: &str) -> ReleaseRow {
         ReleaseRow {
             app: "web".into(),
             version: version.into(),

@@ -495,7 +495,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ReleaseRow;
 
     async fn store_with_releases() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -504,18 +503,7 @@ mod tests {
             .unwrap();
         s.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2", "3"] {
-            let r = ReleaseRow {
-                app: "web".into(),
-                version: v.into(),
-                manifest_digest: format!("sha256:m{v}"),
-                blob_digest: "sha256:b".into(),
-                blob_size: 1,
-                git_commit: None,
-                entries: 1,
-                created_at: now(),
-                counter: 0,
-                signatures: "[]".into(),
-            };
+            let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
             s.insert_release("default", &r, b"{}").await.unwrap();
         }
         (dir, s)

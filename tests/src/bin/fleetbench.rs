@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 use integration_tests::{Controller, eventually};
 use tokio_util::sync::CancellationToken;
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+use integration_tests::proc_kib as rss_kib;
 
 /// A release whose one process is a worker (healthy when it stays up 1 s).
 fn small_release(dir: &Path, version: &str) -> PathBuf {
@@ -147,28 +140,19 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let connected_kib = rss_kib(controller_pid, "VmRSS:");
 
-    let rel = small_release(t.path(), "1.0.0");
-    c.ctl(&[
-        "publish",
-        rel.to_str().unwrap_or_default(),
-        "--app",
-        "web",
-        "--version",
-        "1.0.0",
-        "--allow-dirty",
-    ])
-    .ok();
-    let rel = small_release(t.path(), "2.0.0");
-    c.ctl(&[
-        "publish",
-        rel.to_str().unwrap_or_default(),
-        "--app",
-        "web",
-        "--version",
-        "2.0.0",
-        "--allow-dirty",
-    ])
-    .ok();
+    for version in ["1.0.0", "2.0.0"] {
+        let rel = small_release(t.path(), version);
+        c.ctl(&[
+            "publish",
+            rel.to_str().unwrap_or_default(),
+            "--app",
+            "web",
+            "--version",
+            version,
+            "--allow-dirty",
+        ])
+        .ok();
+    }
     timed_deploy(&c, "1.0.0", n, &["--canary", "0", "--batch", "100%"]);
     timed_deploy(&c, "2.0.0", n, &[]);
     let after_kib = rss_kib(controller_pid, "VmRSS:");

@@ -9,12 +9,7 @@ use std::time::Instant;
 use integration_tests::{Agent, Controller, ReleaseOpts, sample_release};
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    integration_tests::proc_kib(pid, "VmHWM:")
 }
 
 fn agent_pid(config: &std::path::Path) -> u32 {
