@@ -29,6 +29,9 @@ impl HostState {
 /// What classification needs of one host's row.
 pub struct HostFacts<'a> {
     pub desired_version: &'a str,
+    pub desired_generation: u64,
+    /// The desired generation the host last acted on.
+    pub generation: u64,
     pub running_version: &'a str,
     pub health: i32,
     pub failed_version: &'a str,
@@ -37,7 +40,11 @@ pub struct HostFacts<'a> {
 }
 
 pub fn classify(f: &HostFacts<'_>) -> HostState {
-    let refused = !f.desired_version.is_empty() && f.failed_version == f.desired_version;
+    // Refused this very change (an older refusal of the same version, on a
+    // host a rollout still holds back, is not this change's failure).
+    let refused = !f.desired_version.is_empty()
+        && f.failed_version == f.desired_version
+        && f.generation >= f.desired_generation;
     let at_desired = f.running_version == f.desired_version;
     if refused || (at_desired && f.health == Health::Unhealthy as i32) {
         HostState::Failed
@@ -96,6 +103,8 @@ mod tests {
     fn facts<'a>(running: &'a str, health: Health) -> HostFacts<'a> {
         HostFacts {
             desired_version: "2",
+            desired_generation: 5,
+            generation: 5,
             running_version: running,
             health: health as i32,
             failed_version: "",
@@ -115,6 +124,16 @@ mod tests {
             ..facts("1", Health::Healthy)
         };
         assert_eq!(classify(&refused), HostState::Failed);
+        let held = HostFacts {
+            failed_version: "2",
+            generation: 4,
+            ..facts("1", Health::Healthy)
+        };
+        assert_eq!(
+            classify(&held),
+            HostState::Updating,
+            "an older refusal of 2, before this deploy of it"
+        );
         let off = HostFacts {
             offline: true,
             drifted: true,

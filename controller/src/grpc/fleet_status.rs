@@ -21,6 +21,8 @@ pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<Flee
         let desired = f.desired_version.clone().unwrap_or_default();
         let state = fleet::classify(&HostFacts {
             desired_version: &desired,
+            desired_generation: f.desired_generation,
+            generation: f.report.generation,
             running_version: &f.report.running_version,
             health: f.report.health,
             failed_version: &f.report.failed_version,

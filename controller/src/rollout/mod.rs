@@ -42,16 +42,9 @@ pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
     let started = ctx
         .store
         .start_rollout(&NewRollout {
-            tenant: c.tenant,
-            app: c.app,
-            environment: c.environment,
-            to_version: c.version,
-            to_digest: c.digest,
-            authorization: c.authorization,
-            strategy: c.strategy,
+            change: c,
             plan: &plan,
             steps,
-            created_by: c.actor,
         })
         .await?;
     tracing::info!(

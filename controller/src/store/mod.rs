@@ -90,6 +90,7 @@ pub struct FleetRow {
     pub host: String,
     pub environment: String,
     pub desired_version: Option<String>,
+    pub desired_generation: u64,
     pub last_seen: i64,
     pub report: HostAppReport,
     pub healthy_since: i64,
@@ -542,7 +543,7 @@ impl Store {
             "SELECT s.host, h.environment, d.version, h.last_seen, s.app, s.running_version, s.running_digest, s.state,
                     s.health, s.health_reason, s.env_check, s.missing_env, s.last_error, s.failed_version,
                     s.failed_digest, s.generation, s.healthy_since, s.drift, s.drift_count, s.drift_acked,
-                    h.labels, s.drift_digest
+                    h.labels, s.drift_digest, COALESCE(d.generation, 0)
              FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
@@ -569,6 +570,7 @@ impl Store {
                     host: r.get(0),
                     environment: r.get(1),
                     desired_version: r.get(2),
+                    desired_generation: r.get::<i64, _>(22) as u64,
                     last_seen: r.get(3),
                     report: HostAppReport {
                         app: r.get(4),

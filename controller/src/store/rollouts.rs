@@ -43,19 +43,11 @@ pub struct RolloutHostRow {
     pub reason: String,
 }
 
-/// A change of desired release and the rollout that carries it.
+/// A change of desired release and the plan of the rollout that carries it.
 pub struct NewRollout<'a> {
-    pub tenant: &'a str,
-    pub app: &'a str,
-    pub environment: &'a str,
-    pub to_version: &'a str,
-    pub to_digest: &'a str,
-    /// Operator rollback authorization, JSON signatures.
-    pub authorization: &'a str,
-    pub strategy: Strategy,
+    pub change: &'a crate::rollout::Change<'a>,
     pub plan: &'a [(String, u32)],
     pub steps: u32,
-    pub created_by: &'a str,
 }
 
 /// What `start_rollout` did.
@@ -111,15 +103,16 @@ impl Store {
     /// superseded (its held hosts stay held at the same release). An empty
     /// plan is finished at once.
     pub async fn start_rollout(&self, n: &NewRollout<'_>) -> Result<Started> {
+        let c = n.change;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let holding = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT from_version, from_generation, id, to_version, generation FROM rollouts
              WHERE tenant = ? AND app = ? AND environment = ? AND state IN {HOLDING} ORDER BY id DESC LIMIT 1"
         )))
-        .bind(n.tenant)
-        .bind(n.app)
-        .bind(n.environment)
+        .bind(c.tenant)
+        .bind(c.app)
+        .bind(c.environment)
         .fetch_optional(&mut *tx)
         .await?;
         // Per host of a superseded rollout: what it runs by now (the new
@@ -148,9 +141,9 @@ impl Store {
             None => sqlx::query(
                 "SELECT version, generation FROM desired WHERE tenant = ? AND app = ? AND environment = ?",
             )
-            .bind(n.tenant)
-            .bind(n.app)
-            .bind(n.environment)
+            .bind(c.tenant)
+            .bind(c.app)
+            .bind(c.environment)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| (r.get(0), r.get(1)))
@@ -158,11 +151,11 @@ impl Store {
         };
         let generation = super::upsert_desired(
             &mut tx,
-            n.tenant,
-            n.app,
-            n.environment,
-            n.to_version,
-            n.authorization,
+            c.tenant,
+            c.app,
+            c.environment,
+            c.version,
+            c.authorization,
         )
         .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -170,26 +163,26 @@ impl Store {
              AND state IN {HOLDING}"
         )))
         .bind(t)
-        .bind(n.tenant)
-        .bind(n.app)
-        .bind(n.environment)
+        .bind(c.tenant)
+        .bind(c.app)
+        .bind(c.environment)
         .execute(&mut *tx)
         .await?;
         let state = if n.steps == 0 { "succeeded" } else { "running" };
-        let s = &n.strategy;
+        let s = &c.strategy;
         let id: i64 = sqlx::query(
             "INSERT INTO rollouts (tenant, app, environment, from_version, from_generation, to_version, to_digest,
                 generation, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, state, steps,
                 created_by, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
-        .bind(n.tenant)
-        .bind(n.app)
-        .bind(n.environment)
+        .bind(c.tenant)
+        .bind(c.app)
+        .bind(c.environment)
         .bind(&from_version)
         .bind(from_generation)
-        .bind(n.to_version)
-        .bind(n.to_digest)
+        .bind(c.version)
+        .bind(c.digest)
         .bind(generation as i64)
         .bind(i64::from(s.canary))
         .bind(s.batch.to_string())
@@ -199,7 +192,7 @@ impl Store {
         .bind(i64::from(s.auto_revert))
         .bind(state)
         .bind(i64::from(n.steps))
-        .bind(n.created_by)
+        .bind(c.actor)
         .bind(t)
         .bind(t)
         .fetch_one(&mut *tx)
@@ -512,17 +505,21 @@ mod tests {
     async fn start(s: &Store, version: &str, plan: &[(&str, u32)]) -> Started {
         let plan: Vec<(String, u32)> = plan.iter().map(|(h, st)| (h.to_string(), *st)).collect();
         let steps = plan.iter().map(|(_, st)| st + 1).max().unwrap_or(0);
-        s.start_rollout(&NewRollout {
+        let digest = format!("sha256:m{version}");
+        let change = crate::rollout::Change {
             tenant: "default",
             app: "web",
             environment: "preprod",
-            to_version: version,
-            to_digest: &format!("sha256:m{version}"),
+            version,
+            digest: &digest,
             authorization: "[]",
             strategy: Strategy::default(),
+            actor: "test",
+        };
+        s.start_rollout(&NewRollout {
+            change: &change,
             plan: &plan,
             steps,
-            created_by: "test",
         })
         .await
         .unwrap()
