@@ -108,7 +108,7 @@ pub fn keys(cmd: KeysCommand) -> Result<()> {
                 out.display()
             );
             eprintln!("public key (add it to agents' publisher_keys):");
-            println!("{}", key.public());
+            say!("{}", key.public());
             Ok(())
         }
     }
@@ -196,7 +196,7 @@ pub async fn hosts(
                 "host {host} added to {env}; its one-time join token (valid {}s):",
                 r.expires_at - now()
             );
-            println!("{}", r.join_token);
+            say!("{}", r.join_token);
             eprintln!("on {host}: slipway-agent --config /etc/slipway/agent.toml join <TOKEN>");
             Ok(())
         }
@@ -219,7 +219,7 @@ pub async fn hosts(
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner();
             let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!(
+            say!(
                 "host {}: purpose {:?}, criticality {}, labels {}",
                 h.name,
                 h.purpose,
@@ -240,7 +240,7 @@ pub async fn hosts(
                 })
                 .await
                 .map_err(|s| from_status(&c.url, s))?;
-            println!("host {host} revoked: its certificate is refused from its next call");
+            say!("host {host} revoked: its certificate is refused from its next call");
             Ok(())
         }
         None => {
@@ -315,7 +315,7 @@ pub async fn hosts(
                     },
                 ]);
             }
-            println!("{t}");
+            say!("{t}");
             Ok(())
         }
     }
@@ -346,7 +346,7 @@ pub async fn tokens(c: &mut Clients, tenant: String, cmd: TokensCommand) -> Resu
                 .into_inner();
             let roles = r.info.map(|i| i.roles.join(", ")).unwrap_or_default();
             eprintln!("token {name} ({roles}); shown once, store it as a secret:");
-            println!("{}", r.token);
+            say!("{}", r.token);
             Ok(())
         }
         TokensCommand::List { json } => {
@@ -385,7 +385,7 @@ pub async fn tokens(c: &mut Clients, tenant: String, cmd: TokensCommand) -> Resu
                     },
                 ]);
             }
-            println!("{t}");
+            say!("{t}");
             Ok(())
         }
         TokensCommand::Revoke { token } => {
@@ -396,7 +396,7 @@ pub async fn tokens(c: &mut Clients, tenant: String, cmd: TokensCommand) -> Resu
                 })
                 .await
                 .map_err(|s| from_status(&c.url, s))?;
-            println!("token {token} revoked");
+            say!("token {token} revoked");
             Ok(())
         }
     }
@@ -415,7 +415,7 @@ pub async fn tenants(c: &mut Clients, tenant: String, cmd: TenantsCommand) -> Re
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner();
             eprintln!("tenant {name} created with preprod and prod; its admin token (shown once):");
-            println!("{}", r.token);
+            say!("{}", r.token);
             Ok(())
         }
     }
@@ -535,6 +535,6 @@ pub async fn apps(
             list(&p.excluded),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
     Ok(())
 }

@@ -92,7 +92,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .map_err(|s| from_status(&c.url, s))?
                 .into_inner();
             print_change("promote", &r);
-            println!("  same artifact as {from}: {}", r.manifest_digest);
+            say!("  same artifact as {from}: {}", r.manifest_digest);
             crate::rollout::follow_change(&mut c, &tenant, &r, wait).await
         }
         Command::Rollback {
@@ -191,7 +191,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Whoami => {
             let w = crate::admin::whoami(&mut c).await?;
             let t = w.token.unwrap_or_default();
-            println!(
+            say!(
                 "tenant {}, token {} ({}), roles: {}",
                 w.tenant,
                 t.name,
@@ -210,20 +210,27 @@ fn print_change(what: &str, r: &DeployResponse) {
     } else {
         r.previous_version.as_str()
     };
-    println!(
+    say!(
         "{what}: {} in {}: {from} -> {} (generation {})",
-        r.app, r.environment, r.version, r.generation
+        r.app,
+        r.environment,
+        r.version,
+        r.generation
     );
-    println!("  release {}", r.manifest_digest);
+    say!("  release {}", r.manifest_digest);
     if r.connected_hosts == 0 {
-        println!(
+        say!(
             "  no host of {} is connected right now; hosts converge when they connect",
             r.environment
         );
     } else {
-        println!(
+        say!(
             "  rollout {} over {} host(s) ({} connected); follow with `slipctl rollout status {} --env {}`",
-            r.rollout_id, r.planned_hosts, r.connected_hosts, r.app, r.environment
+            r.rollout_id,
+            r.planned_hosts,
+            r.connected_hosts,
+            r.app,
+            r.environment
         );
     }
 }
@@ -293,7 +300,7 @@ async fn releases(c: &mut Clients, tenant: String, app: String, json: bool) -> R
             r.desired_in.join(","),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
     Ok(())
 }
 
@@ -355,7 +362,7 @@ async fn history(
             e.outcome,
         ]);
     }
-    println!("{t}");
+    say!("{t}");
     Ok(())
 }
 

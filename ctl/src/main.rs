@@ -2,6 +2,19 @@
 //! error to a documented exit code (0 ok, 1 operation failed, 2 usage,
 //! 3 controller unreachable).
 
+/// `println!` that ends slipctl quietly when its reader goes away
+/// (`slipctl history | head`) instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod admin;
 mod cli;
 mod client;

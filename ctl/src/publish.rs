@@ -172,16 +172,16 @@ pub async fn publish(
     } else {
         ""
     };
-    println!("published {app} {version}{again}");
-    println!("  release  {}", release.manifest_digest);
-    println!("  blob     {digest} ({}, {how})", human_bytes(size));
-    println!("  entries  {}", release.entries);
-    println!("  counter  {}", release.counter);
+    say!("published {app} {version}{again}");
+    say!("  release  {}", release.manifest_digest);
+    say!("  blob     {digest} ({}, {how})", human_bytes(size));
+    say!("  entries  {}", release.entries);
+    say!("  counter  {}", release.counter);
     for k in &release.signed_by {
-        println!("  signed   {k}");
+        say!("  signed   {k}");
     }
     if !release.git_commit.is_empty() {
-        println!("  commit   {}", release.git_commit);
+        say!("  commit   {}", release.git_commit);
     }
     Ok(())
 }

@@ -113,7 +113,7 @@ fn headline(r: &RolloutInfo) -> String {
 
 /// Prints a rollout once: headline, then its hosts step by step.
 fn print_once(r: &RolloutInfo) {
-    println!("{}", headline(r));
+    say!("{}", headline(r));
     let canary = r.strategy.as_ref().and_then(|s| s.canary).unwrap_or(0) > 0;
     let mut steps: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for h in &r.hosts {
@@ -130,7 +130,7 @@ fn print_once(r: &RolloutInfo) {
             .push(format!("{}: {what}", h.host));
     }
     for (step, hosts) in steps {
-        println!("  {}: {}", step_name(step, canary), hosts.join(", "));
+        say!("  {}: {}", step_name(step, canary), hosts.join(", "));
     }
 }
 
@@ -162,10 +162,10 @@ pub async fn follow(
         let state = format!("{}|{}|{}", r.state, r.step, r.reason);
         if state != seen_state {
             seen_state = state;
-            println!("{}", headline(&r));
+            say!("{}", headline(&r));
             if !terminal(&r.state) && r.steps > 0 {
                 let canary = r.strategy.as_ref().and_then(|s| s.canary).unwrap_or(0) > 0;
-                println!(
+                say!(
                     "  step {}/{} ({})",
                     r.step + 1,
                     r.steps,
@@ -177,11 +177,11 @@ pub async fn follow(
             let now = (h.admitted, h.outcome.clone());
             if seen_hosts.get(&h.host) != Some(&now) && h.admitted {
                 match h.outcome.as_str() {
-                    "pending" => println!("  {}: updating to {}", h.host, r.to_version),
-                    "healthy" => println!("  {}: {} healthy", h.host, r.to_version),
-                    "offline" => println!("  {}: offline; converges when back", h.host),
-                    other if h.reason.is_empty() => println!("  {}: {other}", h.host),
-                    other => println!("  {}: {other}: {}", h.host, h.reason),
+                    "pending" => say!("  {}: updating to {}", h.host, r.to_version),
+                    "healthy" => say!("  {}: {} healthy", h.host, r.to_version),
+                    "offline" => say!("  {}: offline; converges when back", h.host),
+                    other if h.reason.is_empty() => say!("  {}: {other}", h.host),
+                    other => say!("  {}: {other}: {}", h.host, h.reason),
                 }
             }
             seen_hosts.insert(h.host.clone(), now);
@@ -231,7 +231,7 @@ fn finish(msg: String, waiting: bool) -> Result<()> {
     if waiting {
         return Err(CtlError::Failed(msg));
     }
-    println!("  {msg}");
+    say!("  {msg}");
     Ok(())
 }
 
@@ -318,7 +318,7 @@ pub async fn drift(c: &mut Clients, tenant: String, cmd: DriftCommand) -> Result
         .await
         .map_err(|s| from_status(&c.url, s))?
         .into_inner();
-    println!(
+    say!(
         "drift of {app} in {env} acknowledged on {}; it no longer blocks promotion until it changes",
         r.hosts.join(", ")
     );

@@ -37,7 +37,7 @@ pub struct StatusRow {
 pub fn print_json<T: Serialize>(rows: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(rows)
         .map_err(|e| crate::error::CtlError::Failed(format!("encode json: {e}")))?;
-    println!("{text}");
+    say!("{text}");
     Ok(())
 }
 
@@ -179,13 +179,14 @@ pub async fn status(
     per_host: bool,
     json: bool,
 ) -> Result<()> {
+    let filter = FleetStatusRequest {
+        tenant,
+        app: app.unwrap_or_default(),
+        environment: env.unwrap_or_default(),
+    };
     let r = c
         .deployments
-        .fleet_status(FleetStatusRequest {
-            tenant,
-            app: app.unwrap_or_default(),
-            environment: env.unwrap_or_default(),
-        })
+        .fleet_status(filter.clone())
         .await
         .map_err(|s| from_status(&c.url, s))?
         .into_inner();
@@ -230,7 +231,7 @@ pub async fn status(
         return print_json(&fleet);
     }
     if fleet.hosts.is_empty() {
-        println!("no hosts have reported yet");
+        say!("no hosts have reported yet");
         return Ok(());
     }
     let mut t = table(&["ENV", "STATUS", "APPS", "HOSTS"]);
@@ -242,7 +243,7 @@ pub async fn status(
             e.hosts.to_string(),
         ]);
     }
-    println!("{t}\n");
+    say!("{t}\n");
     let mut t = table(&[
         "APP", "ENV", "DESIRED", "HOSTS", "OK", "UPDATING", "FAILED", "DRIFTED", "OFFLINE",
         "STATUS", "ROLLOUT",
@@ -266,20 +267,44 @@ pub async fn status(
             rollout_note(&a.rollout),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
     // Why the latest rollout of an app did not succeed.
     for a in &fleet.apps {
         if let Some(r) = a.rollout.as_ref().filter(|r| {
             matches!(r.state.as_str(), "halted" | "reverted" | "aborted") && !r.reason.is_empty()
         }) {
-            println!(
+            say!(
                 "  {} {}: rollout {} of {} {}: {}",
-                a.app, a.environment, r.id, r.to_version, r.state, r.reason
+                a.app,
+                a.environment,
+                r.id,
+                r.to_version,
+                r.state,
+                r.reason
             );
         }
     }
+    // Hosts a selector leaves out still run what they ran: say so.
+    let placements = c
+        .deployments
+        .list_apps(proto::v1::ListAppsRequest {
+            tenant: filter.tenant,
+            app: filter.app,
+            environment: filter.environment,
+        })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner();
+    for p in placements.apps.iter().filter(|p| !p.excluded.is_empty()) {
+        say!(
+            "  {} {}: {} outside its selector keep what they run and get no releases (slipctl apps)",
+            p.app,
+            p.environment,
+            p.excluded.join(", ")
+        );
+    }
     if per_host {
-        println!();
+        say!();
         host_table(fleet.hosts);
     } else {
         // The hosts that make a rollup less than ok, one line each.
@@ -288,7 +313,7 @@ pub async fn status(
             .iter()
             .filter(|h| h.status != "ok" && h.status != "updating")
         {
-            println!(
+            say!(
                 "  {} {} ({}): {}",
                 h.host,
                 h.app,
@@ -356,7 +381,7 @@ fn host_table(rows: Vec<StatusRow>) {
             note,
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 #[derive(Serialize)]
@@ -412,7 +437,7 @@ fn print_envs(rows: Vec<EnvPolicyJson>) {
             if e.auto_revert { "on" } else { "off" }.into(),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub async fn envs(c: &mut Clients, tenant: String, json: bool) -> Result<()> {

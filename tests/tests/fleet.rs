@@ -380,6 +380,11 @@ fn a_controller_restarted_mid_rollout_finishes_it_host_by_host() {
     let summary = c.ctl(&["status", "--json"]).ok().json();
     assert_eq!(summary["apps"][0]["hosts"], 3, "{summary}");
     assert_eq!(summary["apps"][0]["status"], "ok");
+    let table = c.ctl(&["status"]).ok().stdout;
+    assert!(
+        table.contains("pre-4, pre-5, pre-6 outside its selector keep what they run"),
+        "{table}"
+    );
     c.ctl(&["hosts", "set", "pre-4", "--label", "role=web"])
         .ok();
     agents[3].wait_serving("3.0.0");
@@ -507,4 +512,23 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
         "{forced}"
     );
     drop(pre);
+
+    // A typo in a filter is an error, not an empty fleet; a closed pipe ends
+    // slipctl quietly.
+    let out = c.ctl(&["status", "--app", "wbe"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("\"wbe\""), "{}", out.stderr);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} history web | true",
+            integration_tests::bin("slipctl").display()
+        ))
+        .env("SLIPWAY_CONTROLLER", &c.url)
+        .env("SLIPWAY_CA_CERT", c.ca_cert())
+        .env("SLIPWAY_TOKEN", &c.admin_token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -6,12 +6,21 @@ use std::collections::BTreeMap;
 use proto::v1::{AppEnvSummary, EnvSummary, FleetStatusResponse, HostAppStatus};
 
 use super::Ctx;
-use crate::error::Result;
+use crate::error::{ControllerError, Result};
 use crate::fleet::{self, HostFacts, HostState};
 
 pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<FleetStatusResponse> {
+    // A filter naming nothing is a typo, not an empty fleet.
+    if !env.is_empty() && ctx.store.environment(tenant, env).await?.is_none() {
+        return Err(super::unknown_environment(ctx, tenant, env, "").await?);
+    }
     let now = crate::store::now();
     let rows = ctx.store.fleet(tenant, app, env).await?;
+    if rows.is_empty() && !app.is_empty() && !ctx.store.app_exists(tenant, app).await? {
+        return Err(ControllerError::NotFound(format!(
+            "no host runs an app {app:?} and none was published"
+        )));
+    }
     let mut out = FleetStatusResponse::default();
     let mut apps: BTreeMap<(String, String), (AppEnvSummary, HostState)> = BTreeMap::new();
     for f in rows {
