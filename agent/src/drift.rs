@@ -3,8 +3,8 @@
 //! [`Baseline`]: a fingerprint (kind, mode, size, sha256, link target) of every
 //! path in the tree. Later, [`compare`] walks the live tree against it and
 //! reports the paths changed, added or removed by hand on the host.
-//! [`watch_tree`] signals when something in the tree moves, so a compare can
-//! follow an edit instead of polling.
+//! `filewatch::watch_tree` signals when something in the tree moves, so a
+//! compare can follow an edit instead of waiting for the timer.
 //!
 //! Walks never follow symlinks (a symlinked directory is recorded as a link,
 //! not entered), files are hashed streaming, and a path that vanishes while a
@@ -16,10 +16,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 /// Most paths a snapshot or a compare walks before giving up.
 pub const MAX_ENTRIES: usize = 200_000;
@@ -231,33 +229,6 @@ pub fn compare(root: &Path, baseline: &Baseline) -> io::Result<Drift> {
         .cloned()
         .collect();
     Ok(drift)
-}
-
-/// Keeps a recursive watch alive; dropping it stops watching.
-pub struct TreeWatch {
-    _watcher: RecommendedWatcher,
-    pub changed: mpsc::Receiver<()>,
-}
-
-/// Watches `root` recursively: `changed` gets `()` on any event but an Access
-/// (and on a watcher error, which may mean events were lost). A burst of
-/// events shows as one pending signal; the watcher thread never blocks.
-pub fn watch_tree(root: &Path) -> notify::Result<TreeWatch> {
-    let (tx, rx) = mpsc::channel(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = &event
-            && matches!(event.kind, notify::EventKind::Access(_))
-        {
-            return;
-        }
-        // A full channel already carries a pending change: nothing lost.
-        let _ = tx.try_send(());
-    })?;
-    watcher.watch(root, RecursiveMode::Recursive)?;
-    Ok(TreeWatch {
-        _watcher: watcher,
-        changed: rx,
-    })
 }
 
 /// A path as the walk saw it, before any hashing.
@@ -752,7 +723,7 @@ mod tests {
     #[tokio::test]
     async fn watch_tree_signals_a_nested_write() {
         let dir = tree();
-        let mut w = watch_tree(dir.path()).unwrap();
+        let mut w = crate::filewatch::watch_tree(dir.path()).unwrap();
         fs::write(dir.path().join("etc/conf.d/main.toml"), b"edited\n").unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), w.changed.recv()).await;
         assert_eq!(got, Ok(Some(())));

@@ -55,6 +55,26 @@ pub fn watch_paths(files: &[PathBuf], dirs: &[PathBuf]) -> notify::Result<FileWa
     })
 }
 
+/// Watches a whole tree (a running release, for drift): any event but an
+/// access signals, and so does a watcher error (events may have been lost).
+pub fn watch_tree(root: &Path) -> notify::Result<FileWatch> {
+    let (tx, rx) = mpsc::channel(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = &event
+            && matches!(event.kind, notify::EventKind::Access(_))
+        {
+            return;
+        }
+        // A full channel already carries a pending change: nothing lost.
+        let _ = tx.try_send(());
+    })?;
+    watcher.watch(root, RecursiveMode::Recursive)?;
+    Ok(FileWatch {
+        _watcher: watcher,
+        changed: rx,
+    })
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

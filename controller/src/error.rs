@@ -12,6 +12,8 @@ pub enum ControllerError {
     FailedPrecondition(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -31,6 +33,7 @@ impl From<ControllerError> for Status {
             ControllerError::AlreadyExists(m) => Status::already_exists(m),
             ControllerError::FailedPrecondition(m) => Status::failed_precondition(m),
             ControllerError::InvalidArgument(m) => Status::invalid_argument(m),
+            ControllerError::PermissionDenied(m) => Status::permission_denied(m),
             ControllerError::Blob(
                 e @ (crate::blobs::BlobError::Mismatch { .. }
                 | crate::blobs::BlobError::Size { .. }),

@@ -273,6 +273,27 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
         actions.contains(&"rollout-abort") && actions.contains(&"rollout-revert"),
         "{actions:?}"
     );
+    // Paused is not blind: a canary that fails while the rollout is paused
+    // still halts it and reverts.
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("7.0.0")
+        },
+    );
+    c.ctl(&[
+        "deploy", "web", "7.0.0", "--env", "preprod", "--canary", "1",
+    ])
+    .ok();
+    c.ctl(&["rollout", "pause", "web", "--env", "preprod"]).ok();
+    eventually(
+        Duration::from_secs(60),
+        "the paused rollout to revert",
+        || (rollout(&c, "preprod")["state"] == "reverted").then_some(()),
+    );
+    agents[0].wait_serving("5.0.0");
 }
 
 #[test]
@@ -303,6 +324,24 @@ fn a_controller_restarted_mid_rollout_finishes_it_host_by_host() {
         "pre-4",
         "the host labelled canary=true goes first"
     );
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["hosts", "--json"];
+        all.extend_from_slice(args);
+        c.ctl(&all)
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&["--label", "canary=true"]), ["pre-4"]);
+    assert_eq!(
+        listed(&["--criticality", "low", "--env", "preprod"]),
+        ["pre-4"]
+    );
+    assert_eq!(listed(&["--criticality", "high"]), Vec::<String>::new());
 
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
     c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod"]).ok();
@@ -429,6 +468,35 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     assert!(
         status_row(&c, "prod-1").unwrap()["running"] == "",
         "nothing reached prod"
+    );
+    // --force is the promoter's: a deployer cannot skip the soak, even into a
+    // non-production environment.
+    c.ctl(&["envs", "set", "staging", "--create", "--soak", "600"])
+        .ok();
+    let ci = c.token("ci", &["deployer"]);
+    let out = c.ctl_as(
+        &ci,
+        &[
+            "promote", "web", "--from", "preprod", "--to", "staging", "--force",
+        ],
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("--force needs the promoter role") && out.stderr.contains("soak"),
+        "{}",
+        out.stderr
+    );
+    let out = c.ctl(&["envs", "set", "staging", "--batch-timeout", "0"]);
+    assert!(
+        out.code == 1 && out.stderr.contains("batch timeout: at least 1 second"),
+        "{}",
+        out.stderr
+    );
+    let out = c.ctl(&["envs", "set", "stagnig", "--soak", "1"]);
+    assert!(
+        out.code == 1 && out.stderr.contains("add --create"),
+        "a typo does not make an environment: {}",
+        out.stderr
     );
     // Allowed once every preprod host has run it healthy for 5 s.
     let out = eventually(Duration::from_secs(30), "the soak to pass", || {

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::drift::{self, Baseline, TreeWatch};
+use crate::drift::{self, Baseline};
+use crate::filewatch::FileWatch;
 
 use super::AppRunner;
 
@@ -19,11 +20,7 @@ const MAX_LINE: usize = 400;
 fn report_line(line: &str) -> String {
     let mut out: String = line.escape_debug().collect();
     if out.len() > MAX_LINE {
-        let mut cut = MAX_LINE;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
+        out.truncate(out.floor_char_boundary(MAX_LINE));
         out.push('…');
     }
     out
@@ -61,7 +58,7 @@ impl AppRunner {
     /// Watches the release `current` holds now: loads its baseline (or, for a
     /// release installed before baselines existed, takes one now) and starts
     /// a watch on its tree.
-    pub(super) async fn arm_drift(&mut self) -> Option<TreeWatch> {
+    pub(super) async fn arm_drift(&mut self) -> Option<FileWatch> {
         let Some(version) = self.paths.current_version() else {
             self.drift = None;
             return None;
@@ -79,7 +76,7 @@ impl AppRunner {
                 None
             }
         };
-        let watch = match drift::watch_tree(&self.paths.release(&version)) {
+        let watch = match crate::filewatch::watch_tree(&self.paths.release(&version)) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(app = %self.name, %version, error = %e, "cannot watch the release; drift is found by the periodic check only");
@@ -152,17 +149,16 @@ impl AppRunner {
     }
 }
 
-/// The next change in the watched tree (pending forever without a watch).
-pub(super) async fn next_change(w: &mut Option<TreeWatch>) -> Option<()> {
-    match w {
-        Some(w) => w.changed.recv().await,
-        None => std::future::pending().await,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Folds a burst of events into one check.
-pub(super) fn drain(w: &mut Option<TreeWatch>) {
-    if let Some(w) = w {
-        while w.changed.try_recv().is_ok() {}
+    #[test]
+    fn drift_lines_are_escaped_and_bounded() {
+        assert_eq!(report_line("changed a\nb"), "changed a\\nb");
+        let long = format!("added {}", "é".repeat(400));
+        let line = report_line(&long);
+        assert!(line.len() <= MAX_LINE + '…'.len_utf8(), "{}", line.len());
+        assert!(line.ends_with('…') && line.starts_with("added é"));
     }
 }

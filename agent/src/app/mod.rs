@@ -249,9 +249,9 @@ impl AppRunner {
                     self.restart_running("env file changed").await;
                 }
                 _ = tokio::time::sleep_until(next_drift_check) => {}
-                Some(()) = drift_watch::next_change(&mut drift_watch) => {
+                Some(()) = crate::filewatch::next_change(&mut drift_watch) => {
                     tokio::time::sleep(ENV_SETTLE).await;
-                    drift_watch::drain(&mut drift_watch);
+                    crate::filewatch::drain(&mut drift_watch);
                     // At once, but not more often than DRIFT_MIN_GAP: an app
                     // writing into its release dir must not keep the host hashing.
                     next_drift_check = Instant::now().max(last_drift_check + DRIFT_MIN_GAP);

@@ -317,7 +317,7 @@ impl Admin for AdminService {
             if !r.create && store.environment(&who.tenant, &r.name).await?.is_none() {
                 let hint = "; add --create to create it";
                 return Err(
-                    super::unknown_environment(&self.ctx, &who.tenant, &r.name, hint).await?,
+                    super::unknown_environment(&self.ctx, &who.tenant, &r.name, hint).await,
                 );
             }
             Ok::<_, ControllerError>(

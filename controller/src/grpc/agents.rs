@@ -30,6 +30,7 @@ const MAX_TEXT: usize = 4096;
 const MAX_MISSING_NAMES: usize = 256;
 const MAX_DRIFT_LINES: usize = 50;
 const MAX_DRIFT_LINE: usize = 512;
+const MAX_OS: usize = 256;
 
 pub struct AgentsService {
     pub ctx: SharedCtx,
@@ -38,14 +39,13 @@ pub struct AgentsService {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn bounded(s: String) -> String {
-    if s.len() <= MAX_TEXT {
-        return s;
-    }
-    let mut cut = MAX_TEXT;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s[..cut].to_string()
+    bounded_to(s, MAX_TEXT)
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn bounded_to(mut s: String, max: usize) -> String {
+    s.truncate(s.floor_char_boundary(max));
+    s
 }
 
 fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
@@ -63,10 +63,7 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
         .drift
         .into_iter()
         .take(MAX_DRIFT_LINES)
-        .map(|mut l| {
-            l.truncate(l.floor_char_boundary(MAX_DRIFT_LINE));
-            l.replace(['\n', '\r'], " ")
-        })
+        .map(|l| bounded_to(l, MAX_DRIFT_LINE).replace(['\n', '\r'], " "))
         .collect();
     Ok(HostAppReport {
         drift,
@@ -122,13 +119,12 @@ impl AgentsService {
             )));
         }
         store
-            .host_hello(&tenant, &hello_host, &bounded(hello.agent_version))
-            .await
-            .map_err(ControllerError::from)?;
-        let mut os = hello.os;
-        os.truncate(os.floor_char_boundary(256));
-        store
-            .set_host_os(&tenant, &hello_host, &os)
+            .host_hello(
+                &tenant,
+                &hello_host,
+                &bounded(hello.agent_version),
+                &bounded_to(hello.os, MAX_OS),
+            )
             .await
             .map_err(ControllerError::from)?;
         let mut apps = Vec::new();
@@ -437,5 +433,34 @@ impl Agents for AgentsService {
         let resp = super::enrollment::issue(&self.ctx, &id, &csr).await?;
         tracing::info!(tenant = %id.tenant, host = %id.host, not_after = resp.not_after, "agent certificate renewed");
         Ok(Response::new(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_drift_lines_are_cut_not_refused() {
+        let report = report_from_proto(AppReport {
+            app: "web".into(),
+            drift: vec![
+                format!("added {}", "x/".repeat(2000)),
+                "changed a\nb".into(),
+            ],
+            drift_count: 2,
+            ..Default::default()
+        })
+        .expect("a host is never cut off for a long path");
+        assert_eq!(report.drift[0].len(), MAX_DRIFT_LINE);
+        assert_eq!(report.drift[1], "changed a b");
+        let many = report_from_proto(AppReport {
+            app: "web".into(),
+            drift: vec!["changed a".into(); 500],
+            drift_count: 500,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(many.drift.len(), MAX_DRIFT_LINES);
     }
 }

@@ -28,7 +28,7 @@ impl DeploymentsService {
             )));
         }
         if store.environment(tenant, env).await?.is_none() {
-            return Err(super::unknown_environment(&self.ctx, tenant, env, "").await?);
+            return Err(super::unknown_environment(&self.ctx, tenant, env, "").await);
         }
         Ok(())
     }
@@ -179,12 +179,8 @@ impl DeploymentsService {
                 ));
             }
         }
-        for env in [from, to] {
-            let rows = if env == from {
-                source.clone()
-            } else {
-                store.fleet(tenant, app, env).await?
-            };
+        let target = store.fleet(tenant, app, to).await?;
+        for (env, rows) in [(from, &source), (to, &target)] {
             for f in rows.iter().filter(|f| f.drifted()) {
                 blockers.push(format!(
                     "{} ({env}) has drift: {}",
@@ -261,7 +257,7 @@ impl DeploymentsService {
                 .principal
                 .allows(crate::auth::Need::Change { production: true })
             {
-                return Err(ControllerError::FailedPrecondition(format!(
+                return Err(ControllerError::PermissionDenied(format!(
                     "--force needs the promoter role; blocked by: {}",
                     blockers.join("; ")
                 )));

@@ -12,7 +12,7 @@ use crate::fleet::{self, HostFacts, HostState};
 pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<FleetStatusResponse> {
     // A filter naming nothing is a typo, not an empty fleet.
     if !env.is_empty() && ctx.store.environment(tenant, env).await?.is_none() {
-        return Err(super::unknown_environment(ctx, tenant, env, "").await?);
+        return Err(super::unknown_environment(ctx, tenant, env, "").await);
     }
     let now = crate::store::now();
     let rows = ctx.store.fleet(tenant, app, env).await?;

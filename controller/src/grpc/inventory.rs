@@ -162,31 +162,32 @@ pub async fn placements(
         .filter(|h| h.revoked_at.is_none())
         .collect();
     let configured = store.configured_apps(tenant).await?;
+    let envs = store.environments(tenant).await?;
     let mut out = Vec::new();
     for a in store.apps(tenant).await? {
         if !app.is_empty() && a != app {
             continue;
         }
-        for e in store.env_policies(tenant).await? {
-            if !env.is_empty() && e.name != env {
+        for (env_name, _) in &envs {
+            if !env.is_empty() && env_name != env {
                 continue;
             }
             let selector = selectors
-                .get(&(a.clone(), e.name.clone()))
+                .get(&(a.clone(), env_name.clone()))
                 .cloned()
                 .unwrap_or_default();
             let is_configured = |h: &str| configured.iter().any(|(ch, ca)| ch == h && ca == &a);
             let mut p = AppPlacement {
                 app: a.clone(),
-                environment: e.name.clone(),
+                environment: env_name.clone(),
                 desired_version: store
-                    .desired(tenant, &a, &e.name)
+                    .desired(tenant, &a, env_name)
                     .await?
                     .map(|(v, _)| v)
                     .unwrap_or_default(),
                 ..Default::default()
             };
-            for h in hosts.iter().filter(|h| h.environment == e.name) {
+            for h in hosts.iter().filter(|h| &h.environment == env_name) {
                 let placed = crate::fleet::selector_matches(&selector, &h.labels);
                 match (placed, is_configured(&h.name)) {
                     (true, true) => p.hosts.push(h.name.clone()),

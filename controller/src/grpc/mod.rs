@@ -219,18 +219,17 @@ pub async fn unknown_environment(
     tenant: &str,
     env: &str,
     hint: &str,
-) -> Result<crate::error::ControllerError, crate::error::ControllerError> {
-    let known: Vec<String> = ctx
-        .store
-        .environments(tenant)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    Ok(crate::error::ControllerError::NotFound(format!(
-        "unknown environment {env:?} (known: {}){hint}",
-        known.join(", ")
-    )))
+) -> crate::error::ControllerError {
+    match ctx.store.environments(tenant).await {
+        Ok(envs) => {
+            let known: Vec<String> = envs.into_iter().map(|(n, _)| n).collect();
+            crate::error::ControllerError::NotFound(format!(
+                "unknown environment {env:?} (known: {}){hint}",
+                known.join(", ")
+            ))
+        }
+        Err(e) => e.into(),
+    }
 }
 
 /// Writes one audit row for an authorized caller's mutation.

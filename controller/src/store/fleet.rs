@@ -163,16 +163,6 @@ impl Store {
         Ok(true)
     }
 
-    pub async fn set_host_os(&self, tenant: &str, host: &str, os: &str) -> Result<()> {
-        sqlx::query("UPDATE hosts SET os = ? WHERE tenant = ? AND name = ?")
-            .bind(os)
-            .bind(tenant)
-            .bind(host)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Acknowledges the drift app@env's hosts (or one host) report now; the
     /// hosts whose drift was acknowledged, with what it was.
     pub async fn ack_drift(

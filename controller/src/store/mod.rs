@@ -277,21 +277,6 @@ impl Store {
         Ok(rows.into_iter().map(release_from_row).collect())
     }
 
-    /// Sets the desired release of app@env; returns the new generation.
-    pub async fn set_desired(
-        &self,
-        tenant: &str,
-        app: &str,
-        env: &str,
-        version: &str,
-        authorization: &str,
-    ) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let generation = upsert_desired(&mut tx, tenant, app, env, version, authorization).await?;
-        tx.commit().await?;
-        Ok(generation)
-    }
-
     /// Current desired (version, generation) of app@env.
     pub async fn desired(
         &self,
@@ -411,35 +396,20 @@ impl Store {
         }))
     }
 
-    /// Environments where app runs `manifest_digest` healthy on at least one host.
-    pub async fn healthy_hosts_running(
-        &self,
-        tenant: &str,
-        app: &str,
-        env: &str,
-        manifest_digest: &str,
-    ) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM host_status s JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
-             WHERE s.tenant = ? AND s.app = ? AND h.environment = ? AND s.running_digest = ? AND s.health = ?",
-        )
-        .bind(tenant)
-        .bind(app)
-        .bind(env)
-        .bind(manifest_digest)
-        .bind(proto::v1::Health::Healthy as i32)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get::<i64, _>(0) as u64)
-    }
-
     /// A host said hello: what agent it runs, and that it was seen. Hosts are
     /// created by `hosts add`, never by an agent.
-    pub async fn host_hello(&self, tenant: &str, host: &str, agent_version: &str) -> Result<()> {
+    pub async fn host_hello(
+        &self,
+        tenant: &str,
+        host: &str,
+        agent_version: &str,
+        os: &str,
+    ) -> Result<()> {
         sqlx::query(
-            "UPDATE hosts SET agent_version = ?, last_seen = ? WHERE tenant = ? AND name = ?",
+            "UPDATE hosts SET agent_version = ?, os = ?, last_seen = ? WHERE tenant = ? AND name = ?",
         )
         .bind(agent_version)
+        .bind(os)
         .bind(now())
         .bind(tenant)
         .bind(host)
@@ -782,18 +752,8 @@ mod tests {
             .await
             .unwrap();
 
-        assert_eq!(
-            s.set_desired("default", "web", "preprod", "1", "[]")
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            s.set_desired("default", "web", "preprod", "2", "[]")
-                .await
-                .unwrap(),
-            2
-        );
+        assert_eq!(rollouts::tests::start(&s, "1", &[]).await.generation, 1);
+        assert_eq!(rollouts::tests::start(&s, "2", &[]).await.generation, 2);
         assert_eq!(
             s.previous_desired("default", "web", "preprod", "2")
                 .await

@@ -96,6 +96,16 @@ fn rollout_from_row(r: &sqlx::sqlite::SqliteRow) -> RolloutRow {
     }
 }
 
+async fn rollout_by_id(conn: &mut sqlx::SqliteConnection, id: i64) -> Result<Option<RolloutRow>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM rollouts WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(rollout_from_row))
+}
+
 impl Store {
     /// Sets the desired release and records the rollout that carries it, in
     /// one transaction, so no session ever sees the new release without the
@@ -235,13 +245,7 @@ impl Store {
         reason: &str,
     ) -> Result<Option<u64>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| rollout_from_row(&r)) else {
+        let Some(r) = rollout_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
         if !from.contains(&r.state.as_str()) || r.from_version.is_empty() {
@@ -273,14 +277,9 @@ impl Store {
         Ok(Some(generation))
     }
 
+    #[cfg(test)]
     pub async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(rollout_from_row))
+        rollout_by_id(&mut *self.pool.acquire().await?, id).await
     }
 
     /// The newest rollout of app@env.
@@ -486,7 +485,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::store) mod tests {
     use super::*;
 
     async fn store_with_releases() -> (tempfile::TempDir, Store) {
@@ -502,7 +501,8 @@ mod tests {
         (dir, s)
     }
 
-    async fn start(s: &Store, version: &str, plan: &[(&str, u32)]) -> Started {
+    /// Sets web@preprod to `version` through a rollout over `plan`.
+    pub(in crate::store) async fn start(s: &Store, version: &str, plan: &[(&str, u32)]) -> Started {
         let plan: Vec<(String, u32)> = plan.iter().map(|(h, st)| (h.to_string(), *st)).collect();
         let steps = plan.iter().map(|(_, st)| st + 1).max().unwrap_or(0);
         let digest = format!("sha256:m{version}");
