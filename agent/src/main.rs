@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 /// state dir alone, with or without the controller.
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    name = "slipway-agent",
+    version = daemon::VERSION,
     about,
     after_help = "Example:\n  slipway-agent --config /etc/slipway/agent.toml\n  slipway-agent status\n  slipway-agent rollback web"
 )]
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing();
+    daemon::init_tracing();
     let cfg = match agent::config::AgentConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -137,46 +138,20 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "slipway-agent starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"),
+        commit = daemon::COMMIT, config = %args.config.display(), "slipway-agent starting");
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(daemon::cancel_on_signal(
+            shutdown.clone(),
+            "shutting down; apps keep running",
+        ));
         match agent::run(cfg, Some(args.config.clone()), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                tracing::error!(error = format!("{e:#}"), "agent failed");
                 ExitCode::from(1)
             }
         }
     })
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down; apps keep running");
-    shutdown.cancel();
-}
-
-/// `SLIPWAY_LOG` filters (default info), `SLIPWAY_LOG_FORMAT=json` for JSON lines.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("SLIPWAY_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

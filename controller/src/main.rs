@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 /// Slipway's controller: release store, desired state and agent sessions.
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    name = "slipway-controller",
+    version = daemon::VERSION,
     about,
     after_help = "Example:\n  slipway-controller --listen 127.0.0.1:7400 --data-dir /var/lib/slipway-controller"
 )]
@@ -57,9 +58,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
+    daemon::init_tracing();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        commit = daemon::COMMIT,
         "slipway-controller starting"
     );
     let rt = match tokio::runtime::Runtime::new() {
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
             },
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(daemon::cancel_on_signal(shutdown.clone(), "shutting down"));
         let mut config = controller::Config::new(args.data_dir);
         config.heartbeat_secs = args.heartbeat_secs.max(1);
         config.max_blob_bytes = args.max_blob_bytes;
@@ -106,40 +108,10 @@ fn main() -> ExitCode {
         match controller::run(config, listener, plaintext, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "controller failed");
-                eprintln!("error: {e:#}");
+                // Logged once, here; the journal and stderr both get it.
+                tracing::error!(error = format!("{e:#}"), "controller failed");
                 ExitCode::from(1)
             }
         }
     })
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
-}
-
-/// `SLIPWAY_LOG` filters (default info), `SLIPWAY_LOG_FORMAT=json` for JSON lines.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("SLIPWAY_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
