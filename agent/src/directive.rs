@@ -4,10 +4,136 @@
 //! accepted before (persisted, so a replay is refused across restarts too).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use artifact::{Digest, Manifest};
 use proto::v1::DesiredApp;
 
 use crate::identity::Identity;
+use crate::state::Target;
+
+/// A directive that passed every check at the session's edge: signed for this
+/// host, fresh, and carrying a manifest that hashes to the digest it names and
+/// describes this app, version and blob. The app's runner acts on this and
+/// never sees the wire type.
+#[derive(Debug, Clone)]
+pub struct Directive {
+    pub tenant: String,
+    pub environment: String,
+    pub app: String,
+    pub version: String,
+    /// The release's name: sha256 of its canonical manifest.
+    pub digest: String,
+    pub generation: u64,
+    pub counter: u64,
+    pub manifest: Arc<Manifest>,
+    pub blob: Digest,
+    pub blob_size: u64,
+    /// `(key, signature)` pairs over the release statement.
+    pub release_signatures: Vec<(String, String)>,
+    /// `(key, signature)` pairs over the rollback statement, for a downgrade.
+    pub rollback_authorization: Vec<(String, String)>,
+}
+
+/// Why a signed directive's manifest is refused (reported as the host's
+/// refusal of that release).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest bytes hash to {got}, not {named}")]
+    Digest { got: Digest, named: String },
+    #[error("manifest: {0}")]
+    Parse(String),
+    #[error("manifest does not describe the desired release")]
+    Mismatch,
+}
+
+/// What the session hands an app's runner: a release to run, or one whose
+/// directive verified but whose manifest did not (refused and reported).
+#[derive(Debug, Clone)]
+pub enum Desired {
+    Release(Directive),
+    Invalid { target: Target, reason: String },
+}
+
+impl Desired {
+    pub fn target(&self) -> Target {
+        match self {
+            Desired::Release(d) => d.target(),
+            Desired::Invalid { target, .. } => target.clone(),
+        }
+    }
+}
+
+impl Directive {
+    pub fn target(&self) -> Target {
+        Target {
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            generation: self.generation,
+            counter: self.counter,
+        }
+    }
+
+    /// Checks the manifest a checked directive carries; parsed once, here.
+    pub fn parse(d: DesiredApp) -> Desired {
+        match Self::verified(&d) {
+            Ok((manifest, blob)) => Desired::Release(Directive {
+                manifest: Arc::new(manifest),
+                blob,
+                blob_size: d.blob_size,
+                release_signatures: pairs(&d.release_signatures),
+                rollback_authorization: pairs(&d.rollback_authorization),
+                tenant: d.tenant,
+                environment: d.environment,
+                app: d.app,
+                version: d.version,
+                digest: d.manifest_digest,
+                generation: d.generation,
+                counter: d.counter,
+            }),
+            Err(e) => Desired::Invalid {
+                target: Target {
+                    version: d.version,
+                    digest: d.manifest_digest,
+                    generation: d.generation,
+                    counter: d.counter,
+                },
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn verified(d: &DesiredApp) -> Result<(Manifest, Digest), ManifestError> {
+        let got = Digest::of(&d.manifest);
+        if got.to_string() != d.manifest_digest {
+            return Err(ManifestError::Digest {
+                got,
+                named: d.manifest_digest.clone(),
+            });
+        }
+        let limits = artifact::Limits::default();
+        let m =
+            Manifest::from_canonical_bytes(&d.manifest, limits.max_entries, limits.max_total_bytes)
+                .map_err(|e| ManifestError::Parse(e.to_string()))?;
+        if m.app != d.app
+            || m.version != d.version
+            || m.blob.digest != d.blob_digest
+            || m.blob.size != d.blob_size
+        {
+            return Err(ManifestError::Mismatch);
+        }
+        let blob =
+            Digest::parse(&d.blob_digest).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        Ok((m, blob))
+    }
+}
+
+/// `(key, signature)` pairs of wire signatures.
+fn pairs(list: &[proto::v1::Signature]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|s| (s.key.clone(), s.sig.clone()))
+        .collect()
+}
 
 /// The statement the controller signed, rebuilt from what the directive says.
 pub fn statement(d: &DesiredApp) -> trust::sign::Directive<'_> {
@@ -24,6 +150,25 @@ pub fn statement(d: &DesiredApp) -> trust::sign::Directive<'_> {
         expires_at: d.expires_at,
         rollback_authorized: !d.rollback_authorization.is_empty(),
     }
+}
+
+/// Why a directive was refused at the session's edge (nothing changes).
+#[derive(Debug, thiserror::Error)]
+pub enum DirectiveError {
+    #[error("directive is for host {got:?}, this is {this:?}")]
+    OtherHost { got: String, this: String },
+    #[error("directive is for {got}, this host is {this}")]
+    OtherScope { got: String, this: String },
+    #[error("directive expired {0}s ago")]
+    Expired(i64),
+    #[error("replayed directive: sequence {got} is not above {highest}")]
+    Replayed { got: u64, highest: u64 },
+    #[error("controller directive key: {0}")]
+    Key(String),
+    #[error("directive signature does not verify against the controller's key")]
+    Signature,
+    #[error("persist directive sequence: {0}")]
+    Persist(#[source] trust::TrustError),
 }
 
 pub struct DirectiveGuard {
@@ -46,36 +191,37 @@ impl DirectiveGuard {
     }
 
     /// Accepts `d` (and remembers its sequence) or says why not.
-    pub fn check(&mut self, id: &Identity, d: &DesiredApp, now: i64) -> Result<(), String> {
+    pub fn check(&mut self, id: &Identity, d: &DesiredApp, now: i64) -> Result<(), DirectiveError> {
         if d.host != id.host {
-            return Err(format!(
-                "directive is for host {:?}, this is {:?}",
-                d.host, id.host
-            ));
+            return Err(DirectiveError::OtherHost {
+                got: d.host.clone(),
+                this: id.host.clone(),
+            });
         }
         if d.tenant != id.tenant || d.environment != id.environment {
-            return Err(format!(
-                "directive is for {}/{}, this host is {}/{}",
-                d.tenant, d.environment, id.tenant, id.environment
-            ));
+            return Err(DirectiveError::OtherScope {
+                got: format!("{}/{}", d.tenant, d.environment),
+                this: format!("{}/{}", id.tenant, id.environment),
+            });
         }
         if d.expires_at <= now {
-            return Err(format!("directive expired {}s ago", now - d.expires_at));
+            return Err(DirectiveError::Expired(now - d.expires_at));
         }
         if d.sequence <= self.highest {
-            return Err(format!(
-                "replayed directive: sequence {} is not above {}",
-                d.sequence, self.highest
-            ));
+            return Err(DirectiveError::Replayed {
+                got: d.sequence,
+                highest: self.highest,
+            });
         }
-        // The signature covers the manifest digest; the deploy checks the
-        // manifest bytes hash to it before using them.
-        let key = trust::sign::parse_public(&id.directive_key).map_err(|e| e.to_string())?;
+        // The signature covers the manifest digest; `Directive::parse` checks
+        // the manifest bytes hash to it before anything uses them.
+        let key = trust::sign::parse_public(&id.directive_key)
+            .map_err(|e| DirectiveError::Key(e.to_string()))?;
         if !trust::sign::verify(&key, &statement(d).bytes(), &d.directive_signature) {
-            return Err("directive signature does not verify against the controller's key".into());
+            return Err(DirectiveError::Signature);
         }
         trust::write_private(&self.path, format!("{}\n", d.sequence).as_bytes())
-            .map_err(|e| format!("persist directive sequence: {e}"))?;
+            .map_err(DirectiveError::Persist)?;
         self.highest = d.sequence;
         Ok(())
     }
@@ -139,7 +285,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&seq_file).unwrap().trim(), "5");
 
         // Replay of the same directive, and an older one.
-        let e = guard.check(&id, &first, now).unwrap_err();
+        let e = guard.check(&id, &first, now).unwrap_err().to_string();
         assert!(e.contains("replayed"), "{e}");
         assert!(
             guard
@@ -149,18 +295,21 @@ mod tests {
         // For another host (mix-and-match).
         let e = guard
             .check(&id, &directive(&key, "web-2", 9, now + 60), now)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("for host \"web-2\""), "{e}");
         // Expired.
         let e = guard
             .check(&id, &directive(&key, "web-1", 9, now - 1), now)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expired"), "{e}");
         // Signed by someone else.
         let other = trust::sign::KeyPair::generate();
         let e = guard
             .check(&id, &directive(&other, "web-1", 9, now + 60), now)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("signature"), "{e}");
         // A field changed after signing.
         let mut tampered = directive(&key, "web-1", 9, now + 60);

@@ -223,11 +223,13 @@ pub fn link_shared(
 }
 
 /// Runs a hook in `dir` with the app's env; returns the tail of its output.
+/// `started` is told the hook's pid (its process group) as soon as it runs.
 pub async fn run_hook(
     hook: &HookSpec,
     dir: &Path,
     env: &BTreeMap<String, String>,
     run_as: Option<crate::config::RunAs>,
+    started: impl FnOnce(i32),
 ) -> Result<String, InstallError> {
     let program = if hook.command[0].contains('/') && !hook.command[0].starts_with('/') {
         dir.join(&hook.command[0])
@@ -252,6 +254,9 @@ pub async fn run_hook(
         .spawn()
         .map_err(|e| InstallError::Hook(format!("{} could not start: {e}", program.display())))?;
     let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    if let Some(pgid) = pgid {
+        started(pgid.as_raw());
+    }
     let (out, err) = (child.stdout.take(), child.stderr.take());
     // Both pipes drained at once and to the end (a hook is never cut off by a
     // full pipe); only the tail is kept.
@@ -325,6 +330,21 @@ pub fn flip_current(paths: &AppPaths, version: &str) -> Result<(), InstallError>
     std::fs::File::open(&paths.root)
         .and_then(|d| d.sync_all())
         .map_err(io_err(&paths.root))
+}
+
+/// Removes what an interrupted unpack left in `releases/` (temp and staging
+/// dirs); release dirs themselves are left alone.
+pub fn remove_staging(paths: &AppPaths) {
+    let Ok(dir) = std::fs::read_dir(&paths.releases) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".tmp-") || name.starts_with(".stage-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Removes `current` (first deploy failed: nothing to fall back to).

@@ -3,6 +3,7 @@
 //! environment, rolls back on failure and reports. It never links sqlx.
 
 pub mod app;
+pub mod backoff;
 pub mod command_backend;
 pub mod config;
 pub mod directive;
@@ -18,6 +19,7 @@ pub mod lock;
 pub mod paths;
 pub mod session;
 pub mod state;
+pub mod step;
 pub mod supervisor;
 pub mod systemd;
 
@@ -155,17 +157,14 @@ fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskT
     for (name, app_cfg) in &cfg.apps {
         let (tx, rx) = watch::channel(None);
         desired.insert(name.clone(), tx);
-        let runner = AppRunner::new(
-            name.clone(),
-            app_cfg.clone(),
-            &cfg.state_dir,
-            board.clone(),
-            channel_rx.clone(),
-        )
-        .map(|r| r.with_trust(cfg.trust.clone()))
-        .map_err(|e| {
-            anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display())
-        })?;
+        let fetch = Arc::new(app::ControllerFetch {
+            channel: channel_rx.clone(),
+        });
+        let runner = AppRunner::new(name.clone(), app_cfg.clone(), &cfg.state_dir, board.clone())
+            .map(|r| r.with_trust(cfg.trust.clone()).with_fetch(fetch))
+            .map_err(|e| {
+                anyhow::anyhow!("prepare app {name} under {}: {e}", cfg.state_dir.display())
+            })?;
         tracker.spawn(runner.run(rx, shutdown.clone()));
     }
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
@@ -201,7 +200,7 @@ async fn ensure_enrolled(cfg: &AgentConfig, shutdown: &CancellationToken) -> any
     };
     let token = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("read join token {}: {e}", file.display()))?;
-    let mut backoff = std::time::Duration::from_millis(500);
+    let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         match identity::enroll(cfg, &token).await {
             Ok(_) => return Ok(()),
@@ -209,14 +208,13 @@ async fn ensure_enrolled(cfg: &AgentConfig, shutdown: &CancellationToken) -> any
                 if e.downcast_ref::<trust::TrustError>()
                     .is_some_and(|t| matches!(t, trust::TrustError::Io { .. })) =>
             {
-                tracing::warn!(error = %e, retry_in = ?backoff, "enrollment: controller unreachable");
+                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "enrollment: controller unreachable");
             }
             Err(e) => return Err(e),
         }
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("stopped before enrolling"),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
     }
 }

@@ -11,21 +11,7 @@ use tokio::sync::watch;
 use crate::app::AppRunner;
 use crate::config::AgentConfig;
 use crate::paths::AppPaths;
-use crate::state::AppStatus;
-
-/// Release dirs on disk, in activation order where known, then the rest by name.
-pub fn kept_versions(paths: &AppPaths) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(&paths.releases)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
+use crate::state::{AppStatus, HealthState};
 
 fn app_paths(cfg: &AgentConfig, app: &str) -> Result<AppPaths, String> {
     if !cfg.apps.contains_key(app) {
@@ -41,7 +27,46 @@ struct StatusLine {
     running: Option<String>,
     state: String,
     health: String,
+    /// What is wrong now if anything is, else the last refusal.
     note: String,
+    health_reason: String,
+    missing_env: Vec<String>,
+    last_error: String,
+    failed_version: Option<String>,
+    /// The deploy step in progress, if any.
+    step: Option<String>,
+    /// "inotify", or "degraded" when files are polled.
+    watching: &'static str,
+}
+
+impl StatusLine {
+    fn new(app: &str, running: Option<String>, s: &AppStatus) -> Self {
+        // An unhealthy release's present reason outranks an older refusal.
+        let note = if s.health == HealthState::Unhealthy && !s.health_reason.is_empty() {
+            s.health_reason.clone()
+        } else if !s.last_error.is_empty() {
+            s.last_error.clone()
+        } else {
+            s.health_reason.clone()
+        };
+        StatusLine {
+            app: app.to_string(),
+            running,
+            state: snake(&s.state),
+            health: snake(&s.health),
+            note,
+            health_reason: s.health_reason.clone(),
+            missing_env: s.missing_env.clone(),
+            last_error: s.last_error.clone(),
+            failed_version: s.failed.as_ref().map(|f| f.version.clone()),
+            step: s.deploy.as_ref().map(|p| p.step.name().to_string()),
+            watching: if s.watch_degraded {
+                "degraded"
+            } else {
+                "inotify"
+            },
+        }
+    }
 }
 
 pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
@@ -51,17 +76,7 @@ pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
         .map(|(app, app_cfg)| {
             let paths = AppPaths::for_app(&cfg.state_dir, app, app_cfg);
             let s = AppStatus::load(&paths.status).unwrap_or_default();
-            StatusLine {
-                app: app.clone(),
-                running: paths.current_version(),
-                state: snake(&s.state),
-                health: snake(&s.health),
-                note: if s.last_error.is_empty() {
-                    s.health_reason.clone()
-                } else {
-                    s.last_error.clone()
-                },
-            }
+            StatusLine::new(app, paths.current_version(), &s)
         })
         .collect();
     if json {
@@ -76,13 +91,17 @@ pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
         "APP", "RUNNING", "STATE", "HEALTH"
     );
     for r in rows {
+        // Notes quote hook and process output: never raw to a terminal.
+        let mut note: String = r.note.escape_debug().collect();
+        if r.watching == "degraded" {
+            note = format!("watching degraded (polling); {note}");
+        }
         println!(
-            "{:<16} {:<16} {:<12} {:<10} {}",
+            "{:<16} {:<16} {:<12} {:<10} {note}",
             r.app,
             r.running.as_deref().unwrap_or("-"),
             r.state,
             r.health,
-            r.note
         );
     }
     Ok(())
@@ -97,7 +116,7 @@ pub fn releases(cfg: &AgentConfig, app: &str) -> Result<(), String> {
     for (i, v) in status.history.iter().enumerate() {
         order.insert(v.clone(), i);
     }
-    let mut kept = kept_versions(&paths);
+    let mut kept = paths.kept_versions();
     kept.sort_by_key(|v| std::cmp::Reverse(order.get(v).map_or(-1, |i| *i as i64)));
     println!("{:<20} {:<21} NOTE", "VERSION", "RELEASE");
     for v in kept {
@@ -126,13 +145,11 @@ pub async fn rollback(
 ) -> Result<(), String> {
     app_paths(cfg, app)?;
     let (board, _) = watch::channel(BTreeMap::new());
-    let (_channel_tx, channel_rx) = watch::channel(None);
     let mut runner = AppRunner::new(
         app.to_string(),
         cfg.apps[app].clone(),
         &cfg.state_dir,
         board,
-        channel_rx,
     )
     .map_err(|e| format!("{app}: {e}"))?;
     let done = runner.local_rollback(to, actor).await?;
@@ -149,4 +166,34 @@ fn snake<T: Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_note_gives_the_present_reason_not_an_older_refusal() {
+        let s = AppStatus {
+            health: HealthState::Unhealthy,
+            health_reason: "process web lacks required env: DATABASE_URL".into(),
+            missing_env: vec!["DATABASE_URL".into()],
+            last_error: "2.0.0: prepare: prepare hook failed (exit status: 1)".into(),
+            ..Default::default()
+        };
+        let line = StatusLine::new("web", Some("1.0.0".into()), &s);
+        assert_eq!(line.note, "process web lacks required env: DATABASE_URL");
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["missing_env"][0], "DATABASE_URL");
+        assert_eq!(json["health_reason"], s.health_reason);
+        assert_eq!(json["last_error"], s.last_error);
+
+        // Healthy again: the refusal is the news.
+        let s = AppStatus {
+            health: HealthState::Healthy,
+            ..s
+        };
+        let line = StatusLine::new("web", Some("1.0.0".into()), &s);
+        assert!(line.note.contains("prepare hook failed"));
+    }
 }

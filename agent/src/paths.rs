@@ -77,4 +77,18 @@ impl AppPaths {
         let target = std::fs::read_link(&self.current).ok()?;
         target.file_name()?.to_str().map(String::from)
     }
+
+    /// Release dirs on disk, by name (staging dirs left out).
+    pub fn kept_versions(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.releases)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
 }

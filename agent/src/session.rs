@@ -16,8 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::directive::DirectiveGuard;
+use crate::directive::{Desired, Directive, DirectiveGuard};
 use crate::identity::{self, Identity};
 use crate::state::AppStatus;
 
@@ -43,7 +44,7 @@ fn os_name() -> String {
 
 pub struct Session {
     pub cfg: Arc<AgentConfig>,
-    pub desired: HashMap<String, watch::Sender<Option<DesiredApp>>>,
+    pub desired: HashMap<String, watch::Sender<Option<Desired>>>,
     pub board: watch::Sender<BTreeMap<String, AppStatus>>,
     pub channel: watch::Sender<Option<Channel>>,
     pub identity: std::sync::Mutex<Identity>,
@@ -55,7 +56,7 @@ const RENEWAL_CHECK: Duration = Duration::from_secs(30);
 
 impl Session {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF).jittered();
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -66,14 +67,12 @@ impl Session {
                 return;
             }
             if let Err(e) = result {
-                tracing::warn!(controller = %self.cfg.controller, error = %e, retry_in = ?backoff, "controller session ended");
+                tracing::warn!(controller = %self.cfg.controller, error = %e, retry_in = ?backoff.peek(), "controller session ended");
             }
-            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -89,7 +88,7 @@ impl Session {
 
     async fn serve(
         &self,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let id = self.identity.lock().expect("identity lock").clone();
@@ -100,7 +99,7 @@ impl Session {
             let renewed = identity::renew(&self.cfg, &id, channel.clone()).await?;
             *self.identity.lock().expect("identity lock") = renewed;
             // Reconnect with the new certificate.
-            *backoff = Duration::from_millis(200);
+            backoff.reset();
             return Ok(());
         }
         let mut client = AgentsClient::new(channel.clone())
@@ -155,7 +154,7 @@ impl Session {
                     match msg.msg {
                         Some(controller_message::Msg::Welcome(w)) => {
                             tracing::info!(controller = %self.cfg.controller, host = %self.cfg.host, "connected to controller");
-                            *backoff = Duration::from_millis(200);
+                            backoff.reset();
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(w.heartbeat_secs.clamp(1, 300))));
                             heartbeat.reset();
                         }
@@ -203,11 +202,17 @@ impl Session {
                 tracing::warn!(app = %d.app, "desired state for an app this host does not run; ignored");
                 continue;
             };
+            let (app, version, generation) = (d.app.clone(), d.version.clone(), d.generation);
+            let desired = Directive::parse(d);
+            let target = desired.target();
             tx.send_if_modified(|cur| {
-                let same = cur.as_ref().is_some_and(|c| c.manifest_digest == d.manifest_digest && c.generation == d.generation);
+                let same = cur.as_ref().is_some_and(|c| {
+                    let t = c.target();
+                    t.digest == target.digest && t.generation == target.generation
+                });
                 if !same {
-                    tracing::info!(app = %d.app, version = %d.version, generation = d.generation, "desired release received");
-                    *cur = Some(d);
+                    tracing::info!(%app, %version, generation, "desired release received");
+                    *cur = Some(desired);
                 }
                 !same
             });

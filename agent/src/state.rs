@@ -8,6 +8,8 @@ use std::path::Path;
 use proto::v1::{AppReport, DeployState, EnvCheck, Health};
 use serde::{Deserialize, Serialize};
 
+use crate::step::Step;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -49,8 +51,8 @@ pub struct FailedRelease {
     pub reason: String,
 }
 
-/// A release between the flip and its verdict, persisted before the flip so an
-/// agent restarted mid-activation finishes judging it instead of trusting it.
+/// A release between the flip and its verdict, as agents before the deploy
+/// machine persisted it: read once and turned into a `Progress` at `Health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activation {
     pub version: String,
@@ -58,6 +60,84 @@ pub struct Activation {
     pub generation: u64,
     pub previous: Option<String>,
     pub previous_digest: Option<String>,
+}
+
+/// The release a deploy is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub version: String,
+    pub digest: String,
+    pub generation: u64,
+    #[serde(default)]
+    pub counter: u64,
+}
+
+/// The release that ran before, to go back to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Previous {
+    pub version: String,
+    pub digest: Option<String>,
+}
+
+/// Who asked for the change: the controller (a directive) or an operator on
+/// the host (`slipway-agent rollback`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    #[default]
+    Controller,
+    Host {
+        actor: String,
+    },
+}
+
+/// A hook process, recorded while it runs so a restarted agent can kill what
+/// is left of it instead of running a second copy beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRun {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// A deploy in progress, persisted (temp + fsync + rename) before each step
+/// starts, so an agent killed at any step resumes or undoes it on restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: Step,
+    pub target: Target,
+    pub previous: Option<Previous>,
+    #[serde(default)]
+    pub origin: Origin,
+    /// Why the deploy is rolling back or refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// This deploy unpacked the release dir (an undo removes it).
+    #[serde(default)]
+    pub fresh: bool,
+    /// The release was already kept on the host: no unpack, no `prepare`.
+    #[serde(default)]
+    pub kept: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookRun>,
+    /// `on_rollback` was started (it runs at most once per deploy).
+    #[serde(default)]
+    pub on_rollback_started: bool,
+}
+
+impl Progress {
+    pub fn new(step: Step, target: Target, previous: Option<Previous>, origin: Origin) -> Self {
+        Self {
+            step,
+            target,
+            previous,
+            origin,
+            reason: String::new(),
+            fresh: false,
+            kept: false,
+            hook: None,
+            on_rollback_started: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -82,8 +162,12 @@ pub struct AppStatus {
     /// so an agent killed mid-deploy knows what `current` holds.
     #[serde(default)]
     pub installed: BTreeMap<String, String>,
-    #[serde(default)]
+    /// Written by agents before the deploy machine; read once, never written.
+    #[serde(default, skip_serializing)]
     pub activating: Option<Activation>,
+    /// The deploy in progress, if any.
+    #[serde(default)]
+    pub deploy: Option<Progress>,
     /// Release counter of every version unpacked on disk (downgrade checks).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
@@ -95,6 +179,9 @@ pub struct AppStatus {
     pub drift_count: u32,
     #[serde(default)]
     pub drift_digest: String,
+    /// Env files and the release are polled: inotify was unavailable.
+    #[serde(default)]
+    pub watch_degraded: bool,
     pub updated_at: i64,
 }
 
@@ -105,7 +192,7 @@ impl AppStatus {
     pub fn load(path: &Path) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
         match serde_json::from_slice(&bytes) {
-            Ok(s) => Some(s),
+            Ok(s) => Some(Self::upgraded(s)),
             Err(e) => {
                 let bad = path.with_extension("json.bad");
                 tracing::error!(path = %path.display(), kept_as = %bad.display(), error = %e, "status.json is corrupt; rebuilding it from the release dirs");
@@ -113,6 +200,31 @@ impl AppStatus {
                 None
             }
         }
+    }
+
+    /// An activation recorded by an older agent becomes a deploy at `Health`.
+    fn upgraded(mut s: Self) -> Self {
+        if let Some(a) = s.activating.take()
+            && s.deploy.is_none()
+        {
+            let target = Target {
+                counter: s.counters.get(&a.version).copied().unwrap_or(0),
+                version: a.version,
+                digest: a.digest,
+                generation: a.generation,
+            };
+            let previous = a.previous.map(|version| Previous {
+                version,
+                digest: a.previous_digest,
+            });
+            s.deploy = Some(Progress::new(
+                Step::Health,
+                target,
+                previous,
+                Origin::Controller,
+            ));
+        }
+        s
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {

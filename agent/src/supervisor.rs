@@ -143,9 +143,19 @@ pub fn start(
     let pid = child.id() as i32;
     // Reap the child when it exits so it never lingers as a zombie; liveness is
     // judged from /proc so adopted and own children are treated alike.
+    // The exit status is kept beside the pid file for the failure reason.
+    let exit_path = exit_path(paths, process);
     std::thread::spawn(move || {
         let mut child = child;
-        let _ = child.wait();
+        if let Ok(status) = child.wait() {
+            let exit = Exit {
+                pid,
+                status: status.to_string(),
+            };
+            if let Ok(bytes) = serde_json::to_vec(&exit) {
+                let _ = artifact::unpack::write_atomic(&exit_path, &bytes);
+            }
+        }
     });
     let start_time = start_time(pid).ok_or_else(|| SuperviseError::Vanished {
         process: process.to_string(),
@@ -159,6 +169,50 @@ pub fn start(
     write_record(paths, &rec)?;
     tracing::info!(process, pid, version, "process started");
     Ok(rec)
+}
+
+/// How a process the supervisor started ended.
+#[derive(Debug, Serialize, Deserialize)]
+struct Exit {
+    pid: i32,
+    status: String,
+}
+
+fn exit_path(paths: &AppPaths, process: &str) -> PathBuf {
+    paths.run.join(format!("{process}.exit"))
+}
+
+/// How `rec` ended ("exit status: 3", "signal: 9 (SIGKILL)"), when this agent
+/// started it and saw it end (an adopted process's end is not seen).
+pub fn exit_status(paths: &AppPaths, rec: &ProcRecord) -> Option<String> {
+    let bytes = std::fs::read(exit_path(paths, &rec.process)).ok()?;
+    let exit: Exit = serde_json::from_slice(&bytes).ok()?;
+    (exit.pid == rec.pid).then_some(exit.status)
+}
+
+/// The last `lines` lines of a process's log (at most 4 KiB read, 600 chars kept).
+pub fn log_tail(paths: &AppPaths, process: &str, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const READ: u64 = 4096;
+    const KEEP: usize = 600;
+    let Ok(mut f) = std::fs::File::open(paths.logs.join(format!("{process}.log"))) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(READ))).is_err()
+        || f.take(READ).read_to_end(&mut buf).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut tail = all[all.len().saturating_sub(lines)..].join(" | ");
+    if tail.len() > KEEP {
+        let cut = tail.ceil_char_boundary(tail.len() - KEEP);
+        tail = format!("…{}", &tail[cut..]);
+    }
+    tail
 }
 
 /// Records a process another manager started (systemd, a command backend), if

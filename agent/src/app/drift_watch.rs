@@ -76,18 +76,23 @@ impl AppRunner {
                 None
             }
         };
-        let watch = match crate::filewatch::watch_tree(&self.paths.release(&version)) {
+        self.drift = Some(Armed {
+            version,
+            baseline: baseline.map(Arc::new),
+        });
+        self.watch_release()
+    }
+
+    /// A watch on the tree of the release being checked for drift.
+    pub(super) fn watch_release(&self) -> Option<FileWatch> {
+        let version = &self.drift.as_ref()?.version;
+        match crate::filewatch::watch_tree(&self.paths.release(version)) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(app = %self.name, %version, error = %e, "cannot watch the release; drift is found by the periodic check only");
                 None
             }
-        };
-        self.drift = Some(Armed {
-            version,
-            baseline: baseline.map(Arc::new),
-        });
-        watch
+        }
     }
 
     /// Compares the running release with its baseline and reports any change

@@ -1,13 +1,18 @@
 //! Actions an operator runs on the host (`slipway-agent rollback`), serialized
-//! with deploys by the app lock.
+//! with deploys by the app lock and run by the same deploy machine.
 
-use super::*;
+use crate::lock::AppLock;
+use crate::state::{Origin, Previous, Progress, Target};
+use crate::step::Step;
+
+use super::{AppRunner, LOCK_TIMEOUT};
 
 impl AppRunner {
     /// `slipway-agent rollback APP [--to VERSION]`, run on the host without the
-    /// controller: serialized with deploys by the app lock, health-checked like a
-    /// deploy, undone if the target does not prove healthy. The release it leaves
-    /// is recorded as refused so the agent does not re-apply it by itself.
+    /// controller: the deploy machine from `Stop` on, with a kept release as
+    /// the target; health-checked like a deploy, undone if the target does not
+    /// prove healthy. The release it leaves is recorded as refused so the agent
+    /// does not re-apply it by itself.
     pub async fn local_rollback(
         &mut self,
         to: Option<String>,
@@ -17,11 +22,53 @@ impl AppRunner {
             .await
             .map_err(|e| e.to_string())?;
         self.reload_if_changed();
-        self.procs = supervisor::adopt(&self.paths);
+        self.procs = self.backend.adopt();
         let current = self
             .paths
             .current_version()
             .ok_or_else(|| format!("{}: no release is active on this host", self.name))?;
+        let target = self.rollback_target(&current, to)?;
+        artifact::ReleaseSpec::load(&self.paths.release(&target)).map_err(|e| e.to_string())?;
+        self.env_for(&target).map_err(|e| e.to_string())?;
+        let previous = self.previous_of(&target).unwrap_or(Previous {
+            version: current.clone(),
+            digest: None,
+        });
+        let t = Target {
+            digest: self
+                .status
+                .installed
+                .get(&target)
+                .cloned()
+                .unwrap_or_default(),
+            counter: self.status.counters.get(&target).copied().unwrap_or(0),
+            generation: self.status.generation,
+            version: target.clone(),
+        };
+        let p = Progress::new(
+            Step::Stop,
+            t,
+            Some(previous),
+            Origin::Host {
+                actor: actor.to_string(),
+            },
+        );
+        let reached = self
+            .drive(p, super::machine::Work::default())
+            .await
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        if reached.step == Step::Healthy {
+            return Ok(format!("{}: {current} -> {target}, healthy", self.name));
+        }
+        Err(format!(
+            "{}: {target} did not prove healthy, {current} restored: {}",
+            self.name, reached.reason
+        ))
+    }
+
+    /// The release to go back to: the one named, or the newest kept release
+    /// activated before `current`.
+    fn rollback_target(&self, current: &str, to: Option<String>) -> Result<String, String> {
         let target = match to {
             Some(v) => {
                 artifact::validate_name(artifact::NameKind::Version, &v)
@@ -29,7 +76,7 @@ impl AppRunner {
                 v
             }
             None => {
-                let pos = self.status.history.iter().position(|v| v == &current);
+                let pos = self.status.history.iter().position(|v| v == current);
                 let older = pos.map_or(&self.status.history[..], |i| &self.status.history[..i]);
                 older
                     .iter()
@@ -51,70 +98,12 @@ impl AppRunner {
             ));
         }
         if !self.paths.release(&target).is_dir() {
-            let kept = crate::local::kept_versions(&self.paths).join(", ");
+            let kept = self.paths.kept_versions().join(", ");
             return Err(format!(
                 "{}: release {target} is not on this host (kept: {kept})",
                 self.name
             ));
         }
-        let spec = ReleaseSpec::load(&self.paths.release(&target)).map_err(|e| e.to_string())?;
-        let env = self.app_env(&target)?;
-        let current_digest = self
-            .status
-            .running_digest
-            .clone()
-            .or_else(|| self.status.installed.get(&current).cloned())
-            .unwrap_or_default();
-
-        self.stop_all().await;
-        let switched = async {
-            install::flip_current(&self.paths, &target).map_err(|e| e.to_string())?;
-            self.procs = self.start_processes(&spec, &target, &env)?;
-            self.wait_healthy(&spec, &target).await
-        }
-        .await;
-        if let Err(reason) = switched {
-            // Put back what ran before; the operator's command failed, nothing else.
-            self.stop_all().await;
-            let _ = install::flip_current(&self.paths, &current);
-            if let (Ok(spec), Ok(env)) = (
-                ReleaseSpec::load(&self.paths.release(&current)),
-                self.app_env(&current),
-            ) {
-                self.procs = self
-                    .start_processes(&spec, &current, &env)
-                    .unwrap_or_default();
-            }
-            self.log(&target, "local_rollback", "failed", &reason);
-            self.publish();
-            return Err(format!(
-                "{}: {target} did not prove healthy, {current} restored: {reason}",
-                self.name
-            ));
-        }
-        let reason = format!("rolled back on the host by {actor}");
-        self.status.failed = Some(FailedRelease {
-            version: current.clone(),
-            digest: current_digest,
-            generation: self.status.generation,
-            reason: reason.clone(),
-        });
-        self.status.last_error = format!("{current}: {reason}");
-        self.status.running_version = Some(target.clone());
-        self.status.running_digest = self.status.installed.get(&target).cloned();
-        self.status.state = State::RolledBack;
-        self.status.health = HealthState::Healthy;
-        self.status.health_reason.clear();
-        self.status.env_check = EnvState::Ok;
-        self.status.missing_env.clear();
-        self.status.activating = None;
-        self.publish();
-        self.log(
-            &target,
-            "local_rollback",
-            "ok",
-            &format!("{current} -> {target} by {actor}"),
-        );
-        Ok(format!("{}: {current} -> {target}, healthy", self.name))
+        Ok(target)
     }
 }

@@ -1,37 +1,44 @@
-//! One app on this host: its reconcile loop and deploy state machine.
+//! One app on this host: its reconcile loop. What to do with a desired release
+//! is the deploy machine's (`machine.rs`, walking the table in `crate::step`);
+//! this module owns the loop around it: compare desired with what runs, adopt
+//! processes at start, finish or undo a deploy an earlier agent left, watch env
+//! files and drift, and publish the status.
 //!
-//! Desired release differs from running → verify manifest → fetch → unpack →
-//! link shared → prepare hook → (activation recorded) flip `current` → restart →
-//! health (HTTP ready, process up, right release, env names, held for a minimum
-//! time) → healthy, or flip back, restart the previous release and report
-//! `rolled_back`. A release that failed is not tried again until its generation
-//! changes (new deploy or retry), so a broken release never flaps. An agent
-//! restarted in the middle of an activation judges that release again on start.
+//! A release that failed is not tried again until its generation changes (new
+//! deploy or retry), so a broken release never flaps.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use artifact::{Digest, Manifest, ReleaseSpec};
-use proto::v1::DesiredApp;
-use proto::v1::agents_client::AgentsClient;
+use artifact::ReleaseSpec;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::config::{AppConfig, Backend, TrustConfig};
-use crate::health::{self, Probe, Verdict};
-use crate::install;
+use crate::directive::Desired;
 use crate::lock::AppLock;
 use crate::paths::AppPaths;
-use crate::state::{Activation, AppStatus, EnvState, FailedRelease, HealthState, State, log_step};
-use crate::supervisor::{self, ProcRecord};
+use crate::state::{AppStatus, HealthState, State, log_step};
+use crate::step::OnRestart;
+#[cfg(test)]
+use crate::step::Step;
+use crate::supervisor::ProcRecord;
 
-mod deploy;
+mod backend;
 mod drift_watch;
+mod error;
 mod local_action;
+mod machine;
 mod processes;
+#[cfg(test)]
+mod tests;
+
+pub use backend::{ControllerFetch, Env, Fetch, HostProcesses, Processes};
+pub use error::DeployError;
+pub(crate) use processes::{app_env, env_files};
 
 fn status_mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -42,19 +49,23 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 const ENV_SETTLE: Duration = Duration::from_millis(300);
 const DRIFT_MIN_GAP: Duration = Duration::from_secs(5);
+/// A deploy postponed for a reason that is not the release's fault is tried
+/// again after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// A watch degraded to polling tries inotify again this often.
+const REWATCH_EVERY: Duration = Duration::from_secs(30);
 
 /// Stops every process of an app with the settings it was started with
 /// (it left the config, or its settings changed).
 pub async fn stop_app(name: &str, cfg: &AppConfig, state_dir: &Path, reason: &str) {
     let (board, _) = watch::channel(BTreeMap::new());
-    let (_tx, rx) = watch::channel(None);
-    let Ok(mut runner) = AppRunner::new(name.to_string(), cfg.clone(), state_dir, board, rx) else {
+    let Ok(mut runner) = AppRunner::new(name.to_string(), cfg.clone(), state_dir, board) else {
         return;
     };
     let _lock = AppLock::acquire(&runner.paths.lock, LOCK_TIMEOUT)
         .await
         .ok();
-    runner.procs = supervisor::adopt(&runner.paths);
+    runner.procs = runner.backend.adopt();
     if cfg.service == Backend::Systemd
         && let Some(version) = runner.paths.current_version()
         && let Ok(spec) = ReleaseSpec::load(&runner.paths.release(&version))
@@ -82,34 +93,6 @@ pub async fn stop_app(name: &str, cfg: &AppConfig, state_dir: &Path, reason: &st
 /// Shared view of every app's status, read by the session to report upstream.
 pub type Board = watch::Sender<BTreeMap<String, AppStatus>>;
 
-/// Env values handed to processes and hooks (kept on this host only).
-type Env = BTreeMap<String, String>;
-
-/// Why a deploy attempt stopped.
-enum Outcome {
-    Done,
-    /// Worth retrying as is (controller unreachable, lock busy): not the release's fault.
-    Transient(String),
-}
-
-/// The release a deploy step is about.
-#[derive(Debug, Clone)]
-struct Target {
-    version: String,
-    digest: String,
-    generation: u64,
-}
-
-impl From<&DesiredApp> for Target {
-    fn from(d: &DesiredApp) -> Self {
-        Self {
-            version: d.version.clone(),
-            digest: d.manifest_digest.clone(),
-            generation: d.generation,
-        }
-    }
-}
-
 pub struct AppRunner {
     name: String,
     cfg: AppConfig,
@@ -117,8 +100,10 @@ pub struct AppRunner {
     status: AppStatus,
     procs: Vec<ProcRecord>,
     board: Board,
-    channel: watch::Receiver<Option<Channel>>,
-    restarts: u32,
+    fetch: Arc<dyn Fetch>,
+    backend: Arc<dyn Processes>,
+    /// Waits between restarts of crashed processes (reset once healthy).
+    restart_backoff: crate::backoff::Backoff,
     next_restart: Option<Instant>,
     /// mtime of status.json as this runner last wrote it: a different one means
     /// someone else (`slipway-agent rollback`) acted on the app.
@@ -126,15 +111,34 @@ pub struct AppRunner {
     trust: TrustConfig,
     /// The release whose drift is being watched.
     drift: Option<drift_watch::Armed>,
+    /// Tests: return before running this step, as if the agent were killed
+    /// right after persisting it.
+    #[cfg(test)]
+    crash_before: Option<Step>,
+}
+
+/// Fetches nothing: for runners that never install (stops, local commands).
+struct NoFetch;
+
+impl Fetch for NoFetch {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a artifact::Digest,
+        _: u64,
+    ) -> backend::BoxFuture<'a, Result<PathBuf, DeployError>> {
+        Box::pin(async { Err(DeployError::Transient("no controller to fetch from".into())) })
+    }
 }
 
 impl AppRunner {
+    /// A runner with the host's real process backend and no fetcher (see
+    /// `with_fetch`).
     pub fn new(
         name: String,
         cfg: AppConfig,
         state_dir: &Path,
         board: Board,
-        channel: watch::Receiver<Option<Channel>>,
     ) -> std::io::Result<Self> {
         let paths = AppPaths::for_app(state_dir, &name, &cfg);
         paths.create()?;
@@ -146,6 +150,11 @@ impl AppRunner {
         board.send_modify(|b| {
             b.insert(name.clone(), status.clone());
         });
+        let backend = Arc::new(HostProcesses {
+            app: name.clone(),
+            cfg: cfg.clone(),
+            paths: paths.clone(),
+        });
         Ok(Self {
             name,
             cfg,
@@ -153,13 +162,32 @@ impl AppRunner {
             status,
             procs: Vec::new(),
             board,
-            channel,
-            restarts: 0,
+            fetch: Arc::new(NoFetch),
+            backend,
+            restart_backoff: crate::backoff::Backoff::new(
+                Duration::from_secs(2),
+                Duration::from_secs(64),
+            ),
             next_restart: None,
             saved_mtime,
             trust: TrustConfig::default(),
             drift: None,
+            #[cfg(test)]
+            crash_before: None,
         })
+    }
+
+    /// Where blobs come from (the controller, in the agent).
+    pub fn with_fetch(mut self, fetch: Arc<dyn Fetch>) -> Self {
+        self.fetch = fetch;
+        self
+    }
+
+    /// How processes are started, stopped and checked (the host's service
+    /// backend unless a test says otherwise).
+    pub fn with_backend(mut self, backend: Arc<dyn Processes>) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// The publisher-signature policy deploys are checked against (none by
@@ -169,7 +197,7 @@ impl AppRunner {
         self
     }
 
-    /// Writes status.json and tells the session.
+    /// Writes status.json (temp + fsync + rename) and tells the session.
     fn publish(&mut self) {
         self.status.updated_at = crate::state::now();
         if let Err(e) = self.status.save(&self.paths.status) {
@@ -196,7 +224,7 @@ impl AppRunner {
     /// The reconcile loop, until `shutdown`.
     pub async fn run(
         mut self,
-        mut desired: watch::Receiver<Option<DesiredApp>>,
+        mut desired: watch::Receiver<Option<Desired>>,
         shutdown: CancellationToken,
     ) {
         self.start_up().await;
@@ -209,6 +237,8 @@ impl AppRunner {
         };
         let mut retry_after: Option<Instant> = None;
         let mut drift_watch = None;
+        let mut rewatch = tokio::time::interval(REWATCH_EVERY);
+        rewatch.reset();
         let mut next_drift_check = Instant::now();
         let mut last_drift_check = Instant::now();
         loop {
@@ -217,6 +247,7 @@ impl AppRunner {
                 drift_watch = self.arm_drift().await;
                 next_drift_check = Instant::now();
             }
+            self.note_watching(&env_watch, &drift_watch);
             if Instant::now() >= next_drift_check {
                 self.check_drift().await;
                 last_drift_check = Instant::now();
@@ -229,10 +260,10 @@ impl AppRunner {
                 && self.needs_deploy(&d)
             {
                 match self.deploy(&d).await {
-                    Outcome::Done => retry_after = None,
-                    Outcome::Transient(why) => {
-                        tracing::warn!(app = %self.name, version = %d.version, reason = %why, "deploy postponed");
-                        retry_after = Some(Instant::now() + Duration::from_secs(2));
+                    Ok(()) => retry_after = None,
+                    Err(why) => {
+                        tracing::warn!(app = %self.name, version = %d.target().version, reason = %why, "deploy postponed");
+                        retry_after = Some(Instant::now() + RETRY_AFTER);
                     }
                 }
                 continue;
@@ -249,12 +280,25 @@ impl AppRunner {
                     self.restart_running("env file changed").await;
                 }
                 _ = tokio::time::sleep_until(next_drift_check) => {}
+                _ = rewatch.tick(), if self.status.watch_degraded => {
+                    // Inotify may be back (another agent or editor let go).
+                    if crate::filewatch::degraded(&env_watch)
+                        && let Ok(w) = crate::filewatch::watch_files(&self.watched_env_files())
+                    {
+                        env_watch = Some(w);
+                    }
+                    if crate::filewatch::degraded(&drift_watch) {
+                        drift_watch = self.watch_release();
+                    }
+                }
                 Some(()) = crate::filewatch::next_change(&mut drift_watch) => {
                     tokio::time::sleep(ENV_SETTLE).await;
                     crate::filewatch::drain(&mut drift_watch);
-                    // At once, but not more often than DRIFT_MIN_GAP: an app
-                    // writing into its release dir must not keep the host hashing.
-                    next_drift_check = Instant::now().max(last_drift_check + DRIFT_MIN_GAP);
+                    // Soon, but not more often than DRIFT_MIN_GAP (an app
+                    // writing into its release dir must not keep the host
+                    // hashing), and never later than the periodic check.
+                    next_drift_check = next_drift_check
+                        .min(Instant::now().max(last_drift_check + DRIFT_MIN_GAP));
                 }
             }
         }
@@ -262,22 +306,49 @@ impl AppRunner {
         tracing::info!(app = %self.name, "app runner stopped; processes keep running");
     }
 
+    /// Records whether file watching is degraded to polling (status shows it).
+    fn note_watching(
+        &mut self,
+        env: &Option<crate::filewatch::FileWatch>,
+        drift: &Option<crate::filewatch::FileWatch>,
+    ) {
+        let degraded = crate::filewatch::degraded(env) || crate::filewatch::degraded(drift);
+        if degraded != self.status.watch_degraded {
+            self.status.watch_degraded = degraded;
+            if degraded {
+                tracing::warn!(app = %self.name, "watching degraded: polling files until inotify is available again");
+            } else {
+                tracing::info!(app = %self.name, "watching with inotify again");
+            }
+            self.publish();
+        }
+    }
+
     /// Versions are immutable per app: when `current` already holds the desired
-    /// version, that release runs and only its digest needs recording.
-    fn needs_deploy(&mut self, d: &DesiredApp) -> bool {
-        if self.status.running_version.as_deref() == Some(d.version.as_str())
-            && self.status.activating.is_none()
+    /// version, that release runs and only its digest and generation need
+    /// recording (a revert to what this host kept running lands here).
+    fn needs_deploy(&mut self, d: &Desired) -> bool {
+        let t = d.target();
+        if self.status.running_version.as_deref() == Some(t.version.as_str())
+            && self.status.deploy.is_none()
         {
-            if self.status.running_digest.as_deref() != Some(d.manifest_digest.as_str())
-                || self.status.generation != d.generation
+            if self.status.running_digest.as_deref() != Some(t.digest.as_str())
+                || self.status.generation != t.generation
             {
-                self.status.running_digest = Some(d.manifest_digest.clone());
-                self.status.generation = d.generation;
+                self.status.running_digest = Some(t.digest.clone());
+                self.status.generation = t.generation;
+                // The controller wants what runs: earlier refusals are history.
+                if self.status.state == State::RolledBack
+                    && self.status.health == HealthState::Healthy
+                {
+                    self.status.state = State::Healthy;
+                    self.status.last_error.clear();
+                }
                 self.publish();
             }
             return false;
         }
-        !matches!(&self.status.failed, Some(f) if f.digest == d.manifest_digest && f.generation == d.generation)
+        !matches!(&self.status.failed, Some(f) if f.digest == t.digest && f.generation == t.generation)
     }
 
     /// Picks up what a local command (`slipway-agent rollback`) wrote: its
@@ -293,7 +364,7 @@ impl AppRunner {
         status.app = self.name.clone();
         tracing::info!(app = %self.name, running = ?status.running_version, "status changed on the host; reloaded");
         self.status = status;
-        self.procs = supervisor::adopt(&self.paths);
+        self.procs = self.backend.adopt();
         self.saved_mtime = now;
         let s = self.status.clone();
         self.board.send_modify(|b| {
@@ -302,20 +373,49 @@ impl AppRunner {
         true
     }
 
-    /// At agent start: adopt the processes of `current` if they still run,
-    /// otherwise start them again; finish judging an interrupted activation.
-    /// Never redeploys.
+    /// At agent start: undo or note a deploy an earlier agent left in the
+    /// middle, adopt the processes of `current` if they still run (otherwise
+    /// start them again), then finish that deploy. Never redeploys.
     async fn start_up(&mut self) {
         // Never at the same time as `slipway-agent rollback`.
         let _lock = AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await.ok();
-        let adopted = supervisor::adopt(&self.paths);
+        let resume = self
+            .status
+            .deploy
+            .take()
+            .and_then(|p| match p.step.row().on_restart {
+                OnRestart::Undo => {
+                    self.undo(&p);
+                    None
+                }
+                OnRestart::Redo => Some(p),
+                OnRestart::Resume(step) => Some(crate::state::Progress { step, ..p }),
+            });
+        self.start_current().await;
+        if let Some(p) = resume {
+            self.log(
+                &p.target.version,
+                "activation",
+                "resumed",
+                &format!("agent restarted at {}", p.step),
+            );
+            if let Ok(ended) = self.drive(p, machine::Work::default()).await {
+                self.after(&ended).await;
+            }
+        }
+        self.monitor().await;
+        self.publish();
+    }
+
+    /// Adopts the processes of the release `current` holds, or starts them.
+    async fn start_current(&mut self) {
+        let adopted = self.backend.adopt();
         let Some(version) = self.paths.current_version() else {
             for p in &adopted {
-                self.stop_proc(p).await;
+                self.backend.stop(p).await;
             }
             self.status.running_version = None;
             self.status.running_digest = None;
-            self.status.activating = None;
             self.publish();
             return;
         };
@@ -342,59 +442,21 @@ impl AppRunner {
             tracing::info!(app = %self.name, %version, "adopted running processes");
             self.log(&version, "adopt", "ok", "");
             self.procs = adopted;
-        } else {
-            for p in &adopted {
-                self.stop_proc(p).await;
-            }
-            match self
-                .app_env(&version)
-                .and_then(|env| self.start_processes(&spec, &version, &env))
-            {
-                Ok(procs) => {
-                    self.procs = procs;
-                    self.log(&version, "start", "ok", "processes were not running");
-                }
-                Err(e) => self.log(&version, "start", "failed", &e),
-            }
-        }
-        if let Some(a) = self.status.activating.clone() {
-            self.resume_activation(a, &spec, &version).await;
-        }
-        self.monitor().await;
-        self.publish();
-    }
-
-    /// The agent stopped between a flip and its verdict: judge the release that
-    /// `current` holds now, and roll back if it does not prove healthy.
-    async fn resume_activation(&mut self, a: Activation, spec: &ReleaseSpec, current: &str) {
-        let target = Target {
-            version: a.version.clone(),
-            digest: a.digest.clone(),
-            generation: a.generation,
-        };
-        if current != a.version {
-            // It stopped during a rollback, after flipping back: record the refusal.
-            self.status.activating = None;
-            self.record_failure(&target, "agent restarted during activation".into());
-            self.status.state = State::RolledBack;
-            self.publish();
             return;
         }
-        self.log(
-            &a.version,
-            "activation",
-            "resumed",
-            "agent restarted before the verdict",
-        );
-        match self.wait_healthy(spec, &a.version).await {
-            Ok(()) => {
-                self.activated(&target, a.previous.as_deref());
-                self.post_activate(&a.version).await;
+        for p in &adopted {
+            self.backend.stop(p).await;
+        }
+        let started = match self.env_for(&version) {
+            Ok(env) => self.backend.start(&spec, &version, &env).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(procs) => {
+                self.procs = procs;
+                self.log(&version, "start", "ok", "processes were not running");
             }
-            Err(reason) => {
-                self.roll_back(&target, a.previous, a.previous_digest, reason)
-                    .await;
-            }
+            Err(e) => self.log(&version, "start", "failed", &e.to_string()),
         }
     }
 }

@@ -1,29 +1,60 @@
-//! Running an app's processes through its service backend: their environment,
-//! start and stop, probes, the periodic monitor and restarts on env changes.
+//! The running release's processes between deploys: their environment, the
+//! periodic monitor (health, env names, restarts with backoff) and restarts
+//! when an env file changes.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use artifact::ReleaseSpec;
+use tokio::time::Instant;
+
+use crate::config::AppConfig;
+use crate::health::Verdict;
+use crate::lock::AppLock;
+use crate::paths::AppPaths;
+use crate::state::{EnvState, HealthState, State};
+
+use super::{AppRunner, DeployError, Env};
+
+/// Env files in force: the configured ones, or `shared/.env` if it exists.
+pub(crate) fn env_files(cfg: &AppConfig, paths: &AppPaths) -> Vec<PathBuf> {
+    if !cfg.env_files.is_empty() {
+        return cfg.env_files.clone();
+    }
+    let default = paths.shared.join(".env");
+    if default.is_file() {
+        vec![default]
+    } else {
+        vec![]
+    }
+}
+
+/// The environment processes and hooks run with: a minimal base, the host's env
+/// files in order (last wins), then what Slipway sets.
+pub(crate) fn app_env(
+    app: &str,
+    cfg: &AppConfig,
+    paths: &AppPaths,
+    version: &str,
+) -> Result<Env, DeployError> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.extend(crate::envfile::load_layers(&env_files(cfg, paths))?);
+    if let Some(port) = cfg.port {
+        env.insert("PORT".into(), port.to_string());
+    }
+    env.insert("SLIPWAY_APP".into(), app.into());
+    env.insert("SLIPWAY_VERSION".into(), version.into());
+    Ok(env)
+}
 
 impl AppRunner {
-    pub(super) fn grace(&self) -> Duration {
-        Duration::from_secs(self.cfg.stop_grace_secs)
-    }
-
-    /// The environment processes and hooks run with: a minimal base, the host's env
-    /// files in order (last wins), then what Slipway sets.
-    pub(super) fn app_env(&self, version: &str) -> Result<Env, String> {
-        let mut env = BTreeMap::new();
-        env.insert(
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        );
-        env.insert("LANG".into(), "C.UTF-8".into());
-        env.extend(crate::envfile::load_layers(&self.env_files()).map_err(|e| e.to_string())?);
-        if let Some(port) = self.cfg.port {
-            env.insert("PORT".into(), port.to_string());
-        }
-        env.insert("SLIPWAY_APP".into(), self.name.clone());
-        env.insert("SLIPWAY_VERSION".into(), version.into());
-        Ok(env)
+    pub(super) fn env_for(&self, version: &str) -> Result<Env, DeployError> {
+        app_env(&self.name, &self.cfg, &self.paths, version)
     }
 
     /// Env files to watch: the configured ones, or the default `shared/.env`
@@ -49,46 +80,43 @@ impl AppRunner {
         };
         self.reload_if_changed();
         self.warn_env_duplicates(&version);
-        let dir = self.paths.release(&version);
-        let Ok(spec) = ReleaseSpec::load(&dir) else {
+        let Ok(spec) = ReleaseSpec::load(&self.paths.release(&version)) else {
             return;
         };
-        let env = match self.app_env(&version) {
-            Ok(env) => env,
-            Err(e) => {
-                // Keep what runs: it still has the last good environment.
-                self.log(
-                    &version,
-                    "env",
-                    "failed",
-                    &format!("{e}; processes keep their previous environment"),
-                );
-                self.status.health_reason = format!("env file not applied: {e}");
-                self.publish();
-                return;
-            }
-        };
+        if let Err(e) = self.env_for(&version) {
+            // Keep what runs: it still has the last good environment.
+            self.log(
+                &version,
+                "env",
+                "failed",
+                &format!("{e}; processes keep their previous environment"),
+            );
+            self.status.health_reason = format!("env file not applied: {e}");
+            self.publish();
+            return;
+        }
         self.log(
             &version,
             "env",
             "changed",
             &format!("{why}: restarting processes"),
         );
-        self.stop_all().await;
-        match self.start_processes(&spec, &version, &env) {
-            Ok(p) => self.procs = p,
-            Err(e) => self.log(&version, "restart", "failed", &e),
+        let checked = async {
+            self.start_target(&version).await?;
+            self.wait_ready(&version).await?;
+            self.hold(&version).await
         }
-        match self.wait_healthy(&spec, &version).await {
-            Ok(()) => self.log(&version, "env", "ok", "healthy with the new environment"),
-            Err(why) => self.log(&version, "env", "unhealthy", &why),
+        .await;
+        match checked {
+            Ok(_) => self.log(&version, "env", "ok", "healthy with the new environment"),
+            Err(e) => self.log(&version, "env", "unhealthy", &e.to_string()),
         }
         self.monitor_locked(&spec, &version).await;
     }
 
     /// Warns (names and files only) about a variable defined in two env layers.
     pub(super) fn warn_env_duplicates(&self, version: &str) {
-        for dup in crate::envfile::duplicates(&self.env_files()) {
+        for dup in crate::envfile::duplicates(&env_files(&self.cfg, &self.paths)) {
             tracing::warn!(app = %self.name, duplicate = %dup, "env var defined in more than one env file; the last one wins");
             self.log(
                 version,
@@ -99,164 +127,26 @@ impl AppRunner {
         }
     }
 
-    pub(super) fn env_files(&self) -> Vec<PathBuf> {
-        if !self.cfg.env_files.is_empty() {
-            return self.cfg.env_files.clone();
-        }
-        let default = self.paths.shared.join(".env");
-        if default.is_file() {
-            vec![default]
-        } else {
-            vec![]
-        }
-    }
-
     /// Hook output with every env file value masked: what a hook prints may be
     /// logged and reported, what the env files hold may not.
     pub(super) fn redact(&self, text: &str) -> String {
-        let secrets = crate::envfile::load_layers(&self.env_files()).unwrap_or_default();
+        let secrets =
+            crate::envfile::load_layers(&env_files(&self.cfg, &self.paths)).unwrap_or_default();
         crate::envfile::redact(text, secrets.values())
     }
 
-    pub(super) fn start_processes(
-        &self,
-        spec: &ReleaseSpec,
-        version: &str,
-        env: &Env,
-    ) -> Result<Vec<ProcRecord>, String> {
-        let mut procs = Vec::new();
-        for (name, p) in &spec.processes {
-            let mut env = env.clone();
-            if let Some(port) = self.port_of(p) {
-                env.insert("PORT".into(), port.to_string());
-            }
-            let started = match self.cfg.service {
-                Backend::Supervise => supervisor::start(
-                    &self.paths,
-                    name,
-                    version,
-                    &p.command,
-                    p.cwd.as_deref(),
-                    &env,
-                    self.cfg.run_as(),
-                )
-                .map_err(|e| e.to_string()),
-                // The unit holds command, cwd and env files; it points at current/.
-                Backend::Systemd => tokio::task::block_in_place(|| {
-                    crate::systemd::restart(
-                        &self.paths,
-                        name,
-                        &self.cfg.unit(&self.name, name),
-                        version,
-                    )
-                }),
-                Backend::Command => match self.cfg.commands.get(name) {
-                    Some(cmds) => tokio::task::block_in_place(|| {
-                        crate::command_backend::start(
-                            &self.paths,
-                            name,
-                            cmds,
-                            &env,
-                            version,
-                            self.cfg.run_as(),
-                        )
-                    })
-                    .map_err(|e| self.redact(&e)),
-                    None => Err(format!("process {name} has no commands in the host config")),
-                },
-            };
-            match started {
-                Ok(r) => procs.push(r),
-                Err(e) => {
-                    // Leave nothing half-started.
-                    for r in &procs {
-                        match self.cfg.service {
-                            Backend::Supervise => supervisor::kill_group(r),
-                            Backend::Systemd => crate::systemd::stop(
-                                &self.paths,
-                                r,
-                                &self.cfg.unit(&self.name, &r.process),
-                            ),
-                            Backend::Command => {
-                                if let Some(cmds) = self.cfg.commands.get(&r.process) {
-                                    crate::command_backend::stop(
-                                        &self.paths,
-                                        r,
-                                        cmds,
-                                        &env,
-                                        self.cfg.run_as(),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(procs)
-    }
-
+    /// Stops every process of the app: those this runner started and any the
+    /// backend still knows of (pid files), so a step never leaves two releases
+    /// running side by side.
     pub(super) async fn stop_all(&mut self) {
-        for p in std::mem::take(&mut self.procs) {
-            self.stop_proc(&p).await;
-        }
-    }
-
-    /// Stops one process through the app's service backend.
-    pub(super) async fn stop_proc(&self, p: &ProcRecord) {
-        match self.cfg.service {
-            Backend::Supervise => supervisor::stop(&self.paths, p, self.grace()).await,
-            Backend::Systemd => {
-                let (paths, rec, unit) = (
-                    self.paths.clone(),
-                    p.clone(),
-                    self.cfg.unit(&self.name, &p.process),
-                );
-                let _ =
-                    tokio::task::spawn_blocking(move || crate::systemd::stop(&paths, &rec, &unit))
-                        .await;
-            }
-            Backend::Command => {
-                let Some(cmds) = self.cfg.commands.get(&p.process).cloned() else {
-                    return;
-                };
-                let env = self.app_env(&p.version).unwrap_or_default();
-                let (paths, rec, run_as) = (self.paths.clone(), p.clone(), self.cfg.run_as());
-                let _ = tokio::task::spawn_blocking(move || {
-                    crate::command_backend::stop(&paths, &rec, &cmds, &env, run_as)
-                })
-                .await;
+        let mut procs = std::mem::take(&mut self.procs);
+        for known in self.backend.adopt() {
+            if !procs.iter().any(|p| p.pid == known.pid) {
+                procs.push(known);
             }
         }
-    }
-
-    /// The port a process listens on: its own from the spec, else the app's.
-    pub(super) fn port_of(&self, ps: &artifact::spec::ProcessSpec) -> Option<u16> {
-        ps.port.or(self.cfg.port)
-    }
-
-    /// The readiness probe of a process. A port-based probe without a port was
-    /// refused at deploy; for a release already running it degrades to "up".
-    pub(super) fn probe_for<'a>(
-        &self,
-        ps: &'a artifact::spec::ProcessSpec,
-        dir: &'a Path,
-        env: &'a Env,
-    ) -> Probe<'a> {
-        let port = self.port_of(ps);
-        match (&ps.health, port) {
-            (h, Some(port)) if h.http.is_some() => Probe::Http {
-                port,
-                path: h.http.as_deref().unwrap_or("/"),
-            },
-            (h, Some(port)) if h.tcp => Probe::Tcp { port },
-            (h, _) if h.command.is_some() => Probe::Command {
-                argv: h.command.as_deref().unwrap_or_default(),
-                dir,
-                env,
-            },
-            _ => Probe::Up,
+        for p in procs {
+            self.backend.stop(&p).await;
         }
     }
 
@@ -281,12 +171,15 @@ impl AppRunner {
 
     /// One monitor round, the app lock held by the caller.
     pub(super) async fn monitor_locked(&mut self, spec: &ReleaseSpec, version: &str) {
-        tokio::task::block_in_place(|| {
-            supervisor::rotate_logs(&self.paths, self.cfg.log_max_bytes, self.cfg.log_keep)
-        });
-        let version = version.to_string();
-        let release = self.paths.release(&version);
-        let env = self.app_env(&version).unwrap_or_default();
+        let (paths, max, keep) = (
+            self.paths.clone(),
+            self.cfg.log_max_bytes,
+            self.cfg.log_keep,
+        );
+        let _ =
+            tokio::task::spawn_blocking(move || crate::supervisor::rotate_logs(&paths, max, keep))
+                .await;
+        let env = self.env_for(version).unwrap_or_default();
         let mut verdict = (
             HealthState::Healthy,
             String::new(),
@@ -302,12 +195,9 @@ impl AppRunner {
                 vec![],
             );
         }
-        for rec in &self.procs {
-            let Some(ps) = spec.processes.get(&rec.process) else {
-                continue;
-            };
-            let probe = self.probe_for(ps, &release, &env);
-            match health::check_once(rec, &release, &ps.required_env, probe).await {
+        let checks = self.check_all(spec, version, &env).await;
+        for (rec, v) in self.procs.iter().zip(checks) {
+            match v {
                 Verdict::Healthy => {}
                 Verdict::NotReady(why) => {
                     verdict.0 = HealthState::Unhealthy;
@@ -328,20 +218,11 @@ impl AppRunner {
             }
         }
         if dead && self.next_restart.is_none_or(|t| Instant::now() >= t) {
-            self.stop_all().await;
-            match self
-                .app_env(&version)
-                .and_then(|env| self.start_processes(spec, &version, &env))
-            {
-                Ok(p) => {
-                    self.procs = p;
-                    self.restarts += 1;
-                    self.log(&version, "restart", "ok", &verdict.1);
-                }
-                Err(e) => self.log(&version, "restart", "failed", &e),
+            match self.start_target(version).await {
+                Ok(_) => self.log(version, "restart", "ok", &verdict.1),
+                Err(e) => self.log(version, "restart", "failed", &e.to_string()),
             }
-            let backoff = Duration::from_secs(1u64 << self.restarts.min(6));
-            self.next_restart = Some(Instant::now() + backoff);
+            self.next_restart = Some(Instant::now() + self.restart_backoff.next_wait());
         }
         let s = &self.status;
         if (s.health, &s.health_reason, s.env_check, &s.missing_env)

@@ -1,0 +1,294 @@
+//! What the deploy machine needs from the outside world, as two traits: a
+//! `Fetch` that brings a blob into the app's cache, and `Processes` that starts,
+//! stops, adopts and checks the app's processes through its service backend.
+//! The agent runs with `ControllerFetch` and `HostProcesses`; unit tests drive
+//! every transition with fakes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use artifact::Digest;
+use artifact::spec::{ProcessSpec, ReleaseSpec};
+use proto::v1::agents_client::AgentsClient;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::config::{AppConfig, Backend};
+use crate::health::{self, Probe, Verdict};
+use crate::paths::AppPaths;
+use crate::supervisor::{self, ProcRecord};
+
+use super::DeployError;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Env values handed to processes and hooks (kept on this host only).
+pub type Env = BTreeMap<String, String>;
+
+/// Brings a release blob into `cache`, verified; returns its path.
+pub trait Fetch: Send + Sync {
+    fn fetch<'a>(
+        &'a self,
+        cache: &'a Path,
+        blob: &'a Digest,
+        size: u64,
+    ) -> BoxFuture<'a, Result<PathBuf, DeployError>>;
+}
+
+/// Fetches from the controller over the session's channel.
+pub struct ControllerFetch {
+    pub channel: watch::Receiver<Option<Channel>>,
+}
+
+impl Fetch for ControllerFetch {
+    fn fetch<'a>(
+        &'a self,
+        cache: &'a Path,
+        blob: &'a Digest,
+        size: u64,
+    ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
+        Box::pin(async move {
+            let Some(channel) = self.channel.borrow().clone() else {
+                return Err(DeployError::Transient("controller not connected".into()));
+            };
+            let mut client =
+                AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+            match crate::fetch::fetch_blob(&mut client, cache, blob, size).await {
+                Ok(p) => Ok(p),
+                Err(crate::fetch::FetchError::Rpc { status, .. })
+                    if status.code() != tonic::Code::NotFound =>
+                {
+                    Err(DeployError::Transient(format!(
+                        "fetch: {}",
+                        status.message()
+                    )))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+/// The app's processes, through its service backend.
+pub trait Processes: Send + Sync {
+    /// The processes still running from an earlier start (pid files).
+    fn adopt(&self) -> Vec<ProcRecord>;
+    /// Starts every process of `spec` for `version`; leaves nothing half-started.
+    fn start<'a>(
+        &'a self,
+        spec: &'a ReleaseSpec,
+        version: &'a str,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Result<Vec<ProcRecord>, DeployError>>;
+    fn stop<'a>(&'a self, rec: &'a ProcRecord) -> BoxFuture<'a, ()>;
+    /// One round of checks on one process: alive, right release, env names,
+    /// its readiness probe.
+    fn check<'a>(
+        &'a self,
+        rec: &'a ProcRecord,
+        ps: &'a ProcessSpec,
+        release: &'a Path,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Verdict>;
+}
+
+/// The real backends: the built-in supervisor, systemd units, or operator
+/// commands, as the host config says.
+pub struct HostProcesses {
+    pub app: String,
+    pub cfg: AppConfig,
+    pub paths: AppPaths,
+}
+
+impl HostProcesses {
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.cfg.stop_grace_secs)
+    }
+
+    /// Values of the host's env files: masked in anything reported.
+    fn secrets(&self) -> Vec<String> {
+        crate::envfile::load_layers(&super::env_files(&self.cfg, &self.paths))
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    async fn start_one(
+        &self,
+        name: &str,
+        p: &ProcessSpec,
+        version: &str,
+        env: &Env,
+    ) -> Result<ProcRecord, DeployError> {
+        let mut env = env.clone();
+        if let Some(port) = port_of(&self.cfg, p) {
+            env.insert("PORT".into(), port.to_string());
+        }
+        let (paths, process, version) = (self.paths.clone(), name.to_string(), version.to_string());
+        let run_as = self.cfg.run_as();
+        let started = match self.cfg.service {
+            Backend::Supervise => supervisor::start(
+                &paths,
+                &process,
+                &version,
+                &p.command,
+                p.cwd.as_deref(),
+                &env,
+                run_as,
+            )
+            .map_err(|e| e.to_string()),
+            // The unit holds command, cwd and env files; it points at current/.
+            Backend::Systemd => {
+                let unit = self.cfg.unit(&self.app, name);
+                blocking(move || crate::systemd::restart(&paths, &process, &unit, &version)).await
+            }
+            Backend::Command => match self.cfg.commands.get(name).cloned() {
+                Some(cmds) => blocking(move || {
+                    crate::command_backend::start(&paths, &process, &cmds, &env, &version, run_as)
+                })
+                .await
+                .map_err(|e| crate::envfile::redact(&e, self.secrets().iter())),
+                None => Err(format!("process {name} has no commands in the host config")),
+            },
+        };
+        started.map_err(DeployError::Process)
+    }
+
+    /// Why a process is gone: its exit status when the supervisor reaped it,
+    /// and the last lines of its log, env values masked.
+    fn exit_reason(&self, rec: &ProcRecord) -> String {
+        let status = supervisor::exit_status(&self.paths, rec)
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        let tail = supervisor::log_tail(&self.paths, &rec.process, LOG_TAIL_LINES);
+        let tail = crate::envfile::redact(&tail, self.secrets().iter());
+        let tail: String = tail.escape_debug().collect();
+        if tail.is_empty() {
+            format!(
+                "process {} exited{status}; logs/{}.log is empty",
+                rec.process, rec.process
+            )
+        } else {
+            format!(
+                "process {} exited{status}; last output: {tail}",
+                rec.process
+            )
+        }
+    }
+}
+
+/// Lines of a crashed process's log put in its failure reason.
+const LOG_TAIL_LINES: usize = 5;
+
+/// Runs a blocking backend call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("backend task failed: {e}")))
+}
+
+impl Processes for HostProcesses {
+    fn adopt(&self) -> Vec<ProcRecord> {
+        supervisor::adopt(&self.paths)
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a ReleaseSpec,
+        version: &'a str,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Result<Vec<ProcRecord>, DeployError>> {
+        Box::pin(async move {
+            let mut procs = Vec::new();
+            for (name, p) in &spec.processes {
+                match self.start_one(name, p, version, env).await {
+                    Ok(r) => procs.push(r),
+                    Err(e) => {
+                        // Leave nothing half-started.
+                        for r in &procs {
+                            self.stop(r).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(procs)
+        })
+    }
+
+    fn stop<'a>(&'a self, p: &'a ProcRecord) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let (paths, rec) = (self.paths.clone(), p.clone());
+            match self.cfg.service {
+                Backend::Supervise => supervisor::stop(&self.paths, p, self.grace()).await,
+                Backend::Systemd => {
+                    let unit = self.cfg.unit(&self.app, &p.process);
+                    let _ = blocking(move || {
+                        crate::systemd::stop(&paths, &rec, &unit);
+                        Ok(())
+                    })
+                    .await;
+                }
+                Backend::Command => {
+                    let Some(cmds) = self.cfg.commands.get(&p.process).cloned() else {
+                        return;
+                    };
+                    let env = super::app_env(&self.app, &self.cfg, &self.paths, &p.version)
+                        .unwrap_or_default();
+                    let run_as = self.cfg.run_as();
+                    let _ = blocking(move || {
+                        crate::command_backend::stop(&paths, &rec, &cmds, &env, run_as);
+                        Ok(())
+                    })
+                    .await;
+                }
+            }
+        })
+    }
+
+    fn check<'a>(
+        &'a self,
+        rec: &'a ProcRecord,
+        ps: &'a ProcessSpec,
+        release: &'a Path,
+        env: &'a Env,
+    ) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            let probe = probe_for(&self.cfg, ps, release, env);
+            match health::check_once(rec, release, &ps.required_env, probe).await {
+                Verdict::Failed { missing_env, .. } if !rec.alive() => Verdict::Failed {
+                    reason: self.exit_reason(rec),
+                    missing_env,
+                },
+                v => v,
+            }
+        })
+    }
+}
+
+/// The port a process listens on: its own from the spec, else the app's.
+pub fn port_of(cfg: &AppConfig, ps: &ProcessSpec) -> Option<u16> {
+    ps.port.or(cfg.port)
+}
+
+/// The readiness probe of a process. A port-based probe without a port was
+/// refused at deploy; for a release already running it degrades to "up".
+fn probe_for<'a>(cfg: &AppConfig, ps: &'a ProcessSpec, dir: &'a Path, env: &'a Env) -> Probe<'a> {
+    match (&ps.health, port_of(cfg, ps)) {
+        (h, Some(port)) if h.http.is_some() => Probe::Http {
+            port,
+            path: h.http.as_deref().unwrap_or("/"),
+        },
+        (h, Some(port)) if h.tcp => Probe::Tcp { port },
+        (h, _) if h.command.is_some() => Probe::Command {
+            argv: h.command.as_deref().unwrap_or_default(),
+            dir,
+            env,
+        },
+        _ => Probe::Up,
+    }
+}

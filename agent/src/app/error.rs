@@ -1,0 +1,42 @@
+//! Why a deploy step did not succeed.
+
+use crate::envfile::EnvFileError;
+use crate::fetch::FetchError;
+use crate::install::InstallError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// Not the release's fault (controller unreachable, lock busy): the deploy
+    /// is postponed and tried again, nothing is recorded against the release.
+    #[error("{0}")]
+    Transient(String),
+    /// The directive or the release's signatures are not acceptable.
+    #[error("{0}")]
+    Verify(String),
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Install(#[from] InstallError),
+    /// The release's `slipway.toml` cannot run with this host's settings.
+    #[error("{0}")]
+    Spec(String),
+    #[error("{0}")]
+    Env(#[from] EnvFileError),
+    /// A hook failed; its output is already masked.
+    #[error("{0}")]
+    Hook(String),
+    /// A process could not be started or stopped by the service backend.
+    #[error("{0}")]
+    Process(String),
+    /// A health check failed for good (names missing env vars if any).
+    #[error("{0}")]
+    Unhealthy(String),
+    #[error("{step} timed out after {secs}s")]
+    Timeout { step: &'static str, secs: u64 },
+}
+
+impl DeployError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeployError::Transient(_))
+    }
+}
