@@ -292,3 +292,61 @@ fn probe_for<'a>(cfg: &AppConfig, ps: &'a ProcessSpec, dir: &'a Path, env: &'a E
         _ => Probe::Up,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real process started by the real supervisor crashes at start.
+    #[tokio::test]
+    async fn a_crashed_process_is_reported_with_its_exit_status_and_last_output_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: AppConfig = toml::from_str("").unwrap();
+        let paths = AppPaths::for_app(dir.path(), "web", &cfg);
+        paths.create().unwrap();
+        std::fs::create_dir_all(paths.release("1.0.0")).unwrap();
+        std::os::unix::fs::symlink("releases/1.0.0", &paths.current).unwrap();
+        std::fs::write(
+            paths.shared.join(".env"),
+            "DATABASE_URL=postgres://u:s3cret-77@db/app\n",
+        )
+        .unwrap();
+        let spec: ReleaseSpec = toml::from_str(
+            r#"
+            [processes.web]
+            command = ["sh", "-c", "echo starting; echo \"cannot connect to $DATABASE_URL\" >&2; exit 3"]
+            "#,
+        )
+        .unwrap();
+        let procs = HostProcesses {
+            app: "web".into(),
+            cfg: cfg.clone(),
+            paths: paths.clone(),
+        };
+        let env = super::super::app_env("web", &cfg, &paths, "1.0.0").unwrap();
+        let started = procs.start(&spec, "1.0.0", &env).await.unwrap();
+        let ps = &spec.processes["web"];
+        let release = paths.release("1.0.0");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let reason = loop {
+            match procs.check(&started[0], ps, &release, &env).await {
+                Verdict::Failed { reason, .. }
+                    if reason.contains("exit status") || std::time::Instant::now() > deadline =>
+                {
+                    break reason;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        assert!(
+            reason.contains("process web exited (exit status: 3)"),
+            "{reason}"
+        );
+        assert!(reason.contains("cannot connect to ***"), "{reason}");
+        assert!(
+            reason.contains("starting"),
+            "stdout is in the log too: {reason}"
+        );
+        assert!(!reason.contains("s3cret-77"), "{reason}");
+    }
+}

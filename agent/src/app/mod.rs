@@ -90,6 +90,13 @@ pub async fn stop_app(name: &str, cfg: &AppConfig, state_dir: &Path, reason: &st
     runner.publish();
 }
 
+/// When to check drift after an edit was seen: soon, but not more often than
+/// DRIFT_MIN_GAP (an app writing into its release dir must not keep the host
+/// hashing), and never later than the periodic check already due.
+fn drift_check_after_edit(due: Instant, last: Instant, now: Instant) -> Instant {
+    due.min(now.max(last + DRIFT_MIN_GAP))
+}
+
 /// Shared view of every app's status, read by the session to report upstream.
 pub type Board = watch::Sender<BTreeMap<String, AppStatus>>;
 
@@ -294,11 +301,8 @@ impl AppRunner {
                 Some(()) = crate::filewatch::next_change(&mut drift_watch) => {
                     tokio::time::sleep(ENV_SETTLE).await;
                     crate::filewatch::drain(&mut drift_watch);
-                    // Soon, but not more often than DRIFT_MIN_GAP (an app
-                    // writing into its release dir must not keep the host
-                    // hashing), and never later than the periodic check.
-                    next_drift_check = next_drift_check
-                        .min(Instant::now().max(last_drift_check + DRIFT_MIN_GAP));
+                    next_drift_check =
+                        drift_check_after_edit(next_drift_check, last_drift_check, Instant::now());
                 }
             }
         }

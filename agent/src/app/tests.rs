@@ -605,3 +605,17 @@ async fn an_activation_left_by_an_older_agent_is_judged_again() {
             .contains(&("activation".into(), "resumed".into()))
     );
 }
+
+#[test]
+fn an_edit_never_postpones_a_drift_check_already_due() {
+    let now = tokio::time::Instant::now();
+    let gap = super::DRIFT_MIN_GAP;
+    // Checked long ago, periodic check far away: at once.
+    let due = now + gap * 100;
+    assert_eq!(super::drift_check_after_edit(due, now - gap * 2, now), now);
+    // Checked just now: not before the gap.
+    assert_eq!(super::drift_check_after_edit(due, now, now), now + gap);
+    // The periodic check comes before the gap would end: it stays first.
+    let soon = now + gap / 5;
+    assert_eq!(super::drift_check_after_edit(soon, now, now), soon);
+}
