@@ -16,6 +16,7 @@ use proto::v1::Health;
 
 use crate::fleet;
 use crate::grpc::{Ctx, SharedCtx};
+use crate::lifecycle::{HostOutcome, RolloutState};
 use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
 use plan::Strategy;
 
@@ -98,19 +99,19 @@ fn judge(
     report: Option<&FleetRow>,
     offline: bool,
     now: i64,
-) -> Option<(&'static str, String)> {
+) -> Option<(HostOutcome, String)> {
     if let Some(f) = report {
         let rep = &f.report;
         let current = rep.generation >= r.generation;
         if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy as i32 {
-            return Some(("healthy", String::new()));
+            return Some((HostOutcome::Healthy, String::new()));
         }
         if current && rep.failed_digest == r.to_digest {
-            return Some(("failed", rep.last_error.clone()));
+            return Some((HostOutcome::Failed, rep.last_error.clone()));
         }
     }
     if offline && !is_canary(r, step) {
-        return Some(("offline", "went offline during its step".into()));
+        return Some((HostOutcome::Offline, "went offline during its step".into()));
     }
     let timeout = i64::from(r.strategy.batch_timeout_secs);
     if now - r.step_started_at > timeout {
@@ -119,7 +120,7 @@ fn judge(
         } else {
             format!("not healthy within {timeout}s")
         };
-        return Some(("timeout", why));
+        return Some((HostOutcome::Timeout, why));
     }
     None
 }
@@ -140,7 +141,7 @@ fn describe_failures(failed: &[&RolloutHostRow]) -> String {
 async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), StoreError> {
     let store = &ctx.store;
     let now = store::now();
-    let running = r.state == "running";
+    let running = r.state == RolloutState::Running;
     let hosts = store.rollout_hosts(r.id).await?;
     let reports: HashMap<String, FleetRow> = store
         .fleet(&r.tenant, &r.app, &r.environment)
@@ -177,11 +178,11 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
     let mut judged = false;
     for h in hosts
         .iter()
-        .filter(|h| h.admitted_at > 0 && h.outcome == "pending")
+        .filter(|h| h.admitted_at > 0 && h.outcome == HostOutcome::Pending)
     {
         let verdict = judge(r, h.step, reports.get(&h.host), is_offline(&h.host), now);
         if let Some((outcome, reason)) = verdict {
-            tracing::info!(rollout = r.id, host = %h.host, outcome, reason = %reason, "rollout host judged");
+            tracing::info!(rollout = r.id, host = %h.host, %outcome, reason = %reason, "rollout host judged");
             store
                 .set_host_outcome(r.id, &h.host, outcome, &reason)
                 .await?;
@@ -194,10 +195,7 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
         hosts
     };
 
-    let failed: Vec<&RolloutHostRow> = hosts
-        .iter()
-        .filter(|h| matches!(h.outcome.as_str(), "failed" | "timeout"))
-        .collect();
+    let failed: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.outcome.is_failure()).collect();
     let canary_failed = failed.iter().any(|h| is_canary(r, h.step));
     if canary_failed || failed.len() > r.strategy.max_failures.tolerated_of(hosts.len()) {
         let what = if canary_failed {
@@ -216,13 +214,18 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
     if !running
         || hosts
             .iter()
-            .any(|h| h.step == r.step && h.outcome == "pending")
+            .any(|h| h.step == r.step && h.outcome == HostOutcome::Pending)
     {
         return Ok(());
     }
     if r.step + 1 >= r.steps {
         if store
-            .transition_rollout(r.id, &["running"], "succeeded", None)
+            .transition_rollout(
+                r.id,
+                &[RolloutState::Running],
+                RolloutState::Succeeded,
+                None,
+            )
             .await?
         {
             tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, "rollout succeeded");
@@ -251,7 +254,12 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
         // rollback: those hosts report it failed and keep the new one.
         if ctx
             .store
-            .revert_rollout(r.id, &["running", "paused"], "reverted", &reason)
+            .revert_rollout(
+                r.id,
+                &[RolloutState::Running, RolloutState::Paused],
+                RolloutState::Reverted,
+                &reason,
+            )
             .await?
             .is_some()
         {
@@ -268,7 +276,12 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
     };
     if ctx
         .store
-        .transition_rollout(r.id, &["running", "paused"], "halted", Some(&reason))
+        .transition_rollout(
+            r.id,
+            &[RolloutState::Running, RolloutState::Paused],
+            RolloutState::Halted,
+            Some(&reason),
+        )
         .await?
     {
         engine_audit(ctx, r, "rollout-halt", &format!("halted: {reason}")).await;
