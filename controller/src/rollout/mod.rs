@@ -129,13 +129,30 @@ fn is_canary(r: &RolloutRow, step: u32) -> bool {
     step == 0 && r.strategy.canary > 0
 }
 
+/// The first failed hosts with why, and how many more there are.
 fn describe_failures(failed: &[&RolloutHostRow]) -> String {
-    failed
+    const SHOWN: usize = 5;
+    let mut text = failed
         .iter()
-        .take(5)
+        .take(SHOWN)
         .map(|h| format!("{} {}: {}", h.host, h.outcome, h.reason))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if failed.len() > SHOWN {
+        text.push_str(&format!("; and {} more", failed.len() - SHOWN));
+    }
+    text
+}
+
+/// Every host the rollout reached (judged, not skipped as offline) failed:
+/// the release took nowhere, whatever failure threshold the strategy allows
+/// (a rollback tolerates every failure so as not to revert itself).
+fn nothing_took(hosts: &[RolloutHostRow]) -> bool {
+    let reached: Vec<&RolloutHostRow> = hosts
+        .iter()
+        .filter(|h| h.outcome.is_failure() || h.outcome == HostOutcome::Healthy)
+        .collect();
+    !reached.is_empty() && reached.iter().all(|h| h.outcome.is_failure())
 }
 
 async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), StoreError> {
@@ -219,6 +236,14 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
         return Ok(());
     }
     if r.step + 1 >= r.steps {
+        if nothing_took(&hosts) {
+            let reason = format!(
+                "every host it reached failed {}: {}",
+                r.to_version,
+                describe_failures(&failed)
+            );
+            return halt(ctx, r, &reason).await;
+        }
         if store
             .transition_rollout(
                 r.id,
@@ -309,5 +334,39 @@ async fn engine_audit(ctx: &Ctx, r: &RolloutRow, action: &str, outcome: &str) {
         .await
     {
         tracing::error!(error = %e, "audit log write failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, outcome: HostOutcome) -> RolloutHostRow {
+        RolloutHostRow {
+            host: name.into(),
+            step: 0,
+            admitted_at: 1,
+            outcome,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn nothing_took_when_every_reached_host_failed() {
+        use HostOutcome::*;
+        let check = |outcomes: &[HostOutcome], expect: bool| {
+            let hosts: Vec<RolloutHostRow> = outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| host(&format!("h{i}"), *o))
+                .collect();
+            assert_eq!(nothing_took(&hosts), expect, "{outcomes:?}");
+        };
+        check(&[Failed, Failed], true);
+        check(&[Failed, Timeout, Offline], true);
+        check(&[Failed, Healthy], false);
+        check(&[Offline, Offline], false);
+        check(&[], false);
+        check(&[Healthy], false);
     }
 }
