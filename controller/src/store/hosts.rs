@@ -145,6 +145,22 @@ impl Store {
             .bind(host)
             .execute(&mut *tx)
             .await?;
+        if healthy && !r.running_digest.is_empty() {
+            // The release ran healthy in the host's environment: a rollback
+            // may go back to it.
+            sqlx::query(
+                "INSERT INTO healthy_releases (tenant, app, environment, manifest_digest, first_at)
+                 SELECT h.tenant, ?, h.environment, ?, ? FROM hosts h WHERE h.tenant = ? AND h.name = ?
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.app)
+            .bind(&r.running_digest)
+            .bind(t)
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

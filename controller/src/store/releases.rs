@@ -187,10 +187,13 @@ impl Store {
         Ok(row.map(|d| (d.version, d.generation)))
     }
 
-    /// The newest version desired before, that differs from `current` and
-    /// whose latest rollout here did not fail (halted, reverted, aborted): a
-    /// rollback never goes back to a release that was just reverted.
-    pub async fn previous_desired(
+    /// Where a rollback without a named version goes: the newest release
+    /// desired here before, other than `current`, that ran healthy in the
+    /// environment (a host there reported its digest healthy) and whose
+    /// latest rollout here did not fail (halted, reverted, aborted). A
+    /// release whose rollout was superseded before any host proved it, or
+    /// that every host refused, is never a target; nor one just reverted.
+    pub async fn rollback_target(
         &self,
         tenant: &str,
         app: &str,
@@ -198,11 +201,15 @@ impl Store {
         current: &str,
     ) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT version FROM desired_history d WHERE tenant = ? AND app = ? AND environment = ? AND version != ?
-               AND COALESCE((SELECT state FROM rollouts r WHERE r.tenant = d.tenant AND r.app = d.app
-                   AND r.environment = d.environment AND r.to_version = d.version ORDER BY r.id DESC LIMIT 1), '')
+            "SELECT d.version FROM desired_history d
+             JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
+             WHERE d.tenant = ? AND d.app = ? AND d.environment = ? AND d.version != ?
+               AND EXISTS (SELECT 1 FROM healthy_releases h WHERE h.tenant = d.tenant AND h.app = d.app
+                   AND h.environment = d.environment AND h.manifest_digest = r.manifest_digest)
+               AND COALESCE((SELECT o.state FROM rollouts o WHERE o.tenant = d.tenant AND o.app = d.app
+                   AND o.environment = d.environment AND o.to_version = d.version ORDER BY o.id DESC LIMIT 1), '')
                    NOT IN (?, ?, ?)
-             ORDER BY id DESC LIMIT 1",
+             ORDER BY d.id DESC LIMIT 1",
         )
         .bind(tenant)
         .bind(app)
@@ -342,13 +349,6 @@ mod tests {
 
         assert_eq!(start(&s, "1", &[]).await.generation, 1);
         assert_eq!(start(&s, "2", &[]).await.generation, 2);
-        assert_eq!(
-            s.previous_desired("default", "web", "preprod", "2")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("1")
-        );
         let d = s
             .desired_app("default", "preprod", "web")
             .await
@@ -375,5 +375,68 @@ mod tests {
         assert_eq!((held.version.as_str(), held.generation), ("1", 7));
         assert_eq!(s.max_counter("default", "web").await.unwrap(), 0);
         assert_eq!(s.apps("default").await.unwrap(), vec!["web".to_string()]);
+    }
+
+    /// web@preprod's report from `host` running `version` (digest
+    /// sha256:m<version>), healthy or not.
+    async fn report(s: &Store, host: &str, version: &str, healthy: bool) {
+        let health = if healthy {
+            proto::v1::Health::Healthy
+        } else {
+            proto::v1::Health::Unhealthy
+        };
+        let r = crate::store::HostAppReport {
+            app: "web".into(),
+            running_version: version.into(),
+            running_digest: format!("sha256:m{version}"),
+            health: health as i32,
+            ..Default::default()
+        };
+        s.record_report("default", host, &r).await.unwrap();
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_rollback_targets_the_newest_release_that_ran_healthy_here(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        s.insert_blob("sha256:b", 1).await.unwrap();
+        for v in ["1", "2", "3", "4"] {
+            s.insert_release("default", &release(v, &format!("sha256:m{v}")), b"{}")
+                .await
+                .unwrap();
+        }
+        s.add_host("default", "a", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        s.add_host("default", "p", "prod", "j2", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let target = |current: &'static str| {
+            let s = s.clone();
+            async move {
+                s.rollback_target("default", "web", "preprod", current)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        start(&s, "1", &[("a", 0)]).await;
+        report(&s, "a", "1", true).await;
+        // 2 is superseded by 3 before a proves it; 3 runs healthy; 4 never does.
+        start(&s, "2", &[("a", 0)]).await;
+        report(&s, "a", "2", false).await;
+        start(&s, "3", &[("a", 0)]).await;
+        report(&s, "a", "3", true).await;
+        start(&s, "4", &[("a", 0)]).await;
+        report(&s, "a", "4", false).await;
+        assert_eq!(target("4").await.as_deref(), Some("3"));
+        assert_eq!(
+            target("3").await.as_deref(),
+            Some("1"),
+            "2 never ran healthy here"
+        );
+        // Healthy in another environment does not count here.
+        report(&s, "p", "2", true).await;
+        assert_eq!(target("3").await.as_deref(), Some("1"));
+        assert_eq!(target("1").await.as_deref(), Some("3"));
     }
 }

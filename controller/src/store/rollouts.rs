@@ -669,6 +669,18 @@ pub(in crate::store) mod tests {
         start(&s, "1", &[]).await;
         let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
         s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
+        // a ran 2 healthy before b's step failed.
+        s.add_host("default", "a", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let healthy = crate::store::HostAppReport {
+            app: "web".into(),
+            running_version: "2".into(),
+            running_digest: "sha256:m2".into(),
+            health: proto::v1::Health::Healthy as i32,
+            ..Default::default()
+        };
+        s.record_report("default", "a", &healthy).await.unwrap();
         let generation = s
             .revert_rollout(
                 second.rollout_id,
@@ -697,7 +709,7 @@ pub(in crate::store) mod tests {
         assert_eq!(hosts[0].outcome, HostOutcome::Reverted);
         assert_eq!(hosts[1].outcome, HostOutcome::Pending);
         assert_eq!(
-            s.previous_desired("default", "web", "preprod", "1")
+            s.rollback_target("default", "web", "preprod", "1")
                 .await
                 .unwrap(),
             None,
