@@ -174,4 +174,65 @@ pub(crate) mod tests {
         let h2 = &fleet[1].report;
         assert!(h2.missing_env.is_empty() && h2.drift.is_empty());
     }
+
+    /// Releases that older controllers saw run healthy stay rollback targets
+    /// after the upgrade: judged healthy in a rollout, or running healthy now.
+    #[sqlx::test(migrations = false)]
+    async fn releases_proven_before_the_upgrade_stay_rollback_targets(pool: SqlitePool) {
+        MIGRATOR.run_to(3, &pool).await.unwrap();
+        let mut sql = String::from(
+            "INSERT INTO apps (tenant, name, created_at) VALUES ('default', 'web', 0);
+             INSERT INTO blobs (digest, size, created_at) VALUES ('sha256:b', 1, 0);
+             INSERT INTO hosts (tenant, name, environment, agent_version, last_seen)
+                 VALUES ('default', 'h1', 'preprod', '0.1.0', 0), ('default', 'h2', 'preprod', '0.1.0', 0);
+             INSERT INTO host_status (tenant, host, app, running_version, running_digest, health, updated_at)
+                 VALUES ('default', 'h2', 'web', '2', 'sha256:m2', 2, 0);",
+        );
+        // 1: judged healthy on h1; 2: runs healthy on h2 now; 3: superseded
+        // before h1 was judged; 4: current.
+        for (v, state, outcome) in [
+            (1, "succeeded", "healthy"),
+            (2, "succeeded", "timeout"),
+            (3, "superseded", "pending"),
+            (4, "running", "pending"),
+        ] {
+            sql.push_str(&format!(
+                "INSERT INTO releases (tenant, app, version, manifest_digest, blob_digest, blob_size, entries, manifest, created_at)
+                     VALUES ('default', 'web', '{v}', 'sha256:m{v}', 'sha256:b', 1, 1, x'7b7d', 0);
+                 INSERT INTO desired_history (tenant, app, environment, version, generation, at)
+                     VALUES ('default', 'web', 'preprod', '{v}', {v}, 0);
+                 INSERT INTO rollouts (id, tenant, app, environment, to_version, to_digest, generation, canary, batch,
+                         batch_timeout_secs, pause_secs, max_failures, auto_revert, state, steps, created_by, created_at, updated_at)
+                     VALUES ({v}, 'default', 'web', 'preprod', '{v}', 'sha256:m{v}', {v}, 0, '100%', 600, 0, '0', 1,
+                             '{state}', 1, 'ci', 0, 0);
+                 INSERT INTO rollout_hosts (rollout_id, host, step, admitted_at, outcome)
+                     VALUES ({v}, 'h1', 0, 1, '{outcome}');"
+            ));
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let s = Store::from_pool(pool);
+        let target = |current: &'static str| {
+            let s = s.clone();
+            async move {
+                s.rollback_target("default", "web", "preprod", current)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(target("4").await.as_deref(), Some("2"));
+        assert_eq!(
+            target("2").await.as_deref(),
+            Some("1"),
+            "3 never ran healthy"
+        );
+        assert_eq!(
+            s.rollout(3).await.unwrap().unwrap().state,
+            crate::lifecycle::RolloutState::Superseded,
+            "old state text decodes"
+        );
+    }
 }
