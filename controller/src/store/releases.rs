@@ -25,6 +25,8 @@ pub struct ReleaseRow {
 pub struct DesiredRow {
     pub app: String,
     pub version: String,
+    /// The desired generation (`release_as_desired`: the one given).
+    #[sqlx(default)]
     pub generation: u64,
     pub manifest_digest: String,
     pub blob_digest: String,
@@ -32,7 +34,8 @@ pub struct DesiredRow {
     pub manifest: Vec<u8>,
     pub counter: u64,
     pub signatures: String,
-    /// Operator rollback authorization, JSON signatures.
+    /// Operator rollback authorization, JSON signatures (`release_as_desired`: none).
+    #[sqlx(default)]
     pub authorization: String,
 }
 
@@ -265,17 +268,20 @@ impl Store {
         version: &str,
         generation: u64,
     ) -> Result<Option<DesiredRow>> {
-        Ok(sqlx::query_as(
-            "SELECT app, version, ? AS generation, manifest_digest, blob_digest, blob_size, manifest, counter,
-                    signatures, '[]' AS authorization
+        let row: Option<DesiredRow> = sqlx::query_as(
+            "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures
              FROM releases WHERE tenant = ? AND app = ? AND version = ?",
         )
-        .bind(generation as i64)
         .bind(tenant)
         .bind(app)
         .bind(version)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(row.map(|d| DesiredRow {
+            generation,
+            authorization: "[]".into(),
+            ..d
+        }))
     }
 }
 
@@ -373,6 +379,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((held.version.as_str(), held.generation), ("1", 7));
+        assert_eq!(held.authorization, "[]");
         assert_eq!(s.max_counter("default", "web").await.unwrap(), 0);
         assert_eq!(s.apps("default").await.unwrap(), vec!["web".to_string()]);
     }
