@@ -8,6 +8,7 @@ pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod hub;
+pub mod lifecycle;
 pub mod rollout;
 pub mod store;
 

@@ -1014,3 +1014,66 @@ fn a_config_edit_applies_live_and_a_broken_one_is_rejected() {
         status_row(&c, "pre-1").filter(|r| r["health"] == "healthy" && r["connected"] == true)
     });
 }
+
+#[test]
+fn a_rollback_skips_a_release_superseded_before_it_ran_healthy() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    c.deploy_wait("1.0.0", "preprod").ok();
+    agent.wait_serving("1.0.0");
+
+    // 6.0.0 never gets healthy; 7.0.0 is deployed while pre-1 is still
+    // activating 6.0.0, so 6.0.0's rollout is superseded before pre-1 is judged.
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("6.0.0")
+        },
+    );
+    publish(&c, t.path(), &ReleaseOpts::new("7.0.0"));
+    c.ctl(&["deploy", "web", "6.0.0", "--env", "preprod"]).ok();
+    eventually(WAIT, "pre-1 to activate 6.0.0", || {
+        (steps(&agent, "6.0.0", "flip") == 1).then_some(())
+    });
+    c.ctl(&["deploy", "web", "7.0.0", "--env", "preprod"]).ok();
+    agent.wait_serving("7.0.0");
+    assert_eq!(
+        steps(&agent, "6.0.0", "rollback"),
+        1,
+        "pre-1 rolled 6.0.0 back: {}",
+        agent.deploy_log()
+    );
+    let history = c.ctl(&["history", "web", "--json"]).ok().json();
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] != "rollout-revert" && e["action"] != "rollout-halt"),
+        "6.0.0's rollout was superseded, not judged: {history}"
+    );
+
+    // 6.0.0 never ran healthy here: the rollback goes to 1.0.0.
+    let out = c
+        .ctl(&[
+            "rollback",
+            "web",
+            "--env",
+            "preprod",
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .ok();
+    assert!(out.stdout.contains("-> 1.0.0"), "{}", out.stdout);
+    agent.wait_serving("1.0.0");
+    assert_eq!(
+        steps(&agent, "6.0.0", "flip"),
+        1,
+        "6.0.0 was not tried again"
+    );
+}

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish, status_row};
+use integration_tests::{
+    Agent, Controller, ReleaseOpts, eventually, publish, sample_release, status_row,
+};
 
 /// `web` log lines of `agent` for `version` at `step`.
 fn steps(agent: &Agent, version: &str, step: &str) -> usize {
@@ -599,4 +601,101 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_rollback_every_host_refuses_halts_and_names_them() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let key = t.path().join("release.key");
+    let public = c
+        .ctl(&["keys", "generate", "--out", key.to_str().unwrap()])
+        .ok()
+        .stdout;
+    // Agents that enforce publisher signatures refuse an unsigned downgrade.
+    let names = ["pre-1", "pre-2"];
+    let agents: Vec<Agent> = names
+        .iter()
+        .map(|h| {
+            let mut a = Agent::configured(
+                t.path(),
+                &c,
+                h,
+                "preprod",
+                "DATABASE_URL=postgres://db/app\n",
+                true,
+            );
+            a.append_config(&format!(
+                "\n[trust]\npublisher_keys = [\"{}\"]\n",
+                public.trim()
+            ));
+            a.spawn();
+            a
+        })
+        .collect();
+    for h in names {
+        eventually(Duration::from_secs(30), &format!("{h} to connect"), || {
+            status_row(&c, h).filter(|r| r["connected"] == true)
+        });
+    }
+    for version in ["1.0.0", "2.0.0"] {
+        let rel = sample_release(t.path(), &ReleaseOpts::new(version));
+        c.ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            version,
+            "--sign",
+            key.to_str().unwrap(),
+        ])
+        .ok();
+        deploy(&c, version, &["--canary", "0", "--batch", "100%"]).ok();
+    }
+    for a in &agents {
+        a.wait_serving("2.0.0");
+    }
+
+    let out = c.ctl(&[
+        "rollback",
+        "web",
+        "--env",
+        "preprod",
+        "--to",
+        "1.0.0",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(
+        out.code, 1,
+        "a rollback no host took fails --wait: {}{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stderr.contains("halted")
+            && out.stderr.contains("pre-1 failed")
+            && out.stderr.contains("pre-2 failed")
+            && out.stderr.contains("downgrade refused"),
+        "names every host and why: {}",
+        out.stderr
+    );
+    let r = rollout(&c, "preprod");
+    assert_eq!(r["state"], "halted", "{r}");
+    assert_eq!(
+        outcomes(&r),
+        vec![
+            ("pre-1".to_string(), "failed".to_string()),
+            ("pre-2".to_string(), "failed".to_string())
+        ]
+    );
+    for (h, a) in names.iter().zip(&agents) {
+        assert_eq!(
+            status_row(&c, h).unwrap()["desired"],
+            "1.0.0",
+            "the rollback is not reverted"
+        );
+        assert_eq!(a.app_says().as_deref(), Some("sample-app 2.0.0"));
+    }
 }

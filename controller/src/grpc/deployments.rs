@@ -359,11 +359,11 @@ impl Deployments for DeploymentsService {
                         ))
                     })?;
                 store
-                    .previous_desired(&tenant, &r.app, &r.environment, &current)
+                    .rollback_target(&tenant, &r.app, &r.environment, &current)
                     .await?
                     .ok_or_else(|| {
                         ControllerError::FailedPrecondition(format!(
-                            "{} in {} has no earlier release to roll back to; name one with --to",
+                            "{} in {} has no earlier release that ran healthy there to roll back to; name one with --to",
                             r.app, r.environment
                         ))
                     })?

@@ -6,6 +6,7 @@ use tonic::{Response, Status};
 
 use super::{Authorized, Ctx};
 use crate::error::{ControllerError, Result};
+use crate::lifecycle::RolloutState;
 use crate::rollout::plan::{Amount, Strategy};
 use crate::store::{EnvPolicy, RolloutHostRow, RolloutRow};
 
@@ -104,7 +105,7 @@ pub fn rollout_to_proto(r: RolloutRow, hosts: Vec<RolloutHostRow>) -> RolloutInf
         to_version: r.to_version,
         manifest_digest: r.to_digest,
         generation: r.generation,
-        state: r.state,
+        state: r.state.as_str().to_string(),
         step: r.step,
         steps: r.steps,
         reason: r.reason,
@@ -118,7 +119,7 @@ pub fn rollout_to_proto(r: RolloutRow, hosts: Vec<RolloutHostRow>) -> RolloutInf
                 host: h.host,
                 step: h.step,
                 admitted: h.admitted_at > 0,
-                outcome: h.outcome,
+                outcome: h.outcome.as_str().to_string(),
                 reason: h.reason,
             })
             .collect(),
@@ -167,21 +168,21 @@ async fn apply(ctx: &Ctx, r: &RolloutRow, c: Control) -> Result<()> {
     match c {
         Control::Pause => {
             if !store
-                .transition_rollout(r.id, &["running"], "paused", None)
+                .transition_rollout(r.id, &[RolloutState::Running], RolloutState::Paused, None)
                 .await?
             {
                 return Err(refused("pause"));
             }
         }
         Control::Resume => {
-            if r.state == "halted" {
+            if r.state == RolloutState::Halted {
                 return Err(ControllerError::FailedPrecondition(format!(
                     "rollout {} of {} {} in {} halted ({}): `slipctl rollout abort` reverts it, `slipctl retry` or a new deploy starts over",
                     r.id, r.app, r.to_version, r.environment, r.reason
                 )));
             }
             if !store
-                .transition_rollout(r.id, &["paused"], "running", None)
+                .transition_rollout(r.id, &[RolloutState::Paused], RolloutState::Running, None)
                 .await?
             {
                 return Err(refused("resume"));
@@ -198,7 +199,7 @@ async fn apply(ctx: &Ctx, r: &RolloutRow, c: Control) -> Result<()> {
             }
             let reason = format!("stopped by an operator; reverted to {}", r.from_version);
             if store
-                .revert_rollout(r.id, &["running", "paused", "halted"], "aborted", &reason)
+                .revert_rollout(r.id, &RolloutState::HOLDING, RolloutState::Aborted, &reason)
                 .await?
                 .is_none()
             {

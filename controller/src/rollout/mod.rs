@@ -16,6 +16,7 @@ use proto::v1::Health;
 
 use crate::fleet;
 use crate::grpc::{Ctx, SharedCtx};
+use crate::lifecycle::{HostOutcome, RolloutState};
 use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
 use plan::Strategy;
 
@@ -98,19 +99,19 @@ fn judge(
     report: Option<&FleetRow>,
     offline: bool,
     now: i64,
-) -> Option<(&'static str, String)> {
+) -> Option<(HostOutcome, String)> {
     if let Some(f) = report {
         let rep = &f.report;
         let current = rep.generation >= r.generation;
         if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy as i32 {
-            return Some(("healthy", String::new()));
+            return Some((HostOutcome::Healthy, String::new()));
         }
         if current && rep.failed_digest == r.to_digest {
-            return Some(("failed", rep.last_error.clone()));
+            return Some((HostOutcome::Failed, rep.last_error.clone()));
         }
     }
     if offline && !is_canary(r, step) {
-        return Some(("offline", "went offline during its step".into()));
+        return Some((HostOutcome::Offline, "went offline during its step".into()));
     }
     let timeout = i64::from(r.strategy.batch_timeout_secs);
     if now - r.step_started_at > timeout {
@@ -119,7 +120,7 @@ fn judge(
         } else {
             format!("not healthy within {timeout}s")
         };
-        return Some(("timeout", why));
+        return Some((HostOutcome::Timeout, why));
     }
     None
 }
@@ -128,19 +129,36 @@ fn is_canary(r: &RolloutRow, step: u32) -> bool {
     step == 0 && r.strategy.canary > 0
 }
 
+/// The first failed hosts with why, and how many more there are.
 fn describe_failures(failed: &[&RolloutHostRow]) -> String {
-    failed
+    const SHOWN: usize = 5;
+    let mut text = failed
         .iter()
-        .take(5)
+        .take(SHOWN)
         .map(|h| format!("{} {}: {}", h.host, h.outcome, h.reason))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if failed.len() > SHOWN {
+        text.push_str(&format!("; and {} more", failed.len() - SHOWN));
+    }
+    text
+}
+
+/// Every host the rollout reached (judged, not skipped as offline) failed:
+/// the release took nowhere, whatever failure threshold the strategy allows
+/// (a rollback tolerates every failure so as not to revert itself).
+fn nothing_took(hosts: &[RolloutHostRow]) -> bool {
+    let reached: Vec<&RolloutHostRow> = hosts
+        .iter()
+        .filter(|h| h.outcome.is_failure() || h.outcome == HostOutcome::Healthy)
+        .collect();
+    !reached.is_empty() && reached.iter().all(|h| h.outcome.is_failure())
 }
 
 async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), StoreError> {
     let store = &ctx.store;
     let now = store::now();
-    let running = r.state == "running";
+    let running = r.state == RolloutState::Running;
     let hosts = store.rollout_hosts(r.id).await?;
     let reports: HashMap<String, FleetRow> = store
         .fleet(&r.tenant, &r.app, &r.environment)
@@ -177,11 +195,11 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
     let mut judged = false;
     for h in hosts
         .iter()
-        .filter(|h| h.admitted_at > 0 && h.outcome == "pending")
+        .filter(|h| h.admitted_at > 0 && h.outcome == HostOutcome::Pending)
     {
         let verdict = judge(r, h.step, reports.get(&h.host), is_offline(&h.host), now);
         if let Some((outcome, reason)) = verdict {
-            tracing::info!(rollout = r.id, host = %h.host, outcome, reason = %reason, "rollout host judged");
+            tracing::info!(rollout = r.id, host = %h.host, %outcome, reason = %reason, "rollout host judged");
             store
                 .set_host_outcome(r.id, &h.host, outcome, &reason)
                 .await?;
@@ -194,10 +212,7 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
         hosts
     };
 
-    let failed: Vec<&RolloutHostRow> = hosts
-        .iter()
-        .filter(|h| matches!(h.outcome.as_str(), "failed" | "timeout"))
-        .collect();
+    let failed: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.outcome.is_failure()).collect();
     let canary_failed = failed.iter().any(|h| is_canary(r, h.step));
     if canary_failed || failed.len() > r.strategy.max_failures.tolerated_of(hosts.len()) {
         let what = if canary_failed {
@@ -216,13 +231,26 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
     if !running
         || hosts
             .iter()
-            .any(|h| h.step == r.step && h.outcome == "pending")
+            .any(|h| h.step == r.step && h.outcome == HostOutcome::Pending)
     {
         return Ok(());
     }
     if r.step + 1 >= r.steps {
+        if nothing_took(&hosts) {
+            let reason = format!(
+                "every host it reached failed {}: {}",
+                r.to_version,
+                describe_failures(&failed)
+            );
+            return halt(ctx, r, &reason).await;
+        }
         if store
-            .transition_rollout(r.id, &["running"], "succeeded", None)
+            .transition_rollout(
+                r.id,
+                &[RolloutState::Running],
+                RolloutState::Succeeded,
+                None,
+            )
             .await?
         {
             tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, "rollout succeeded");
@@ -251,7 +279,12 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
         // rollback: those hosts report it failed and keep the new one.
         if ctx
             .store
-            .revert_rollout(r.id, &["running", "paused"], "reverted", &reason)
+            .revert_rollout(
+                r.id,
+                &[RolloutState::Running, RolloutState::Paused],
+                RolloutState::Reverted,
+                &reason,
+            )
             .await?
             .is_some()
         {
@@ -268,7 +301,12 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
     };
     if ctx
         .store
-        .transition_rollout(r.id, &["running", "paused"], "halted", Some(&reason))
+        .transition_rollout(
+            r.id,
+            &[RolloutState::Running, RolloutState::Paused],
+            RolloutState::Halted,
+            Some(&reason),
+        )
         .await?
     {
         engine_audit(ctx, r, "rollout-halt", &format!("halted: {reason}")).await;
@@ -296,5 +334,39 @@ async fn engine_audit(ctx: &Ctx, r: &RolloutRow, action: &str, outcome: &str) {
         .await
     {
         tracing::error!(error = %e, "audit log write failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, outcome: HostOutcome) -> RolloutHostRow {
+        RolloutHostRow {
+            host: name.into(),
+            step: 0,
+            admitted_at: 1,
+            outcome,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn nothing_took_when_every_reached_host_failed() {
+        use HostOutcome::*;
+        let check = |outcomes: &[HostOutcome], expect: bool| {
+            let hosts: Vec<RolloutHostRow> = outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| host(&format!("h{i}"), *o))
+                .collect();
+            assert_eq!(nothing_took(&hosts), expect, "{outcomes:?}");
+        };
+        check(&[Failed, Failed], true);
+        check(&[Failed, Timeout, Offline], true);
+        check(&[Failed, Healthy], false);
+        check(&[Offline, Offline], false);
+        check(&[], false);
+        check(&[Healthy], false);
     }
 }

@@ -1,10 +1,11 @@
 //! The inventory side of the store: hosts' purpose, criticality, labels and
-//! OS; environments with their soak and rollout strategy; drift
+//! OS; environments with their soak and rollout strategy; placements; drift
 //! acknowledgements.
 
 use std::collections::BTreeMap;
 
-use sqlx::Row;
+use sqlx::FromRow;
+use sqlx::types::Json;
 
 use super::{Result, Store};
 use crate::rollout::plan::{Amount, Strategy};
@@ -48,46 +49,118 @@ fn labels_to_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
-fn policy_from_row(r: &sqlx::sqlite::SqliteRow) -> EnvPolicy {
-    let amount =
-        |col: &str, fallback: Amount| Amount::parse(&r.get::<String, _>(col)).unwrap_or(fallback);
-    EnvPolicy {
-        name: r.get("name"),
-        production: r.get::<i64, _>("production") != 0,
-        soak_secs: r.get::<i64, _>("soak_secs") as u32,
-        strategy: Strategy {
-            canary: r.get::<i64, _>("canary") as u32,
-            batch: amount("batch", Amount::Percent(25)),
-            batch_timeout_secs: r.get::<i64, _>("batch_timeout_secs") as u32,
-            pause_secs: r.get::<i64, _>("pause_secs") as u32,
-            max_failures: amount("max_failures", Amount::Count(0)),
-            auto_revert: r.get::<i64, _>("auto_revert") != 0,
-        },
+/// An `environments` row as stored (amounts as text).
+#[derive(FromRow)]
+struct EnvRecord {
+    name: String,
+    production: bool,
+    soak_secs: u32,
+    canary: u32,
+    batch: String,
+    batch_timeout_secs: u32,
+    pause_secs: u32,
+    max_failures: String,
+    auto_revert: bool,
+}
+
+impl From<EnvRecord> for EnvPolicy {
+    fn from(r: EnvRecord) -> Self {
+        EnvPolicy {
+            name: r.name,
+            production: r.production,
+            soak_secs: r.soak_secs,
+            strategy: Strategy {
+                canary: r.canary,
+                batch: Amount::parse(&r.batch).unwrap_or(Amount::Percent(25)),
+                batch_timeout_secs: r.batch_timeout_secs,
+                pause_secs: r.pause_secs,
+                max_failures: Amount::parse(&r.max_failures).unwrap_or(Amount::Count(0)),
+                auto_revert: r.auto_revert,
+            },
+        }
     }
+}
+
+/// Drift a host reports for an app, as `ack_drift` fingerprints it.
+#[derive(FromRow)]
+struct DriftRecord {
+    host: String,
+    #[sqlx(json)]
+    drift: Vec<String>,
+    drift_count: u32,
+    drift_digest: String,
+}
+
+#[derive(FromRow)]
+struct CandidateRecord {
+    name: String,
+    criticality: String,
+    labels: Json<BTreeMap<String, String>>,
+}
+
+#[derive(FromRow)]
+struct PlacementRecord {
+    app: String,
+    environment: String,
+    selector: Json<BTreeMap<String, String>>,
+}
+
+#[derive(FromRow)]
+struct HostApp {
+    host: String,
+    app: String,
 }
 
 const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert";
 
+#[derive(FromRow)]
+struct EnvName {
+    name: String,
+    production: bool,
+}
+
 impl Store {
+    /// `Some(production)` when the environment exists.
+    pub async fn environment(&self, tenant: &str, env: &str) -> Result<Option<bool>> {
+        Ok(
+            sqlx::query_scalar("SELECT production FROM environments WHERE tenant = ? AND name = ?")
+                .bind(tenant)
+                .bind(env)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// (name, production) of every environment of the tenant.
+    pub async fn environments(&self, tenant: &str) -> Result<Vec<(String, bool)>> {
+        let rows: Vec<EnvName> = sqlx::query_as(
+            "SELECT name, production FROM environments WHERE tenant = ? ORDER BY name",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|e| (e.name, e.production)).collect())
+    }
+
     pub async fn env_policy(&self, tenant: &str, env: &str) -> Result<Option<EnvPolicy>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row: Option<EnvRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? AND name = ?"
         )))
         .bind(tenant)
         .bind(env)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(policy_from_row))
+        Ok(row.map(EnvPolicy::from))
     }
 
     pub async fn env_policies(&self, tenant: &str) -> Result<Vec<EnvPolicy>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<EnvRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? ORDER BY name"
         )))
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(policy_from_row).collect())
+        Ok(rows.into_iter().map(EnvPolicy::from).collect())
     }
 
     /// Creates the environment if needed and applies the changes.
@@ -135,15 +208,17 @@ impl Store {
     /// Applies inventory changes to a host; false when there is no such host.
     pub async fn update_host(&self, tenant: &str, host: &str, c: &HostChange) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(row) = sqlx::query("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
-            .bind(tenant)
-            .bind(host)
-            .fetch_optional(&mut *tx)
-            .await?
+        let Some(labels) = sqlx::query_scalar::<_, String>(
+            "SELECT labels FROM hosts WHERE tenant = ? AND name = ?",
+        )
+        .bind(tenant)
+        .bind(host)
+        .fetch_optional(&mut *tx)
+        .await?
         else {
             return Ok(false);
         };
-        let mut labels = labels_from_json(&row.get::<String, _>(0));
+        let mut labels = labels_from_json(&labels);
         for k in &c.remove_labels {
             labels.remove(k);
         }
@@ -172,7 +247,7 @@ impl Store {
         env: &str,
         host: &str,
     ) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
+        let rows: Vec<DriftRecord> = sqlx::query_as(
             "SELECT s.host, s.drift, s.drift_count, s.drift_digest FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              WHERE s.tenant = ? AND s.app = ? AND h.environment = ? AND (? = '' OR s.host = ?) AND s.drift_count > 0",
@@ -186,9 +261,8 @@ impl Store {
         .await?;
         let mut acked = Vec::new();
         for r in rows {
-            let (h, drift, count, digest): (String, String, i64, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            let fp = crate::fleet::drift_fingerprint(&digest, &drift, count as u32);
+            let (h, count) = (r.host, r.drift_count);
+            let fp = crate::fleet::drift_fingerprint(&r.drift_digest, &r.drift.join("\n"), count);
             sqlx::query(
                 "UPDATE host_status SET drift_acked = ? WHERE tenant = ? AND host = ? AND app = ?",
             )
@@ -198,7 +272,7 @@ impl Store {
             .bind(app)
             .execute(&self.pool)
             .await?;
-            let first: Vec<&str> = drift.lines().take(3).collect();
+            let first: Vec<&str> = r.drift.iter().take(3).map(String::as_str).collect();
             acked.push((h, format!("{} ({count} path(s))", first.join(", "))));
         }
         Ok(acked)
@@ -212,7 +286,7 @@ impl Store {
         app: &str,
         env: &str,
     ) -> Result<Vec<crate::rollout::plan::Candidate>> {
-        let rows = sqlx::query(
+        let rows: Vec<CandidateRecord> = sqlx::query_as(
             "SELECT h.name, h.criticality, h.labels FROM hosts h
              JOIN host_status s ON s.tenant = h.tenant AND s.host = h.name AND s.app = ?
              WHERE h.tenant = ? AND h.environment = ? AND h.revoked_at IS NULL ORDER BY h.name",
@@ -230,9 +304,9 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|r| crate::rollout::plan::Candidate {
-                name: r.get(0),
-                criticality: r.get(1),
-                labels: labels_from_json(&r.get::<String, _>(2)),
+                name: r.name,
+                criticality: r.criticality,
+                labels: r.labels.0,
             })
             .filter(|c| crate::fleet::selector_matches(&selector, &c.labels))
             .collect())
@@ -267,52 +341,37 @@ impl Store {
 
     /// Every selector of the tenant (app@env without one: every host).
     pub async fn placements(&self, tenant: &str) -> Result<Placements> {
-        let rows =
-            sqlx::query("SELECT app, environment, selector FROM placements WHERE tenant = ?")
+        let rows: Vec<PlacementRecord> =
+            sqlx::query_as("SELECT app, environment, selector FROM placements WHERE tenant = ?")
                 .bind(tenant)
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows
             .into_iter()
-            .map(|r| {
-                (
-                    (r.get(0), r.get(1)),
-                    labels_from_json(&r.get::<String, _>(2)),
-                )
-            })
+            .map(|r| ((r.app, r.environment), r.selector.0))
             .collect())
     }
 
     /// A host's labels (empty for an unknown host).
     pub async fn host_labels(&self, tenant: &str, host: &str) -> Result<BTreeMap<String, String>> {
-        let row = sqlx::query("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
-            .bind(tenant)
-            .bind(host)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| labels_from_json(&r.get::<String, _>(0)))
-            .unwrap_or_default())
-    }
-
-    /// Names of the tenant's apps (published at least once).
-    pub async fn apps(&self, tenant: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM apps WHERE tenant = ? ORDER BY name")
-            .bind(tenant)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        let labels: Option<String> =
+            sqlx::query_scalar("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
+                .bind(tenant)
+                .bind(host)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(labels.as_deref().map(labels_from_json).unwrap_or_default())
     }
 
     /// (host, app) pairs the agents announced, per environment.
     pub async fn configured_apps(&self, tenant: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
+        let rows: Vec<HostApp> = sqlx::query_as(
             "SELECT s.host, s.app FROM host_status s JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              WHERE s.tenant = ? AND h.revoked_at IS NULL",
         )
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.into_iter().map(|r| (r.host, r.app)).collect())
     }
 }

@@ -3,13 +3,15 @@
 //! it ended. Everything the engine knows lives here, so a restarted
 //! controller resumes where it stopped.
 
-use sqlx::Row;
+use sqlx::FromRow;
 
 use super::{Result, Store, now};
+use crate::lifecycle::{HostOutcome, RolloutState};
 use crate::rollout::plan::{Amount, Strategy};
 
-/// States in which a rollout holds back the hosts it has not admitted.
-pub const HOLDING: &str = "('running', 'paused', 'halted')";
+/// `state IN (?, ?, ?)` for the states that hold hosts back
+/// (`RolloutState::HOLDING`, bound in that order).
+const STATE_IS_HOLDING: &str = "state IN (?, ?, ?)";
 
 #[derive(Debug, Clone)]
 pub struct RolloutRow {
@@ -23,7 +25,7 @@ pub struct RolloutRow {
     pub to_digest: String,
     pub generation: u64,
     pub strategy: Strategy,
-    pub state: String,
+    pub state: RolloutState,
     pub step: u32,
     pub steps: u32,
     pub step_started_at: i64,
@@ -34,12 +36,12 @@ pub struct RolloutRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 pub struct RolloutHostRow {
     pub host: String,
     pub step: u32,
     pub admitted_at: i64,
-    pub outcome: String,
+    pub outcome: HostOutcome,
     pub reason: String,
 }
 
@@ -64,46 +66,112 @@ const COLUMNS: &str = "id, tenant, app, environment, from_version, from_generati
     canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, state, step, steps, step_started_at,
     next_step_at, reason, created_by, created_at, updated_at";
 
-fn rollout_from_row(r: &sqlx::sqlite::SqliteRow) -> RolloutRow {
-    let amount = |col: &str| Amount::parse(&r.get::<String, _>(col)).unwrap_or(Amount::Count(0));
-    RolloutRow {
-        id: r.get("id"),
-        tenant: r.get("tenant"),
-        app: r.get("app"),
-        environment: r.get("environment"),
-        from_version: r.get("from_version"),
-        from_generation: r.get::<i64, _>("from_generation") as u64,
-        to_version: r.get("to_version"),
-        to_digest: r.get("to_digest"),
-        generation: r.get::<i64, _>("generation") as u64,
-        strategy: Strategy {
-            canary: r.get::<i64, _>("canary") as u32,
-            batch: amount("batch"),
-            batch_timeout_secs: r.get::<i64, _>("batch_timeout_secs") as u32,
-            pause_secs: r.get::<i64, _>("pause_secs") as u32,
-            max_failures: amount("max_failures"),
-            auto_revert: r.get::<i64, _>("auto_revert") != 0,
-        },
-        state: r.get("state"),
-        step: r.get::<i64, _>("step") as u32,
-        steps: r.get::<i64, _>("steps") as u32,
-        step_started_at: r.get("step_started_at"),
-        next_step_at: r.get("next_step_at"),
-        reason: r.get("reason"),
-        created_by: r.get("created_by"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
+/// A `rollouts` row as stored (the strategy's amounts as text).
+#[derive(FromRow)]
+struct RolloutRecord {
+    id: i64,
+    tenant: String,
+    app: String,
+    environment: String,
+    from_version: String,
+    from_generation: u64,
+    to_version: String,
+    to_digest: String,
+    generation: u64,
+    canary: u32,
+    batch: String,
+    batch_timeout_secs: u32,
+    pause_secs: u32,
+    max_failures: String,
+    auto_revert: bool,
+    state: RolloutState,
+    step: u32,
+    steps: u32,
+    step_started_at: i64,
+    next_step_at: i64,
+    reason: String,
+    created_by: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<RolloutRecord> for RolloutRow {
+    fn from(r: RolloutRecord) -> Self {
+        let amount = |s: &str| Amount::parse(s).unwrap_or(Amount::Count(0));
+        RolloutRow {
+            id: r.id,
+            tenant: r.tenant,
+            app: r.app,
+            environment: r.environment,
+            from_version: r.from_version,
+            from_generation: r.from_generation,
+            to_version: r.to_version,
+            to_digest: r.to_digest,
+            generation: r.generation,
+            strategy: Strategy {
+                canary: r.canary,
+                batch: amount(&r.batch),
+                batch_timeout_secs: r.batch_timeout_secs,
+                pause_secs: r.pause_secs,
+                max_failures: amount(&r.max_failures),
+                auto_revert: r.auto_revert,
+            },
+            state: r.state,
+            step: r.step,
+            steps: r.steps,
+            step_started_at: r.step_started_at,
+            next_step_at: r.next_step_at,
+            reason: r.reason,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
     }
 }
 
+/// The rollout a new one supersedes: what its hosts were held at.
+#[derive(FromRow)]
+struct Holding {
+    id: i64,
+    from_version: String,
+    from_generation: i64,
+    to_version: String,
+    generation: i64,
+}
+
+/// A host of a superseded rollout: admitted or not, how it ended, what it
+/// was held at.
+#[derive(FromRow)]
+struct HeldHost {
+    host: String,
+    admitted_at: i64,
+    outcome: HostOutcome,
+    hold_version: String,
+    hold_generation: i64,
+}
+
+#[derive(FromRow)]
+struct Desired {
+    version: String,
+    generation: i64,
+}
+
+/// Where one host of a holding rollout stands.
+#[derive(FromRow)]
+struct Hold {
+    admitted_at: i64,
+    hold_version: String,
+    hold_generation: u64,
+}
+
 async fn rollout_by_id(conn: &mut sqlx::SqliteConnection, id: i64) -> Result<Option<RolloutRow>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row: Option<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM rollouts WHERE id = ?"
     )))
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(rollout_from_row))
+    Ok(row.map(RolloutRow::from))
 }
 
 impl Store {
@@ -116,39 +184,39 @@ impl Store {
         let c = n.change;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
-        let holding = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT from_version, from_generation, id, to_version, generation FROM rollouts
-             WHERE tenant = ? AND app = ? AND environment = ? AND state IN {HOLDING} ORDER BY id DESC LIMIT 1"
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, from_version, from_generation, to_version, generation FROM rollouts
+             WHERE tenant = ? AND app = ? AND environment = ? AND {STATE_IS_HOLDING} ORDER BY id DESC LIMIT 1"
         )))
         .bind(c.tenant)
         .bind(c.app)
-        .bind(c.environment)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .bind(c.environment);
+        for s in RolloutState::HOLDING {
+            q = q.bind(s);
+        }
+        let holding: Option<Holding> = q.fetch_optional(&mut *tx).await?;
         // Per host of a superseded rollout: what it runs by now (the new
         // release once admitted and not failed, else what it was held at).
         let mut kept: std::collections::HashMap<String, (String, i64)> = Default::default();
         if let Some(h) = &holding {
-            let (id, to_version, generation): (i64, String, i64) = (h.get(2), h.get(3), h.get(4));
-            for row in sqlx::query(
+            let hosts: Vec<HeldHost> = sqlx::query_as(
                 "SELECT host, admitted_at, outcome, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = ?",
             )
-            .bind(id)
+            .bind(h.id)
             .fetch_all(&mut *tx)
-            .await?
-            {
-                let (admitted, outcome): (i64, String) = (row.get(1), row.get(2));
-                let hold = if admitted > 0 && !matches!(outcome.as_str(), "failed" | "timeout") {
-                    (to_version.clone(), generation)
+            .await?;
+            for row in hosts {
+                let hold = if row.admitted_at > 0 && !row.outcome.is_failure() {
+                    (h.to_version.clone(), h.generation)
                 } else {
-                    (row.get(3), row.get(4))
+                    (row.hold_version, row.hold_generation)
                 };
-                kept.insert(row.get(0), hold);
+                kept.insert(row.host, hold);
             }
         }
         let (from_version, from_generation): (String, i64) = match holding {
-            Some(r) => (r.get(0), r.get(1)),
-            None => sqlx::query(
+            Some(r) => (r.from_version, r.from_generation),
+            None => sqlx::query_as::<_, Desired>(
                 "SELECT version, generation FROM desired WHERE tenant = ? AND app = ? AND environment = ?",
             )
             .bind(c.tenant)
@@ -156,10 +224,10 @@ impl Store {
             .bind(c.environment)
             .fetch_optional(&mut *tx)
             .await?
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|d| (d.version, d.generation))
             .unwrap_or_default(),
         };
-        let generation = super::upsert_desired(
+        let generation = super::releases::upsert_desired(
             &mut tx,
             c.tenant,
             c.app,
@@ -168,19 +236,26 @@ impl Store {
             c.authorization,
         )
         .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE rollouts SET state = 'superseded', updated_at = ? WHERE tenant = ? AND app = ? AND environment = ?
-             AND state IN {HOLDING}"
+        let mut supersede = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollouts SET state = ?, updated_at = ? WHERE tenant = ? AND app = ? AND environment = ?
+             AND {STATE_IS_HOLDING}"
         )))
+        .bind(RolloutState::Superseded)
         .bind(t)
         .bind(c.tenant)
         .bind(c.app)
-        .bind(c.environment)
-        .execute(&mut *tx)
-        .await?;
-        let state = if n.steps == 0 { "succeeded" } else { "running" };
+        .bind(c.environment);
+        for s in RolloutState::HOLDING {
+            supersede = supersede.bind(s);
+        }
+        supersede.execute(&mut *tx).await?;
+        let state = if n.steps == 0 {
+            RolloutState::Succeeded
+        } else {
+            RolloutState::Running
+        };
         let s = &c.strategy;
-        let id: i64 = sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO rollouts (tenant, app, environment, from_version, from_generation, to_version, to_digest,
                 generation, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, state, steps,
                 created_by, created_at, updated_at)
@@ -206,8 +281,7 @@ impl Store {
         .bind(t)
         .bind(t)
         .fetch_one(&mut *tx)
-        .await?
-        .get(0);
+        .await?;
         for (host, step) in n.plan {
             let (hold_version, hold_generation) = kept
                 .get(host)
@@ -240,18 +314,18 @@ impl Store {
     pub async fn revert_rollout(
         &self,
         id: i64,
-        from: &[&str],
-        state: &str,
+        from: &[RolloutState],
+        state: RolloutState,
         reason: &str,
     ) -> Result<Option<u64>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(r) = rollout_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
-        if !from.contains(&r.state.as_str()) || r.from_version.is_empty() {
+        if !from.contains(&r.state) || r.from_version.is_empty() {
             return Ok(None);
         }
-        let generation = super::upsert_desired(
+        let generation = super::releases::upsert_desired(
             &mut tx,
             &r.tenant,
             &r.app,
@@ -268,9 +342,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE rollout_hosts SET outcome = 'reverted' WHERE rollout_id = ? AND admitted_at > 0 AND outcome IN ('healthy', 'pending')",
+            "UPDATE rollout_hosts SET outcome = ? WHERE rollout_id = ? AND admitted_at > 0 AND outcome IN (?, ?)",
         )
+        .bind(HostOutcome::Reverted)
         .bind(id)
+        .bind(HostOutcome::Healthy)
+        .bind(HostOutcome::Pending)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -289,7 +366,7 @@ impl Store {
         app: &str,
         env: &str,
     ) -> Result<Option<RolloutRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row: Option<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM rollouts WHERE tenant = ? AND app = ? AND environment = ? ORDER BY id DESC LIMIT 1"
         )))
         .bind(tenant)
@@ -297,7 +374,7 @@ impl Store {
         .bind(env)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(rollout_from_row))
+        Ok(row.map(RolloutRow::from))
     }
 
     /// The rollout of app@env that holds hosts back, if any.
@@ -310,36 +387,28 @@ impl Store {
         Ok(self
             .latest_rollout(tenant, app, env)
             .await?
-            .filter(|r| matches!(r.state.as_str(), "running" | "paused" | "halted")))
+            .filter(|r| r.state.is_holding()))
     }
 
     /// Every rollout the engine has to drive (paused ones are still judged).
     pub async fn active_rollouts(&self) -> Result<Vec<RolloutRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE state IN ('running', 'paused') ORDER BY id"
+        let rows: Vec<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM rollouts WHERE state IN (?, ?) ORDER BY id"
         )))
+        .bind(RolloutState::Running)
+        .bind(RolloutState::Paused)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(rollout_from_row).collect())
+        Ok(rows.into_iter().map(RolloutRow::from).collect())
     }
 
     pub async fn rollout_hosts(&self, id: i64) -> Result<Vec<RolloutHostRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT host, step, admitted_at, outcome, reason FROM rollout_hosts WHERE rollout_id = ? ORDER BY step, host",
         )
         .bind(id)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RolloutHostRow {
-                host: r.get(0),
-                step: r.get::<i64, _>(1) as u32,
-                admitted_at: r.get(2),
-                outcome: r.get(3),
-                reason: r.get(4),
-            })
-            .collect())
+        .await?)
     }
 
     /// What a host held back by a rollout keeps running: (version, generation).
@@ -354,7 +423,7 @@ impl Store {
         let Some(r) = self.holding_rollout(tenant, app, env).await? else {
             return Ok(None);
         };
-        let row = sqlx::query(
+        let row: Option<Hold> = sqlx::query_as(
             "SELECT admitted_at, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = ? AND host = ?",
         )
         .bind(r.id)
@@ -364,8 +433,8 @@ impl Store {
         Ok(match row {
             // Not in the plan (joined since): the rollout's previous release.
             None => Some((r.from_version, r.from_generation)),
-            Some(row) if row.get::<i64, _>(0) > 0 => None,
-            Some(row) => Some((row.get(1), row.get::<i64, _>(2) as u64)),
+            Some(h) if h.admitted_at > 0 => None,
+            Some(h) => Some((h.hold_version, h.hold_generation)),
         })
     }
 
@@ -377,11 +446,12 @@ impl Store {
         let t = now();
         let moved = sqlx::query(
             "UPDATE rollouts SET step_started_at = ?, next_step_at = 0, updated_at = ?
-             WHERE id = ? AND state = 'running' AND step = ? AND step_started_at = 0",
+             WHERE id = ? AND state = ? AND step = ? AND step_started_at = 0",
         )
         .bind(t)
         .bind(t)
         .bind(id)
+        .bind(RolloutState::Running)
         .bind(i64::from(step))
         .execute(&mut *tx)
         .await?
@@ -398,9 +468,10 @@ impl Store {
             .await?;
         for h in offline {
             sqlx::query(
-                "UPDATE rollout_hosts SET outcome = 'offline', reason = 'offline when its step started'
+                "UPDATE rollout_hosts SET outcome = ?, reason = 'offline when its step started'
                  WHERE rollout_id = ? AND host = ?",
             )
+            .bind(HostOutcome::Offline)
             .bind(id)
             .bind(h)
             .execute(&mut *tx)
@@ -414,16 +485,17 @@ impl Store {
         &self,
         id: i64,
         host: &str,
-        outcome: &str,
+        outcome: HostOutcome,
         reason: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ? AND outcome = 'pending'",
+            "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ? AND outcome = ?",
         )
         .bind(outcome)
         .bind(reason)
         .bind(id)
         .bind(host)
+        .bind(HostOutcome::Pending)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -434,12 +506,13 @@ impl Store {
     pub async fn next_step(&self, id: i64, step: u32, next_step_at: i64) -> Result<()> {
         sqlx::query(
             "UPDATE rollouts SET step = ?, step_started_at = 0, next_step_at = ?, updated_at = ?
-             WHERE id = ? AND state = 'running'",
+             WHERE id = ? AND state = ?",
         )
         .bind(i64::from(step))
         .bind(next_step_at)
         .bind(now())
         .bind(id)
+        .bind(RolloutState::Running)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -450,8 +523,8 @@ impl Store {
     pub async fn transition_rollout(
         &self,
         id: i64,
-        from: &[&str],
-        to: &str,
+        from: &[RolloutState],
+        to: RolloutState,
         reason: Option<&str>,
     ) -> Result<bool> {
         let placeholders = vec!["?"; from.len()].join(", ");
@@ -486,19 +559,18 @@ impl Store {
 
 #[cfg(test)]
 pub(in crate::store) mod tests {
+    use sqlx::SqlitePool;
+
     use super::*;
 
-    async fn store_with_releases() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_sqlite(&dir.path().join("slipway.db"))
-            .await
-            .unwrap();
+    async fn store_with_releases(pool: SqlitePool) -> Store {
+        let s = Store::from_pool(pool);
         s.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2", "3"] {
             let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
             s.insert_release("default", &r, b"{}").await.unwrap();
         }
-        (dir, s)
+        s
     }
 
     /// Sets web@preprod to `version` through a rollout over `plan`.
@@ -525,14 +597,14 @@ pub(in crate::store) mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn hosts_are_held_at_the_previous_release_until_admitted() {
-        let (_d, s) = store_with_releases().await;
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn hosts_are_held_at_the_previous_release_until_admitted(pool: SqlitePool) {
+        let s = store_with_releases(pool).await;
         let first = start(&s, "1", &[]).await;
         assert_eq!(first.from_version, "");
         assert_eq!(
             s.rollout(first.rollout_id).await.unwrap().unwrap().state,
-            "succeeded",
+            RolloutState::Succeeded,
             "an empty plan is done at once"
         );
         let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
@@ -564,16 +636,16 @@ pub(in crate::store) mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_superseding_deploy_keeps_held_hosts_on_the_same_release() {
-        let (_d, s) = store_with_releases().await;
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_superseding_deploy_keeps_held_hosts_on_the_same_release(pool: SqlitePool) {
+        let s = store_with_releases(pool).await;
         let first = start(&s, "1", &[]).await;
         let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
         s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
         let third = start(&s, "3", &[("a", 0), ("b", 1)]).await;
         assert_eq!(
             s.rollout(second.rollout_id).await.unwrap().unwrap().state,
-            "superseded"
+            RolloutState::Superseded
         );
         assert_eq!(third.from_version, "1", "b never left 1");
         assert_eq!(
@@ -591,14 +663,31 @@ pub(in crate::store) mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_revert_points_desired_back_and_releases_the_hold() {
-        let (_d, s) = store_with_releases().await;
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_revert_points_desired_back_and_releases_the_hold(pool: SqlitePool) {
+        let s = store_with_releases(pool).await;
         start(&s, "1", &[]).await;
         let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
         s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
+        // a ran 2 healthy before b's step failed.
+        s.add_host("default", "a", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let healthy = crate::store::HostAppReport {
+            app: "web".into(),
+            running_version: "2".into(),
+            running_digest: "sha256:m2".into(),
+            health: proto::v1::Health::Healthy as i32,
+            ..Default::default()
+        };
+        s.record_report("default", "a", &healthy).await.unwrap();
         let generation = s
-            .revert_rollout(second.rollout_id, &["running"], "reverted", "canary failed")
+            .revert_rollout(
+                second.rollout_id,
+                &[RolloutState::Running],
+                RolloutState::Reverted,
+                "canary failed",
+            )
             .await
             .unwrap()
             .expect("reverted");
@@ -609,28 +698,33 @@ pub(in crate::store) mod tests {
         );
         let r = s.rollout(second.rollout_id).await.unwrap().unwrap();
         assert_eq!(
-            (r.state.as_str(), r.reason.as_str()),
-            ("reverted", "canary failed")
+            (r.state, r.reason.as_str()),
+            (RolloutState::Reverted, "canary failed")
         );
         assert_eq!(
             s.held_at("default", "web", "preprod", "b").await.unwrap(),
             None
         );
         let hosts = s.rollout_hosts(second.rollout_id).await.unwrap();
-        assert_eq!(hosts[0].outcome, "reverted");
-        assert_eq!(hosts[1].outcome, "pending");
+        assert_eq!(hosts[0].outcome, HostOutcome::Reverted);
+        assert_eq!(hosts[1].outcome, HostOutcome::Pending);
         assert_eq!(
-            s.previous_desired("default", "web", "preprod", "1")
+            s.rollback_target("default", "web", "preprod", "1")
                 .await
                 .unwrap(),
             None,
             "a rollback never goes back to the release just reverted"
         );
         assert!(
-            s.revert_rollout(second.rollout_id, &["running"], "reverted", "again")
-                .await
-                .unwrap()
-                .is_none(),
+            s.revert_rollout(
+                second.rollout_id,
+                &[RolloutState::Running],
+                RolloutState::Reverted,
+                "again"
+            )
+            .await
+            .unwrap()
+            .is_none(),
             "only once"
         );
     }

@@ -1,15 +1,19 @@
-//! Store side of trust: API tokens, join tokens, host certificates and
-//! revocation, directive sequence numbers, per-tenant blob links.
+//! Store side of trust: tenants, API tokens, join tokens, host certificates
+//! and revocation, directive sequence numbers, per-tenant blob links.
 
-use sqlx::Row;
+use std::collections::BTreeMap;
 
-use super::{Result, Store, now};
+use sqlx::FromRow;
 
-#[derive(Debug, Clone)]
+use super::{Result, Store, json_list, now};
+
+#[derive(Debug, Clone, FromRow)]
 pub struct ApiTokenRow {
     pub id: String,
     pub tenant: String,
     pub name: String,
+    /// A JSON array in the database.
+    #[sqlx(json)]
     pub roles: Vec<String>,
     pub secret_hash: String,
     pub created_at: i64,
@@ -18,7 +22,7 @@ pub struct ApiTokenRow {
 }
 
 /// Who a client certificate belongs to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 pub struct CertOwner {
     pub tenant: String,
     pub host: String,
@@ -27,7 +31,7 @@ pub struct CertOwner {
     pub not_after: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 pub struct HostRow {
     pub name: String,
     pub environment: String,
@@ -38,7 +42,8 @@ pub struct HostRow {
     pub revoked_at: Option<i64>,
     pub purpose: String,
     pub criticality: String,
-    pub labels: std::collections::BTreeMap<String, String>,
+    #[sqlx(json)]
+    pub labels: BTreeMap<String, String>,
     pub os: String,
 }
 
@@ -57,30 +62,34 @@ pub enum JoinRefused {
     Revoked,
 }
 
-fn token_from_row(r: sqlx::sqlite::SqliteRow) -> ApiTokenRow {
-    let roles: String = r.get(3);
-    ApiTokenRow {
-        id: r.get(0),
-        tenant: r.get(1),
-        name: r.get(2),
-        roles: roles
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        secret_hash: r.get(4),
-        created_at: r.get(5),
-        created_by: r.get(6),
-        revoked_at: r.get(7),
-    }
+/// A join token with its host, as `consume_join_token` checks it.
+#[derive(FromRow)]
+struct JoinTokenRow {
+    tenant: String,
+    host: String,
+    secret_hash: String,
+    expires_at: i64,
+    used_at: Option<i64>,
+    environment: String,
+    revoked_at: Option<i64>,
 }
 
+const TOKEN_COLUMNS: &str =
+    "id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at";
+
 impl Store {
+    pub async fn tenant_exists(&self, tenant: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE name = ?")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     pub async fn api_token_count(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM api_tokens")
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
             .fetch_one(&self.pool)
-            .await?
-            .get(0))
+            .await?)
     }
 
     /// A new tenant with the usual preprod and prod; false if it exists.
@@ -116,7 +125,7 @@ impl Store {
         .bind(&t.id)
         .bind(&t.tenant)
         .bind(&t.name)
-        .bind(t.roles.join(","))
+        .bind(json_list(&t.roles))
         .bind(&t.secret_hash)
         .bind(t.created_at)
         .bind(&t.created_by)
@@ -126,21 +135,21 @@ impl Store {
     }
 
     pub async fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
-        let row = sqlx::query("SELECT id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at FROM api_tokens WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(token_from_row))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn api_tokens(&self, tenant: &str) -> Result<Vec<ApiTokenRow>> {
-        let rows = sqlx::query(
-            "SELECT id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at FROM api_tokens WHERE tenant = ? ORDER BY created_at, id",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant = ? ORDER BY created_at, id"
+        )))
         .bind(tenant)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(token_from_row).collect())
+        .await?)
     }
 
     /// Revokes the tenant's token with this id or name; how many were revoked.
@@ -203,7 +212,7 @@ impl Store {
         host: &str,
     ) -> Result<std::result::Result<(String, String), JoinRefused>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
+        let row: Option<JoinTokenRow> = sqlx::query_as(
             "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
              FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = ?",
         )
@@ -213,21 +222,19 @@ impl Store {
         let Some(row) = row else {
             return Ok(Err(JoinRefused::Unknown));
         };
-        let stored_hash: String = row.get(2);
-        if !trust::ct_eq(stored_hash.as_bytes(), secret_hash.as_bytes()) {
+        if !trust::ct_eq(row.secret_hash.as_bytes(), secret_hash.as_bytes()) {
             return Ok(Err(JoinRefused::Unknown));
         }
-        if row.get::<Option<i64>, _>(4).is_some() {
+        if row.used_at.is_some() {
             return Ok(Err(JoinRefused::Used));
         }
-        if row.get::<i64, _>(3) <= now() {
+        if row.expires_at <= now() {
             return Ok(Err(JoinRefused::Expired));
         }
-        let token_host: String = row.get(1);
-        if token_host != host {
-            return Ok(Err(JoinRefused::WrongHost(token_host)));
+        if row.host != host {
+            return Ok(Err(JoinRefused::WrongHost(row.host)));
         }
-        if row.get::<Option<i64>, _>(6).is_some() {
+        if row.revoked_at.is_some() {
             return Ok(Err(JoinRefused::Revoked));
         }
         sqlx::query("UPDATE join_tokens SET used_at = ? WHERE id = ?")
@@ -236,7 +243,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Ok((row.get(0), row.get(5))))
+        Ok(Ok((row.tenant, row.environment)))
     }
 
     /// Remembers a certificate issued to a host; it is the host's current one.
@@ -273,20 +280,13 @@ impl Store {
     }
 
     pub async fn cert_owner(&self, fingerprint: &str) -> Result<Option<CertOwner>> {
-        let row = sqlx::query(
-            "SELECT c.tenant, c.host, h.environment, h.revoked_at, c.not_after FROM host_certs c
-             JOIN hosts h ON h.tenant = c.tenant AND h.name = c.host WHERE c.fingerprint = ?",
+        Ok(sqlx::query_as(
+            "SELECT c.tenant, c.host, h.environment, h.revoked_at IS NOT NULL AS revoked, c.not_after
+             FROM host_certs c JOIN hosts h ON h.tenant = c.tenant AND h.name = c.host WHERE c.fingerprint = ?",
         )
         .bind(fingerprint)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| CertOwner {
-            tenant: r.get(0),
-            host: r.get(1),
-            environment: r.get(2),
-            revoked: r.get::<Option<i64>, _>(3).is_some(),
-            not_after: r.get(4),
-        }))
+        .await?)
     }
 
     /// Revokes a host: its certificates and unused join tokens stop working.
@@ -318,18 +318,18 @@ impl Store {
 
     /// The next directive sequence number of a host (only ever grows).
     pub async fn next_directive_seq(&self, tenant: &str, host: &str) -> Result<u64> {
-        let row = sqlx::query(
+        let seq: i64 = sqlx::query_scalar(
             "UPDATE hosts SET directive_seq = directive_seq + 1 WHERE tenant = ? AND name = ? RETURNING directive_seq",
         )
         .bind(tenant)
         .bind(host)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.get::<i64, _>(0) as u64)
+        Ok(seq as u64)
     }
 
     pub async fn hosts(&self, tenant: &str, env: &str) -> Result<Vec<HostRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT name, environment, agent_version, last_seen, cert_fingerprint, cert_not_after, revoked_at,
                     purpose, criticality, labels, os
              FROM hosts WHERE tenant = ? AND (? = '' OR environment = ?) ORDER BY environment, name",
@@ -338,23 +338,7 @@ impl Store {
         .bind(env)
         .bind(env)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| HostRow {
-                name: r.get(0),
-                environment: r.get(1),
-                agent_version: r.get(2),
-                last_seen: r.get(3),
-                cert_fingerprint: r.get(4),
-                cert_not_after: r.get(5),
-                revoked_at: r.get(6),
-                purpose: r.get(7),
-                criticality: r.get(8),
-                labels: super::labels_from_json(&r.get::<String, _>(9)),
-                os: r.get(10),
-            })
-            .collect())
+        .await?)
     }
 
     /// Gives a tenant access to a blob it uploaded (or proved it has).
@@ -370,25 +354,13 @@ impl Store {
 
     /// Size of a blob the tenant may read; None exactly as for a missing blob.
     pub async fn tenant_blob_size(&self, tenant: &str, digest: &str) -> Result<Option<u64>> {
-        let row = sqlx::query(
+        let size: Option<i64> = sqlx::query_scalar(
             "SELECT b.size FROM blob_links l JOIN blobs b ON b.digest = l.digest WHERE l.tenant = ? AND l.digest = ?",
         )
         .bind(tenant)
         .bind(digest)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
-    }
-
-    /// The highest release counter of an app (0 when none).
-    pub async fn max_counter(&self, tenant: &str, app: &str) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(counter), 0) FROM releases WHERE tenant = ? AND app = ?",
-        )
-        .bind(tenant)
-        .bind(app)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get::<i64, _>(0) as u64)
+        Ok(size.map(|s| s as u64))
     }
 }

@@ -1,0 +1,260 @@
+//! What hosts say: their hello (agent version, OS), heartbeats, each app's
+//! report (`host_status`), and the fleet view that joins reports with hosts
+//! and desired releases.
+
+use std::collections::BTreeMap;
+
+use sqlx::FromRow;
+
+use super::{Result, Store, json_list, now};
+
+/// One host's report for one app, as stored.
+#[derive(Debug, Clone, Default, FromRow)]
+pub struct HostAppReport {
+    pub app: String,
+    pub running_version: String,
+    pub running_digest: String,
+    pub state: i32,
+    pub health: i32,
+    pub health_reason: String,
+    pub env_check: i32,
+    #[sqlx(json)]
+    pub missing_env: Vec<String>,
+    pub last_error: String,
+    pub failed_version: String,
+    pub failed_digest: String,
+    pub generation: u64,
+    /// Drift lines (bounded) and how many paths drifted in all.
+    #[sqlx(json)]
+    pub drift: Vec<String>,
+    pub drift_count: u32,
+    pub drift_digest: String,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct FleetRow {
+    pub host: String,
+    pub environment: String,
+    pub desired_version: Option<String>,
+    pub desired_generation: u64,
+    pub last_seen: i64,
+    #[sqlx(flatten)]
+    pub report: HostAppReport,
+    pub healthy_since: i64,
+    pub drift_acked: String,
+    #[sqlx(json)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl FleetRow {
+    /// Drift reported and not acknowledged.
+    pub fn drifted(&self) -> bool {
+        self.report.drift_count > 0 && self.drift_fingerprint() != self.drift_acked
+    }
+
+    /// What an acknowledgement of this host's drift is bound to.
+    pub fn drift_fingerprint(&self) -> String {
+        crate::fleet::drift_fingerprint(
+            &self.report.drift_digest,
+            &self.report.drift.join("\n"),
+            self.report.drift_count,
+        )
+    }
+}
+
+impl Store {
+    /// A host said hello: what agent it runs, and that it was seen. Hosts are
+    /// created by `hosts add`, never by an agent.
+    pub async fn host_hello(
+        &self,
+        tenant: &str,
+        host: &str,
+        agent_version: &str,
+        os: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE hosts SET agent_version = ?, os = ?, last_seen = ? WHERE tenant = ? AND name = ?",
+        )
+        .bind(agent_version)
+        .bind(os)
+        .bind(now())
+        .bind(tenant)
+        .bind(host)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn touch_host(&self, tenant: &str, host: &str) -> Result<()> {
+        sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
+            .bind(now())
+            .bind(tenant)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a host's report for one app (and that the host was seen).
+    pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let t = now();
+        let healthy = r.health == proto::v1::Health::Healthy as i32;
+        sqlx::query(
+            "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
+                env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
+                healthy_since, drift, drift_count, drift_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant, host, app) DO UPDATE SET
+                healthy_since = CASE
+                    WHEN excluded.healthy_since = 0 THEN 0
+                    WHEN host_status.healthy_since > 0 AND host_status.running_digest = excluded.running_digest
+                        THEN host_status.healthy_since
+                    ELSE excluded.healthy_since END,
+                drift = excluded.drift, drift_count = excluded.drift_count, drift_digest = excluded.drift_digest,
+                running_version = excluded.running_version, running_digest = excluded.running_digest,
+                state = excluded.state, health = excluded.health, health_reason = excluded.health_reason,
+                env_check = excluded.env_check, missing_env = excluded.missing_env, last_error = excluded.last_error,
+                failed_version = excluded.failed_version, failed_digest = excluded.failed_digest,
+                generation = excluded.generation, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(host)
+        .bind(&r.app)
+        .bind(&r.running_version)
+        .bind(&r.running_digest)
+        .bind(r.state)
+        .bind(r.health)
+        .bind(&r.health_reason)
+        .bind(r.env_check)
+        .bind(json_list(&r.missing_env))
+        .bind(&r.last_error)
+        .bind(&r.failed_version)
+        .bind(&r.failed_digest)
+        .bind(r.generation as i64)
+        .bind(t)
+        .bind(if healthy { t } else { 0 })
+        .bind(json_list(&r.drift))
+        .bind(i64::from(r.drift_count))
+        .bind(&r.drift_digest)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
+            .bind(t)
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        if healthy && !r.running_digest.is_empty() {
+            // The release ran healthy in the host's environment: a rollback
+            // may go back to it.
+            sqlx::query(
+                "INSERT INTO healthy_releases (tenant, app, environment, manifest_digest, first_at)
+                 SELECT h.tenant, ?, h.environment, ?, ? FROM hosts h WHERE h.tenant = ? AND h.name = ?
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.app)
+            .bind(&r.running_digest)
+            .bind(t)
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets apps a host no longer runs (its config dropped them).
+    pub async fn retain_host_apps(&self, tenant: &str, host: &str, apps: &[String]) -> Result<()> {
+        let existing: Vec<String> =
+            sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = ? AND host = ?")
+                .bind(tenant)
+                .bind(host)
+                .fetch_all(&self.pool)
+                .await?;
+        for app in existing.iter().filter(|a| !apps.contains(a)) {
+            sqlx::query("DELETE FROM host_status WHERE tenant = ? AND host = ? AND app = ?")
+                .bind(tenant)
+                .bind(host)
+                .bind(app)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What every host placed on an app reports (hosts a selector leaves out
+    /// are not part of the app's fleet).
+    pub async fn fleet(&self, tenant: &str, app: &str, env: &str) -> Result<Vec<FleetRow>> {
+        let placements = self.placements(tenant).await?;
+        let rows: Vec<FleetRow> = sqlx::query_as(
+            "SELECT s.host, h.environment, d.version AS desired_version,
+                    COALESCE(d.generation, 0) AS desired_generation, h.last_seen, h.labels,
+                    s.app, s.running_version, s.running_digest, s.state, s.health, s.health_reason, s.env_check,
+                    s.missing_env, s.last_error, s.failed_version, s.failed_digest, s.generation,
+                    s.healthy_since, s.drift, s.drift_count, s.drift_acked, s.drift_digest
+             FROM host_status s
+             JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
+             LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
+             WHERE s.tenant = ? AND (? = '' OR s.app = ?) AND (? = '' OR h.environment = ?)
+               AND h.revoked_at IS NULL
+             ORDER BY s.app, h.environment, s.host",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(app)
+        .bind(env)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|f| {
+                placements
+                    .get(&(f.report.app.clone(), f.environment.clone()))
+                    .is_none_or(|sel| crate::fleet::selector_matches(sel, &f.labels))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::SqlitePool;
+
+    use super::*;
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_report_reads_back_with_its_lists(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        s.add_host("default", "h1", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let report = HostAppReport {
+            app: "web".into(),
+            running_version: "1".into(),
+            running_digest: "sha256:m1".into(),
+            health: proto::v1::Health::Healthy as i32,
+            missing_env: vec!["DATABASE_URL".into(), "API_KEY".into()],
+            generation: 3,
+            drift: vec!["changed: a,b.txt".into(), "added: \"q\"".into()],
+            drift_count: 2,
+            drift_digest: "sha256:d".into(),
+            ..Default::default()
+        };
+        s.record_report("default", "h1", &report).await.unwrap();
+        let fleet = s.fleet("default", "web", "preprod").await.unwrap();
+        assert_eq!(fleet.len(), 1);
+        let f = &fleet[0];
+        assert_eq!((f.host.as_str(), f.environment.as_str()), ("h1", "preprod"));
+        assert_eq!(f.desired_version, None);
+        assert_eq!(f.report.missing_env, report.missing_env);
+        assert_eq!(f.report.drift, report.drift);
+        assert_eq!(f.report.generation, 3);
+        assert!(f.healthy_since > 0);
+        assert!(f.drifted());
+        s.retain_host_apps("default", "h1", &[]).await.unwrap();
+        assert!(s.fleet("default", "", "").await.unwrap().is_empty());
+    }
+}

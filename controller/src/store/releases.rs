@@ -1,0 +1,449 @@
+//! Apps, blobs, releases and the desired release of every app in every
+//! environment (with its history): what agents are told to run.
+
+use sqlx::FromRow;
+
+use super::{Result, Store, now};
+use crate::lifecycle::RolloutState;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ReleaseRow {
+    pub app: String,
+    pub version: String,
+    pub manifest_digest: String,
+    pub blob_digest: String,
+    pub blob_size: u64,
+    pub git_commit: Option<String>,
+    pub entries: u32,
+    pub created_at: i64,
+    pub counter: u64,
+    /// Publisher signatures, JSON (`[{"key","sig"}]`).
+    pub signatures: String,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct DesiredRow {
+    pub app: String,
+    pub version: String,
+    /// The desired generation (`release_as_desired`: the one given).
+    #[sqlx(default)]
+    pub generation: u64,
+    pub manifest_digest: String,
+    pub blob_digest: String,
+    pub blob_size: u64,
+    pub manifest: Vec<u8>,
+    pub counter: u64,
+    pub signatures: String,
+    /// Operator rollback authorization, JSON signatures (`release_as_desired`: none).
+    #[sqlx(default)]
+    pub authorization: String,
+}
+
+/// A desired release of app@env: which version, at which generation.
+#[derive(FromRow)]
+struct Desired {
+    version: String,
+    generation: u64,
+}
+
+/// An app's generation in an environment.
+#[derive(FromRow)]
+struct AppGeneration {
+    app: String,
+    generation: u64,
+}
+
+const RELEASE_COLUMNS: &str = "app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at, counter, signatures";
+
+impl Store {
+    pub async fn app_exists(&self, tenant: &str, app: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM apps WHERE tenant = ? AND name = ?")
+                .bind(tenant)
+                .bind(app)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Names of the tenant's apps (published at least once).
+    pub async fn apps(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM apps WHERE tenant = ? ORDER BY name")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn insert_blob(&self, digest: &str, size: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts the release unless (tenant, app, version) exists; returns the stored
+    /// release and whether it was already there.
+    pub async fn insert_release(
+        &self,
+        tenant: &str,
+        r: &ReleaseRow,
+        manifest: &[u8],
+    ) -> Result<(ReleaseRow, bool)> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO apps (tenant, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&r.app)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO releases (tenant, app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, manifest, created_at, counter, signatures)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&r.app)
+        .bind(&r.version)
+        .bind(&r.manifest_digest)
+        .bind(&r.blob_digest)
+        .bind(r.blob_size as i64)
+        .bind(&r.git_commit)
+        .bind(r.entries as i64)
+        .bind(manifest)
+        .bind(r.created_at)
+        .bind(r.counter as i64)
+        .bind(&r.signatures)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        let stored = self
+            .release(tenant, &r.app, &r.version)
+            .await?
+            .expect("release row exists after insert");
+        Ok((stored, !inserted))
+    }
+
+    pub async fn release(
+        &self,
+        tenant: &str,
+        app: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE tenant = ? AND app = ? AND version = ?"
+        )))
+        .bind(tenant)
+        .bind(app)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn releases(&self, tenant: &str, app: &str) -> Result<Vec<ReleaseRow>> {
+        // Newest first; rowid breaks ties between releases of the same second.
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE tenant = ? AND app = ? ORDER BY created_at DESC, rowid DESC"
+        )))
+        .bind(tenant)
+        .bind(app)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The highest release counter of an app (0 when none).
+    pub async fn max_counter(&self, tenant: &str, app: &str) -> Result<u64> {
+        let max: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(counter), 0) FROM releases WHERE tenant = ? AND app = ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(max as u64)
+    }
+
+    /// Current desired (version, generation) of app@env.
+    pub async fn desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+    ) -> Result<Option<(String, u64)>> {
+        let row: Option<Desired> = sqlx::query_as(
+            "SELECT version, generation FROM desired WHERE tenant = ? AND app = ? AND environment = ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(env)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|d| (d.version, d.generation)))
+    }
+
+    /// Where a rollback without a named version goes: the newest release
+    /// desired here before, other than `current`, that ran healthy in the
+    /// environment (a host there reported its digest healthy) and whose
+    /// latest rollout here did not fail (halted, reverted, aborted). A
+    /// release whose rollout was superseded before any host proved it, or
+    /// that every host refused, is never a target; nor one just reverted.
+    pub async fn rollback_target(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        current: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT d.version FROM desired_history d
+             JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
+             WHERE d.tenant = ? AND d.app = ? AND d.environment = ? AND d.version != ?
+               AND EXISTS (SELECT 1 FROM healthy_releases h WHERE h.tenant = d.tenant AND h.app = d.app
+                   AND h.environment = d.environment AND h.manifest_digest = r.manifest_digest)
+               AND COALESCE((SELECT o.state FROM rollouts o WHERE o.tenant = d.tenant AND o.app = d.app
+                   AND o.environment = d.environment AND o.to_version = d.version ORDER BY o.id DESC LIMIT 1), '')
+                   NOT IN (?, ?, ?)
+             ORDER BY d.id DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(env)
+        .bind(current)
+        .bind(RolloutState::Halted)
+        .bind(RolloutState::Reverted)
+        .bind(RolloutState::Aborted)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// (app, generation) of every desired release in an environment: cheap, read
+    /// on every desired-state change by every session.
+    pub async fn desired_generations(&self, tenant: &str, env: &str) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<AppGeneration> = sqlx::query_as(
+            "SELECT app, generation FROM desired WHERE tenant = ? AND environment = ? ORDER BY app",
+        )
+        .bind(tenant)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.app, r.generation)).collect())
+    }
+
+    /// The desired release of app@env with its manifest.
+    pub async fn desired_app(
+        &self,
+        tenant: &str,
+        env: &str,
+        app: &str,
+    ) -> Result<Option<DesiredRow>> {
+        Ok(sqlx::query_as(
+            "SELECT r.app, r.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest,
+                    r.counter, r.signatures, d.authorization
+             FROM desired d
+             JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
+             WHERE d.tenant = ? AND d.environment = ? AND d.app = ?",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(app)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A release as a directive row (no rollback authorization): what a host
+    /// held back by a rollout keeps.
+    pub async fn release_as_desired(
+        &self,
+        tenant: &str,
+        app: &str,
+        version: &str,
+        generation: u64,
+    ) -> Result<Option<DesiredRow>> {
+        let row: Option<DesiredRow> = sqlx::query_as(
+            "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures
+             FROM releases WHERE tenant = ? AND app = ? AND version = ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|d| DesiredRow {
+            generation,
+            authorization: "[]".into(),
+            ..d
+        }))
+    }
+}
+
+/// Points app@env at `version` (new generation, history row) inside a transaction.
+pub(super) async fn upsert_desired(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    app: &str,
+    env: &str,
+    version: &str,
+    authorization: &str,
+) -> Result<u64> {
+    let generation: i64 = sqlx::query_scalar(
+        "INSERT INTO desired (tenant, app, environment, version, generation, updated_at, authorization) VALUES (?, ?, ?, ?, 1, ?, ?)
+         ON CONFLICT (tenant, app, environment) DO UPDATE
+           SET version = excluded.version, generation = desired.generation + 1, updated_at = excluded.updated_at,
+               authorization = excluded.authorization
+         RETURNING generation",
+    )
+    .bind(tenant)
+    .bind(app)
+    .bind(env)
+    .bind(version)
+    .bind(now())
+    .bind(authorization)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO desired_history (tenant, app, environment, version, generation, at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(tenant)
+    .bind(app)
+    .bind(env)
+    .bind(version)
+    .bind(generation)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    Ok(generation as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::SqlitePool;
+
+    use super::*;
+    use crate::store::rollouts::tests::start;
+    use crate::store::tests::release;
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn versions_are_immutable_and_generations_grow(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        s.insert_blob("sha256:b", 1).await.unwrap();
+        let (_, existed) = s
+            .insert_release("default", &release("1", "sha256:m1"), b"{}")
+            .await
+            .unwrap();
+        assert!(!existed);
+        let (stored, existed) = s
+            .insert_release("default", &release("1", "sha256:other"), b"{}")
+            .await
+            .unwrap();
+        assert!(existed);
+        assert_eq!(
+            stored.manifest_digest, "sha256:m1",
+            "the first registration wins"
+        );
+        s.insert_release("default", &release("2", "sha256:m2"), b"{}")
+            .await
+            .unwrap();
+
+        assert_eq!(start(&s, "1", &[]).await.generation, 1);
+        assert_eq!(start(&s, "2", &[]).await.generation, 2);
+        let d = s
+            .desired_app("default", "preprod", "web")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.version.as_str(), d.generation), ("2", 2));
+        assert_eq!(d.authorization, "[]");
+        assert_eq!(d.manifest, b"{}");
+        assert_eq!(
+            s.desired_generations("default", "preprod").await.unwrap(),
+            vec![("web".to_string(), 2)]
+        );
+        assert!(
+            s.desired_app("default", "prod", "web")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let held = s
+            .release_as_desired("default", "web", "1", 7)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((held.version.as_str(), held.generation), ("1", 7));
+        assert_eq!(held.authorization, "[]");
+        assert_eq!(s.max_counter("default", "web").await.unwrap(), 0);
+        assert_eq!(s.apps("default").await.unwrap(), vec!["web".to_string()]);
+    }
+
+    /// web@preprod's report from `host` running `version` (digest
+    /// sha256:m<version>), healthy or not.
+    async fn report(s: &Store, host: &str, version: &str, healthy: bool) {
+        let health = if healthy {
+            proto::v1::Health::Healthy
+        } else {
+            proto::v1::Health::Unhealthy
+        };
+        let r = crate::store::HostAppReport {
+            app: "web".into(),
+            running_version: version.into(),
+            running_digest: format!("sha256:m{version}"),
+            health: health as i32,
+            ..Default::default()
+        };
+        s.record_report("default", host, &r).await.unwrap();
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_rollback_targets_the_newest_release_that_ran_healthy_here(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        s.insert_blob("sha256:b", 1).await.unwrap();
+        for v in ["1", "2", "3", "4"] {
+            s.insert_release("default", &release(v, &format!("sha256:m{v}")), b"{}")
+                .await
+                .unwrap();
+        }
+        s.add_host("default", "a", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        s.add_host("default", "p", "prod", "j2", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let target = |current: &'static str| {
+            let s = s.clone();
+            async move {
+                s.rollback_target("default", "web", "preprod", current)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        start(&s, "1", &[("a", 0)]).await;
+        report(&s, "a", "1", true).await;
+        // 2 is superseded by 3 before a proves it; 3 runs healthy; 4 never does.
+        start(&s, "2", &[("a", 0)]).await;
+        report(&s, "a", "2", false).await;
+        start(&s, "3", &[("a", 0)]).await;
+        report(&s, "a", "3", true).await;
+        start(&s, "4", &[("a", 0)]).await;
+        report(&s, "a", "4", false).await;
+        assert_eq!(target("4").await.as_deref(), Some("3"));
+        assert_eq!(
+            target("3").await.as_deref(),
+            Some("1"),
+            "2 never ran healthy here"
+        );
+        // Healthy in another environment does not count here.
+        report(&s, "p", "2", true).await;
+        assert_eq!(target("3").await.as_deref(), Some("1"));
+        assert_eq!(target("1").await.as_deref(), Some("3"));
+    }
+}
