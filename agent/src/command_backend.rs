@@ -14,6 +14,42 @@ use crate::supervisor::{self, ProcRecord};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const PID_WAIT: Duration = Duration::from_secs(15);
 
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("open logs/commands.log: {0}")]
+    Log(#[source] std::io::Error),
+    #[error("{program:?} could not start: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program:?} timed out after {secs}s")]
+    Timeout { program: String, secs: u64 },
+    #[error("{program:?}: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program:?} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("start {process}: {source}")]
+    Start {
+        process: String,
+        #[source]
+        source: Box<CommandError>,
+    },
+    #[error("start {process}: the pid command printed no live pid within {secs}s")]
+    NoPid { process: String, secs: u64 },
+    #[error(transparent)]
+    Record(#[from] supervisor::SuperviseError),
+}
+
 /// Runs one operator command to completion (bounded). `capture`: stdout is
 /// returned (the pid command); otherwise output goes to `logs/commands.log`,
 /// never to a pipe a backgrounded child could hold open forever.
@@ -23,7 +59,8 @@ fn run(
     env: &BTreeMap<String, String>,
     run_as: Option<RunAs>,
     capture: bool,
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
+    let program = || argv[0].clone();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&paths.current)
@@ -37,17 +74,18 @@ fn run(
             .create(true)
             .append(true)
             .open(paths.logs.join("commands.log"))
-            .map_err(|e| format!("open logs/commands.log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            .map_err(CommandError::Log)?;
+        let log2 = log.try_clone().map_err(CommandError::Log)?;
         cmd.stdout(log).stderr(log2);
     }
     if let Some(r) = run_as {
         std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, r.gid);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{:?} could not start: {e}", argv[0]))?;
+    let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
+        program: program(),
+        source,
+    })?;
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     loop {
         match child.try_wait() {
@@ -56,25 +94,25 @@ fn run(
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{:?} timed out after {}s",
-                    argv[0],
-                    COMMAND_TIMEOUT.as_secs()
-                ));
+                return Err(CommandError::Timeout {
+                    program: program(),
+                    secs: COMMAND_TIMEOUT.as_secs(),
+                });
             }
         }
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| format!("{:?}: {e}", argv[0]))?;
+        .map_err(|source| CommandError::Wait {
+            program: program(),
+            source,
+        })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "{:?} failed ({}): {}",
-            argv[0],
-            out.status,
-            err.trim()
-        ));
+        return Err(CommandError::Failed {
+            program: program(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -86,8 +124,11 @@ pub fn start(
     env: &BTreeMap<String, String>,
     version: &str,
     run_as: Option<RunAs>,
-) -> Result<ProcRecord, String> {
-    run(&cmds.start, paths, env, run_as, false).map_err(|e| format!("start {process}: {e}"))?;
+) -> Result<ProcRecord, CommandError> {
+    run(&cmds.start, paths, env, run_as, false).map_err(|e| CommandError::Start {
+        process: process.to_string(),
+        source: Box::new(e),
+    })?;
     let deadline = Instant::now() + PID_WAIT;
     loop {
         let pid = run(&cmds.pid, paths, env, run_as, true)
@@ -97,13 +138,13 @@ pub fn start(
         if let Some(recorded) =
             pid.and_then(|pid| supervisor::record_started(paths, process, pid, version))
         {
-            return recorded;
+            return Ok(recorded?);
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "start {process}: the pid command printed no live pid within {}s",
-                PID_WAIT.as_secs()
-            ));
+            return Err(CommandError::NoPid {
+                process: process.to_string(),
+                secs: PID_WAIT.as_secs(),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -16,32 +16,85 @@ use crate::supervisor::{self, ProcRecord};
 const MAX_ENVIRON_BYTES: u64 = 4 * 1024 * 1024;
 const HTTP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Why one HTTP request to the app got no status.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("timed out")]
+    TimedOut,
+}
+
+/// Why a readiness probe did not pass (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("GET {path} on port {port}: {source}")]
+    Http {
+        path: String,
+        port: u16,
+        #[source]
+        source: HttpError,
+    },
+    #[error("GET {path} on port {port} answered {status}")]
+    Status {
+        path: String,
+        port: u16,
+        status: u16,
+    },
+    #[error("TCP connect to port {port} timed out")]
+    TcpTimeout { port: u16 },
+    #[error("TCP connect to port {port}: {source}")]
+    Tcp {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("health command {program} could not start: {source}")]
+    CommandStart {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("health command {program:?} {status}")]
+    CommandFailed {
+        program: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("health command {program:?}: {source}")]
+    CommandWait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("health command {program:?} timed out")]
+    CommandTimeout { program: String },
+}
+
 /// One HTTP GET to 127.0.0.1:port/path; Ok(status) or a short reason.
-pub async fn http_get(port: u16, path: &str) -> Result<u16, String> {
+pub async fn http_get(port: u16, path: &str) -> Result<u16, HttpError> {
     http_request(hyper::Method::GET, port, path).await
 }
 
 /// One HTTP request with an empty body to 127.0.0.1:port/path.
-pub async fn http_request(method: hyper::Method, port: u16, path: &str) -> Result<u16, String> {
+pub async fn http_request(method: hyper::Method, port: u16, path: &str) -> Result<u16, HttpError> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("http: {e}"))?;
+            .map_err(HttpError::Connect)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
             .header(hyper::header::USER_AGENT, "slipway-agent")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("http: {e}"))?;
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         // Drain a bounded amount of the body so the connection ends cleanly.
         let _ = tokio::time::timeout(Duration::from_millis(500), resp.into_body().collect()).await;
@@ -49,7 +102,7 @@ pub async fn http_request(method: hyper::Method, port: u16, path: &str) -> Resul
     };
     tokio::time::timeout(HTTP_ATTEMPT_TIMEOUT, attempt)
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| HttpError::TimedOut)?
 }
 
 /// Names of the variables in a process's environment.
@@ -112,22 +165,30 @@ pub enum Probe<'a> {
 
 const COMMAND_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn probe(p: Probe<'_>) -> Result<(), String> {
+async fn probe(p: Probe<'_>) -> Result<(), ProbeError> {
     match p {
         Probe::Up => Ok(()),
         Probe::Http { port, path } => match http_get(port, path).await {
             Ok(s) if (200..300).contains(&s) => Ok(()),
-            Ok(s) => Err(format!("GET {path} on port {port} answered {s}")),
-            Err(e) => Err(format!("GET {path} on port {port}: {e}")),
+            Ok(status) => Err(ProbeError::Status {
+                path: path.into(),
+                port,
+                status,
+            }),
+            Err(source) => Err(ProbeError::Http {
+                path: path.into(),
+                port,
+                source,
+            }),
         },
         Probe::Tcp { port } => tokio::time::timeout(
             HTTP_ATTEMPT_TIMEOUT,
             tokio::net::TcpStream::connect(("127.0.0.1", port)),
         )
         .await
-        .map_err(|_| format!("TCP connect to port {port} timed out"))?
+        .map_err(|_| ProbeError::TcpTimeout { port })?
         .map(|_| ())
-        .map_err(|e| format!("TCP connect to port {port}: {e}")),
+        .map_err(|source| ProbeError::Tcp { port, source }),
         Probe::Command { argv, dir, env } => {
             let program = if argv[0].contains('/') && !argv[0].starts_with('/') {
                 dir.join(&argv[0])
@@ -145,13 +206,21 @@ async fn probe(p: Probe<'_>) -> Result<(), String> {
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| {
-                    format!("health command {} could not start: {e}", program.display())
+                .map_err(|source| ProbeError::CommandStart {
+                    program: program.display().to_string(),
+                    source,
                 })?;
+            let name = || argv[0].clone();
             match tokio::time::timeout(COMMAND_PROBE_TIMEOUT, child.wait()).await {
                 Ok(Ok(s)) if s.success() => Ok(()),
-                Ok(Ok(s)) => Err(format!("health command {:?} {s}", argv[0])),
-                Ok(Err(e)) => Err(format!("health command {:?}: {e}", argv[0])),
+                Ok(Ok(status)) => Err(ProbeError::CommandFailed {
+                    program: name(),
+                    status,
+                }),
+                Ok(Err(source)) => Err(ProbeError::CommandWait {
+                    program: name(),
+                    source,
+                }),
                 Err(_) => {
                     if let Some(pid) = child.id() {
                         let _ = nix::sys::signal::killpg(
@@ -159,7 +228,7 @@ async fn probe(p: Probe<'_>) -> Result<(), String> {
                             nix::sys::signal::SIGKILL,
                         );
                     }
-                    Err(format!("health command {:?} timed out", argv[0]))
+                    Err(ProbeError::CommandTimeout { program: name() })
                 }
             }
         }
@@ -216,7 +285,7 @@ pub async fn check_once(
     }
     match probe(readiness).await {
         Ok(()) => Verdict::Healthy,
-        Err(why) => Verdict::NotReady(why),
+        Err(why) => Verdict::NotReady(why.to_string()),
     }
 }
 

@@ -32,6 +32,8 @@ pub enum InstallError {
     SharedConflict(String),
     #[error("prepare hook {0}")]
     Hook(String),
+    #[error("manifest: {0}")]
+    Manifest(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
@@ -168,7 +170,7 @@ fn unpack_as(
 }
 
 /// The child side of [`unpack_as`]: the manifest from a file, the blob from stdin.
-pub fn unpack_child(manifest: &Path, dest: &Path) -> Result<(), String> {
+pub fn unpack_child(manifest: &Path, dest: &Path) -> Result<(), InstallError> {
     let limits = Limits::default();
     let mut bytes = Vec::new();
     std::fs::File::open(manifest)
@@ -176,16 +178,16 @@ pub fn unpack_child(manifest: &Path, dest: &Path) -> Result<(), String> {
             std::io::Read::take(f, artifact::manifest::MAX_MANIFEST_BYTES as u64 + 1)
                 .read_to_end(&mut bytes)
         })
-        .map_err(|e| format!("read {}: {e}", manifest.display()))?;
+        .map_err(io_err(manifest))?;
     let m = Manifest::from_canonical_bytes(&bytes, limits.max_entries, limits.max_total_bytes)
-        .map_err(|e| format!("manifest: {e}"))?;
+        .map_err(|e| InstallError::Manifest(e.to_string()))?;
     artifact::unpack_into(
         std::io::BufReader::new(std::io::stdin().lock()),
         &m,
         dest,
         &limits,
-    )
-    .map_err(|e| format!("unpack: {e}"))
+    )?;
+    Ok(())
 }
 
 /// Links `shared/<path>` into the release for every shared file and dir of the spec.

@@ -8,15 +8,17 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::app::AppRunner;
+use crate::app::{AppRunner, LocalError};
 use crate::config::AgentConfig;
 use crate::paths::AppPaths;
 use crate::state::{AppStatus, HealthState};
 
-fn app_paths(cfg: &AgentConfig, app: &str) -> Result<AppPaths, String> {
+fn app_paths(cfg: &AgentConfig, app: &str) -> Result<AppPaths, LocalError> {
     if !cfg.apps.contains_key(app) {
-        let known: Vec<&String> = cfg.apps.keys().collect();
-        return Err(format!("unknown app {app:?} (this host runs: {known:?})"));
+        return Err(LocalError::UnknownApp {
+            app: app.to_string(),
+            known: cfg.apps.keys().cloned().collect(),
+        });
     }
     Ok(AppPaths::for_app(&cfg.state_dir, app, &cfg.apps[app]))
 }
@@ -69,7 +71,7 @@ impl StatusLine {
     }
 }
 
-pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
+pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), LocalError> {
     let rows: Vec<StatusLine> = cfg
         .apps
         .iter()
@@ -80,10 +82,7 @@ pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
@@ -107,7 +106,7 @@ pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-pub fn releases(cfg: &AgentConfig, app: &str) -> Result<(), String> {
+pub fn releases(cfg: &AgentConfig, app: &str) -> Result<(), LocalError> {
     let paths = app_paths(cfg, app)?;
     let status = AppStatus::load(&paths.status).unwrap_or_default();
     let current = paths.current_version();
@@ -142,7 +141,7 @@ pub async fn rollback(
     app: &str,
     to: Option<String>,
     actor: &str,
-) -> Result<(), String> {
+) -> Result<(), LocalError> {
     app_paths(cfg, app)?;
     let (board, _) = watch::channel(BTreeMap::new());
     let mut runner = AppRunner::new(
@@ -151,7 +150,10 @@ pub async fn rollback(
         &cfg.state_dir,
         board,
     )
-    .map_err(|e| format!("{app}: {e}"))?;
+    .map_err(|source| LocalError::Io {
+        app: app.to_string(),
+        source,
+    })?;
     let done = runner.local_rollback(to, actor).await?;
     println!("{done}");
     println!(

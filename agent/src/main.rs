@@ -103,13 +103,16 @@ fn main() -> ExitCode {
     };
     if let Some(cmd) = local {
         let result = match cmd {
-            Local::Status { json } => agent::local::status(&cfg, json),
-            Local::Releases { app } => agent::local::releases(&cfg, &app),
+            Local::Status { json } => agent::local::status(&cfg, json).map_err(|e| e.to_string()),
+            Local::Releases { app } => {
+                agent::local::releases(&cfg, &app).map_err(|e| e.to_string())
+            }
             Local::Rollback { app, to } => {
                 let actor = std::env::var("SUDO_USER")
                     .or_else(|_| std::env::var("USER"))
                     .unwrap_or_else(|_| format!("uid:{}", nix::unistd::getuid()));
                 rt.block_on(agent::local::rollback(&cfg, &app, to, &actor))
+                    .map_err(|e| e.to_string())
             }
             Local::Join { token } => {
                 let token = if token == "-" {

@@ -222,7 +222,7 @@ pub fn record_started(
     process: &str,
     pid: i32,
     version: &str,
-) -> Option<Result<ProcRecord, String>> {
+) -> Option<Result<ProcRecord, SuperviseError>> {
     let start_time = start_time(pid)?;
     let rec = ProcRecord {
         process: process.to_string(),
@@ -230,11 +230,7 @@ pub fn record_started(
         start_time,
         version: version.to_string(),
     };
-    Some(
-        write_record(paths, &rec)
-            .map(|()| rec)
-            .map_err(|e| e.to_string()),
-    )
+    Some(write_record(paths, &rec).map(|()| rec))
 }
 
 /// Records a running process in `run/<process>.json` for adoption after restarts.

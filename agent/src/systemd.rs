@@ -12,14 +12,35 @@ use crate::supervisor::{self, ProcRecord};
 
 const MAIN_PID_WAIT: Duration = Duration::from_secs(15);
 
-fn systemctl(args: &[&str]) -> Result<String, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("systemctl {args}: {source}")]
+    Run {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("systemctl {args}: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("unit {unit} has no main process after restart ({state})")]
+    NoMainPid { unit: String, state: String },
+    #[error(transparent)]
+    Record(#[from] supervisor::SuperviseError),
+}
+
+fn systemctl(args: &[&str]) -> Result<String, SystemdError> {
     let out = Command::new("systemctl")
         .args(args)
         .output()
-        .map_err(|e| format!("systemctl {}: {e}", args.join(" ")))?;
+        .map_err(|source| SystemdError::Run {
+            args: args.join(" "),
+            source,
+        })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("systemctl {}: {}", args.join(" "), err.trim()));
+        return Err(SystemdError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -40,7 +61,7 @@ pub fn restart(
     process: &str,
     unit: &str,
     version: &str,
-) -> Result<ProcRecord, String> {
+) -> Result<ProcRecord, SystemdError> {
     let before = main_pid(unit);
     systemctl(&["restart", unit])?;
     let deadline = Instant::now() + MAIN_PID_WAIT;
@@ -49,13 +70,14 @@ pub fn restart(
             .filter(|p| Some(*p) != before)
             .and_then(|pid| supervisor::record_started(paths, process, pid, version))
         {
-            return recorded;
+            return Ok(recorded?);
         }
         if Instant::now() >= deadline {
-            let state = systemctl(&["is-active", unit]).unwrap_or_else(|e| e);
-            return Err(format!(
-                "unit {unit} has no main process after restart ({state})"
-            ));
+            let state = systemctl(&["is-active", unit]).unwrap_or_else(|e| e.to_string());
+            return Err(SystemdError::NoMainPid {
+                unit: unit.to_string(),
+                state,
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }

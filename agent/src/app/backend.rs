@@ -128,8 +128,8 @@ impl HostProcesses {
         }
         let (paths, process, version) = (self.paths.clone(), name.to_string(), version.to_string());
         let run_as = self.cfg.run_as();
-        let started = match self.cfg.service {
-            Backend::Supervise => supervisor::start(
+        match self.cfg.service {
+            Backend::Supervise => Ok(supervisor::start(
                 &paths,
                 &process,
                 &version,
@@ -137,23 +137,32 @@ impl HostProcesses {
                 p.cwd.as_deref(),
                 &env,
                 run_as,
-            )
-            .map_err(|e| e.to_string()),
+            )?),
             // The unit holds command, cwd and env files; it points at current/.
             Backend::Systemd => {
                 let unit = self.cfg.unit(&self.app, name);
-                blocking(move || crate::systemd::restart(&paths, &process, &unit, &version)).await
+                Ok(
+                    blocking(move || crate::systemd::restart(&paths, &process, &unit, &version))
+                        .await??,
+                )
             }
             Backend::Command => match self.cfg.commands.get(name).cloned() {
+                // Operator commands may print what the env files hold: masked.
                 Some(cmds) => blocking(move || {
                     crate::command_backend::start(&paths, &process, &cmds, &env, &version, run_as)
                 })
-                .await
-                .map_err(|e| crate::envfile::redact(&e, self.secrets().iter())),
-                None => Err(format!("process {name} has no commands in the host config")),
+                .await?
+                .map_err(|e| {
+                    DeployError::Process(crate::envfile::redact(
+                        &e.to_string(),
+                        self.secrets().iter(),
+                    ))
+                }),
+                None => Err(DeployError::Spec(format!(
+                    "process {name} has no commands in the host config"
+                ))),
             },
-        };
-        started.map_err(DeployError::Process)
+        }
     }
 
     /// Why a process is gone: its exit status when the supervisor reaped it,
@@ -184,11 +193,11 @@ const LOG_TAIL_LINES: usize = 5;
 
 /// Runs a blocking backend call off the async workers.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DeployError> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(format!("backend task failed: {e}")))
+        .map_err(|e| DeployError::Process(format!("backend task failed: {e}")))
 }
 
 impl Processes for HostProcesses {
@@ -227,11 +236,7 @@ impl Processes for HostProcesses {
                 Backend::Supervise => supervisor::stop(&self.paths, p, self.grace()).await,
                 Backend::Systemd => {
                     let unit = self.cfg.unit(&self.app, &p.process);
-                    let _ = blocking(move || {
-                        crate::systemd::stop(&paths, &rec, &unit);
-                        Ok(())
-                    })
-                    .await;
+                    let _ = blocking(move || crate::systemd::stop(&paths, &rec, &unit)).await;
                 }
                 Backend::Command => {
                     let Some(cmds) = self.cfg.commands.get(&p.process).cloned() else {
@@ -241,8 +246,7 @@ impl Processes for HostProcesses {
                         .unwrap_or_default();
                     let run_as = self.cfg.run_as();
                     let _ = blocking(move || {
-                        crate::command_backend::stop(&paths, &rec, &cmds, &env, run_as);
-                        Ok(())
+                        crate::command_backend::stop(&paths, &rec, &cmds, &env, run_as)
                     })
                     .await;
                 }

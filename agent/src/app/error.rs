@@ -25,9 +25,14 @@ pub enum DeployError {
     /// A hook failed; its output is already masked.
     #[error("{0}")]
     Hook(String),
-    /// A process could not be started or stopped by the service backend.
+    /// A process could not be started or stopped by the service backend
+    /// (the command backend's message is masked, so it travels as text).
     #[error("{0}")]
     Process(String),
+    #[error(transparent)]
+    Supervise(#[from] crate::supervisor::SuperviseError),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
     /// A health check failed for good (names missing env vars if any).
     #[error("{0}")]
     Unhealthy(String),

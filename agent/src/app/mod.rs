@@ -38,6 +38,7 @@ mod tests;
 
 pub use backend::{ControllerFetch, Env, Fetch, HostProcesses, Processes};
 pub use error::DeployError;
+pub use local_action::LocalError;
 pub(crate) use processes::{app_env, env_files};
 
 fn status_mtime(path: &Path) -> Option<std::time::SystemTime> {

@@ -432,7 +432,7 @@ async fn a_host_rollback_runs_through_the_same_machine() {
 
     // The target is unhealthy: the command fails and 2.0.0 is put back.
     rig.procs.0.lock().unwrap().unhealthy.insert("1.0.0".into());
-    let e = r.local_rollback(None, "ops").await.unwrap_err();
+    let e = r.local_rollback(None, "ops").await.unwrap_err().to_string();
     assert!(
         e.contains("1.0.0 did not prove healthy, 2.0.0 restored"),
         "{e}"
