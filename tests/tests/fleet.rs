@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish, status_row};
+use integration_tests::{Agent, Controller, ReleaseOpts, eventually, exit, publish, status_row};
 
 /// `web` log lines of `agent` for `version` at `step`.
 fn steps(agent: &Agent, version: &str, step: &str) -> usize {
@@ -149,7 +149,12 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
         },
     );
     let out = deploy(&c, "3.0.0", &["--canary", "1", "--batch", "2"]);
-    assert_eq!(out.code, 1, "--wait fails a halted rollout: {}", out.stdout);
+    assert_eq!(
+        out.code,
+        exit::ROLLOUT_FAILED,
+        "--wait fails a halted rollout: {}",
+        out.stdout
+    );
     assert!(
         out.stderr.contains("canary failed") && out.stderr.contains("reverted to 2.0.0"),
         "{}",
@@ -182,7 +187,7 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
         },
     );
     let out = deploy(&c, "4.0.0", &["--canary", "1", "--batch", "2"]);
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED, "{}", out.stdout);
     assert!(
         out.stderr.contains("failure threshold crossed at step 3/4")
             && out.stderr.contains("FEATURE_FLAG")
@@ -459,7 +464,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
         c.ctl(&args)
     };
     let out = promote(false);
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.code, exit::FAILED, "{}", out.stdout);
     assert!(
         out.stderr.contains("of the 5s soak"),
         "refused before the soak: {}",
@@ -480,7 +485,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
             "promote", "web", "--from", "preprod", "--to", "staging", "--force",
         ],
     );
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::PERMISSION_DENIED);
     assert!(
         out.stderr.contains("--force needs the promoter role") && out.stderr.contains("soak"),
         "{}",
@@ -488,13 +493,13 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     );
     let out = c.ctl(&["envs", "set", "staging", "--batch-timeout", "0"]);
     assert!(
-        out.code == 1 && out.stderr.contains("batch timeout: at least 1 second"),
+        out.code == exit::FAILED && out.stderr.contains("batch timeout: at least 1 second"),
         "{}",
         out.stderr
     );
     let out = c.ctl(&["envs", "set", "stagnig", "--soak", "1"]);
     assert!(
-        out.code == 1 && out.stderr.contains("add --create"),
+        out.code == exit::NOT_FOUND && out.stderr.contains("add --create"),
         "a typo does not make an environment: {}",
         out.stderr
     );
@@ -527,7 +532,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     deploy(&c, "2.0.0", &[]).ok();
     std::thread::sleep(Duration::from_secs(6)); // let the soak pass: only drift blocks now
     let out = promote(false);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::FAILED);
     assert!(
         out.stderr
             .contains("prod-2 (prod) has drift: changed sample.conf"),
@@ -546,7 +551,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     eventually(Duration::from_secs(30), "new drift on prod-2", || {
         status_row(&c, "prod-2").filter(|r| r["status"] == "drifted")
     });
-    assert_eq!(promote(false).code, 1, "blocked again");
+    assert_eq!(promote(false).code, exit::FAILED, "blocked again");
     c.ctl(&["drift", "ack", "web", "--env", "prod", "--host", "prod-2"])
         .ok();
     promote(false).ok();
@@ -563,7 +568,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     // --force skips the soak, and the audit log says so.
     publish(&c, t.path(), &ReleaseOpts::new("3.0.0"));
     deploy(&c, "3.0.0", &[]).ok();
-    assert_eq!(promote(false).code, 1);
+    assert_eq!(promote(false).code, exit::FAILED);
     promote(true).ok();
     for a in &prod {
         a.wait_serving("3.0.0");
@@ -584,7 +589,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     // A typo in a filter is an error, not an empty fleet; a closed pipe ends
     // slipctl quietly.
     let out = c.ctl(&["status", "--app", "wbe"]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::NOT_FOUND);
     assert!(out.stderr.contains("\"wbe\""), "{}", out.stderr);
     let out = std::process::Command::new("sh")
         .arg("-c")
