@@ -355,6 +355,23 @@ fn a_controller_restarted_mid_rollout_finishes_it_host_by_host() {
     });
     let paused = c.ctl(&["rollout", "pause", "web", "--env", "preprod"]).ok();
     assert!(paused.stdout.contains("paused"), "{}", paused.stdout);
+    // A paused rollout does not end by itself: --wait gives up at --timeout, exit 6.
+    let out = c.ctl(&[
+        "rollout",
+        "status",
+        "web",
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("timed out; rollout") && out.stderr.contains(" is paused at step"),
+        "{}",
+        out.stderr
+    );
     let step = rollout(&c, "preprod")["step"].as_u64().unwrap();
     c.ctl(&["rollout", "resume", "web", "--env", "preprod"])
         .ok();
