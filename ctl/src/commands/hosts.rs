@@ -84,7 +84,7 @@ async fn add(
         "host {host} added to {env}; its one-time join token (valid {}s):",
         r.expires_at - now()
     );
-    say!("{}", r.join_token);
+    say!("{}", escape(&r.join_token));
     eprintln!("on {host}: slipway-agent --config /etc/slipway/agent.toml join <TOKEN>");
     Ok(())
 }

@@ -318,3 +318,69 @@ fn to_json(r: &RolloutInfo) -> RolloutJson<'_> {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::exit;
+
+    fn info(state: &str, reason: &str) -> RolloutInfo {
+        RolloutInfo {
+            id: 7,
+            app: "web".into(),
+            environment: "prod".into(),
+            from_version: "1.0.0".into(),
+            to_version: "1.1.0".into(),
+            state: state.into(),
+            reason: reason.into(),
+            hosts: vec![proto::v1::RolloutHost {
+                host: "prod-1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn headlines_name_the_rollout_and_escape_what_hosts_reported() {
+        let cases = [
+            (
+                info("running", ""),
+                "rollout 7 of web in prod: 1.0.0 -> 1.1.0 — running",
+            ),
+            (
+                info("halted", "canary failed: prod-1: \u{1b}[2Jgone\nforged"),
+                "rollout 7 of web in prod: 1.0.0 -> 1.1.0 — halted: canary failed: prod-1: \\u{1b}[2Jgone\\nforged",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(headline(&r), want);
+        }
+    }
+
+    #[test]
+    fn steps_are_named_after_the_canary() {
+        let names: Vec<String> = [(0, true), (1, true), (0, false), (2, false)]
+            .into_iter()
+            .map(|(s, c)| step_name(s, c))
+            .collect();
+        assert_eq!(names, ["canary", "batch 1", "batch 1", "batch 3"]);
+    }
+
+    #[test]
+    fn only_a_success_ends_a_wait_with_exit_0() {
+        let f = Format::Table;
+        assert!(verdict(&info("succeeded", ""), "prod", "web", true, f).is_ok());
+        assert!(verdict(&info("halted", "x"), "prod", "web", false, f).is_ok());
+        for state in ["halted", "reverted", "aborted"] {
+            let e = verdict(&info(state, "why"), "prod", "web", true, f).unwrap_err();
+            assert_eq!(e.exit_code(), exit::ROLLOUT_FAILED, "{state}");
+            assert_eq!(
+                e.to_string(),
+                format!("rollout 7 of web 1.1.0 in prod {state}: why")
+            );
+        }
+        let e = timed_out(&info("paused", ""));
+        assert_eq!(e.exit_code(), exit::ROLLOUT_FAILED);
+    }
+}

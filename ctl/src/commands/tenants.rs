@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::cli::TenantsCommand;
 use crate::client::Clients;
 use crate::error::{Result, from_status};
-use crate::output::{Format, print_json};
+use crate::output::{Format, escape, print_json};
 
 #[derive(Serialize)]
 struct TenantJson<'a> {
@@ -30,6 +30,6 @@ pub async fn run(cmd: TenantsCommand, c: &mut Clients, fmt: Format) -> Result<()
         });
     }
     eprintln!("tenant {name} created with preprod and prod; its admin token (shown once):");
-    say!("{}", r.token);
+    say!("{}", escape(&r.token));
     Ok(())
 }

@@ -81,7 +81,7 @@ async fn create(c: &mut Clients, token: String, roles: &[Role], fmt: Format) -> 
         "token {token} ({}); shown once, store it as a secret:",
         escape(&roles)
     );
-    say!("{}", r.token);
+    say!("{}", escape(&r.token));
     Ok(())
 }
 
