@@ -1,5 +1,6 @@
 //! Connecting to the controller: TLS with the controller's CA (plaintext only
-//! to a loopback address), and the API token on every call.
+//! to a loopback address), the API token on every call, and the questions
+//! several commands ask first (who am I, which tenant, the highest counter).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,13 +8,14 @@ use std::sync::Arc;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::deployments_client::DeploymentsClient;
 use proto::v1::releases_client::ReleasesClient;
+use proto::v1::{ListReleasesRequest, WhoAmIRequest, WhoAmIResponse};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cli::Global;
-use crate::error::{CtlError, Result};
+use crate::error::{CtlError, Result, from_status, plaintext_hint};
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -54,6 +56,8 @@ fn token(file: Option<&PathBuf>) -> Result<Token> {
 
 pub struct Clients {
     pub url: String,
+    /// `--tenant`; empty: the API token's.
+    pub tenant: String,
     pub releases: ReleasesClient<InterceptedService<Channel, Token>>,
     pub deployments: DeploymentsClient<InterceptedService<Channel, Token>>,
     pub admin: AdminClient<InterceptedService<Channel, Token>>,
@@ -78,12 +82,14 @@ pub async fn connect(g: &Global) -> Result<Clients> {
         None
     };
     let token = token(g.token_file.as_ref())?;
-    let channel = trust::tls::connect(url, tls, false)
-        .await
-        .map_err(|e| CtlError::Unreachable(e.to_string()))?;
+    let channel = trust::tls::connect(url, tls, false).await.map_err(|e| {
+        let msg = e.to_string();
+        CtlError::Unreachable(format!("{msg}{}", plaintext_hint(url, &msg)))
+    })?;
     let limit = proto::MAX_MESSAGE_BYTES;
     Ok(Clients {
         url: url.to_string(),
+        tenant: g.tenant.clone(),
         releases: ReleasesClient::with_interceptor(channel.clone(), token.clone())
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
@@ -92,4 +98,43 @@ pub async fn connect(g: &Global) -> Result<Clients> {
             .max_encoding_message_size(limit),
         admin: AdminClient::with_interceptor(channel, token),
     })
+}
+
+impl Clients {
+    /// Which tenant, token and roles the API token stands for.
+    pub async fn whoami(&mut self) -> Result<WhoAmIResponse> {
+        Ok(self
+            .admin
+            .who_am_i(WhoAmIRequest {})
+            .await
+            .map_err(|s| from_status(&self.url, s))?
+            .into_inner())
+    }
+
+    /// The tenant to act on: `--tenant`, else the API token's (asked of the controller).
+    pub async fn resolved_tenant(&mut self) -> Result<String> {
+        if !self.tenant.is_empty() {
+            return Ok(self.tenant.clone());
+        }
+        Ok(self.whoami().await?.tenant)
+    }
+
+    /// The highest release counter of `app` (0 when it has no release yet).
+    pub async fn highest_counter(&mut self, tenant: &str, app: &str) -> Result<u64> {
+        let req = ListReleasesRequest {
+            tenant: tenant.into(),
+            app: app.into(),
+        };
+        match self.releases.list_releases(req).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .releases
+                .iter()
+                .map(|r| r.counter)
+                .max()
+                .unwrap_or(0)),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(0),
+            Err(s) => Err(from_status(&self.url, s)),
+        }
+    }
 }

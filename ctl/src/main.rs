@@ -1,28 +1,13 @@
-//! `slipctl`: the operator's and CI's command line. Thin: parse, dispatch, map the
-//! error to a documented exit code (0 ok, 1 operation failed, 2 usage,
-//! 3 controller unreachable).
+//! `slipctl`: the operator's and CI's command line. Thin: parse, connect, run
+//! the subcommand, map the error to its documented exit code (see `error::exit`).
 
-/// `println!` that ends slipctl quietly when its reader goes away
-/// (`slipctl history | head`) instead of panicking on the broken pipe.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
-
-mod admin;
+#[macro_use]
+mod output;
 mod cli;
 mod client;
 mod commands;
 mod error;
-mod publish;
-mod rollout;
-mod status;
+mod values;
 
 use std::process::ExitCode;
 
@@ -37,13 +22,13 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(error::exit::FAILED);
         }
     };
-    match rt.block_on(commands::dispatch(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match rt.block_on(commands::run(args)) {
+        Ok(()) => ExitCode::from(error::exit::OK),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", output::escape(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

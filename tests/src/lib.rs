@@ -9,6 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// slipctl's documented exit codes (README, `slipctl --help`, `ctl/src/error.rs`).
+pub mod exit {
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const UNREACHABLE: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 4;
+    pub const NOT_FOUND: i32 = 5;
+    pub const ROLLOUT_FAILED: i32 = 6;
+}
+
 /// Path of a workspace binary, next to the test executable's `deps/` dir.
 /// The binaries must be built first (`cargo build --workspace`).
 pub fn bin(name: &str) -> PathBuf {

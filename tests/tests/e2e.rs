@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::{
-    Agent, Controller, ReleaseOpts, eventually, http_get, publish, sample_release, status_row,
+    Agent, Controller, ReleaseOpts, eventually, exit, http_get, publish, sample_release, status_row,
 };
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
@@ -66,7 +66,8 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
     );
     let out = c.deploy_wait("3.0.0", "preprod");
     assert_eq!(
-        out.code, 1,
+        out.code,
+        exit::ROLLOUT_FAILED,
         "--wait fails when the release is refused: {}",
         out.stdout
     );
@@ -119,7 +120,7 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
         },
     );
     let out = c.deploy_wait("4.0.0", "preprod");
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     agent.wait_serving("2.0.0");
     let local = agent.status_json();
     assert!(
@@ -153,7 +154,7 @@ fn publish_deploy_upgrade_and_automatic_rollbacks() {
     );
     // …until it is deployed again.
     let out = c.deploy_wait("4.0.0", "preprod");
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     assert_eq!(
         steps(&agent, "4.0.0", "flip"),
         2,
@@ -202,7 +203,7 @@ fn a_failing_prepare_hook_leaves_the_old_release_serving() {
         },
     );
     let out = c.deploy_wait("2.0.0", "preprod");
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     assert!(
         out.stderr.contains("migration 42 failed"),
         "hook output explains: {}",
@@ -236,7 +237,7 @@ fn promote_runs_the_same_digest_on_the_prod_host() {
 
     // Nothing healthy in preprod yet: nothing to promote.
     let out = c.ctl(&["promote", "web", "--from", "preprod", "--to", "prod"]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::FAILED);
     assert!(
         out.stderr.contains("has no release in preprod"),
         "{}",
@@ -301,7 +302,11 @@ fn the_app_keeps_serving_while_the_controller_is_down() {
 
     c.kill();
     let out = c.ctl(&["status"]);
-    assert_eq!(out.code, 3, "unreachable controller has its own exit code");
+    assert_eq!(
+        out.code,
+        exit::UNREACHABLE,
+        "unreachable controller has its own exit code"
+    );
     assert_eq!(
         out.stderr.lines().count(),
         1,
@@ -380,28 +385,36 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let c = Controller::start(t.path());
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
 
-    let cases: &[(&[&str], &str)] = &[
+    let cases: &[(&[&str], i32, &str)] = &[
         (
             &["deploy", "api", "1.0.0", "--env", "preprod"],
+            exit::NOT_FOUND,
             "unknown app \"api\"",
         ),
         (
             &["deploy", "web", "9.9.9", "--env", "preprod"],
+            exit::NOT_FOUND,
             "unknown version \"9.9.9\"",
         ),
         (
             &["deploy", "web", "1.0.0", "--env", "staging"],
+            exit::NOT_FOUND,
             "unknown environment \"staging\" (known: preprod, prod)",
         ),
-        (&["releases", "nope"], "unknown app \"nope\""),
+        (
+            &["releases", "nope"],
+            exit::NOT_FOUND,
+            "unknown app \"nope\"",
+        ),
         (
             &["rollback", "web", "--env", "preprod"],
+            exit::FAILED,
             "has no release in preprod",
         ),
     ];
-    for (args, want) in cases {
+    for (args, code, want) in cases {
         let out = c.ctl(args);
-        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert_eq!(out.code, *code, "{args:?}: {}", out.stderr);
         assert_eq!(
             out.stderr.lines().count(),
             1,
@@ -431,7 +444,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "--version",
         "1.0.0",
     ]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::FAILED);
     assert!(
         out.stderr
             .contains("already published with different content"),
@@ -447,7 +460,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "--version",
         "../1",
     ]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::USAGE);
     assert!(
         out.stderr.contains("invalid version name"),
         "{}",
@@ -464,7 +477,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "--version",
         "2.0.0",
     ]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::FAILED);
     assert!(out.stderr.contains("slipway.toml"), "{}", out.stderr);
 
     let envs = c.ctl(&["envs"]).ok().stdout;
@@ -605,7 +618,7 @@ fn git_checkouts_record_their_commit_and_dirty_trees_are_refused() {
         "--version",
         "1.0.1",
     ]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::FAILED);
     assert!(
         out.stderr.contains("uncommitted change") && out.stderr.contains("--allow-dirty"),
         "{}",
@@ -656,7 +669,7 @@ fn a_broken_env_file_refuses_the_release_before_anything_stops() {
         },
     );
     let out = c.deploy_wait("2.0.0", "preprod");
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     assert!(
         out.stderr.contains("line 2: expected KEY=VALUE"),
         "{}",
@@ -690,7 +703,7 @@ fn hook_output_is_reported_with_env_values_masked() {
         },
     );
     let out = c.deploy_wait("1.0.0", "preprod");
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     assert!(out.stderr.contains("cannot reach ***"), "{}", out.stderr);
     assert!(!out.stderr.contains("canary-7731"));
     assert!(!agent.deploy_log().contains("canary-7731"));
@@ -970,7 +983,7 @@ fn the_command_backend_drives_an_outside_process_manager() {
             ..ReleaseOpts::new("3.0.0")
         },
     );
-    assert_eq!(c.deploy_wait("3.0.0", "preprod").code, 1);
+    assert_eq!(c.deploy_wait("3.0.0", "preprod").code, exit::ROLLOUT_FAILED);
     agent.wait_serving("2.0.0");
 }
 

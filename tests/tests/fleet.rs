@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use integration_tests::{
-    Agent, Controller, ReleaseOpts, eventually, publish, sample_release, status_row,
+    Agent, Controller, ReleaseOpts, eventually, exit, publish, sample_release, status_row,
 };
 
 /// `web` log lines of `agent` for `version` at `step`.
@@ -151,7 +151,12 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
         },
     );
     let out = deploy(&c, "3.0.0", &["--canary", "1", "--batch", "2"]);
-    assert_eq!(out.code, 1, "--wait fails a halted rollout: {}", out.stdout);
+    assert_eq!(
+        out.code,
+        exit::ROLLOUT_FAILED,
+        "--wait fails a halted rollout: {}",
+        out.stdout
+    );
     assert!(
         out.stderr.contains("canary failed") && out.stderr.contains("reverted to 2.0.0"),
         "{}",
@@ -184,7 +189,7 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
         },
     );
     let out = deploy(&c, "4.0.0", &["--canary", "1", "--batch", "2"]);
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED, "{}", out.stdout);
     assert!(
         out.stderr.contains("failure threshold crossed at step 3/4")
             && out.stderr.contains("FEATURE_FLAG")
@@ -352,6 +357,23 @@ fn a_controller_restarted_mid_rollout_finishes_it_host_by_host() {
     });
     let paused = c.ctl(&["rollout", "pause", "web", "--env", "preprod"]).ok();
     assert!(paused.stdout.contains("paused"), "{}", paused.stdout);
+    // A paused rollout does not end by itself: --wait gives up at --timeout, exit 6.
+    let out = c.ctl(&[
+        "rollout",
+        "status",
+        "web",
+        "--env",
+        "preprod",
+        "--wait",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("timed out; rollout") && out.stderr.contains(" is paused at step"),
+        "{}",
+        out.stderr
+    );
     let step = rollout(&c, "preprod")["step"].as_u64().unwrap();
     c.ctl(&["rollout", "resume", "web", "--env", "preprod"])
         .ok();
@@ -461,7 +483,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
         c.ctl(&args)
     };
     let out = promote(false);
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.code, exit::FAILED, "{}", out.stdout);
     assert!(
         out.stderr.contains("of the 5s soak"),
         "refused before the soak: {}",
@@ -482,7 +504,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
             "promote", "web", "--from", "preprod", "--to", "staging", "--force",
         ],
     );
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::PERMISSION_DENIED);
     assert!(
         out.stderr.contains("--force needs the promoter role") && out.stderr.contains("soak"),
         "{}",
@@ -490,13 +512,13 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     );
     let out = c.ctl(&["envs", "set", "staging", "--batch-timeout", "0"]);
     assert!(
-        out.code == 1 && out.stderr.contains("batch timeout: at least 1 second"),
+        out.code == exit::FAILED && out.stderr.contains("batch timeout: at least 1 second"),
         "{}",
         out.stderr
     );
     let out = c.ctl(&["envs", "set", "stagnig", "--soak", "1"]);
     assert!(
-        out.code == 1 && out.stderr.contains("add --create"),
+        out.code == exit::NOT_FOUND && out.stderr.contains("add --create"),
         "a typo does not make an environment: {}",
         out.stderr
     );
@@ -529,7 +551,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     deploy(&c, "2.0.0", &[]).ok();
     std::thread::sleep(Duration::from_secs(6)); // let the soak pass: only drift blocks now
     let out = promote(false);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::FAILED);
     assert!(
         out.stderr
             .contains("prod-2 (prod) has drift: changed sample.conf"),
@@ -548,7 +570,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     eventually(Duration::from_secs(30), "new drift on prod-2", || {
         status_row(&c, "prod-2").filter(|r| r["status"] == "drifted")
     });
-    assert_eq!(promote(false).code, 1, "blocked again");
+    assert_eq!(promote(false).code, exit::FAILED, "blocked again");
     c.ctl(&["drift", "ack", "web", "--env", "prod", "--host", "prod-2"])
         .ok();
     promote(false).ok();
@@ -565,7 +587,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     // --force skips the soak, and the audit log says so.
     publish(&c, t.path(), &ReleaseOpts::new("3.0.0"));
     deploy(&c, "3.0.0", &[]).ok();
-    assert_eq!(promote(false).code, 1);
+    assert_eq!(promote(false).code, exit::FAILED);
     promote(true).ok();
     for a in &prod {
         a.wait_serving("3.0.0");
@@ -586,7 +608,7 @@ fn promotion_waits_for_the_soak_and_refuses_drift() {
     // A typo in a filter is an error, not an empty fleet; a closed pipe ends
     // slipctl quietly.
     let out = c.ctl(&["status", "--app", "wbe"]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::NOT_FOUND);
     assert!(out.stderr.contains("\"wbe\""), "{}", out.stderr);
     let out = std::process::Command::new("sh")
         .arg("-c")

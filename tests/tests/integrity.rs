@@ -1,7 +1,7 @@
 //! Integrity end to end: uploads whose bytes do not match their digest, blobs
 //! tampered with on the controller's disk, interrupted and corrupt downloads.
 
-use integration_tests::{Agent, Controller, ReleaseOpts, publish};
+use integration_tests::{Agent, Controller, ReleaseOpts, exit, publish};
 use proto::v1::releases_client::ReleasesClient;
 use proto::v1::{UploadBlobHeader, UploadBlobRequest, upload_blob_request};
 
@@ -117,7 +117,7 @@ fn a_blob_tampered_with_on_the_controller_is_refused_by_the_agent() {
         "--timeout",
         "60",
     ]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     assert!(out.stderr.contains("discarded"), "{}", out.stderr);
     agent.wait_serving("1.0.0");
     assert!(!agent.app_dir().join("releases/2.0.0").exists());

@@ -1,7 +1,7 @@
 //! The release spec end to end: several processes with their own probes and
 //! working dirs, hooks in order and in the right dirs, the restart warning.
 
-use integration_tests::{Agent, Controller, ReleaseOpts, sample_release};
+use integration_tests::{Agent, Controller, ReleaseOpts, exit, sample_release};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
@@ -120,7 +120,7 @@ fn several_processes_hooks_in_order_and_the_restart_warning() {
         "--timeout",
         "60",
     ]);
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED, "{}", out.stdout);
     agent.wait_serving("1.0.0");
     assert!(
         agent
@@ -168,7 +168,7 @@ fn a_port_probe_without_a_port_is_refused_before_anything_stops() {
         "--timeout",
         "60",
     ]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED);
     assert!(
         out.stderr
             .contains("process api has an HTTP or TCP health check but no port"),

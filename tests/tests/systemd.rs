@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish, status_row};
+use integration_tests::{Agent, Controller, ReleaseOpts, eventually, exit, publish, status_row};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
@@ -189,7 +189,7 @@ fn the_systemd_backend_deploys_rolls_back_and_reports() {
         "--timeout",
         "60",
     ]);
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.code, exit::ROLLOUT_FAILED, "{}", out.stdout);
     agent.wait_serving("2.0.0");
     // Reverted to what runs: healthy again, the refused release on record.
     let row = eventually(

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish, sample_release};
+use integration_tests::{
+    Agent, Controller, ReleaseOpts, eventually, exit, publish, sample_release,
+};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
@@ -40,7 +42,7 @@ fn a_ci_token_deploys_to_preprod_but_never_touches_production() {
         &viewer,
         &["publish", rel, "--app", "web", "--version", "1.0.0"],
     );
-    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.code, exit::PERMISSION_DENIED, "{}", out.stderr);
     assert!(
         out.stderr.contains("lacks the publisher role"),
         "{}",
@@ -48,7 +50,7 @@ fn a_ci_token_deploys_to_preprod_but_never_touches_production() {
     );
     assert_eq!(
         c.ctl(&["releases", "web"]).code,
-        1,
+        exit::NOT_FOUND,
         "no release was created"
     );
 
@@ -64,7 +66,12 @@ fn a_ci_token_deploys_to_preprod_but_never_touches_production() {
         vec!["retry", "web", "--env", "prod"],
     ] {
         let out = c.ctl_as(&ci, &args);
-        assert_eq!(out.code, 1, "{args:?} must be refused: {}", out.stdout);
+        assert_eq!(
+            out.code,
+            exit::PERMISSION_DENIED,
+            "{args:?} must be refused: {}",
+            out.stdout
+        );
         assert!(
             out.stderr.contains("lacks the promoter role"),
             "{args:?}: {}",
@@ -75,6 +82,7 @@ fn a_ci_token_deploys_to_preprod_but_never_touches_production() {
 
     // No token, a garbage token, a revoked token: refused as well.
     let out = c.ctl_as("", &["deploy", "web", "1.0.0", "--env", "prod"]);
+    assert_eq!(out.code, exit::PERMISSION_DENIED);
     assert!(out.stderr.contains("no API token"), "{}", out.stderr);
     let forged = format!("swt_{}_{}", "0".repeat(16), "1".repeat(64));
     let out = c.ctl_as(&forged, &["deploy", "web", "1.0.0", "--env", "prod"]);
@@ -425,7 +433,7 @@ fn another_tenant_cannot_see_fetch_or_probe_our_blobs() {
     );
 
     // default's view: no app web, the digest is reported missing (not "present").
-    assert_eq!(c.ctl(&["releases", "web"]).code, 1);
+    assert_eq!(c.ctl(&["releases", "web"]).code, exit::NOT_FOUND);
     // Publishing the same bytes under default uploads them again (no probe by digest).
     let out = c
         .ctl(&[
@@ -440,7 +448,7 @@ fn another_tenant_cannot_see_fetch_or_probe_our_blobs() {
     assert!(out.stdout.contains("uploaded"), "{}", out.stdout);
     // acme's token cannot act on tenant default.
     let out = c.ctl_as(&acme, &["--tenant", "default", "status"]);
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, exit::PERMISSION_DENIED);
     assert!(
         out.stderr.contains("is for tenant \"acme\""),
         "{}",
@@ -533,10 +541,10 @@ fn plaintext_is_loopback_only_and_https_needs_the_ca() {
 
     // Plaintext to a non-loopback address, https without the CA: usage errors.
     let out = run("http://10.1.2.3:7400", &c.admin_token, false, &["envs"]);
-    assert_eq!(out.code, 2);
+    assert_eq!(out.code, exit::USAGE);
     assert!(out.stderr.contains("loopback only"), "{}", out.stderr);
     let out = run(&c.url, &c.admin_token, false, &["envs"]);
-    assert_eq!(out.code, 2);
+    assert_eq!(out.code, exit::USAGE);
     assert!(out.stderr.contains("--ca-cert"), "{}", out.stderr);
     // With the CA, https works.
     run(&c.url, &c.admin_token, true, &["envs"]).ok();
