@@ -691,9 +691,11 @@ fn a_rollback_every_host_refuses_halts_and_names_them() {
         "60",
     ]);
     assert_eq!(
-        out.code, 1,
+        out.code,
+        exit::ROLLOUT_FAILED,
         "a rollback no host took fails --wait: {}{}",
-        out.stdout, out.stderr
+        out.stdout,
+        out.stderr
     );
     assert!(
         out.stderr.contains("halted")
