@@ -34,8 +34,8 @@ pub enum SuperviseError {
         #[source]
         source: std::io::Error,
     },
-    #[error("process {process} exited right after start")]
-    Vanished { process: String },
+    #[error("process {process} exited right after start ({status})")]
+    Vanished { process: String, status: String },
     #[error("write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -139,27 +139,27 @@ pub fn start(
         std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, r.gid);
     }
-    let child = cmd.spawn().map_err(spawn_err)?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
     let pid = child.id() as i32;
+    let exit_path = exit_path(paths, process);
+    let Some(start_time) = start_time(pid) else {
+        // Gone already (or a zombie): reap it here, so its status is known now.
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        record_exit(&exit_path, pid, &status);
+        return Err(SuperviseError::Vanished {
+            process: process.to_string(),
+            status,
+        });
+    };
     // Reap the child when it exits so it never lingers as a zombie; liveness is
     // judged from /proc so adopted and own children are treated alike.
     // The exit status is kept beside the pid file for the failure reason.
-    let exit_path = exit_path(paths, process);
     std::thread::spawn(move || {
         let mut child = child;
         if let Ok(status) = child.wait() {
-            let exit = Exit {
-                pid,
-                status: status.to_string(),
-            };
-            if let Ok(bytes) = serde_json::to_vec(&exit) {
-                let _ = artifact::unpack::write_atomic(&exit_path, &bytes);
-            }
+            record_exit(&exit_path, pid, &status.to_string());
         }
     });
-    let start_time = start_time(pid).ok_or_else(|| SuperviseError::Vanished {
-        process: process.to_string(),
-    })?;
     let rec = ProcRecord {
         process: process.to_string(),
         pid,
@@ -176,6 +176,16 @@ pub fn start(
 struct Exit {
     pid: i32,
     status: String,
+}
+
+fn record_exit(path: &Path, pid: i32, status: &str) {
+    let exit = Exit {
+        pid,
+        status: status.to_string(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&exit) {
+        let _ = artifact::unpack::write_atomic(path, &bytes);
+    }
 }
 
 fn exit_path(paths: &AppPaths, process: &str) -> PathBuf {

@@ -129,7 +129,7 @@ impl HostProcesses {
         let (paths, process, version) = (self.paths.clone(), name.to_string(), version.to_string());
         let run_as = self.cfg.run_as();
         match self.cfg.service {
-            Backend::Supervise => Ok(supervisor::start(
+            Backend::Supervise => match supervisor::start(
                 &paths,
                 &process,
                 &version,
@@ -137,7 +137,14 @@ impl HostProcesses {
                 p.cwd.as_deref(),
                 &env,
                 run_as,
-            )?),
+            ) {
+                Ok(rec) => Ok(rec),
+                // Crashed at once: say how, with what it printed.
+                Err(supervisor::SuperviseError::Vanished { status, .. }) => Err(
+                    DeployError::Process(self.crash_reason(name, "right after start", &status)),
+                ),
+                Err(e) => Err(e.into()),
+            },
             // The unit holds command, cwd and env files; it points at current/.
             Backend::Systemd => {
                 let unit = self.cfg.unit(&self.app, name);
@@ -168,22 +175,27 @@ impl HostProcesses {
     /// Why a process is gone: its exit status when the supervisor reaped it,
     /// and the last lines of its log, env values masked.
     fn exit_reason(&self, rec: &ProcRecord) -> String {
-        let status = supervisor::exit_status(&self.paths, rec)
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default();
-        let tail = supervisor::log_tail(&self.paths, &rec.process, LOG_TAIL_LINES);
+        let status = supervisor::exit_status(&self.paths, rec).unwrap_or_default();
+        self.crash_reason(&rec.process, "", &status)
+    }
+
+    /// "process web exited (exit status: 3); last output: …", env values masked
+    /// and control characters escaped.
+    fn crash_reason(&self, process: &str, when: &str, status: &str) -> String {
+        let mut what = format!("process {process} exited");
+        if !when.is_empty() {
+            what = format!("{what} {when}");
+        }
+        if !status.is_empty() {
+            what = format!("{what} ({status})");
+        }
+        let tail = supervisor::log_tail(&self.paths, process, LOG_TAIL_LINES);
         let tail = crate::envfile::redact(&tail, self.secrets().iter());
         let tail: String = tail.escape_debug().collect();
         if tail.is_empty() {
-            format!(
-                "process {} exited{status}; logs/{}.log is empty",
-                rec.process, rec.process
-            )
+            format!("{what}; logs/{process}.log is empty")
         } else {
-            format!(
-                "process {} exited{status}; last output: {tail}",
-                rec.process
-            )
+            format!("{what}; last output: {tail}")
         }
     }
 }
@@ -328,24 +340,29 @@ mod tests {
             paths: paths.clone(),
         };
         let env = super::super::app_env("web", &cfg, &paths, "1.0.0").unwrap();
-        let started = procs.start(&spec, "1.0.0", &env).await.unwrap();
-        let ps = &spec.processes["web"];
-        let release = paths.release("1.0.0");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let reason = loop {
-            match procs.check(&started[0], ps, &release, &env).await {
-                Verdict::Failed { reason, .. }
-                    if reason.contains("exit status") || std::time::Instant::now() > deadline =>
-                {
-                    break reason;
+        // It may be gone before the supervisor records it (the start fails)
+        // or just after (the next check fails): either way, the same account.
+        let reason = match procs.start(&spec, "1.0.0", &env).await {
+            Err(e) => e.to_string(),
+            Ok(started) => {
+                let ps = &spec.processes["web"];
+                let release = paths.release("1.0.0");
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    match procs.check(&started[0], ps, &release, &env).await {
+                        Verdict::Failed { reason, .. }
+                            if reason.contains("exit status")
+                                || std::time::Instant::now() > deadline =>
+                        {
+                            break reason;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
                 }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        assert!(
-            reason.contains("process web exited (exit status: 3)"),
-            "{reason}"
-        );
+        assert!(reason.contains("process web exited"), "{reason}");
+        assert!(reason.contains("(exit status: 3)"), "{reason}");
         assert!(reason.contains("cannot connect to ***"), "{reason}");
         assert!(
             reason.contains("starting"),
