@@ -5,7 +5,7 @@
 
 use tonic::{Request, Status};
 
-use crate::grpc::Ctx;
+use crate::ctx::Ctx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -4,11 +4,13 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod ctx;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod lifecycle;
+pub mod plan;
 pub mod rollout;
 pub mod store;
 
@@ -26,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::blobs::BlobStore;
-use crate::grpc::Ctx;
+use crate::ctx::Ctx;
 use crate::hub::Hub;
 use crate::store::Store;
 
@@ -187,7 +189,7 @@ pub async fn run(
 /// The services slipctl and CI call (Releases, Deployments, Admin).
 fn add_api(
     router: tonic::transport::server::Router,
-    ctx: &grpc::SharedCtx,
+    ctx: &ctx::SharedCtx,
 ) -> tonic::transport::server::Router {
     let limit = proto::MAX_MESSAGE_BYTES;
     router

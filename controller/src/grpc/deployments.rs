@@ -80,7 +80,7 @@ impl DeploymentsService {
         }
         let started = crate::rollout::start(
             &self.ctx,
-            &crate::rollout::Change {
+            &crate::plan::Change {
                 tenant,
                 app,
                 environment: env,

@@ -7,7 +7,7 @@ use tonic::{Response, Status};
 use super::{Authorized, Ctx};
 use crate::error::{ControllerError, Result};
 use crate::lifecycle::RolloutState;
-use crate::rollout::plan::{Amount, Strategy};
+use crate::plan::{Amount, Strategy};
 use crate::store::{EnvPolicy, RolloutHostRow, RolloutRow};
 
 /// Longest batch timeout or pause a strategy may ask for (a day).

@@ -80,7 +80,7 @@ impl Store {
         .bind(now())
         .bind(tenant)
         .bind(host)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -90,14 +90,14 @@ impl Store {
             .bind(now())
             .bind(tenant)
             .bind(host)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
 
     /// Records a host's report for one app (and that the host was seen).
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let healthy = r.health == proto::v1::Health::Healthy as i32;
         sqlx::query(
@@ -171,14 +171,14 @@ impl Store {
             sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = ? AND host = ?")
                 .bind(tenant)
                 .bind(host)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?;
         for app in existing.iter().filter(|a| !apps.contains(a)) {
             sqlx::query("DELETE FROM host_status WHERE tenant = ? AND host = ? AND app = ?")
                 .bind(tenant)
                 .bind(host)
                 .bind(app)
-                .execute(&self.pool)
+                .execute(self.db())
                 .await?;
         }
         Ok(())
@@ -206,7 +206,7 @@ impl Store {
         .bind(app)
         .bind(env)
         .bind(env)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows
             .into_iter()

@@ -7,33 +7,19 @@
 //! the hosts already changed, all at once. Nothing lives only in memory, so a
 //! restarted controller carries on where it stopped.
 
-pub mod plan;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use proto::v1::Health;
 
+use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
-use crate::grpc::{Ctx, SharedCtx};
 use crate::lifecycle::{HostOutcome, RolloutState};
+use crate::plan::{self, Change};
 use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
-use plan::Strategy;
 
 /// How often running rollouts are looked at even when nothing reports.
 const TICK: Duration = Duration::from_secs(1);
-
-/// A change of desired release to roll out.
-pub struct Change<'a> {
-    pub tenant: &'a str,
-    pub app: &'a str,
-    pub environment: &'a str,
-    pub version: &'a str,
-    pub digest: &'a str,
-    pub authorization: &'a str,
-    pub strategy: Strategy,
-    pub actor: &'a str,
-}
 
 /// Sets the desired release and plans its rollout over the environment's
 /// hosts that run the app, then wakes the sessions and the engine.
@@ -185,7 +171,8 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
             .collect();
         if store.admit_step(r.id, r.step, &offline).await? {
             tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
-                steps = r.steps, offline = offline.len(), "rollout step admitted");
+                steps = r.steps, offline = offline.len(), store_queries = store.queries(),
+                "rollout step admitted");
             ctx.hub.desired_changed();
         }
         return Ok(());
@@ -253,7 +240,8 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
             )
             .await?
         {
-            tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, "rollout succeeded");
+            tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version,
+                store_queries = store.queries(), "rollout succeeded");
             engine_audit(ctx, r, "rollout-succeeded", "ok").await;
             ctx.hub.desired_changed();
         }

@@ -1,8 +1,21 @@
-//! Rollout strategies and plans: which hosts change in which step. Pure
-//! functions, no I/O: the engine (`rollout::run`) and the store use them.
+//! Changes of desired release, rollout strategies and plans: which hosts
+//! change in which step. Pure functions, no I/O: `intent`, the engine
+//! (`rollout::run`) and the store use them.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// A change of desired release to roll out.
+pub struct Change<'a> {
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub environment: &'a str,
+    pub version: &'a str,
+    pub digest: &'a str,
+    pub authorization: &'a str,
+    pub strategy: Strategy,
+    pub actor: &'a str,
+}
 
 /// A number of hosts, absolute or relative to the environment's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
