@@ -2,7 +2,7 @@
 //! environment, then per environment, always the worst of the parts. Pure
 //! functions over what the store holds.
 
-use proto::v1::Health;
+use crate::lifecycle::Health;
 
 /// Best to worst; a rollup is the maximum of its hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,7 +33,7 @@ pub struct HostFacts<'a> {
     /// The desired generation the host last acted on.
     pub generation: u64,
     pub running_version: &'a str,
-    pub health: i32,
+    pub health: Health,
     pub failed_version: &'a str,
     pub offline: bool,
     pub drifted: bool,
@@ -46,13 +46,13 @@ pub fn classify(f: &HostFacts<'_>) -> HostState {
         && f.failed_version == f.desired_version
         && f.generation >= f.desired_generation;
     let at_desired = f.running_version == f.desired_version;
-    if refused || (at_desired && f.health == Health::Unhealthy as i32) {
+    if refused || (at_desired && f.health == Health::Unhealthy) {
         HostState::Failed
     } else if f.offline {
         HostState::Offline
     } else if f.drifted {
         HostState::Drifted
-    } else if at_desired && f.health == Health::Healthy as i32 {
+    } else if at_desired && f.health == Health::Healthy {
         HostState::Ok
     } else {
         HostState::Updating
@@ -106,7 +106,7 @@ mod tests {
             desired_generation: 5,
             generation: 5,
             running_version: running,
-            health: health as i32,
+            health,
             failed_version: "",
             offline: false,
             drifted: false,

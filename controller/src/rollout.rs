@@ -10,11 +10,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use proto::v1::Health;
-
 use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
-use crate::lifecycle::{HostOutcome, RolloutState};
+use crate::lifecycle::{Health, HostOutcome, RolloutState};
 use crate::plan::{self, Change};
 use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
 
@@ -89,7 +87,7 @@ fn judge(
     if let Some(f) = report {
         let rep = &f.report;
         let current = rep.generation >= r.generation;
-        if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy as i32 {
+        if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy {
             return Some((HostOutcome::Healthy, String::new()));
         }
         if current && rep.failed_digest == r.to_digest {

@@ -73,7 +73,7 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
         running_version: bounded(r.running_version),
         running_digest: bounded(r.running_digest),
         state: r.state,
-        health: r.health,
+        health: super::health_from_proto(r.health),
         health_reason: bounded(r.health_reason),
         env_check: r.env_check,
         missing_env: r.missing_env,

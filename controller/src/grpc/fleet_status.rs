@@ -69,7 +69,7 @@ pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<Flee
             running_version: f.report.running_version,
             running_digest: f.report.running_digest,
             state: f.report.state,
-            health: f.report.health,
+            health: super::health_to_proto(f.report.health),
             health_reason: f.report.health_reason,
             env_check: f.report.env_check,
             missing_env: f.report.missing_env,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use sqlx::FromRow;
 
 use super::{Result, Store, json_list, now};
+use crate::lifecycle::Health;
 
 /// One host's report for one app, as stored.
 #[derive(Debug, Clone, Default, FromRow)]
@@ -15,7 +16,7 @@ pub struct HostAppReport {
     pub running_version: String,
     pub running_digest: String,
     pub state: i32,
-    pub health: i32,
+    pub health: Health,
     pub health_reason: String,
     pub env_check: i32,
     #[sqlx(json)]
@@ -99,7 +100,7 @@ impl Store {
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
         let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
-        let healthy = r.health == proto::v1::Health::Healthy as i32;
+        let healthy = r.health == Health::Healthy;
         sqlx::query(
             "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
                 env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
@@ -235,7 +236,7 @@ mod tests {
             app: "web".into(),
             running_version: "1".into(),
             running_digest: "sha256:m1".into(),
-            health: proto::v1::Health::Healthy as i32,
+            health: Health::Healthy,
             missing_env: vec!["DATABASE_URL".into(), "API_KEY".into()],
             generation: 3,
             drift: vec!["changed: a,b.txt".into(), "added: \"q\"".into()],

@@ -388,15 +388,15 @@ mod tests {
     /// sha256:m<version>), healthy or not.
     async fn report(s: &Store, host: &str, version: &str, healthy: bool) {
         let health = if healthy {
-            proto::v1::Health::Healthy
+            crate::lifecycle::Health::Healthy
         } else {
-            proto::v1::Health::Unhealthy
+            crate::lifecycle::Health::Unhealthy
         };
         let r = crate::store::HostAppReport {
             app: "web".into(),
             running_version: version.into(),
             running_digest: format!("sha256:m{version}"),
-            health: health as i32,
+            health,
             ..Default::default()
         };
         s.record_report("default", host, &r).await.unwrap();

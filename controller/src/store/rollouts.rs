@@ -677,7 +677,7 @@ pub(in crate::store) mod tests {
             app: "web".into(),
             running_version: "2".into(),
             running_digest: "sha256:m2".into(),
-            health: proto::v1::Health::Healthy as i32,
+            health: crate::lifecycle::Health::Healthy,
             ..Default::default()
         };
         s.record_report("default", "a", &healthy).await.unwrap();
