@@ -9,6 +9,7 @@ pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod hub;
+pub mod intent;
 pub mod lifecycle;
 pub mod plan;
 pub mod rollout;

@@ -109,6 +109,32 @@ impl Strategy {
     }
 }
 
+/// The strategy fields one change sets for itself (`None`: the
+/// environment's), already validated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrategyOverride {
+    pub canary: Option<u32>,
+    pub batch: Option<Amount>,
+    pub batch_timeout_secs: Option<u32>,
+    pub pause_secs: Option<u32>,
+    pub max_failures: Option<Amount>,
+    pub auto_revert: Option<bool>,
+}
+
+impl Strategy {
+    /// This strategy with the fields `o` sets.
+    pub fn with(self, o: &StrategyOverride) -> Self {
+        Self {
+            canary: o.canary.unwrap_or(self.canary),
+            batch: o.batch.unwrap_or(self.batch),
+            batch_timeout_secs: o.batch_timeout_secs.unwrap_or(self.batch_timeout_secs),
+            pause_secs: o.pause_secs.unwrap_or(self.pause_secs),
+            max_failures: o.max_failures.unwrap_or(self.max_failures),
+            auto_revert: o.auto_revert.unwrap_or(self.auto_revert),
+        }
+    }
+}
+
 /// What the planner needs to know of a host.
 #[derive(Debug, Clone)]
 pub struct Candidate {

@@ -12,20 +12,22 @@ use std::time::Duration;
 
 use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
+use crate::hub::{DesiredChange, Hub};
 use crate::lifecycle::{Health, HostOutcome, RolloutState};
 use crate::plan::{self, Change};
-use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
+use crate::store::{
+    self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, Store, StoreError,
+};
 
 /// How often running rollouts are looked at even when nothing reports.
 const TICK: Duration = Duration::from_secs(1);
 
 /// Sets the desired release and plans its rollout over the environment's
-/// hosts that run the app, then wakes the sessions and the engine.
-pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
-    let candidates = ctx.store.app_hosts(c.tenant, c.app, c.environment).await?;
+/// hosts that run the app, then wakes the app's sessions there and the engine.
+pub async fn start(store: &Store, hub: &Hub, c: &Change<'_>) -> Result<Started, StoreError> {
+    let candidates = store.app_hosts(c.tenant, c.app, c.environment).await?;
     let (plan, steps) = plan::plan(&candidates, &c.strategy);
-    let started = ctx
-        .store
+    let started = store
         .start_rollout(&NewRollout {
             change: c,
             plan: &plan,
@@ -42,9 +44,26 @@ pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
         steps,
         "rollout started"
     );
-    ctx.hub.desired_changed();
-    ctx.hub.rollouts_changed();
+    // Hosts held back recompute to what they run; the others get the release.
+    hub.desired_changed(&DesiredChange {
+        tenant: c.tenant,
+        environment: c.environment,
+        app: c.app,
+        hosts: None,
+    });
+    hub.rollouts_changed();
     Ok(started)
+}
+
+/// The change a rollout makes to its app's hosts in its environment: `hosts`,
+/// or all of them.
+fn desired_change<'a>(r: &'a RolloutRow, hosts: Option<&'a [String]>) -> DesiredChange<'a> {
+    DesiredChange {
+        tenant: &r.tenant,
+        environment: &r.environment,
+        app: &r.app,
+        hosts,
+    }
 }
 
 /// Drives every running (and paused) rollout until shutdown.
@@ -171,7 +190,13 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
             tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
                 steps = r.steps, offline = offline.len(), store_queries = store.queries(),
                 "rollout step admitted");
-            ctx.hub.desired_changed();
+            // Only the step's hosts are released from their hold.
+            let admitted: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.step == r.step)
+                .map(|h| h.host.clone())
+                .collect();
+            ctx.hub.desired_changed(&desired_change(r, Some(&admitted)));
         }
         return Ok(());
     }
@@ -241,7 +266,8 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
             tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version,
                 store_queries = store.queries(), "rollout succeeded");
             engine_audit(ctx, r, "rollout-succeeded", "ok").await;
-            ctx.hub.desired_changed();
+            // Hosts that joined since the plan were held at the previous release.
+            ctx.hub.desired_changed(&desired_change(r, None));
         }
     } else {
         let at = if r.strategy.pause_secs > 0 {
@@ -275,7 +301,7 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
             .is_some()
         {
             engine_audit(ctx, r, "rollout-revert", &format!("reverted: {reason}")).await;
-            ctx.hub.desired_changed();
+            ctx.hub.desired_changed(&desired_change(r, None));
         }
         return Ok(());
     }

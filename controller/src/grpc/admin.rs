@@ -277,7 +277,7 @@ impl Admin for AdminService {
             .await
             .map_err(ControllerError::from)?;
         // Labels decide placement: sessions recompute what their host should run.
-        self.ctx.hub.desired_changed();
+        self.ctx.hub.host_changed(&who.tenant, &r.host);
         let outcome = if found { "ok" } else { "refused: no such host" };
         audit(
             &self.ctx,

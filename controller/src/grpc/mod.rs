@@ -219,16 +219,7 @@ pub async fn unknown_environment(
     env: &str,
     hint: &str,
 ) -> crate::error::ControllerError {
-    match ctx.store.environments(tenant).await {
-        Ok(envs) => {
-            let known: Vec<String> = envs.into_iter().map(|(n, _)| n).collect();
-            crate::error::ControllerError::NotFound(format!(
-                "unknown environment {env:?} (known: {}){hint}",
-                known.join(", ")
-            ))
-        }
-        Err(e) => e.into(),
-    }
+    crate::intent::unknown_environment(&ctx.store, tenant, env, hint).await
 }
 
 /// Writes one audit row for an authorized caller's mutation.
