@@ -79,7 +79,7 @@ async fn bootstrap_admin(store: &Store, data_dir: &std::path::Path) -> anyhow::R
     if store.api_token_count().await? > 0 {
         return Ok(());
     }
-    let (text, row) = grpc::admin::new_token(
+    let (text, row) = auth::new_token(
         "default",
         "bootstrap-admin",
         vec!["admin".into()],
