@@ -5,7 +5,7 @@
 
 use tonic::{Request, Status};
 
-use crate::grpc::Ctx;
+use crate::ctx::Ctx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -116,6 +116,27 @@ impl Principal {
         }
         Ok(())
     }
+}
+
+/// Creates an API token; returns (token text, stored row).
+pub fn new_token(
+    tenant: &str,
+    name: &str,
+    roles: Vec<String>,
+    created_by: &str,
+) -> (String, crate::store::ApiTokenRow) {
+    let token = trust::secret::ApiToken::generate();
+    let row = crate::store::ApiTokenRow {
+        id: token.id.clone(),
+        tenant: tenant.into(),
+        name: name.into(),
+        roles,
+        secret_hash: trust::secret::hash_secret(&token.secret),
+        created_at: crate::store::now(),
+        created_by: created_by.into(),
+        revoked_at: None,
+    };
+    (token.encode(), row)
 }
 
 /// The caller's API token, checked against its stored hash.

@@ -1,12 +1,15 @@
 //! How a host is doing with one app, and how that rolls up: per app and
-//! environment, then per environment, always the worst of the parts. Pure
-//! functions over what the store holds.
+//! environment, then per environment, always the worst of the parts
+//! (`rollup`). Pure functions over what the store holds.
 
-use proto::v1::Health;
+use std::collections::BTreeMap;
+
+use crate::lifecycle::Health;
 
 /// Best to worst; a rollup is the maximum of its hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HostState {
+    #[default]
     Ok,
     Updating,
     Drifted,
@@ -33,7 +36,7 @@ pub struct HostFacts<'a> {
     /// The desired generation the host last acted on.
     pub generation: u64,
     pub running_version: &'a str,
-    pub health: i32,
+    pub health: Health,
     pub failed_version: &'a str,
     pub offline: bool,
     pub drifted: bool,
@@ -46,16 +49,110 @@ pub fn classify(f: &HostFacts<'_>) -> HostState {
         && f.failed_version == f.desired_version
         && f.generation >= f.desired_generation;
     let at_desired = f.running_version == f.desired_version;
-    if refused || (at_desired && f.health == Health::Unhealthy as i32) {
+    if refused || (at_desired && f.health == Health::Unhealthy) {
         HostState::Failed
     } else if f.offline {
         HostState::Offline
     } else if f.drifted {
         HostState::Drifted
-    } else if at_desired && f.health == Health::Healthy as i32 {
+    } else if at_desired && f.health == Health::Healthy {
         HostState::Ok
     } else {
         HostState::Updating
+    }
+}
+
+/// One classified host of an app in an environment: what `rollup` counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Classified<'a> {
+    pub app: &'a str,
+    pub environment: &'a str,
+    pub desired_version: &'a str,
+    pub state: HostState,
+}
+
+/// Hosts counted by state, and the worst of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub hosts: u32,
+    pub ok: u32,
+    pub updating: u32,
+    pub drifted: u32,
+    pub offline: u32,
+    pub failed: u32,
+    pub worst: HostState,
+}
+
+impl Tally {
+    fn add(&mut self, state: HostState) {
+        self.hosts += 1;
+        *match state {
+            HostState::Ok => &mut self.ok,
+            HostState::Updating => &mut self.updating,
+            HostState::Drifted => &mut self.drifted,
+            HostState::Offline => &mut self.offline,
+            HostState::Failed => &mut self.failed,
+        } += 1;
+        self.worst = self.worst.max(state);
+    }
+}
+
+/// An app in an environment: its desired version and its hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppEnvRollup {
+    pub app: String,
+    pub environment: String,
+    pub desired_version: String,
+    pub tally: Tally,
+}
+
+/// An environment: how many apps and hosts (a host counted once per app),
+/// and the worst of its apps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvRollup {
+    pub environment: String,
+    pub apps: u32,
+    pub hosts: u32,
+    pub worst: HostState,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollup {
+    /// Ordered by app, then environment.
+    pub apps: Vec<AppEnvRollup>,
+    /// Ordered by environment.
+    pub environments: Vec<EnvRollup>,
+}
+
+/// Rolls classified hosts up per app and environment, then per environment.
+pub fn rollup<'a>(hosts: impl IntoIterator<Item = Classified<'a>>) -> Rollup {
+    let mut apps: BTreeMap<(&str, &str), AppEnvRollup> = BTreeMap::new();
+    for h in hosts {
+        apps.entry((h.app, h.environment))
+            .or_insert_with(|| AppEnvRollup {
+                app: h.app.to_string(),
+                environment: h.environment.to_string(),
+                desired_version: h.desired_version.to_string(),
+                tally: Tally::default(),
+            })
+            .tally
+            .add(h.state);
+    }
+    let mut envs: BTreeMap<&str, EnvRollup> = BTreeMap::new();
+    for ((_, env), a) in &apps {
+        let e = envs.entry(env).or_insert_with(|| EnvRollup {
+            environment: env.to_string(),
+            apps: 0,
+            hosts: 0,
+            worst: HostState::Ok,
+        });
+        e.apps += 1;
+        e.hosts += a.tally.hosts;
+        e.worst = e.worst.max(a.tally.worst);
+    }
+    Rollup {
+        environments: envs.into_values().collect(),
+        apps: apps.into_values().collect(),
     }
 }
 
@@ -77,8 +174,8 @@ pub fn drifted(digest: &str, drift: &str, count: u32, acked: &str) -> bool {
 
 /// Whether a host's labels satisfy a selector (every label given must match).
 pub fn selector_matches(
-    selector: &std::collections::BTreeMap<String, String>,
-    labels: &std::collections::BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -106,7 +203,7 @@ mod tests {
             desired_generation: 5,
             generation: 5,
             running_version: running,
-            health: health as i32,
+            health,
             failed_version: "",
             offline: false,
             drifted: false,
@@ -168,6 +265,84 @@ mod tests {
         assert!(
             !offline(100, 101, 10),
             "a session just dropped: reconnecting, not offline"
+        );
+    }
+
+    /// `hosts`: "app env desired state" per host; `expect`: one line per
+    /// app@env ("app@env desired: hosts ok/updating/drifted/offline/failed
+    /// -> worst"), then one per environment ("env: apps, hosts -> worst").
+    fn check(hosts: &[&str], expect: &str) {
+        let rows: Vec<Vec<&str>> = hosts.iter().map(|h| h.split(' ').collect()).collect();
+        let state = |s: &str| match s {
+            "ok" => HostState::Ok,
+            "updating" => HostState::Updating,
+            "drifted" => HostState::Drifted,
+            "offline" => HostState::Offline,
+            "failed" => HostState::Failed,
+            other => panic!("no state {other:?}"),
+        };
+        let r = rollup(rows.iter().map(|r| Classified {
+            app: r[0],
+            environment: r[1],
+            desired_version: r[2],
+            state: state(r[3]),
+        }));
+        let mut got = String::new();
+        for a in &r.apps {
+            let t = &a.tally;
+            got.push_str(&format!(
+                "{}@{} {}: {} {}/{}/{}/{}/{} -> {}\n",
+                a.app,
+                a.environment,
+                a.desired_version,
+                t.hosts,
+                t.ok,
+                t.updating,
+                t.drifted,
+                t.offline,
+                t.failed,
+                t.worst.as_str()
+            ));
+        }
+        for e in &r.environments {
+            got.push_str(&format!(
+                "{}: {} apps, {} hosts -> {}\n",
+                e.environment,
+                e.apps,
+                e.hosts,
+                e.worst.as_str()
+            ));
+        }
+        assert_eq!(got.trim_end(), expect.trim(), "{hosts:?}");
+    }
+
+    #[test]
+    fn rollups_count_hosts_and_keep_the_worst() {
+        check(&[], "");
+        check(
+            &["web prod 2 ok", "web prod 2 ok"],
+            "web@prod 2: 2 2/0/0/0/0 -> ok\nprod: 1 apps, 2 hosts -> ok",
+        );
+        check(
+            &["web prod 2 ok", "web prod 2 updating", "web prod 2 drifted"],
+            "web@prod 2: 3 1/1/1/0/0 -> drifted\nprod: 1 apps, 3 hosts -> drifted",
+        );
+        check(
+            &[
+                "web prod 2 offline",
+                "web prod 2 failed",
+                "web preprod 3 ok",
+                "api prod 1 updating",
+            ],
+            "api@prod 1: 1 0/1/0/0/0 -> updating
+web@preprod 3: 1 1/0/0/0/0 -> ok
+web@prod 2: 2 0/0/0/1/1 -> failed
+preprod: 1 apps, 1 hosts -> ok
+prod: 2 apps, 3 hosts -> failed",
+        );
+        check(
+            &["web staging  updating"],
+            "web@staging : 1 0/1/0/0/0 -> updating\nstaging: 1 apps, 1 hosts -> updating",
         );
     }
 }

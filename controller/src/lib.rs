@@ -4,11 +4,14 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod ctx;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod hub;
+pub mod intent;
 pub mod lifecycle;
+pub mod plan;
 pub mod rollout;
 pub mod store;
 
@@ -26,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::blobs::BlobStore;
-use crate::grpc::Ctx;
+use crate::ctx::Ctx;
 use crate::hub::Hub;
 use crate::store::Store;
 
@@ -76,7 +79,7 @@ async fn bootstrap_admin(store: &Store, data_dir: &std::path::Path) -> anyhow::R
     if store.api_token_count().await? > 0 {
         return Ok(());
     }
-    let (text, row) = grpc::admin::new_token(
+    let (text, row) = auth::new_token(
         "default",
         "bootstrap-admin",
         vec!["admin".into()],
@@ -187,7 +190,7 @@ pub async fn run(
 /// The services slipctl and CI call (Releases, Deployments, Admin).
 fn add_api(
     router: tonic::transport::server::Router,
-    ctx: &grpc::SharedCtx,
+    ctx: &ctx::SharedCtx,
 ) -> tonic::transport::server::Router {
     let limit = proto::MAX_MESSAGE_BYTES;
     router

@@ -1,6 +1,7 @@
 //! The rollout lifecycle as types: the state of a rollout and the outcome of
-//! each host in it. Stored as lowercase text (`as_str`), carried as strings in
-//! the proto (converted at the gRPC edge).
+//! each host in it, stored as lowercase text (`as_str`) and carried as strings
+//! in the proto; and the health a host reports of an app, stored as a number.
+//! All converted at the gRPC edge.
 
 use std::fmt;
 
@@ -100,6 +101,67 @@ impl fmt::Display for HostOutcome {
     }
 }
 
+/// The health a host reports of an app (its probes' verdict). Stored as the
+/// number the wire has always used; a number this controller does not know
+/// reads as `Unspecified`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Health {
+    #[default]
+    Unspecified,
+    /// Not probed yet, or no release running.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    /// The stored number (kept equal to the proto's enum values).
+    pub fn code(self) -> i32 {
+        match self {
+            Self::Unspecified => 0,
+            Self::Unknown => 1,
+            Self::Healthy => 2,
+            Self::Unhealthy => 3,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Self {
+        match code {
+            1 => Self::Unknown,
+            2 => Self::Healthy,
+            3 => Self::Unhealthy,
+            _ => Self::Unspecified,
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for Health {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <i32 as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <i32 as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Health {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <i32 as sqlx::Encode<'q, sqlx::Sqlite>>::encode_by_ref(&self.code(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for Health {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Self::from_code(
+            <i32 as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +189,24 @@ mod tests {
         ] {
             assert_eq!(o.as_str(), format!("{o:?}").to_lowercase());
         }
+    }
+
+    #[test]
+    fn health_codes_round_trip_and_unknown_codes_read_unspecified() {
+        for h in [
+            Health::Unspecified,
+            Health::Unknown,
+            Health::Healthy,
+            Health::Unhealthy,
+        ] {
+            assert_eq!(Health::from_code(h.code()), h);
+        }
+        assert_eq!(
+            Health::Healthy.code(),
+            2,
+            "rows written by older controllers"
+        );
+        assert_eq!(Health::from_code(42), Health::Unspecified);
+        assert_eq!(Health::from_code(-1), Health::Unspecified);
     }
 }

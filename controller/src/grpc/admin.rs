@@ -55,27 +55,6 @@ fn validate_token_name(name: &str) -> Result<(), Status> {
     }
 }
 
-/// Creates an API token; returns (token text, stored row).
-pub fn new_token(
-    tenant: &str,
-    name: &str,
-    roles: Vec<String>,
-    created_by: &str,
-) -> (String, ApiTokenRow) {
-    let token = trust::secret::ApiToken::generate();
-    let row = ApiTokenRow {
-        id: token.id.clone(),
-        tenant: tenant.into(),
-        name: name.into(),
-        roles,
-        secret_hash: trust::secret::hash_secret(&token.secret),
-        created_at: now(),
-        created_by: created_by.into(),
-        revoked_at: None,
-    };
-    (token.encode(), row)
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_token(
@@ -97,7 +76,8 @@ impl Admin for AdminService {
                 )));
             }
         }
-        let (text, row) = new_token(&who.tenant, &r.name, r.roles.clone(), &who.actor());
+        let (text, row) =
+            crate::auth::new_token(&who.tenant, &r.name, r.roles.clone(), &who.actor());
         self.ctx
             .store
             .insert_api_token(&row)
@@ -277,7 +257,7 @@ impl Admin for AdminService {
             .await
             .map_err(ControllerError::from)?;
         // Labels decide placement: sessions recompute what their host should run.
-        self.ctx.hub.desired_changed();
+        self.ctx.hub.host_changed(&who.tenant, &r.host);
         let outcome = if found { "ok" } else { "refused: no such host" };
         audit(
             &self.ctx,
@@ -369,7 +349,8 @@ impl Admin for AdminService {
         {
             return Err(Status::already_exists(format!("tenant {name:?} exists")));
         }
-        let (text, row) = new_token(&name, "admin", vec!["admin".into()], &who.actor());
+        let (text, row) =
+            crate::auth::new_token(&name, "admin", vec!["admin".into()], &who.actor());
         store
             .insert_api_token(&row)
             .await

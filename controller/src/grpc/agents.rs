@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::SharedCtx;
 use crate::auth::{self, AgentId};
 use crate::error::ControllerError;
+use crate::hub::Recompute;
 use crate::store::HostAppReport;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,7 +74,7 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
         running_version: bounded(r.running_version),
         running_digest: bounded(r.running_digest),
         state: r.state,
-        health: r.health,
+        health: super::health_from_proto(r.health),
         health_reason: bounded(r.health_reason),
         env_check: r.env_check,
         missing_env: r.missing_env,
@@ -148,8 +149,8 @@ impl AgentsService {
         })
     }
 
-    /// What this host should run of each of its apps, where it differs from
-    /// what was last sent: the environment's desired release, unless a rollout
+    /// What this host should run of each of its apps in `scope`, where it
+    /// differs from what was last sent: the environment's desired release, unless a rollout
     /// holds the host back at the previous one (its step is not admitted
     /// yet). Manifests are loaded for changed apps only, and each goes out in
     /// its own message so no message carries more than one manifest.
@@ -157,6 +158,7 @@ impl AgentsService {
         &self,
         h: &SessionHost,
         sent: &HashMap<String, (String, u64)>,
+        scope: &Recompute,
     ) -> Result<Vec<DesiredApp>, ControllerError> {
         let store = &self.ctx.store;
         let mut out = Vec::new();
@@ -167,7 +169,7 @@ impl AgentsService {
             store.host_labels(&h.tenant, &h.host).await?
         };
         for (app, generation) in store.desired_generations(&h.tenant, &h.environment).await? {
-            if !h.apps.contains(&app) {
+            if !h.apps.contains(&app) || !scope.covers(&app) {
                 continue;
             }
             // A selector that leaves this host out: it gets no releases of the app.
@@ -280,7 +282,11 @@ impl Agents for AgentsService {
         let host = self.accept_hello(hello, id).await?;
         // A host coming back may unblock a rollout step.
         self.ctx.hub.rollouts_changed();
-        let session_id = self.ctx.hub.connect(&host.tenant, &host.host);
+        let session = self
+            .ctx
+            .hub
+            .connect(&host.tenant, &host.host, &host.environment, &host.apps);
+        let session_id = session.id;
         tracing::info!(tenant = %host.tenant, host = %host.host, env = %host.environment, %peer, "agent connected");
 
         let (tx, rx) = mpsc::channel::<Result<ControllerMessage, Status>>(8);
@@ -296,17 +302,15 @@ impl Agents for AgentsService {
         let svc = AgentsService {
             ctx: self.ctx.clone(),
         };
-        let mut desired_rx = self.ctx.hub.subscribe();
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
             let mut sent: HashMap<String, (String, u64)> = HashMap::new();
-            // Mark the current value seen: the first push happens below regardless.
-            desired_rx.borrow_and_update();
-            let mut push = true;
+            // Everything at first; then what the hub says changed.
+            let mut push = Recompute::All;
             'session: loop {
-                if push {
-                    push = false;
-                    match svc.changed_desired(&host, &sent).await {
+                let scope = std::mem::take(&mut push);
+                if scope != Recompute::Nothing {
+                    match svc.changed_desired(&host, &sent, &scope).await {
                         Ok(apps) => {
                             for app in apps {
                                 let key = (app.version.clone(), app.generation);
@@ -329,10 +333,7 @@ impl Agents for AgentsService {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    changed = desired_rx.changed() => {
-                        if changed.is_err() { break; }
-                        push = true;
-                    }
+                    scope = session.changed() => push = scope,
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Report(r)) })) => {
                             match report_from_proto(r) {

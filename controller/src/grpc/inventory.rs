@@ -8,7 +8,7 @@ use proto::v1::{AppPlacement, HostInfo, ListHostsRequest, SetEnvironmentRequest}
 
 use super::Ctx;
 use crate::error::{ControllerError, Result};
-use crate::rollout::plan::CRITICALITIES;
+use crate::plan::CRITICALITIES;
 use crate::store::{EnvChange, HostChange, HostRow};
 
 const MAX_LABELS: usize = 32;

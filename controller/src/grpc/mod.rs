@@ -11,33 +11,11 @@ pub mod inventory;
 pub mod releases;
 pub mod rollouts;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use tonic::{Request, Status};
 
 use crate::auth::{self, Need, Principal};
-use crate::blobs::BlobStore;
-use crate::hub::Hub;
-use crate::store::Store;
-
-/// Everything the services share.
-pub struct Ctx {
-    pub store: Store,
-    pub blobs: BlobStore,
-    pub hub: Hub,
-    pub ca: trust::pki::Ca,
-    /// Signs every directive sent to a host.
-    pub directive_key: trust::sign::KeyPair,
-    pub agent_cert_ttl: Duration,
-    pub join_token_ttl: Duration,
-    pub directive_ttl: Duration,
-    pub heartbeat_secs: u32,
-    pub max_blob_bytes: u64,
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-pub type SharedCtx = Arc<Ctx>;
+pub use crate::ctx::{Ctx, SharedCtx};
+use crate::lifecycle::Health;
 
 /// The tenant of a request, "default" when empty.
 pub fn tenant_of(t: &str) -> Result<String, crate::error::ControllerError> {
@@ -213,6 +191,27 @@ pub async fn authorize<T: Scoped>(
     }
 }
 
+/// A report's health from the wire (a value this controller does not know:
+/// unspecified).
+pub fn health_from_proto(h: i32) -> Health {
+    match pb::Health::try_from(h) {
+        Ok(pb::Health::Unknown) => Health::Unknown,
+        Ok(pb::Health::Healthy) => Health::Healthy,
+        Ok(pb::Health::Unhealthy) => Health::Unhealthy,
+        Ok(pb::Health::Unspecified) | Err(_) => Health::Unspecified,
+    }
+}
+
+pub fn health_to_proto(h: Health) -> i32 {
+    let h = match h {
+        Health::Unspecified => pb::Health::Unspecified,
+        Health::Unknown => pb::Health::Unknown,
+        Health::Healthy => pb::Health::Healthy,
+        Health::Unhealthy => pb::Health::Unhealthy,
+    };
+    h as i32
+}
+
 /// "unknown environment X (known: a, b)" + `hint`, as a not-found error.
 pub async fn unknown_environment(
     ctx: &Ctx,
@@ -220,16 +219,7 @@ pub async fn unknown_environment(
     env: &str,
     hint: &str,
 ) -> crate::error::ControllerError {
-    match ctx.store.environments(tenant).await {
-        Ok(envs) => {
-            let known: Vec<String> = envs.into_iter().map(|(n, _)| n).collect();
-            crate::error::ControllerError::NotFound(format!(
-                "unknown environment {env:?} (known: {}){hint}",
-                known.join(", ")
-            ))
-        }
-        Err(e) => e.into(),
-    }
+    crate::intent::unknown_environment(&ctx.store, tenant, env, hint).await
 }
 
 /// Writes one audit row for an authorized caller's mutation.
@@ -257,5 +247,25 @@ pub async fn audit(
         .await
     {
         tracing::error!(error = %e, "audit log write failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store keeps the wire's numbers: both mappings agree with `code`.
+    #[test]
+    fn health_converts_to_the_same_numbers_it_is_stored_as() {
+        for h in [
+            Health::Unspecified,
+            Health::Unknown,
+            Health::Healthy,
+            Health::Unhealthy,
+        ] {
+            assert_eq!(health_to_proto(h), h.code());
+            assert_eq!(health_from_proto(h.code()), h);
+        }
+        assert_eq!(health_from_proto(99), Health::Unspecified);
     }
 }

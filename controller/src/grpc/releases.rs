@@ -42,13 +42,19 @@ fn release_to_proto(r: ReleaseRow) -> Release {
     }
 }
 
-/// Most signatures a release or an authorization may carry.
-pub const MAX_SIGNATURES: usize = 16;
+/// Signatures from the wire.
+pub fn signatures_from_proto(sigs: &[proto::v1::Signature]) -> Vec<trust::sign::Signature> {
+    sigs.iter()
+        .map(|s| trust::sign::Signature {
+            key: s.key.clone(),
+            sig: s.sig.clone(),
+        })
+        .collect()
+}
 
 /// Signatures as the store keeps them (JSON), for the wire.
 pub fn stored_signatures(json: &str) -> Vec<proto::v1::Signature> {
-    serde_json::from_str::<Vec<trust::sign::Signature>>(json)
-        .unwrap_or_default()
+    crate::intent::stored_signatures(json)
         .into_iter()
         .map(|s| proto::v1::Signature {
             key: s.key,
@@ -63,27 +69,7 @@ pub fn checked_signatures(
     sigs: &[proto::v1::Signature],
     payload: &[u8],
 ) -> Result<String, ControllerError> {
-    if sigs.len() > MAX_SIGNATURES {
-        return Err(ControllerError::InvalidArgument(format!(
-            "at most {MAX_SIGNATURES} signatures"
-        )));
-    }
-    let mut out = Vec::new();
-    for s in sigs {
-        let key = trust::sign::parse_public(&s.key)
-            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-        if !trust::sign::verify(&key, payload, &s.sig) {
-            return Err(ControllerError::InvalidArgument(format!(
-                "the signature by {} does not verify for this release",
-                s.key
-            )));
-        }
-        out.push(trust::sign::Signature {
-            key: s.key.clone(),
-            sig: s.sig.clone(),
-        });
-    }
-    Ok(serde_json::to_string(&out).expect("signatures serialize"))
+    crate::intent::checked_signatures(&signatures_from_proto(sigs), payload)
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ControllerError> {

@@ -6,8 +6,9 @@ use tonic::{Response, Status};
 
 use super::{Authorized, Ctx};
 use crate::error::{ControllerError, Result};
+use crate::hub::DesiredChange;
 use crate::lifecycle::RolloutState;
-use crate::rollout::plan::{Amount, Strategy};
+use crate::plan::{Amount, Strategy, StrategyOverride};
 use crate::store::{EnvPolicy, RolloutHostRow, RolloutRow};
 
 /// Longest batch timeout or pause a strategy may ask for (a day).
@@ -31,32 +32,36 @@ fn bounded_secs(field: &str, v: Option<u32>) -> Result<Option<u32>> {
     }
 }
 
-/// `base` with the fields `over` sets.
-pub fn strategy_from_proto(base: Strategy, over: Option<&pb::Strategy>) -> Result<Strategy> {
-    let Some(o) = over else { return Ok(base) };
+/// The fields a wire strategy sets, validated.
+pub fn strategy_override_from_proto(o: &pb::Strategy) -> Result<StrategyOverride> {
     let batch = amount("batch", &o.batch)?;
     if batch.is_some_and(|b| b.of(100) == 0) {
         return Err(ControllerError::InvalidArgument(
             "batch: at least one host".into(),
         ));
     }
-    Ok(Strategy {
-        canary: o.canary.unwrap_or(base.canary),
-        batch: batch.unwrap_or(base.batch),
-        batch_timeout_secs: match bounded_secs("batch timeout", o.batch_timeout_secs)? {
-            Some(0) => {
-                return Err(ControllerError::InvalidArgument(
-                    "batch timeout: at least 1 second (hosts need time to deploy and prove healthy)"
-                        .into(),
-                ));
-            }
-            Some(s) => s,
-            None => base.batch_timeout_secs,
-        },
-        pause_secs: bounded_secs("pause", o.pause_secs)?.unwrap_or(base.pause_secs),
-        max_failures: amount("max failures", &o.max_failures)?.unwrap_or(base.max_failures),
-        auto_revert: o.auto_revert.unwrap_or(base.auto_revert),
+    let batch_timeout_secs = bounded_secs("batch timeout", o.batch_timeout_secs)?;
+    if batch_timeout_secs == Some(0) {
+        return Err(ControllerError::InvalidArgument(
+            "batch timeout: at least 1 second (hosts need time to deploy and prove healthy)".into(),
+        ));
+    }
+    Ok(StrategyOverride {
+        canary: o.canary,
+        batch,
+        batch_timeout_secs,
+        pause_secs: bounded_secs("pause", o.pause_secs)?,
+        max_failures: amount("max failures", &o.max_failures)?,
+        auto_revert: o.auto_revert,
     })
+}
+
+/// `base` with the fields `over` sets.
+pub fn strategy_from_proto(base: Strategy, over: Option<&pb::Strategy>) -> Result<Strategy> {
+    match over {
+        Some(o) => Ok(base.with(&strategy_override_from_proto(o)?)),
+        None => Ok(base),
+    }
 }
 
 pub fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
@@ -205,7 +210,12 @@ async fn apply(ctx: &Ctx, r: &RolloutRow, c: Control) -> Result<()> {
             {
                 return Err(refused("abort"));
             }
-            ctx.hub.desired_changed();
+            ctx.hub.desired_changed(&DesiredChange {
+                tenant: &r.tenant,
+                environment: &r.environment,
+                app: &r.app,
+                hosts: None,
+            });
         }
     }
     Ok(())

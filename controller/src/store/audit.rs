@@ -46,7 +46,7 @@ impl Store {
         .bind(detail)
         .bind(outcome)
         .bind(peer)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -61,7 +61,7 @@ impl Store {
         .bind(app)
         .bind(app)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 }

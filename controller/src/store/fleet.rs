@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use sqlx::types::Json;
 
 use super::{Result, Store};
-use crate::rollout::plan::{Amount, Strategy};
+use crate::plan::{Amount, Strategy};
 
 /// An environment and its policy.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ impl Store {
             sqlx::query_scalar("SELECT production FROM environments WHERE tenant = ? AND name = ?")
                 .bind(tenant)
                 .bind(env)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?,
         )
     }
@@ -137,7 +137,7 @@ impl Store {
             "SELECT name, production FROM environments WHERE tenant = ? ORDER BY name",
         )
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows.into_iter().map(|e| (e.name, e.production)).collect())
     }
@@ -148,7 +148,7 @@ impl Store {
         )))
         .bind(tenant)
         .bind(env)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(row.map(EnvPolicy::from))
     }
@@ -158,7 +158,7 @@ impl Store {
             "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? ORDER BY name"
         )))
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows.into_iter().map(EnvPolicy::from).collect())
     }
@@ -170,7 +170,7 @@ impl Store {
         env: &str,
         c: &EnvChange,
     ) -> Result<EnvPolicy> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO environments (tenant, name, production) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
         )
@@ -207,7 +207,7 @@ impl Store {
 
     /// Applies inventory changes to a host; false when there is no such host.
     pub async fn update_host(&self, tenant: &str, host: &str, c: &HostChange) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let Some(labels) = sqlx::query_scalar::<_, String>(
             "SELECT labels FROM hosts WHERE tenant = ? AND name = ?",
         )
@@ -257,7 +257,7 @@ impl Store {
         .bind(env)
         .bind(host)
         .bind(host)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         let mut acked = Vec::new();
         for r in rows {
@@ -270,7 +270,7 @@ impl Store {
             .bind(tenant)
             .bind(&h)
             .bind(app)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
             let first: Vec<&str> = r.drift.iter().take(3).map(String::as_str).collect();
             acked.push((h, format!("{} ({count} path(s))", first.join(", "))));
@@ -285,7 +285,7 @@ impl Store {
         tenant: &str,
         app: &str,
         env: &str,
-    ) -> Result<Vec<crate::rollout::plan::Candidate>> {
+    ) -> Result<Vec<crate::plan::Candidate>> {
         let rows: Vec<CandidateRecord> = sqlx::query_as(
             "SELECT h.name, h.criticality, h.labels FROM hosts h
              JOIN host_status s ON s.tenant = h.tenant AND s.host = h.name AND s.app = ?
@@ -294,7 +294,7 @@ impl Store {
         .bind(app)
         .bind(tenant)
         .bind(env)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         let selector = self
             .placements(tenant)
@@ -303,7 +303,7 @@ impl Store {
             .unwrap_or_default();
         Ok(rows
             .into_iter()
-            .map(|r| crate::rollout::plan::Candidate {
+            .map(|r| crate::plan::Candidate {
                 name: r.name,
                 criticality: r.criticality,
                 labels: r.labels.0,
@@ -334,7 +334,7 @@ impl Store {
         .bind(env)
         .bind(labels_to_json(selector))
         .bind(super::now())
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -344,7 +344,7 @@ impl Store {
         let rows: Vec<PlacementRecord> =
             sqlx::query_as("SELECT app, environment, selector FROM placements WHERE tenant = ?")
                 .bind(tenant)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?;
         Ok(rows
             .into_iter()
@@ -358,7 +358,7 @@ impl Store {
             sqlx::query_scalar("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
                 .bind(tenant)
                 .bind(host)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         Ok(labels.as_deref().map(labels_from_json).unwrap_or_default())
     }
@@ -370,7 +370,7 @@ impl Store {
              WHERE s.tenant = ? AND h.revoked_at IS NULL",
         )
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows.into_iter().map(|r| (r.host, r.app)).collect())
     }

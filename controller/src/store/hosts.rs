@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use sqlx::FromRow;
 
 use super::{Result, Store, json_list, now};
+use crate::lifecycle::Health;
 
 /// One host's report for one app, as stored.
 #[derive(Debug, Clone, Default, FromRow)]
@@ -15,7 +16,7 @@ pub struct HostAppReport {
     pub running_version: String,
     pub running_digest: String,
     pub state: i32,
-    pub health: i32,
+    pub health: Health,
     pub health_reason: String,
     pub env_check: i32,
     #[sqlx(json)]
@@ -80,7 +81,7 @@ impl Store {
         .bind(now())
         .bind(tenant)
         .bind(host)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -90,16 +91,16 @@ impl Store {
             .bind(now())
             .bind(tenant)
             .bind(host)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
 
     /// Records a host's report for one app (and that the host was seen).
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
-        let healthy = r.health == proto::v1::Health::Healthy as i32;
+        let healthy = r.health == Health::Healthy;
         sqlx::query(
             "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
                 env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
@@ -171,14 +172,14 @@ impl Store {
             sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = ? AND host = ?")
                 .bind(tenant)
                 .bind(host)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?;
         for app in existing.iter().filter(|a| !apps.contains(a)) {
             sqlx::query("DELETE FROM host_status WHERE tenant = ? AND host = ? AND app = ?")
                 .bind(tenant)
                 .bind(host)
                 .bind(app)
-                .execute(&self.pool)
+                .execute(self.db())
                 .await?;
         }
         Ok(())
@@ -206,7 +207,7 @@ impl Store {
         .bind(app)
         .bind(env)
         .bind(env)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows
             .into_iter()
@@ -235,7 +236,7 @@ mod tests {
             app: "web".into(),
             running_version: "1".into(),
             running_digest: "sha256:m1".into(),
-            health: proto::v1::Health::Healthy as i32,
+            health: Health::Healthy,
             missing_env: vec!["DATABASE_URL".into(), "API_KEY".into()],
             generation: 3,
             drift: vec!["changed: a,b.txt".into(), "added: \"q\"".into()],

@@ -8,6 +8,8 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod audit;
@@ -41,6 +43,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Statements and transactions run so far (`queries`), for benchmarks.
+    queries: Arc<AtomicU64>,
 }
 
 /// The schema, applied by `open_sqlite` (and by `#[sqlx::test]` in tests).
@@ -73,13 +77,32 @@ impl Store {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self::with_pool(pool))
+    }
+
+    fn with_pool(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            queries: Arc::default(),
+        }
     }
 
     /// A store over a pool whose schema is already migrated (tests).
     #[cfg(test)]
     pub(crate) fn from_pool(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self::with_pool(pool)
+    }
+
+    /// The pool, counting one query: every statement outside a transaction,
+    /// and every transaction, goes through here.
+    fn db(&self) -> &SqlitePool {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        &self.pool
+    }
+
+    /// How many queries (statements or transactions) this store ran.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
     }
 }
 

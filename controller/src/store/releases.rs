@@ -61,7 +61,7 @@ impl Store {
             sqlx::query_scalar("SELECT 1 FROM apps WHERE tenant = ? AND name = ?")
                 .bind(tenant)
                 .bind(app)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         Ok(found.is_some())
     }
@@ -71,7 +71,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT name FROM apps WHERE tenant = ? ORDER BY name")
                 .bind(tenant)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?,
         )
     }
@@ -83,7 +83,7 @@ impl Store {
         .bind(digest)
         .bind(size as i64)
         .bind(now())
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -96,7 +96,7 @@ impl Store {
         r: &ReleaseRow,
         manifest: &[u8],
     ) -> Result<(ReleaseRow, bool)> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO apps (tenant, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         )
@@ -145,7 +145,7 @@ impl Store {
         .bind(tenant)
         .bind(app)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
@@ -156,7 +156,7 @@ impl Store {
         )))
         .bind(tenant)
         .bind(app)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 
@@ -167,7 +167,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(app)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db())
         .await?;
         Ok(max as u64)
     }
@@ -185,7 +185,7 @@ impl Store {
         .bind(tenant)
         .bind(app)
         .bind(env)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(row.map(|d| (d.version, d.generation)))
     }
@@ -221,7 +221,7 @@ impl Store {
         .bind(RolloutState::Halted)
         .bind(RolloutState::Reverted)
         .bind(RolloutState::Aborted)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
@@ -233,7 +233,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(env)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows.into_iter().map(|r| (r.app, r.generation)).collect())
     }
@@ -255,7 +255,7 @@ impl Store {
         .bind(tenant)
         .bind(env)
         .bind(app)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
@@ -275,7 +275,7 @@ impl Store {
         .bind(tenant)
         .bind(app)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(row.map(|d| DesiredRow {
             generation,
@@ -388,15 +388,15 @@ mod tests {
     /// sha256:m<version>), healthy or not.
     async fn report(s: &Store, host: &str, version: &str, healthy: bool) {
         let health = if healthy {
-            proto::v1::Health::Healthy
+            crate::lifecycle::Health::Healthy
         } else {
-            proto::v1::Health::Unhealthy
+            crate::lifecycle::Health::Unhealthy
         };
         let r = crate::store::HostAppReport {
             app: "web".into(),
             running_version: version.into(),
             running_digest: format!("sha256:m{version}"),
-            health: health as i32,
+            health,
             ..Default::default()
         };
         s.record_report("default", host, &r).await.unwrap();

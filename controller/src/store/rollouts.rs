@@ -7,7 +7,7 @@ use sqlx::FromRow;
 
 use super::{Result, Store, now};
 use crate::lifecycle::{HostOutcome, RolloutState};
-use crate::rollout::plan::{Amount, Strategy};
+use crate::plan::{Amount, Strategy};
 
 /// `state IN (?, ?, ?)` for the states that hold hosts back
 /// (`RolloutState::HOLDING`, bound in that order).
@@ -47,7 +47,7 @@ pub struct RolloutHostRow {
 
 /// A change of desired release and the plan of the rollout that carries it.
 pub struct NewRollout<'a> {
-    pub change: &'a crate::rollout::Change<'a>,
+    pub change: &'a crate::plan::Change<'a>,
     pub plan: &'a [(String, u32)],
     pub steps: u32,
 }
@@ -182,7 +182,7 @@ impl Store {
     /// plan is finished at once.
     pub async fn start_rollout(&self, n: &NewRollout<'_>) -> Result<Started> {
         let c = n.change;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, from_version, from_generation, to_version, generation FROM rollouts
@@ -318,7 +318,7 @@ impl Store {
         state: RolloutState,
         reason: &str,
     ) -> Result<Option<u64>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let Some(r) = rollout_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -356,7 +356,7 @@ impl Store {
 
     #[cfg(test)]
     pub async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>> {
-        rollout_by_id(&mut *self.pool.acquire().await?, id).await
+        rollout_by_id(&mut *self.db().acquire().await?, id).await
     }
 
     /// The newest rollout of app@env.
@@ -372,7 +372,7 @@ impl Store {
         .bind(tenant)
         .bind(app)
         .bind(env)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(row.map(RolloutRow::from))
     }
@@ -397,7 +397,7 @@ impl Store {
         )))
         .bind(RolloutState::Running)
         .bind(RolloutState::Paused)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         Ok(rows.into_iter().map(RolloutRow::from).collect())
     }
@@ -407,7 +407,7 @@ impl Store {
             "SELECT host, step, admitted_at, outcome, reason FROM rollout_hosts WHERE rollout_id = ? ORDER BY step, host",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 
@@ -428,7 +428,7 @@ impl Store {
         )
         .bind(r.id)
         .bind(host)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(match row {
             // Not in the plan (joined since): the rollout's previous release.
@@ -442,7 +442,7 @@ impl Store {
     /// admitted too (they converge when back) but not waited for. False when
     /// the rollout is no longer running at that step (paused meanwhile).
     pub async fn admit_step(&self, id: i64, step: u32, offline: &[String]) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let moved = sqlx::query(
             "UPDATE rollouts SET step_started_at = ?, next_step_at = 0, updated_at = ?
@@ -496,7 +496,7 @@ impl Store {
         .bind(id)
         .bind(host)
         .bind(HostOutcome::Pending)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -513,7 +513,7 @@ impl Store {
         .bind(now())
         .bind(id)
         .bind(RolloutState::Running)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -540,7 +540,7 @@ impl Store {
         for f in from {
             q = q.bind(*f);
         }
-        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+        Ok(q.execute(self.db()).await?.rows_affected() == 1)
     }
 
     /// A resumed rollout's current step restarts its clock (a pause does not
@@ -551,7 +551,7 @@ impl Store {
         )
         .bind(now())
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -578,7 +578,7 @@ pub(in crate::store) mod tests {
         let plan: Vec<(String, u32)> = plan.iter().map(|(h, st)| (h.to_string(), *st)).collect();
         let steps = plan.iter().map(|(_, st)| st + 1).max().unwrap_or(0);
         let digest = format!("sha256:m{version}");
-        let change = crate::rollout::Change {
+        let change = crate::plan::Change {
             tenant: "default",
             app: "web",
             environment: "preprod",
@@ -677,7 +677,7 @@ pub(in crate::store) mod tests {
             app: "web".into(),
             running_version: "2".into(),
             running_digest: "sha256:m2".into(),
-            health: proto::v1::Health::Healthy as i32,
+            health: crate::lifecycle::Health::Healthy,
             ..Default::default()
         };
         s.record_report("default", "a", &healthy).await.unwrap();

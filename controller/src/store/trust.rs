@@ -81,20 +81,20 @@ impl Store {
     pub async fn tenant_exists(&self, tenant: &str) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE name = ?")
             .bind(tenant)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?;
         Ok(found.is_some())
     }
 
     pub async fn api_token_count(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db())
             .await?)
     }
 
     /// A new tenant with the usual preprod and prod; false if it exists.
     pub async fn create_tenant(&self, name: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let created = sqlx::query(
             "INSERT INTO tenants (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
@@ -129,7 +129,7 @@ impl Store {
         .bind(&t.secret_hash)
         .bind(t.created_at)
         .bind(&t.created_by)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -139,7 +139,7 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
@@ -148,7 +148,7 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant = ? ORDER BY created_at, id"
         )))
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 
@@ -161,7 +161,7 @@ impl Store {
         .bind(tenant)
         .bind(id_or_name)
         .bind(id_or_name)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?
         .rows_affected())
     }
@@ -178,7 +178,7 @@ impl Store {
         expires_at: i64,
         created_by: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES (?, ?, ?, '', 0)
              ON CONFLICT (tenant, name) DO UPDATE SET environment = excluded.environment, revoked_at = NULL",
@@ -211,7 +211,7 @@ impl Store {
         secret_hash: &str,
         host: &str,
     ) -> Result<std::result::Result<(String, String), JoinRefused>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<JoinTokenRow> = sqlx::query_as(
             "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
              FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = ?",
@@ -254,7 +254,7 @@ impl Store {
         fingerprint: &str,
         not_after: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES (?, ?, ?, ?, ?)")
             .bind(fingerprint)
             .bind(tenant)
@@ -285,13 +285,13 @@ impl Store {
              FROM host_certs c JOIN hosts h ON h.tenant = c.tenant AND h.name = c.host WHERE c.fingerprint = ?",
         )
         .bind(fingerprint)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
     /// Revokes a host: its certificates and unused join tokens stop working.
     pub async fn revoke_host(&self, tenant: &str, host: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query("UPDATE hosts SET revoked_at = ? WHERE tenant = ? AND name = ?")
             .bind(now())
             .bind(tenant)
@@ -323,7 +323,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(host)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db())
         .await?;
         Ok(seq as u64)
     }
@@ -337,7 +337,7 @@ impl Store {
         .bind(tenant)
         .bind(env)
         .bind(env)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 
@@ -347,7 +347,7 @@ impl Store {
             .bind(tenant)
             .bind(digest)
             .bind(now())
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
@@ -359,7 +359,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(digest)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(size.map(|s| s as u64))
     }

@@ -65,11 +65,27 @@ fn kill_workers(dir: &Path, n: usize) {
     }
 }
 
+/// The controller's store query counter at each step admission and at the
+/// end of the rollouts logged in `log` (the engine logs `store_queries=`).
+fn query_marks(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("rollout step admitted") || l.contains("rollout succeeded"))
+        .filter_map(|l| {
+            let rest = &l[l.find("store_queries=")? + "store_queries=".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
 /// Deploys `version` with `strategy` flags and returns the seconds until
-/// every host reports it healthy.
-fn timed_deploy(c: &Controller, version: &str, n: usize, strategy: &[&str]) -> f64 {
+/// every host reports it healthy. Prints the store queries the controller ran
+/// per admitted step (from one admission to the next, the last one to the
+/// rollout's success: sessions recomputing, reports, the engine, status polls).
+fn timed_deploy(c: &Controller, log: &Path, version: &str, n: usize, strategy: &[&str]) -> f64 {
     let mut args = vec!["deploy", "web", version, "--env", "preprod"];
     args.extend_from_slice(strategy);
+    let log_from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
     let start = Instant::now();
     c.ctl(&args).ok();
     eventually(
@@ -97,6 +113,25 @@ fn timed_deploy(c: &Controller, version: &str, n: usize, strategy: &[&str]) -> f
         r["state"],
         r["steps"]
     );
+    // The engine logs the rollout's success after the last host is judged.
+    let marks = eventually(
+        Duration::from_secs(30),
+        "rollout logged as succeeded",
+        || {
+            let text = std::fs::read(log).ok()?;
+            let text = String::from_utf8_lossy(text.get(log_from..)?).into_owned();
+            text.contains("rollout succeeded")
+                .then(|| query_marks(&text))
+        },
+    );
+    let per_step: Vec<u64> = marks.windows(2).map(|w| w[1] - w[0]).collect();
+    if !per_step.is_empty() {
+        println!(
+            "  store queries per admitted step: {:.0} (mean of {:?})",
+            per_step.iter().sum::<u64>() as f64 / per_step.len() as f64,
+            per_step
+        );
+    }
     secs
 }
 
@@ -153,8 +188,9 @@ fn main() -> anyhow::Result<()> {
         ])
         .ok();
     }
-    timed_deploy(&c, "1.0.0", n, &["--canary", "0", "--batch", "100%"]);
-    timed_deploy(&c, "2.0.0", n, &[]);
+    let log = t.path().join("controller.log");
+    timed_deploy(&c, &log, "1.0.0", n, &["--canary", "0", "--batch", "100%"]);
+    timed_deploy(&c, &log, "2.0.0", n, &[]);
     let after_kib = rss_kib(controller_pid, "VmRSS:");
     let peak_kib = rss_kib(controller_pid, "VmHWM:");
     let own_kib = rss_kib(std::process::id(), "VmRSS:");

@@ -7,41 +7,27 @@
 //! the hosts already changed, all at once. Nothing lives only in memory, so a
 //! restarted controller carries on where it stopped.
 
-pub mod plan;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use proto::v1::Health;
-
+use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
-use crate::grpc::{Ctx, SharedCtx};
-use crate::lifecycle::{HostOutcome, RolloutState};
-use crate::store::{self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, StoreError};
-use plan::Strategy;
+use crate::hub::{DesiredChange, Hub};
+use crate::lifecycle::{Health, HostOutcome, RolloutState};
+use crate::plan::{self, Change};
+use crate::store::{
+    self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, Store, StoreError,
+};
 
 /// How often running rollouts are looked at even when nothing reports.
 const TICK: Duration = Duration::from_secs(1);
 
-/// A change of desired release to roll out.
-pub struct Change<'a> {
-    pub tenant: &'a str,
-    pub app: &'a str,
-    pub environment: &'a str,
-    pub version: &'a str,
-    pub digest: &'a str,
-    pub authorization: &'a str,
-    pub strategy: Strategy,
-    pub actor: &'a str,
-}
-
 /// Sets the desired release and plans its rollout over the environment's
-/// hosts that run the app, then wakes the sessions and the engine.
-pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
-    let candidates = ctx.store.app_hosts(c.tenant, c.app, c.environment).await?;
+/// hosts that run the app, then wakes the app's sessions there and the engine.
+pub async fn start(store: &Store, hub: &Hub, c: &Change<'_>) -> Result<Started, StoreError> {
+    let candidates = store.app_hosts(c.tenant, c.app, c.environment).await?;
     let (plan, steps) = plan::plan(&candidates, &c.strategy);
-    let started = ctx
-        .store
+    let started = store
         .start_rollout(&NewRollout {
             change: c,
             plan: &plan,
@@ -58,9 +44,26 @@ pub async fn start(ctx: &Ctx, c: &Change<'_>) -> Result<Started, StoreError> {
         steps,
         "rollout started"
     );
-    ctx.hub.desired_changed();
-    ctx.hub.rollouts_changed();
+    // Hosts held back recompute to what they run; the others get the release.
+    hub.desired_changed(&DesiredChange {
+        tenant: c.tenant,
+        environment: c.environment,
+        app: c.app,
+        hosts: None,
+    });
+    hub.rollouts_changed();
     Ok(started)
+}
+
+/// The change a rollout makes to its app's hosts in its environment: `hosts`,
+/// or all of them.
+fn desired_change<'a>(r: &'a RolloutRow, hosts: Option<&'a [String]>) -> DesiredChange<'a> {
+    DesiredChange {
+        tenant: &r.tenant,
+        environment: &r.environment,
+        app: &r.app,
+        hosts,
+    }
 }
 
 /// Drives every running (and paused) rollout until shutdown.
@@ -103,7 +106,7 @@ fn judge(
     if let Some(f) = report {
         let rep = &f.report;
         let current = rep.generation >= r.generation;
-        if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy as i32 {
+        if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy {
             return Some((HostOutcome::Healthy, String::new()));
         }
         if current && rep.failed_digest == r.to_digest {
@@ -155,10 +158,16 @@ fn nothing_took(hosts: &[RolloutHostRow]) -> bool {
     !reached.is_empty() && reached.iter().all(|h| h.outcome.is_failure())
 }
 
+/// One look at a rollout: admit its next step when due, or judge its
+/// admitted hosts and then halt it, move it on or mark it succeeded.
 async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), StoreError> {
     let store = &ctx.store;
     let now = store::now();
-    let running = r.state == RolloutState::Running;
+    // A paused rollout, or one pausing between steps, admits nothing new.
+    let admitting = r.step_started_at == 0;
+    if admitting && (r.state != RolloutState::Running || r.next_step_at > now) {
+        return Ok(());
+    }
     let hosts = store.rollout_hosts(r.id).await?;
     let reports: HashMap<String, FleetRow> = store
         .fleet(&r.tenant, &r.app, &r.environment)
@@ -172,25 +181,9 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
                 .get(h)
                 .is_none_or(|f| fleet::offline(f.last_seen, now, ctx.heartbeat_secs))
     };
-
-    if r.step_started_at == 0 {
-        // A paused rollout admits nothing new.
-        if !running || r.next_step_at > now {
-            return Ok(());
-        }
-        let offline: Vec<String> = hosts
-            .iter()
-            .filter(|h| h.step == r.step && !is_canary(r, h.step) && is_offline(&h.host))
-            .map(|h| h.host.clone())
-            .collect();
-        if store.admit_step(r.id, r.step, &offline).await? {
-            tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
-                steps = r.steps, offline = offline.len(), "rollout step admitted");
-            ctx.hub.desired_changed();
-        }
-        return Ok(());
+    if admitting {
+        return admit(ctx, r, &hosts, is_offline).await;
     }
-
     // Paused or not, admitted hosts are judged and a failure halts.
     let mut judged = false;
     for h in hosts
@@ -211,7 +204,43 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
     } else {
         hosts
     };
+    conclude(ctx, r, &hosts, now).await
+}
 
+/// Admits the rollout's current step (its offline hosts skipped, never a
+/// canary) and wakes the step's hosts, the only ones it releases.
+async fn admit(
+    ctx: &Ctx,
+    r: &RolloutRow,
+    hosts: &[RolloutHostRow],
+    is_offline: impl Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let step: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.step == r.step).collect();
+    let offline: Vec<String> = step
+        .iter()
+        .filter(|h| !is_canary(r, h.step) && is_offline(&h.host))
+        .map(|h| h.host.clone())
+        .collect();
+    let store = &ctx.store;
+    if store.admit_step(r.id, r.step, &offline).await? {
+        tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
+            steps = r.steps, offline = offline.len(), store_queries = store.queries(),
+            "rollout step admitted");
+        let admitted: Vec<String> = step.iter().map(|h| h.host.clone()).collect();
+        ctx.hub.desired_changed(&desired_change(r, Some(&admitted)));
+    }
+    Ok(())
+}
+
+/// After the judging: halt on a canary failure or past the threshold; once
+/// the step is judged (and the rollout running), the next step or, after the
+/// last, success (or a halt when every host it reached failed).
+async fn conclude(
+    ctx: &Ctx,
+    r: &RolloutRow,
+    hosts: &[RolloutHostRow],
+    now: i64,
+) -> Result<(), StoreError> {
     let failed: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.outcome.is_failure()).collect();
     let canary_failed = failed.iter().any(|h| is_canary(r, h.step));
     if canary_failed || failed.len() > r.strategy.max_failures.tolerated_of(hosts.len()) {
@@ -228,43 +257,46 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
         );
         return halt(ctx, r, &reason).await;
     }
-    if !running
+    if r.state != RolloutState::Running
         || hosts
             .iter()
             .any(|h| h.step == r.step && h.outcome == HostOutcome::Pending)
     {
         return Ok(());
     }
-    if r.step + 1 >= r.steps {
-        if nothing_took(&hosts) {
-            let reason = format!(
-                "every host it reached failed {}: {}",
-                r.to_version,
-                describe_failures(&failed)
-            );
-            return halt(ctx, r, &reason).await;
-        }
-        if store
-            .transition_rollout(
-                r.id,
-                &[RolloutState::Running],
-                RolloutState::Succeeded,
-                None,
-            )
-            .await?
-        {
-            tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, "rollout succeeded");
-            engine_audit(ctx, r, "rollout-succeeded", "ok").await;
-            ctx.hub.desired_changed();
-        }
-    } else {
+    if r.step + 1 < r.steps {
         let at = if r.strategy.pause_secs > 0 {
             now + i64::from(r.strategy.pause_secs)
         } else {
             0
         };
-        store.next_step(r.id, r.step + 1, at).await?;
+        ctx.store.next_step(r.id, r.step + 1, at).await?;
         ctx.hub.rollouts_changed();
+        return Ok(());
+    }
+    if nothing_took(hosts) {
+        let reason = format!(
+            "every host it reached failed {}: {}",
+            r.to_version,
+            describe_failures(&failed)
+        );
+        return halt(ctx, r, &reason).await;
+    }
+    if ctx
+        .store
+        .transition_rollout(
+            r.id,
+            &[RolloutState::Running],
+            RolloutState::Succeeded,
+            None,
+        )
+        .await?
+    {
+        tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version,
+            store_queries = ctx.store.queries(), "rollout succeeded");
+        engine_audit(ctx, r, "rollout-succeeded", "ok").await;
+        // Hosts that joined since the plan were held at the previous release.
+        ctx.hub.desired_changed(&desired_change(r, None));
     }
     Ok(())
 }
@@ -289,7 +321,7 @@ async fn halt(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError>
             .is_some()
         {
             engine_audit(ctx, r, "rollout-revert", &format!("reverted: {reason}")).await;
-            ctx.hub.desired_changed();
+            ctx.hub.desired_changed(&desired_change(r, None));
         }
         return Ok(());
     }

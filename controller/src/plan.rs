@@ -1,8 +1,21 @@
-//! Rollout strategies and plans: which hosts change in which step. Pure
-//! functions, no I/O: the engine (`rollout::run`) and the store use them.
+//! Changes of desired release, rollout strategies and plans: which hosts
+//! change in which step. Pure functions, no I/O: `intent`, the engine
+//! (`rollout::run`) and the store use them.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// A change of desired release to roll out.
+pub struct Change<'a> {
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub environment: &'a str,
+    pub version: &'a str,
+    pub digest: &'a str,
+    pub authorization: &'a str,
+    pub strategy: Strategy,
+    pub actor: &'a str,
+}
 
 /// A number of hosts, absolute or relative to the environment's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +105,32 @@ impl Strategy {
             max_failures: Amount::Percent(100),
             auto_revert: false,
             ..self
+        }
+    }
+}
+
+/// The strategy fields one change sets for itself (`None`: the
+/// environment's), already validated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrategyOverride {
+    pub canary: Option<u32>,
+    pub batch: Option<Amount>,
+    pub batch_timeout_secs: Option<u32>,
+    pub pause_secs: Option<u32>,
+    pub max_failures: Option<Amount>,
+    pub auto_revert: Option<bool>,
+}
+
+impl Strategy {
+    /// This strategy with the fields `o` sets.
+    pub fn with(self, o: &StrategyOverride) -> Self {
+        Self {
+            canary: o.canary.unwrap_or(self.canary),
+            batch: o.batch.unwrap_or(self.batch),
+            batch_timeout_secs: o.batch_timeout_secs.unwrap_or(self.batch_timeout_secs),
+            pause_secs: o.pause_secs.unwrap_or(self.pause_secs),
+            max_failures: o.max_failures.unwrap_or(self.max_failures),
+            auto_revert: o.auto_revert.unwrap_or(self.auto_revert),
         }
     }
 }

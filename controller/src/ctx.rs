@@ -1,0 +1,27 @@
+//! What the controller's services and its rollout engine share: the store,
+//! the blob dir, the session hub, the CA and directive key, and settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::blobs::BlobStore;
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// Everything the services share.
+pub struct Ctx {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub hub: Hub,
+    pub ca: trust::pki::Ca,
+    /// Signs every directive sent to a host.
+    pub directive_key: trust::sign::KeyPair,
+    pub agent_cert_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub directive_ttl: Duration,
+    pub heartbeat_secs: u32,
+    pub max_blob_bytes: u64,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+pub type SharedCtx = Arc<Ctx>;

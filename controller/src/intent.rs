@@ -1,0 +1,758 @@
+//! Intent: the desired release of an app in an environment, changed by
+//! deploy, promote, rollback and retry, each carried by a rollout
+//! (`rollout::start`), and the gates a promotion passes (soak, drift). Domain
+//! types in and out; `grpc/deployments.rs` authorizes the caller and converts.
+
+use trust::sign::Signature;
+
+use crate::error::{ControllerError, Result};
+use crate::hub::Hub;
+use crate::plan::{Change, StrategyOverride};
+use crate::store::Store;
+
+/// Most signatures a release or an authorization may carry.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// Who changes the intent, as the audit log names them, and whether they
+/// may force a promotion past its gates (the promoter role).
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub name: &'a str,
+    pub may_force: bool,
+}
+
+/// An app in an environment of a tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub environment: &'a str,
+}
+
+pub struct Deploy<'a> {
+    pub target: Target<'a>,
+    pub version: &'a str,
+    /// Operator signatures allowing a lower counter (a downgrade).
+    pub authorization: &'a [Signature],
+    pub strategy: Option<StrategyOverride>,
+}
+
+pub struct Promote<'a> {
+    pub tenant: &'a str,
+    pub app: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// Past the gates (needs `Actor::may_force`).
+    pub force: bool,
+    pub strategy: Option<StrategyOverride>,
+}
+
+pub struct Rollback<'a> {
+    pub target: Target<'a>,
+    /// None: the newest earlier release that ran healthy there.
+    pub to_version: Option<&'a str>,
+    pub authorization: &'a [Signature],
+}
+
+/// A change of desired release, made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    pub app: String,
+    pub environment: String,
+    pub version: String,
+    pub manifest_digest: String,
+    /// Empty for the first release of the app there.
+    pub previous_version: String,
+    pub generation: u64,
+    /// Hosts of the environment holding a session now.
+    pub connected_hosts: u32,
+    pub rollout_id: i64,
+    pub planned_hosts: u32,
+}
+
+/// Checks every signature over `payload` (a bad one is refused, not dropped)
+/// and returns them as stored JSON.
+pub fn checked_signatures(sigs: &[Signature], payload: &[u8]) -> Result<String> {
+    if sigs.len() > MAX_SIGNATURES {
+        return Err(ControllerError::InvalidArgument(format!(
+            "at most {MAX_SIGNATURES} signatures"
+        )));
+    }
+    for s in sigs {
+        let key = trust::sign::parse_public(&s.key)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        if !trust::sign::verify(&key, payload, &s.sig) {
+            return Err(ControllerError::InvalidArgument(format!(
+                "the signature by {} does not verify for this release",
+                s.key
+            )));
+        }
+    }
+    Ok(serde_json::to_string(sigs).expect("signatures serialize"))
+}
+
+/// Signatures as the store keeps them (JSON).
+pub fn stored_signatures(json: &str) -> Vec<Signature> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// "unknown environment X (known: a, b)" + `hint`, as a not-found error.
+pub async fn unknown_environment(
+    store: &Store,
+    tenant: &str,
+    env: &str,
+    hint: &str,
+) -> ControllerError {
+    match store.environments(tenant).await {
+        Ok(envs) => {
+            let known: Vec<String> = envs.into_iter().map(|(n, _)| n).collect();
+            ControllerError::NotFound(format!(
+                "unknown environment {env:?} (known: {}){hint}",
+                known.join(", ")
+            ))
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// What changing intent reaches: the store, the sessions (through the hub),
+/// and the heartbeat that says when a host is offline.
+#[derive(Clone, Copy)]
+pub struct Intent<'a> {
+    pub store: &'a Store,
+    pub hub: &'a Hub,
+    pub heartbeat_secs: u32,
+}
+
+impl Intent<'_> {
+    /// The app was published and the environment exists.
+    pub async fn check_app_env(&self, tenant: &str, app: &str, env: &str) -> Result<()> {
+        if !self.store.app_exists(tenant, app).await? {
+            return Err(ControllerError::NotFound(format!(
+                "unknown app {app:?}: publish a release of it first"
+            )));
+        }
+        if self.store.environment(tenant, env).await?.is_none() {
+            return Err(unknown_environment(self.store, tenant, env, "").await);
+        }
+        Ok(())
+    }
+
+    /// Points app@env at `version`.
+    pub async fn deploy(&self, actor: &Actor<'_>, d: &Deploy<'_>) -> Result<Deployed> {
+        self.set_desired(
+            actor,
+            d.target,
+            d.version,
+            d.authorization,
+            d.strategy.as_ref(),
+            false,
+        )
+        .await
+    }
+
+    /// Copies the version `from` desires to `to`, when the promotion gates
+    /// pass or the actor forces it past them. Returns the gates forced past.
+    pub async fn promote(
+        &self,
+        actor: &Actor<'_>,
+        p: &Promote<'_>,
+    ) -> Result<(Deployed, Vec<String>)> {
+        if p.from == p.to {
+            return Err(ControllerError::InvalidArgument(
+                "--from and --to name the same environment".into(),
+            ));
+        }
+        self.check_app_env(p.tenant, p.app, p.from).await?;
+        self.check_app_env(p.tenant, p.app, p.to).await?;
+        let (version, _) = self
+            .store
+            .desired(p.tenant, p.app, p.from)
+            .await?
+            .ok_or_else(|| {
+                ControllerError::FailedPrecondition(format!(
+                    "{} has no release in {}",
+                    p.app, p.from
+                ))
+            })?;
+        let release = self
+            .store
+            .release(p.tenant, p.app, &version)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("release {version} vanished")))?;
+        let soak = self
+            .store
+            .env_policy(p.tenant, p.to)
+            .await?
+            .map(|e| e.soak_secs)
+            .unwrap_or(0);
+        let blockers = self
+            .promotion_blockers(p, &release.manifest_digest, soak)
+            .await?;
+        if !blockers.is_empty() {
+            if !p.force {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "cannot promote {} {version} ({}) from {} to {}: {} (wait for the soak, redeploy or `slipctl drift ack`, or --force as promoter)",
+                    p.app,
+                    release.manifest_digest,
+                    p.from,
+                    p.to,
+                    blockers.join("; ")
+                )));
+            }
+            if !actor.may_force {
+                return Err(ControllerError::PermissionDenied(format!(
+                    "--force needs the promoter role; blocked by: {}",
+                    blockers.join("; ")
+                )));
+            }
+        }
+        let target = Target {
+            tenant: p.tenant,
+            app: p.app,
+            environment: p.to,
+        };
+        let deployed = self
+            .set_desired(actor, target, &version, &[], p.strategy.as_ref(), false)
+            .await?;
+        Ok((deployed, blockers))
+    }
+
+    /// Promotion gates: the exact digest must have run healthy on every host
+    /// of the source environment for the target's soak time, and no host of
+    /// either environment may carry unacknowledged drift. Each blocker, named.
+    pub async fn promotion_blockers(
+        &self,
+        p: &Promote<'_>,
+        digest: &str,
+        soak_secs: u32,
+    ) -> Result<Vec<String>> {
+        let (app, from, to) = (p.app, p.from, p.to);
+        let now = crate::store::now();
+        let mut blockers = Vec::new();
+        let source = self.store.fleet(p.tenant, app, from).await?;
+        if source.is_empty() {
+            blockers.push(format!("no {from} host runs {app}"));
+        }
+        for f in &source {
+            let h = &f.host;
+            if crate::fleet::offline(f.last_seen, now, self.heartbeat_secs) {
+                blockers.push(format!("{h} is offline"));
+            } else if f.report.running_digest != digest {
+                let running = match f.report.running_version.as_str() {
+                    "" => "nothing",
+                    v => v,
+                };
+                blockers.push(format!("{h} runs {running} instead"));
+            } else if f.healthy_since == 0 {
+                blockers.push(format!("{h} is not healthy"));
+            } else if now - f.healthy_since < i64::from(soak_secs) {
+                blockers.push(format!(
+                    "{h} has run it healthy for {}s of the {soak_secs}s soak",
+                    now - f.healthy_since
+                ));
+            }
+        }
+        let target = self.store.fleet(p.tenant, app, to).await?;
+        for (env, rows) in [(from, &source), (to, &target)] {
+            for f in rows.iter().filter(|f| f.drifted()) {
+                let drift: Vec<&str> = f.report.drift.iter().take(3).map(|d| d.as_str()).collect();
+                blockers.push(format!(
+                    "{} ({env}) has drift: {}",
+                    f.host,
+                    drift.join(", ")
+                ));
+            }
+        }
+        Ok(blockers)
+    }
+
+    /// Puts app@env back on `to_version`, or on the newest earlier release
+    /// that ran healthy there; every host at once, no canary.
+    pub async fn rollback(&self, actor: &Actor<'_>, r: &Rollback<'_>) -> Result<Deployed> {
+        let Target {
+            tenant,
+            app,
+            environment: env,
+        } = r.target;
+        self.check_app_env(tenant, app, env).await?;
+        let target = match r.to_version {
+            Some(v) => v.to_string(),
+            None => {
+                let (current, _) =
+                    self.store.desired(tenant, app, env).await?.ok_or_else(|| {
+                        ControllerError::FailedPrecondition(format!(
+                            "{app} has no release in {env}"
+                        ))
+                    })?;
+                self.store
+                    .rollback_target(tenant, app, env, &current)
+                    .await?
+                    .ok_or_else(|| {
+                        ControllerError::FailedPrecondition(format!(
+                            "{app} in {env} has no earlier release that ran healthy there to roll back to; name one with --to"
+                        ))
+                    })?
+            }
+        };
+        self.set_desired(actor, r.target, &target, r.authorization, None, true)
+            .await
+    }
+
+    /// The same release (and authorization) again with a new generation:
+    /// hosts that refused it try once more. (After an automatic revert the
+    /// desired release is the previous one: deploy the failed one again to
+    /// retry it.)
+    pub async fn retry(&self, actor: &Actor<'_>, t: Target<'_>) -> Result<Deployed> {
+        self.check_app_env(t.tenant, t.app, t.environment).await?;
+        let current = self
+            .store
+            .desired_app(t.tenant, t.environment, t.app)
+            .await?
+            .ok_or_else(|| {
+                ControllerError::FailedPrecondition(format!(
+                    "{} has no release in {}",
+                    t.app, t.environment
+                ))
+            })?;
+        let authorization = stored_signatures(&current.authorization);
+        self.set_desired(actor, t, &current.version, &authorization, None, false)
+            .await
+    }
+
+    /// Points app@env at `version` through a rollout with the environment's
+    /// strategy (overridden by `strategy`; a rollback's: every host at once),
+    /// which wakes the sessions concerned.
+    async fn set_desired(
+        &self,
+        actor: &Actor<'_>,
+        t: Target<'_>,
+        version: &str,
+        authorization: &[Signature],
+        strategy: Option<&StrategyOverride>,
+        is_rollback: bool,
+    ) -> Result<Deployed> {
+        let Target {
+            tenant,
+            app,
+            environment: env,
+        } = t;
+        self.check_app_env(tenant, app, env).await?;
+        let store = self.store;
+        let release = store.release(tenant, app, version).await?.ok_or_else(|| {
+            ControllerError::NotFound(format!(
+                "unknown version {version:?} of app {app:?} (see `slipctl releases {app}`)"
+            ))
+        })?;
+        let previous = store
+            .desired(tenant, app, env)
+            .await?
+            .map(|(v, _)| v)
+            .unwrap_or_default();
+        let statement = trust::sign::RollbackStatement {
+            tenant,
+            app,
+            environment: env,
+            version,
+            manifest_digest: &release.manifest_digest,
+        };
+        let authorization = checked_signatures(authorization, &statement.bytes())?;
+        let policy = store
+            .env_policy(tenant, env)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("unknown environment {env:?}")))?;
+        let mut strategy = match strategy {
+            Some(o) => policy.strategy.with(o),
+            None => policy.strategy,
+        };
+        if is_rollback {
+            strategy = strategy.rollback();
+        }
+        let started = crate::rollout::start(
+            store,
+            self.hub,
+            &Change {
+                tenant,
+                app,
+                environment: env,
+                version,
+                digest: &release.manifest_digest,
+                authorization: &authorization,
+                strategy,
+                actor: actor.name,
+            },
+        )
+        .await?;
+        let generation = started.generation;
+        let connected_hosts = store
+            .hosts(tenant, env)
+            .await?
+            .iter()
+            .filter(|h| self.hub.connected(tenant, &h.name))
+            .count() as u32;
+        tracing::info!(tenant, app, env, version, generation, "desired release set");
+        Ok(Deployed {
+            app: app.into(),
+            environment: env.into(),
+            version: version.into(),
+            manifest_digest: release.manifest_digest,
+            previous_version: previous,
+            generation,
+            connected_hosts,
+            rollout_id: started.rollout_id,
+            planned_hosts: started.planned_hosts as u32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::SqlitePool;
+
+    use super::*;
+    use crate::hub::Recompute;
+    use crate::lifecycle::{Health, RolloutState};
+    use crate::store::{EnvChange, HostAppReport, now};
+
+    const ACTOR: Actor<'static> = Actor {
+        name: "ci (token t1)",
+        may_force: false,
+    };
+
+    fn web(environment: &str) -> Target<'_> {
+        Target {
+            tenant: "default",
+            app: "web",
+            environment,
+        }
+    }
+
+    /// A store with releases 1..=3 of web and hosts a (preprod) and p (prod)
+    /// reporting web.
+    async fn store(pool: SqlitePool) -> Store {
+        let s = Store::from_pool(pool);
+        s.insert_blob("sha256:b", 1).await.unwrap();
+        for v in ["1", "2", "3"] {
+            let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
+            s.insert_release("default", &r, b"{}").await.unwrap();
+        }
+        for (host, env) in [("a", "preprod"), ("p", "prod")] {
+            s.add_host("default", host, env, host, "x", now() + 60, "test")
+                .await
+                .unwrap();
+            report(&s, host, "", false, 0).await;
+        }
+        s
+    }
+
+    /// `host` reports web: running `version` (healthy or not), with `drift`
+    /// paths drifted.
+    async fn report(s: &Store, host: &str, version: &str, healthy: bool, drift: u32) {
+        let r = HostAppReport {
+            app: "web".into(),
+            running_version: version.into(),
+            running_digest: if version.is_empty() {
+                String::new()
+            } else {
+                format!("sha256:m{version}")
+            },
+            health: if healthy {
+                Health::Healthy
+            } else {
+                Health::Unknown
+            },
+            drift: (0..drift).map(|i| format!("changed f{i}")).collect(),
+            drift_count: drift,
+            ..Default::default()
+        };
+        s.record_report("default", host, &r).await.unwrap();
+    }
+
+    async fn deploy(i: &Intent<'_>, env: &str, version: &str) -> Result<Deployed> {
+        let d = Deploy {
+            target: web(env),
+            version,
+            authorization: &[],
+            strategy: None,
+        };
+        i.deploy(&ACTOR, &d).await
+    }
+
+    fn promote(force: bool) -> Promote<'static> {
+        Promote {
+            tenant: "default",
+            app: "web",
+            from: "preprod",
+            to: "prod",
+            force,
+            strategy: None,
+        }
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_deploy_sets_desired_through_a_rollout_and_wakes_the_apps_sessions(pool: SqlitePool) {
+        let s = store(pool).await;
+        let hub = Hub::new();
+        let i = Intent {
+            store: &s,
+            hub: &hub,
+            heartbeat_secs: 10,
+        };
+        let web_apps = vec!["web".to_string()];
+        let a = hub.connect("default", "a", "preprod", &web_apps);
+        let p = hub.connect("default", "p", "prod", &web_apps);
+
+        let first = deploy(&i, "preprod", "1").await.unwrap();
+        assert_eq!(
+            (first.version.as_str(), first.previous_version.as_str()),
+            ("1", "")
+        );
+        assert_eq!((first.planned_hosts, first.connected_hosts), (1, 1));
+        assert_eq!(a.changed().await, Recompute::Apps(["web".into()].into()));
+        let woken = tokio::time::timeout(std::time::Duration::from_millis(20), p.changed()).await;
+        assert!(
+            woken.is_err(),
+            "a prod session sleeps through a preprod deploy"
+        );
+
+        let second = deploy(&i, "preprod", "2").await.unwrap();
+        assert_eq!(second.previous_version, "1");
+        assert!(second.generation > first.generation);
+        assert_eq!(
+            s.desired("default", "web", "preprod").await.unwrap(),
+            Some(("2".to_string(), second.generation))
+        );
+        let rollout = s
+            .latest_rollout("default", "web", "preprod")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rollout.id, second.rollout_id);
+        assert_eq!(rollout.state, RolloutState::Running);
+        assert_eq!(
+            s.rollout(first.rollout_id).await.unwrap().unwrap().state,
+            RolloutState::Superseded
+        );
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_deploy_names_what_it_cannot_find(pool: SqlitePool) {
+        let s = store(pool).await;
+        let hub = Hub::new();
+        let i = Intent {
+            store: &s,
+            hub: &hub,
+            heartbeat_secs: 10,
+        };
+        let check = |r: Result<Deployed>, expect: &str| {
+            let e = r.expect_err(expect);
+            assert!(matches!(e, ControllerError::NotFound(_)), "{e:?}");
+            assert_eq!(e.to_string(), expect);
+        };
+        check(
+            deploy(&i, "staging", "1").await,
+            "unknown environment \"staging\" (known: preprod, prod)",
+        );
+        check(
+            deploy(&i, "preprod", "9").await,
+            "unknown version \"9\" of app \"web\" (see `slipctl releases web`)",
+        );
+        let d = Deploy {
+            target: Target {
+                app: "api",
+                ..web("preprod")
+            },
+            version: "1",
+            authorization: &[],
+            strategy: None,
+        };
+        check(
+            i.deploy(&ACTOR, &d).await,
+            "unknown app \"api\": publish a release of it first",
+        );
+        let bad = [Signature {
+            key: "ed25519:00".into(),
+            sig: "00".into(),
+        }];
+        let d = Deploy {
+            authorization: &bad,
+            ..d
+        };
+        let d = Deploy {
+            target: web("preprod"),
+            ..d
+        };
+        assert!(matches!(
+            i.deploy(&ACTOR, &d).await,
+            Err(ControllerError::InvalidArgument(_))
+        ));
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_promotion_waits_for_the_soak_and_refuses_drift_unless_forced(pool: SqlitePool) {
+        let s = store(pool).await;
+        let hub = Hub::new();
+        let i = Intent {
+            store: &s,
+            hub: &hub,
+            heartbeat_secs: 10,
+        };
+        let check = |r: Result<(Deployed, Vec<String>)>, expect: &str| match r {
+            Ok((d, forced)) => assert_eq!(
+                format!("ok {} forced past: {}", d.version, forced.join("; ")),
+                expect
+            ),
+            Err(e) => assert_eq!(e.to_string(), expect),
+        };
+        let same = Promote {
+            to: "preprod",
+            ..promote(false)
+        };
+        check(
+            i.promote(&ACTOR, &same).await,
+            "--from and --to name the same environment",
+        );
+        check(
+            i.promote(&ACTOR, &promote(false)).await,
+            "web has no release in preprod",
+        );
+        deploy(&i, "preprod", "2").await.unwrap();
+        check(
+            i.promote(&ACTOR, &promote(false)).await,
+            "cannot promote web 2 (sha256:m2) from preprod to prod: a runs nothing instead \
+             (wait for the soak, redeploy or `slipctl drift ack`, or --force as promoter)",
+        );
+        report(&s, "a", "2", true, 0).await;
+        report(&s, "p", "1", true, 2).await;
+        s.set_environment(
+            "default",
+            "prod",
+            &EnvChange {
+                soak_secs: Some(3600),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let blockers = "a has run it healthy for 0s of the 3600s soak; \
+                        p (prod) has drift: changed f0, changed f1";
+        check(
+            i.promote(&ACTOR, &promote(false)).await,
+            &format!(
+                "cannot promote web 2 (sha256:m2) from preprod to prod: {blockers} \
+                 (wait for the soak, redeploy or `slipctl drift ack`, or --force as promoter)"
+            ),
+        );
+        check(
+            i.promote(&ACTOR, &promote(true)).await,
+            &format!("--force needs the promoter role; blocked by: {blockers}"),
+        );
+        let promoter = Actor {
+            may_force: true,
+            ..ACTOR
+        };
+        check(
+            i.promote(&promoter, &promote(true)).await,
+            &format!("ok 2 forced past: {blockers}"),
+        );
+        assert_eq!(
+            s.desired("default", "web", "prod")
+                .await
+                .unwrap()
+                .map(|(v, _)| v),
+            Some("2".to_string())
+        );
+        s.set_environment(
+            "default",
+            "prod",
+            &EnvChange {
+                soak_secs: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        report(&s, "p", "2", true, 0).await;
+        check(
+            i.promote(&ACTOR, &promote(false)).await,
+            "ok 2 forced past: ",
+        );
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_rollback_goes_to_the_last_release_that_ran_healthy_all_at_once(pool: SqlitePool) {
+        let s = store(pool).await;
+        let hub = Hub::new();
+        let i = Intent {
+            store: &s,
+            hub: &hub,
+            heartbeat_secs: 10,
+        };
+        let back = |to_version| Rollback {
+            target: web("preprod"),
+            to_version,
+            authorization: &[],
+        };
+        assert_eq!(
+            i.rollback(&ACTOR, &back(None))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "web has no release in preprod"
+        );
+        deploy(&i, "preprod", "1").await.unwrap();
+        report(&s, "a", "1", true, 0).await;
+        deploy(&i, "preprod", "2").await.unwrap();
+        report(&s, "a", "2", false, 0).await;
+        deploy(&i, "preprod", "3").await.unwrap();
+        let rolled = i.rollback(&ACTOR, &back(None)).await.unwrap();
+        assert_eq!(
+            (rolled.version.as_str(), rolled.previous_version.as_str()),
+            ("1", "3"),
+            "2 never ran healthy"
+        );
+        let r = s.rollout(rolled.rollout_id).await.unwrap().unwrap();
+        assert_eq!(
+            r.strategy,
+            s.env_policy("default", "preprod")
+                .await
+                .unwrap()
+                .unwrap()
+                .strategy
+                .rollback()
+        );
+        let named = i.rollback(&ACTOR, &back(Some("2"))).await.unwrap();
+        assert_eq!(named.version, "2");
+        assert_eq!(
+            i.rollback(&ACTOR, &back(None)).await.unwrap().version,
+            "1",
+            "the newest earlier release that ran healthy"
+        );
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_retry_sends_the_same_release_again_with_a_new_generation(pool: SqlitePool) {
+        let s = store(pool).await;
+        let hub = Hub::new();
+        let i = Intent {
+            store: &s,
+            hub: &hub,
+            heartbeat_secs: 10,
+        };
+        assert_eq!(
+            i.retry(&ACTOR, web("preprod"))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "web has no release in preprod"
+        );
+        let first = deploy(&i, "preprod", "2").await.unwrap();
+        let again = i.retry(&ACTOR, web("preprod")).await.unwrap();
+        assert_eq!(
+            (again.version.as_str(), again.previous_version.as_str()),
+            ("2", "2")
+        );
+        assert!(again.generation > first.generation);
+        assert_ne!(again.rollout_id, first.rollout_id);
+    }
+}
