@@ -118,6 +118,44 @@ pub fn redact<'a>(text: &str, secrets: impl Iterator<Item = &'a String>) -> Stri
     out
 }
 
+/// Masks a window cut out of a longer output: whole secret values as `redact`
+/// does, and, when the window starts inside the output (`cut_before`), a
+/// leading piece that ends a secret: the cut must never let part of one
+/// through.
+pub fn redact_window(text: &str, secrets: &[String], cut_before: bool) -> String {
+    let out = redact(text, secrets.iter());
+    if !cut_before {
+        return out;
+    }
+    let mut longest = 0;
+    for secret in secrets.iter().filter(|v| v.len() >= 4) {
+        let piece = (1..secret.len())
+            .rev()
+            .filter(|k| secret.is_char_boundary(secret.len() - k))
+            .find(|k| out.starts_with(&secret[secret.len() - k..]));
+        longest = longest.max(piece.unwrap_or(0));
+    }
+    if longest == 0 {
+        out
+    } else {
+        format!("***{}", &out[longest..])
+    }
+}
+
+/// The last `max` characters of `text`, marked with "…" when cut. Cut only
+/// what is masked already.
+pub fn last_chars(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_string();
+    }
+    let start = text
+        .char_indices()
+        .nth(count - max)
+        .map_or(text.len(), |(i, _)| i);
+    format!("…{}", &text[start..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +212,23 @@ mod tests {
         let v = load_layers(&[d.path().join("a"), d.path().join("b")]).unwrap();
         assert_eq!(v["X"], "2");
         assert_eq!(v["Y"], "1");
+    }
+
+    #[test]
+    fn a_secret_cut_in_half_by_a_window_is_masked_too() {
+        let secrets = vec![
+            "postgres://u:TOPSECRET-4242@db/app".to_string(),
+            "on".into(),
+        ];
+        // The window starts in the middle of the value.
+        let window = "OPSECRET-4242@db/app000 then postgres://u:TOPSECRET-4242@db/app";
+        let masked = redact_window(window, &secrets, true);
+        assert_eq!(masked, "***000 then ***");
+        // Not cut: the same leading text is not a fragment of anything.
+        assert_eq!(redact_window("OPS on", &secrets, false), "OPS on");
+        // Short values are never masked ("on" would mask half the text).
+        assert_eq!(redact_window("on and on", &secrets, true), "on and on");
+        assert_eq!(last_chars("abcdef", 3), "…def");
+        assert_eq!(last_chars("abc", 3), "abc");
     }
 }

@@ -264,8 +264,20 @@ pub async fn check_once(
             missing_env: vec![],
         };
     }
-    match missing_env(rec.pid, required_env) {
-        Ok(missing) if !missing.is_empty() => {
+    match env_names(rec.pid).map(|names| {
+        let missing: Vec<String> = required_env
+            .iter()
+            .filter(|r| !names.contains(*r))
+            .cloned()
+            .collect();
+        (names.is_empty(), missing)
+    }) {
+        // Mid-exec (a wrapper becoming the app) the environment reads empty
+        // for an instant: not a verdict yet.
+        Ok((true, missing)) if !missing.is_empty() => {
+            return Verdict::NotReady(format!("process {} has no environment yet", rec.process));
+        }
+        Ok((_, missing)) if !missing.is_empty() => {
             return Verdict::Failed {
                 reason: format!(
                     "process {} lacks required env: {}",

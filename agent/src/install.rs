@@ -224,12 +224,14 @@ pub fn link_shared(
     Ok(())
 }
 
-/// Runs a hook in `dir` with the app's env; returns the tail of its output.
+/// Runs a hook in `dir` with the app's env; returns the end of its output
+/// (`HOOK_REPORT_CHARS`), every `secrets` value masked before anything is cut.
 /// `started` is told the hook's pid (its process group) as soon as it runs.
 pub async fn run_hook(
     hook: &HookSpec,
     dir: &Path,
     env: &BTreeMap<String, String>,
+    secrets: &[String],
     run_as: Option<crate::config::RunAs>,
     started: impl FnOnce(i32),
 ) -> Result<String, InstallError> {
@@ -259,13 +261,21 @@ pub async fn run_hook(
     if let Some(pgid) = pgid {
         started(pgid.as_raw());
     }
+    // Dropped before the hook ends (a deploy timed out, the agent stops): the
+    // whole group goes, not just its leader, so nothing of it runs on unseen.
+    let mut guard = KillGroupOnDrop(pgid);
     let (out, err) = (child.stdout.take(), child.stderr.take());
     // Both pipes drained at once and to the end (a hook is never cut off by a
     // full pipe); only the tail is kept.
     let collect = async {
-        let (mut a, b) = tokio::join!(read_tail(out), read_tail(err));
-        a.extend_from_slice(&b);
-        a
+        let ((a, a_cut), (b, b_cut)) = tokio::join!(read_tail(out), read_tail(err));
+        // Each stream masked on its own, before any cut of the whole.
+        let mask = |bytes: &[u8], cut| {
+            crate::envfile::redact_window(&String::from_utf8_lossy(bytes), secrets, cut)
+        };
+        let mut text = mask(&a, a_cut);
+        text.push_str(&mask(&b, b_cut));
+        crate::envfile::last_chars(&text, HOOK_REPORT_CHARS)
     };
     let run = async {
         let (output, status) = tokio::join!(collect, child.wait());
@@ -274,38 +284,45 @@ pub async fn run_hook(
     let Ok((output, status)) =
         tokio::time::timeout(Duration::from_secs(hook.timeout_secs), run).await
     else {
-        if let Some(pgid) = pgid {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
-        }
+        drop(guard);
         return Err(InstallError::Hook(format!(
             "timed out after {}s (killed)",
             hook.timeout_secs
         )));
     };
-    let text = String::from_utf8_lossy(&output);
-    let tail: String = text
-        .chars()
-        .rev()
-        .take(2000)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    guard.0 = None;
     let status = status.map_err(|e| InstallError::Hook(format!("wait: {e}")))?;
     if !status.success() {
         return Err(InstallError::Hook(format!(
             "failed ({status}): {}",
-            tail.trim()
+            output.trim()
         )));
     }
-    Ok(tail)
+    Ok(output)
 }
 
-/// Reads a pipe to its end, keeping the last 64 KiB.
-async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+/// Characters of hook output reported (after masking).
+pub const HOOK_REPORT_CHARS: usize = 2000;
+
+/// SIGKILL to a hook's process group unless disarmed.
+struct KillGroupOnDrop(Option<nix::unistd::Pid>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads a pipe to its end, keeping the last 64 KiB; true if more came.
+async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> (Vec<u8>, bool) {
     const KEEP: usize = 64 * 1024;
     let mut kept = Vec::new();
-    let Some(mut p) = pipe else { return kept };
+    let mut cut = false;
+    let Some(mut p) = pipe else {
+        return (kept, cut);
+    };
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = p.read(&mut buf).await {
         if n == 0 {
@@ -314,12 +331,14 @@ async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
         kept.extend_from_slice(&buf[..n]);
         if kept.len() > 2 * KEEP {
             kept.drain(..kept.len() - KEEP);
+            cut = true;
         }
     }
     if kept.len() > KEEP {
         kept.drain(..kept.len() - KEEP);
+        cut = true;
     }
-    kept
+    (kept, cut)
 }
 
 /// Points `current` at `releases/<version>` atomically: a new symlink under a temp
@@ -401,5 +420,62 @@ mod tests {
         let removed = prune(&paths, &history, 2, &["4", "3"]);
         assert_eq!(removed, vec!["1", "2", "bad"]);
         assert!(paths.release("3").exists() && paths.release("4").exists());
+    }
+
+    fn hook(script: &str, timeout_secs: u64) -> HookSpec {
+        toml::from_str(&format!(
+            "command = [\"sh\", \"-c\", {script:?}]\ntimeout_secs = {timeout_secs}"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hook_dropped_mid_run_takes_its_whole_group_with_it() {
+        let d = tempfile::tempdir().unwrap();
+        let pid_file = d.path().join("grandchild.pid");
+        // The grandchild outlives its parent shell unless the group is killed.
+        let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let h = hook(&script, 120);
+        let env = BTreeMap::new();
+        let run = run_hook(&h, d.path(), &env, &[], None, |_| {});
+        let dropped = tokio::time::timeout(Duration::from_millis(500), run).await;
+        assert!(dropped.is_err(), "still running when dropped");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while crate::supervisor::start_time(pid).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {pid} survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[tokio::test]
+    async fn hook_output_is_masked_before_it_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = "postgres://u:TOPSECRET-4242@db/app".to_string();
+        let env = BTreeMap::from([("DATABASE_URL".to_string(), secret.clone())]);
+        // The secret straddles the point where the reported tail begins.
+        let pad = HOOK_REPORT_CHARS - 10;
+        let script = format!("printf '%s%0{pad}d' \"$DATABASE_URL\" 0; exit 1");
+        let e = run_hook(
+            &hook(&script, 10),
+            d.path(),
+            &env,
+            std::slice::from_ref(&secret),
+            None,
+            |_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("4242@db"), "{e}");
+        assert!(!e.contains("@db/app"), "{e}");
+        assert!(e.contains("***"), "{e}");
     }
 }

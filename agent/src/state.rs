@@ -49,6 +49,9 @@ pub struct FailedRelease {
     pub digest: String,
     pub generation: u64,
     pub reason: String,
+    /// Left by an operator on the host (`slipway-agent rollback`), not refused.
+    #[serde(default)]
+    pub by_host: bool,
 }
 
 /// A release between the flip and its verdict, as agents before the deploy

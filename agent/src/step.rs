@@ -74,14 +74,20 @@ pub enum OnRestart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Fixed(Duration),
-    /// The `prepare` hook's `timeout_secs`, plus slack for the rest of the step.
+    /// The `prepare` hook's `timeout_secs`, plus time to hash the release for
+    /// its drift baseline.
     PrepareHook,
-    /// The longest `health.timeout_secs` of the release's processes, plus slack.
+    /// The release's processes' `health.timeout_secs` (checked one after the
+    /// other), plus slack.
     Readiness,
     /// The longest `min_healthy_secs`, plus slack.
     MinHealthy,
-    /// The stop grace of the host config per process, plus a restart warning.
+    /// What the service backend may take to stop each running process, plus
+    /// the running release's restart warning.
     StopGrace,
+    /// Stopping, `on_rollback`'s timeout, then the previous release's
+    /// readiness and minimum healthy time.
+    RollBack,
 }
 
 const fn secs(s: u64) -> Limit {
@@ -120,9 +126,11 @@ impl Step {
         use Step::*;
         let (limit, on_ok, on_failure, on_restart) = match self {
             Verify => (secs(30), Some(Fetch), Some(Refused), Undo),
-            // A stalled stream is given up after 60 s by the fetcher itself.
-            Fetch => (secs(3600), Some(Unpack), Some(Refused), Undo),
-            Unpack => (secs(3600), Some(Prepare), Some(Refused), Undo),
+            // A stalled stream is given up after 60 s by the fetcher itself; a
+            // big release on a slow link may take long, and running out of time
+            // here postpones the deploy instead of refusing the release.
+            Fetch => (secs(24 * 3600), Some(Unpack), Some(Refused), Undo),
+            Unpack => (secs(24 * 3600), Some(Prepare), Some(Refused), Undo),
             Prepare => (Limit::PrepareHook, Some(Stop), Some(Refused), Undo),
             Stop => (Limit::StopGrace, Some(Flip), Some(RollingBack), Redo),
             Flip => (secs(30), Some(Start), Some(RollingBack), Redo),
@@ -136,7 +144,7 @@ impl Step {
                 Resume(Health),
             ),
             Healthy => (secs(30), None, None, Redo),
-            RollingBack => (secs(900), None, None, Redo),
+            RollingBack => (Limit::RollBack, None, None, Redo),
             Refused => (secs(30), None, None, Redo),
         };
         Row {
@@ -154,6 +162,12 @@ impl Step {
             (_, Outcome::Ok | Outcome::Kept) => self.row().on_ok,
             (_, Outcome::Failed) => self.row().on_failure,
         }
+    }
+
+    /// Running out of time here is not the release's fault (a slow link, a
+    /// big tree): the deploy is postponed, nothing is recorded against it.
+    pub fn timeout_postpones(self) -> bool {
+        matches!(self, Step::Fetch | Step::Unpack)
     }
 
     /// True once the running release may have been stopped: a failure from

@@ -200,8 +200,9 @@ pub fn exit_status(paths: &AppPaths, rec: &ProcRecord) -> Option<String> {
     (exit.pid == rec.pid).then_some(exit.status)
 }
 
-/// The last `lines` lines of a process's log (at most 4 KiB read, 600 chars kept).
-pub fn log_tail(paths: &AppPaths, process: &str, lines: usize) -> String {
+/// The last `lines` lines of a process's log (at most 4 KiB read, 600 chars
+/// kept), every `secrets` value masked before anything is cut.
+pub fn log_tail(paths: &AppPaths, process: &str, lines: usize, secrets: &[String]) -> String {
     use std::io::{Read, Seek, SeekFrom};
     const READ: u64 = 4096;
     const KEEP: usize = 600;
@@ -215,14 +216,9 @@ pub fn log_tail(paths: &AppPaths, process: &str, lines: usize) -> String {
     {
         return String::new();
     }
-    let text = String::from_utf8_lossy(&buf);
+    let text = crate::envfile::redact_window(&String::from_utf8_lossy(&buf), secrets, len > READ);
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut tail = all[all.len().saturating_sub(lines)..].join(" | ");
-    if tail.len() > KEEP {
-        let cut = tail.ceil_char_boundary(tail.len() - KEEP);
-        tail = format!("…{}", &tail[cut..]);
-    }
-    tail
+    crate::envfile::last_chars(&all[all.len().saturating_sub(lines)..].join(" | "), KEEP)
 }
 
 /// Records a process another manager started (systemd, a command backend), if
@@ -294,6 +290,30 @@ fn started_by_slipway(pid: i32) -> bool {
                 .any(|kv| kv.starts_with(b"SLIPWAY_APP="))
         })
         .unwrap_or(false)
+}
+
+/// Whether a process group a hook led (`leader` started at `start_time`)
+/// still has members of ours, even if the leader itself is gone.
+pub fn group_left(leader: i32, start_time: u64, app_root: &Path) -> bool {
+    !group_members(&group_of(leader, start_time), app_root).is_empty()
+}
+
+/// SIGKILL to what is left of a hook's process group; true if anything was.
+pub fn kill_group_left(leader: i32, start_time: u64, app_root: &Path) -> bool {
+    let left = group_left(leader, start_time, app_root);
+    if left {
+        let _ = killpg(Pid::from_raw(leader), Signal::SIGKILL);
+    }
+    left
+}
+
+fn group_of(leader: i32, start_time: u64) -> ProcRecord {
+    ProcRecord {
+        process: String::new(),
+        pid: leader,
+        start_time,
+        version: String::new(),
+    }
 }
 
 /// SIGKILL to the whole group, if it is still ours.

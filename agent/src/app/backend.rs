@@ -110,9 +110,7 @@ impl HostProcesses {
 
     /// Values of the host's env files: masked in anything reported.
     fn secrets(&self) -> Vec<String> {
-        crate::envfile::load_layers(&super::env_files(&self.cfg, &self.paths))
-            .map(|m| m.into_values().collect())
-            .unwrap_or_default()
+        super::processes::env_secrets(&self.cfg, &self.paths)
     }
 
     async fn start_one(
@@ -189,8 +187,7 @@ impl HostProcesses {
         if !status.is_empty() {
             what = format!("{what} ({status})");
         }
-        let tail = supervisor::log_tail(&self.paths, process, LOG_TAIL_LINES);
-        let tail = crate::envfile::redact(&tail, self.secrets().iter());
+        let tail = supervisor::log_tail(&self.paths, process, LOG_TAIL_LINES, &self.secrets());
         let tail: String = tail.escape_debug().collect();
         if tail.is_empty() {
             format!("{what}; logs/{process}.log is empty")

@@ -32,6 +32,8 @@ pub(super) struct Work {
 
 /// Slack added to limits taken from the release's spec.
 const SLACK: Duration = Duration::from_secs(30);
+/// Time allowed for hashing a release into its drift baseline.
+const BASELINE_TIME: Duration = Duration::from_secs(600);
 
 impl AppRunner {
     /// Deploys a desired release, under the app lock. Err only when the deploy
@@ -110,7 +112,12 @@ impl AppRunner {
             };
             let outcome = match result {
                 Ok(o) => o,
-                Err(e) if e.is_transient() && !p.step.touches_serving() => {
+                Err(e)
+                    if !p.step.touches_serving()
+                        && (e.is_transient()
+                            || (matches!(e, DeployError::Timeout { .. })
+                                && p.step.timeout_postpones())) =>
+                {
                     self.undo(&p);
                     self.status.deploy = None;
                     self.publish();
@@ -147,37 +154,59 @@ impl AppRunner {
     }
 
     fn limit(&self, step: Step, version: &str) -> Duration {
-        let spec = || ReleaseSpec::load(&self.paths.release(version)).ok();
-        let max_of = |f: &dyn Fn(&artifact::spec::ProcessSpec) -> u64| {
-            spec()
+        let spec_of = |v: &str| ReleaseSpec::load(&self.paths.release(v)).ok();
+        let sum_of = |v: &str, f: &dyn Fn(&artifact::spec::ProcessSpec) -> u64| {
+            spec_of(v).map_or(0, |s| s.processes.values().map(f).sum())
+        };
+        let max_of = |v: &str, f: &dyn Fn(&artifact::spec::ProcessSpec) -> u64| {
+            spec_of(v)
                 .and_then(|s| s.processes.values().map(f).max())
                 .unwrap_or(0)
         };
+        let secs = Duration::from_secs;
         match step.row().limit {
             Limit::Fixed(d) => d,
             Limit::PrepareHook => {
-                let hook = spec()
+                let hook = spec_of(version)
                     .and_then(|s| s.hooks.prepare.map(|h| h.timeout_secs))
                     .unwrap_or(0);
-                Duration::from_secs(hook) + SLACK
+                secs(hook) + BASELINE_TIME + SLACK
             }
-            Limit::Readiness => Duration::from_secs(max_of(&|p| p.health.timeout_secs)) + SLACK,
-            Limit::MinHealthy => {
-                Duration::from_secs(max_of(&|p| p.health.min_healthy_secs)) + SLACK
-            }
-            Limit::StopGrace => {
-                let warning = self
-                    .paths
-                    .current_version()
-                    .and_then(|v| ReleaseSpec::load(&self.paths.release(&v)).ok())
-                    .and_then(|s| s.restart_warning.map(|w| w.seconds))
+            Limit::Readiness => secs(sum_of(version, &|p| p.health.timeout_secs)) + SLACK,
+            Limit::MinHealthy => secs(max_of(version, &|p| p.health.min_healthy_secs)) + SLACK,
+            Limit::StopGrace => self.stop_time(),
+            Limit::RollBack => {
+                let previous = self.status.deploy.as_ref().and_then(|p| p.previous.clone());
+                let hook = spec_of(version)
+                    .and_then(|s| s.hooks.on_rollback.map(|h| h.timeout_secs + 10))
                     .unwrap_or(0);
-                let procs = self.procs.len().max(1) as u32;
-                Duration::from_secs(self.cfg.stop_grace_secs + 5) * procs
-                    + Duration::from_secs(warning + 5)
-                    + SLACK
+                let back = previous.map_or(Duration::ZERO, |prev| {
+                    secs(sum_of(&prev.version, &|p| p.health.timeout_secs))
+                        + secs(max_of(&prev.version, &|p| p.health.min_healthy_secs))
+                });
+                self.stop_time() + secs(hook) + back + SLACK * 2
             }
         }
+    }
+
+    /// What stopping every running process may take with this app's service
+    /// backend (the supervisor: grace, then SIGKILL and 10 s; systemd: its
+    /// default `TimeoutStopSec` of 90 s; commands: their 60 s bound), plus the
+    /// running release's restart warning.
+    fn stop_time(&self) -> Duration {
+        let per_process = match self.cfg.service {
+            Backend::Supervise => self.cfg.stop_grace_secs + 10,
+            Backend::Systemd => 95,
+            Backend::Command => 65,
+        };
+        let running = self.procs.len().max(self.backend.adopt().len()).max(1) as u64;
+        let warning = self
+            .paths
+            .current_version()
+            .and_then(|v| ReleaseSpec::load(&self.paths.release(&v)).ok())
+            .and_then(|s| s.restart_warning.map(|w| w.seconds + 5))
+            .unwrap_or(0);
+        Duration::from_secs(per_process * running + warning) + SLACK
     }
 
     /// The reason recorded for a failed step: before the flip it names the
@@ -325,26 +354,14 @@ impl AppRunner {
         let spec = ReleaseSpec::load(&release).map_err(|e| DeployError::Spec(e.to_string()))?;
         self.check_spec(&spec)?;
         install::link_shared(&self.paths, &release, &spec.shared.files, &spec.shared.dirs)?;
-        let env = self.env_for(&version)?;
+        // Read now: a broken env file refuses the release while the old one serves.
+        self.env_for(&version)?;
         self.warn_env_duplicates(&version);
         if p.kept {
             return Ok(Outcome::Ok);
         }
         if let Some(hook) = &spec.hooks.prepare {
-            let run_as = self.cfg.run_as();
-            let out = install::run_hook(hook, &release, &env, run_as, |pid| {
-                // Recorded so a restarted agent kills what is left of it.
-                p.hook = crate::supervisor::start_time(pid)
-                    .map(|start_time| HookRun { pid, start_time });
-                self.status.deploy = Some(p.clone());
-                self.publish();
-            })
-            .await;
-            p.hook = None;
-            match out {
-                Ok(out) => self.log(&version, "prepare", "ok", self.redact(&out).trim()),
-                Err(e) => return Err(DeployError::Hook(self.redact(&e.to_string()))),
-            }
+            self.run_tracked_hook("prepare", hook, &release, p).await?;
         }
         self.take_baseline(&version).await;
         Ok(Outcome::Ok)
@@ -474,12 +491,8 @@ impl AppRunner {
     /// by a killed agent.
     pub(super) fn undo(&mut self, p: &Progress) {
         if let Some(hook) = p.hook
-            && crate::supervisor::start_time(hook.pid) == Some(hook.start_time)
+            && crate::supervisor::kill_group_left(hook.pid, hook.start_time, &self.paths.root)
         {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(hook.pid),
-                nix::sys::signal::SIGKILL,
-            );
             self.log(
                 &p.target.version,
                 "prepare",
@@ -533,13 +546,18 @@ impl AppRunner {
                 .and_then(|prev| prev.digest.clone())
                 .or_else(|| self.status.installed.get(&left).cloned())
                 .unwrap_or_default();
-            self.status.failed = Some(FailedRelease {
-                version: left.clone(),
-                digest,
-                generation: self.status.generation,
-                reason: reason.clone(),
-            });
-            self.status.last_error = format!("{left}: {reason}");
+            // A second rollback on the host keeps the first one's record: the
+            // release the controller wants stays refused, not the one in between.
+            if !self.status.failed.as_ref().is_some_and(|f| f.by_host) {
+                self.status.failed = Some(FailedRelease {
+                    version: left.clone(),
+                    digest,
+                    generation: self.status.generation,
+                    reason: reason.clone(),
+                    by_host: true,
+                });
+                self.status.last_error = format!("{left}: {reason}");
+            }
             self.status.state = State::RolledBack;
             self.log(
                 &t.version,
@@ -587,6 +605,7 @@ impl AppRunner {
             digest: t.digest.clone(),
             generation: t.generation,
             reason,
+            by_host: false,
         });
         self.status.generation = t.generation;
     }
@@ -596,17 +615,19 @@ impl AppRunner {
     async fn refused(&mut self, p: &Progress) {
         let t = &p.target;
         tracing::error!(app = %self.name, version = %t.version, reason = %p.reason, "deploy refused; the running release keeps serving");
-        if p.fresh && self.paths.current_version().as_deref() != Some(t.version.as_str()) {
-            let _ = tokio::fs::remove_dir_all(self.paths.release(&t.version)).await;
-            let _ = std::fs::remove_file(self.paths.baseline(&t.version));
-            self.status.installed.remove(&t.version);
-        }
+        // Recorded first: a slow delete must not lose the refusal.
         self.record_failure(t, p.reason.clone());
         self.status.state = if self.status.running_version.is_some() {
             State::RolledBack
         } else {
             State::Failed
         };
+        if p.fresh && self.paths.current_version().as_deref() != Some(t.version.as_str()) {
+            self.status.installed.remove(&t.version);
+            self.publish();
+            let _ = std::fs::remove_file(self.paths.baseline(&t.version));
+            let _ = tokio::fs::remove_dir_all(self.paths.release(&t.version)).await;
+        }
     }
 
     /// After the flip: stop the new release, run its `on_rollback` (once), put
@@ -622,16 +643,21 @@ impl AppRunner {
             self.record_failure(&t, p.reason.clone());
         }
         let failed_dir = self.paths.release(&t.version);
-        if !p.on_rollback_started
-            && let Ok(spec) = ReleaseSpec::load(&failed_dir)
-            && let Some(hook) = &spec.hooks.on_rollback
-        {
-            p.on_rollback_started = true;
-            self.status.deploy = Some(p.clone());
-            self.publish();
-            let _ = self
-                .run_hook_logged("on_rollback", hook, &failed_dir, &t.version)
-                .await;
+        let on_rollback = ReleaseSpec::load(&failed_dir)
+            .ok()
+            .and_then(|s| s.hooks.on_rollback);
+        if let Some(hook) = on_rollback {
+            if !p.on_rollback_started {
+                let _ = self
+                    .run_tracked_hook("on_rollback", &hook, &failed_dir, p)
+                    .await;
+            } else if let Some(left) = p.hook.take() {
+                // An earlier agent started it: let it finish, never run a second.
+                self.wait_for_hook(left, hook.timeout_secs).await;
+            }
+            // It undoes what `prepare` did: the dir is no longer as installed,
+            // so it is never reused without a fresh install.
+            let _ = std::fs::remove_file(self.paths.baseline(&t.version));
         }
         let Some(prev) = p.previous.clone() else {
             install::clear_current(&self.paths);
@@ -688,6 +714,57 @@ impl AppRunner {
         }
     }
 
+    /// Runs a deploy hook (`prepare`, `on_rollback`) of the target in `dir`,
+    /// its process recorded in the progress while it runs (a restarted agent
+    /// kills or waits for what is left of it), its masked output logged.
+    async fn run_tracked_hook(
+        &mut self,
+        step: &str,
+        hook: &artifact::spec::HookSpec,
+        dir: &Path,
+        p: &mut Progress,
+    ) -> Result<(), DeployError> {
+        let version = p.target.version.clone();
+        let env = self.env_for(&version)?;
+        let (secrets, run_as) = (self.secret_values(), self.cfg.run_as());
+        // Marked before it starts: it runs at most once per deploy.
+        p.on_rollback_started |= step == "on_rollback";
+        self.status.deploy = Some(p.clone());
+        self.publish();
+        let out = install::run_hook(hook, dir, &env, &secrets, run_as, |pid| {
+            p.hook =
+                crate::supervisor::start_time(pid).map(|start_time| HookRun { pid, start_time });
+            self.status.deploy = Some(p.clone());
+            self.publish();
+        })
+        .await;
+        p.hook = None;
+        match out {
+            Ok(out) => {
+                self.log(&version, step, "ok", out.trim());
+                Ok(())
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.log(&version, step, "failed", &why);
+                Err(DeployError::Hook(why))
+            }
+        }
+    }
+
+    /// Waits (at most `secs` + 10 s) for what is left of a hook an earlier
+    /// agent started, then kills the rest.
+    async fn wait_for_hook(&self, left: HookRun, secs: u64) {
+        let root = self.paths.root.clone();
+        let deadline = Instant::now() + Duration::from_secs(secs + 10);
+        while Instant::now() < deadline
+            && crate::supervisor::group_left(left.pid, left.start_time, &root)
+        {
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+        crate::supervisor::kill_group_left(left.pid, left.start_time, &root);
+    }
+
     /// Runs a hook of `version` in `dir`, logging its (masked) output.
     pub(super) async fn run_hook_logged(
         &self,
@@ -697,13 +774,14 @@ impl AppRunner {
         version: &str,
     ) -> Result<(), DeployError> {
         let env = self.env_for(version)?;
-        match install::run_hook(hook, dir, &env, self.cfg.run_as(), |_| {}).await {
+        let secrets = self.secret_values();
+        match install::run_hook(hook, dir, &env, &secrets, self.cfg.run_as(), |_| {}).await {
             Ok(out) => {
-                self.log(version, step, "ok", self.redact(&out).trim());
+                self.log(version, step, "ok", out.trim());
                 Ok(())
             }
             Err(e) => {
-                let why = self.redact(&e.to_string());
+                let why = e.to_string();
                 self.log(version, step, "failed", &why);
                 Err(DeployError::Hook(why))
             }

@@ -22,9 +22,7 @@ use crate::directive::Desired;
 use crate::lock::AppLock;
 use crate::paths::AppPaths;
 use crate::state::{AppStatus, HealthState, State, log_step};
-use crate::step::OnRestart;
-#[cfg(test)]
-use crate::step::Step;
+use crate::step::{OnRestart, Step};
 use crate::supervisor::ProcRecord;
 
 mod backend;
@@ -39,7 +37,7 @@ mod tests;
 pub use backend::{ControllerFetch, Env, Fetch, HostProcesses, Processes};
 pub use error::DeployError;
 pub use local_action::LocalError;
-pub(crate) use processes::{app_env, env_files};
+pub(crate) use processes::app_env;
 
 fn status_mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -251,6 +249,7 @@ impl AppRunner {
         let mut last_drift_check = Instant::now();
         loop {
             self.reload_if_changed();
+            self.finish_abandoned().await;
             if self.drift_stale() {
                 drift_watch = self.arm_drift().await;
                 next_drift_check = Instant::now();
@@ -384,6 +383,16 @@ impl AppRunner {
     async fn start_up(&mut self) {
         // Never at the same time as `slipway-agent rollback`.
         let _lock = AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await.ok();
+        self.finish_left_deploy().await;
+        self.monitor().await;
+        self.publish();
+    }
+
+    /// A deploy someone left in the middle (an agent or a `slipway-agent
+    /// rollback` killed): undo it if it never touched what serves, otherwise
+    /// finish it. Processes of `current` are adopted, and started only when
+    /// the step to run will not stop them anyway. The app lock is held.
+    async fn finish_left_deploy(&mut self) {
         let resume = self
             .status
             .deploy
@@ -396,7 +405,13 @@ impl AppRunner {
                 OnRestart::Redo => Some(p),
                 OnRestart::Resume(step) => Some(crate::state::Progress { step, ..p }),
             });
-        self.start_current().await;
+        let replaces_current = resume.as_ref().is_some_and(|p| {
+            matches!(
+                p.step,
+                Step::Stop | Step::Flip | Step::Start | Step::RollingBack
+            )
+        });
+        self.start_current(!replaces_current).await;
         if let Some(p) = resume {
             self.log(
                 &p.target.version,
@@ -408,12 +423,26 @@ impl AppRunner {
                 self.after(&ended).await;
             }
         }
-        self.monitor().await;
+    }
+
+    /// A deploy in status.json that nobody runs: a `slipway-agent rollback`
+    /// killed mid-way (it holds the app lock while it runs). Finished here.
+    async fn finish_abandoned(&mut self) {
+        if self.status.deploy.is_none() {
+            return;
+        }
+        let Some(_lock) = AppLock::try_acquire(&self.paths.lock) else {
+            return; // its owner still runs
+        };
+        self.reload_if_changed();
+        tracing::warn!(app = %self.name, "a deploy was left in the middle on this host; finishing it");
+        self.finish_left_deploy().await;
         self.publish();
     }
 
-    /// Adopts the processes of the release `current` holds, or starts them.
-    async fn start_current(&mut self) {
+    /// Adopts the processes of the release `current` holds, or (`start`)
+    /// starts them.
+    async fn start_current(&mut self, start: bool) {
         let adopted = self.backend.adopt();
         let Some(version) = self.paths.current_version() else {
             for p in &adopted {
@@ -446,6 +475,11 @@ impl AppRunner {
         if complete && adopted.len() == spec.processes.len() {
             tracing::info!(app = %self.name, %version, "adopted running processes");
             self.log(&version, "adopt", "ok", "");
+            self.procs = adopted;
+            return;
+        }
+        if !start {
+            // The deploy being finished stops and replaces them anyway.
             self.procs = adopted;
             return;
         }

@@ -29,6 +29,14 @@ pub(crate) fn env_files(cfg: &AppConfig, paths: &AppPaths) -> Vec<PathBuf> {
     }
 }
 
+/// What the env files hold: masked in anything a hook or process prints
+/// before it is logged or reported.
+pub(crate) fn env_secrets(cfg: &AppConfig, paths: &AppPaths) -> Vec<String> {
+    crate::envfile::load_layers(&env_files(cfg, paths))
+        .map(|m| m.into_values().collect())
+        .unwrap_or_default()
+}
+
 /// The environment processes and hooks run with: a minimal base, the host's env
 /// files in order (last wins), then what Slipway sets.
 pub(crate) fn app_env(
@@ -127,12 +135,8 @@ impl AppRunner {
         }
     }
 
-    /// Hook output with every env file value masked: what a hook prints may be
-    /// logged and reported, what the env files hold may not.
-    pub(super) fn redact(&self, text: &str) -> String {
-        let secrets =
-            crate::envfile::load_layers(&env_files(&self.cfg, &self.paths)).unwrap_or_default();
-        crate::envfile::redact(text, secrets.values())
+    pub(super) fn secret_values(&self) -> Vec<String> {
+        env_secrets(&self.cfg, &self.paths)
     }
 
     /// Stops every process of the app: those this runner started and any the

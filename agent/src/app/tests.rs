@@ -106,11 +106,13 @@ impl Processes for FakeProcs {
     }
 }
 
-/// Serves blobs from memory; counts fetches per blob.
+/// Serves blobs from memory; counts fetches per blob; can hang like a
+/// download that never ends.
 #[derive(Clone, Default)]
 struct FakeFetch {
     blobs: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
     fetched: Arc<Mutex<Vec<String>>>,
+    hang: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fetch for FakeFetch {
@@ -121,6 +123,9 @@ impl Fetch for FakeFetch {
         _size: u64,
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async move {
+            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             let bytes = self.blobs.lock().unwrap().get(&blob.to_string()).cloned();
             let bytes = bytes.ok_or_else(|| DeployError::Transient("no such blob".into()))?;
             self.fetched.lock().unwrap().push(blob.to_string());
@@ -618,4 +623,102 @@ fn an_edit_never_postpones_a_drift_check_already_due() {
     // The periodic check comes before the gap would end: it stays first.
     let soon = now + gap / 5;
     assert_eq!(super::drift_check_after_edit(soon, now, now), soon);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_download_that_outlasts_its_limit_postpones_the_deploy_and_blames_nothing() {
+    let mut rig = Rig::new();
+    let v1 = rig.release("1.0.0", SPEC);
+    let v2 = rig.release("2.0.0", SPEC);
+    let mut r = rig.runner();
+    rig.reconcile(&mut r, &v1).await;
+    rig.fetch
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = r.deploy(&v2).await.unwrap_err();
+    assert!(e.to_string().contains("fetch timed out"), "{e}");
+    assert!(
+        r.status.failed.is_none(),
+        "a slow link is not the release's fault"
+    );
+    assert!(r.status.deploy.is_none());
+    assert!(r.needs_deploy(&v2), "tried again later");
+    assert_eq!(rig.running(), ["1.0.0"]);
+}
+
+#[tokio::test]
+async fn a_release_its_on_rollback_hook_undid_is_installed_afresh() {
+    let mut rig = Rig::new();
+    let spec = format!(
+        "{SPEC}\n[hooks.on_rollback]\ncommand = [\"sh\", \"-c\", \"echo undone >> ../../rollback.log\"]\n"
+    );
+    let v1 = rig.release("1.0.0", &spec);
+    let v2 = rig.release("2.0.0", &spec);
+    rig.procs.0.lock().unwrap().unhealthy.insert("2.0.0".into());
+    let mut r = rig.runner();
+    rig.reconcile(&mut r, &v1).await;
+    rig.reconcile(&mut r, &v2).await;
+    assert_eq!(rig.running(), ["1.0.0"]);
+    let undone = std::fs::read_to_string(rig.app_dir().join("rollback.log")).unwrap();
+    assert_eq!(undone.lines().count(), 1, "on_rollback ran once");
+
+    // Fixed on the host; the same release deployed again runs `prepare` again.
+    rig.procs.0.lock().unwrap().unhealthy.clear();
+    let Desired::Release(mut again) = v2.clone() else {
+        unreachable!()
+    };
+    again.generation = 20;
+    rig.reconcile(&mut r, &Desired::Release(again)).await;
+    assert_eq!(rig.running(), ["2.0.0"]);
+    assert_eq!(
+        rig.prepare_runs("2.0.0"),
+        2,
+        "prepared again after its undo"
+    );
+    assert_eq!(rig.fetch.fetched.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_host_rollback_left_half_way_is_finished_by_the_running_agent() {
+    let mut rig = Rig::new();
+    let v1 = rig.release("1.0.0", SPEC);
+    let v2 = rig.release("2.0.0", SPEC);
+    let mut agent = rig.runner();
+    rig.reconcile(&mut agent, &v1).await;
+    rig.reconcile(&mut agent, &v2).await;
+
+    // `slipway-agent rollback` killed right before `hold`.
+    let mut command = rig.runner_crashing_before(Some(Step::Hold));
+    command.local_rollback(None, "ops").await.unwrap_err();
+    drop(command);
+
+    // The agent's loop: sees the change and the deploy nobody runs.
+    agent.reload_if_changed();
+    agent.finish_abandoned().await;
+    assert_eq!(rig.current().as_deref(), Some("1.0.0"));
+    assert_eq!(rig.running(), ["1.0.0"]);
+    assert!(agent.status.deploy.is_none());
+    assert_eq!(agent.status.running_version.as_deref(), Some("1.0.0"));
+    assert_eq!(agent.status.failed.as_ref().unwrap().version, "2.0.0");
+    assert!(!agent.needs_deploy(&v2), "the operator's choice holds");
+}
+
+#[tokio::test]
+async fn a_second_rollback_on_the_host_keeps_the_controllers_release_refused() {
+    let mut rig = Rig::new();
+    let v1 = rig.release("1.0.0", SPEC);
+    let v2 = rig.release("2.0.0", SPEC);
+    let v3 = rig.release("3.0.0", SPEC);
+    let mut r = rig.runner();
+    for v in [&v1, &v2, &v3] {
+        rig.reconcile(&mut r, v).await;
+    }
+    r.local_rollback(Some("2.0.0".into()), "ops").await.unwrap();
+    r.local_rollback(Some("1.0.0".into()), "ops").await.unwrap();
+    assert_eq!(rig.running(), ["1.0.0"]);
+    assert_eq!(r.status.failed.as_ref().unwrap().version, "3.0.0");
+    assert!(
+        !r.needs_deploy(&v3),
+        "3.0.0, which the controller wants, is not re-applied"
+    );
 }
