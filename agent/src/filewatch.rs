@@ -39,11 +39,11 @@ fn with_fallback<H: EventHandler + Clone>(
     handler: H,
     first: Mechanism,
     contents: bool,
-    watch: impl Fn(&mut dyn Watcher) -> notify::Result<()>,
+    watch: impl Fn(&mut dyn Watcher, Mechanism) -> notify::Result<()>,
 ) -> notify::Result<(Box<dyn Watcher + Send>, bool)> {
     if first == Mechanism::Inotify {
         let made = notify::recommended_watcher(handler.clone()).and_then(|mut w| {
-            watch(&mut w)?;
+            watch(&mut w, Mechanism::Inotify)?;
             Ok(w)
         });
         match made {
@@ -59,7 +59,7 @@ fn with_fallback<H: EventHandler + Clone>(
             .with_poll_interval(POLL_EVERY)
             .with_compare_contents(contents),
     )?;
-    watch(&mut w)?;
+    watch(&mut w, Mechanism::Poll)?;
     Ok((Box::new(w), true))
 }
 
@@ -100,11 +100,26 @@ pub fn watch_paths_with(
         .iter()
         .filter_map(|f| f.parent().map(Path::to_path_buf))
         .collect();
+    let whole_dirs = whole.clone();
     watched.extend(whole);
-    let (watcher, degraded) = with_fallback(handler, first, true, |w| {
-        for dir in &watched {
-            if dir.is_dir() {
-                w.watch(dir, RecursiveMode::NonRecursive)?;
+    // Polling hashes what it watches: the files themselves where they exist,
+    // not every file beside them (a parent dir only for a file not there yet).
+    let polled: BTreeSet<PathBuf> = wanted
+        .iter()
+        .map(|f| match f.parent() {
+            Some(dir) if !f.exists() => dir.to_path_buf(),
+            _ => f.clone(),
+        })
+        .chain(whole_dirs.iter().cloned())
+        .collect();
+    let (watcher, degraded) = with_fallback(handler, first, true, |w, mechanism| {
+        let targets = match mechanism {
+            Mechanism::Inotify => &watched,
+            Mechanism::Poll => &polled,
+        };
+        for path in targets {
+            if path.exists() {
+                w.watch(path, RecursiveMode::NonRecursive)?;
             }
         }
         Ok(())
@@ -133,7 +148,7 @@ pub fn watch_tree_with(root: &Path, first: Mechanism) -> notify::Result<FileWatc
         // A full channel already carries a pending change: nothing lost.
         let _ = tx.try_send(());
     };
-    let (watcher, degraded) = with_fallback(handler, first, false, |w| {
+    let (watcher, degraded) = with_fallback(handler, first, false, |w, _| {
         w.watch(root, RecursiveMode::Recursive)
     })?;
     Ok(FileWatch {

@@ -92,6 +92,9 @@ pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), LocalError> {
     for r in rows {
         // Notes quote hook and process output: never raw to a terminal.
         let mut note: String = r.note.escape_debug().collect();
+        if let Some(step) = &r.step {
+            note = format!("deploying: {step}; {note}");
+        }
         if r.watching == "degraded" {
             note = format!("watching degraded (polling); {note}");
         }

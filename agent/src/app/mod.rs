@@ -291,11 +291,15 @@ impl AppRunner {
                     // Inotify may be back (another agent or editor let go).
                     if crate::filewatch::degraded(&env_watch)
                         && let Ok(w) = crate::filewatch::watch_files(&self.watched_env_files())
+                        && !w.degraded
                     {
                         env_watch = Some(w);
                     }
-                    if crate::filewatch::degraded(&drift_watch) {
-                        drift_watch = self.watch_release();
+                    if crate::filewatch::degraded(&drift_watch)
+                        && let Some(w) = self.watch_release()
+                        && !w.degraded
+                    {
+                        drift_watch = Some(w);
                     }
                 }
                 Some(()) = crate::filewatch::next_change(&mut drift_watch) => {

@@ -228,6 +228,10 @@ impl AppRunner {
             }
             self.next_restart = Some(Instant::now() + self.restart_backoff.next_wait());
         }
+        if verdict.0 == HealthState::Healthy && !dead {
+            // Up for a whole round: the next crash starts the backoff over.
+            self.restart_backoff.reset();
+        }
         let s = &self.status;
         if (s.health, &s.health_reason, s.env_check, &s.missing_env)
             == (verdict.0, &verdict.1, verdict.2, &verdict.3)
