@@ -389,12 +389,7 @@ async fn rolling_back_to_a_release_kept_on_the_host_fetches_nothing() {
     assert_eq!(rig.fetch.fetched.lock().unwrap().len(), 2);
 
     // The controller rolls back: 1.0.0 again, at a new generation.
-    let Desired::Release(mut back) = v1.clone() else {
-        unreachable!()
-    };
-    back.generation = 10;
-    let back = Desired::Release(back);
-    rig.reconcile(&mut r, &back).await;
+    rig.reconcile(&mut r, &redeployed(&v1, 10)).await;
     assert_eq!(rig.current().as_deref(), Some("1.0.0"));
     assert_eq!(rig.running(), ["1.0.0"]);
     assert_eq!(
@@ -415,11 +410,7 @@ async fn rolling_back_to_a_release_kept_on_the_host_fetches_nothing() {
 
     // A kept release edited on the host is not trusted: fetched afresh.
     std::fs::write(rig.app_dir().join("releases/2.0.0/bin/web"), "tampered").unwrap();
-    let Desired::Release(mut again) = v2.clone() else {
-        unreachable!()
-    };
-    again.generation = 11;
-    rig.reconcile(&mut r, &Desired::Release(again)).await;
+    rig.reconcile(&mut r, &redeployed(&v2, 11)).await;
     assert_eq!(rig.current().as_deref(), Some("2.0.0"));
     assert_eq!(rig.fetch.fetched.lock().unwrap().len(), 3);
     let web = std::fs::read_to_string(rig.app_dir().join("releases/2.0.0/bin/web")).unwrap();
@@ -462,6 +453,15 @@ async fn a_host_rollback_runs_through_the_same_machine() {
         "the release left is not re-applied by itself"
     );
     assert!(rig.procs.0.lock().unwrap().overlaps.is_empty());
+}
+
+/// The same release deployed again (a retry, a rollback) at `generation`.
+fn redeployed(d: &Desired, generation: u64) -> Desired {
+    let Desired::Release(mut d) = d.clone() else {
+        unreachable!("only releases are redeployed")
+    };
+    d.generation = generation;
+    Desired::Release(d)
 }
 
 /// How a scenario should end.
@@ -541,18 +541,11 @@ async fn killed_before(step: Step, ends: Ends) {
 
 #[tokio::test]
 async fn killed_before_any_step_of_a_good_deploy_the_agent_finishes_it() {
-    for step in [
-        Step::Verify,
-        Step::Fetch,
-        Step::Unpack,
-        Step::Prepare,
-        Step::Stop,
-        Step::Flip,
-        Step::Start,
-        Step::Health,
-        Step::Hold,
-        Step::Healthy,
-    ] {
+    // Every step a good deploy walks: all but the two failure endings.
+    for step in Step::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, Step::RollingBack | Step::Refused))
+    {
         killed_before(step, Ends::OnNew).await;
     }
 }
@@ -664,11 +657,7 @@ async fn a_release_its_on_rollback_hook_undid_is_installed_afresh() {
 
     // Fixed on the host; the same release deployed again runs `prepare` again.
     rig.procs.0.lock().unwrap().unhealthy.clear();
-    let Desired::Release(mut again) = v2.clone() else {
-        unreachable!()
-    };
-    again.generation = 20;
-    rig.reconcile(&mut r, &Desired::Release(again)).await;
+    rig.reconcile(&mut r, &redeployed(&v2, 20)).await;
     assert_eq!(rig.running(), ["2.0.0"]);
     assert_eq!(
         rig.prepare_runs("2.0.0"),
