@@ -1,7 +1,7 @@
 //! The rollout lifecycle as types: the state of a rollout and the outcome of
-//! each host in it, stored as lowercase text (`as_str`) and carried as strings
-//! in the proto; and the health a host reports of an app, stored as a number.
-//! All converted at the gRPC edge.
+//! each host in it, stored as lowercase text (`as_str`) and carried as the
+//! proto's enums of the same names; and the health a host reports of an app,
+//! stored as a number. All converted at the gRPC edge.
 
 use std::fmt;
 
@@ -29,6 +29,17 @@ pub enum RolloutState {
 impl RolloutState {
     /// States in which a rollout holds back the hosts it has not admitted.
     pub const HOLDING: [RolloutState; 3] = [Self::Running, Self::Paused, Self::Halted];
+
+    /// Every state (for tests that walk them all).
+    pub const ALL: [RolloutState; 7] = [
+        Self::Running,
+        Self::Paused,
+        Self::Halted,
+        Self::Succeeded,
+        Self::Reverted,
+        Self::Aborted,
+        Self::Superseded,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,6 +89,16 @@ pub enum HostOutcome {
 }
 
 impl HostOutcome {
+    /// Every outcome (for tests that walk them all).
+    pub const ALL: [HostOutcome; 6] = [
+        Self::Pending,
+        Self::Healthy,
+        Self::Failed,
+        Self::Timeout,
+        Self::Offline,
+        Self::Reverted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -168,25 +189,10 @@ mod tests {
 
     #[test]
     fn stored_text_is_the_lowercase_name() {
-        for s in [
-            RolloutState::Running,
-            RolloutState::Paused,
-            RolloutState::Halted,
-            RolloutState::Succeeded,
-            RolloutState::Reverted,
-            RolloutState::Aborted,
-            RolloutState::Superseded,
-        ] {
+        for s in RolloutState::ALL {
             assert_eq!(s.as_str(), format!("{s:?}").to_lowercase());
         }
-        for o in [
-            HostOutcome::Pending,
-            HostOutcome::Healthy,
-            HostOutcome::Failed,
-            HostOutcome::Timeout,
-            HostOutcome::Offline,
-            HostOutcome::Reverted,
-        ] {
+        for o in HostOutcome::ALL {
             assert_eq!(o.as_str(), format!("{o:?}").to_lowercase());
         }
     }

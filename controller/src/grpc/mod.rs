@@ -15,7 +15,7 @@ use tonic::{Request, Status};
 
 use crate::auth::{self, Need, Principal};
 pub use crate::ctx::{Ctx, SharedCtx};
-use crate::lifecycle::Health;
+use crate::lifecycle::{Health, HostOutcome, RolloutState};
 
 /// The tenant of a request, "default" when empty.
 pub fn tenant_of(t: &str) -> Result<String, crate::error::ControllerError> {
@@ -212,6 +212,58 @@ pub fn health_to_proto(h: Health) -> i32 {
     h as i32
 }
 
+pub fn rollout_state_to_proto(s: RolloutState) -> pb::RolloutState {
+    match s {
+        RolloutState::Running => pb::RolloutState::Running,
+        RolloutState::Paused => pb::RolloutState::Paused,
+        RolloutState::Halted => pb::RolloutState::Halted,
+        RolloutState::Succeeded => pb::RolloutState::Succeeded,
+        RolloutState::Reverted => pb::RolloutState::Reverted,
+        RolloutState::Aborted => pb::RolloutState::Aborted,
+        RolloutState::Superseded => pb::RolloutState::Superseded,
+    }
+}
+
+/// A rollout state from the wire; `None` for unspecified or a value this
+/// controller does not know.
+pub fn rollout_state_from_proto(s: i32) -> Option<RolloutState> {
+    match pb::RolloutState::try_from(s).ok()? {
+        pb::RolloutState::Unspecified => None,
+        pb::RolloutState::Running => Some(RolloutState::Running),
+        pb::RolloutState::Paused => Some(RolloutState::Paused),
+        pb::RolloutState::Halted => Some(RolloutState::Halted),
+        pb::RolloutState::Succeeded => Some(RolloutState::Succeeded),
+        pb::RolloutState::Reverted => Some(RolloutState::Reverted),
+        pb::RolloutState::Aborted => Some(RolloutState::Aborted),
+        pb::RolloutState::Superseded => Some(RolloutState::Superseded),
+    }
+}
+
+pub fn host_outcome_to_proto(o: HostOutcome) -> pb::HostOutcome {
+    match o {
+        HostOutcome::Pending => pb::HostOutcome::Pending,
+        HostOutcome::Healthy => pb::HostOutcome::Healthy,
+        HostOutcome::Failed => pb::HostOutcome::Failed,
+        HostOutcome::Timeout => pb::HostOutcome::Timeout,
+        HostOutcome::Offline => pb::HostOutcome::Offline,
+        HostOutcome::Reverted => pb::HostOutcome::Reverted,
+    }
+}
+
+/// A host outcome from the wire; `None` for unspecified or a value this
+/// controller does not know.
+pub fn host_outcome_from_proto(o: i32) -> Option<HostOutcome> {
+    match pb::HostOutcome::try_from(o).ok()? {
+        pb::HostOutcome::Unspecified => None,
+        pb::HostOutcome::Pending => Some(HostOutcome::Pending),
+        pb::HostOutcome::Healthy => Some(HostOutcome::Healthy),
+        pb::HostOutcome::Failed => Some(HostOutcome::Failed),
+        pb::HostOutcome::Timeout => Some(HostOutcome::Timeout),
+        pb::HostOutcome::Offline => Some(HostOutcome::Offline),
+        pb::HostOutcome::Reverted => Some(HostOutcome::Reverted),
+    }
+}
+
 /// "unknown environment X (known: a, b)" + `hint`, as a not-found error.
 pub async fn unknown_environment(
     ctx: &Ctx,
@@ -267,5 +319,53 @@ mod tests {
             assert_eq!(health_from_proto(h.code()), h);
         }
         assert_eq!(health_from_proto(99), Health::Unspecified);
+    }
+
+    /// Every rollout state reaches the wire as the proto value of the same
+    /// name and comes back as itself; every proto value but unspecified is one.
+    #[test]
+    fn rollout_states_round_trip_through_the_proto_enum() {
+        for s in RolloutState::ALL {
+            let p = rollout_state_to_proto(s);
+            assert_eq!(rollout_state_from_proto(p as i32), Some(s), "{s}");
+            assert_eq!(
+                p.as_str_name(),
+                format!("ROLLOUT_STATE_{}", s.as_str().to_uppercase())
+            );
+        }
+        let wire: Vec<i32> = (0..32)
+            .filter(|v| pb::RolloutState::try_from(*v).is_ok())
+            .collect();
+        assert_eq!(wire.len(), RolloutState::ALL.len() + 1, "{wire:?}");
+        for v in wire {
+            match rollout_state_from_proto(v) {
+                Some(s) => assert_eq!(rollout_state_to_proto(s) as i32, v),
+                None => assert_eq!(v, pb::RolloutState::Unspecified as i32),
+            }
+        }
+        assert_eq!(rollout_state_from_proto(99), None);
+    }
+
+    #[test]
+    fn host_outcomes_round_trip_through_the_proto_enum() {
+        for o in HostOutcome::ALL {
+            let p = host_outcome_to_proto(o);
+            assert_eq!(host_outcome_from_proto(p as i32), Some(o), "{o}");
+            assert_eq!(
+                p.as_str_name(),
+                format!("HOST_OUTCOME_{}", o.as_str().to_uppercase())
+            );
+        }
+        let wire: Vec<i32> = (0..32)
+            .filter(|v| pb::HostOutcome::try_from(*v).is_ok())
+            .collect();
+        assert_eq!(wire.len(), HostOutcome::ALL.len() + 1, "{wire:?}");
+        for v in wire {
+            match host_outcome_from_proto(v) {
+                Some(o) => assert_eq!(host_outcome_to_proto(o) as i32, v),
+                None => assert_eq!(v, pb::HostOutcome::Unspecified as i32),
+            }
+        }
+        assert_eq!(host_outcome_from_proto(99), None);
     }
 }

@@ -110,7 +110,7 @@ pub fn rollout_to_proto(r: RolloutRow, hosts: Vec<RolloutHostRow>) -> RolloutInf
         to_version: r.to_version,
         manifest_digest: r.to_digest,
         generation: r.generation,
-        state: r.state.as_str().to_string(),
+        state: super::rollout_state_to_proto(r.state).into(),
         step: r.step,
         steps: r.steps,
         reason: r.reason,
@@ -124,7 +124,7 @@ pub fn rollout_to_proto(r: RolloutRow, hosts: Vec<RolloutHostRow>) -> RolloutInf
                 host: h.host,
                 step: h.step,
                 admitted: h.admitted_at > 0,
-                outcome: h.outcome.as_str().to_string(),
+                outcome: super::host_outcome_to_proto(h.outcome).into(),
                 reason: h.reason,
             })
             .collect(),

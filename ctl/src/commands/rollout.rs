@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proto::v1::{DeployResponse, RolloutInfo, RolloutRequest};
-use serde::Serialize;
+use proto::v1::{DeployResponse, HostOutcome, RolloutInfo, RolloutRequest, RolloutState};
+use serde::{Serialize, Serializer};
 
 use crate::cli::{RolloutCommand, Wait};
 use crate::client::Clients;
@@ -107,7 +107,7 @@ async fn follow(
             return finish(msg, wait.is_some(), fmt);
         }
         seen.print_changes(&r, fmt);
-        if terminal(&r.state) {
+        if terminal(r.state()) {
             return verdict(&r, env, app, wait.is_some(), fmt);
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -121,7 +121,7 @@ async fn follow(
 #[derive(Default)]
 struct Seen {
     state: String,
-    hosts: BTreeMap<String, (bool, String)>,
+    hosts: BTreeMap<String, (bool, HostOutcome)>,
 }
 
 impl Seen {
@@ -130,22 +130,22 @@ impl Seen {
         if state != self.state {
             self.state = state;
             tell!(fmt, "{}", headline(r));
-            if !terminal(&r.state) && r.steps > 0 {
+            if !terminal(r.state()) && r.steps > 0 {
                 let step = step_name(r.step, has_canary(r));
                 tell!(fmt, "  step {}/{} ({step})", r.step + 1, r.steps);
             }
         }
         for h in &r.hosts {
-            let now = (h.admitted, h.outcome.clone());
+            let now = (h.admitted, h.outcome());
             if self.hosts.get(&h.host) != Some(&now) && h.admitted {
                 let (host, reason) = (escape(&h.host), escape(&h.reason));
                 let version = escape(&r.to_version);
-                match h.outcome.as_str() {
-                    "pending" => tell!(fmt, "  {host}: updating to {version}"),
-                    "healthy" => tell!(fmt, "  {host}: {version} healthy"),
-                    "offline" => tell!(fmt, "  {host}: offline; converges when back"),
-                    other if reason.is_empty() => tell!(fmt, "  {host}: {}", escape(other)),
-                    other => tell!(fmt, "  {host}: {}: {reason}", escape(other)),
+                match h.outcome() {
+                    HostOutcome::Pending => tell!(fmt, "  {host}: updating to {version}"),
+                    HostOutcome::Healthy => tell!(fmt, "  {host}: {version} healthy"),
+                    HostOutcome::Offline => tell!(fmt, "  {host}: offline; converges when back"),
+                    other if reason.is_empty() => tell!(fmt, "  {host}: {}", outcome_word(other)),
+                    other => tell!(fmt, "  {host}: {}: {reason}", outcome_word(other)),
                 }
             }
             self.hosts.insert(h.host.clone(), now);
@@ -155,16 +155,22 @@ impl Seen {
 
 /// The end of a followed rollout: Ok when it succeeded (or nobody waits).
 fn verdict(r: &RolloutInfo, env: &str, app: &str, waiting: bool, fmt: Format) -> Result<()> {
-    if r.hosts.is_empty() && r.state == "succeeded" {
+    let succeeded = r.state() == RolloutState::Succeeded;
+    if r.hosts.is_empty() && succeeded {
         let msg = format!("no host of {env} runs {app} yet; hosts converge when they connect");
         return finish(msg, waiting, fmt);
     }
-    if r.state == "succeeded" || !waiting {
+    if succeeded || !waiting {
         return Ok(());
     }
     Err(CtlError::Rollout(format!(
         "rollout {} of {} {} in {} {}: {}",
-        r.id, r.app, r.to_version, r.environment, r.state, r.reason
+        r.id,
+        r.app,
+        r.to_version,
+        r.environment,
+        state_word(r.state()),
+        r.reason
     )))
 }
 
@@ -172,13 +178,13 @@ fn timed_out(r: &RolloutInfo) -> CtlError {
     let waiting: Vec<&str> = r
         .hosts
         .iter()
-        .filter(|h| h.outcome == "pending")
+        .filter(|h| h.outcome() == HostOutcome::Pending)
         .map(|h| h.host.as_str())
         .collect();
     CtlError::Rollout(format!(
         "timed out; rollout {} is {} at step {}/{} (waiting for: {})",
         r.id,
-        r.state,
+        state_word(r.state()),
         r.step + 1,
         r.steps,
         if waiting.is_empty() {
@@ -208,8 +214,50 @@ async fn get(c: &mut Clients, app: &str, env: &str) -> Result<RolloutInfo> {
     Ok(r.map_err(|s| from_status(&c.url, s))?.into_inner())
 }
 
-fn terminal(state: &str) -> bool {
-    !matches!(state, "running" | "paused")
+/// The rollout has ended: anything but running or paused (an unknown state
+/// too, so following it stops).
+pub fn terminal(state: RolloutState) -> bool {
+    !matches!(state, RolloutState::Running | RolloutState::Paused)
+}
+
+/// The word slipctl prints for a rollout state: the controller's own name for
+/// it, "unknown" for a state this slipctl does not know.
+pub fn state_word(s: RolloutState) -> &'static str {
+    match s {
+        RolloutState::Running => "running",
+        RolloutState::Paused => "paused",
+        RolloutState::Halted => "halted",
+        RolloutState::Succeeded => "succeeded",
+        RolloutState::Reverted => "reverted",
+        RolloutState::Aborted => "aborted",
+        RolloutState::Superseded => "superseded",
+        RolloutState::Unspecified => "unknown",
+    }
+}
+
+/// The word slipctl prints for a host's outcome ("unknown" as for states).
+pub fn outcome_word(o: HostOutcome) -> &'static str {
+    match o {
+        HostOutcome::Pending => "pending",
+        HostOutcome::Healthy => "healthy",
+        HostOutcome::Failed => "failed",
+        HostOutcome::Timeout => "timeout",
+        HostOutcome::Offline => "offline",
+        HostOutcome::Reverted => "reverted",
+        HostOutcome::Unspecified => "unknown",
+    }
+}
+
+/// A rollout state in JSON: its word.
+pub fn as_state_word<S: Serializer>(
+    s: &RolloutState,
+    ser: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    ser.serialize_str(state_word(*s))
+}
+
+fn as_outcome_word<S: Serializer>(o: &HostOutcome, ser: S) -> std::result::Result<S::Ok, S::Error> {
+    ser.serialize_str(outcome_word(*o))
 }
 
 fn has_canary(r: &RolloutInfo) -> bool {
@@ -237,7 +285,11 @@ fn headline(r: &RolloutInfo) -> String {
     };
     escape(&format!(
         "rollout {} of {} in {}: {from} -> {} — {}{reason}",
-        r.id, r.app, r.environment, r.to_version, r.state,
+        r.id,
+        r.app,
+        r.environment,
+        r.to_version,
+        state_word(r.state()),
     ))
 }
 
@@ -252,9 +304,9 @@ fn print_once(r: &RolloutInfo, fmt: Format) -> Result<()> {
         let what = if !h.admitted {
             "waiting".to_string()
         } else if h.reason.is_empty() {
-            h.outcome.clone()
+            outcome_word(h.outcome()).to_string()
         } else {
-            format!("{} ({})", h.outcome, h.reason)
+            format!("{} ({})", outcome_word(h.outcome()), h.reason)
         };
         steps
             .entry(h.step)
@@ -272,7 +324,8 @@ struct HostJson<'a> {
     host: &'a str,
     step: u32,
     admitted: bool,
-    outcome: &'a str,
+    #[serde(serialize_with = "as_outcome_word")]
+    outcome: HostOutcome,
     reason: &'a str,
 }
 
@@ -284,7 +337,8 @@ struct RolloutJson<'a> {
     from_version: &'a str,
     to_version: &'a str,
     release_digest: &'a str,
-    state: &'a str,
+    #[serde(serialize_with = "as_state_word")]
+    state: RolloutState,
     step: u32,
     steps: u32,
     reason: &'a str,
@@ -300,7 +354,7 @@ fn to_json(r: &RolloutInfo) -> RolloutJson<'_> {
         from_version: &r.from_version,
         to_version: &r.to_version,
         release_digest: &r.manifest_digest,
-        state: &r.state,
+        state: r.state(),
         step: r.step,
         steps: r.steps,
         reason: &r.reason,
@@ -312,7 +366,7 @@ fn to_json(r: &RolloutInfo) -> RolloutJson<'_> {
                 host: &h.host,
                 step: h.step,
                 admitted: h.admitted,
-                outcome: &h.outcome,
+                outcome: h.outcome(),
                 reason: &h.reason,
             })
             .collect(),
@@ -324,7 +378,7 @@ mod tests {
     use super::*;
     use crate::error::exit;
 
-    fn info(state: &str, reason: &str) -> RolloutInfo {
+    fn info(state: RolloutState, reason: &str) -> RolloutInfo {
         RolloutInfo {
             id: 7,
             app: "web".into(),
@@ -345,11 +399,14 @@ mod tests {
     fn headlines_name_the_rollout_and_escape_what_hosts_reported() {
         let cases = [
             (
-                info("running", ""),
+                info(RolloutState::Running, ""),
                 "rollout 7 of web in prod: 1.0.0 -> 1.1.0 — running",
             ),
             (
-                info("halted", "canary failed: prod-1: \u{1b}[2Jgone\nforged"),
+                info(
+                    RolloutState::Halted,
+                    "canary failed: prod-1: \u{1b}[2Jgone\nforged",
+                ),
                 "rollout 7 of web in prod: 1.0.0 -> 1.1.0 — halted: canary failed: prod-1: \\u{1b}[2Jgone\\nforged",
             ),
         ];
@@ -370,17 +427,78 @@ mod tests {
     #[test]
     fn only_a_success_ends_a_wait_with_exit_0() {
         let f = Format::Table;
-        assert!(verdict(&info("succeeded", ""), "prod", "web", true, f).is_ok());
-        assert!(verdict(&info("halted", "x"), "prod", "web", false, f).is_ok());
-        for state in ["halted", "reverted", "aborted"] {
+        let ok = |s| verdict(&info(s, "x"), "prod", "web", true, f);
+        assert!(ok(RolloutState::Succeeded).is_ok());
+        let not_waiting = verdict(&info(RolloutState::Halted, "x"), "prod", "web", false, f);
+        assert!(not_waiting.is_ok());
+        for (state, word) in [
+            (RolloutState::Halted, "halted"),
+            (RolloutState::Reverted, "reverted"),
+            (RolloutState::Aborted, "aborted"),
+            (RolloutState::Superseded, "superseded"),
+            (RolloutState::Unspecified, "unknown"),
+        ] {
             let e = verdict(&info(state, "why"), "prod", "web", true, f).unwrap_err();
-            assert_eq!(e.exit_code(), exit::ROLLOUT_FAILED, "{state}");
+            assert_eq!(e.exit_code(), exit::ROLLOUT_FAILED, "{word}");
             assert_eq!(
                 e.to_string(),
-                format!("rollout 7 of web 1.1.0 in prod {state}: why")
+                format!("rollout 7 of web 1.1.0 in prod {word}: why")
             );
         }
-        let e = timed_out(&info("paused", ""));
+        let e = timed_out(&info(RolloutState::Paused, ""));
         assert_eq!(e.exit_code(), exit::ROLLOUT_FAILED);
+    }
+
+    /// The words slipctl printed when states and outcomes were strings on the
+    /// wire: text, JSON and errors keep them. A value this slipctl does not
+    /// know (a newer controller's) prints "unknown".
+    #[test]
+    fn every_state_and_outcome_prints_its_word() {
+        let states = [
+            (RolloutState::Unspecified, "unknown"),
+            (RolloutState::Running, "running"),
+            (RolloutState::Paused, "paused"),
+            (RolloutState::Halted, "halted"),
+            (RolloutState::Succeeded, "succeeded"),
+            (RolloutState::Reverted, "reverted"),
+            (RolloutState::Aborted, "aborted"),
+            (RolloutState::Superseded, "superseded"),
+        ];
+        let known = (0..32).filter(|v| RolloutState::try_from(*v).is_ok());
+        assert_eq!(known.count(), states.len(), "a state without a word here");
+        for (state, word) in states {
+            let r = info(state, "");
+            assert!(headline(&r).ends_with(&format!(" — {word}")), "{word}");
+            assert_eq!(serde_json::to_value(to_json(&r)).unwrap()["state"], word);
+        }
+        let from_the_future = RolloutInfo {
+            state: 99,
+            ..info(RolloutState::Running, "")
+        };
+        assert!(headline(&from_the_future).ends_with(" — unknown"));
+        assert!(terminal(from_the_future.state()));
+
+        let outcomes = [
+            (HostOutcome::Unspecified, "unknown"),
+            (HostOutcome::Pending, "pending"),
+            (HostOutcome::Healthy, "healthy"),
+            (HostOutcome::Failed, "failed"),
+            (HostOutcome::Timeout, "timeout"),
+            (HostOutcome::Offline, "offline"),
+            (HostOutcome::Reverted, "reverted"),
+        ];
+        let known = (0..32).filter(|v| HostOutcome::try_from(*v).is_ok());
+        assert_eq!(
+            known.count(),
+            outcomes.len(),
+            "an outcome without a word here"
+        );
+        let wire = outcomes.map(|(o, word)| (o as i32, word));
+        for (outcome, word) in wire.into_iter().chain([(99, "unknown")]) {
+            let mut r = info(RolloutState::Running, "");
+            r.hosts[0].outcome = outcome;
+            let json = serde_json::to_value(to_json(&r)).unwrap();
+            assert_eq!(json["hosts"][0]["outcome"], word);
+        }
     }
 }

@@ -3,10 +3,11 @@
 
 use proto::v1::{
     AppEnvSummary, DeployState, EnvCheck, FleetStatusRequest, Health, HostAppStatus,
-    ListAppsRequest,
+    ListAppsRequest, RolloutState,
 };
 use serde::Serialize;
 
+use super::rollout::{as_state_word, state_word, terminal};
 use crate::cli::StatusArgs;
 use crate::client::Clients;
 use crate::error::{Result, from_status};
@@ -58,7 +59,8 @@ struct AppJson {
 #[derive(Serialize)]
 struct RolloutBrief {
     id: u64,
-    state: String,
+    #[serde(serialize_with = "as_state_word")]
+    state: RolloutState,
     step: u32,
     steps: u32,
     to_version: String,
@@ -163,11 +165,19 @@ fn print_rollups(fleet: &FleetJson) {
     t.print();
     for a in &fleet.apps {
         if let Some(r) = a.rollout.as_ref().filter(|r| {
-            matches!(r.state.as_str(), "halted" | "reverted" | "aborted") && !r.reason.is_empty()
+            matches!(
+                r.state,
+                RolloutState::Halted | RolloutState::Reverted | RolloutState::Aborted
+            ) && !r.reason.is_empty()
         }) {
             let line = format!(
                 "{} {}: rollout {} of {} {}: {}",
-                a.app, a.environment, r.id, r.to_version, r.state, r.reason
+                a.app,
+                a.environment,
+                r.id,
+                r.to_version,
+                state_word(r.state),
+                r.reason
             );
             say!("  {}", escape(&line));
         }
@@ -199,7 +209,7 @@ fn app_json(a: AppEnvSummary) -> AppJson {
     AppJson {
         rollout: a.rollout.map(|r| RolloutBrief {
             id: r.id,
-            state: r.state,
+            state: r.state(),
             step: r.step,
             steps: r.steps,
             to_version: r.to_version,
@@ -279,10 +289,11 @@ fn env_check_name(v: i32, missing: &[String]) -> String {
 fn rollout_note(r: &Option<RolloutBrief>) -> String {
     match r {
         None => "-".into(),
-        Some(r) if r.state == "running" || r.state == "paused" => {
-            format!("{} {} {}/{}", r.to_version, r.state, r.step + 1, r.steps)
+        Some(r) if !terminal(r.state) => {
+            let state = state_word(r.state);
+            format!("{} {state} {}/{}", r.to_version, r.step + 1, r.steps)
         }
-        Some(r) => format!("{} {}", r.to_version, r.state),
+        Some(r) => format!("{} {}", r.to_version, state_word(r.state)),
     }
 }
 
