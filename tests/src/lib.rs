@@ -342,6 +342,13 @@ impl Agent {
     ) -> Self {
         let mut a = Self::configured(dir, controller, host, env, env_lines, with_port);
         a.spawn();
+        // Connected before the test goes on: a deploy made earlier would find
+        // no host to roll out to.
+        eventually(
+            Duration::from_secs(30),
+            &format!("{host} to connect"),
+            || status_row(controller, host).filter(|r| r["connected"] == true),
+        );
         a
     }
 
