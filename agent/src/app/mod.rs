@@ -25,11 +25,14 @@ use crate::state::{AppStatus, HealthState, State, log_step};
 use crate::step::{OnRestart, Step};
 use crate::supervisor::ProcRecord;
 
+mod activate;
 mod backend;
 mod drift_watch;
 mod error;
+mod hooks;
 mod local_action;
 mod machine;
+mod prepare;
 mod processes;
 #[cfg(test)]
 mod tests;
