@@ -342,14 +342,18 @@ impl Agent {
     ) -> Self {
         let mut a = Self::configured(dir, controller, host, env, env_lines, with_port);
         a.spawn();
-        // Connected before the test goes on: a deploy made earlier would find
-        // no host to roll out to.
+        a.wait_connected(controller);
+        a
+    }
+
+    /// Returns once the controller sees this agent connected: a deploy made
+    /// before would find no host to roll out to.
+    pub fn wait_connected(&self, controller: &Controller) {
         eventually(
             Duration::from_secs(30),
-            &format!("{host} to connect"),
-            || status_row(controller, host).filter(|r| r["connected"] == true),
+            &format!("{} to connect", self.host),
+            || status_row(controller, &self.host).filter(|r| r["connected"] == true),
         );
-        a
     }
 
     /// The agent's files, without starting it.

@@ -840,6 +840,7 @@ fn an_app_defined_in_its_own_host_file_installs_under_its_install_root() {
     )
     .unwrap();
     agent.spawn();
+    agent.wait_connected(&c);
 
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
     c.deploy_wait("1.0.0", "preprod").ok();
@@ -878,6 +879,7 @@ fn the_app_runs_as_its_user_and_its_logs_rotate() {
     cfg.push_str("user = \"nobody\"\nlog_max_bytes = 2048\nlog_keep = 2\n");
     std::fs::write(&agent.config, cfg).unwrap();
     agent.spawn();
+    agent.wait_connected(&c);
 
     publish(
         &c,
@@ -952,6 +954,7 @@ fn the_command_backend_drives_an_outside_process_manager() {
     ));
     std::fs::write(&agent.config, cfg).unwrap();
     agent.spawn();
+    agent.wait_connected(&c);
 
     for v in ["1.0.0", "2.0.0"] {
         publish(&c, t.path(), &ReleaseOpts::new(v));

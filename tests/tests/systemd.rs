@@ -121,6 +121,7 @@ fn the_systemd_backend_deploys_rolls_back_and_reports() {
     );
     agent.prefix = ns.prefix();
     agent.spawn();
+    agent.wait_connected(&c);
 
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
     c.ctl(&[

@@ -268,6 +268,7 @@ fn a_key_enforcing_agent_refuses_unsigned_releases_and_unsigned_downgrades() {
         public.trim()
     ));
     a.spawn();
+    a.wait_connected(&c);
     let publish_signed = |version: &str| {
         let rel = sample_release(t.path(), &ReleaseOpts::new(version));
         c.ctl(&[
@@ -780,6 +781,7 @@ fn a_hostile_archive_is_refused_by_the_app_user_and_the_host_is_unchanged() {
     let mut a = Agent::configured(t.path(), &c, "web-1", "preprod", DB_ENV, true);
     a.append_config("user = \"nobody\"\n");
     a.spawn();
+    a.wait_connected(&c);
     publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
     c.deploy_wait("1.0.0", "preprod").ok();
     a.wait_serving("1.0.0");
