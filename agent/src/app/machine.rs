@@ -120,6 +120,12 @@ impl AppRunner {
                 Err(e) => {
                     p.reason = self.failure_reason(p.step, &e);
                     self.log(&p.target.version, p.step.name(), "failed", &p.reason);
+                    if p.step.next(Outcome::Failed).is_none() {
+                        // An ending that could not finish (it ran out of time):
+                        // say so rather than leave "activating" behind.
+                        self.status.state = State::Failed;
+                        self.status.health_reason = p.reason.clone();
+                    }
                     Outcome::Failed
                 }
             };
