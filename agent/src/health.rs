@@ -123,12 +123,15 @@ pub fn env_names(pid: i32) -> std::io::Result<BTreeSet<String>> {
 
 /// Required names absent from the process's environment.
 pub fn missing_env(pid: i32, required: &[String]) -> std::io::Result<Vec<String>> {
-    let names = env_names(pid)?;
-    Ok(required
+    Ok(missing_from(&env_names(pid)?, required))
+}
+
+fn missing_from(names: &BTreeSet<String>, required: &[String]) -> Vec<String> {
+    required
         .iter()
         .filter(|r| !names.contains(*r))
         .cloned()
-        .collect())
+        .collect()
 }
 
 /// The outcome of one round of checks on one process.
@@ -264,14 +267,7 @@ pub async fn check_once(
             missing_env: vec![],
         };
     }
-    match env_names(rec.pid).map(|names| {
-        let missing: Vec<String> = required_env
-            .iter()
-            .filter(|r| !names.contains(*r))
-            .cloned()
-            .collect();
-        (names.is_empty(), missing)
-    }) {
+    match env_names(rec.pid).map(|names| (names.is_empty(), missing_from(&names, required_env))) {
         // Mid-exec (a wrapper becoming the app) the environment reads empty
         // for an instant: not a verdict yet.
         Ok((true, missing)) if !missing.is_empty() => {

@@ -169,12 +169,7 @@ impl Intent<'_> {
             .store
             .desired(p.tenant, p.app, p.from)
             .await?
-            .ok_or_else(|| {
-                ControllerError::FailedPrecondition(format!(
-                    "{} has no release in {}",
-                    p.app, p.from
-                ))
-            })?;
+            .ok_or_else(|| no_release(p.app, p.from))?;
         let release = self
             .store
             .release(p.tenant, p.app, &version)
@@ -279,12 +274,11 @@ impl Intent<'_> {
         let target = match r.to_version {
             Some(v) => v.to_string(),
             None => {
-                let (current, _) =
-                    self.store.desired(tenant, app, env).await?.ok_or_else(|| {
-                        ControllerError::FailedPrecondition(format!(
-                            "{app} has no release in {env}"
-                        ))
-                    })?;
+                let (current, _) = self
+                    .store
+                    .desired(tenant, app, env)
+                    .await?
+                    .ok_or_else(|| no_release(app, env))?;
                 self.store
                     .rollback_target(tenant, app, env, &current)
                     .await?
@@ -309,12 +303,7 @@ impl Intent<'_> {
             .store
             .desired_app(t.tenant, t.environment, t.app)
             .await?
-            .ok_or_else(|| {
-                ControllerError::FailedPrecondition(format!(
-                    "{} has no release in {}",
-                    t.app, t.environment
-                ))
-            })?;
+            .ok_or_else(|| no_release(t.app, t.environment))?;
         let authorization = stored_signatures(&current.authorization);
         self.set_desired(actor, t, &current.version, &authorization, None, false)
             .await
@@ -403,6 +392,11 @@ impl Intent<'_> {
             planned_hosts: started.planned_hosts as u32,
         })
     }
+}
+
+/// Promote, rollback and retry start from what an environment desires.
+fn no_release(app: &str, environment: &str) -> ControllerError {
+    ControllerError::FailedPrecondition(format!("{app} has no release in {environment}"))
 }
 
 #[cfg(test)]

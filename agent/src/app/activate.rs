@@ -10,6 +10,7 @@ use crate::health::Verdict;
 use crate::install;
 use crate::state::{EnvState, FailedRelease, HealthState, Origin, Progress, State};
 use crate::step::Outcome;
+use crate::supervisor::ProcRecord;
 
 use super::{AppRunner, CHECK_EVERY, DeployError, Env};
 
@@ -34,18 +35,22 @@ impl AppRunner {
         Ok(Outcome::Ok)
     }
 
-    /// One round of checks on every process of `version`.
+    /// One round of checks on every process of `version` the spec knows, each
+    /// with its record.
     pub(super) async fn check_all(
         &self,
         spec: &ReleaseSpec,
         version: &str,
         env: &Env,
-    ) -> Vec<Verdict> {
+    ) -> Vec<(ProcRecord, Verdict)> {
         let release = self.paths.release(version);
         let mut out = Vec::new();
         for rec in &self.procs {
             if let Some(ps) = spec.processes.get(&rec.process) {
-                out.push(self.backend.check(rec, ps, &release, env).await);
+                out.push((
+                    rec.clone(),
+                    self.backend.check(rec, ps, &release, env).await,
+                ));
             }
         }
         out
@@ -97,7 +102,7 @@ impl AppRunner {
         let until = Instant::now() + Duration::from_secs(hold);
         while Instant::now() < until {
             tokio::time::sleep(CHECK_EVERY * 2).await;
-            for v in self.check_all(&spec, version, &env).await {
+            for (_, v) in self.check_all(&spec, version, &env).await {
                 if let Verdict::Failed { reason: why, .. } | Verdict::NotReady(why) = v {
                     return Err(DeployError::Unhealthy(format!(
                         "during the {hold}s minimum healthy time: {why}"
@@ -229,6 +234,7 @@ impl AppRunner {
             .and_then(|s| s.hooks.on_rollback);
         if let Some(hook) = on_rollback {
             if !p.on_rollback_started {
+                p.on_rollback_started = true;
                 let _ = self
                     .run_tracked_hook("on_rollback", &hook, &failed_dir, p)
                     .await;

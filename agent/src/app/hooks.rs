@@ -28,8 +28,8 @@ impl AppRunner {
         let version = p.target.version.clone();
         let env = self.env_for(&version)?;
         let (secrets, run_as) = (self.secret_values(), self.cfg.run_as());
-        // Marked before it starts: it runs at most once per deploy.
-        p.on_rollback_started |= step == "on_rollback";
+        // Persisted before it starts (the caller's marks included, such as
+        // `on_rollback_started`: it runs at most once per deploy).
         self.status.deploy = Some(p.clone());
         self.publish();
         let out = install::run_hook(hook, dir, &env, &secrets, run_as, |pid| {

@@ -199,8 +199,7 @@ impl AppRunner {
                 vec![],
             );
         }
-        let checks = self.check_all(spec, version, &env).await;
-        for (rec, v) in self.procs.iter().zip(checks) {
+        for (rec, v) in self.check_all(spec, version, &env).await {
             match v {
                 Verdict::Healthy => {}
                 Verdict::NotReady(why) => {

@@ -502,11 +502,30 @@ async fn killed_before(step: Step, ends: Ends) {
     );
     drop(doomed);
 
+    // Start-up logs "start ok" when it starts what `current` holds.
+    let current_then = rig.current().unwrap();
+    let start_ups = |rig: &Rig| {
+        rig.steps(&current_then)
+            .iter()
+            .filter(|(s, o)| s == "start" && o == "ok")
+            .count()
+    };
+    let start_ups_then = start_ups(&rig);
     let mut restarted = rig.runner();
     restarted.start_up().await;
     rig.reconcile(&mut restarted, &v2).await;
 
     let label = format!("killed before {step}, expected {ends:?}");
+    if matches!(
+        step,
+        Step::Stop | Step::Flip | Step::Start | Step::RollingBack
+    ) {
+        assert_eq!(
+            start_ups(&rig),
+            start_ups_then,
+            "{label}: start-up started {current_then}, which the resumed step replaces"
+        );
+    }
     let (version, state) = match ends {
         Ends::OnNew => ("2.0.0", State::Healthy),
         Ends::RolledBack | Ends::Refused => ("1.0.0", State::RolledBack),
