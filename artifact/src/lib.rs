@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod names;
 pub mod pack;
 pub mod spec;
+pub mod tar_guard;
 pub mod unpack;
 
 pub use digest::{Digest, HashingReader, HashingWriter};

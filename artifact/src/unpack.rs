@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::manifest::{EntryKind, Manifest};
+use crate::tar_guard::HeaderGuard;
 
 /// Bounds applied while unpacking (defaults suit a typical web app).
 #[derive(Debug, Clone)]
@@ -121,7 +122,8 @@ fn unpack_tree(
     // a zstd bomb stops here, not when the disk is full.
     let header_budget = (manifest.entries.len() as u64 + 8) * 4096;
     let bound = manifest.content_bytes().saturating_add(header_budget);
-    let mut archive = tar::Archive::new(decoder.take(bound));
+    // Extension records (PAX, GNU long names) are bounded before tar reads them.
+    let mut archive = tar::Archive::new(HeaderGuard::new(decoder.take(bound)));
     let mut expected = manifest.entries.iter();
     let mut dirs = Vec::new();
 
