@@ -36,6 +36,14 @@ pub enum FetchError {
         got: u64,
         expected: u64,
     },
+    /// The controller answered every one of `attempts` fetches with an error
+    /// (or said its copy is corrupt): the release is failed, not retried.
+    #[error("fetch {digest}: {message} (attempt {attempts}, not retried)")]
+    GaveUp {
+        digest: Digest,
+        attempts: u32,
+        message: String,
+    },
     #[error("fetch {digest}: downloaded bytes hash to {actual}; discarded")]
     Mismatch {
         digest: Digest,

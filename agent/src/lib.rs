@@ -9,6 +9,7 @@ pub mod config;
 pub mod directive;
 pub mod drift;
 pub mod envfile;
+pub mod failpoint;
 pub mod fetch;
 pub mod filewatch;
 pub mod health;
@@ -157,9 +158,7 @@ fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskT
     for (name, app_cfg) in &cfg.apps {
         let (tx, rx) = watch::channel(None);
         desired.insert(name.clone(), tx);
-        let fetch = Arc::new(app::ControllerFetch {
-            channel: channel_rx.clone(),
-        });
+        let fetch = Arc::new(app::ControllerFetch::new(channel_rx.clone()));
         let runner = AppRunner::new(name.clone(), app_cfg.clone(), &cfg.state_dir, board.clone())
             .map(|r| r.with_trust(cfg.trust.clone()).with_fetch(fetch))
             .map_err(|e| {

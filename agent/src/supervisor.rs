@@ -3,6 +3,12 @@
 //! pipes to the agent), records each one in `run/<process>.json`, and stops them
 //! with SIGTERM, a grace period, then SIGKILL. Processes outlive the agent: a
 //! restarted agent adopts them from their pid files.
+//!
+//! The intent is on disk before the process can exist: `run/<process>.starting`
+//! names a nonce the child carries as `SLIPWAY_RUN`, so an agent killed between
+//! the spawn and the pid file finds the process by that nonce when it restarts,
+//! records it and adopts it (then the deploy machine stops or keeps it) instead
+//! of starting a second one beside an unmanaged orphan.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -73,13 +79,88 @@ pub fn record_path(paths: &AppPaths, process: &str) -> PathBuf {
     paths.run.join(format!("{process}.json"))
 }
 
+/// What is on disk while a process is being started: the nonce its environment
+/// carries, so it can be found if the agent dies before recording its pid.
+#[derive(Debug, Serialize, Deserialize)]
+struct Intent {
+    process: String,
+    version: String,
+    nonce: String,
+}
+
+const INTENT_SUFFIX: &str = ".starting";
+/// The variable holding a start's nonce.
+pub const RUN_VAR: &str = "SLIPWAY_RUN";
+
+fn intent_path(paths: &AppPaths, process: &str) -> PathBuf {
+    paths.run.join(format!("{process}{INTENT_SUFFIX}"))
+}
+
+/// A nonce no other start on this host shares: this agent's pid, the time, and
+/// 64 random bits.
+fn nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}-{:016x}", std::process::id(), fastrand::u64(..))
+}
+
+/// Live processes whose environment holds `SLIPWAY_RUN=<nonce>`, group leaders
+/// first.
+fn carrying(nonce: &str) -> Vec<i32> {
+    let want = format!("{RUN_VAR}={nonce}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(bool, i32)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| start_time(*pid).is_some())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+        })
+        .map(|pid| (nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok() != Some(Pid::from_raw(pid)), pid))
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, pid)| pid).collect()
+}
+
+/// Finishes a start an earlier agent left half-recorded: the process found by
+/// its nonce gets its pid file (and is returned); the intent is removed.
+fn recover_intent(paths: &AppPaths, path: &Path) -> Option<ProcRecord> {
+    let intent: Intent = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let leader = carrying(&intent.nonce).into_iter().next();
+    let rec = leader.and_then(|pid| {
+        Some(ProcRecord {
+            process: intent.process.clone(),
+            pid,
+            start_time: start_time(pid)?,
+            version: intent.version.clone(),
+        })
+    });
+    if let Some(rec) = &rec {
+        tracing::warn!(process = %rec.process, pid = rec.pid, "found a process an earlier agent started without recording it; adopting it");
+        if let Err(e) = write_record(paths, rec) {
+            tracing::error!(error = %e, "recording a found process");
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    rec
+}
+
 /// Pid files of the app's processes that are still alive.
 pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
     let Ok(dir) = std::fs::read_dir(&paths.run) else {
         return Vec::new();
     };
     let mut out = Vec::new();
+    let mut intents = Vec::new();
     for entry in dir.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(INTENT_SUFFIX) {
+            intents.push(entry.path());
+            continue;
+        }
         let Ok(bytes) = std::fs::read(entry.path()) else {
             continue;
         };
@@ -90,6 +171,13 @@ pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
             out.push(rec);
         } else {
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for path in intents {
+        if let Some(rec) = recover_intent(paths, &path) {
+            if !out.iter().any(|r| r.pid == rec.pid) {
+                out.push(rec);
+            }
         }
     }
     out.sort_by(|a, b| a.process.cmp(&b.process));
@@ -126,11 +214,28 @@ pub fn start(
             source,
         })?;
     let log2 = log.try_clone().map_err(spawn_err)?;
+    let intent = Intent {
+        process: process.to_string(),
+        version: version.to_string(),
+        nonce: nonce(),
+    };
+    let intent_file = intent_path(paths, process);
+    let intent_bytes = serde_json::to_vec(&intent).map_err(|e| SuperviseError::Io {
+        path: intent_file.clone(),
+        source: e.into(),
+    })?;
+    artifact::unpack::write_atomic(&intent_file, &intent_bytes).map_err(|source| {
+        SuperviseError::Io {
+            path: intent_file.clone(),
+            source,
+        }
+    })?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&command[1..])
         .current_dir(cwd.map_or_else(|| paths.current.clone(), |c| paths.current.join(c)))
         .env_clear()
         .envs(env)
+        .env(RUN_VAR, &intent.nonce)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -139,13 +244,21 @@ pub fn start(
         std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, r.gid);
     }
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_file(&intent_file);
+            return Err(spawn_err(e));
+        }
+    };
+    crate::failpoint::hit("supervisor-spawned");
     let pid = child.id() as i32;
     let exit_path = exit_path(paths, process);
     let Some(start_time) = start_time(pid) else {
         // Gone already (or a zombie): reap it here, so its status is known now.
         let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
         record_exit(&exit_path, pid, &status);
+        let _ = std::fs::remove_file(&intent_file);
         return Err(SuperviseError::Vanished {
             process: process.to_string(),
             status,
@@ -167,6 +280,7 @@ pub fn start(
         version: version.to_string(),
     };
     write_record(paths, &rec)?;
+    let _ = std::fs::remove_file(&intent_file);
     tracing::info!(process, pid, version, "process started");
     Ok(rec)
 }

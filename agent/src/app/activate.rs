@@ -263,6 +263,7 @@ impl AppRunner {
         };
         let restored = async {
             install::flip_current(&self.paths, &prev.version)?;
+            crate::failpoint::hit("rollback-flipped");
             self.start_target(&prev.version).await?;
             self.wait_ready(&prev.version).await?;
             self.hold(&prev.version).await

@@ -41,6 +41,45 @@ pub trait Fetch: Send + Sync {
 /// Fetches from the controller over the session's channel.
 pub struct ControllerFetch {
     pub channel: watch::Receiver<Option<Channel>>,
+    /// Answered fetches of one digest that failed in a row: after
+    /// [`FETCH_ATTEMPTS`] the release is failed, not postponed again.
+    failures: std::sync::Mutex<(Option<Digest>, u32)>,
+}
+
+/// Fetches of the same blob the controller answers with an error before the
+/// release is reported failed (an unreachable controller never counts).
+pub const FETCH_ATTEMPTS: u32 = 5;
+
+impl ControllerFetch {
+    pub fn new(channel: watch::Receiver<Option<Channel>>) -> Self {
+        ControllerFetch {
+            channel,
+            failures: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one more answered failure for `blob`; the count so far.
+    fn failed_again(&self, blob: &Digest) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.0.as_ref() != Some(blob) {
+            *f = (Some(blob.clone()), 0);
+        }
+        f.1 += 1;
+        f.1
+    }
+
+    fn succeeded(&self) {
+        *self.failures.lock().unwrap_or_else(|e| e.into_inner()) = (None, 0);
+    }
+}
+
+/// Whether a fetch failing with `code` says nothing about the blob: the
+/// controller could not be reached or answer in time.
+fn unreachable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    )
 }
 
 impl Fetch for ControllerFetch {
@@ -56,18 +95,38 @@ impl Fetch for ControllerFetch {
             };
             let mut client =
                 AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-            match crate::fetch::fetch_blob(&mut client, cache, blob, size).await {
-                Ok(p) => Ok(p),
-                Err(crate::fetch::FetchError::Rpc { status, .. })
-                    if status.code() != tonic::Code::NotFound =>
-                {
-                    Err(DeployError::Transient(format!(
-                        "fetch: {}",
-                        status.message()
-                    )))
+            let err = match crate::fetch::fetch_blob(&mut client, cache, blob, size).await {
+                Ok(p) => {
+                    self.succeeded();
+                    return Ok(p);
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => e,
+            };
+            let status = match &err {
+                crate::fetch::FetchError::Rpc { status, .. } => status,
+                _ => return Err(err.into()),
+            };
+            if status.code() == tonic::Code::NotFound {
+                return Err(err.into());
             }
+            if unreachable(status.code()) {
+                return Err(DeployError::Transient(format!("fetch: {}", status.message())));
+            }
+            let n = self.failed_again(blob);
+            // The controller's copy is corrupt (it checks what it streams):
+            // nothing to wait for until the release is published again.
+            if n >= FETCH_ATTEMPTS || status.code() == tonic::Code::DataLoss {
+                self.succeeded();
+                return Err(DeployError::Fetch(crate::fetch::FetchError::GaveUp {
+                    digest: blob.clone(),
+                    attempts: n,
+                    message: status.message().to_string(),
+                }));
+            }
+            Err(DeployError::Transient(format!(
+                "fetch (attempt {n} of {FETCH_ATTEMPTS}): {}",
+                status.message()
+            )))
         })
     }
 }
@@ -309,6 +368,82 @@ fn probe_for<'a>(cfg: &AppConfig, ps: &'a ProcessSpec, dir: &'a Path, env: &'a E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A controller that answers every `FetchBlob` with `code`, on a real
+    /// loopback socket. A stand-in: the real controller cannot be made to fail
+    /// a read on demand (its own corrupt-blob path is tested end to end).
+    struct Failing(tonic::Code);
+
+    #[tonic::async_trait]
+    impl proto::v1::agents_server::Agents for Failing {
+        type SessionStream = tokio_stream::Empty<Result<proto::v1::ControllerMessage, tonic::Status>>;
+        type FetchBlobStream = tokio_stream::Empty<Result<proto::v1::BlobChunk, tonic::Status>>;
+        async fn session(
+            &self,
+            _: tonic::Request<tonic::Streaming<proto::v1::AgentMessage>>,
+        ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("session"))
+        }
+        async fn fetch_blob(
+            &self,
+            _: tonic::Request<proto::v1::FetchBlobRequest>,
+        ) -> Result<tonic::Response<Self::FetchBlobStream>, tonic::Status> {
+            Err(tonic::Status::new(self.0, "read blob: input/output error"))
+        }
+        async fn renew(
+            &self,
+            _: tonic::Request<proto::v1::RenewRequest>,
+        ) -> Result<tonic::Response<proto::v1::EnrollResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("renew"))
+        }
+    }
+
+    /// The fetcher, its cache, and the channel's sender (kept alive).
+    type Fetcher = (ControllerFetch, tempfile::TempDir, watch::Sender<Option<Channel>>);
+
+    async fn fetch_from(code: tonic::Code) -> Fetcher {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(proto::v1::agents_server::AgentsServer::new(Failing(code)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let (tx, rx) = watch::channel(Some(channel));
+        (ControllerFetch::new(rx), tempfile::tempdir().unwrap(), tx)
+    }
+
+    #[tokio::test]
+    async fn a_blob_the_controller_keeps_failing_to_serve_fails_the_release() {
+        let blob = Digest::of(b"release");
+        let (fetch, cache, _tx) = fetch_from(tonic::Code::Internal).await;
+        for attempt in 1..FETCH_ATTEMPTS {
+            let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+            assert!(e.is_transient(), "attempt {attempt} postpones: {e}");
+        }
+        let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+        assert!(!e.is_transient(), "attempt {FETCH_ATTEMPTS} fails the release");
+        assert!(
+            e.to_string().contains("input/output error (attempt 5, not retried)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_fails_at_once_and_an_unreachable_controller_never_does() {
+        let blob = Digest::of(b"release");
+        let (fetch, cache, _tx) = fetch_from(tonic::Code::DataLoss).await;
+        let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+        assert!(!e.is_transient(), "{e}");
+        let (fetch, cache, _tx) = fetch_from(tonic::Code::Unavailable).await;
+        for _ in 0..FETCH_ATTEMPTS * 2 {
+            let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+            assert!(e.is_transient(), "{e}");
+        }
+    }
 
     /// A real process started by the real supervisor crashes at start.
     #[tokio::test]

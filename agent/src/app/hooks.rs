@@ -37,6 +37,7 @@ impl AppRunner {
                 crate::supervisor::start_time(pid).map(|start_time| HookRun { pid, start_time });
             self.status.deploy = Some(p.clone());
             self.publish();
+            crate::failpoint::hit(&format!("hook-started:{step}"));
         })
         .await;
         p.hook = None;

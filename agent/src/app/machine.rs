@@ -92,6 +92,7 @@ impl AppRunner {
     ) -> Result<Progress, DeployError> {
         loop {
             self.enter(&p);
+            crate::failpoint::hit(&format!("step:{}", p.step.name()));
             #[cfg(test)]
             if self.crash_before == Some(p.step) {
                 return Ok(p);

@@ -390,6 +390,9 @@ impl AppRunner {
     async fn start_up(&mut self) {
         // Never at the same time as `slipway-agent rollback`.
         let _lock = AppLock::acquire(&self.paths.lock, LOCK_TIMEOUT).await.ok();
+        // Nothing unpacks yet: temp and staging dirs are what a killed agent
+        // (or its unpack child) left, whatever status.json says.
+        crate::install::remove_staging(&self.paths);
         self.finish_left_deploy().await;
         self.monitor().await;
         self.publish();
