@@ -102,7 +102,11 @@ fn nonce() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos:x}-{:016x}", std::process::id(), fastrand::u64(..))
+    format!(
+        "{}-{nanos:x}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    )
 }
 
 /// Live processes whose environment holds `SLIPWAY_RUN=<nonce>`, group leaders
@@ -120,7 +124,12 @@ fn carrying(nonce: &str) -> Vec<i32> {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
         })
-        .map(|pid| (nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok() != Some(Pid::from_raw(pid)), pid))
+        .map(|pid| {
+            (
+                nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok() != Some(Pid::from_raw(pid)),
+                pid,
+            )
+        })
         .collect();
     found.sort();
     found.into_iter().map(|(_, pid)| pid).collect()
@@ -174,10 +183,10 @@ pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
         }
     }
     for path in intents {
-        if let Some(rec) = recover_intent(paths, &path) {
-            if !out.iter().any(|r| r.pid == rec.pid) {
-                out.push(rec);
-            }
+        if let Some(rec) = recover_intent(paths, &path)
+            && !out.iter().any(|r| r.pid == rec.pid)
+        {
+            out.push(rec);
         }
     }
     out.sort_by(|a, b| a.process.cmp(&b.process));

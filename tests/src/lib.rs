@@ -405,6 +405,12 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_env(&[]);
+    }
+
+    /// Starts the agent with extra environment variables (e.g. a kill point:
+    /// `SLIPWAY_FAILPOINT`).
+    pub fn spawn_env(&mut self, vars: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -422,11 +428,21 @@ impl Agent {
             .arg("--config")
             .arg(&self.config)
             .env("SLIPWAY_LOG", "info")
+            .envs(vars.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start agent");
         self.child = Some(child);
+    }
+
+    /// Waits until the agent process has ended by itself (a kill point);
+    /// how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration, what: &str) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("agent running");
+        let status = eventually(timeout, what, || child.try_wait().ok().flatten());
+        self.child = None;
+        status
     }
 
     /// SIGKILL the agent only; the app it supervises keeps running.

@@ -110,7 +110,10 @@ impl Fetch for ControllerFetch {
                 return Err(err.into());
             }
             if unreachable(status.code()) {
-                return Err(DeployError::Transient(format!("fetch: {}", status.message())));
+                return Err(DeployError::Transient(format!(
+                    "fetch: {}",
+                    status.message()
+                )));
             }
             let n = self.failed_again(blob);
             // The controller's copy is corrupt (it checks what it streams):
@@ -376,7 +379,8 @@ mod tests {
 
     #[tonic::async_trait]
     impl proto::v1::agents_server::Agents for Failing {
-        type SessionStream = tokio_stream::Empty<Result<proto::v1::ControllerMessage, tonic::Status>>;
+        type SessionStream =
+            tokio_stream::Empty<Result<proto::v1::ControllerMessage, tonic::Status>>;
         type FetchBlobStream = tokio_stream::Empty<Result<proto::v1::BlobChunk, tonic::Status>>;
         async fn session(
             &self,
@@ -399,7 +403,11 @@ mod tests {
     }
 
     /// The fetcher, its cache, and the channel's sender (kept alive).
-    type Fetcher = (ControllerFetch, tempfile::TempDir, watch::Sender<Option<Channel>>);
+    type Fetcher = (
+        ControllerFetch,
+        tempfile::TempDir,
+        watch::Sender<Option<Channel>>,
+    );
 
     async fn fetch_from(code: tonic::Code) -> Fetcher {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -425,9 +433,13 @@ mod tests {
             assert!(e.is_transient(), "attempt {attempt} postpones: {e}");
         }
         let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
-        assert!(!e.is_transient(), "attempt {FETCH_ATTEMPTS} fails the release");
         assert!(
-            e.to_string().contains("input/output error (attempt 5, not retried)"),
+            !e.is_transient(),
+            "attempt {FETCH_ATTEMPTS} fails the release"
+        );
+        assert!(
+            e.to_string()
+                .contains("input/output error (attempt 5, not retried)"),
             "{e}"
         );
     }

@@ -464,9 +464,13 @@ impl AppRunner {
             return;
         };
         if self.status.running_version.as_deref() != Some(version.as_str()) {
-            // status.json is behind the disk (agent killed mid-flip): trust the link.
+            // status.json is behind the disk (agent killed mid-flip): trust the
+            // link, and judge it afresh: the health on file was the other
+            // release's, and reporting it would pass this one unproven.
             self.status.running_digest = self.status.installed.get(&version).cloned();
             self.status.running_version = Some(version.clone());
+            self.status.health = HealthState::Unknown;
+            self.status.health_reason.clear();
         }
         let spec = match ReleaseSpec::load(&self.paths.release(&version)) {
             Ok(s) => s,
