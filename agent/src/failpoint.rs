@@ -4,10 +4,11 @@
 //! no destructor runs, no file is flushed, exactly as a `kill -9` or a power cut
 //! would leave it. Without the feature `hit` is empty.
 //!
-//! Points: `step:<step>` (before that deploy step is persisted and run, e.g.
-//! `step:flip`), `step-done:<step>` (after it ran, before the next is
-//! persisted), and `supervisor-spawned` (a process started, its pid not yet
-//! recorded).
+//! Points: `step:<step>` (that deploy step is persisted, not yet run, e.g.
+//! `step:flip`), `hook-started:<hook>` (a hook runs, its pid recorded),
+//! `hook-spawned` (a hook runs, its pid not yet recorded), `rollback-flipped`
+//! (`current` points back at the previous release), and `supervisor-spawned`
+//! (a process started, its pid not yet recorded).
 
 /// The environment variable naming the point to die at.
 pub const VAR: &str = "SLIPWAY_FAILPOINT";

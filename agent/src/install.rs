@@ -258,6 +258,7 @@ pub async fn run_hook(
         .spawn()
         .map_err(|e| InstallError::Hook(format!("{} could not start: {e}", program.display())))?;
     let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    crate::failpoint::hit("hook-spawned");
     if let Some(pgid) = pgid {
         started(pgid.as_raw());
     }

@@ -122,6 +122,10 @@ pub struct Progress {
     pub kept: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<HookRun>,
+    /// The nonce the running hook carries as `SLIPWAY_RUN`, on disk before it
+    /// is spawned: finds it if the agent died before its pid was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_nonce: Option<String>,
     /// `on_rollback` was started (it runs at most once per deploy).
     #[serde(default)]
     pub on_rollback_started: bool,
@@ -138,6 +142,7 @@ impl Progress {
             fresh: false,
             kept: false,
             hook: None,
+            hook_nonce: None,
             on_rollback_started: false,
         }
     }

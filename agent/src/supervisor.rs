@@ -98,7 +98,7 @@ fn intent_path(paths: &AppPaths, process: &str) -> PathBuf {
 
 /// A nonce no other start on this host shares: this agent's pid, the time, and
 /// 64 random bits.
-fn nonce() -> String {
+pub fn nonce() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -133,6 +133,12 @@ fn carrying(nonce: &str) -> Vec<i32> {
         .collect();
     found.sort();
     found.into_iter().map(|(_, pid)| pid).collect()
+}
+
+/// The process group leader (pid, start time) carrying `nonce`, if one lives.
+pub fn find_by_nonce(nonce: &str) -> Option<(i32, u64)> {
+    let pid = carrying(nonce).into_iter().next()?;
+    Some((pid, start_time(pid)?))
 }
 
 /// Finishes a start an earlier agent left half-recorded: the process found by

@@ -181,6 +181,7 @@ kill_points! {
     killed_at_unpack: "step:unpack", true;
     killed_at_prepare: "step:prepare", true;
     killed_while_the_prepare_hook_runs: "hook-started:prepare", true;
+    killed_between_hook_spawn_and_record: "hook-spawned", true;
     killed_at_stop: "step:stop", true;
     killed_at_flip: "step:flip", true;
     killed_at_start: "step:start", true;

@@ -238,7 +238,9 @@ impl AppRunner {
                 let _ = self
                     .run_tracked_hook("on_rollback", &hook, &failed_dir, p)
                     .await;
-            } else if let Some(left) = p.hook.take() {
+            } else if let Some(left) = Self::left_hook(p) {
+                p.hook = None;
+                p.hook_nonce = None;
                 // An earlier agent started it: let it finish, never run a second.
                 self.wait_for_hook(left, hook.timeout_secs).await;
             }

@@ -26,7 +26,10 @@ impl AppRunner {
         p: &mut Progress,
     ) -> Result<(), DeployError> {
         let version = p.target.version.clone();
-        let env = self.env_for(&version)?;
+        let mut env = self.env_for(&version)?;
+        let nonce = crate::supervisor::nonce();
+        env.insert(crate::supervisor::RUN_VAR.into(), nonce.clone());
+        p.hook_nonce = Some(nonce);
         let (secrets, run_as) = (self.secret_values(), self.cfg.run_as());
         // Persisted before it starts (the caller's marks included, such as
         // `on_rollback_started`: it runs at most once per deploy).
@@ -41,6 +44,7 @@ impl AppRunner {
         })
         .await;
         p.hook = None;
+        p.hook_nonce = None;
         match out {
             Ok(out) => {
                 self.log(&version, step, "ok", out.trim());
@@ -52,6 +56,15 @@ impl AppRunner {
                 Err(DeployError::Hook(why))
             }
         }
+    }
+
+    /// The hook an earlier agent left running: its recorded pid, or the one
+    /// found by its nonce when the agent died between spawn and record.
+    pub(super) fn left_hook(p: &Progress) -> Option<HookRun> {
+        p.hook.or_else(|| {
+            let (pid, start_time) = crate::supervisor::find_by_nonce(p.hook_nonce.as_deref()?)?;
+            Some(HookRun { pid, start_time })
+        })
     }
 
     /// Waits (at most `secs` + 10 s) for what is left of a hook an earlier

@@ -263,7 +263,7 @@ impl AppRunner {
     /// dir (unless kept or current), staging leftovers, and a hook left running
     /// by a killed agent.
     pub(super) fn undo(&mut self, p: &Progress) {
-        if let Some(hook) = p.hook
+        if let Some(hook) = Self::left_hook(p)
             && crate::supervisor::kill_group_left(hook.pid, hook.start_time, &self.paths.root)
         {
             self.log(
