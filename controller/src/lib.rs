@@ -170,7 +170,7 @@ pub async fn run(
         EnrollmentServer::new(grpc::enrollment::EnrollmentService { ctx: ctx.clone() })
             .max_decoding_message_size(64 * 1024);
     let per_ip = config.edge.connections_per_ip;
-    let tls_server = server_builder(&ctx)
+    let tls_server = server_builder(&ctx, true)
         .tls_config(tls)?
         .add_service(agents)
         .add_service(enrollment);
@@ -187,7 +187,7 @@ pub async fn run(
             );
             tracing::warn!(addr = %plain_addr, "also serving slipctl in plaintext on loopback (no agent calls)");
             let plain_server = add_api(
-                server_builder(&ctx).add_routes(tonic::service::Routes::default()),
+                server_builder(&ctx, false).add_routes(tonic::service::Routes::default()),
                 &ctx,
             )
             .serve_with_incoming_shutdown(
@@ -209,7 +209,7 @@ type Router = tonic::transport::server::Router<Gated>;
 /// headers before its body is read (`edge::GateLayer`), a bounded number of
 /// streams per connection, and HTTP/2 keepalive pings that drop a peer that
 /// stops answering (a dead or stalled connection) within 30 s.
-fn server_builder(ctx: &ctx::SharedCtx) -> tonic::transport::Server<Gated> {
+fn server_builder(ctx: &ctx::SharedCtx, agents: bool) -> tonic::transport::Server<Gated> {
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
@@ -217,7 +217,7 @@ fn server_builder(ctx: &ctx::SharedCtx) -> tonic::transport::Server<Gated> {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_max_header_list_size(64 * 1024)
-        .layer(edge::GateLayer::new(ctx.clone()))
+        .layer(edge::GateLayer::new(ctx.clone(), agents))
 }
 
 /// The services slipctl and CI call (Releases, Deployments, Admin).

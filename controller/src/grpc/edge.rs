@@ -182,11 +182,15 @@ fn door(path: &str) -> Door {
 #[derive(Clone)]
 pub struct GateLayer {
     ctx: SharedCtx,
+    agents: bool,
 }
 
 impl GateLayer {
-    pub fn new(ctx: SharedCtx) -> Self {
-        GateLayer { ctx }
+    /// `agents`: whether this listener serves Agents and Enrollment (TLS);
+    /// where it does not, their calls go straight to the router's
+    /// "unimplemented".
+    pub fn new(ctx: SharedCtx, agents: bool) -> Self {
+        GateLayer { ctx, agents }
     }
 }
 
@@ -196,6 +200,7 @@ impl<S> tower_layer::Layer<S> for GateLayer {
         Gate {
             inner,
             ctx: self.ctx.clone(),
+            agents: self.agents,
         }
     }
 }
@@ -204,6 +209,7 @@ impl<S> tower_layer::Layer<S> for GateLayer {
 pub struct Gate<S> {
     inner: S,
     ctx: SharedCtx,
+    agents: bool,
 }
 
 fn peer_ip(req: &http::Request<Body>) -> Option<std::net::SocketAddr> {
@@ -218,8 +224,12 @@ fn peer_ip(req: &http::Request<Body>) -> Option<std::net::SocketAddr> {
 
 /// Checks the caller of `req` for its door; on success leaves what it found
 /// (a `Principal`, an `AgentId`) in the request's extensions.
-async fn admit(ctx: &SharedCtx, req: &mut http::Request<Body>) -> Result<(), Status> {
-    match door(req.uri().path()) {
+async fn admit(ctx: &SharedCtx, agents: bool, req: &mut http::Request<Body>) -> Result<(), Status> {
+    let door = match door(req.uri().path()) {
+        Door::Agent | Door::Enrollment if !agents => Door::Other,
+        d => d,
+    };
+    match door {
         Door::Api => {
             let header = req.headers().get(http::header::AUTHORIZATION);
             let principal =
@@ -271,8 +281,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ctx = self.ctx.clone();
+        let agents = self.agents;
         Box::pin(async move {
-            match admit(&ctx, &mut req).await {
+            match admit(&ctx, agents, &mut req).await {
                 Ok(()) => inner.call(req).await,
                 Err(status) => {
                     if matches!(
