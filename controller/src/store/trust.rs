@@ -396,3 +396,49 @@ impl Store {
         Ok(size.map(|s| s as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::SqlitePool;
+
+    use super::*;
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_new_certificate_replaces_the_hosts_older_ones(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        s.add_host("default", "h1", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        s.add_host("default", "h2", "preprod", "j2", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let later = now() + 3600;
+        s.record_cert("default", "h1", "old", later).await.unwrap();
+        s.record_cert("default", "h2", "other", later)
+            .await
+            .unwrap();
+        s.record_cert("default", "h1", "new", later).await.unwrap();
+        assert!(s.cert_owner("old").await.unwrap().is_none(), "renewed away");
+        assert_eq!(s.cert_owner("new").await.unwrap().unwrap().host, "h1");
+        assert_eq!(s.cert_owner("other").await.unwrap().unwrap().host, "h2");
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn last_use_is_written_at_most_once_a_minute(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        let (_, row) = crate::auth::new_token("default", "ci", vec!["viewer".into()], "t", None);
+        s.insert_api_token(&row).await.unwrap();
+        let used = |s: &Store| {
+            let s = s.clone();
+            let id = row.id.clone();
+            async move { s.api_token(&id).await.unwrap().unwrap().last_used_at }
+        };
+        assert_eq!(used(&s).await, None);
+        s.touch_api_token(&row.id, 1000).await.unwrap();
+        assert_eq!(used(&s).await, Some(1000));
+        s.touch_api_token(&row.id, 1059).await.unwrap();
+        assert_eq!(used(&s).await, Some(1000));
+        s.touch_api_token(&row.id, 1060).await.unwrap();
+        assert_eq!(used(&s).await, Some(1060));
+    }
+}
