@@ -34,22 +34,53 @@ fn controller_with_plaintext(dir: &std::path::Path, extra: &[&str]) -> (Controll
     (Controller::start_with(dir, &args), plain)
 }
 
+/// Where the attack connects: the TLS listener (as an agent or slipctl
+/// would, without a client certificate) or the loopback plaintext one.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    Tls,
+    Plaintext(u16),
+}
+
 /// Opens `n` streams without a token on one HTTP/2 connection, each
 /// announcing a 15 MiB CreateRelease message and sending 12 MiB of it, never
 /// the rest. Returns each stream's grpc-status once answered (None: not
 /// answered within 20 s) and the controller's highest VmRSS meanwhile, in KiB.
-async fn announce_large_messages(plain: u16, n: usize, pid: u32) -> (Vec<Option<String>>, u64) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", plain))
+async fn announce_large_messages(
+    c: &Controller,
+    to: Listener,
+    n: usize,
+) -> (Vec<Option<String>>, u64) {
+    let pid = c.pid().unwrap();
+    let port = match to {
+        Listener::Tls => c.port,
+        Listener::Plaintext(p) => p,
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let io: Box<dyn Io> = match to {
+        Listener::Plaintext(_) => Box::new(tcp),
+        Listener::Tls => {
+            let ca = std::fs::read_to_string(c.ca_cert()).unwrap();
+            let cfg = trust::tls::client_config(trust::tls::ServerTrust::Roots(ca), None).unwrap();
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            Box::new(
+                tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                    .connect(name, tcp)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let (client, conn) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     let mut answers = Vec::new();
     let mut held = Vec::new();
     for _ in 0..n {
         let req = http::Request::post(format!(
-            "http://127.0.0.1:{plain}/slipway.v1.Releases/CreateRelease"
+            "https://127.0.0.1:{port}/slipway.v1.Releases/CreateRelease"
         ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -89,28 +120,35 @@ async fn announce_large_messages(plain: u16, n: usize, pid: u32) -> (Vec<Option<
     (statuses, peak)
 }
 
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 #[test]
 fn anonymous_streams_announcing_large_messages_are_refused_unread() {
     let t = tempfile::tempdir().unwrap();
     let (c, plain) = controller_with_plaintext(t.path(), &[]);
     let pid = c.pid().unwrap();
     let rt = rt();
-    for n in [12, 16] {
+    for (to, n) in [
+        (Listener::Tls, 12),
+        (Listener::Tls, 16),
+        (Listener::Plaintext(plain), 16),
+    ] {
         let before = proc_kib(pid, "VmRSS:");
-        let (statuses, peak) = rt.block_on(announce_large_messages(plain, n, pid));
+        let (statuses, peak) = rt.block_on(announce_large_messages(&c, to, n));
         eprintln!(
-            "{n} anonymous streams x 15 MiB announced: controller VmRSS {} -> peak {} MiB",
+            "{to:?}: {n} anonymous streams x 15 MiB announced: controller VmRSS {} -> peak {} MiB",
             before / 1024,
             peak / 1024
         );
         // Unauthenticated (16), answered while the message was unfinished.
         assert!(
             statuses.iter().all(|s| s.as_deref() == Some("16")),
-            "{statuses:?}"
+            "{to:?}: {statuses:?}"
         );
         assert!(
             peak < before + 48 * 1024,
-            "controller grew from {before} KiB to {peak} KiB under anonymous streams"
+            "{to:?}: controller grew from {before} KiB to {peak} KiB under anonymous streams"
         );
     }
     // Still serving, and nothing reached the audit log.
