@@ -397,6 +397,8 @@ pub fn limit_connections(
                 }
             };
             let ip = addr.ip();
+            // Small gRPC messages go out at once (as tonic's own listener does).
+            let _ = io.set_nodelay(true);
             {
                 let mut counts = open.lock().expect("connection count lock");
                 let n = counts.entry(ip).or_insert(0);
