@@ -124,6 +124,7 @@ pub fn new_token(
     name: &str,
     roles: Vec<String>,
     created_by: &str,
+    expires_at: Option<i64>,
 ) -> (String, crate::store::ApiTokenRow) {
     let token = trust::secret::ApiToken::generate();
     let row = crate::store::ApiTokenRow {
@@ -135,19 +136,36 @@ pub fn new_token(
         created_at: crate::store::now(),
         created_by: created_by.into(),
         revoked_at: None,
+        expires_at,
+        last_used_at: None,
     };
     (token.encode(), row)
 }
 
-/// The caller's API token, checked against its stored hash.
+/// The caller's API token, checked against its stored hash. The edge
+/// (`crate::grpc::edge`) authenticates every API call from its headers before the
+/// body is read and leaves the principal in the request's extensions: a
+/// handler finds it there and does not look the token up again.
 pub async fn authenticate<T>(ctx: &Ctx, req: &Request<T>) -> Result<Principal, Status> {
-    let Some(value) = req.metadata().get("authorization") else {
+    if let Some(p) = req.extensions().get::<Principal>() {
+        return Ok(p.clone());
+    }
+    authenticate_header(
+        ctx,
+        req.metadata().get("authorization").map(|v| v.as_bytes()),
+    )
+    .await
+}
+
+/// Checks an `authorization` header value (`Bearer swt_…`): the token's hash,
+/// revocation and expiry. Records the use (at most once a minute per token).
+pub async fn authenticate_header(ctx: &Ctx, value: Option<&[u8]>) -> Result<Principal, Status> {
+    let Some(value) = value else {
         return Err(Status::unauthenticated(
             "no API token: set SLIPWAY_TOKEN or --token-file",
         ));
     };
-    let text = value
-        .to_str()
+    let text = std::str::from_utf8(value)
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
@@ -171,6 +189,23 @@ pub async fn authenticate<T>(ctx: &Ctx, req: &Request<T>) -> Result<Principal, S
             row.name
         )));
     }
+    let now = crate::store::now();
+    if let Some(expires_at) = row.expires_at
+        && expires_at <= now
+    {
+        return Err(Status::unauthenticated(format!(
+            "token expired: API token {:?} expired {}s ago; ask an admin for a new one",
+            row.name,
+            now - expires_at
+        )));
+    }
+    if row
+        .last_used_at
+        .is_none_or(|t| now - t >= crate::store::LAST_USED_RESOLUTION_SECS)
+        && let Err(e) = ctx.store.touch_api_token(&row.id, now).await
+    {
+        tracing::error!(error = %e, "recording a token's last use failed");
+    }
     Ok(Principal {
         token_id: row.id,
         name: row.name,
@@ -187,8 +222,21 @@ pub struct AgentId {
     pub environment: String,
 }
 
+/// The calling host, from its client certificate (as the edge found it, or
+/// looked up now).
 pub async fn agent<T>(ctx: &Ctx, req: &Request<T>) -> Result<AgentId, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
+    if let Some(id) = req.extensions().get::<AgentId>() {
+        return Ok(id.clone());
+    }
+    agent_from_certs(ctx, req.peer_certs().as_deref().map(Vec::as_slice)).await
+}
+
+/// The host a client certificate chain (leaf first) was issued to.
+pub async fn agent_from_certs(
+    ctx: &Ctx,
+    certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+) -> Result<AgentId, Status> {
+    let certs = certs.ok_or_else(|| {
         Status::unauthenticated(
             "a client certificate is required: enroll this agent with a join token",
         )

@@ -21,6 +21,10 @@ pub struct Ctx {
     pub directive_ttl: Duration,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
+    /// How long an upload may go without a message before it is cut off.
+    pub upload_idle_timeout: Duration,
+    /// Refusal counters and enrollment buckets of the edge.
+    pub edge: crate::grpc::edge::EdgeState,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 

@@ -13,6 +13,7 @@ pub mod intent;
 pub mod lifecycle;
 pub mod plan;
 pub mod rollout;
+pub mod sanitize;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::blobs::BlobStore;
 use crate::ctx::Ctx;
+use crate::grpc::edge;
 use crate::hub::Hub;
 use crate::store::Store;
 
@@ -45,7 +47,16 @@ pub struct Config {
     pub agent_cert_ttl: Duration,
     pub join_token_ttl: Duration,
     pub directive_ttl: Duration,
+    /// Per-peer caps of the edge (connections per IP, enrollments per minute).
+    pub edge: edge::Limits,
+    /// An upload that sends no message for this long is cut off.
+    pub upload_idle_timeout: Duration,
 }
+
+/// Streams one HTTP/2 connection may have open at once (HTTP/2
+/// `MAX_CONCURRENT_STREAMS`, and the requests one connection may have in a
+/// service at once): slipctl uses a handful, an agent three.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 impl Config {
     /// Defaults for everything but the data dir.
@@ -59,6 +70,8 @@ impl Config {
             agent_cert_ttl: Duration::from_secs(24 * 3600),
             join_token_ttl: Duration::from_secs(3600),
             directive_ttl: Duration::from_secs(3600),
+            edge: edge::Limits::default(),
+            upload_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -84,6 +97,7 @@ async fn bootstrap_admin(store: &Store, data_dir: &std::path::Path) -> anyhow::R
         "bootstrap-admin",
         vec!["admin".into()],
         "controller",
+        None,
     );
     let path = admin_token_path(data_dir);
     trust::write_private(&path, format!("{text}\n").as_bytes())?;
@@ -139,6 +153,8 @@ pub async fn run(
         directive_ttl: config.directive_ttl,
         heartbeat_secs: config.heartbeat_secs,
         max_blob_bytes: config.max_blob_bytes,
+        upload_idle_timeout: config.upload_idle_timeout,
+        edge: edge::EdgeState::new(config.edge),
         shutdown: shutdown.clone(),
     });
     // Rollouts resume from the store: a restart mid-rollout carries on.
@@ -153,14 +169,13 @@ pub async fn run(
     let enrollment =
         EnrollmentServer::new(grpc::enrollment::EnrollmentService { ctx: ctx.clone() })
             .max_decoding_message_size(64 * 1024);
-    let tls_server = tonic::transport::Server::builder()
+    let per_ip = config.edge.connections_per_ip;
+    let tls_server = server_builder(&ctx, true)
         .tls_config(tls)?
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(agents)
         .add_service(enrollment);
     let tls_server = add_api(tls_server, &ctx).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        edge::limit_connections(listener, per_ip, ctx.clone(), shutdown.clone()),
         shutdown.cancelled(),
     );
     match plaintext {
@@ -172,11 +187,11 @@ pub async fn run(
             );
             tracing::warn!(addr = %plain_addr, "also serving slipctl in plaintext on loopback (no agent calls)");
             let plain_server = add_api(
-                tonic::transport::Server::builder().add_routes(tonic::service::Routes::default()),
+                server_builder(&ctx, false).add_routes(tonic::service::Routes::default()),
                 &ctx,
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(plain),
+                edge::limit_connections(plain, per_ip, ctx.clone(), shutdown.clone()),
                 shutdown.cancelled(),
             );
             tokio::try_join!(tls_server, plain_server)?;
@@ -187,11 +202,26 @@ pub async fn run(
     Ok(())
 }
 
+type Gated = tower_layer::Stack<edge::GateLayer, tower_layer::Identity>;
+type Router = tonic::transport::server::Router<Gated>;
+
+/// A server with the edge's policy: every call authenticated from its
+/// headers before its body is read (`edge::GateLayer`), a bounded number of
+/// streams per connection, and HTTP/2 keepalive pings that drop a peer that
+/// stops answering (a dead or stalled connection) within 30 s.
+fn server_builder(ctx: &ctx::SharedCtx, agents: bool) -> tonic::transport::Server<Gated> {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_header_list_size(64 * 1024)
+        .layer(edge::GateLayer::new(ctx.clone(), agents))
+}
+
 /// The services slipctl and CI call (Releases, Deployments, Admin).
-fn add_api(
-    router: tonic::transport::server::Router,
-    ctx: &ctx::SharedCtx,
-) -> tonic::transport::server::Router {
+fn add_api(router: Router, ctx: &ctx::SharedCtx) -> Router {
     let limit = proto::MAX_MESSAGE_BYTES;
     router
         .add_service(

@@ -51,6 +51,16 @@ struct Args {
     /// How long a directive sent to a host stays valid for new installs.
     #[arg(long, default_value_t = 3600)]
     directive_ttl_secs: u64,
+    /// Connections one IP address may hold open at once (agents behind one
+    /// NAT address count together).
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_ip: usize,
+    /// Enrollment attempts one IP address may make per minute (and at once).
+    #[arg(long, default_value_t = 30)]
+    enrolls_per_minute: u32,
+    /// An upload that sends nothing for this long is cut off.
+    #[arg(long, default_value_t = 60)]
+    upload_idle_secs: u64,
     /// Also serve slipctl (not agents) in plaintext here; loopback addresses only.
     #[arg(long, value_name = "ADDR")]
     plaintext_listen: Option<String>,
@@ -105,6 +115,11 @@ fn main() -> ExitCode {
         config.agent_cert_ttl = Duration::from_secs(args.agent_cert_ttl_secs.max(10));
         config.join_token_ttl = Duration::from_secs(args.join_token_ttl_secs.max(1));
         config.directive_ttl = Duration::from_secs(args.directive_ttl_secs.max(1));
+        config.edge = controller::grpc::edge::Limits {
+            connections_per_ip: args.max_connections_per_ip.max(1),
+            enrolls_per_minute: args.enrolls_per_minute.max(1),
+        };
+        config.upload_idle_timeout = Duration::from_secs(args.upload_idle_secs.max(1));
         match controller::run(config, listener, plaintext, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -105,6 +105,33 @@ pub fn text(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A lifetime that is not a number with an s, m, h or d suffix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a lifetime: give a number with s, m, h or d (90d, 12h, 30m, 45s)")]
+pub struct BadLifetime(String);
+
+/// `90d`, `12h`, `30m`, `45s`: a lifetime in seconds (more than zero).
+pub fn lifetime(s: &str) -> Result<u64, BadLifetime> {
+    let bad = || BadLifetime(s.to_string());
+    let split = s
+        .len()
+        .checked_sub(1)
+        .filter(|&i| s.is_char_boundary(i))
+        .ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale)
+        .filter(|&secs| secs > 0)
+        .ok_or_else(bad)
+}
+
 /// `KEY=VALUE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Label {
@@ -133,6 +160,26 @@ pub fn label_map(labels: &[Label]) -> std::collections::HashMap<String, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifetimes_take_a_unit_suffix() {
+        for (text, want) in [
+            ("45s", Some(45)),
+            ("30m", Some(1800)),
+            ("12h", Some(43200)),
+            ("90d", Some(90 * 86400)),
+            ("0d", None),
+            ("90", None),
+            ("d", None),
+            ("", None),
+            ("1w", None),
+            ("-1d", None),
+            ("1.5h", None),
+            ("99999999999999999999d", None),
+        ] {
+            assert_eq!(lifetime(text).ok(), want, "{text:?}");
+        }
+    }
 
     #[test]
     fn amounts_are_counts_or_shares() {

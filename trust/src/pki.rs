@@ -177,6 +177,15 @@ impl Ca {
     }
 }
 
+/// Checks that `csr_pem` is a CSR `Ca::issue_agent` accepts (parses, and its
+/// signature holds), without issuing anything: enrollment checks it before it
+/// burns the join token.
+pub fn check_csr(csr_pem: &str) -> Result<()> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(|e| TrustError::Invalid(format!("bad certificate signing request: {e}")))
+}
+
 /// A fresh agent key pair and a CSR for it: `(key_pem, csr_pem)`.
 pub fn agent_key_and_csr(host: &str) -> Result<(String, String)> {
     let key_pair = KeyPair::generate()?;

@@ -36,8 +36,13 @@ fn token_info(t: ApiTokenRow) -> TokenInfo {
         created_at: t.created_at,
         created_by: t.created_by,
         revoked_at: t.revoked_at.unwrap_or(0),
+        expires_at: t.expires_at.unwrap_or(0),
+        last_used_at: t.last_used_at.unwrap_or(0),
     }
 }
+
+/// Longest lifetime `--expires` may give a token (ten years).
+const MAX_TOKEN_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
 fn validate_token_name(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
@@ -76,14 +81,29 @@ impl Admin for AdminService {
                 )));
             }
         }
-        let (text, row) =
-            crate::auth::new_token(&who.tenant, &r.name, r.roles.clone(), &who.actor());
+        if r.expires_in_secs > MAX_TOKEN_TTL_SECS {
+            return Err(Status::invalid_argument(format!(
+                "a token lives at most {} days",
+                MAX_TOKEN_TTL_SECS / 86400
+            )));
+        }
+        let expires_at = (r.expires_in_secs > 0).then(|| now() + r.expires_in_secs as i64);
+        let (text, row) = crate::auth::new_token(
+            &who.tenant,
+            &r.name,
+            r.roles.clone(),
+            &who.actor(),
+            expires_at,
+        );
         self.ctx
             .store
             .insert_api_token(&row)
             .await
             .map_err(ControllerError::from)?;
-        let detail = format!("{} {} [{}]", row.name, row.id, row.roles.join(","));
+        let mut detail = format!("{} {} [{}]", row.name, row.id, row.roles.join(","));
+        if let Some(at) = row.expires_at {
+            detail.push_str(&format!(" expires {at}"));
+        }
         audit(&self.ctx, &who, "token-create", "", "", &detail, "ok").await;
         Ok(Response::new(CreateTokenResponse {
             token: text,
@@ -350,7 +370,7 @@ impl Admin for AdminService {
             return Err(Status::already_exists(format!("tenant {name:?} exists")));
         }
         let (text, row) =
-            crate::auth::new_token(&name, "admin", vec!["admin".into()], &who.actor());
+            crate::auth::new_token(&name, "admin", vec!["admin".into()], &who.actor(), None);
         store
             .insert_api_token(&row)
             .await

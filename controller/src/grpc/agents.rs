@@ -39,14 +39,15 @@ pub struct AgentsService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Host-sent text as the controller keeps it: control characters escaped,
+/// at most `MAX_TEXT` bytes (`crate::sanitize`).
 fn bounded(s: String) -> String {
     bounded_to(s, MAX_TEXT)
 }
 
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn bounded_to(mut s: String, max: usize) -> String {
-    s.truncate(s.floor_char_boundary(max));
-    s
+/// Host-sent text escaped and cut to at most `max` bytes (with a marker).
+fn bounded_to(s: String, max: usize) -> String {
+    crate::sanitize::owned(s, max)
 }
 
 fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
@@ -64,7 +65,7 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
         .drift
         .into_iter()
         .take(MAX_DRIFT_LINES)
-        .map(|l| bounded_to(l, MAX_DRIFT_LINE).replace(['\n', '\r'], " "))
+        .map(|l| bounded_to(l, MAX_DRIFT_LINE))
         .collect();
     Ok(HostAppReport {
         drift,
@@ -77,7 +78,7 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
         health: super::health_from_proto(r.health),
         health_reason: bounded(r.health_reason),
         env_check: r.env_check,
-        missing_env: r.missing_env,
+        missing_env: r.missing_env.into_iter().map(bounded).collect(),
         last_error: bounded(r.last_error),
         failed_version: bounded(r.failed_version),
         failed_digest: bounded(r.failed_digest),
@@ -453,8 +454,9 @@ mod tests {
             ..Default::default()
         })
         .expect("a host is never cut off for a long path");
-        assert_eq!(report.drift[0].len(), MAX_DRIFT_LINE);
-        assert_eq!(report.drift[1], "changed a b");
+        assert!(report.drift[0].len() <= MAX_DRIFT_LINE);
+        assert!(report.drift[0].ends_with(crate::sanitize::CUT_MARKER));
+        assert_eq!(report.drift[1], "changed a\\nb");
         let many = report_from_proto(AppReport {
             app: "web".into(),
             drift: vec!["changed a".into(); 500],

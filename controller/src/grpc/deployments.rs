@@ -373,16 +373,23 @@ impl Deployments for DeploymentsService {
         let who = reader(&self.ctx, &req).await?;
         let tenant = who.tenant;
         let r = req.into_inner();
-        let limit = if r.limit == 0 { 50 } else { r.limit.min(1000) };
+        let limit =
+            if r.limit == 0 { 50 } else { r.limit }.min(crate::store::audit::HISTORY_PAGE_MAX);
         let rows = self
             .ctx
             .store
-            .history(&tenant, &r.app, limit)
+            .history(&tenant, &r.app, limit, r.before_id)
             .await
             .map_err(ControllerError::from)?;
+        // A full page may have more behind it; a short one is the last.
+        let next_before_id = match rows.last() {
+            Some(last) if rows.len() == limit as usize => last.id,
+            _ => 0,
+        };
         let events = rows
             .into_iter()
             .map(|a| AuditEvent {
+                id: a.id,
                 at: a.at,
                 actor: a.actor,
                 action: a.action,
@@ -393,7 +400,10 @@ impl Deployments for DeploymentsService {
                 peer: a.peer,
             })
             .collect();
-        Ok(Response::new(HistoryResponse { events }))
+        Ok(Response::new(HistoryResponse {
+            events,
+            next_before_id,
+        }))
     }
 
     async fn list_environments(

@@ -1,6 +1,10 @@
 //! `Enrollment`: an agent trades a one-time join token and a CSR for its client
 //! certificate. The token says which tenant, host and environment; the CSR
-//! gives only the public key.
+//! gives only the public key. The caller is anonymous until the token is
+//! burnt: the edge rate-limits it per IP, a malformed CSR is refused before
+//! the token is touched, and a refusal is counted and logged (at a bounded
+//! rate), never written to an audit log; a successful enrollment is audited
+//! in the token's tenant.
 
 use artifact::{NameKind, validate_name};
 use proto::v1::enrollment_server::Enrollment;
@@ -18,11 +22,18 @@ pub struct EnrollmentService {
     pub ctx: SharedCtx,
 }
 
-/// Issues a certificate for `id` from `csr` and records it as the host's current one.
-pub async fn issue(ctx: &Ctx, id: &AgentId, csr: &str) -> Result<EnrollResponse, Status> {
+/// Refuses a CSR that is too large or that `issue` could not sign.
+fn check_csr(csr: &str) -> Result<(), Status> {
     if csr.len() > MAX_CSR_BYTES {
         return Err(Status::invalid_argument("CSR too large"));
     }
+    trust::pki::check_csr(csr).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Issues a certificate for `id` from `csr` and records it as the host's
+/// current one (the only one that works from now on: see `record_cert`).
+pub async fn issue(ctx: &Ctx, id: &AgentId, csr: &str) -> Result<EnrollResponse, Status> {
+    check_csr(csr)?;
     let issued = ctx
         .ca
         .issue_agent(csr, &id.tenant, &id.host, ctx.agent_cert_ttl)
@@ -62,6 +73,8 @@ impl Enrollment for EnrollmentService {
                     "join token was issued by another controller (CA pin differs)",
                 ));
             }
+            // A CSR that cannot be signed must not cost the host its token.
+            check_csr(&r.csr_pem)?;
             let secret_hash = trust::secret::hash_secret(&token.secret);
             let (t, environment) = ctx
                 .store
@@ -78,30 +91,29 @@ impl Enrollment for EnrollmentService {
             issue(ctx, &id, &r.csr_pem).await
         }
         .await;
-        let outcome = match &result {
-            Ok(resp) => format!("ok (certificate valid until {})", resp.not_after),
-            Err(s) => format!("refused: {}", s.message()),
-        };
-        let host: String = r.host.chars().take(128).collect();
-        if let Err(e) = ctx
-            .store
-            .audit(
-                &tenant,
-                &format!("host:{host}"),
-                "enroll",
-                "",
-                "",
-                "",
-                &outcome,
-                &peer,
-            )
-            .await
-        {
-            tracing::error!(error = %e, "audit log write failed");
-        }
+        let host = crate::sanitize::text(&r.host, 128);
         match &result {
-            Ok(_) => tracing::info!(%tenant, %host, %peer, "agent enrolled"),
-            Err(s) => tracing::warn!(%host, %peer, reason = %s.message(), "enrollment refused"),
+            Ok(resp) => {
+                let outcome = format!("ok (certificate valid until {})", resp.not_after);
+                if let Err(e) = ctx
+                    .store
+                    .audit(
+                        &tenant,
+                        &format!("host:{host}"),
+                        "enroll",
+                        "",
+                        "",
+                        "",
+                        &outcome,
+                        &peer,
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "audit log write failed");
+                }
+                tracing::info!(%tenant, %host, %peer, "agent enrolled");
+            }
+            Err(s) => ctx.edge.refuse_anonymous("enroll", &peer, s.message()),
         }
         Ok(Response::new(result?))
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod deployments;
+pub mod edge;
 pub mod enrollment;
 pub mod fleet_status;
 pub mod inventory;
@@ -129,7 +130,11 @@ pub async fn reader<T: Scoped>(ctx: &Ctx, req: &Request<T>) -> Result<Authorized
 
 /// Authenticates the API token, resolves the tenant (the token's when the
 /// request names none) and checks the role `want` needs. A refused mutation
-/// (`action`) is written to the audit log with who tried and from where.
+/// (`action`) by an authenticated caller is written to the audit log of the
+/// caller's own tenant (the one it is authenticated for, never the one the
+/// request names), with who tried and from where. A caller that is not
+/// authenticated is refused, counted and logged at a bounded rate by the
+/// edge, and leaves no row in any tenant's log.
 pub async fn authorize<T: Scoped>(
     ctx: &Ctx,
     req: &Request<T>,
@@ -139,16 +144,20 @@ pub async fn authorize<T: Scoped>(
     let peer = peer(req);
     let tenant = req.get_ref().tenant();
     let (app, env) = req.get_ref().target();
-    let mut actor = "unauthenticated".to_string();
+    let principal = match auth::authenticate(ctx, req).await {
+        Ok(p) => p,
+        Err(status) => {
+            ctx.edge.refuse_anonymous(action, &peer, status.message());
+            return Err(status);
+        }
+    };
     let mut need = match want {
         Want::Read => Need::Read,
         Want::Publish => Need::Publish,
         Want::Admin => Need::Admin,
         Want::Change => Need::Change { production: true },
     };
-    let result: Result<(Principal, String), Status> = async {
-        let principal = auth::authenticate(ctx, req).await?;
-        actor = principal.actor();
+    let result: Result<String, Status> = async {
         let tenant = if tenant.is_empty() {
             principal.tenant.clone()
         } else {
@@ -164,27 +173,44 @@ pub async fn authorize<T: Scoped>(
             need = Need::Change { production };
         }
         principal.check(&tenant, need)?;
-        Ok((principal, tenant))
+        Ok(tenant)
     }
     .await;
     match result {
-        Ok((principal, tenant)) => Ok(Authorized {
+        Ok(tenant) => Ok(Authorized {
             principal,
             tenant,
             peer,
         }),
         Err(status) => {
             if need.is_mutation() {
-                let audit_tenant = tenant_of(tenant).unwrap_or_else(|_| "default".into());
+                let actor = principal.actor();
                 let outcome = format!("refused: {}", status.message());
                 if let Err(e) = ctx
                     .store
-                    .audit(&audit_tenant, &actor, action, app, env, "", &outcome, &peer)
+                    .audit(
+                        &principal.tenant,
+                        &actor,
+                        action,
+                        app,
+                        env,
+                        "",
+                        &outcome,
+                        &peer,
+                    )
                     .await
                 {
                     tracing::error!(error = %e, "audit log write failed");
                 }
-                tracing::warn!(%actor, action, app, env, %peer, reason = %status.message(), "refused");
+                tracing::warn!(
+                    %actor,
+                    action,
+                    app = %crate::sanitize::text(app, 256),
+                    env = %crate::sanitize::text(env, 256),
+                    %peer,
+                    reason = %crate::sanitize::text(status.message(), 1024),
+                    "refused"
+                );
             }
             Err(status)
         }

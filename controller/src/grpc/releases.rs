@@ -72,6 +72,22 @@ pub fn checked_signatures(
     crate::intent::checked_signatures(&signatures_from_proto(sigs), payload)
 }
 
+/// The next message of an upload, or a refusal when none comes within
+/// `idle`: a client that stops sending mid-upload (or after its header)
+/// does not hold a temp file and a task for ever.
+async fn next_part(
+    stream: &mut Streaming<UploadBlobRequest>,
+    idle: std::time::Duration,
+) -> Result<Option<UploadBlobRequest>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(msg) => msg,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "upload stalled: no data for {}s",
+            idle.as_secs()
+        ))),
+    }
+}
+
 fn parse_digest(s: &str) -> Result<Digest, ControllerError> {
     Digest::parse(s).map_err(|e| ControllerError::InvalidArgument(e.to_string()))
 }
@@ -112,7 +128,8 @@ impl Releases for ReleasesService {
     ) -> Result<Response<UploadBlobResponse>, Status> {
         let who = authorize(&self.ctx, &req, Want::Publish, "upload").await?;
         let mut stream = req.into_inner();
-        let Some(first) = stream.message().await? else {
+        let idle = self.ctx.upload_idle_timeout;
+        let Some(first) = next_part(&mut stream, idle).await? else {
             return Err(Status::invalid_argument("empty upload"));
         };
         let Some(upload_blob_request::Part::Header(header)) = first.part else {
@@ -152,7 +169,7 @@ impl Releases for ReleasesService {
             .begin(digest.clone(), header.size)
             .await
             .map_err(ControllerError::from)?;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = next_part(&mut stream, idle).await? {
             match msg.part {
                 Some(upload_blob_request::Part::Chunk(bytes)) => {
                     upload.write(&bytes).await.map_err(ControllerError::from)?

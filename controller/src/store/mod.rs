@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-mod audit;
+pub mod audit;
 mod fleet;
 mod hosts;
 mod releases;
@@ -24,7 +24,7 @@ pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport};
 pub use releases::{DesiredRow, ReleaseRow};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
-pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused};
+pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

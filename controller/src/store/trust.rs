@@ -19,6 +19,10 @@ pub struct ApiTokenRow {
     pub created_at: i64,
     pub created_by: String,
     pub revoked_at: Option<i64>,
+    /// None: never expires.
+    pub expires_at: Option<i64>,
+    /// Last authentication, to the minute (None: never used).
+    pub last_used_at: Option<i64>,
 }
 
 /// Who a client certificate belongs to.
@@ -74,8 +78,11 @@ struct JoinTokenRow {
     revoked_at: Option<i64>,
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at";
+const TOKEN_COLUMNS: &str = "id, tenant, name, roles, secret_hash, created_at, created_by, revoked_at, expires_at, last_used_at";
+
+/// How stale `last_used_at` may get: authentication writes it at most this
+/// often per token, not once per call.
+pub const LAST_USED_RESOLUTION_SECS: i64 = 60;
 
 impl Store {
     pub async fn tenant_exists(&self, tenant: &str) -> Result<bool> {
@@ -120,7 +127,7 @@ impl Store {
 
     pub async fn insert_api_token(&self, t: &ApiTokenRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.tenant)
@@ -129,6 +136,22 @@ impl Store {
         .bind(&t.secret_hash)
         .bind(t.created_at)
         .bind(&t.created_by)
+        .bind(t.expires_at)
+        .execute(self.db())
+        .await?;
+        Ok(())
+    }
+
+    /// Records a use of the token at `at`, unless one within
+    /// `LAST_USED_RESOLUTION_SECS` is recorded already (no write per call).
+    pub async fn touch_api_token(&self, id: &str, at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = ?
+             WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(at - LAST_USED_RESOLUTION_SECS)
         .execute(self.db())
         .await?;
         Ok(())
@@ -246,7 +269,10 @@ impl Store {
         Ok(Ok((row.tenant, row.environment)))
     }
 
-    /// Remembers a certificate issued to a host; it is the host's current one.
+    /// Remembers a certificate issued to a host; it is the host's current
+    /// one and the only one that works: every certificate issued to the host
+    /// before (the one a renewal was made with, one from an earlier
+    /// enrollment) is forgotten, so a copy of it is refused from now on.
     pub async fn record_cert(
         &self,
         tenant: &str,
@@ -261,6 +287,12 @@ impl Store {
             .bind(host)
             .bind(not_after)
             .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM host_certs WHERE tenant = ? AND host = ? AND fingerprint != ?")
+            .bind(tenant)
+            .bind(host)
+            .bind(fingerprint)
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE hosts SET cert_fingerprint = ?, cert_not_after = ? WHERE tenant = ? AND name = ?")
@@ -362,5 +394,51 @@ impl Store {
         .fetch_optional(self.db())
         .await?;
         Ok(size.map(|s| s as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::SqlitePool;
+
+    use super::*;
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_new_certificate_replaces_the_hosts_older_ones(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        s.add_host("default", "h1", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        s.add_host("default", "h2", "preprod", "j2", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let later = now() + 3600;
+        s.record_cert("default", "h1", "old", later).await.unwrap();
+        s.record_cert("default", "h2", "other", later)
+            .await
+            .unwrap();
+        s.record_cert("default", "h1", "new", later).await.unwrap();
+        assert!(s.cert_owner("old").await.unwrap().is_none(), "renewed away");
+        assert_eq!(s.cert_owner("new").await.unwrap().unwrap().host, "h1");
+        assert_eq!(s.cert_owner("other").await.unwrap().unwrap().host, "h2");
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn last_use_is_written_at_most_once_a_minute(pool: SqlitePool) {
+        let s = Store::from_pool(pool);
+        let (_, row) = crate::auth::new_token("default", "ci", vec!["viewer".into()], "t", None);
+        s.insert_api_token(&row).await.unwrap();
+        let used = |s: &Store| {
+            let s = s.clone();
+            let id = row.id.clone();
+            async move { s.api_token(&id).await.unwrap().unwrap().last_used_at }
+        };
+        assert_eq!(used(&s).await, None);
+        s.touch_api_token(&row.id, 1000).await.unwrap();
+        assert_eq!(used(&s).await, Some(1000));
+        s.touch_api_token(&row.id, 1059).await.unwrap();
+        assert_eq!(used(&s).await, Some(1000));
+        s.touch_api_token(&row.id, 1060).await.unwrap();
+        assert_eq!(used(&s).await, Some(1060));
     }
 }

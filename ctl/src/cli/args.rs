@@ -115,7 +115,7 @@ pub struct StatusArgs {
 pub struct HistoryArgs {
     /// Only events of this app (default: all).
     pub app: Option<String>,
-    /// At most this many events, newest first.
+    /// At most this many events, newest first (fetched in pages).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
 }
@@ -305,13 +305,18 @@ pub struct EnvSetArgs {
 #[derive(Subcommand, Debug)]
 pub enum TokensCommand {
     /// Create a token; it is printed once and only its hash is kept.
-    #[command(after_help = "Example:\n  slipctl tokens create ci --role publisher --role deployer")]
+    #[command(
+        after_help = "Example:\n  slipctl tokens create ci --role publisher --role deployer --expires 90d"
+    )]
     Create {
         /// Name of the token (unique in the tenant).
         name: String,
         /// What the token may do (repeat).
         #[arg(long = "role", required = true, value_enum)]
         roles: Vec<Role>,
+        /// Lifetime (90d, 12h, 30m, 45s); default: the token never expires.
+        #[arg(long, value_name = "LIFETIME", value_parser = crate::values::lifetime)]
+        expires: Option<u64>,
     },
     /// List tokens (never their secrets).
     #[command(after_help = "Example:\n  slipctl tokens list -o json")]

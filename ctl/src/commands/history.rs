@@ -22,17 +22,36 @@ struct EventJson {
     peer: String,
 }
 
+/// Events asked for per call; the controller caps a page lower if it must.
+const PAGE: u32 = 100;
+
 pub async fn run(a: HistoryArgs, c: &mut Clients, fmt: Format) -> Result<()> {
-    let req = HistoryRequest {
-        tenant: c.tenant.clone(),
-        app: a.app.unwrap_or_default(),
-        limit: a.limit,
-    };
-    let r = c.deployments.history(req).await;
-    let rows: Vec<EventJson> = r
-        .map_err(|s| from_status(&c.url, s))?
-        .into_inner()
-        .events
+    let app = a.app.unwrap_or_default();
+    let mut events = Vec::new();
+    let mut before_id = 0;
+    // Page by page, newest first, until --limit or the oldest event.
+    while events.len() < a.limit as usize {
+        let want = (a.limit as usize - events.len()).min(PAGE as usize) as u32;
+        let req = HistoryRequest {
+            tenant: c.tenant.clone(),
+            app: app.clone(),
+            limit: want,
+            before_id,
+        };
+        let r = c.deployments.history(req).await;
+        let page = r.map_err(|s| from_status(&c.url, s))?.into_inner();
+        let got = page.events.len();
+        events.extend(
+            page.events
+                .into_iter()
+                .take(a.limit as usize - events.len()),
+        );
+        if page.next_before_id == 0 || got == 0 {
+            break;
+        }
+        before_id = page.next_before_id;
+    }
+    let rows: Vec<EventJson> = events
         .into_iter()
         .map(|e| EventJson {
             at: e.at,

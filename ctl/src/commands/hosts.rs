@@ -37,7 +37,10 @@ pub async fn run(a: HostsArgs, c: &mut Clients, fmt: Format) -> Result<()> {
             if fmt.is_json() {
                 return print_json(&serde_json::json!({ "revoked": host }));
             }
-            say!("host {host} revoked: its certificate is refused from its next call");
+            say!(
+                "host {} revoked: its certificate is refused from its next call",
+                escape(&host)
+            );
             Ok(())
         }
     }

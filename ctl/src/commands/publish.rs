@@ -106,7 +106,7 @@ fn print_published(p: &PublishedJson) {
     } else {
         ""
     };
-    say!("published {} {}{again}", p.app, p.version);
+    say!("published {} {}{again}", escape(&p.app), escape(&p.version));
     say!("  release  {}", escape(&p.release_digest));
     say!(
         "  blob     {} ({}, {how})",

@@ -29,7 +29,10 @@ pub async fn run(cmd: TenantsCommand, c: &mut Clients, fmt: Format) -> Result<()
             admin_token: &r.token,
         });
     }
-    eprintln!("tenant {name} created with preprod and prod; its admin token (shown once):");
+    eprintln!(
+        "tenant {} created with preprod and prod; its admin token (shown once):",
+        escape(&name)
+    );
     say!("{}", escape(&r.token));
     Ok(())
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::cli::TokensCommand;
 use crate::client::Clients;
 use crate::error::{Result, from_status};
-use crate::output::{Format, Table, ago, as_rfc3339, escape, print_json};
+use crate::output::{Format, Table, absolute, ago, as_rfc3339, escape, now, print_json, until};
 use crate::values::{Role, name};
 
 #[derive(Serialize)]
@@ -19,6 +19,12 @@ struct TokenJson {
     created_at: i64,
     created_by: String,
     revoked: bool,
+    /// null: never expires.
+    #[serde(serialize_with = "as_rfc3339")]
+    expires_at: i64,
+    /// null: never used.
+    #[serde(serialize_with = "as_rfc3339")]
+    last_used_at: i64,
 }
 
 impl From<TokenInfo> for TokenJson {
@@ -30,6 +36,8 @@ impl From<TokenInfo> for TokenJson {
             created_at: t.created_at,
             created_by: t.created_by,
             revoked: t.revoked_at != 0,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
         }
     }
 }
@@ -44,7 +52,11 @@ struct CreatedJson {
 
 pub async fn run(cmd: TokensCommand, c: &mut Clients, fmt: Format) -> Result<()> {
     match cmd {
-        TokensCommand::Create { name, roles } => create(c, name, &roles, fmt).await,
+        TokensCommand::Create {
+            name,
+            roles,
+            expires,
+        } => create(c, name, &roles, expires.unwrap_or(0), fmt).await,
         TokensCommand::List => list(c, fmt).await,
         TokensCommand::Revoke { token } => {
             let req = RevokeTokenRequest {
@@ -56,17 +68,24 @@ pub async fn run(cmd: TokensCommand, c: &mut Clients, fmt: Format) -> Result<()>
             if fmt.is_json() {
                 return print_json(&serde_json::json!({ "revoked": token }));
             }
-            say!("token {token} revoked");
+            say!("token {} revoked", escape(&token));
             Ok(())
         }
     }
 }
 
-async fn create(c: &mut Clients, token: String, roles: &[Role], fmt: Format) -> Result<()> {
+async fn create(
+    c: &mut Clients,
+    token: String,
+    roles: &[Role],
+    expires_in_secs: u64,
+    fmt: Format,
+) -> Result<()> {
     let req = CreateTokenRequest {
         tenant: c.tenant.clone(),
         name: token.clone(),
         roles: roles.iter().copied().map(name).collect(),
+        expires_in_secs,
     };
     let r = c.admin.create_token(req).await;
     let r = r.map_err(|s| from_status(&c.url, s))?.into_inner();
@@ -76,9 +95,17 @@ async fn create(c: &mut Clients, token: String, roles: &[Role], fmt: Format) -> 
             info: r.info.map(TokenJson::from),
         });
     }
-    let roles = r.info.map(|i| i.roles.join(", ")).unwrap_or_default();
+    let (roles, expires_at) = r
+        .info
+        .map(|i| (i.roles.join(", "), i.expires_at))
+        .unwrap_or_default();
+    let expiry = if expires_at == 0 {
+        String::new()
+    } else {
+        format!(", expires {}", absolute(expires_at))
+    };
     eprintln!(
-        "token {token} ({}); shown once, store it as a secret:",
+        "token {token} ({}{expiry}); shown once, store it as a secret:",
         escape(&roles)
     );
     say!("{}", escape(&r.token));
@@ -100,15 +127,37 @@ async fn list(c: &mut Clients, fmt: Format) -> Result<()> {
     if fmt.is_json() {
         return print_json(&rows);
     }
-    let mut t = Table::new(&["NAME", "ID", "ROLES", "CREATED", "BY", "STATE"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "ID",
+        "ROLES",
+        "CREATED",
+        "BY",
+        "EXPIRES",
+        "LAST USED",
+        "STATE",
+    ]);
+    let now = now();
     for r in rows {
-        let state = if r.revoked { "revoked" } else { "active" };
+        let state = if r.revoked {
+            "revoked"
+        } else if r.expires_at != 0 && r.expires_at <= now {
+            "expired"
+        } else {
+            "active"
+        };
         t.row([
             r.name,
             r.id,
             r.roles.join(","),
             ago(r.created_at),
             r.created_by,
+            if r.expires_at == 0 {
+                "never".into()
+            } else {
+                until(r.expires_at)
+            },
+            ago(r.last_used_at),
             state.into(),
         ]);
     }

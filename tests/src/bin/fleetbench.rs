@@ -141,7 +141,16 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let t = tempfile::tempdir()?;
-    let c = Controller::start(t.path());
+    let c = Controller::start_with(
+        t.path(),
+        // Every simulated agent comes from 127.0.0.1.
+        &[
+            "--max-connections-per-ip",
+            "100000",
+            "--enrolls-per-minute",
+            "100000",
+        ],
+    );
     let controller_pid = c.pid().unwrap_or(0);
     let configs: Vec<_> = (0..n)
         .map(|i| agent_config(t.path(), &c, &format!("bench-{i:03}")))
