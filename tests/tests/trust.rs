@@ -357,6 +357,156 @@ fn a_key_enforcing_agent_refuses_unsigned_releases_and_unsigned_downgrades() {
     a.wait_serving("1.0.0");
 }
 
+/// A Deployments client sending `token`, on a runtime of its own.
+fn deployments_as(
+    c: &Controller,
+    token: &str,
+) -> (
+    tokio::runtime::Runtime,
+    proto::v1::deployments_client::DeploymentsClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            impl tonic::service::Interceptor,
+        >,
+    >,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let channel = rt.block_on(c.channel());
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let client = proto::v1::deployments_client::DeploymentsClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    );
+    (rt, client)
+}
+
+#[test]
+fn a_signed_rollback_is_spent_once_and_its_replay_through_deploy_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let key_file = t.path().join("release.key");
+    let public = c
+        .ctl(&["keys", "generate", "--out", key_file.to_str().unwrap()])
+        .ok()
+        .stdout;
+    let key = trust::sign::KeyPair::load(&key_file).unwrap();
+    let mut a = Agent::configured(t.path(), &c, "web-1", "preprod", DB_ENV, true);
+    a.append_config(&format!(
+        "\n[trust]\npublisher_keys = [\"{}\"]\n",
+        public.trim()
+    ));
+    a.spawn();
+    a.wait_connected(&c);
+    for version in ["1.0.0", "2.0.0"] {
+        let rel = sample_release(t.path(), &ReleaseOpts::new(version));
+        c.ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            version,
+            "--sign",
+            key_file.to_str().unwrap(),
+        ])
+        .ok();
+        c.deploy_wait(version, "preprod").ok();
+    }
+    a.wait_serving("2.0.0");
+    let releases = c.ctl(&["releases", "web", "--json"]).ok().json();
+    let release = |v: &str| {
+        releases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .unwrap()
+            .clone()
+    };
+    let (old, new) = (release("1.0.0"), release("2.0.0"));
+
+    // The operator's authorization to go from 2.0.0 back to 1.0.0, exactly
+    // as `slipctl rollback --to 1.0.0 --sign` makes it (kept here so it can
+    // be replayed; the controller never shows it).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let terms = trust::sign::RollbackTerms::new(new["counter"].as_u64().unwrap(), now, 3600);
+    let digest = old["release_digest"].as_str().unwrap();
+    let s = key.sign(
+        &terms
+            .statement("default", "web", "preprod", "1.0.0", digest)
+            .bytes(),
+    );
+    let authorization = vec![proto::v1::Signature {
+        key: s.key,
+        sig: s.sig,
+    }];
+    let wire_terms = proto::v1::RollbackTerms {
+        from_counter: terms.from_counter,
+        expires_at: terms.expires_at,
+        nonce: terms.nonce.clone(),
+    };
+    let (rt, mut operator) = deployments_as(&c, &c.admin_token);
+    rt.block_on(operator.rollback(proto::v1::RollbackRequest {
+        tenant: "default".into(),
+        app: "web".into(),
+        environment: "preprod".into(),
+        to_version: "1.0.0".into(),
+        authorization: authorization.clone(),
+        rollback_terms: Some(wire_terms.clone()),
+    }))
+    .expect("the first use is honoured");
+    a.wait_serving("1.0.0");
+
+    // CI redeploys 2.0.0; a deployer token replays the old authorization.
+    c.deploy_wait("2.0.0", "preprod").ok();
+    a.wait_serving("2.0.0");
+    let ci = c.token("ci", &["deployer"]);
+    let (rt, mut ci) = deployments_as(&c, &ci);
+    let refused = rt
+        .block_on(ci.deploy(proto::v1::DeployRequest {
+            tenant: "default".into(),
+            app: "web".into(),
+            version: "1.0.0".into(),
+            environment: "preprod".into(),
+            authorization: authorization.clone(),
+            rollback_terms: Some(wire_terms),
+            strategy: None,
+        }))
+        .expect_err("a replayed rollback authorization is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("was used already"),
+        "{refused:?}"
+    );
+    // A v1 authorization (no terms) is refused with a clear message.
+    let v1 = rt
+        .block_on(ci.deploy(proto::v1::DeployRequest {
+            tenant: "default".into(),
+            app: "web".into(),
+            version: "1.0.0".into(),
+            environment: "preprod".into(),
+            authorization,
+            rollback_terms: None,
+            strategy: None,
+        }))
+        .expect_err("a v1 authorization is refused");
+    assert!(
+        v1.message().contains("v1 authorizations are refused"),
+        "{v1:?}"
+    );
+    assert_eq!(desired_in(&c, "2.0.0"), ["preprod"]);
+    assert_eq!(a.app_says().as_deref(), Some("sample-app 2.0.0"));
+}
+
 /// Fetches a blob with `agent`'s certificate: the gRPC status of the refusal.
 fn fetch_refused(c: &Controller, agent: &Agent, digest: &str) -> tonic::Status {
     let rt = tokio::runtime::Builder::new_current_thread()

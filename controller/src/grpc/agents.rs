@@ -222,7 +222,8 @@ impl AgentsService {
             .next_directive_seq(&h.tenant, &h.host)
             .await?;
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
-        let rollback_authorization = super::releases::stored_signatures(&d.authorization);
+        let (rollback_authorization, rollback_terms) =
+            super::releases::stored_authorization(&d.authorization);
         let directive = trust::sign::Directive {
             tenant: &h.tenant,
             host: &h.host,
@@ -240,6 +241,7 @@ impl AgentsService {
         Ok(DesiredApp {
             release_signatures: super::releases::stored_signatures(&d.signatures),
             rollback_authorization,
+            rollback_terms,
             tenant: h.tenant.clone(),
             host: h.host.clone(),
             environment: h.environment.clone(),

@@ -52,6 +52,42 @@ pub fn signatures_from_proto(sigs: &[proto::v1::Signature]) -> Vec<trust::sign::
         .collect()
 }
 
+/// A rollback authorization from the wire: signatures and the terms they cover.
+pub fn authorization_from_proto(
+    sigs: &[proto::v1::Signature],
+    terms: Option<&proto::v1::RollbackTerms>,
+) -> trust::sign::RollbackAuthorization {
+    trust::sign::RollbackAuthorization {
+        signatures: signatures_from_proto(sigs),
+        terms: terms.map(|t| trust::sign::RollbackTerms {
+            from_counter: t.from_counter,
+            expires_at: t.expires_at,
+            nonce: t.nonce.clone(),
+        }),
+    }
+}
+
+/// A stored rollback authorization, for the wire: signatures and terms.
+pub fn stored_authorization(
+    json: &str,
+) -> (Vec<proto::v1::Signature>, Option<proto::v1::RollbackTerms>) {
+    let a = trust::sign::RollbackAuthorization::from_stored(json);
+    let sigs = a
+        .signatures
+        .into_iter()
+        .map(|s| proto::v1::Signature {
+            key: s.key,
+            sig: s.sig,
+        })
+        .collect();
+    let terms = a.terms.map(|t| proto::v1::RollbackTerms {
+        from_counter: t.from_counter,
+        expires_at: t.expires_at,
+        nonce: t.nonce,
+    });
+    (sigs, terms)
+}
+
 /// Signatures as the store keeps them (JSON), for the wire.
 pub fn stored_signatures(json: &str) -> Vec<proto::v1::Signature> {
     crate::intent::stored_signatures(json)

@@ -172,6 +172,35 @@ impl Store {
         Ok(max as u64)
     }
 
+    /// Records a rollback authorization's nonce as used; false when it was
+    /// used before. Prunes nonces of expired authorizations on the way.
+    pub async fn spend_rollback_nonce(
+        &self,
+        tenant: &str,
+        nonce: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM rollback_nonces WHERE expires_at < ?")
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO rollback_nonces (tenant, nonce, expires_at, used_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(nonce)
+        .bind(expires_at)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
     /// Current desired (version, generation) of app@env.
     pub async fn desired(
         &self,
