@@ -364,6 +364,15 @@ impl Intent<'_> {
                 "unknown version {version:?} of app {app:?} (see `slipctl releases {app}`)"
             ))
         })?;
+        if let Some(at) = release.yanked_at {
+            let why = match release.yank_reason.as_str() {
+                "" => String::new(),
+                r => format!(": {r}"),
+            };
+            return Err(ControllerError::FailedPrecondition(format!(
+                "{app} {version} was yanked at {at}{why}; it cannot be deployed, promoted or rolled back to"
+            )));
+        }
         let current = store.desired_app(tenant, env, app).await?;
         let previous = current
             .as_ref()

@@ -10,3 +10,18 @@ CREATE TABLE rollback_nonces (
     used_at     INTEGER NOT NULL,
     PRIMARY KEY (tenant, nonce)
 );
+
+-- Yanked releases (`slipctl releases yank`): kept, listed as yanked, never
+-- deployed, promoted or rolled back to again, and left out of the app's next
+-- counter.
+ALTER TABLE releases ADD COLUMN yanked_at INTEGER;
+ALTER TABLE releases ADD COLUMN yank_reason TEXT NOT NULL DEFAULT '';
+
+-- Counters are 1..=i64::MAX. A counter above that (2^63 and up, accepted
+-- before and stored negative) froze the app's signed publishing: such
+-- releases are yanked, their counter cleared.
+UPDATE releases
+   SET yanked_at = CAST(strftime('%s', 'now') AS INTEGER),
+       yank_reason = 'release counter ' || CAST(counter AS TEXT) || ' was out of range (stored before 0007)',
+       counter = 0
+ WHERE counter < 0;

@@ -507,6 +507,149 @@ fn a_signed_rollback_is_spent_once_and_its_replay_through_deploy_is_refused() {
     assert_eq!(a.app_says().as_deref(), Some("sample-app 2.0.0"));
 }
 
+/// `CreateRelease` of `version` of web (the blob of `src`, already uploaded)
+/// with `counter` and no signature, as a publisher token could send it.
+fn create_release_with_counter(
+    c: &Controller,
+    token: &str,
+    src: &std::path::Path,
+    version: &str,
+    counter: u64,
+) -> Result<proto::v1::Release, tonic::Status> {
+    let packed = artifact::pack::pack_dir(src, std::io::sink()).unwrap();
+    let manifest = packed.into_manifest("web", version, None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let mut client = proto::v1::releases_client::ReleasesClient::with_interceptor(
+            c.channel().await,
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            },
+        );
+        client
+            .create_release(proto::v1::CreateReleaseRequest {
+                manifest: manifest.to_canonical_bytes(),
+                counter,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().release.unwrap())
+    })
+}
+
+#[test]
+fn release_counters_stay_in_range_and_a_yank_unblocks_signed_publishing() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let key = t.path().join("release.key");
+    c.ctl(&["keys", "generate", "--out", key.to_str().unwrap()])
+        .ok();
+    let ci = c.token("ci", &["publisher", "deployer"]);
+    let publish_signed = |version: &str| {
+        let rel = sample_release(t.path(), &ReleaseOpts::new(version));
+        c.ctl_as(
+            &ci,
+            &[
+                "publish",
+                rel.to_str().unwrap(),
+                "--app",
+                "web",
+                "--version",
+                version,
+                "--sign",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    publish_signed("1.0.0").ok();
+    let src = t.path().join("release-1.0.0");
+    let counters = || -> Vec<(String, u64, bool)> {
+        let listed = c.ctl(&["releases", "web", "--json"]).ok().json();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["version"].as_str().unwrap().to_string(),
+                    r["counter"].as_u64().unwrap(),
+                    !r["yanked_at"].is_null(),
+                )
+            })
+            .collect()
+    };
+
+    // 2^64-1 (stored as -1 before) and 2^63 are out of range; a counter not
+    // above the highest is refused too. Nothing is stored.
+    for huge in [u64::MAX, 1 << 63] {
+        let e = create_release_with_counter(&c, &ci, &src, "6.6.6", huge).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("out of range"), "{e:?}");
+    }
+    let e = create_release_with_counter(&c, &ci, &src, "0.9.0", 1).unwrap_err();
+    assert!(
+        e.message()
+            .contains("release counter 1 is not above the highest (1)"),
+        "{e:?}"
+    );
+    assert_eq!(counters(), [("1.0.0".to_string(), 1, false)]);
+
+    // The largest counter is accepted, and then no signed release fits above it.
+    let top = create_release_with_counter(&c, &ci, &src, "9.9.9", i64::MAX as u64).unwrap();
+    assert_eq!(top.counter, i64::MAX as u64);
+    let frozen = publish_signed("2.0.0");
+    assert_ne!(frozen.code, 0);
+    assert!(
+        frozen.stderr.contains("no counter is left"),
+        "{}",
+        frozen.stderr
+    );
+
+    // The way out: an admin yanks it (a publisher may not; nor can a desired
+    // release be yanked).
+    let refused = c.ctl_as(&ci, &["releases", "yank", "web", "9.9.9"]);
+    assert_eq!(refused.code, exit::PERMISSION_DENIED, "{}", refused.stderr);
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    let desired = c.ctl(&["releases", "yank", "web", "1.0.0"]);
+    assert_eq!(desired.code, exit::FAILED, "{}", desired.stderr);
+    assert!(
+        desired.stderr.contains("web 1.0.0 is desired in preprod"),
+        "{}",
+        desired.stderr
+    );
+    c.ctl(&[
+        "releases",
+        "yank",
+        "web",
+        "9.9.9",
+        "--reason",
+        "counter by mistake",
+    ])
+    .ok();
+    publish_signed("2.0.0").ok();
+    assert_eq!(
+        counters(),
+        [
+            ("2.0.0".to_string(), 2, false),
+            ("9.9.9".to_string(), i64::MAX as u64, true),
+            ("1.0.0".to_string(), 1, false),
+        ]
+    );
+    let table = c.ctl(&["releases", "list", "web"]).ok().stdout;
+    assert!(table.contains("9.9.9 (yanked)"), "{table}");
+    // A yanked release is never desired again.
+    let e = c.ctl(&["deploy", "web", "9.9.9", "--env", "preprod"]);
+    assert_ne!(e.code, 0);
+    assert!(e.stderr.contains("was yanked"), "{}", e.stderr);
+    let history = c.ctl(&["history", "web"]).ok().stdout;
+    assert!(history.contains("yank"), "{history}");
+}
+
 /// Fetches a blob with `agent`'s certificate: the gRPC status of the refusal.
 fn fetch_refused(c: &Controller, agent: &Agent, digest: &str) -> tonic::Status {
     let rt = tokio::runtime::Builder::new_current_thread()
