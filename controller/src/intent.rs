@@ -248,7 +248,8 @@ impl Intent<'_> {
         }
         for f in &source {
             let h = &f.host;
-            if crate::fleet::offline(f.last_seen, now, self.heartbeat_secs) {
+            let connected = self.hub.connected(p.tenant, h);
+            if crate::fleet::offline(connected, f.last_seen, now, self.heartbeat_secs) {
                 blockers.push(format!("{h} is offline"));
             } else if f.report.running_digest != digest {
                 let running = match f.report.running_version.as_str() {

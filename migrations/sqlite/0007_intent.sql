@@ -25,3 +25,10 @@ UPDATE releases
        yank_reason = 'release counter ' || CAST(counter AS TEXT) || ' was out of range (stored before 0007)',
        counter = 0
  WHERE counter < 0;
+
+-- What a rollout does with hosts that are offline (no session, stale
+-- heartbeats): fail, wait (hold the step until they return or it times out)
+-- or skip. Environments default to wait; rollouts started before this keep
+-- what they did (skip).
+ALTER TABLE environments ADD COLUMN offline TEXT NOT NULL DEFAULT 'wait';
+ALTER TABLE rollouts ADD COLUMN offline TEXT NOT NULL DEFAULT 'skip';
