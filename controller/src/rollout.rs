@@ -226,7 +226,18 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
             })
     };
     if admitting {
-        return admit(ctx, r, &hosts, is_offline).await;
+        // Hosts whose heartbeats lag while their session is up: judged
+        // online (logged, so a loaded controller shows in its log).
+        let lagging = hosts
+            .iter()
+            .filter(|h| h.step == r.step && ctx.hub.connected(&r.tenant, &h.host))
+            .filter(|h| {
+                reports
+                    .get(&h.host)
+                    .is_none_or(|f| fleet::offline(false, f.last_seen, now, ctx.heartbeat_secs))
+            })
+            .count();
+        return admit(ctx, r, &hosts, is_offline, lagging).await;
     }
     // Paused or not, admitted hosts are judged and a failure halts.
     let mut judged = false;
@@ -259,6 +270,7 @@ async fn admit(
     r: &RolloutRow,
     hosts: &[RolloutHostRow],
     is_offline: impl Fn(&str) -> bool,
+    lagging: usize,
 ) -> Result<(), StoreError> {
     let step: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.step == r.step).collect();
     let skip = r.strategy.offline == OfflinePolicy::Skip;
@@ -270,7 +282,8 @@ async fn admit(
     let store = &ctx.store;
     if store.admit_step(r.id, r.step, &offline).await? {
         tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
-            steps = r.steps, offline = offline.len(), store_queries = store.queries(),
+            steps = r.steps, offline = offline.len(), connected_stale_last_seen = lagging,
+            store_queries = store.queries(),
             "rollout step admitted");
         let admitted: Vec<String> = step.iter().map(|h| h.host.clone()).collect();
         ctx.hub.desired_changed(&desired_change(r, Some(&admitted)));
