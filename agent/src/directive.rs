@@ -33,6 +33,8 @@ pub struct Directive {
     pub release_signatures: Vec<(String, String)>,
     /// `(key, signature)` pairs over the rollback statement, for a downgrade.
     pub rollback_authorization: Vec<(String, String)>,
+    /// What those signatures cover beyond the release (none: a v1 statement).
+    pub rollback_terms: Option<trust::sign::RollbackTerms>,
 }
 
 /// Why a signed directive's manifest is refused (reported as the host's
@@ -83,6 +85,14 @@ impl Directive {
                 blob_size: d.blob_size,
                 release_signatures: pairs(&d.release_signatures),
                 rollback_authorization: pairs(&d.rollback_authorization),
+                rollback_terms: d
+                    .rollback_terms
+                    .as_ref()
+                    .map(|t| trust::sign::RollbackTerms {
+                        from_counter: t.from_counter,
+                        expires_at: t.expires_at,
+                        nonce: t.nonce.clone(),
+                    }),
                 tenant: d.tenant,
                 environment: d.environment,
                 app: d.app,

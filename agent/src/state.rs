@@ -42,6 +42,17 @@ pub enum EnvState {
     Missing,
 }
 
+/// An operator's rollback authorization this host accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedRollback {
+    /// The release it took this host back to.
+    pub digest: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// This host accepted another release since: the authorization is used up.
+    pub spent: bool,
+}
+
 /// A release this host refused; not retried until the generation changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedRelease {
@@ -179,6 +190,10 @@ pub struct AppStatus {
     /// Release counter of every version unpacked on disk (downgrade checks).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+    /// Operator rollback authorizations this host accepted, by nonce, so one
+    /// is never honoured twice (`app/prepare.rs`).
+    #[serde(default)]
+    pub rollback_nonces: BTreeMap<String, AcceptedRollback>,
     /// Drift in the running release: at most `DRIFT_LINES` "changed|added|removed
     /// <path>" lines, and how many paths drifted in all.
     #[serde(default)]

@@ -1,13 +1,17 @@
 //! Content-addressed blob files: `blobs/sha256/<hex>`. Uploads are written to a
 //! temp file, hashed on the way, fsynced and renamed into place only when the
-//! digest matches; a failed or mismatched upload leaves nothing behind.
+//! digest matches; a failed or mismatched upload leaves nothing behind. Reads
+//! are checked too (`read_verified`): a blob that no longer matches its name
+//! (truncated, bit rot, a hand edit) is moved to `blobs/corrupt/`, so it reads
+//! as missing and the next publish uploads it again.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use artifact::Digest;
 use artifact::digest::StreamHasher;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -23,6 +27,10 @@ pub enum BlobError {
     Mismatch { declared: Digest, actual: Digest },
     #[error("size mismatch: upload declared {declared} bytes but sent {actual}; blob discarded")]
     Size { declared: u64, actual: u64 },
+    #[error(
+        "blob {digest} is corrupt on the controller's disk ({why}); moved aside: publish the release again to repair it"
+    )]
+    Corrupt { digest: Digest, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
@@ -39,7 +47,7 @@ pub struct BlobStore {
 
 impl BlobStore {
     pub fn open(root: &Path) -> Result<Self, BlobError> {
-        for dir in [root.join("sha256"), root.join("tmp")] {
+        for dir in [root.join("sha256"), root.join("tmp"), root.join("corrupt")] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         // Leftovers of uploads cut off by a crash are never valid blobs.
@@ -62,6 +70,79 @@ impl BlobStore {
         self.path(digest).is_file()
     }
 
+    /// Streams blob `digest` (`size` bytes) from `offset` in chunks of at most
+    /// `chunk` bytes, checked against its name without ever holding it whole:
+    /// a read from the start is hashed as it goes and its last chunk held back
+    /// until size and digest match; a ranged read (a resumed fetch) checks the
+    /// whole file first. A blob that fails is moved to `corrupt/` and the
+    /// stream ends with [`BlobError::Corrupt`] instead of its last chunk.
+    pub async fn read_verified(
+        &self,
+        digest: Digest,
+        size: u64,
+        offset: u64,
+        chunk: usize,
+    ) -> Result<mpsc::Receiver<Result<Vec<u8>, BlobError>>, BlobError> {
+        let path = self.path(&digest);
+        let mut file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
+        let meta = file.metadata().await.map_err(io_err(&path))?;
+        let at_rest = AtRest {
+            store: self.clone(),
+            digest,
+            dev_ino: dev_ino(&meta),
+        };
+        if meta.len() != size {
+            return Err(at_rest
+                .corrupt(format!("{} bytes instead of {size}", meta.len()))
+                .await);
+        }
+        if offset > 0 {
+            let whole = hash_file(&path).await.map_err(io_err(&path))?;
+            if whole != at_rest.digest {
+                return Err(at_rest.corrupt(format!("its bytes hash to {whole}")).await);
+            }
+            file.seek(io::SeekFrom::Start(offset))
+                .await
+                .map_err(io_err(&path))?;
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut hasher = (offset == 0).then(StreamHasher::new);
+            let mut remaining = size - offset;
+            while remaining > 0 {
+                let mut buf = vec![0u8; chunk.min(remaining as usize)];
+                if let Err(e) = file.read_exact(&mut buf).await {
+                    let e = match e.kind() {
+                        io::ErrorKind::UnexpectedEof => {
+                            at_rest.corrupt("shorter than its size".into()).await
+                        }
+                        _ => BlobError::Io { path, source: e },
+                    };
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                remaining -= buf.len() as u64;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&buf);
+                }
+                if remaining == 0
+                    && let Some(h) = hasher.take()
+                {
+                    let actual = h.finish();
+                    if actual != at_rest.digest {
+                        let e = at_rest.corrupt(format!("its bytes hash to {actual}")).await;
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if tx.send(Ok(buf)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Starts an upload of `declared` bytes expected to hash to `digest`.
     pub async fn begin(&self, digest: Digest, declared: u64) -> Result<Upload, BlobError> {
         let tmp_dir = self.root.join("tmp");
@@ -78,6 +159,66 @@ impl BlobStore {
             dest,
         })
     }
+}
+
+/// A blob file being read, as it was when opened.
+struct AtRest {
+    store: BlobStore,
+    digest: Digest,
+    dev_ino: (u64, u64),
+}
+
+impl AtRest {
+    /// Logs the corruption and moves the file to `corrupt/<hex>` (unless a
+    /// re-upload replaced it since it was opened); the error to end with.
+    async fn corrupt(&self, why: String) -> BlobError {
+        let from = self.store.path(&self.digest);
+        let to = self.store.root.join("corrupt").join(self.digest.hex());
+        let same = tokio::fs::metadata(&from)
+            .await
+            .is_ok_and(|m| dev_ino(&m) == self.dev_ino);
+        if same {
+            match tokio::fs::rename(&from, &to).await {
+                Ok(()) => {
+                    tracing::error!(digest = %self.digest, why = %why, moved_to = %to.display(),
+                        "blob corrupt at rest: moved aside; publish its release again to repair it")
+                }
+                Err(e) => {
+                    tracing::error!(digest = %self.digest, why = %why, error = %e,
+                        "blob corrupt at rest, and it could not be moved aside")
+                }
+            }
+        }
+        BlobError::Corrupt {
+            digest: self.digest.clone(),
+            why,
+        }
+    }
+}
+
+fn dev_ino(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// sha256 of a whole file, read in pieces on a blocking thread.
+async fn hash_file(path: &Path) -> io::Result<Digest> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path)?;
+        let mut hasher = StreamHasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// An upload in progress. Dropping it without `commit` deletes the temp file.
@@ -144,5 +285,83 @@ impl Upload {
             source: io::Error::other(e),
         })??;
         Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores `data` as a blob and returns its digest.
+    async fn stored(store: &BlobStore, data: &[u8]) -> Digest {
+        let digest = Digest::of(data);
+        let mut up = store
+            .begin(digest.clone(), data.len() as u64)
+            .await
+            .unwrap();
+        up.write(data).await.unwrap();
+        up.commit().await.unwrap();
+        digest
+    }
+
+    /// Everything a read yields: the bytes, then the error it ended with.
+    async fn read(
+        store: &BlobStore,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+    ) -> (Vec<u8>, Option<String>) {
+        let mut rx = match store.read_verified(digest.clone(), size, offset, 4).await {
+            Ok(rx) => rx,
+            Err(e) => return (Vec::new(), Some(e.to_string())),
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            match chunk {
+                Ok(c) => bytes.extend(c),
+                Err(e) => return (bytes, Some(e.to_string())),
+            }
+        }
+        (bytes, None)
+    }
+
+    #[tokio::test]
+    async fn reads_check_the_blob_at_rest_and_move_a_corrupt_one_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"0123456789abcdef0123".to_vec();
+        let digest = stored(&store, &data).await;
+        let size = data.len() as u64;
+        assert_eq!(read(&store, &digest, size, 0).await, (data.clone(), None));
+        assert_eq!(
+            read(&store, &digest, size, 6).await,
+            (data[6..].to_vec(), None)
+        );
+
+        // Same size, one byte flipped: a full read ends with an error instead
+        // of its last chunk; the blob is moved aside and reads as missing.
+        let mut bad = data.clone();
+        bad[9] ^= 1;
+        std::fs::write(store.path(&digest), &bad).unwrap();
+        let (bytes, err) = read(&store, &digest, size, 0).await;
+        assert!(bytes.len() < data.len(), "the last chunk is held back");
+        assert!(err.unwrap().contains("is corrupt"));
+        assert!(!store.exists(&digest));
+        assert!(dir.path().join("corrupt").join(digest.hex()).is_file());
+
+        // A ranged read checks the whole file before it serves a byte.
+        let digest = stored(&store, &data).await;
+        std::fs::write(store.path(&digest), &bad).unwrap();
+        let (bytes, err) = read(&store, &digest, size, 12).await;
+        assert!(bytes.is_empty());
+        assert!(err.unwrap().contains("hash to"));
+        assert!(!store.exists(&digest));
+
+        // Truncated.
+        let digest = stored(&store, &data).await;
+        std::fs::write(store.path(&digest), &data[..5]).unwrap();
+        let (_, err) = read(&store, &digest, size, 0).await;
+        assert!(err.unwrap().contains("5 bytes instead of 20"));
+        assert!(!store.exists(&digest));
     }
 }

@@ -3,7 +3,7 @@
 //! (`rollout::start`), and the gates a promotion passes (soak, drift). Domain
 //! types in and out; `grpc/deployments.rs` authorizes the caller and converts.
 
-use trust::sign::Signature;
+use trust::sign::{RollbackAuthorization, Signature};
 
 use crate::error::{ControllerError, Result};
 use crate::hub::Hub;
@@ -32,8 +32,9 @@ pub struct Target<'a> {
 pub struct Deploy<'a> {
     pub target: Target<'a>,
     pub version: &'a str,
-    /// Operator signatures allowing a lower counter (a downgrade).
-    pub authorization: &'a [Signature],
+    /// Operator signatures allowing a lower counter (a downgrade), with the
+    /// terms they cover.
+    pub authorization: &'a RollbackAuthorization,
     pub strategy: Option<StrategyOverride>,
 }
 
@@ -51,7 +52,16 @@ pub struct Rollback<'a> {
     pub target: Target<'a>,
     /// None: the newest earlier release that ran healthy there.
     pub to_version: Option<&'a str>,
-    pub authorization: &'a [Signature],
+    pub authorization: &'a RollbackAuthorization,
+}
+
+/// The rollback authorization a change carries: one given now (checked:
+/// terms, signatures, counter floor, nonce spent), or the one the desired
+/// release already carries (a retry: checked when it was given).
+#[derive(Clone, Copy)]
+enum Authorizing<'a> {
+    Given(&'a RollbackAuthorization),
+    Carried(&'a str),
 }
 
 /// A change of desired release, made.
@@ -144,7 +154,7 @@ impl Intent<'_> {
             actor,
             d.target,
             d.version,
-            d.authorization,
+            Authorizing::Given(d.authorization),
             d.strategy.as_ref(),
             false,
         )
@@ -208,7 +218,14 @@ impl Intent<'_> {
             environment: p.to,
         };
         let deployed = self
-            .set_desired(actor, target, &version, &[], p.strategy.as_ref(), false)
+            .set_desired(
+                actor,
+                target,
+                &version,
+                Authorizing::Given(&RollbackAuthorization::default()),
+                p.strategy.as_ref(),
+                false,
+            )
             .await?;
         Ok((deployed, blockers))
     }
@@ -231,7 +248,8 @@ impl Intent<'_> {
         }
         for f in &source {
             let h = &f.host;
-            if crate::fleet::offline(f.last_seen, now, self.heartbeat_secs) {
+            let connected = self.hub.connected(p.tenant, h);
+            if crate::fleet::offline(connected, f.last_seen, now, self.heartbeat_secs) {
                 blockers.push(format!("{h} is offline"));
             } else if f.report.running_digest != digest {
                 let running = match f.report.running_version.as_str() {
@@ -289,14 +307,22 @@ impl Intent<'_> {
                     })?
             }
         };
-        self.set_desired(actor, r.target, &target, r.authorization, None, true)
-            .await
+        self.set_desired(
+            actor,
+            r.target,
+            &target,
+            Authorizing::Given(r.authorization),
+            None,
+            true,
+        )
+        .await
     }
 
     /// The same release (and authorization) again with a new generation:
     /// hosts that refused it try once more. (After an automatic revert the
     /// desired release is the previous one: deploy the failed one again to
-    /// retry it.)
+    /// retry it.) A carried rollback authorization is not spent again here;
+    /// agents still refuse it once expired or once they moved past it.
     pub async fn retry(&self, actor: &Actor<'_>, t: Target<'_>) -> Result<Deployed> {
         self.check_app_env(t.tenant, t.app, t.environment).await?;
         let current = self
@@ -304,9 +330,15 @@ impl Intent<'_> {
             .desired_app(t.tenant, t.environment, t.app)
             .await?
             .ok_or_else(|| no_release(t.app, t.environment))?;
-        let authorization = stored_signatures(&current.authorization);
-        self.set_desired(actor, t, &current.version, &authorization, None, false)
-            .await
+        self.set_desired(
+            actor,
+            t,
+            &current.version,
+            Authorizing::Carried(&current.authorization),
+            None,
+            false,
+        )
+        .await
     }
 
     /// Points app@env at `version` through a rollout with the environment's
@@ -317,7 +349,7 @@ impl Intent<'_> {
         actor: &Actor<'_>,
         t: Target<'_>,
         version: &str,
-        authorization: &[Signature],
+        authorization: Authorizing<'_>,
         strategy: Option<&StrategyOverride>,
         is_rollback: bool,
     ) -> Result<Deployed> {
@@ -333,19 +365,28 @@ impl Intent<'_> {
                 "unknown version {version:?} of app {app:?} (see `slipctl releases {app}`)"
             ))
         })?;
-        let previous = store
-            .desired(tenant, app, env)
-            .await?
-            .map(|(v, _)| v)
+        if let Some(at) = release.yanked_at {
+            let why = match release.yank_reason.as_str() {
+                "" => String::new(),
+                r => format!(": {r}"),
+            };
+            return Err(ControllerError::FailedPrecondition(format!(
+                "{app} {version} was yanked at {at}{why}; it cannot be deployed, promoted or rolled back to"
+            )));
+        }
+        let current = store.desired_app(tenant, env, app).await?;
+        let previous = current
+            .as_ref()
+            .map(|d| d.version.clone())
             .unwrap_or_default();
-        let statement = trust::sign::RollbackStatement {
-            tenant,
-            app,
-            environment: env,
-            version,
-            manifest_digest: &release.manifest_digest,
+        let authorization = match authorization {
+            Authorizing::Carried(json) => json.to_string(),
+            Authorizing::Given(a) if a.is_empty() => "[]".into(),
+            Authorizing::Given(a) => {
+                self.check_rollback_authorization(t, &release, current.as_ref(), a)
+                    .await?
+            }
         };
-        let authorization = checked_signatures(authorization, &statement.bytes())?;
         let policy = store
             .env_policy(tenant, env)
             .await?
@@ -394,6 +435,63 @@ impl Intent<'_> {
     }
 }
 
+impl Intent<'_> {
+    /// A rollback authorization given with a change: v2 terms, fresh (not
+    /// expired, at most `ROLLBACK_MAX_LIFETIME_SECS` ahead), from the
+    /// release the environment desires now (or a newer published one), every signature valid over the
+    /// statement, and a nonce never used before (spent here). Returns it as
+    /// stored with the desired release.
+    async fn check_rollback_authorization(
+        &self,
+        t: Target<'_>,
+        release: &crate::store::ReleaseRow,
+        current: Option<&crate::store::DesiredRow>,
+        a: &RollbackAuthorization,
+    ) -> Result<String> {
+        let Target {
+            tenant,
+            app,
+            environment: env,
+        } = t;
+        let invalid = |e: trust::sign::TermsError| ControllerError::InvalidArgument(e.to_string());
+        let terms = a
+            .terms
+            .as_ref()
+            .ok_or_else(|| invalid(trust::sign::TermsError::V1))?;
+        let now = crate::store::now();
+        terms.check(now).map_err(invalid)?;
+        let Some(current) = current else {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "{app} has no release in {env} to roll back from; deploy without --sign"
+            )));
+        };
+        // From the release desired now, or a newer one hosts may still run
+        // (they refused a downgrade made without a signature); never from
+        // one older than what is desired: signed before that was deployed.
+        let newest = self.store.max_counter(tenant, app).await?;
+        if terms.from_counter < current.counter || terms.from_counter > newest {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "the rollback authorization rolls back from counter {}, but {env} desires {app} {} (counter {}) now; sign a new one",
+                terms.from_counter, current.version, current.counter
+            )));
+        }
+        let statement =
+            terms.statement(tenant, app, env, &release.version, &release.manifest_digest);
+        checked_signatures(&a.signatures, &statement.bytes())?;
+        if !self
+            .store
+            .spend_rollback_nonce(tenant, &terms.nonce, terms.expires_at)
+            .await?
+        {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "the rollback authorization with nonce {} was used already: an authorization allows one rollback; sign a new one",
+                terms.nonce
+            )));
+        }
+        Ok(a.to_stored())
+    }
+}
+
 /// Promote, rollback and retry start from what an environment desires.
 fn no_release(app: &str, environment: &str) -> ControllerError {
     ControllerError::FailedPrecondition(format!("{app} has no release in {environment}"))
@@ -406,7 +504,12 @@ mod tests {
     use super::*;
     use crate::hub::Recompute;
     use crate::lifecycle::{Health, RolloutState};
-    use crate::store::{EnvChange, HostAppReport, now};
+    use crate::store::{EnvChange, HostAppReport, ReleaseRow, now};
+
+    static UNSIGNED: RollbackAuthorization = RollbackAuthorization {
+        signatures: Vec::new(),
+        terms: None,
+    };
 
     const ACTOR: Actor<'static> = Actor {
         name: "ci (token t1)",
@@ -427,7 +530,10 @@ mod tests {
         let s = Store::from_pool(pool);
         s.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2", "3"] {
-            let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
+            let r = ReleaseRow {
+                counter: v.parse().unwrap(),
+                ..crate::store::tests::release(v, &format!("sha256:m{v}"))
+            };
             s.insert_release("default", &r, b"{}").await.unwrap();
         }
         for (host, env) in [("a", "preprod"), ("p", "prod")] {
@@ -466,7 +572,7 @@ mod tests {
         let d = Deploy {
             target: web(env),
             version,
-            authorization: &[],
+            authorization: &UNSIGNED,
             strategy: None,
         };
         i.deploy(&ACTOR, &d).await
@@ -557,7 +663,7 @@ mod tests {
                 ..web("preprod")
             },
             version: "1",
-            authorization: &[],
+            authorization: &UNSIGNED,
             strategy: None,
         };
         check(
@@ -568,6 +674,10 @@ mod tests {
             key: "ed25519:00".into(),
             sig: "00".into(),
         }];
+        let bad = RollbackAuthorization {
+            signatures: bad.to_vec(),
+            terms: None,
+        };
         let d = Deploy {
             authorization: &bad,
             ..d
@@ -685,7 +795,7 @@ mod tests {
         let back = |to_version| Rollback {
             target: web("preprod"),
             to_version,
-            authorization: &[],
+            authorization: &UNSIGNED,
         };
         assert_eq!(
             i.rollback(&ACTOR, &back(None))
@@ -748,5 +858,105 @@ mod tests {
         );
         assert!(again.generation > first.generation);
         assert_ne!(again.rollout_id, first.rollout_id);
+    }
+
+    /// An operator's authorization to go from `from` back to `version` of web
+    /// in preprod, signed by `key`, expiring `lifetime` seconds from now.
+    fn signed_back(
+        key: &trust::sign::KeyPair,
+        version: &str,
+        from: u64,
+        lifetime: i64,
+    ) -> RollbackAuthorization {
+        let terms = trust::sign::RollbackTerms::new(from, now(), lifetime);
+        let digest = format!("sha256:m{version}");
+        let statement = terms.statement("default", "web", "preprod", version, &digest);
+        RollbackAuthorization {
+            signatures: vec![key.sign(&statement.bytes())],
+            terms: Some(terms),
+        }
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_rollback_authorization_allows_one_rollback_from_the_release_desired_now(
+        pool: SqlitePool,
+    ) {
+        let s = store(pool).await;
+        let hub = Hub::new();
+        let i = Intent {
+            store: &s,
+            hub: &hub,
+            heartbeat_secs: 10,
+        };
+        let key = trust::sign::KeyPair::generate();
+        let back = |authorization| Rollback {
+            target: web("preprod"),
+            to_version: Some("1"),
+            authorization,
+        };
+        let redeploy = |authorization| Deploy {
+            target: web("preprod"),
+            version: "1",
+            authorization,
+            strategy: None,
+        };
+        let refused = |r: Result<Deployed>| r.unwrap_err().to_string();
+        deploy(&i, "preprod", "1").await.unwrap();
+        deploy(&i, "preprod", "2").await.unwrap();
+
+        let ok = signed_back(&key, "1", 2, 3600);
+        let rolled = i.rollback(&ACTOR, &back(&ok)).await.unwrap();
+        assert_eq!(rolled.version, "1");
+        let stored = s
+            .desired_app("default", "preprod", "web")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            RollbackAuthorization::from_stored(&stored.authorization),
+            ok,
+            "the terms travel with the desired release to the agents"
+        );
+
+        // CI puts 2 back; the same authorization replayed through a deploy
+        // (from counter 2 matches again) is refused: its nonce is spent.
+        deploy(&i, "preprod", "2").await.unwrap();
+        assert!(
+            refused(i.deploy(&ACTOR, &redeploy(&ok)).await).contains("was used already"),
+            "replay"
+        );
+
+        // From a release older than the desired one (signed before 2 was
+        // deployed), or from a counter nothing was published with.
+        let stale = signed_back(&key, "1", 1, 3600);
+        assert!(
+            refused(i.rollback(&ACTOR, &back(&stale)).await)
+                .contains("rolls back from counter 1, but preprod desires web 2 (counter 2)")
+        );
+        let unknown = signed_back(&key, "1", 4, 3600);
+        assert!(refused(i.rollback(&ACTOR, &back(&unknown)).await).contains("from counter 4"));
+        // Expired, too long-lived, v1 (no terms), signed over other terms.
+        let mut expired = signed_back(&key, "1", 2, 3600);
+        expired.terms.as_mut().unwrap().expires_at = now() - 1;
+        assert!(refused(i.rollback(&ACTOR, &back(&expired)).await).contains("expired"));
+        let long = signed_back(&key, "1", 2, trust::sign::ROLLBACK_MAX_LIFETIME_SECS + 60);
+        assert!(refused(i.rollback(&ACTOR, &back(&long)).await).contains("more than 86400s ahead"));
+        let v1 = RollbackAuthorization {
+            terms: None,
+            ..signed_back(&key, "1", 2, 3600)
+        };
+        assert!(
+            refused(i.rollback(&ACTOR, &back(&v1)).await).contains("v1 authorizations are refused")
+        );
+        let mut forged = signed_back(&key, "1", 2, 3600);
+        forged.terms.as_mut().unwrap().nonce = signed_back(&key, "1", 2, 3600).terms.unwrap().nonce;
+        assert!(refused(i.rollback(&ACTOR, &back(&forged)).await).contains("does not verify"));
+
+        // A fresh authorization works, once.
+        let fresh = signed_back(&key, "1", 2, 3600);
+        i.deploy(&ACTOR, &redeploy(&fresh)).await.unwrap();
+        // A retry carries it again without spending it anew.
+        let again = i.retry(&ACTOR, web("preprod")).await.unwrap();
+        assert_eq!(again.version, "1");
     }
 }

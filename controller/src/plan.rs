@@ -67,6 +67,49 @@ impl fmt::Display for Amount {
     }
 }
 
+/// What a rollout does with a host that is offline (no session, and its
+/// heartbeats stale) when its step starts or during it. Never a canary: an
+/// offline canary is always waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OfflinePolicy {
+    /// Count it failed at once (against the failure threshold).
+    Fail,
+    /// Hold the step until it comes back and is judged, or the step times
+    /// out: then it counts failed (timeout). The default: a rollout never
+    /// passes a step on hosts it did not judge, and a host that reconnects
+    /// within the batch timeout (an agent restart, a network blip) costs
+    /// nothing.
+    #[default]
+    Wait,
+    /// Skip it (outcome `offline`): it converges when it comes back, unjudged.
+    Skip,
+}
+
+impl OfflinePolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fail" => Some(Self::Fail),
+            "wait" => Some(Self::Wait),
+            "skip" => Some(Self::Skip),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Wait => "wait",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+impl fmt::Display for OfflinePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a change of desired release reaches an environment's hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Strategy {
@@ -79,6 +122,7 @@ pub struct Strategy {
     /// Failed hosts tolerated before the rollout halts.
     pub max_failures: Amount,
     pub auto_revert: bool,
+    pub offline: OfflinePolicy,
 }
 
 impl Default for Strategy {
@@ -90,6 +134,7 @@ impl Default for Strategy {
             pause_secs: 0,
             max_failures: Amount::Count(0),
             auto_revert: true,
+            offline: OfflinePolicy::Wait,
         }
     }
 }
@@ -119,6 +164,7 @@ pub struct StrategyOverride {
     pub pause_secs: Option<u32>,
     pub max_failures: Option<Amount>,
     pub auto_revert: Option<bool>,
+    pub offline: Option<OfflinePolicy>,
 }
 
 impl Strategy {
@@ -131,6 +177,7 @@ impl Strategy {
             pause_secs: o.pause_secs.unwrap_or(self.pause_secs),
             max_failures: o.max_failures.unwrap_or(self.max_failures),
             auto_revert: o.auto_revert.unwrap_or(self.auto_revert),
+            offline: o.offline.unwrap_or(self.offline),
         }
     }
 }

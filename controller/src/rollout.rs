@@ -14,7 +14,7 @@ use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
 use crate::hub::{DesiredChange, Hub};
 use crate::lifecycle::{Health, HostOutcome, RolloutState};
-use crate::plan::{self, Change};
+use crate::plan::{self, Change, OfflinePolicy};
 use crate::store::{
     self, FleetRow, NewRollout, RolloutHostRow, RolloutRow, Started, Store, StoreError,
 };
@@ -94,8 +94,9 @@ pub async fn run(ctx: SharedCtx) {
 }
 
 /// A host's verdict in a rollout from its latest report, or None while it is
-/// still on its way. An offline canary is not skipped: it is waited for (and
-/// times out), so a rollout never passes its canary step unproven.
+/// still on its way. An offline host is failed, skipped or waited for (then
+/// it times out), as the strategy's `offline` policy says; an offline canary
+/// is always waited for, so a rollout never passes its canary step unproven.
 fn judge(
     r: &RolloutRow,
     step: u32,
@@ -114,7 +115,21 @@ fn judge(
         }
     }
     if offline && !is_canary(r, step) {
-        return Some((HostOutcome::Offline, "went offline during its step".into()));
+        match r.strategy.offline {
+            OfflinePolicy::Skip => {
+                return Some((
+                    HostOutcome::Offline,
+                    "offline during its step: skipped, not judged".into(),
+                ));
+            }
+            OfflinePolicy::Fail => {
+                return Some((
+                    HostOutcome::Failed,
+                    "offline during its step (offline policy: fail)".into(),
+                ));
+            }
+            OfflinePolicy::Wait => {}
+        }
     }
     let timeout = i64::from(r.strategy.batch_timeout_secs);
     if now - r.step_started_at > timeout {
@@ -147,6 +162,32 @@ fn describe_failures(failed: &[&RolloutHostRow]) -> String {
     text
 }
 
+/// "not judged (offline): a, b" when the rollout skipped hosts.
+fn skipped_note(hosts: &[RolloutHostRow]) -> Option<String> {
+    const SHOWN: usize = 10;
+    let skipped: Vec<&str> = hosts
+        .iter()
+        .filter(|h| h.outcome == HostOutcome::Offline)
+        .map(|h| h.host.as_str())
+        .collect();
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut text = format!(
+        "not judged (offline): {}",
+        skipped
+            .iter()
+            .take(SHOWN)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if skipped.len() > SHOWN {
+        text.push_str(&format!(" and {} more", skipped.len() - SHOWN));
+    }
+    Some(text)
+}
+
 /// Every host the rollout reached (judged, not skipped as offline) failed:
 /// the release took nowhere, whatever failure threshold the strategy allows
 /// (a rollback tolerates every failure so as not to revert itself).
@@ -175,14 +216,28 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
         .into_iter()
         .map(|f| (f.host.clone(), f))
         .collect();
+    // A host with an open session is never offline, however stale its
+    // last_seen; without one, three missed heartbeats make it offline.
     let is_offline = |h: &str| {
+        let connected = ctx.hub.connected(&r.tenant, h);
         trust_offline
-            && reports
-                .get(h)
-                .is_none_or(|f| fleet::offline(f.last_seen, now, ctx.heartbeat_secs))
+            && reports.get(h).map_or(!connected, |f| {
+                fleet::offline(connected, f.last_seen, now, ctx.heartbeat_secs)
+            })
     };
     if admitting {
-        return admit(ctx, r, &hosts, is_offline).await;
+        // Hosts whose heartbeats lag while their session is up: judged
+        // online (logged, so a loaded controller shows in its log).
+        let lagging = hosts
+            .iter()
+            .filter(|h| h.step == r.step && ctx.hub.connected(&r.tenant, &h.host))
+            .filter(|h| {
+                reports
+                    .get(&h.host)
+                    .is_none_or(|f| fleet::offline(false, f.last_seen, now, ctx.heartbeat_secs))
+            })
+            .count();
+        return admit(ctx, r, &hosts, is_offline, lagging).await;
     }
     // Paused or not, admitted hosts are judged and a failure halts.
     let mut judged = false;
@@ -207,24 +262,28 @@ async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), S
     conclude(ctx, r, &hosts, now).await
 }
 
-/// Admits the rollout's current step (its offline hosts skipped, never a
-/// canary) and wakes the step's hosts, the only ones it releases.
+/// Admits the rollout's current step and wakes the step's hosts, the only
+/// ones it releases. Under the `skip` policy its offline hosts (never a
+/// canary) are skipped right away; otherwise they are judged like the others.
 async fn admit(
     ctx: &Ctx,
     r: &RolloutRow,
     hosts: &[RolloutHostRow],
     is_offline: impl Fn(&str) -> bool,
+    lagging: usize,
 ) -> Result<(), StoreError> {
     let step: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.step == r.step).collect();
+    let skip = r.strategy.offline == OfflinePolicy::Skip;
     let offline: Vec<String> = step
         .iter()
-        .filter(|h| !is_canary(r, h.step) && is_offline(&h.host))
+        .filter(|h| skip && !is_canary(r, h.step) && is_offline(&h.host))
         .map(|h| h.host.clone())
         .collect();
     let store = &ctx.store;
     if store.admit_step(r.id, r.step, &offline).await? {
         tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, step = r.step,
-            steps = r.steps, offline = offline.len(), store_queries = store.queries(),
+            steps = r.steps, offline = offline.len(), connected_stale_last_seen = lagging,
+            store_queries = store.queries(),
             "rollout step admitted");
         let admitted: Vec<String> = step.iter().map(|h| h.host.clone()).collect();
         ctx.hub.desired_changed(&desired_change(r, Some(&admitted)));
@@ -282,18 +341,20 @@ async fn conclude(
         );
         return halt(ctx, r, &reason).await;
     }
+    // Success never hides the hosts it did not judge.
+    let skipped = skipped_note(hosts);
     if ctx
         .store
         .transition_rollout(
             r.id,
             &[RolloutState::Running],
             RolloutState::Succeeded,
-            None,
+            skipped.as_deref(),
         )
         .await?
     {
         tracing::info!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version,
-            store_queries = ctx.store.queries(), "rollout succeeded");
+            skipped = skipped.as_deref().unwrap_or(""), store_queries = ctx.store.queries(), "rollout succeeded");
         engine_audit(ctx, r, "rollout-succeeded", "ok").await;
         // Hosts that joined since the plan were held at the previous release.
         ctx.hub.desired_changed(&desired_change(r, None));
@@ -371,7 +432,12 @@ async fn engine_audit(ctx: &Ctx, r: &RolloutRow, action: &str, outcome: &str) {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::SqlitePool;
+
     use super::*;
+    use crate::intent::{Actor, Deploy, Intent, Target};
+    use crate::plan::StrategyOverride;
+    use crate::store::HostAppReport;
 
     fn host(name: &str, outcome: HostOutcome) -> RolloutHostRow {
         RolloutHostRow {
@@ -400,5 +466,169 @@ mod tests {
         check(&[Offline, Offline], false);
         check(&[], false);
         check(&[Healthy], false);
+    }
+
+    /// A controller context on `pool` (its CA and blobs in `dir`) with
+    /// releases 1 and 2 of web and hosts on, off (preprod) running 1; both
+    /// last heard of long ago.
+    async fn engine(pool: &SqlitePool, dir: &std::path::Path) -> Ctx {
+        let store = Store::from_pool(pool.clone());
+        store.insert_blob("sha256:b", 1).await.unwrap();
+        for v in ["1", "2"] {
+            let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
+            store.insert_release("default", &r, b"{}").await.unwrap();
+        }
+        for host in ["on", "off"] {
+            store
+                .add_host(
+                    "default",
+                    host,
+                    "preprod",
+                    host,
+                    "x",
+                    store::now() + 60,
+                    "test",
+                )
+                .await
+                .unwrap();
+            report(&store, pool, host, "1", 0).await;
+        }
+        Ctx {
+            store,
+            blobs: crate::blobs::BlobStore::open(&dir.join("blobs")).unwrap(),
+            hub: Hub::new(),
+            ca: trust::pki::Ca::load_or_create(dir).unwrap(),
+            directive_key: trust::sign::KeyPair::generate(),
+            agent_cert_ttl: Duration::from_secs(60),
+            join_token_ttl: Duration::from_secs(60),
+            directive_ttl: Duration::from_secs(60),
+            heartbeat_secs: 2,
+            max_blob_bytes: 1 << 20,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// `host` runs web `version` healthy at `generation`; its last_seen is
+    /// then set stale (as under load, when heartbeat writes lag).
+    async fn report(s: &Store, pool: &SqlitePool, host: &str, version: &str, generation: u64) {
+        let r = HostAppReport {
+            app: "web".into(),
+            running_version: version.into(),
+            running_digest: format!("sha256:m{version}"),
+            health: Health::Healthy,
+            generation,
+            ..Default::default()
+        };
+        s.record_report("default", host, &r).await.unwrap();
+        sqlx::query("UPDATE hosts SET last_seen = 1")
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    /// Deploys web 2 to preprod in one step under `offline` and advances the
+    /// engine until both hosts were looked at; each host's outcome.
+    async fn roll(ctx: &Ctx, offline: OfflinePolicy) -> (RolloutRow, Vec<(String, HostOutcome)>) {
+        let intent = Intent {
+            store: &ctx.store,
+            hub: &ctx.hub,
+            heartbeat_secs: ctx.heartbeat_secs,
+        };
+        let none = trust::sign::RollbackAuthorization::default();
+        let d = Deploy {
+            target: Target {
+                tenant: "default",
+                app: "web",
+                environment: "preprod",
+            },
+            version: "2",
+            authorization: &none,
+            strategy: Some(StrategyOverride {
+                canary: Some(0),
+                batch: Some(plan::Amount::Percent(100)),
+                max_failures: Some(plan::Amount::Count(1)),
+                offline: Some(offline),
+                ..Default::default()
+            }),
+        };
+        let actor = Actor {
+            name: "test",
+            may_force: false,
+        };
+        let deployed = intent.deploy(&actor, &d).await.unwrap();
+        for _ in 0..2 {
+            let r = ctx
+                .store
+                .rollout(deployed.rollout_id)
+                .await
+                .unwrap()
+                .unwrap();
+            advance(ctx, &r, true).await.unwrap();
+        }
+        outcomes(ctx, deployed.rollout_id).await
+    }
+
+    async fn outcomes(ctx: &Ctx, id: i64) -> (RolloutRow, Vec<(String, HostOutcome)>) {
+        let r = ctx.store.rollout(id).await.unwrap().unwrap();
+        let hosts = ctx.store.rollout_hosts(id).await.unwrap();
+        (r, hosts.into_iter().map(|h| (h.host, h.outcome)).collect())
+    }
+
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_host_with_an_open_session_is_judged_whatever_its_last_seen(pool: SqlitePool) {
+        use HostOutcome::*;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = engine(&pool, dir.path()).await;
+        let web = vec!["web".to_string()];
+        let _session = ctx.hub.connect("default", "on", "preprod", &web);
+
+        // skip: the host without a session is skipped, the connected one is
+        // waited for and judged; success says who was not judged.
+        let (r, hosts) = roll(&ctx, OfflinePolicy::Skip).await;
+        let sorted = |mut v: Vec<(String, HostOutcome)>| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(
+            sorted(hosts),
+            [("off".to_string(), Offline), ("on".to_string(), Pending)],
+            "stale last_seen with an open session is not offline"
+        );
+        report(&ctx.store, &pool, "on", "2", r.generation).await;
+        advance(&ctx, &r, true).await.unwrap();
+        let (r, hosts) = outcomes(&ctx, r.id).await;
+        assert_eq!(
+            sorted(hosts),
+            [("off".to_string(), Offline), ("on".to_string(), Healthy)]
+        );
+        assert_eq!(r.state, RolloutState::Succeeded);
+        assert_eq!(r.reason, "not judged (offline): off");
+
+        // fail: counted failed at once (against the threshold of 1 here).
+        let (_, hosts) = roll(&ctx, OfflinePolicy::Fail).await;
+        assert_eq!(
+            sorted(hosts),
+            [("off".to_string(), Failed), ("on".to_string(), Pending)]
+        );
+
+        // wait: held until it returns or the step times out.
+        let (r, hosts) = roll(&ctx, OfflinePolicy::Wait).await;
+        assert_eq!(
+            sorted(hosts),
+            [("off".to_string(), Pending), ("on".to_string(), Pending)]
+        );
+        report(&ctx.store, &pool, "on", "2", r.generation).await;
+        advance(&ctx, &r, true).await.unwrap();
+        let (r, _) = outcomes(&ctx, r.id).await;
+        assert_eq!(r.state, RolloutState::Running, "the step waits for off");
+        let timed_out = RolloutRow {
+            step_started_at: r.step_started_at - i64::from(r.strategy.batch_timeout_secs) - 1,
+            ..r
+        };
+        assert_eq!(
+            judge(&timed_out, 0, None, true, store::now()).map(|(o, _)| o),
+            Some(Timeout),
+            "an offline host waited for counts failed once the step times out"
+        );
     }
 }

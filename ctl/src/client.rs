@@ -119,7 +119,8 @@ impl Clients {
         Ok(self.whoami().await?.tenant)
     }
 
-    /// The highest release counter of `app` (0 when it has no release yet).
+    /// The highest release counter of `app` (0 when it has no release yet);
+    /// yanked releases do not count, as the controller leaves them out too.
     pub async fn highest_counter(&mut self, tenant: &str, app: &str) -> Result<u64> {
         let req = ListReleasesRequest {
             tenant: tenant.into(),
@@ -130,6 +131,7 @@ impl Clients {
                 .into_inner()
                 .releases
                 .iter()
+                .filter(|r| r.yanked_at == 0)
                 .map(|r| r.counter)
                 .max()
                 .unwrap_or(0)),

@@ -64,6 +64,28 @@ pub enum Role {
     Admin,
 }
 
+/// What a rollout does with a host offline in its step (never a canary: an
+/// offline canary is always waited for).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offline {
+    /// Count it failed at once.
+    Fail,
+    /// Hold the step until it returns, or the batch timeout counts it failed.
+    Wait,
+    /// Skip it unjudged; it converges when it returns.
+    Skip,
+}
+
+impl Offline {
+    pub fn to_proto(self) -> proto::v1::OfflinePolicy {
+        match self {
+            Offline::Fail => proto::v1::OfflinePolicy::Fail,
+            Offline::Wait => proto::v1::OfflinePolicy::Wait,
+            Offline::Skip => proto::v1::OfflinePolicy::Skip,
+        }
+    }
+}
+
 /// How much a host matters; canaries are picked among the least critical.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Criticality {

@@ -222,7 +222,9 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
     );
     assert_eq!(o[5].1, "pending", "never admitted: {o:?}");
 
-    // A host offline during a rollout is skipped, and converges when back.
+    // A host offline during a rollout is skipped under `--offline skip` (the
+    // default, wait, would hold the batch for it), and converges when back;
+    // the success says it did not judge it.
     agents[5].kill();
     eventually(Duration::from_secs(30), "pre-6 offline", || {
         status_row(&c, "pre-6").filter(|r| r["status"] == "offline")
@@ -231,12 +233,22 @@ fn rollouts_go_canary_then_batches_and_revert_what_they_changed() {
     assert_eq!(hosts_json.as_array().unwrap().len(), 1);
     assert_eq!(hosts_json[0]["name"], "pre-6");
     publish(&c, t.path(), &ReleaseOpts::new("5.0.0"));
-    let out = deploy(&c, "5.0.0", &["--canary", "1", "--batch", "50%"]).ok();
+    let out = deploy(
+        &c,
+        "5.0.0",
+        &["--canary", "1", "--batch", "50%", "--offline", "skip"],
+    )
+    .ok();
     assert!(
-        out.stdout.contains("pre-6: offline; converges when back"),
+        out.stdout
+            .contains("pre-6: offline: skipped, not judged; converges when back")
+            && out
+                .stdout
+                .contains("succeeded with 1 skipped: not judged (offline): pre-6"),
         "{}",
         out.stdout
     );
+    assert_eq!(rollout(&c, "preprod")["skipped"], 1);
     let summary = c.ctl(&["status", "--json"]).ok().json();
     assert_eq!(summary["apps"][0]["offline"], 1, "{summary}");
     assert_eq!(summary["apps"][0]["status"], "offline");

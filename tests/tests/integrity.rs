@@ -1,7 +1,9 @@
 //! Integrity end to end: uploads whose bytes do not match their digest, blobs
 //! tampered with on the controller's disk, interrupted and corrupt downloads.
 
-use integration_tests::{Agent, Controller, ReleaseOpts, exit, publish};
+use std::time::Duration;
+
+use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish};
 use proto::v1::releases_client::ReleasesClient;
 use proto::v1::{UploadBlobHeader, UploadBlobRequest, upload_blob_request};
 
@@ -92,7 +94,7 @@ fn an_upload_whose_bytes_do_not_match_its_digest_is_refused_and_not_kept() {
 }
 
 #[test]
-fn a_blob_tampered_with_on_the_controller_is_refused_by_the_agent() {
+fn a_blob_corrupt_on_the_controller_is_never_served_and_a_publish_repairs_it() {
     let t = tempfile::tempdir().unwrap();
     let c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
@@ -101,26 +103,43 @@ fn a_blob_tampered_with_on_the_controller_is_refused_by_the_agent() {
         .ok();
 
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
-    let (_, path) = blob_of(&c, "2.0.0");
-    let mut bytes = std::fs::read(&path).unwrap();
+    let (hex, path) = blob_of(&c, "2.0.0");
+    let good = std::fs::read(&path).unwrap();
+    let mut bytes = good.clone();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
 
-    let out = c.ctl(&[
-        "deploy",
-        "web",
-        "2.0.0",
-        "--env",
-        "preprod",
-        "--wait",
-        "--timeout",
-        "60",
-    ]);
-    assert_eq!(out.code, exit::ROLLOUT_FAILED);
-    assert!(out.stderr.contains("discarded"), "{}", out.stderr);
-    agent.wait_serving("1.0.0");
+    // The controller checks what it streams: the stream ends with DataLoss
+    // instead of OK, and the blob is moved aside (it now reads as missing).
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod"]).ok();
+    let corrupt = c.data_dir.join("blobs/corrupt").join(&hex);
+    eventually(
+        Duration::from_secs(60),
+        "the corrupt blob moved aside",
+        || (corrupt.is_file() && !path.exists()).then_some(()),
+    );
+    assert_ne!(std::fs::read(&corrupt).unwrap(), good);
+    assert_eq!(agent.app_says().as_deref(), Some("sample-app 1.0.0"));
     assert!(!agent.app_dir().join("releases/2.0.0").exists());
+
+    // A publish of the same release finds the blob missing and uploads it
+    // again; the deploy then goes through.
+    let again = c.ctl(&[
+        "publish",
+        t.path().join("release-2.0.0").to_str().unwrap(),
+        "--app",
+        "web",
+        "--version",
+        "2.0.0",
+        "--allow-dirty",
+    ]);
+    let again = again.ok();
+    assert!(!again.stdout.contains("upload skipped"), "{}", again.stdout);
+    assert_eq!(std::fs::read(&path).unwrap(), good, "repaired");
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod", "--wait"])
+        .ok();
+    agent.wait_serving("2.0.0");
     let cache = agent.app_dir().join("cache");
     assert_eq!(
         std::fs::read_dir(cache).unwrap().count(),

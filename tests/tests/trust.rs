@@ -366,6 +366,299 @@ fn a_key_enforcing_agent_refuses_unsigned_releases_and_unsigned_downgrades() {
     a.wait_serving("1.0.0");
 }
 
+/// A Deployments client sending `token`, on a runtime of its own.
+fn deployments_as(
+    c: &Controller,
+    token: &str,
+) -> (
+    tokio::runtime::Runtime,
+    proto::v1::deployments_client::DeploymentsClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            impl tonic::service::Interceptor,
+        >,
+    >,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let channel = rt.block_on(c.channel());
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let client = proto::v1::deployments_client::DeploymentsClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    );
+    (rt, client)
+}
+
+#[test]
+fn a_signed_rollback_is_spent_once_and_its_replay_through_deploy_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let key_file = t.path().join("release.key");
+    let public = c
+        .ctl(&["keys", "generate", "--out", key_file.to_str().unwrap()])
+        .ok()
+        .stdout;
+    let key = trust::sign::KeyPair::load(&key_file).unwrap();
+    let mut a = Agent::configured(t.path(), &c, "web-1", "preprod", DB_ENV, true);
+    a.append_config(&format!(
+        "\n[trust]\npublisher_keys = [\"{}\"]\n",
+        public.trim()
+    ));
+    a.spawn();
+    a.wait_connected(&c);
+    for version in ["1.0.0", "2.0.0"] {
+        let rel = sample_release(t.path(), &ReleaseOpts::new(version));
+        c.ctl(&[
+            "publish",
+            rel.to_str().unwrap(),
+            "--app",
+            "web",
+            "--version",
+            version,
+            "--sign",
+            key_file.to_str().unwrap(),
+        ])
+        .ok();
+        c.deploy_wait(version, "preprod").ok();
+    }
+    a.wait_serving("2.0.0");
+    let releases = c.ctl(&["releases", "web", "--json"]).ok().json();
+    let release = |v: &str| {
+        releases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .unwrap()
+            .clone()
+    };
+    let (old, new) = (release("1.0.0"), release("2.0.0"));
+
+    // The operator's authorization to go from 2.0.0 back to 1.0.0, exactly
+    // as `slipctl rollback --to 1.0.0 --sign` makes it (kept here so it can
+    // be replayed; the controller never shows it).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let terms = trust::sign::RollbackTerms::new(new["counter"].as_u64().unwrap(), now, 3600);
+    let digest = old["release_digest"].as_str().unwrap();
+    let s = key.sign(
+        &terms
+            .statement("default", "web", "preprod", "1.0.0", digest)
+            .bytes(),
+    );
+    let authorization = vec![proto::v1::Signature {
+        key: s.key,
+        sig: s.sig,
+    }];
+    let wire_terms = proto::v1::RollbackTerms {
+        from_counter: terms.from_counter,
+        expires_at: terms.expires_at,
+        nonce: terms.nonce.clone(),
+    };
+    let (rt, mut operator) = deployments_as(&c, &c.admin_token);
+    rt.block_on(operator.rollback(proto::v1::RollbackRequest {
+        tenant: "default".into(),
+        app: "web".into(),
+        environment: "preprod".into(),
+        to_version: "1.0.0".into(),
+        authorization: authorization.clone(),
+        rollback_terms: Some(wire_terms.clone()),
+    }))
+    .expect("the first use is honoured");
+    a.wait_serving("1.0.0");
+
+    // CI redeploys 2.0.0; a deployer token replays the old authorization.
+    c.deploy_wait("2.0.0", "preprod").ok();
+    a.wait_serving("2.0.0");
+    let ci = c.token("ci", &["deployer"]);
+    let (rt, mut ci) = deployments_as(&c, &ci);
+    let refused = rt
+        .block_on(ci.deploy(proto::v1::DeployRequest {
+            tenant: "default".into(),
+            app: "web".into(),
+            version: "1.0.0".into(),
+            environment: "preprod".into(),
+            authorization: authorization.clone(),
+            rollback_terms: Some(wire_terms),
+            strategy: None,
+        }))
+        .expect_err("a replayed rollback authorization is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("was used already"),
+        "{refused:?}"
+    );
+    // A v1 authorization (no terms) is refused with a clear message.
+    let v1 = rt
+        .block_on(ci.deploy(proto::v1::DeployRequest {
+            tenant: "default".into(),
+            app: "web".into(),
+            version: "1.0.0".into(),
+            environment: "preprod".into(),
+            authorization,
+            rollback_terms: None,
+            strategy: None,
+        }))
+        .expect_err("a v1 authorization is refused");
+    assert!(
+        v1.message().contains("v1 authorizations are refused"),
+        "{v1:?}"
+    );
+    assert_eq!(desired_in(&c, "2.0.0"), ["preprod"]);
+    assert_eq!(a.app_says().as_deref(), Some("sample-app 2.0.0"));
+}
+
+/// `CreateRelease` of `version` of web (the blob of `src`, already uploaded)
+/// with `counter` and no signature, as a publisher token could send it.
+fn create_release_with_counter(
+    c: &Controller,
+    token: &str,
+    src: &std::path::Path,
+    version: &str,
+    counter: u64,
+) -> Result<proto::v1::Release, tonic::Status> {
+    let packed = artifact::pack::pack_dir(src, std::io::sink()).unwrap();
+    let manifest = packed.into_manifest("web", version, None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let mut client = proto::v1::releases_client::ReleasesClient::with_interceptor(
+            c.channel().await,
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            },
+        );
+        client
+            .create_release(proto::v1::CreateReleaseRequest {
+                manifest: manifest.to_canonical_bytes(),
+                counter,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().release.unwrap())
+    })
+}
+
+#[test]
+fn release_counters_stay_in_range_and_a_yank_unblocks_signed_publishing() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let key = t.path().join("release.key");
+    c.ctl(&["keys", "generate", "--out", key.to_str().unwrap()])
+        .ok();
+    let ci = c.token("ci", &["publisher", "deployer"]);
+    let publish_signed = |version: &str| {
+        let rel = sample_release(t.path(), &ReleaseOpts::new(version));
+        c.ctl_as(
+            &ci,
+            &[
+                "publish",
+                rel.to_str().unwrap(),
+                "--app",
+                "web",
+                "--version",
+                version,
+                "--sign",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    publish_signed("1.0.0").ok();
+    let src = t.path().join("release-1.0.0");
+    let counters = || -> Vec<(String, u64, bool)> {
+        let listed = c.ctl(&["releases", "web", "--json"]).ok().json();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["version"].as_str().unwrap().to_string(),
+                    r["counter"].as_u64().unwrap(),
+                    !r["yanked_at"].is_null(),
+                )
+            })
+            .collect()
+    };
+
+    // 2^64-1 (stored as -1 before) and 2^63 are out of range; a counter not
+    // above the highest is refused too. Nothing is stored.
+    for huge in [u64::MAX, 1 << 63] {
+        let e = create_release_with_counter(&c, &ci, &src, "6.6.6", huge).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("out of range"), "{e:?}");
+    }
+    let e = create_release_with_counter(&c, &ci, &src, "0.9.0", 1).unwrap_err();
+    assert!(
+        e.message()
+            .contains("release counter 1 is not above the highest (1)"),
+        "{e:?}"
+    );
+    assert_eq!(counters(), [("1.0.0".to_string(), 1, false)]);
+
+    // The largest counter is accepted, and then no signed release fits above it.
+    let top = create_release_with_counter(&c, &ci, &src, "9.9.9", i64::MAX as u64).unwrap();
+    assert_eq!(top.counter, i64::MAX as u64);
+    let frozen = publish_signed("2.0.0");
+    assert_ne!(frozen.code, 0);
+    assert!(
+        frozen.stderr.contains("no counter is left"),
+        "{}",
+        frozen.stderr
+    );
+
+    // The way out: an admin yanks it (a publisher may not; nor can a desired
+    // release be yanked).
+    let refused = c.ctl_as(&ci, &["releases", "yank", "web", "9.9.9"]);
+    assert_eq!(refused.code, exit::PERMISSION_DENIED, "{}", refused.stderr);
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    let desired = c.ctl(&["releases", "yank", "web", "1.0.0"]);
+    assert_eq!(desired.code, exit::FAILED, "{}", desired.stderr);
+    assert!(
+        desired.stderr.contains("web 1.0.0 is desired in preprod"),
+        "{}",
+        desired.stderr
+    );
+    c.ctl(&[
+        "releases",
+        "yank",
+        "web",
+        "9.9.9",
+        "--reason",
+        "counter by mistake",
+    ])
+    .ok();
+    publish_signed("2.0.0").ok();
+    assert_eq!(
+        counters(),
+        [
+            ("2.0.0".to_string(), 2, false),
+            ("9.9.9".to_string(), i64::MAX as u64, true),
+            ("1.0.0".to_string(), 1, false),
+        ]
+    );
+    let table = c.ctl(&["releases", "list", "web"]).ok().stdout;
+    assert!(table.contains("9.9.9 (yanked)"), "{table}");
+    // A yanked release is never desired again.
+    let e = c.ctl(&["deploy", "web", "9.9.9", "--env", "preprod"]);
+    assert_ne!(e.code, 0);
+    assert!(e.stderr.contains("was yanked"), "{}", e.stderr);
+    let history = c.ctl(&["history", "web"]).ok().stdout;
+    assert!(history.contains("yank"), "{history}");
+}
+
 /// Fetches a blob with `agent`'s certificate: the gRPC status of the refusal.
 fn fetch_refused(c: &Controller, agent: &Agent, digest: &str) -> tonic::Status {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -169,6 +169,11 @@ impl ReleaseStatement<'_> {
 
 /// An operator's permission to run an older release (lower counter) in an
 /// environment: without it, agents that enforce signatures refuse downgrades.
+/// It authorizes one downgrade, once, recently: from the release whose
+/// counter is `from_counter` (what the environment desired when it was
+/// signed), until `expires_at`, and the `nonce` is spent on first use (the
+/// controller and every agent remember it). `slipway.rollback.v1` statements,
+/// which had none of these, are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RollbackStatement<'a> {
     pub tenant: &'a str,
@@ -176,11 +181,155 @@ pub struct RollbackStatement<'a> {
     pub environment: &'a str,
     pub version: &'a str,
     pub manifest_digest: &'a str,
+    pub from_counter: u64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub nonce: &'a str,
 }
 
 impl RollbackStatement<'_> {
     pub fn bytes(&self) -> Vec<u8> {
-        canonical(&("slipway.rollback.v1", self))
+        canonical(&("slipway.rollback.v2", self))
+    }
+}
+
+/// How long `slipctl` makes a rollback authorization last by default.
+pub const ROLLBACK_DEFAULT_LIFETIME_SECS: i64 = 3600;
+/// The furthest ahead a rollback authorization may expire: the controller and
+/// agents refuse longer-lived ones.
+pub const ROLLBACK_MAX_LIFETIME_SECS: i64 = 24 * 3600;
+
+/// The terms a rollback statement adds to the release it names; they travel
+/// beside the signatures (`DesiredApp.rollback_terms`) so every verifier can
+/// rebuild the statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackTerms {
+    pub from_counter: u64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// 32 hex characters (16 random bytes).
+    pub nonce: String,
+}
+
+/// Why rollback terms are refused before any signature is checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TermsError {
+    #[error(
+        "rollback authorization has no expiry, nonce or counter floor (a slipway.rollback.v1 statement): v1 authorizations are refused; sign a new one (slipctl rollback --to VERSION --sign KEY)"
+    )]
+    V1,
+    #[error("rollback authorization expired at {expires_at} (now {now}); sign a new one")]
+    Expired { expires_at: i64, now: i64 },
+    #[error(
+        "rollback authorization expires at {expires_at}, more than {max_secs}s ahead (now {now}); sign one that expires sooner"
+    )]
+    TooLong {
+        expires_at: i64,
+        now: i64,
+        max_secs: i64,
+    },
+    #[error("rollback authorization nonce must be 32 lowercase hex characters")]
+    Nonce,
+    #[error("rollback authorization has no from counter")]
+    NoFrom,
+}
+
+impl RollbackTerms {
+    /// Fresh terms: a random nonce, expiring `lifetime_secs` after `now`.
+    pub fn new(from_counter: u64, now: i64, lifetime_secs: i64) -> Self {
+        let mut bytes = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut bytes);
+        RollbackTerms {
+            from_counter,
+            expires_at: now.saturating_add(lifetime_secs),
+            nonce: hex::encode(bytes),
+        }
+    }
+
+    /// Well formed and valid at `now`: not expired, not too far ahead.
+    pub fn check(&self, now: i64) -> std::result::Result<(), TermsError> {
+        if self.nonce.is_empty() && self.expires_at == 0 && self.from_counter == 0 {
+            return Err(TermsError::V1);
+        }
+        if self.nonce.len() != 32
+            || !self
+                .nonce
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(TermsError::Nonce);
+        }
+        if self.from_counter == 0 {
+            return Err(TermsError::NoFrom);
+        }
+        if self.expires_at <= now {
+            return Err(TermsError::Expired {
+                expires_at: self.expires_at,
+                now,
+            });
+        }
+        if self.expires_at - now > ROLLBACK_MAX_LIFETIME_SECS {
+            return Err(TermsError::TooLong {
+                expires_at: self.expires_at,
+                now,
+                max_secs: ROLLBACK_MAX_LIFETIME_SECS,
+            });
+        }
+        Ok(())
+    }
+
+    /// The statement these terms complete.
+    pub fn statement<'a>(
+        &'a self,
+        tenant: &'a str,
+        app: &'a str,
+        environment: &'a str,
+        version: &'a str,
+        manifest_digest: &'a str,
+    ) -> RollbackStatement<'a> {
+        RollbackStatement {
+            tenant,
+            app,
+            environment,
+            version,
+            manifest_digest,
+            from_counter: self.from_counter,
+            expires_at: self.expires_at,
+            nonce: &self.nonce,
+        }
+    }
+}
+
+/// An operator's rollback authorization as the controller stores it with the
+/// desired release: the signatures and the terms they cover. Rows written
+/// before v2 hold a bare list of signatures (no terms).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackAuthorization {
+    pub signatures: Vec<Signature>,
+    pub terms: Option<RollbackTerms>,
+}
+
+impl RollbackAuthorization {
+    /// Parses the stored JSON (an object, or an older bare list of signatures).
+    pub fn from_stored(json: &str) -> Self {
+        if let Ok(a) = serde_json::from_str::<RollbackAuthorization>(json) {
+            return a;
+        }
+        RollbackAuthorization {
+            signatures: serde_json::from_str(json).unwrap_or_default(),
+            terms: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signatures.is_empty()
+    }
+
+    pub fn to_stored(&self) -> String {
+        if self.is_empty() {
+            return "[]".into();
+        }
+        serde_json::to_string(self).expect("authorizations serialize")
     }
 }
 
@@ -251,6 +400,60 @@ mod tests {
             sig: stranger.sign(&payload).sig,
         };
         assert_eq!(count_trusted(&payload, [forged.pair()], &trusted), 0);
+    }
+
+    #[test]
+    fn rollback_terms_are_fresh_bounded_and_v2() {
+        let now = 1_000_000;
+        let t = RollbackTerms::new(7, now, ROLLBACK_DEFAULT_LIFETIME_SECS);
+        assert_eq!(t.check(now), Ok(()));
+        assert_ne!(t.nonce, RollbackTerms::new(7, now, 60).nonce);
+        let check = |t: RollbackTerms, at: i64| t.check(at).map_err(|e| e.to_string());
+        assert!(matches!(
+            t.check(t.expires_at),
+            Err(TermsError::Expired { .. })
+        ));
+        let long = RollbackTerms::new(7, now, ROLLBACK_MAX_LIFETIME_SECS + 1);
+        assert!(matches!(long.check(now), Err(TermsError::TooLong { .. })));
+        assert!(
+            check(RollbackTerms::default(), now)
+                .unwrap_err()
+                .contains("v1")
+        );
+        let bad = RollbackTerms {
+            nonce: "XYZ".into(),
+            ..t.clone()
+        };
+        assert_eq!(bad.check(now), Err(TermsError::Nonce));
+        // The terms are signed: another nonce or floor is another statement.
+        let s = t
+            .statement("default", "web", "prod", "1", "sha256:aa")
+            .bytes();
+        let other = RollbackTerms {
+            from_counter: 8,
+            ..t.clone()
+        };
+        assert_ne!(
+            s,
+            other
+                .statement("default", "web", "prod", "1", "sha256:aa")
+                .bytes()
+        );
+        assert!(
+            String::from_utf8(s)
+                .unwrap()
+                .starts_with("[\"slipway.rollback.v2\"")
+        );
+        // Stored forms: the object, and the bare list older controllers wrote.
+        let a = RollbackAuthorization {
+            signatures: vec![KeyPair::generate().sign(b"x")],
+            terms: Some(t),
+        };
+        assert_eq!(RollbackAuthorization::from_stored(&a.to_stored()), a);
+        let old = serde_json::to_string(&a.signatures).unwrap();
+        let parsed = RollbackAuthorization::from_stored(&old);
+        assert_eq!((parsed.signatures, parsed.terms), (a.signatures, None));
+        assert!(RollbackAuthorization::from_stored("[]").is_empty());
     }
 
     #[test]

@@ -25,7 +25,8 @@ impl AppRunner {
             .directive
             .as_ref()
             .ok_or_else(|| DeployError::Verify("no directive to verify".into()))?;
-        self.verify_signatures(d)?;
+        let accepted = self.verify_signatures(d, crate::state::now())?;
+        self.record_rollback(d, accepted);
         if self.kept_intact(&p.target).await {
             p.kept = true;
             self.log(
@@ -164,11 +165,18 @@ impl AppRunner {
 
     /// With `[trust] publisher_keys`: the release must be signed by enough
     /// distinct trusted keys, and one older than what runs (lower counter) also
-    /// needs an operator-signed rollback authorization for this environment.
-    pub(super) fn verify_signatures(&self, d: &Directive) -> Result<(), DeployError> {
+    /// needs an operator-signed rollback authorization for this environment:
+    /// v2 terms, unexpired (at most 24 h ahead), from a release at least as new
+    /// as the one running, and a nonce this host has not used up. Returns the
+    /// authorization's nonce when a downgrade rests on it.
+    pub(super) fn verify_signatures(
+        &self,
+        d: &Directive,
+        now: i64,
+    ) -> Result<Option<String>, DeployError> {
         let policy = &self.trust;
         if !policy.enforced() {
-            return Ok(());
+            return Ok(None);
         }
         let release = trust::sign::ReleaseStatement {
             tenant: &d.tenant,
@@ -195,27 +203,87 @@ impl AppRunner {
             .and_then(|v| self.status.counters.get(v))
             .copied()
             .unwrap_or(0);
-        if d.counter < running {
-            let rollback = trust::sign::RollbackStatement {
-                tenant: &d.tenant,
-                app: &self.name,
-                environment: &d.environment,
-                version: &d.version,
-                manifest_digest: &d.digest,
-            };
-            let valid = trust::sign::count_trusted(
-                &rollback.bytes(),
-                pairs(&d.rollback_authorization),
-                &policy.publisher_keys,
-            );
-            if valid < policy.signatures_required {
-                return Err(DeployError::Verify(format!(
-                    "downgrade refused: release counter {} is below the running release's {running}; going back needs an operator-signed rollback (slipctl rollback --to {} --sign KEY)",
-                    d.counter, d.version
+        if d.counter >= running {
+            return Ok(None);
+        }
+        let refused = |why: &str| {
+            DeployError::Verify(format!(
+                "downgrade refused: release counter {} is below the running release's {running}; {why}",
+                d.counter
+            ))
+        };
+        if d.rollback_authorization.is_empty() {
+            return Err(refused(&format!(
+                "going back needs an operator-signed rollback (slipctl rollback --to {} --sign KEY)",
+                d.version
+            )));
+        }
+        let terms = d
+            .rollback_terms
+            .as_ref()
+            .ok_or_else(|| refused(&trust::sign::TermsError::V1.to_string()))?;
+        let rollback =
+            terms.statement(&d.tenant, &self.name, &d.environment, &d.version, &d.digest);
+        let valid = trust::sign::count_trusted(
+            &rollback.bytes(),
+            pairs(&d.rollback_authorization),
+            &policy.publisher_keys,
+        );
+        if valid < policy.signatures_required {
+            return Err(refused(&format!(
+                "the rollback authorization is signed by {valid} trusted publisher key(s); {} required",
+                policy.signatures_required
+            )));
+        }
+        match self.status.rollback_nonces.get(&terms.nonce) {
+            // Accepted before for this release and not used up: the same
+            // deploy starting over (an agent restarted before `stop`).
+            Some(seen) if !seen.spent && seen.digest == d.digest => {}
+            Some(_) => {
+                return Err(refused(&format!(
+                    "the rollback authorization with nonce {} was used already on this host; sign a new one",
+                    terms.nonce
                 )));
             }
+            None => {
+                terms.check(now).map_err(|e| refused(&e.to_string()))?;
+                if terms.from_counter < running {
+                    return Err(refused(&format!(
+                        "the rollback authorization rolls back from counter {}, older than the running release; sign a new one",
+                        terms.from_counter
+                    )));
+                }
+            }
         }
-        Ok(())
+        Ok(Some(terms.nonce.clone()))
+    }
+
+    /// After a verified directive: every rollback authorization accepted for
+    /// another release is used up, the one this downgrade rests on is
+    /// remembered, and used-up ones past their expiry are forgotten (they
+    /// would be refused as expired anyway). Persisted with `status.json`.
+    fn record_rollback(&mut self, d: &Directive, accepted: Option<String>) {
+        let now = crate::state::now();
+        let nonces = &mut self.status.rollback_nonces;
+        let before = nonces.clone();
+        for seen in nonces.values_mut() {
+            if seen.digest != d.digest {
+                seen.spent = true;
+            }
+        }
+        if let (Some(nonce), Some(terms)) = (accepted, d.rollback_terms.as_ref()) {
+            nonces
+                .entry(nonce)
+                .or_insert_with(|| crate::state::AcceptedRollback {
+                    digest: d.digest.clone(),
+                    expires_at: terms.expires_at,
+                    spent: false,
+                });
+        }
+        nonces.retain(|_, seen| !(seen.spent && seen.expires_at < now));
+        if *nonces != before {
+            self.publish();
+        }
     }
 }
 

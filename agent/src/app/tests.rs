@@ -215,6 +215,7 @@ impl Rig {
             manifest: Arc::new(manifest),
             release_signatures: vec![],
             rollback_authorization: vec![],
+            rollback_terms: None,
         })
     }
 
@@ -732,4 +733,123 @@ async fn a_second_rollback_on_the_host_keeps_the_controllers_release_refused() {
         !r.needs_deploy(&v3),
         "3.0.0, which the controller wants, is not re-applied"
     );
+}
+
+/// `d` signed by `key` as its publisher, at generation `generation`; with a
+/// rollback authorization from counter `from` expiring at `expires_at` when
+/// given (a fresh nonce each time).
+fn signed(
+    key: &trust::sign::KeyPair,
+    d: &Desired,
+    generation: u64,
+    rollback: Option<(u64, i64)>,
+) -> Desired {
+    let Desired::Release(d) = d else {
+        panic!("a release")
+    };
+    let mut d = d.clone();
+    d.generation = generation;
+    let statement = trust::sign::ReleaseStatement {
+        tenant: &d.tenant,
+        app: &d.app,
+        version: &d.version,
+        counter: d.counter,
+        manifest_digest: &d.digest,
+    };
+    let s = key.sign(&statement.bytes());
+    d.release_signatures = vec![(s.key, s.sig)];
+    if let Some((from, expires_at)) = rollback {
+        let mut terms = trust::sign::RollbackTerms::new(from, 0, 0);
+        terms.expires_at = expires_at;
+        let s = key.sign(
+            &terms
+                .statement(&d.tenant, &d.app, &d.environment, &d.version, &d.digest)
+                .bytes(),
+        );
+        d.rollback_authorization = vec![(s.key, s.sig)];
+        d.rollback_terms = Some(terms);
+    }
+    Desired::Release(d)
+}
+
+#[tokio::test]
+async fn a_signed_rollback_is_honoured_once_while_fresh_and_from_what_runs() {
+    let mut rig = Rig::new();
+    let key = trust::sign::KeyPair::generate();
+    let trust = crate::config::TrustConfig {
+        publisher_keys: vec![key.public()],
+        signatures_required: 1,
+    };
+    let v1 = rig.release("1.0.0", SPEC);
+    let v2 = rig.release("2.0.0", SPEC);
+    let v3 = rig.release("3.0.0", SPEC);
+    let soon = crate::state::now() + 3600;
+    let mut r = rig.runner().with_trust(trust.clone());
+    rig.reconcile(&mut r, &signed(&key, &v1, 10, None)).await;
+    rig.reconcile(&mut r, &signed(&key, &v2, 11, None)).await;
+    assert_eq!(rig.running(), ["2.0.0"]);
+    let refused = |r: &AppRunner, what: &str| {
+        assert!(
+            r.status.last_error.contains("downgrade refused") && r.status.last_error.contains(what),
+            "{what}: {}",
+            r.status.last_error
+        );
+        assert_eq!(rig.running(), ["2.0.0"], "{what}: 2.0.0 keeps running");
+    };
+
+    // Refused: expired, too long-lived, v1 (no terms), from an older release.
+    rig.reconcile(
+        &mut r,
+        &signed(&key, &v1, 12, Some((2, crate::state::now() - 1))),
+    )
+    .await;
+    refused(&r, "expired");
+    let far = crate::state::now() + trust::sign::ROLLBACK_MAX_LIFETIME_SECS + 60;
+    rig.reconcile(&mut r, &signed(&key, &v1, 13, Some((2, far))))
+        .await;
+    refused(&r, "ahead");
+    let Desired::Release(mut v1_only) = signed(&key, &v1, 14, Some((2, soon))) else {
+        unreachable!()
+    };
+    v1_only.rollback_terms = None;
+    rig.reconcile(&mut r, &Desired::Release(v1_only)).await;
+    refused(&r, "v1");
+    rig.reconcile(&mut r, &signed(&key, &v1, 15, Some((1, soon))))
+        .await;
+    refused(&r, "rolls back from counter 1");
+
+    // A fresh one from 2: accepted, and survives an agent killed mid-way
+    // (the same authorization verified again for the same release).
+    let back = signed(&key, &v1, 16, Some((2, soon)));
+    let mut doomed = rig
+        .runner_crashing_before(Some(Step::Fetch))
+        .with_trust(trust.clone());
+    doomed.deploy(&back).await.unwrap();
+    drop(doomed);
+    let mut r = rig.runner().with_trust(trust.clone());
+    rig.reconcile(&mut r, &back).await;
+    assert_eq!(rig.running(), ["1.0.0"], "{}", r.status.last_error);
+
+    // CI puts 2 back; the same authorization replayed (a compromised
+    // controller, a new generation) is refused, across a restart too.
+    rig.reconcile(&mut r, &signed(&key, &v2, 17, None)).await;
+    assert_eq!(rig.running(), ["2.0.0"]);
+    let Desired::Release(mut replay) = back.clone() else {
+        unreachable!()
+    };
+    replay.generation = 18;
+    let mut r = rig.runner().with_trust(trust.clone());
+    rig.reconcile(&mut r, &Desired::Release(replay)).await;
+    refused(&r, "was used already");
+
+    // Past 3, an authorization from 2 is too old.
+    rig.reconcile(&mut r, &signed(&key, &v3, 19, None)).await;
+    rig.reconcile(&mut r, &signed(&key, &v1, 20, Some((2, soon))))
+        .await;
+    assert!(
+        r.status.last_error.contains("rolls back from counter 2"),
+        "{}",
+        r.status.last_error
+    );
+    assert_eq!(rig.running(), ["3.0.0"]);
 }

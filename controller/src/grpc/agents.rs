@@ -13,10 +13,9 @@ use proto::v1::{
     EnrollResponse, FetchBlobRequest, Hello, RenewRequest, Welcome, agent_message,
     controller_message,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::SharedCtx;
@@ -223,7 +222,8 @@ impl AgentsService {
             .next_directive_seq(&h.tenant, &h.host)
             .await?;
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
-        let rollback_authorization = super::releases::stored_signatures(&d.authorization);
+        let (rollback_authorization, rollback_terms) =
+            super::releases::stored_authorization(&d.authorization);
         let directive = trust::sign::Directive {
             tenant: &h.tenant,
             host: &h.host,
@@ -241,6 +241,7 @@ impl AgentsService {
         Ok(DesiredApp {
             release_signatures: super::releases::stored_signatures(&d.signatures),
             rollback_authorization,
+            rollback_terms,
             tenant: h.tenant.clone(),
             host: h.host.clone(),
             environment: h.environment.clone(),
@@ -395,38 +396,26 @@ impl Agents for AgentsService {
                 req.offset
             )));
         }
-        let path = self.ctx.blobs.path(&digest);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-            tracing::error!(path = %path.display(), error = %e, "blob listed in the store but unreadable");
-            Status::not_found(format!("no blob {digest}"))
-        })?;
-        file.seek(std::io::SeekFrom::Start(req.offset))
+        // Checked at rest while it streams: a corrupt blob ends the stream
+        // with DataLoss (never OK) and is moved aside, so it reads as missing
+        // until a publish uploads it again.
+        let chunks = self
+            .ctx
+            .blobs
+            .read_verified(digest.clone(), size, req.offset, proto::CHUNK_BYTES)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut remaining = size - req.offset;
-            while remaining > 0 {
-                let mut buf = vec![0u8; proto::CHUNK_BYTES.min(remaining as usize)];
-                match file.read_exact(&mut buf).await {
-                    Ok(_) => {
-                        remaining -= buf.len() as u64;
-                        if tx.send(Ok(BlobChunk { data: buf })).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss(format!(
-                                "reading blob {digest}: {e}"
-                            ))))
-                            .await;
-                        return;
-                    }
+            .map_err(|e| match e {
+                crate::blobs::BlobError::Corrupt { .. } => Status::data_loss(e.to_string()),
+                e => {
+                    tracing::error!(digest = %digest, error = %e, "blob listed in the store but unreadable");
+                    Status::not_found(format!("no blob {digest}"))
                 }
-            }
+            })?;
+        let stream = ReceiverStream::new(chunks).map(move |c| match c {
+            Ok(data) => Ok(BlobChunk { data }),
+            Err(e) => Err(Status::data_loss(format!("reading blob: {e}"))),
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {

@@ -11,7 +11,7 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::releases::signatures_from_proto;
+use super::releases::authorization_from_proto;
 use super::{Authorized, SharedCtx, Want, authorize, reader};
 use crate::auth::Need;
 use crate::error::{ControllerError, Result};
@@ -91,7 +91,7 @@ impl Deployments for DeploymentsService {
         let who = authorize(&self.ctx, &req, Want::Change, "deploy").await?;
         let r = req.into_inner();
         let (name, may_force) = actor(&who);
-        let authorization = signatures_from_proto(&r.authorization);
+        let authorization = authorization_from_proto(&r.authorization, r.rollback_terms.as_ref());
         let result = async {
             let d = Deploy {
                 target: Target {
@@ -175,7 +175,7 @@ impl Deployments for DeploymentsService {
         let who = authorize(&self.ctx, &req, Want::Change, "rollback").await?;
         let r = req.into_inner();
         let (name, may_force) = actor(&who);
-        let authorization = signatures_from_proto(&r.authorization);
+        let authorization = authorization_from_proto(&r.authorization, r.rollback_terms.as_ref());
         let rollback = Rollback {
             target: Target {
                 tenant: &who.tenant,

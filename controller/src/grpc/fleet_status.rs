@@ -23,7 +23,8 @@ pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<Flee
     let states: Vec<(HostState, bool, bool)> = rows
         .iter()
         .map(|f| {
-            let offline = fleet::offline(f.last_seen, now, ctx.heartbeat_secs);
+            let connected = ctx.hub.connected(tenant, &f.host);
+            let offline = fleet::offline(connected, f.last_seen, now, ctx.heartbeat_secs);
             let drifted = f.drifted();
             let state = fleet::classify(&HostFacts {
                 desired_version: f.desired_version.as_deref().unwrap_or_default(),

@@ -83,7 +83,7 @@ pub fn host_change(
 pub fn host_info(ctx: &Ctx, tenant: &str, h: HostRow, now: i64) -> HostInfo {
     let connected = ctx.hub.connected(tenant, &h.name);
     HostInfo {
-        offline: crate::fleet::offline(h.last_seen, now, ctx.heartbeat_secs),
+        offline: crate::fleet::offline(connected, h.last_seen, now, ctx.heartbeat_secs),
         connected,
         name: h.name,
         environment: h.environment,
@@ -129,6 +129,7 @@ pub fn env_change(r: &SetEnvironmentRequest) -> Result<EnvChange> {
         pause_secs: s.pause_secs,
         max_failures: (!s.max_failures.is_empty()).then_some(checked.max_failures),
         auto_revert: s.auto_revert,
+        offline: (s.offline() != proto::v1::OfflinePolicy::Unspecified).then_some(checked.offline),
     })
 }
 

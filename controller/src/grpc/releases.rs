@@ -5,13 +5,13 @@ use proto::v1::releases_server::Releases;
 use proto::v1::{
     CreateReleaseRequest, CreateReleaseResponse, EnvDesired, ListReleasesRequest,
     ListReleasesResponse, MissingBlobsRequest, MissingBlobsResponse, Release, UploadBlobRequest,
-    UploadBlobResponse, upload_blob_request,
+    UploadBlobResponse, YankReleaseRequest, upload_blob_request,
 };
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{SharedCtx, Want, audit, authorize, reader};
 use crate::error::ControllerError;
-use crate::store::{ReleaseRow, now};
+use crate::store::{ReleaseRow, YankRefused, now};
 
 /// Bounds on what a manifest may describe: the same the agents apply, so a
 /// release the controller accepts is one hosts can install.
@@ -24,6 +24,18 @@ pub struct ReleasesService {
     pub ctx: SharedCtx,
 }
 
+impl super::Scoped for YankReleaseRequest {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn target(&self) -> (&str, &str) {
+        (&self.app, "")
+    }
+}
+
+/// Longest reason a yank keeps.
+pub const MAX_YANK_REASON: usize = 500;
+
 fn release_to_proto(r: ReleaseRow) -> Release {
     Release {
         app: r.app,
@@ -35,6 +47,8 @@ fn release_to_proto(r: ReleaseRow) -> Release {
         created_at: r.created_at,
         entries: r.entries,
         counter: r.counter,
+        yanked_at: r.yanked_at.unwrap_or(0),
+        yank_reason: r.yank_reason,
         signed_by: stored_signatures(&r.signatures)
             .into_iter()
             .map(|s| s.key)
@@ -50,6 +64,42 @@ pub fn signatures_from_proto(sigs: &[proto::v1::Signature]) -> Vec<trust::sign::
             sig: s.sig.clone(),
         })
         .collect()
+}
+
+/// A rollback authorization from the wire: signatures and the terms they cover.
+pub fn authorization_from_proto(
+    sigs: &[proto::v1::Signature],
+    terms: Option<&proto::v1::RollbackTerms>,
+) -> trust::sign::RollbackAuthorization {
+    trust::sign::RollbackAuthorization {
+        signatures: signatures_from_proto(sigs),
+        terms: terms.map(|t| trust::sign::RollbackTerms {
+            from_counter: t.from_counter,
+            expires_at: t.expires_at,
+            nonce: t.nonce.clone(),
+        }),
+    }
+}
+
+/// A stored rollback authorization, for the wire: signatures and terms.
+pub fn stored_authorization(
+    json: &str,
+) -> (Vec<proto::v1::Signature>, Option<proto::v1::RollbackTerms>) {
+    let a = trust::sign::RollbackAuthorization::from_stored(json);
+    let sigs = a
+        .signatures
+        .into_iter()
+        .map(|s| proto::v1::Signature {
+            key: s.key,
+            sig: s.sig,
+        })
+        .collect();
+    let terms = a.terms.map(|t| proto::v1::RollbackTerms {
+        from_counter: t.from_counter,
+        expires_at: t.expires_at,
+        nonce: t.nonce,
+    });
+    (sigs, terms)
 }
 
 /// Signatures as the store keeps them (JSON), for the wire.
@@ -247,6 +297,27 @@ impl Releases for ReleasesService {
         }))
     }
 
+    async fn yank_release(
+        &self,
+        req: Request<YankReleaseRequest>,
+    ) -> Result<Response<Release>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Admin, "yank").await?;
+        let r = req.into_inner();
+        let result = self.yank(&who.tenant, &r).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let detail = match r.reason.as_str() {
+            "" => r.version.clone(),
+            reason => format!("{} ({reason})", r.version),
+        };
+        audit(&self.ctx, &who, "yank", &r.app, "", &detail, &outcome).await;
+        let row = result?;
+        tracing::info!(tenant = %who.tenant, app = %r.app, version = %r.version, "release yanked");
+        Ok(Response::new(release_to_proto(row)))
+    }
+
     async fn list_releases(
         &self,
         req: Request<ListReleasesRequest>,
@@ -295,6 +366,43 @@ impl Releases for ReleasesService {
 }
 
 impl ReleasesService {
+    /// Yanks `app` `version`; refused while an environment desires it.
+    async fn yank(
+        &self,
+        tenant: &str,
+        r: &YankReleaseRequest,
+    ) -> Result<ReleaseRow, ControllerError> {
+        if r.reason.chars().count() > MAX_YANK_REASON || r.reason.chars().any(char::is_control) {
+            return Err(ControllerError::InvalidArgument(format!(
+                "the reason must be one line of at most {MAX_YANK_REASON} characters"
+            )));
+        }
+        let store = &self.ctx.store;
+        if store.release(tenant, &r.app, &r.version).await?.is_none() {
+            return Err(ControllerError::NotFound(format!(
+                "unknown version {:?} of app {:?} (see `slipctl releases {}`)",
+                r.version, r.app, r.app
+            )));
+        }
+        match store
+            .yank_release(tenant, &r.app, &r.version, &r.reason)
+            .await
+        {
+            Ok(Some(row)) => Ok(row),
+            Ok(None) => Err(ControllerError::NotFound(format!(
+                "release {} {} vanished",
+                r.app, r.version
+            ))),
+            Err(YankRefused::Desired(envs)) => Err(ControllerError::FailedPrecondition(format!(
+                "{} {} is desired in {}: deploy another release there first, then yank it",
+                r.app,
+                r.version,
+                envs.join(", ")
+            ))),
+            Err(YankRefused::Store(e)) => Err(e.into()),
+        }
+    }
+
     async fn create(
         &self,
         tenant: &str,
@@ -331,17 +439,8 @@ impl ReleasesService {
         {
             return Ok((existing, true));
         }
-        let highest = store.max_counter(tenant, &manifest.app).await?;
-        let counter = match counter {
-            0 => highest + 1,
-            c if c <= highest => {
-                return Err(ControllerError::InvalidArgument(format!(
-                    "release counter {c} is not above {}'s highest ({highest})",
-                    manifest.app
-                )));
-            }
-            c => c,
-        };
+        let counter = next_counter(store.max_counter(tenant, &manifest.app).await?, counter)
+            .map_err(|e| ControllerError::InvalidArgument(format!("{}: {e}", manifest.app)))?;
         let manifest_digest = manifest.digest().to_string();
         let statement = trust::sign::ReleaseStatement {
             tenant,
@@ -362,6 +461,8 @@ impl ReleasesService {
             created_at: now(),
             counter,
             signatures,
+            yanked_at: None,
+            yank_reason: String::new(),
         };
         let (stored, existed) = store.insert_release(tenant, &row, bytes).await?;
         if existed && stored.manifest_digest != row.manifest_digest {
@@ -380,6 +481,76 @@ impl ReleasesService {
     }
 }
 
+/// Highest counter a release may carry: counters are stored as SQLite integers.
+pub const MAX_COUNTER: u64 = i64::MAX as u64;
+
+/// Why a release counter is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CounterError {
+    #[error("release counter {0} is out of range (1..={MAX_COUNTER})")]
+    OutOfRange(u64),
+    #[error("release counter {given} is not above the highest ({highest})")]
+    NotAbove { given: u64, highest: u64 },
+    #[error(
+        "the highest release counter is {MAX_COUNTER}: no counter is left above it (yank the release that holds it: slipctl releases yank)"
+    )]
+    Exhausted,
+}
+
+/// The counter a new release gets: `given` when it is in range and above
+/// `highest` (the app's highest, yanked releases left out), or the next one
+/// when `given` is 0.
+pub fn next_counter(highest: u64, given: u64) -> Result<u64, CounterError> {
+    match given {
+        0 => highest
+            .checked_add(1)
+            .filter(|c| *c <= MAX_COUNTER)
+            .ok_or(CounterError::Exhausted),
+        c if c > MAX_COUNTER => Err(CounterError::OutOfRange(c)),
+        c if c <= highest => Err(CounterError::NotAbove { given: c, highest }),
+        c => Ok(c),
+    }
+}
+
 fn short(d: &str) -> &str {
     &d[..d.len().min(19)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_stay_in_range_and_grow() {
+        let check = |highest, given| next_counter(highest, given).map_err(|e| e.to_string());
+        assert_eq!(check(0, 0), Ok(1));
+        assert_eq!(check(4, 0), Ok(5));
+        assert_eq!(check(4, 9), Ok(9));
+        assert_eq!(check(4, MAX_COUNTER), Ok(MAX_COUNTER));
+        assert_eq!(
+            check(4, u64::MAX),
+            Err(format!(
+                "release counter {} is out of range (1..={MAX_COUNTER})",
+                u64::MAX
+            ))
+        );
+        assert_eq!(
+            check(4, MAX_COUNTER + 1).unwrap_err(),
+            CounterError::OutOfRange(MAX_COUNTER + 1).to_string()
+        );
+        assert_eq!(
+            check(4, 4),
+            Err("release counter 4 is not above the highest (4)".into())
+        );
+        assert_eq!(
+            check(4, 2),
+            Err("release counter 2 is not above the highest (4)".into())
+        );
+        assert!(
+            check(MAX_COUNTER, 0)
+                .unwrap_err()
+                .contains("no counter is left")
+        );
+        assert!(check(u64::MAX, 0).is_err(), "never wraps");
+    }
 }

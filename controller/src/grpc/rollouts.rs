@@ -8,7 +8,7 @@ use super::{Authorized, Ctx};
 use crate::error::{ControllerError, Result};
 use crate::hub::DesiredChange;
 use crate::lifecycle::RolloutState;
-use crate::plan::{Amount, Strategy, StrategyOverride};
+use crate::plan::{Amount, OfflinePolicy, Strategy, StrategyOverride};
 use crate::store::{EnvPolicy, RolloutHostRow, RolloutRow};
 
 /// Longest batch timeout or pause a strategy may ask for (a day).
@@ -53,6 +53,12 @@ pub fn strategy_override_from_proto(o: &pb::Strategy) -> Result<StrategyOverride
         pause_secs: bounded_secs("pause", o.pause_secs)?,
         max_failures: amount("max failures", &o.max_failures)?,
         auto_revert: o.auto_revert,
+        offline: match o.offline() {
+            pb::OfflinePolicy::Unspecified => None,
+            pb::OfflinePolicy::Fail => Some(OfflinePolicy::Fail),
+            pb::OfflinePolicy::Wait => Some(OfflinePolicy::Wait),
+            pb::OfflinePolicy::Skip => Some(OfflinePolicy::Skip),
+        },
     })
 }
 
@@ -72,6 +78,11 @@ pub fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
         pause_secs: Some(s.pause_secs),
         max_failures: s.max_failures.to_string(),
         auto_revert: Some(s.auto_revert),
+        offline: match s.offline {
+            OfflinePolicy::Fail => pb::OfflinePolicy::Fail,
+            OfflinePolicy::Wait => pb::OfflinePolicy::Wait,
+            OfflinePolicy::Skip => pb::OfflinePolicy::Skip,
+        } as i32,
     }
 }
 
@@ -79,7 +90,7 @@ pub fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
 pub fn describe_policy(p: &EnvPolicy) -> String {
     let s = &p.strategy;
     format!(
-        "production={} soak={}s canary={} batch={} batch_timeout={}s pause={}s max_failures={} auto_revert={}",
+        "production={} soak={}s canary={} batch={} batch_timeout={}s pause={}s max_failures={} auto_revert={} offline={}",
         p.production,
         p.soak_secs,
         s.canary,
@@ -87,7 +98,8 @@ pub fn describe_policy(p: &EnvPolicy) -> String {
         s.batch_timeout_secs,
         s.pause_secs,
         s.max_failures,
-        s.auto_revert
+        s.auto_revert,
+        s.offline
     )
 }
 

@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use sqlx::types::Json;
 
 use super::{Result, Store};
-use crate::plan::{Amount, Strategy};
+use crate::plan::{Amount, OfflinePolicy, Strategy};
 
 /// An environment and its policy.
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ pub struct EnvChange {
     pub pause_secs: Option<u32>,
     pub max_failures: Option<Amount>,
     pub auto_revert: Option<bool>,
+    pub offline: Option<OfflinePolicy>,
 }
 
 /// Inventory fields a host is registered or updated with.
@@ -61,6 +62,7 @@ struct EnvRecord {
     pause_secs: u32,
     max_failures: String,
     auto_revert: bool,
+    offline: String,
 }
 
 impl From<EnvRecord> for EnvPolicy {
@@ -76,6 +78,7 @@ impl From<EnvRecord> for EnvPolicy {
                 pause_secs: r.pause_secs,
                 max_failures: Amount::parse(&r.max_failures).unwrap_or(Amount::Count(0)),
                 auto_revert: r.auto_revert,
+                offline: OfflinePolicy::parse(&r.offline).unwrap_or_default(),
             },
         }
     }
@@ -111,7 +114,7 @@ struct HostApp {
     app: String,
 }
 
-const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert";
+const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, offline";
 
 #[derive(FromRow)]
 struct EnvName {
@@ -183,7 +186,8 @@ impl Store {
                 production = COALESCE(?, production), soak_secs = COALESCE(?, soak_secs),
                 canary = COALESCE(?, canary), batch = COALESCE(?, batch),
                 batch_timeout_secs = COALESCE(?, batch_timeout_secs), pause_secs = COALESCE(?, pause_secs),
-                max_failures = COALESCE(?, max_failures), auto_revert = COALESCE(?, auto_revert)
+                max_failures = COALESCE(?, max_failures), auto_revert = COALESCE(?, auto_revert),
+                offline = COALESCE(?, offline)
              WHERE tenant = ? AND name = ?",
         )
         .bind(c.production.map(i64::from))
@@ -194,6 +198,7 @@ impl Store {
         .bind(c.pause_secs.map(i64::from))
         .bind(c.max_failures.map(|a| a.to_string()))
         .bind(c.auto_revert.map(i64::from))
+        .bind(c.offline.map(|o| o.as_str()))
         .bind(tenant)
         .bind(env)
         .execute(&mut *tx)

@@ -22,7 +22,7 @@ mod trust;
 pub use audit::AuditRow;
 pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport};
-pub use releases::{DesiredRow, ReleaseRow};
+pub use releases::{DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
 
@@ -122,6 +122,8 @@ pub(crate) mod tests {
             created_at: now(),
             counter: 0,
             signatures: "[]".into(),
+            yanked_at: None,
+            yank_reason: String::new(),
         }
     }
 

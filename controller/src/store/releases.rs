@@ -19,6 +19,11 @@ pub struct ReleaseRow {
     pub counter: u64,
     /// Publisher signatures, JSON (`[{"key","sig"}]`).
     pub signatures: String,
+    /// When it was yanked (`slipctl releases yank`), and why.
+    #[sqlx(default)]
+    pub yanked_at: Option<i64>,
+    #[sqlx(default)]
+    pub yank_reason: String,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -39,6 +44,22 @@ pub struct DesiredRow {
     pub authorization: String,
 }
 
+/// Why a release was not yanked.
+#[derive(Debug, thiserror::Error)]
+pub enum YankRefused {
+    /// Environments desire it (sorted).
+    #[error("desired in {}", .0.join(", "))]
+    Desired(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
+}
+
+impl From<sqlx::Error> for YankRefused {
+    fn from(e: sqlx::Error) -> Self {
+        YankRefused::Store(e.into())
+    }
+}
+
 /// A desired release of app@env: which version, at which generation.
 #[derive(FromRow)]
 struct Desired {
@@ -53,7 +74,7 @@ struct AppGeneration {
     generation: u64,
 }
 
-const RELEASE_COLUMNS: &str = "app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at, counter, signatures";
+const RELEASE_COLUMNS: &str = "app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at, counter, signatures, yanked_at, yank_reason";
 
 impl Store {
     pub async fn app_exists(&self, tenant: &str, app: &str) -> Result<bool> {
@@ -160,16 +181,84 @@ impl Store {
         .await?)
     }
 
-    /// The highest release counter of an app (0 when none).
+    /// The highest release counter of an app (0 when none); yanked releases
+    /// do not count.
     pub async fn max_counter(&self, tenant: &str, app: &str) -> Result<u64> {
         let max: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(counter), 0) FROM releases WHERE tenant = ? AND app = ?",
+            "SELECT COALESCE(MAX(counter), 0) FROM releases
+             WHERE tenant = ? AND app = ? AND yanked_at IS NULL AND counter > 0",
         )
         .bind(tenant)
         .bind(app)
         .fetch_one(self.db())
         .await?;
-        Ok(max as u64)
+        Ok(max.max(0) as u64)
+    }
+
+    /// Yanks a release: it stays listed, but is never desired again and does
+    /// not count for the next counter. Refused while an environment desires
+    /// it (their names in the error); yanking twice keeps the first record.
+    pub async fn yank_release(
+        &self,
+        tenant: &str,
+        app: &str,
+        version: &str,
+        reason: &str,
+    ) -> std::result::Result<Option<ReleaseRow>, YankRefused> {
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let desired: Vec<String> = sqlx::query_scalar(
+            "SELECT environment FROM desired WHERE tenant = ? AND app = ? AND version = ? ORDER BY environment",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(version)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !desired.is_empty() {
+            return Err(YankRefused::Desired(desired));
+        }
+        sqlx::query(
+            "UPDATE releases SET yanked_at = ?, yank_reason = ?
+             WHERE tenant = ? AND app = ? AND version = ? AND yanked_at IS NULL",
+        )
+        .bind(now())
+        .bind(reason)
+        .bind(tenant)
+        .bind(app)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(self.release(tenant, app, version).await?)
+    }
+
+    /// Records a rollback authorization's nonce as used; false when it was
+    /// used before. Prunes nonces of expired authorizations on the way.
+    pub async fn spend_rollback_nonce(
+        &self,
+        tenant: &str,
+        nonce: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM rollback_nonces WHERE expires_at < ?")
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO rollback_nonces (tenant, nonce, expires_at, used_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(nonce)
+        .bind(expires_at)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     /// Current desired (version, generation) of app@env.
@@ -207,6 +296,7 @@ impl Store {
             "SELECT d.version FROM desired_history d
              JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
              WHERE d.tenant = ? AND d.app = ? AND d.environment = ? AND d.version != ?
+               AND r.yanked_at IS NULL
                AND EXISTS (SELECT 1 FROM healthy_releases h WHERE h.tenant = d.tenant AND h.app = d.app
                    AND h.environment = d.environment AND h.manifest_digest = r.manifest_digest)
                AND COALESCE((SELECT o.state FROM rollouts o WHERE o.tenant = d.tenant AND o.app = d.app

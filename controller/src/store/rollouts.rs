@@ -7,7 +7,7 @@ use sqlx::FromRow;
 
 use super::{Result, Store, now};
 use crate::lifecycle::{HostOutcome, RolloutState};
-use crate::plan::{Amount, Strategy};
+use crate::plan::{Amount, OfflinePolicy, Strategy};
 
 /// `state IN (?, ?, ?)` for the states that hold hosts back
 /// (`RolloutState::HOLDING`, bound in that order).
@@ -63,7 +63,7 @@ pub struct Started {
 }
 
 const COLUMNS: &str = "id, tenant, app, environment, from_version, from_generation, to_version, to_digest, generation,
-    canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, state, step, steps, step_started_at,
+    canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, offline, state, step, steps, step_started_at,
     next_step_at, reason, created_by, created_at, updated_at";
 
 /// A `rollouts` row as stored (the strategy's amounts as text).
@@ -84,6 +84,7 @@ struct RolloutRecord {
     pause_secs: u32,
     max_failures: String,
     auto_revert: bool,
+    offline: String,
     state: RolloutState,
     step: u32,
     steps: u32,
@@ -115,6 +116,7 @@ impl From<RolloutRecord> for RolloutRow {
                 pause_secs: r.pause_secs,
                 max_failures: amount(&r.max_failures),
                 auto_revert: r.auto_revert,
+                offline: OfflinePolicy::parse(&r.offline).unwrap_or(OfflinePolicy::Skip),
             },
             state: r.state,
             step: r.step,
@@ -257,9 +259,9 @@ impl Store {
         let s = &c.strategy;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO rollouts (tenant, app, environment, from_version, from_generation, to_version, to_digest,
-                generation, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, state, steps,
+                generation, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, offline, state, steps,
                 created_by, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(c.tenant)
         .bind(c.app)
@@ -275,6 +277,7 @@ impl Store {
         .bind(i64::from(s.pause_secs))
         .bind(s.max_failures.to_string())
         .bind(i64::from(s.auto_revert))
+        .bind(s.offline.as_str())
         .bind(state)
         .bind(i64::from(n.steps))
         .bind(c.actor)

@@ -35,7 +35,8 @@ pub struct DeployArgs {
     /// Environment to deploy to.
     #[arg(long)]
     pub env: String,
-    /// Authorize an older release than hosts run, signed with this publisher key.
+    /// Authorize an older release than hosts run, signed with this publisher key
+    /// (one use, from what the environment runs now, valid for an hour).
     #[arg(long, value_name = "KEY_FILE")]
     pub sign: Option<PathBuf>,
     #[command(flatten)]
@@ -74,7 +75,8 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "VERSION")]
     pub to: Option<String>,
     /// Sign the rollback with this publisher key: hosts that enforce release
-    /// signatures refuse an older release without it. Needs --to.
+    /// signatures refuse an older release without it. It allows this one rollback,
+    /// from what the environment runs now, within the hour. Needs --to.
     #[arg(long, value_name = "KEY_FILE", requires = "to")]
     pub sign: Option<PathBuf>,
     #[command(flatten)]
@@ -93,9 +95,40 @@ pub struct RetryArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ReleasesArgs {
+    #[command(subcommand)]
+    pub command: Option<ReleasesCommand>,
     /// App whose releases are listed.
-    pub app: String,
+    #[arg(required = true)]
+    pub app: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReleasesCommand {
+    /// List the published releases of APP, newest first (yanked ones marked).
+    #[command(after_help = "Example:\n  slipctl releases list web")]
+    List {
+        /// App whose releases are listed.
+        app: String,
+    },
+    /// Withdraw a release (admin role; audited).
+    ///
+    /// It stays listed, marked yanked, is never deployed, promoted or rolled
+    /// back to, and does not count for the next release counter (the way out of
+    /// a counter published too high). Refused while an environment desires it.
+    #[command(
+        after_help = "Example:\n  slipctl releases yank web 9.9.9 --reason \"counter published by mistake\""
+    )]
+    Yank {
+        /// App of the release.
+        app: String,
+        /// Version to yank.
+        version: String,
+        /// Why (one line, kept with the release and in the audit log).
+        #[arg(long, value_parser = values::text)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]

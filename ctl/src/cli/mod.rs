@@ -124,6 +124,9 @@ pub struct StrategyArgs {
     /// On halt, put the previous release back on the hosts already changed.
     #[arg(long, value_name = "BOOL")]
     pub auto_revert: Option<bool>,
+    /// Hosts offline in their step: fail them, wait for them (default), or skip them.
+    #[arg(long, value_enum)]
+    pub offline: Option<values::Offline>,
 }
 
 impl StrategyArgs {
@@ -136,6 +139,7 @@ impl StrategyArgs {
             pause_secs: self.pause,
             max_failures: self.max_failures.map(|a| a.to_string()).unwrap_or_default(),
             auto_revert: self.auto_revert,
+            offline: self.offline.map_or(0, |o| o.to_proto() as i32),
         };
         (s != proto::v1::Strategy::default()).then_some(s)
     }

@@ -13,9 +13,9 @@ use crate::error::{Result, from_status};
 use crate::output::{Format, escape, print_json};
 
 pub async fn deploy(a: DeployArgs, c: &mut Clients, fmt: Format) -> Result<()> {
-    let authorization = match &a.sign {
+    let (authorization, rollback_terms) = match &a.sign {
         Some(key) => rollback_authorization(c, &a.app, &a.env, &a.version, key).await?,
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     let req = DeployRequest {
         tenant: c.tenant.clone(),
@@ -24,6 +24,7 @@ pub async fn deploy(a: DeployArgs, c: &mut Clients, fmt: Format) -> Result<()> {
         version: a.version,
         environment: a.env,
         authorization,
+        rollback_terms,
     };
     let r = c.deployments.deploy(req).await;
     let r = r.map_err(|s| from_status(&c.url, s))?.into_inner();
@@ -46,9 +47,9 @@ pub async fn promote(a: PromoteArgs, c: &mut Clients, fmt: Format) -> Result<()>
 
 pub async fn rollback(a: RollbackArgs, c: &mut Clients, fmt: Format) -> Result<()> {
     let to = a.to.unwrap_or_default();
-    let authorization = match &a.sign {
+    let (authorization, rollback_terms) = match &a.sign {
         Some(key) => rollback_authorization(c, &a.app, &a.env, &to, key).await?,
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     let req = RollbackRequest {
         tenant: c.tenant.clone(),
@@ -56,6 +57,7 @@ pub async fn rollback(a: RollbackArgs, c: &mut Clients, fmt: Format) -> Result<(
         environment: a.env,
         to_version: to,
         authorization,
+        rollback_terms,
     };
     let r = c.deployments.rollback(req).await;
     let r = r.map_err(|s| from_status(&c.url, s))?.into_inner();

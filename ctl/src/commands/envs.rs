@@ -20,11 +20,13 @@ struct EnvPolicyJson {
     pause_secs: u32,
     max_failures: String,
     auto_revert: bool,
+    offline: &'static str,
 }
 
 impl From<Environment> for EnvPolicyJson {
     fn from(e: Environment) -> Self {
         let s = e.strategy.unwrap_or_default();
+        let offline = s.offline();
         EnvPolicyJson {
             name: e.name,
             production: e.production,
@@ -35,6 +37,12 @@ impl From<Environment> for EnvPolicyJson {
             pause_secs: s.pause_secs.unwrap_or(0),
             max_failures: s.max_failures,
             auto_revert: s.auto_revert.unwrap_or(false),
+            offline: match offline {
+                proto::v1::OfflinePolicy::Fail => "fail",
+                proto::v1::OfflinePolicy::Wait => "wait",
+                proto::v1::OfflinePolicy::Skip => "skip",
+                proto::v1::OfflinePolicy::Unspecified => "unknown",
+            },
         }
     }
 }
@@ -82,6 +90,7 @@ fn print_envs(rows: Vec<EnvPolicyJson>) {
         "PAUSE",
         "MAX FAILURES",
         "AUTO REVERT",
+        "OFFLINE",
     ]);
     for e in rows {
         t.row([
@@ -94,6 +103,7 @@ fn print_envs(rows: Vec<EnvPolicyJson>) {
             format!("{}s", e.pause_secs),
             e.max_failures,
             if e.auto_revert { "on" } else { "off" }.into(),
+            e.offline.into(),
         ]);
     }
     t.print();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use proto::v1::{ListReleasesRequest, Signature};
+use proto::v1::{FleetStatusRequest, ListReleasesRequest, RollbackTerms, Signature};
 use serde::Serialize;
 
 use crate::cli::KeysCommand;
@@ -43,17 +43,19 @@ pub fn run(cmd: KeysCommand, fmt: Format) -> Result<()> {
     Ok(())
 }
 
-/// Signs "run `version` of `app` in `env`" with the publisher key at `key`.
+/// Signs "go back from what `env` desires or runs now (the highest counter
+/// of either) to `version` of `app`, once, within the hour" (a `slipway.rollback.v2` statement) with the publisher
+/// key at `key`: the signatures and the terms they cover.
 pub async fn rollback_authorization(
     c: &mut Clients,
     app: &str,
     env: &str,
     version: &str,
     key: &Path,
-) -> Result<Vec<Signature>> {
+) -> Result<(Vec<Signature>, Option<RollbackTerms>)> {
     let key = trust::sign::KeyPair::load(key).map_err(|e| CtlError::Usage(e.to_string()))?;
     let tenant = &c.resolved_tenant().await?;
-    let releases = c
+    let listed = c
         .releases
         .list_releases(ListReleasesRequest {
             tenant: tenant.into(),
@@ -61,22 +63,60 @@ pub async fn rollback_authorization(
         })
         .await
         .map_err(|s| from_status(&c.url, s))?
-        .into_inner()
-        .releases;
-    let release = releases
-        .iter()
-        .find(|r| r.version == version)
+        .into_inner();
+    let find = |v: &str| listed.releases.iter().find(|r| r.version == v);
+    let release = find(version)
         .ok_or_else(|| CtlError::NotFound(format!("unknown version {version:?} of app {app:?}")))?;
-    let statement = trust::sign::RollbackStatement {
-        tenant,
-        app,
-        environment: env,
-        version,
-        manifest_digest: &release.manifest_digest,
-    };
+    let desired = listed
+        .desired
+        .iter()
+        .find(|d| d.environment == env)
+        .and_then(|d| find(&d.version))
+        .ok_or_else(|| {
+            CtlError::Failed(format!(
+                "{app} has no release in {env} to roll back from; deploy without --sign"
+            ))
+        })?;
+    // Hosts may still run a newer release than the one desired (an unsigned
+    // downgrade they refused): the authorization goes back from that one.
+    let rows = c
+        .deployments
+        .fleet_status(FleetStatusRequest {
+            tenant: tenant.into(),
+            app: app.into(),
+            environment: env.into(),
+        })
+        .await
+        .map_err(|s| from_status(&c.url, s))?
+        .into_inner()
+        .rows;
+    let from_counter = rows
+        .iter()
+        .filter(|r| r.app == app && r.environment == env)
+        .filter_map(|r| find(&r.running_version))
+        .map(|r| r.counter)
+        .fold(desired.counter, u64::max);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let terms = trust::sign::RollbackTerms::new(
+        from_counter,
+        now,
+        trust::sign::ROLLBACK_DEFAULT_LIFETIME_SECS,
+    );
+    let statement = terms.statement(tenant, app, env, version, &release.manifest_digest);
     let s = key.sign(&statement.bytes());
-    Ok(vec![Signature {
+    let sigs = vec![Signature {
         key: s.key,
         sig: s.sig,
-    }])
+    }];
+    Ok((
+        sigs,
+        Some(RollbackTerms {
+            from_counter: terms.from_counter,
+            expires_at: terms.expires_at,
+            nonce: terms.nonce,
+        }),
+    ))
 }

@@ -149,7 +149,16 @@ async fn register(
         None => (0, Vec::new()),
         Some(key) => {
             let tenant = &c.resolved_tenant().await?;
-            let counter = c.highest_counter(tenant, &manifest.app).await? + 1;
+            let highest = c.highest_counter(tenant, &manifest.app).await?;
+            let counter = highest
+                .checked_add(1)
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    CtlError::Failed(format!(
+                        "{} has a release with counter {highest}: no counter is left above it; yank it (slipctl releases yank {} VERSION) and publish again",
+                        manifest.app, manifest.app
+                    ))
+                })?;
             let digest = manifest.digest().to_string();
             let statement = trust::sign::ReleaseStatement {
                 tenant,

@@ -1,10 +1,10 @@
-//! `slipctl releases APP`: the published releases of an app, newest first, and
-//! the environments that want each.
+//! `slipctl releases [list] APP`: the published releases of an app, newest
+//! first, and the environments that want each; `slipctl releases yank`.
 
-use proto::v1::ListReleasesRequest;
+use proto::v1::{ListReleasesRequest, YankReleaseRequest};
 use serde::Serialize;
 
-use crate::cli::ReleasesArgs;
+use crate::cli::{ReleasesArgs, ReleasesCommand};
 use crate::client::Clients;
 use crate::error::{Result, from_status};
 use crate::output::{Format, Table, ago, as_rfc3339, human_bytes, list, print_json, short};
@@ -23,12 +23,71 @@ struct ReleaseJson {
     counter: u64,
     signed_by: Vec<String>,
     desired_in: Vec<String>,
+    /// When it was yanked (null: it is not), and why.
+    #[serde(serialize_with = "as_optional_rfc3339")]
+    yanked_at: Option<i64>,
+    yank_reason: String,
+}
+
+fn as_optional_rfc3339<S: serde::Serializer>(
+    at: &Option<i64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => as_rfc3339(at, s),
+        None => s.serialize_none(),
+    }
 }
 
 pub async fn run(a: ReleasesArgs, c: &mut Clients, fmt: Format) -> Result<()> {
+    let app = match a.command {
+        Some(ReleasesCommand::Yank {
+            app,
+            version,
+            reason,
+        }) => return yank(c, app, version, reason, fmt).await,
+        Some(ReleasesCommand::List { app }) => app,
+        None => a.app.unwrap_or_default(),
+    };
+    list_releases(c, app, fmt).await
+}
+
+async fn yank(
+    c: &mut Clients,
+    app: String,
+    version: String,
+    reason: Option<String>,
+    fmt: Format,
+) -> Result<()> {
+    let req = YankReleaseRequest {
+        tenant: c.tenant.clone(),
+        app,
+        version,
+        reason: reason.unwrap_or_default(),
+    };
+    let r = c.releases.yank_release(req).await;
+    let r = r.map_err(|s| from_status(&c.url, s))?.into_inner();
+    if fmt.is_json() {
+        return print_json(&serde_json::json!({
+            "app": r.app,
+            "version": r.version,
+            "counter": r.counter,
+            "yank_reason": r.yank_reason,
+        }));
+    }
+    say!(
+        "yanked {} {} (counter {}): it cannot be deployed again and does not count for the next counter",
+        crate::output::escape(&r.app),
+        crate::output::escape(&r.version),
+        r.counter
+    );
+    Ok(())
+}
+
+async fn list_releases(c: &mut Clients, app: String, fmt: Format) -> Result<()> {
     let req = ListReleasesRequest {
         tenant: c.tenant.clone(),
-        app: a.app,
+        app,
     };
     let r = c.releases.list_releases(req).await;
     let r = r.map_err(|s| from_status(&c.url, s))?.into_inner();
@@ -52,6 +111,8 @@ pub async fn run(a: ReleasesArgs, c: &mut Clients, fmt: Format) -> Result<()> {
             created_at: rel.created_at,
             counter: rel.counter,
             signed_by: rel.signed_by,
+            yanked_at: Some(rel.yanked_at).filter(|at| *at != 0),
+            yank_reason: rel.yank_reason,
         })
         .collect();
     if fmt.is_json() {
@@ -66,8 +127,12 @@ pub async fn run(a: ReleasesArgs, c: &mut Clients, fmt: Format) -> Result<()> {
         "DESIRED IN",
     ]);
     for r in rows {
+        let version = match r.yanked_at {
+            Some(_) => format!("{} (yanked)", r.version),
+            None => r.version,
+        };
         t.row([
-            r.version,
+            version,
             short(&r.release_digest),
             human_bytes(r.blob_size),
             r.git_commit.chars().take(12).collect(),

@@ -143,7 +143,12 @@ impl Seen {
                 match h.outcome() {
                     HostOutcome::Pending => tell!(fmt, "  {host}: updating to {version}"),
                     HostOutcome::Healthy => tell!(fmt, "  {host}: {version} healthy"),
-                    HostOutcome::Offline => tell!(fmt, "  {host}: offline; converges when back"),
+                    HostOutcome::Offline => {
+                        tell!(
+                            fmt,
+                            "  {host}: offline: skipped, not judged; converges when back"
+                        )
+                    }
                     other if reason.is_empty() => tell!(fmt, "  {host}: {}", outcome_word(other)),
                     other => tell!(fmt, "  {host}: {}: {reason}", outcome_word(other)),
                 }
@@ -272,6 +277,24 @@ fn step_name(step: u32, canary: bool) -> String {
     }
 }
 
+/// The state as slipctl says it: a success that skipped offline hosts says
+/// how many ("succeeded with 2 skipped"), never a plain success.
+fn state_text(r: &RolloutInfo) -> String {
+    let skipped = skipped(r);
+    match r.state() {
+        RolloutState::Succeeded if skipped > 0 => format!("succeeded with {skipped} skipped"),
+        s => state_word(s).to_string(),
+    }
+}
+
+/// Hosts the rollout skipped as offline, unjudged.
+fn skipped(r: &RolloutInfo) -> usize {
+    r.hosts
+        .iter()
+        .filter(|h| h.outcome() == HostOutcome::Offline)
+        .count()
+}
+
 fn headline(r: &RolloutInfo) -> String {
     let from = if r.from_version.is_empty() {
         "(none)"
@@ -289,7 +312,7 @@ fn headline(r: &RolloutInfo) -> String {
         r.app,
         r.environment,
         r.to_version,
-        state_word(r.state()),
+        state_text(r),
     ))
 }
 
@@ -342,6 +365,9 @@ struct RolloutJson<'a> {
     step: u32,
     steps: u32,
     reason: &'a str,
+    /// Hosts skipped as offline, not judged (a success with skipped hosts is
+    /// not a clean one).
+    skipped: usize,
     created_by: &'a str,
     hosts: Vec<HostJson<'a>>,
 }
@@ -358,6 +384,7 @@ fn to_json(r: &RolloutInfo) -> RolloutJson<'_> {
         step: r.step,
         steps: r.steps,
         reason: &r.reason,
+        skipped: skipped(r),
         created_by: &r.created_by,
         hosts: r
             .hosts

@@ -124,6 +124,32 @@ fn timed_deploy(c: &Controller, log: &Path, version: &str, n: usize, strategy: &
                 .then(|| query_marks(&text))
         },
     );
+    // Judged vs skipped: every host's outcome, and the hosts whose session was
+    // open while their last_seen was stale at a step's admission (judged by
+    // last_seen alone, as before issue 11, they were skipped as offline).
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for h in r["hosts"].as_array().into_iter().flatten() {
+        *outcomes
+            .entry(h["outcome"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(log_from..).unwrap_or_default()).into_owned();
+    let stale: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("rollout step admitted"))
+        .filter_map(|l| {
+            let rest =
+                &l[l.find("connected_stale_last_seen=")? + "connected_stale_last_seen=".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect();
+    println!(
+        "  host outcomes: {outcomes:?}; skipped as offline: {}; connected but last_seen stale at admission, per step: {stale:?} (sum {})",
+        r["skipped"],
+        stale.iter().sum::<u64>()
+    );
     let per_step: Vec<u64> = marks.windows(2).map(|w| w[1] - w[0]).collect();
     if !per_step.is_empty() {
         println!(
