@@ -122,6 +122,15 @@ impl fmt::Display for HostOutcome {
     }
 }
 
+/// Whether a host's reported deploy state (the wire's `DeployState` number,
+/// stored as sent) says a deploy is under way there: fetching, installing or
+/// activating. The health it reports then may be what ran before, so it is no
+/// verdict on the release (the numbers are checked against the proto's enum in
+/// `grpc::tests`).
+pub fn deploying(state: i32) -> bool {
+    matches!(state, 2..=4)
+}
+
 /// The health a host reports of an app (its probes' verdict). Stored as the
 /// number the wire has always used; a number this controller does not know
 /// reads as `Unspecified`.

@@ -107,7 +107,11 @@ fn judge(
     if let Some(f) = report {
         let rep = &f.report;
         let current = rep.generation >= r.generation;
-        if current && rep.running_digest == r.to_digest && rep.health == Health::Healthy {
+        if current
+            && !crate::lifecycle::deploying(rep.state)
+            && rep.running_digest == r.to_digest
+            && rep.health == Health::Healthy
+        {
             return Some((HostOutcome::Healthy, String::new()));
         }
         if current && rep.failed_digest == r.to_digest {
@@ -504,6 +508,8 @@ mod tests {
             directive_ttl: Duration::from_secs(60),
             heartbeat_secs: 2,
             max_blob_bytes: 1 << 20,
+            upload_idle_timeout: Duration::from_secs(60),
+            edge: crate::grpc::edge::EdgeState::new(Default::default()),
             shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -511,10 +517,23 @@ mod tests {
     /// `host` runs web `version` healthy at `generation`; its last_seen is
     /// then set stale (as under load, when heartbeat writes lag).
     async fn report(s: &Store, pool: &SqlitePool, host: &str, version: &str, generation: u64) {
+        report_in(s, pool, host, version, generation, 5).await;
+    }
+
+    /// A healthy report at `version` in deploy `state` (the wire's number).
+    async fn report_in(
+        s: &Store,
+        pool: &SqlitePool,
+        host: &str,
+        version: &str,
+        generation: u64,
+        state: i32,
+    ) {
         let r = HostAppReport {
             app: "web".into(),
             running_version: version.into(),
             running_digest: format!("sha256:m{version}"),
+            state,
             health: Health::Healthy,
             generation,
             ..Default::default()
@@ -630,5 +649,33 @@ mod tests {
             Some(Timeout),
             "an offline host waited for counts failed once the step times out"
         );
+    }
+
+    /// A host mid-deploy reporting the new digest with the health on file (an
+    /// agent restarted mid-activation) is not judged healthy until its deploy
+    /// has ended.
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_host_still_deploying_is_not_judged_healthy(pool: SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = engine(&pool, dir.path()).await;
+        let web = vec!["web".to_string()];
+        let _on = ctx.hub.connect("default", "on", "preprod", &web);
+        let _off = ctx.hub.connect("default", "off", "preprod", &web);
+        let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
+        for host in ["on", "off"] {
+            report_in(&ctx.store, &pool, host, "2", r.generation, 4).await;
+        }
+        advance(&ctx, &r, true).await.unwrap();
+        let (r, hosts) = outcomes(&ctx, r.id).await;
+        assert!(
+            hosts.iter().all(|(_, o)| *o == HostOutcome::Pending),
+            "activating is no verdict: {hosts:?}"
+        );
+        for host in ["on", "off"] {
+            report_in(&ctx.store, &pool, host, "2", r.generation, 5).await;
+        }
+        advance(&ctx, &r, true).await.unwrap();
+        let (r, _) = outcomes(&ctx, r.id).await;
+        assert_eq!(r.state, RolloutState::Succeeded);
     }
 }

@@ -347,6 +347,25 @@ mod tests {
         assert_eq!(health_from_proto(99), Health::Unspecified);
     }
 
+    /// `lifecycle::deploying` names the proto's in-progress deploy states.
+    #[test]
+    fn deploying_means_fetching_installing_or_activating_on_the_wire() {
+        use pb::DeployState as D;
+        for d in [D::Fetching, D::Installing, D::Activating] {
+            assert!(crate::lifecycle::deploying(d as i32), "{d:?}");
+        }
+        for d in [
+            D::Unspecified,
+            D::Idle,
+            D::Healthy,
+            D::RolledBack,
+            D::Failed,
+            D::Unhealthy,
+        ] {
+            assert!(!crate::lifecycle::deploying(d as i32), "{d:?}");
+        }
+    }
+
     /// Every rollout state reaches the wire as the proto value of the same
     /// name and comes back as itself; every proto value but unspecified is one.
     #[test]
