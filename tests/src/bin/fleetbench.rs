@@ -88,16 +88,29 @@ fn timed_deploy(c: &Controller, log: &Path, version: &str, n: usize, strategy: &
     let log_from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
     let start = Instant::now();
     c.ctl(&args).ok();
-    eventually(
+    // Until every host is healthy, or the rollout ends otherwise (then its
+    // state and reason are printed: a figure, not a panic).
+    let ended = eventually(
         Duration::from_secs(900),
         &format!("{n} hosts healthy on {version}"),
         || {
             let s = c.ctl(&["status", "--app", "web", "--json"]).ok().json();
-            (s["apps"][0]["at_desired"].as_u64() == Some(n as u64)
-                && s["apps"][0]["desired"] == version)
-                .then_some(())
+            if s["apps"][0]["at_desired"].as_u64() == Some(n as u64)
+                && s["apps"][0]["desired"] == version
+            {
+                return Some(None);
+            }
+            let r = c
+                .ctl(&["rollout", "status", "web", "--env", "preprod", "--json"])
+                .ok()
+                .json();
+            (r["to_version"] == version && !["running", "paused"].contains(&r["state"].as_str()?))
+                .then(|| Some(format!("{} {}: {}", r["state"], r["reason"], s["apps"][0])))
         },
     );
+    if let Some(why) = ended {
+        println!("deploy {version}: the rollout ended without every host healthy: {why}");
+    }
     let secs = start.elapsed().as_secs_f64();
     let r = c
         .ctl(&["rollout", "status", "web", "--env", "preprod", "--json"])
