@@ -853,3 +853,29 @@ async fn a_signed_rollback_is_honoured_once_while_fresh_and_from_what_runs() {
     );
     assert_eq!(rig.running(), ["3.0.0"]);
 }
+
+/// An unpack child killed with its agent leaves `releases/.tmp-<version>-<pid>`
+/// (and a staging dir) that no progress record names; the restarted agent
+/// removes them before anything else, not at the next healthy activation.
+#[tokio::test]
+async fn temp_dirs_a_killed_unpack_left_are_removed_at_start() {
+    let mut rig = Rig::new();
+    let v1 = rig.release("1.0.0", SPEC);
+    let mut r = rig.runner();
+    rig.reconcile(&mut r, &v1).await;
+    let releases = rig.app_dir().join("releases");
+    for left in [".tmp-2.0.0-4242", ".stage-2.0.0-4242"] {
+        std::fs::create_dir_all(releases.join(left).join("bin")).unwrap();
+    }
+    drop(r);
+    let mut restarted = rig.runner();
+    restarted.start_up().await;
+    let mut names: Vec<String> = std::fs::read_dir(&releases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["1.0.0"]);
+    assert_eq!(rig.running(), ["1.0.0"], "what ran is adopted, untouched");
+}
