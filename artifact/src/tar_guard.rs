@@ -168,14 +168,18 @@ mod tests {
             vec![b'a'; len]
         };
         b.append(&h, &data[..]).unwrap();
+        finish_with_file(b);
+        out
+    }
+
+    /// Appends one small regular file `x` and the end marker.
+    fn finish_with_file(mut b: tar::Builder<&mut Vec<u8>>) {
         let mut f = tar::Header::new_gnu();
         f.set_size(3);
         f.set_path("x").unwrap();
         f.set_cksum();
         b.append(&f, &b"abc"[..]).unwrap();
         b.finish().unwrap();
-        drop(b);
-        out
     }
 
     /// One well-formed `<len> path=aaa…\n` record of exactly `len` bytes.
@@ -237,13 +241,7 @@ mod tests {
         let mut b = tar::Builder::new(&mut out);
         b.append_pax_extensions([("path", &b"x"[..]), ("size", &b"9999999"[..])])
             .unwrap();
-        let mut f = tar::Header::new_ustar();
-        f.set_size(3);
-        f.set_path("x").unwrap();
-        f.set_cksum();
-        b.append(&f, &b"abc"[..]).unwrap();
-        b.finish().unwrap();
-        drop(b);
+        finish_with_file(b);
         let err = read_through(&out, 100).unwrap_err().to_string();
         assert!(err.contains("\"size\" is not accepted"), "{err}");
         // The same record without `size` passes.

@@ -617,20 +617,25 @@ pub fn sample_release(dir: &Path, o: &ReleaseOpts) -> PathBuf {
     rel
 }
 
+/// `slipctl publish REL --app web --version VERSION --allow-dirty`, which must
+/// succeed.
+pub fn publish_dir(c: &Controller, rel: &Path, version: &str) -> CtlOutput {
+    c.ctl(&[
+        "publish",
+        rel.to_str().expect("utf8"),
+        "--app",
+        "web",
+        "--version",
+        version,
+        "--allow-dirty",
+    ])
+    .ok()
+}
+
 /// Publishes a sample release and returns its release digest.
 pub fn publish(c: &Controller, dir: &Path, o: &ReleaseOpts) -> String {
     let rel = sample_release(dir, o);
-    let out = c
-        .ctl(&[
-            "publish",
-            rel.to_str().expect("utf8"),
-            "--app",
-            "web",
-            "--version",
-            o.version,
-            "--allow-dirty",
-        ])
-        .ok();
+    let out = publish_dir(c, &rel, o.version);
     out.stdout
         .lines()
         .find_map(|l| {

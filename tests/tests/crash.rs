@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, exit, sample_release};
+use integration_tests::{
+    Agent, Controller, ReleaseOpts, eventually, exit, publish_dir, sample_release,
+};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 const WAIT: Duration = Duration::from_secs(60);
@@ -44,16 +46,7 @@ fn publish(c: &Controller, dir: &Path, version: &str, healthy: bool) {
         ));
         std::fs::write(spec, text).unwrap();
     }
-    c.ctl(&[
-        "publish",
-        rel.to_str().unwrap(),
-        "--app",
-        "web",
-        "--version",
-        version,
-        "--allow-dirty",
-    ])
-    .ok();
+    publish_dir(c, &rel, version);
 }
 
 /// Live processes running from under the agent's app dir.
