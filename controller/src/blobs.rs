@@ -201,21 +201,13 @@ fn dev_ino(m: &std::fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// sha256 of a whole file, read in pieces on a blocking thread.
+/// sha256 of a whole file, streamed on a blocking thread.
 async fn hash_file(path: &Path) -> io::Result<Digest> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&path)?;
-        let mut hasher = StreamHasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(hasher.finish());
-            }
-            hasher.update(&buf[..n]);
-        }
+        let mut reader = artifact::digest::HashingReader::new(std::fs::File::open(&path)?);
+        io::copy(&mut reader, &mut io::sink())?;
+        Ok(reader.finish().0)
     })
     .await
     .map_err(io::Error::other)?
