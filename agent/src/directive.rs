@@ -125,11 +125,13 @@ impl Directive {
         let m =
             Manifest::from_canonical_bytes(&d.manifest, limits.max_entries, limits.max_total_bytes)
                 .map_err(|e| ManifestError::Parse(e.to_string()))?;
-        if m.app != d.app
-            || m.version != d.version
-            || m.blob.digest != d.blob_digest
-            || m.blob.size != d.blob_size
-        {
+        // A format-1 manifest names its blob; a format-2 release's full pack
+        // is transport only (every object is checked against the manifest).
+        let blob_differs = m
+            .blob
+            .as_ref()
+            .is_some_and(|b| b.digest != d.blob_digest || b.size != d.blob_size);
+        if m.app != d.app || m.version != d.version || blob_differs {
             return Err(ManifestError::Mismatch);
         }
         let blob =

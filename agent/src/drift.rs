@@ -62,7 +62,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(meta: &Metadata) -> Self {
+    pub fn of(meta: &Metadata) -> Self {
         Self {
             ino: meta.ino(),
             mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
@@ -190,9 +190,49 @@ impl Baseline {
 
 /// Fingerprints every path under `root` (root itself excluded).
 pub fn snapshot(root: &Path, version: &str) -> io::Result<Baseline> {
+    snapshot_known(root, version, &Known::default())
+}
+
+/// Content digests already known for files of a tree, so a baseline need not
+/// read them again: the manifest's, for a tree the unpack just wrote and
+/// verified file by file.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Relative path → (size, lowercase hex sha256).
+    pub files: std::collections::HashMap<String, (u64, String)>,
+    /// A file whose status changed at or after this time (ns since the epoch)
+    /// may have been rewritten since (by the `prepare` hook): it is hashed.
+    /// None: nothing touched the tree since it was written.
+    pub changed_since_ns: Option<i64>,
+}
+
+impl Known {
+    fn digest_of(&self, rel: &str, size: u64, stat: &Stat) -> Option<String> {
+        let (known_size, hex) = self.files.get(rel)?;
+        let untouched = self.changed_since_ns.is_none_or(|t| stat.ctime_ns < t);
+        (*known_size == size && untouched).then(|| hex.clone())
+    }
+}
+
+/// [`snapshot`], taking the digest of every file `known` vouches for instead
+/// of hashing it; the rest (files a hook wrote, paths not in the manifest)
+/// are hashed.
+pub fn snapshot_known(root: &Path, version: &str, known: &Known) -> io::Result<Baseline> {
     let mut entries = BTreeMap::new();
     for (rel, live) in walk(root, MAX_ENTRIES)? {
-        if let Some(fp) = fingerprint(&live)? {
+        let fp = match &live.kind {
+            LiveKind::File { mode, size, stat } => match known.digest_of(&rel, *size, stat) {
+                Some(sha256) => Some(Fingerprint::File {
+                    mode: *mode,
+                    size: *size,
+                    sha256,
+                    stat: Some(*stat),
+                }),
+                None => fingerprint(&live)?,
+            },
+            _ => fingerprint(&live)?,
+        };
+        if let Some(fp) = fp {
             entries.insert(rel, fp);
         }
     }
@@ -463,6 +503,52 @@ mod tests {
 
     fn base(root: &Path) -> Baseline {
         snapshot(root, "v1").unwrap()
+    }
+
+    fn sha_of(b: &Baseline, rel: &str) -> String {
+        match &b.entries[rel] {
+            Fingerprint::File { sha256, .. } => sha256.clone(),
+            other => panic!("{rel} is not a file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_baseline_takes_known_digests_and_hashes_what_changed_after_the_cutoff() {
+        let dir = tree();
+        let root = dir.path();
+        let real = sha_of(&base(root), "etc/conf.d/main.toml");
+        // A digest nobody could compute from the file: proof it was not read.
+        let vouched = "ab".repeat(32);
+        let mut known = Known::default();
+        for rel in ["bin/app", "etc/conf.d/main.toml"] {
+            let size = fs::metadata(root.join(rel)).unwrap().len();
+            known.files.insert(rel.to_string(), (size, vouched.clone()));
+        }
+        let b = snapshot_known(root, "v1", &known).unwrap();
+        assert_eq!(sha_of(&b, "etc/conf.d/main.toml"), vouched);
+        assert_eq!(sha_of(&b, "bin/app"), vouched);
+        assert_ne!(sha_of(&b, "empty"), vouched, "not vouched for: hashed");
+
+        // A hook starts, then rewrites one file with the same size.
+        std::thread::sleep(Duration::from_millis(20));
+        known.changed_since_ns = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i64
+                - 10_000_000,
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(root.join("etc/conf.d/main.toml"), b"port = 9090\n").unwrap();
+        let b = snapshot_known(root, "v1", &known).unwrap();
+        let now = sha_of(&b, "etc/conf.d/main.toml");
+        assert_ne!(now, vouched, "rewritten after the cutoff: hashed");
+        assert_ne!(now, real);
+        assert_eq!(
+            sha_of(&b, "bin/app"),
+            vouched,
+            "untouched: still vouched for"
+        );
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! Points: `step:<step>` (that deploy step is persisted, not yet run, e.g.
 //! `step:flip`), `hook-started:<hook>` (a hook runs, its pid recorded),
 //! `hook-spawned` (a hook runs, its pid not yet recorded), `rollback-flipped`
-//! (`current` points back at the previous release), and `supervisor-spawned`
-//! (a process started, its pid not yet recorded).
+//! (`current` points back at the previous release), `supervisor-spawned`
+//! (a process started, its pid not yet recorded), `fetch-streaming` (the first
+//! bytes of the blob are written and the unpack follows them), and
+//! `unpack-synced` (the unpacked tree is on disk, not yet renamed into place).
 
 /// The environment variable naming the point to die at.
 pub const VAR: &str = "SLIPWAY_FAILPOINT";

@@ -1,6 +1,9 @@
 //! Fetches a release blob into the app's cache: streamed to `<hex>.partial`,
 //! resumed from its length after a cut, hashed while writing, and renamed to
-//! `<hex>` only when size and sha256 match.
+//! `<hex>` only when size and sha256 match. Every write is told to a
+//! [`Feed`], so the unpack reads the blob as it arrives. The cache file is not
+//! fsynced: it is a resumable copy, verified again by hash on every use; what
+//! must survive a power loss is the unpacked tree (see `artifact::unpack`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +13,8 @@ use proto::v1::FetchBlobRequest;
 use proto::v1::agents_client::AgentsClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
+
+use crate::follow::Feed;
 
 /// A stream that sends nothing for this long is given up (and resumed later).
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -52,29 +57,17 @@ pub enum FetchError {
     },
 }
 
-/// Returns the path of the verified blob in `cache`, downloading what is missing.
-/// A resumed download that does not verify (a corrupt partial file) is discarded
-/// and fetched once more from the start.
+/// Returns the path of the verified blob in `cache`, downloading what is
+/// missing and telling `feed` how far the file has grown. A resumed download
+/// that does not verify (a corrupt partial file) is discarded: the next fetch
+/// starts from the beginning (the unpack following this one has read the bad
+/// bytes already, so it fails with it).
 pub async fn fetch_blob(
     client: &mut AgentsClient<Channel>,
     cache: &Path,
     digest: &Digest,
     size: u64,
-) -> Result<PathBuf, FetchError> {
-    match fetch_once(client, cache, digest, size).await {
-        Err(FetchError::Mismatch { resumed: true, .. }) => {
-            tracing::warn!(%digest, "resumed download did not verify; fetching from the start");
-            fetch_once(client, cache, digest, size).await
-        }
-        other => other,
-    }
-}
-
-async fn fetch_once(
-    client: &mut AgentsClient<Channel>,
-    cache: &Path,
-    digest: &Digest,
-    size: u64,
+    feed: &Feed,
 ) -> Result<PathBuf, FetchError> {
     let io = |path: &Path| {
         let (digest, path) = (digest.clone(), path.to_path_buf());
@@ -87,6 +80,7 @@ async fn fetch_once(
     tokio::fs::create_dir_all(cache).await.map_err(io(cache))?;
     let done = cache.join(digest.hex());
     if tokio::fs::try_exists(&done).await.unwrap_or(false) {
+        feed.grew(&done, size);
         return Ok(done);
     }
     let partial = cache.join(format!("{}.partial", digest.hex()));
@@ -111,6 +105,9 @@ async fn fetch_once(
             }
             hasher.update(&buf[..n]);
             have += n as u64;
+            if have > size {
+                break;
+            }
         }
     }
     if have > size {
@@ -121,6 +118,7 @@ async fn fetch_once(
     let resumed = have > 0;
     if resumed {
         tracing::info!(%digest, offset = have, "resuming blob download");
+        feed.resuming(have);
     }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -128,6 +126,7 @@ async fn fetch_once(
         .open(&partial)
         .await
         .map_err(io(&partial))?;
+    feed.grew(&partial, have);
     if have < size {
         let rpc = |status| FetchError::Rpc {
             digest: digest.clone(),
@@ -141,18 +140,7 @@ async fn fetch_once(
             .await
             .map_err(rpc)?
             .into_inner();
-        loop {
-            let next = tokio::time::timeout(STALL_TIMEOUT, stream.message())
-                .await
-                .map_err(|_| {
-                    rpc(tonic::Status::unavailable(format!(
-                        "no data for {}s",
-                        STALL_TIMEOUT.as_secs()
-                    )))
-                })?;
-            let Some(chunk) = next.map_err(rpc)? else {
-                break;
-            };
+        while let Some(chunk) = next_chunk(&mut stream).await.map_err(rpc)? {
             if have + chunk.data.len() as u64 > size {
                 drop(file);
                 let _ = tokio::fs::remove_file(&partial).await;
@@ -162,12 +150,20 @@ async fn fetch_once(
                 });
             }
             hasher.update(&chunk.data);
+            feed.received(chunk.data.len() as u64);
             file.write_all(&chunk.data).await.map_err(io(&partial))?;
+            // tokio's file writes in the background: wait for it before the
+            // reader is told the bytes are there.
+            file.flush().await.map_err(io(&partial))?;
             have += chunk.data.len() as u64;
+            feed.grew(&partial, have);
+            if have == chunk.data.len() as u64 {
+                // The first bytes are on their way into the unpack.
+                crate::failpoint::hit("fetch-streaming");
+            }
         }
     }
     file.flush().await.map_err(io(&partial))?;
-    file.sync_all().await.map_err(io(&partial))?;
     drop(file);
     if have != size {
         return Err(FetchError::Short {
@@ -189,4 +185,75 @@ async fn fetch_once(
         .await
         .map_err(io(&done))?;
     Ok(done)
+}
+
+/// Streams the object pack of `want` (objects of release `release`) into
+/// `cache/<release hex>.objects`, telling `feed` as it grows; its path. No
+/// resume: a delta is small, and a cut one is asked for again. At most what
+/// the objects could take compressed, plus headers, is accepted.
+pub async fn fetch_objects(
+    client: &mut AgentsClient<Channel>,
+    cache: &Path,
+    release: &str,
+    want: &[(Digest, u64)],
+    feed: &Feed,
+) -> Result<PathBuf, FetchError> {
+    let named = Digest::of(release.as_bytes());
+    let io = |path: &Path| {
+        let (digest, path) = (named.clone(), path.to_path_buf());
+        move |source| FetchError::Io {
+            digest,
+            path,
+            source,
+        }
+    };
+    tokio::fs::create_dir_all(cache).await.map_err(io(cache))?;
+    let path = cache.join(format!("{}.objects", named.hex()));
+    let content: u64 = want.iter().map(|(_, s)| *s).sum();
+    let headers = (want.len() as u64 + 8) * 4096;
+    let limit = (content + headers) + (content + headers) / 64 + (1 << 20);
+    let mut file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
+    feed.grew(&path, 0);
+    let rpc = |status| FetchError::Rpc {
+        digest: named.clone(),
+        status: Box::new(status),
+    };
+    let mut stream = client
+        .fetch_objects(proto::v1::FetchObjectsRequest {
+            manifest_digest: release.to_string(),
+            digests: want.iter().map(|(d, _)| d.to_string()).collect(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut have = 0u64;
+    while let Some(chunk) = next_chunk(&mut stream).await.map_err(rpc)? {
+        have += chunk.data.len() as u64;
+        if have > limit {
+            return Err(FetchError::TooLong {
+                digest: named,
+                expected: limit,
+            });
+        }
+        feed.received(chunk.data.len() as u64);
+        file.write_all(&chunk.data).await.map_err(io(&path))?;
+        file.flush().await.map_err(io(&path))?;
+        feed.grew(&path, have);
+        if have == chunk.data.len() as u64 {
+            crate::failpoint::hit("fetch-streaming");
+        }
+    }
+    Ok(path)
+}
+
+/// The next chunk of a download; a stream silent for [`STALL_TIMEOUT`] is
+/// given up as unavailable (the fetch is tried again later).
+async fn next_chunk(
+    stream: &mut tonic::Streaming<proto::v1::BlobChunk>,
+) -> Result<Option<proto::v1::BlobChunk>, tonic::Status> {
+    tokio::time::timeout(STALL_TIMEOUT, stream.message())
+        .await
+        .map_err(|_| {
+            tonic::Status::unavailable(format!("no data for {}s", STALL_TIMEOUT.as_secs()))
+        })?
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,7 +15,11 @@ use std::io::Read;
 use tokio::io::AsyncReadExt;
 
 use crate::config::RunAs;
+use crate::follow::FollowReader;
 use crate::paths::AppPaths;
+use artifact::Digest;
+use artifact::assemble::LocalFile;
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -43,15 +48,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
-/// Unpacks the blob at `blob` into `releases/<version>`, replacing a leftover dir
-/// of the same version (never the one `current` points at). With `run_as`, the
-/// archive is read and written by a child process running as the app's user
-/// (`slipway-agent unpack`), so a hostile archive never meets root: the tree it
-/// builds is owned by that user and is moved into place by the agent.
+/// Unpacks the blob `blob` reads (as it downloads) into `releases/<version>`,
+/// replacing a leftover dir of the same version (never the one `current`
+/// points at). With `run_as`, the archive is read and written by a child
+/// process running as the app's user (`slipway-agent unpack`, the blob piped
+/// to its stdin), so a hostile archive never meets root: the tree it builds is
+/// owned by that user and is moved into place by the agent.
 pub async fn unpack_release(
     paths: &AppPaths,
-    blob: &Path,
+    blob: Option<FollowReader>,
     manifest: &Manifest,
+    local: LocalObjects,
     run_as: Option<RunAs>,
 ) -> Result<PathBuf, InstallError> {
     let dest = paths.release(&manifest.version);
@@ -65,20 +72,11 @@ pub async fn unpack_release(
             .await
             .map_err(io_err(&dest))?;
     }
-    let (blob, manifest, dest2) = (blob.to_path_buf(), manifest.clone(), dest.clone());
+    let (manifest, dest2) = (manifest.clone(), dest.clone());
     tokio::task::spawn_blocking(move || -> Result<(), InstallError> {
         match run_as {
-            None => {
-                let file = std::fs::File::open(&blob).map_err(io_err(&blob))?;
-                artifact::unpack_into(
-                    std::io::BufReader::new(file),
-                    &manifest,
-                    &dest2,
-                    &Limits::default(),
-                )?;
-                Ok(())
-            }
-            Some(user) => unpack_as(user, &blob, &manifest, &dest2),
+            None => install_tree(blob, &manifest, &dest2, &local),
+            Some(user) => unpack_as(user, blob, &manifest, &local, &dest2),
         }
     })
     .await
@@ -89,6 +87,35 @@ pub async fn unpack_release(
     Ok(dest)
 }
 
+/// Read size from the downloading blob.
+const BLOB_BUFFER: usize = 256 * 1024;
+
+/// Files of releases kept on this host, by content, checked unchanged: what a
+/// format-2 install links instead of fetching.
+pub type LocalObjects = HashMap<Digest, LocalFile>;
+
+/// Builds the release tree at `dest`: a format-1 blob unpacked, or a format-2
+/// tree assembled from `local` files and the object pack `blob` (None when
+/// every object is local).
+fn install_tree(
+    blob: Option<impl std::io::Read + Send>,
+    manifest: &Manifest,
+    dest: &Path,
+    local: &LocalObjects,
+) -> Result<(), InstallError> {
+    let limits = Limits::default();
+    let synced = || crate::failpoint::hit("unpack-synced");
+    let buffered = blob.map(|b| std::io::BufReader::with_capacity(BLOB_BUFFER, b));
+    if manifest.blob.is_some() {
+        let blob = buffered
+            .ok_or_else(|| InstallError::Manifest("a format-1 release needs its blob".into()))?;
+        artifact::unpack::unpack_into_with(blob, manifest, dest, &limits, synced)?;
+    } else {
+        artifact::assemble::assemble(buffered, manifest, dest, local, &limits, synced)?;
+    }
+    Ok(())
+}
+
 /// Most of the child's error output kept for the error message.
 const CHILD_ERROR_BYTES: usize = 2048;
 
@@ -96,8 +123,9 @@ const CHILD_ERROR_BYTES: usize = 2048;
 /// the finished tree to `dest`. Whatever happens, the staging dir is removed.
 fn unpack_as(
     user: RunAs,
-    blob: &Path,
+    blob: Option<FollowReader>,
     manifest: &Manifest,
+    local: &LocalObjects,
     dest: &Path,
 ) -> Result<(), InstallError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -128,15 +156,35 @@ fn unpack_as(
         let manifest_file = stage.join("manifest.json");
         std::fs::write(&manifest_file, manifest.to_canonical_bytes())
             .map_err(io_err(&manifest_file))?;
+        let local_file = stage.join("local.json");
+        let listed: Vec<(String, &LocalFile)> =
+            local.iter().map(|(d, f)| (d.to_string(), f)).collect();
+        let json = serde_json::to_vec(&listed)
+            .map_err(|e| InstallError::Manifest(format!("local objects: {e}")))?;
+        std::fs::write(&local_file, json).map_err(io_err(&local_file))?;
         let tree = stage.join("tree");
         let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+        let (stdin, mut pipe) = std::io::pipe().map_err(io_err(Path::new("pipe")))?;
+        // The blob goes to the child as it downloads. A failed download ends
+        // the copy early: the child sees a short blob and refuses it.
+        // Not joined: a child that refuses the blob early is reported at
+        // once, and the feeder ends on the broken pipe or when the fetch ends.
+        if let Some(mut blob) = blob {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut blob, &mut pipe);
+            });
+        } else {
+            drop(pipe);
+        }
         let out = std::process::Command::new(&exe)
             .arg("unpack")
             .arg("--manifest")
             .arg(&manifest_file)
             .arg("--dest")
             .arg(&tree)
-            .stdin(std::fs::File::open(blob).map_err(io_err(blob))?)
+            .arg("--local")
+            .arg(&local_file)
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_clear()
@@ -169,8 +217,13 @@ fn unpack_as(
     result
 }
 
-/// The child side of [`unpack_as`]: the manifest from a file, the blob from stdin.
-pub fn unpack_child(manifest: &Path, dest: &Path) -> Result<(), InstallError> {
+/// The child side of [`unpack_as`]: the manifest and the local objects from
+/// files, the blob (or object pack) from stdin.
+pub fn unpack_child(
+    manifest: &Path,
+    dest: &Path,
+    local: Option<&Path>,
+) -> Result<(), InstallError> {
     let limits = Limits::default();
     let mut bytes = Vec::new();
     std::fs::File::open(manifest)
@@ -181,13 +234,19 @@ pub fn unpack_child(manifest: &Path, dest: &Path) -> Result<(), InstallError> {
         .map_err(io_err(manifest))?;
     let m = Manifest::from_canonical_bytes(&bytes, limits.max_entries, limits.max_total_bytes)
         .map_err(|e| InstallError::Manifest(e.to_string()))?;
-    artifact::unpack_into(
-        std::io::BufReader::new(std::io::stdin().lock()),
-        &m,
-        dest,
-        &limits,
-    )?;
-    Ok(())
+    let mut objects = LocalObjects::new();
+    if let Some(path) = local {
+        let text = std::fs::read(path).map_err(io_err(path))?;
+        let listed: Vec<(String, LocalFile)> = serde_json::from_slice(&text)
+            .map_err(|e| InstallError::Manifest(format!("local objects: {e}")))?;
+        for (d, f) in listed {
+            let d = Digest::parse(&d).map_err(|e| InstallError::Manifest(e.to_string()))?;
+            objects.insert(d, f);
+        }
+    }
+    let nothing_wanted = m.blob.is_none() && artifact::assemble::wanted(&m, &objects).is_empty();
+    let stdin = (!nothing_wanted).then(std::io::stdin);
+    install_tree(stdin, &m, dest, &objects)
 }
 
 /// Links `shared/<path>` into the release for every shared file and dir of the spec.

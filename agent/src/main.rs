@@ -67,14 +67,23 @@ enum Local {
         manifest: PathBuf,
         #[arg(long)]
         dest: PathBuf,
+        /// JSON list of files on this host to link instead of unpacking.
+        #[arg(long)]
+        local: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
+    daemon::tune_allocator();
     let args = Args::parse();
-    if let Some(Local::Unpack { manifest, dest }) = &args.command {
+    if let Some(Local::Unpack {
+        manifest,
+        dest,
+        local,
+    }) = &args.command
+    {
         // Runs as the app's user, before (and without) the agent's config.
-        return match agent::install::unpack_child(manifest, dest) {
+        return match agent::install::unpack_child(manifest, dest, local.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -158,7 +158,7 @@ impl Session {
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(w.heartbeat_secs.clamp(1, 300))));
                             heartbeat.reset();
                         }
-                        Some(controller_message::Msg::Desired(state)) => self.apply_desired(state.apps),
+                        Some(controller_message::Msg::Desired(state)) => self.apply_desired(&mut client, state.apps).await?,
                         None => {}
                     }
                 }
@@ -186,9 +186,16 @@ impl Session {
         }
     }
 
-    fn apply_desired(&self, apps: Vec<DesiredApp>) {
+    /// Hands each checked directive to its app's runner, its manifest
+    /// fetched by digest first. A manifest that cannot be fetched ends the
+    /// session: the controller sends the desired state again on reconnect.
+    async fn apply_desired(
+        &self,
+        client: &mut AgentsClient<Channel>,
+        apps: Vec<DesiredApp>,
+    ) -> anyhow::Result<()> {
         let id = self.identity.lock().expect("identity lock").clone();
-        for d in apps {
+        for mut d in apps {
             let checked = self
                 .guard
                 .lock()
@@ -202,6 +209,13 @@ impl Session {
                 tracing::warn!(app = %d.app, "desired state for an app this host does not run; ignored");
                 continue;
             };
+            if d.manifest.is_empty() && !d.manifest_digest.is_empty() {
+                let cache = crate::manifests::Manifests::new(&self.cfg.state_dir, &d.app);
+                d.manifest = cache
+                    .get(client, &d.manifest_digest, d.manifest_size)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", d.app))?;
+            }
             let (app, version, generation) = (d.app.clone(), d.version.clone(), d.generation);
             let desired = Directive::parse(d);
             let target = desired.target();
@@ -217,5 +231,6 @@ impl Session {
                 !same
             });
         }
+        Ok(())
     }
 }

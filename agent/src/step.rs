@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 pub enum Step {
     /// Publisher signatures and downgrade rules; is the release kept on disk?
     Verify,
-    /// Download the blob into the app's cache (resumable).
+    /// Download the blob into the app's cache (resumable) and unpack it as it
+    /// arrives, beside the running release, checked against the manifest; the
+    /// tree is synced to disk and named only once the whole blob verified.
     Fetch,
-    /// Unpack it beside the running release, checked against the manifest.
+    /// Record the unpacked tree as installed.
     Unpack,
     /// Check the spec, link shared files, read the env, run `prepare`, take
     /// the drift baseline.

@@ -4,9 +4,12 @@
 //! verifies and safely unpacks releases, and parses the release spec
 //! (`slipway.toml`). It does no networking.
 
+pub mod assemble;
+mod decode;
 pub mod digest;
 pub mod manifest;
 pub mod names;
+pub mod objects;
 pub mod pack;
 pub mod spec;
 pub mod tar_guard;

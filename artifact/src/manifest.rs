@@ -11,7 +11,12 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::names::{NameKind, validate_name};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format `slipctl publish` writes: entries only, files moved as objects
+/// (see `crate::objects`). Format 1 (entries plus the digest of the one blob
+/// they were packed into) is still read and installed.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format: the manifest names its blob.
+pub const FORMAT_BLOB: u32 = 1;
 /// Upper bound on manifest bytes anyone accepts.
 pub const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
 /// Upper bound on a single entry path.
@@ -50,7 +55,9 @@ pub struct Manifest {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_commit: Option<String>,
-    pub blob: BlobRef,
+    /// Format 1 only: the tar+zstd blob the entries were packed into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<BlobRef>,
     pub entries: Vec<Entry>,
 }
 
@@ -62,8 +69,10 @@ pub enum ManifestError {
     Json(#[from] serde_json::Error),
     #[error("manifest is not in canonical form (re-encoding it changes its bytes)")]
     NotCanonical,
-    #[error("manifest format {0} is not supported (expected {FORMAT_VERSION})")]
+    #[error("manifest format {0} is not supported (expected {FORMAT_BLOB} or {FORMAT_VERSION})")]
     Format(u32),
+    #[error("manifest format {0} {1}")]
+    Blob(u32, &'static str),
     #[error(transparent)]
     Name(#[from] crate::names::NameError),
     #[error("manifest blob digest: {0}")]
@@ -85,6 +94,27 @@ pub enum ManifestError {
 pub const MAX_RATIO: u64 = 1000;
 /// Content any blob may unpack to whatever its ratio (small releases of zeros).
 pub const RATIO_SLACK: u64 = 64 << 20;
+
+/// Compresses canonical manifest bytes for the wire, with `base` (the
+/// manifest of a release the reader has) as the dictionary when given: most
+/// entries repeat, so the result is a fraction of a standalone copy.
+pub fn compress(bytes: &[u8], base: Option<&[u8]>) -> std::io::Result<Vec<u8>> {
+    const LEVEL: i32 = 3;
+    match base {
+        Some(base) => zstd::bulk::Compressor::with_dictionary(LEVEL, base)?.compress(bytes),
+        None => zstd::bulk::compress(bytes, LEVEL),
+    }
+}
+
+/// The inverse of [`compress`]: at most `max` bytes (and never more than
+/// [`MAX_MANIFEST_BYTES`]) come out.
+pub fn decompress(compressed: &[u8], base: Option<&[u8]>, max: usize) -> std::io::Result<Vec<u8>> {
+    let max = max.min(MAX_MANIFEST_BYTES);
+    match base {
+        Some(base) => zstd::bulk::Decompressor::with_dictionary(base)?.decompress(compressed, max),
+        None => zstd::bulk::decompress(compressed, max),
+    }
+}
 
 fn entry_err(path: &str, why: impl Into<String>) -> ManifestError {
     ManifestError::Entry {
@@ -124,8 +154,26 @@ impl Manifest {
         Ok(m)
     }
 
-    pub fn blob_digest(&self) -> Result<Digest, ManifestError> {
-        Ok(Digest::parse(&self.blob.digest)?)
+    /// The blob a format-1 manifest names.
+    pub fn blob_digest(&self) -> Result<Option<Digest>, ManifestError> {
+        self.blob
+            .as_ref()
+            .map(|b| Digest::parse(&b.digest))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// The file objects of the release, each once, in the order their first
+    /// path appears in the manifest (the order object packs use); empty
+    /// files are left out (they are created from the manifest).
+    pub fn objects(&self) -> Vec<(Digest, u64)> {
+        let mut seen = std::collections::HashSet::new();
+        self.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && e.size > 0)
+            .filter_map(|e| Some((Digest::parse(e.sha256.as_deref()?).ok()?, e.size)))
+            .filter(|(d, _)| seen.insert(d.clone()))
+            .collect()
     }
 
     /// Sum of the sizes of all regular files.
@@ -140,8 +188,13 @@ impl Manifest {
     /// Checks names, paths, ordering, modes and link targets. A manifest that
     /// passes describes a tree that stays inside its root when unpacked.
     pub fn validate(&self, max_entries: usize, max_total: u64) -> Result<(), ManifestError> {
-        if self.format != FORMAT_VERSION {
-            return Err(ManifestError::Format(self.format));
+        match (self.format, &self.blob) {
+            (FORMAT_BLOB, None) => return Err(ManifestError::Blob(1, "must name its blob")),
+            (FORMAT_VERSION, Some(_)) => {
+                return Err(ManifestError::Blob(2, "names no blob"));
+            }
+            (FORMAT_BLOB | FORMAT_VERSION, _) => {}
+            (other, _) => return Err(ManifestError::Format(other)),
         }
         validate_name(NameKind::App, &self.app)?;
         validate_name(NameKind::Version, &self.version)?;
@@ -167,16 +220,17 @@ impl Manifest {
             None => return Err(ManifestError::TooManyBytes(u64::MAX, max_total)),
         }
         let content = self.content_bytes();
-        if content
-            > self
-                .blob
-                .size
-                .saturating_mul(MAX_RATIO)
-                .saturating_add(RATIO_SLACK)
+        // Format 2 bounds what a pack may decode to by the objects asked for.
+        if let Some(blob) = &self.blob
+            && content
+                > blob
+                    .size
+                    .saturating_mul(MAX_RATIO)
+                    .saturating_add(RATIO_SLACK)
         {
             return Err(ManifestError::Ratio {
                 content,
-                blob: self.blob.size,
+                blob: blob.size,
             });
         }
         let mut kinds: BTreeMap<&str, EntryKind> = BTreeMap::new();
@@ -364,10 +418,10 @@ mod tests {
             app: "web".into(),
             version: "1.0.0".into(),
             git_commit: None,
-            blob: BlobRef {
+            blob: Some(BlobRef {
                 digest: Digest::of(b"blob").to_string(),
                 size: 4,
-            },
+            }),
             entries,
         }
     }

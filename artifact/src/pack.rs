@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
-use crate::manifest::{BlobRef, Entry, EntryKind, FORMAT_VERSION, Manifest};
+use crate::manifest::{BlobRef, Entry, EntryKind, FORMAT_BLOB, Manifest};
 
 /// zstd level used for releases: fast, and fixed so output stays deterministic.
 const ZSTD_LEVEL: i32 = 3;
@@ -32,7 +32,7 @@ pub enum PackError {
     Manifest(#[from] crate::manifest::ManifestError),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
     move |source| PackError::Io {
         path: path.to_path_buf(),
         source,
@@ -50,46 +50,44 @@ pub struct PackOutput {
 impl PackOutput {
     pub fn into_manifest(self, app: &str, version: &str, git_commit: Option<String>) -> Manifest {
         Manifest {
-            format: FORMAT_VERSION,
+            format: FORMAT_BLOB,
             app: app.to_string(),
             version: version.to_string(),
             git_commit,
-            blob: BlobRef {
+            blob: Some(BlobRef {
                 digest: self.blob_digest.to_string(),
                 size: self.blob_size,
-            },
+            }),
             entries: self.entries,
         }
     }
 }
 
 /// Packs `src` into `out` as tar+zstd, streaming (one file open at a time, no
-/// whole-file buffers). `.git` directories are left out.
+/// whole-file buffers), compressing on every core. `.git` directories are left
+/// out.
 pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    pack_dir_with(src, out, cores as u32)
+}
+
+/// [`pack_dir`] with `workers` compression threads. zstd's multithreaded
+/// output does not depend on the number of workers (from one on), so the blob
+/// and its digest are the same on any machine.
+pub fn pack_dir_with<W: Write>(src: &Path, out: W, workers: u32) -> Result<PackOutput, PackError> {
     let mut paths = Vec::new();
     walk(src, "", &mut paths)?;
     // Byte order of the whole path (not depth-first order): "a-b" sorts before "a/x".
     // A directory still precedes its content since a prefix sorts first.
     paths.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let hashing = HashingWriter::new(out);
-    let mut encoder = zstd::stream::Encoder::new(hashing, ZSTD_LEVEL).map_err(PackError::Write)?;
-    encoder.include_checksum(true).map_err(PackError::Write)?;
-    encoder
-        .include_contentsize(false)
-        .map_err(PackError::Write)?;
-    let mut builder = tar::Builder::new(encoder);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder.follow_symlinks(false);
+    let mut builder = tar_zstd(out, workers)?;
 
     let mut entries = Vec::with_capacity(paths.len());
     for (rel, full) in paths {
         let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
         let ft = meta.file_type();
-        let mut header = tar::Header::new_gnu();
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
+        let mut header = fixed_header();
         if ft.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
@@ -179,8 +177,42 @@ pub fn pack_dir<W: Write>(src: &Path, out: W) -> Result<PackOutput, PackError> {
     Ok(out)
 }
 
+/// A deterministic tar builder over a zstd encoder (level 3, checksummed,
+/// `workers` threads) over a hashing writer: what every Slipway archive is.
+pub(crate) fn tar_zstd<W: Write>(
+    out: W,
+    workers: u32,
+) -> Result<tar::Builder<zstd::stream::Encoder<'static, HashingWriter<W>>>, PackError> {
+    let hashing = HashingWriter::new(out);
+    let mut encoder = zstd::stream::Encoder::new(hashing, ZSTD_LEVEL).map_err(PackError::Write)?;
+    encoder
+        .multithread(workers.max(1))
+        .map_err(PackError::Write)?;
+    encoder.include_checksum(true).map_err(PackError::Write)?;
+    encoder
+        .include_contentsize(false)
+        .map_err(PackError::Write)?;
+    let mut builder = tar::Builder::new(encoder);
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+    Ok(builder)
+}
+
+/// A header with everything that varies between machines zeroed.
+pub(crate) fn fixed_header() -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
 /// Collects (relative path, full path) pairs of the whole tree.
-fn walk(root: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), PackError> {
+pub(crate) fn walk(
+    root: &Path,
+    prefix: &str,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), PackError> {
     let dir = if prefix.is_empty() {
         root.to_path_buf()
     } else {

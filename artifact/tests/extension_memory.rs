@@ -56,10 +56,10 @@ fn a_huge_pax_record_is_refused_before_it_is_buffered() {
         app: "web".into(),
         version: "1".into(),
         git_commit: None,
-        blob: BlobRef {
+        blob: Some(BlobRef {
             digest: Digest::of(&blob).to_string(),
             size: blob.len() as u64,
-        },
+        }),
         entries: vec![Entry {
             path: "big".into(),
             kind: EntryKind::File,

@@ -70,10 +70,10 @@ fn manifest(blob: &[u8], entries: Vec<Entry>) -> Manifest {
         app: "web".into(),
         version: "1".into(),
         git_commit: None,
-        blob: BlobRef {
+        blob: Some(BlobRef {
             digest: Digest::of(blob).to_string(),
             size: blob.len() as u64,
-        },
+        }),
         entries,
     }
 }

@@ -62,6 +62,24 @@ impl BlobStore {
         })
     }
 
+    /// A store at `root` (created if missing), leaving any temp file alone.
+    pub fn at(root: &Path) -> Result<Self, BlobError> {
+        for dir in [root.join("sha256"), root.join("tmp"), root.join("corrupt")] {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.root.join("sha256").join(digest.hex())
     }
@@ -145,10 +163,19 @@ impl BlobStore {
 
     /// Starts an upload of `declared` bytes expected to hash to `digest`.
     pub async fn begin(&self, digest: Digest, declared: u64) -> Result<Upload, BlobError> {
+        self.begin_with(Some(digest), declared)
+    }
+
+    /// Starts an upload whose digest and size come at its end (a blob
+    /// uploaded while it is packed), of at most `max` bytes.
+    pub async fn begin_unnamed(&self, max: u64) -> Result<Upload, BlobError> {
+        self.begin_with(None, max)
+    }
+
+    fn begin_with(&self, digest: Option<Digest>, declared: u64) -> Result<Upload, BlobError> {
         let tmp_dir = self.root.join("tmp");
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io_err(&tmp_dir))?;
         let (file, path) = tmp.into_parts();
-        let dest = self.path(&digest);
         Ok(Upload {
             file: tokio::fs::File::from_std(file),
             tmp: path,
@@ -156,7 +183,7 @@ impl BlobStore {
             written: 0,
             digest,
             declared,
-            dest,
+            store: self.clone(),
         })
     }
 }
@@ -219,9 +246,11 @@ pub struct Upload {
     tmp: tempfile::TempPath,
     hasher: StreamHasher,
     written: u64,
-    digest: Digest,
+    /// The digest named up front; None when the trailer names it.
+    digest: Option<Digest>,
+    /// The exact size named up front, or the most an unnamed upload may send.
     declared: u64,
-    dest: PathBuf,
+    store: BlobStore,
 }
 
 impl Upload {
@@ -243,23 +272,47 @@ impl Upload {
     }
 
     /// Verifies size and digest, then makes the blob durable under its name.
-    pub async fn commit(mut self) -> Result<u64, BlobError> {
-        if self.written != self.declared {
+    pub async fn commit(self) -> Result<u64, BlobError> {
+        let Some(digest) = self.digest.clone() else {
+            return Err(BlobError::Io {
+                path: self.tmp.to_path_buf(),
+                source: io::Error::other("an upload without a digest needs its trailer"),
+            });
+        };
+        let declared = self.declared;
+        self.commit_as(digest, declared).await
+    }
+
+    /// Commits an upload whose trailer named `digest` and `size`.
+    pub async fn commit_named(self, digest: Digest, size: u64) -> Result<u64, BlobError> {
+        if let Some(named) = &self.digest
+            && *named != digest
+        {
+            return Err(BlobError::Mismatch {
+                declared: named.clone(),
+                actual: digest,
+            });
+        }
+        self.commit_as(digest, size).await
+    }
+
+    async fn commit_as(mut self, digest: Digest, size: u64) -> Result<u64, BlobError> {
+        if self.written != size {
             return Err(BlobError::Size {
-                declared: self.declared,
+                declared: size,
                 actual: self.written,
             });
         }
-        let actual = self.hasher.finish();
-        if actual != self.digest {
+        let actual = self.hasher.clone().finish();
+        if actual != digest {
             return Err(BlobError::Mismatch {
-                declared: self.digest,
+                declared: digest,
                 actual,
             });
         }
         self.file.flush().await.map_err(io_err(&self.tmp))?;
         self.file.sync_all().await.map_err(io_err(&self.tmp))?;
-        let dest = self.dest.clone();
+        let dest = self.store.path(&digest);
         let tmp = self.tmp;
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
             tmp.persist(&dest).map_err(|e| BlobError::Io {
@@ -273,7 +326,7 @@ impl Upload {
         })
         .await
         .map_err(|e| BlobError::Io {
-            path: self.dest.clone(),
+            path: self.store.path(&digest),
             source: io::Error::other(e),
         })??;
         Ok(self.written)

@@ -18,6 +18,9 @@ pub enum ControllerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Blob(#[from] crate::blobs::BlobError),
+    /// A fault of the controller itself (logged, never shown in detail).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<artifact::NameError> for ControllerError {

@@ -204,6 +204,15 @@ impl Hub {
             .is_some_and(|e| e.id == id)
     }
 
+    /// Whether the host's session said it runs `app`.
+    pub fn runs(&self, tenant: &str, host: &str, app: &str) -> bool {
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .get(&(tenant.to_string(), host.to_string()))
+            .is_some_and(|e| e.apps.iter().any(|a| a == app))
+    }
+
     pub fn connected(&self, tenant: &str, host: &str) -> bool {
         self.sessions
             .lock()

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod hub;
 pub mod intent;
 pub mod lifecycle;
+pub mod objects;
 pub mod plan;
 pub mod rollout;
 pub mod sanitize;

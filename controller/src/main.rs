@@ -67,6 +67,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    daemon::tune_allocator();
     let args = Args::parse();
     daemon::init_tracing();
     tracing::info!(

@@ -14,6 +14,25 @@ pub const VERSION: &str = concat!(
 /// The git commit alone, for the first log line.
 pub const COMMIT: &str = env!("SLIPWAY_GIT_COMMIT");
 
+/// Bounds how much freed memory glibc keeps for a long-running daemon. By
+/// default glibc raises its mmap threshold each time a large buffer is freed
+/// (up to 32 MiB), after which 1 MiB stream and chunk buffers come from the
+/// heap and stay there; with one arena per thread that retention repeats per
+/// runtime thread. A fixed 128 KiB threshold returns every large buffer to
+/// the kernel when freed, and two arenas keep small allocations together.
+/// Called first thing in `main`, before any other thread exists.
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before
+    // any other thread runs, and its result (0 on failure) only means the
+    // defaults stay.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Logs to stderr. `SLIPWAY_LOG` filters (default `info`),
 /// `SLIPWAY_LOG_FORMAT=json` gives JSON lines. Colour only when stderr is a
 /// terminal: the journal and log files get plain text.

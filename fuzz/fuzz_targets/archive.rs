@@ -14,10 +14,10 @@ fuzz_target!(|tar: &[u8]| {
         app: "web".into(),
         version: "1".into(),
         git_commit: None,
-        blob: BlobRef {
+        blob: Some(BlobRef {
             digest: Digest::of(&blob).to_string(),
             size: blob.len() as u64,
-        },
+        }),
         entries: vec![
             Entry {
                 path: "bin".into(),

@@ -171,6 +171,8 @@ macro_rules! kill_points {
 kill_points! {
     killed_at_verify: "step:verify", true;
     killed_at_fetch: "step:fetch", true;
+    killed_while_the_blob_streams_into_the_unpack: "fetch-streaming", true;
+    killed_with_the_tree_synced_but_not_named: "unpack-synced", true;
     killed_at_unpack: "step:unpack", true;
     killed_at_prepare: "step:prepare", true;
     killed_while_the_prepare_hook_runs: "hook-started:prepare", true;

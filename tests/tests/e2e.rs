@@ -518,7 +518,11 @@ fn publish_is_deterministic_and_uploads_once() {
             "1.0.0",
         ])
         .ok();
-    assert!(first.stdout.contains(", uploaded)"), "{}", first.stdout);
+    assert!(
+        first.stdout.contains("3 of 3 file objects uploaded"),
+        "{}",
+        first.stdout
+    );
     let again = c
         .ctl(&[
             "publish",
@@ -534,8 +538,13 @@ fn publish_is_deterministic_and_uploads_once() {
         "{}",
         again.stdout
     );
-    assert!(again.stdout.contains("upload skipped"), "{}", again.stdout);
-    // Same tree under another version: same blob, so no second upload either.
+    assert!(
+        again.stdout.contains("nothing uploaded"),
+        "{}",
+        again.stdout
+    );
+    // Same tree under another version: same objects, so nothing uploaded,
+    // and the same full pack.
     let other = c
         .ctl(&[
             "publish",
@@ -546,10 +555,14 @@ fn publish_is_deterministic_and_uploads_once() {
             "1.0.1",
         ])
         .ok();
-    assert!(other.stdout.contains("upload skipped"), "{}", other.stdout);
+    assert!(
+        other.stdout.contains("nothing uploaded"),
+        "{}",
+        other.stdout
+    );
     let blob = |s: &str| {
         s.lines()
-            .find(|l| l.trim().starts_with("blob"))
+            .find(|l| l.trim().starts_with("pack"))
             .unwrap()
             .split_whitespace()
             .nth(1)

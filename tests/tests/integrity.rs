@@ -94,7 +94,7 @@ fn an_upload_whose_bytes_do_not_match_its_digest_is_refused_and_not_kept() {
 }
 
 #[test]
-fn a_blob_corrupt_on_the_controller_is_never_served_and_a_publish_repairs_it() {
+fn an_object_corrupt_on_the_controller_is_never_served_and_a_publish_repairs_it() {
     let t = tempfile::tempdir().unwrap();
     let c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
@@ -102,28 +102,36 @@ fn a_blob_corrupt_on_the_controller_is_never_served_and_a_publish_repairs_it() {
     c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod", "--wait"])
         .ok();
 
+    // 2.0.0 differs from 1.0.0 in one file: the host fetches that object
+    // alone. It rots on the controller's disk.
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
-    let (hex, path) = blob_of(&c, "2.0.0");
-    let good = std::fs::read(&path).unwrap();
-    let mut bytes = good.clone();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
+    let conf = std::fs::read(t.path().join("release-2.0.0/sample.conf")).unwrap();
+    let hex = artifact::Digest::of(&conf).hex();
+    let tenant = c.ctl(&["whoami", "-o", "json"]).ok().json()["tenant"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = c.data_dir.join("blobs/objects").join(&tenant);
+    let path = store.join("sha256").join(&hex);
+    let mut bytes = conf.clone();
+    bytes[0] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
 
-    // The controller checks what it streams: the stream ends with DataLoss
-    // instead of OK, and the blob is moved aside (it now reads as missing).
+    // The controller checks what it streams: the stream ends with DataLoss,
+    // the object is moved aside (it now reads as missing), the host refuses
+    // the release and keeps serving 1.0.0.
     c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod"]).ok();
-    let corrupt = c.data_dir.join("blobs/corrupt").join(&hex);
+    let corrupt = store.join("corrupt").join(&hex);
     eventually(
         Duration::from_secs(60),
-        "the corrupt blob moved aside",
+        "the corrupt object moved aside",
         || (corrupt.is_file() && !path.exists()).then_some(()),
     );
-    assert_ne!(std::fs::read(&corrupt).unwrap(), good);
+    assert_ne!(std::fs::read(&corrupt).unwrap(), conf);
     assert_eq!(agent.app_says().as_deref(), Some("sample-app 1.0.0"));
     assert!(!agent.app_dir().join("releases/2.0.0").exists());
 
-    // A publish of the same release finds the blob missing and uploads it
+    // A publish of the same release finds the object missing and uploads it
     // again; the deploy then goes through.
     let again = c.ctl(&[
         "publish",
@@ -135,8 +143,12 @@ fn a_blob_corrupt_on_the_controller_is_never_served_and_a_publish_repairs_it() {
         "--allow-dirty",
     ]);
     let again = again.ok();
-    assert!(!again.stdout.contains("upload skipped"), "{}", again.stdout);
-    assert_eq!(std::fs::read(&path).unwrap(), good, "repaired");
+    assert!(
+        again.stdout.contains("1 of 3 file objects uploaded"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), conf, "repaired");
     c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod", "--wait"])
         .ok();
     agent.wait_serving("2.0.0");
@@ -174,13 +186,27 @@ fn an_interrupted_download_resumes_and_a_corrupt_partial_is_fetched_again() {
     );
 
     // A partial file with garbage in it: detected, discarded, fetched again.
+    // On a host of another environment that has none of the files (a host
+    // with 1.0.0 takes 2.0.0 as a delta, without the full pack).
+    c.ctl(&[
+        "envs",
+        "set",
+        "staging",
+        "--create",
+        "--production",
+        "false",
+    ])
+    .ok();
+    let agent = Agent::start(t.path(), &c, "stage-1", "staging", DB_ENV);
+    let cache = agent.app_dir().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
     publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
     let (hex, path) = blob_of(&c, "2.0.0");
     let mut half = std::fs::read(&path).unwrap();
     half.truncate(half.len() / 2);
     half[10] ^= 0xff;
     std::fs::write(cache.join(format!("{hex}.partial")), &half).unwrap();
-    c.ctl(&["deploy", "web", "2.0.0", "--env", "preprod", "--wait"])
+    c.ctl(&["deploy", "web", "2.0.0", "--env", "staging", "--wait"])
         .ok();
     agent.wait_serving("2.0.0");
     assert!(agent.log_text().contains("resumed download did not verify"));

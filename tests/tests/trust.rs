@@ -1020,10 +1020,10 @@ fn publish_hostile(c: &Controller, version: &str) {
         app: "web".into(),
         version: version.into(),
         git_commit: None,
-        blob: artifact::manifest::BlobRef {
+        blob: Some(artifact::manifest::BlobRef {
             digest: digest.clone(),
             size: blob.len() as u64,
-        },
+        }),
         entries: vec![artifact::Entry {
             path: "x".into(),
             kind: artifact::EntryKind::File,

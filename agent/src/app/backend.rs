@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::config::{AppConfig, Backend};
+use crate::follow::Feed;
 use crate::health::{self, Probe, Verdict};
 use crate::paths::AppPaths;
 use crate::supervisor::{self, ProcRecord};
@@ -28,14 +29,33 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Env values handed to processes and hooks (kept on this host only).
 pub type Env = BTreeMap<String, String>;
 
-/// Brings a release blob into `cache`, verified; returns its path.
+/// Brings a release blob into `cache`, verified; returns its path. Tells
+/// `feed` as the file grows, so the unpack can follow the download (a fetcher
+/// that never does is followed from its result).
 pub trait Fetch: Send + Sync {
     fn fetch<'a>(
         &'a self,
         cache: &'a Path,
         blob: &'a Digest,
         size: u64,
+        feed: &'a Feed,
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>>;
+
+    /// Brings the object pack of `want` (objects of release `release`, in
+    /// this order) into `cache`, telling `feed` as it grows; its path.
+    fn fetch_objects<'a>(
+        &'a self,
+        _cache: &'a Path,
+        _release: &'a str,
+        _want: &'a [(Digest, u64)],
+        _feed: &'a Feed,
+    ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
+        Box::pin(async {
+            Err(DeployError::Transient(
+                "no controller to fetch objects from".into(),
+            ))
+        })
+    }
 }
 
 /// Fetches from the controller over the session's channel.
@@ -88,6 +108,7 @@ impl Fetch for ControllerFetch {
         cache: &'a Path,
         blob: &'a Digest,
         size: u64,
+        feed: &'a Feed,
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async move {
             let Some(channel) = self.channel.borrow().clone() else {
@@ -95,7 +116,7 @@ impl Fetch for ControllerFetch {
             };
             let mut client =
                 AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-            let err = match crate::fetch::fetch_blob(&mut client, cache, blob, size).await {
+            let err = match crate::fetch::fetch_blob(&mut client, cache, blob, size, feed).await {
                 Ok(p) => {
                     self.succeeded();
                     return Ok(p);
@@ -104,6 +125,13 @@ impl Fetch for ControllerFetch {
             };
             let status = match &err {
                 crate::fetch::FetchError::Rpc { status, .. } => status,
+                // A corrupt partial file from an earlier attempt, now removed.
+                crate::fetch::FetchError::Mismatch { resumed: true, .. } => {
+                    tracing::warn!(digest = %blob, "resumed download did not verify; fetching from the start");
+                    return Err(DeployError::Transient(format!(
+                        "{err}; fetching again from the start"
+                    )));
+                }
                 _ => return Err(err.into()),
             };
             if status.code() == tonic::Code::NotFound {
@@ -130,6 +158,45 @@ impl Fetch for ControllerFetch {
                 "fetch (attempt {n} of {FETCH_ATTEMPTS}): {}",
                 status.message()
             )))
+        })
+    }
+
+    fn fetch_objects<'a>(
+        &'a self,
+        cache: &'a Path,
+        release: &'a str,
+        want: &'a [(Digest, u64)],
+        feed: &'a Feed,
+    ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
+        Box::pin(async move {
+            let Some(channel) = self.channel.borrow().clone() else {
+                return Err(DeployError::Transient("controller not connected".into()));
+            };
+            let mut client =
+                AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+            crate::fetch::fetch_objects(&mut client, cache, release, want, feed)
+                .await
+                .map_err(|e| match e {
+                    crate::fetch::FetchError::Rpc { status, .. } => {
+                        self.objects_error(release, *status)
+                    }
+                    other => other.into(),
+                })
+        })
+    }
+}
+
+impl ControllerFetch {
+    /// Maps a failed object fetch like a failed blob fetch: unreachable
+    /// postpones, the controller's corrupt copy or a refusal fails the release.
+    fn objects_error(&self, release: &str, status: tonic::Status) -> DeployError {
+        if unreachable(status.code()) {
+            return DeployError::Transient(format!("fetch objects: {}", status.message()));
+        }
+        DeployError::Fetch(crate::fetch::FetchError::GaveUp {
+            digest: Digest::of(release.as_bytes()),
+            attempts: 1,
+            message: format!("objects of {release}: {}", status.message()),
         })
     }
 }
@@ -382,6 +449,22 @@ mod tests {
         type SessionStream =
             tokio_stream::Empty<Result<proto::v1::ControllerMessage, tonic::Status>>;
         type FetchBlobStream = tokio_stream::Empty<Result<proto::v1::BlobChunk, tonic::Status>>;
+        type FetchObjectsStream = tokio_stream::Empty<Result<proto::v1::BlobChunk, tonic::Status>>;
+        async fn fetch_objects(
+            &self,
+            _: tonic::Request<proto::v1::FetchObjectsRequest>,
+        ) -> Result<tonic::Response<Self::FetchObjectsStream>, tonic::Status> {
+            Err(tonic::Status::new(
+                self.0,
+                "read object: input/output error",
+            ))
+        }
+        async fn fetch_manifest(
+            &self,
+            _: tonic::Request<proto::v1::FetchManifestRequest>,
+        ) -> Result<tonic::Response<proto::v1::FetchManifestResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fetch_manifest"))
+        }
         async fn session(
             &self,
             _: tonic::Request<tonic::Streaming<proto::v1::AgentMessage>>,
@@ -429,10 +512,16 @@ mod tests {
         let blob = Digest::of(b"release");
         let (fetch, cache, _tx) = fetch_from(tonic::Code::Internal).await;
         for attempt in 1..FETCH_ATTEMPTS {
-            let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+            let e = fetch
+                .fetch(cache.path(), &blob, 7, &crate::follow::pair().0)
+                .await
+                .unwrap_err();
             assert!(e.is_transient(), "attempt {attempt} postpones: {e}");
         }
-        let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+        let e = fetch
+            .fetch(cache.path(), &blob, 7, &crate::follow::pair().0)
+            .await
+            .unwrap_err();
         assert!(
             !e.is_transient(),
             "attempt {FETCH_ATTEMPTS} fails the release"
@@ -448,11 +537,17 @@ mod tests {
     async fn a_corrupt_blob_fails_at_once_and_an_unreachable_controller_never_does() {
         let blob = Digest::of(b"release");
         let (fetch, cache, _tx) = fetch_from(tonic::Code::DataLoss).await;
-        let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+        let e = fetch
+            .fetch(cache.path(), &blob, 7, &crate::follow::pair().0)
+            .await
+            .unwrap_err();
         assert!(!e.is_transient(), "{e}");
         let (fetch, cache, _tx) = fetch_from(tonic::Code::Unavailable).await;
         for _ in 0..FETCH_ATTEMPTS * 2 {
-            let e = fetch.fetch(cache.path(), &blob, 7).await.unwrap_err();
+            let e = fetch
+                .fetch(cache.path(), &blob, 7, &crate::follow::pair().0)
+                .await
+                .unwrap_err();
             assert!(e.is_transient(), "{e}");
         }
     }

@@ -35,12 +35,14 @@ pub(super) struct Armed {
 impl AppRunner {
     /// Records the release as installed (after `prepare`, before the flip), so
     /// what hooks produce is part of it and what hands change later is not.
-    pub(super) async fn take_baseline(&self, version: &str) {
+    pub(super) async fn take_baseline(&self, version: &str, known: drift::Known) {
         let root = self.paths.release(version);
         let path = self.paths.baseline(version);
         let v = version.to_string();
-        let result =
-            tokio::task::spawn_blocking(move || drift::snapshot(&root, &v)?.save(&path)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            drift::snapshot_known(&root, &v, &known)?.save(&path)
+        })
+        .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -68,7 +70,7 @@ impl AppRunner {
             Ok(Some(b)) if b.version == version => Some(b),
             Ok(_) => {
                 tracing::warn!(app = %self.name, %version, "no drift baseline for the running release; taking one now (earlier hand edits go unseen)");
-                self.take_baseline(&version).await;
+                self.take_baseline(&version, drift::Known::default()).await;
                 Baseline::load(&path).ok().flatten()
             }
             Err(e) => {

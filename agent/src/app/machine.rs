@@ -21,7 +21,8 @@ use super::{AppRunner, DeployError, LOCK_TIMEOUT};
 #[derive(Default)]
 pub(super) struct Work {
     pub(super) directive: Option<Directive>,
-    pub(super) blob: Option<std::path::PathBuf>,
+    /// The fetch step unpacked the release (it streams into the unpack).
+    pub(super) unpacked: bool,
 }
 
 /// Slack added to limits taken from the release's spec.
@@ -55,7 +56,7 @@ impl AppRunner {
         };
         let work = Work {
             directive: Some(directive),
-            blob: None,
+            unpacked: false,
         };
         let ended = self.drive(p, work).await?;
         self.after(&ended).await;
@@ -232,9 +233,9 @@ impl AppRunner {
     ) -> Result<Outcome, DeployError> {
         match p.step {
             Step::Verify => self.verify(p, w).await,
-            Step::Fetch => self.fetch_blob(w).await,
+            Step::Fetch => self.fetch_blob(p, w).await,
             Step::Unpack => self.unpack(p, w).await,
-            Step::Prepare => self.prepare(p).await,
+            Step::Prepare => self.prepare(p, w).await,
             Step::Stop => self.stop_running(p).await,
             Step::Flip => {
                 install::flip_current(&self.paths, &p.target.version)?;

@@ -135,6 +135,7 @@ impl Fetch for NoFetch {
         _: &'a Path,
         _: &'a artifact::Digest,
         _: u64,
+        _: &'a crate::follow::Feed,
     ) -> backend::BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async { Err(DeployError::Transient("no controller to fetch from".into())) })
     }

@@ -64,50 +64,190 @@ impl AppRunner {
         .unwrap_or(false)
     }
 
-    pub(super) async fn fetch_blob(&mut self, w: &mut Work) -> Result<Outcome, DeployError> {
-        let d = w
-            .directive
-            .as_ref()
-            .ok_or_else(|| DeployError::Transient("fetch without a directive".into()))?;
-        let blob = self
-            .fetch
-            .fetch(&self.paths.cache, &d.blob, d.blob_size)
-            .await?;
-        self.log(&d.version, "fetch", "ok", &d.blob.to_string());
-        w.blob = Some(blob);
-        Ok(Outcome::Ok)
-    }
-
-    pub(super) async fn unpack(
+    /// Downloads the blob and unpacks it as it arrives, beside the running
+    /// release: the unpack reads what the fetch has written and commits the
+    /// tree only once the whole blob verified (see `crate::follow`).
+    pub(super) async fn fetch_blob(
         &mut self,
         p: &mut Progress,
         w: &mut Work,
     ) -> Result<Outcome, DeployError> {
-        let (Some(d), Some(blob)) = (w.directive.as_ref(), w.blob.take()) else {
-            return Err(DeployError::Transient(
-                "unpack without a fetched blob".into(),
-            ));
+        let Some(d) = w.directive.as_ref() else {
+            return Err(DeployError::Transient("fetch without a directive".into()));
         };
         let run_as = self.cfg.run_as();
         if let (Some(user), None) = (&self.cfg.user, run_as) {
             return Err(DeployError::Spec(format!("user {user:?} no longer exists")));
         }
+        // On disk before anything is written: a restart removes what we made.
         p.fresh = true;
         self.status.deploy = Some(p.clone());
         self.publish();
-        let unpacked = install::unpack_release(&self.paths, &blob, &d.manifest, run_as).await;
-        // Once unpacked (or refused) the blob has served its purpose: the cache
-        // only ever holds what is being installed.
-        let _ = std::fs::remove_file(&blob);
+        // Format 2: files kept on this host are linked, only the rest move.
+        let local = if d.manifest.blob.is_none() {
+            self.local_objects().await
+        } else {
+            install::LocalObjects::new()
+        };
+        let want = artifact::assemble::wanted(&d.manifest, &local);
+        let all = d.manifest.objects().len();
+        let plan = match (d.manifest.blob.is_some(), want.len()) {
+            (true, _) => Plan::Blob,
+            (false, 0) => Plan::Nothing,
+            (false, n) if n == all => Plan::Blob,
+            (false, _) => Plan::Objects,
+        };
+        let (feed, reader) = crate::follow::pair();
+        let fetcher = self.fetch.clone();
+        let release = d.digest.clone();
+        let fetching = async {
+            let r = match plan {
+                Plan::Blob => {
+                    fetcher
+                        .fetch(&self.paths.cache, &d.blob, d.blob_size, &feed)
+                        .await
+                }
+                Plan::Objects => {
+                    fetcher
+                        .fetch_objects(&self.paths.cache, &release, &want, &feed)
+                        .await
+                }
+                Plan::Nothing => Ok(self.paths.cache.clone()),
+            };
+            feed.finish(
+                r.as_ref()
+                    .map(Clone::clone)
+                    .map_err(|e| crate::follow::Stopped(e.to_string())),
+            );
+            r
+        };
+        let paths = &self.paths;
+        let linked = local.len();
+        let unpacking = async move {
+            let source = match plan {
+                Plan::Nothing => None,
+                _ => {
+                    reader.started().await;
+                    Some(reader)
+                }
+            };
+            install::unpack_release(paths, source, &d.manifest, local, run_as).await
+        };
+        tokio::pin!(fetching, unpacking);
+        let (fetched, unpacked) = tokio::select! {
+            f = &mut fetching => (f, unpacking.await),
+            u = &mut unpacking => match u {
+                // Refused mid-stream: the rest of the blob is not worth fetching.
+                Err(e) => (Ok(self.paths.cache.clone()), Err(e)),
+                Ok(dir) => (fetching.await, Ok(dir)),
+            },
+        };
+        if unpacked.is_err() && feed.resumed() > 0 {
+            // The bytes an earlier attempt left may be what is wrong: they go,
+            // and the next attempt downloads the whole blob.
+            let partial = self.paths.cache.join(format!("{}.partial", d.blob.hex()));
+            let _ = std::fs::remove_file(&partial);
+            tracing::warn!(app = %self.name, digest = %d.blob, "resumed download did not verify; fetching from the start");
+            return Err(DeployError::Transient(format!(
+                "the resumed download of {} did not verify; fetching from the start",
+                d.blob
+            )));
+        }
+        let fetched = fetched?;
+        // Once unpacked (or refused) the download has served its purpose: the
+        // cache only ever holds what is being installed.
+        if plan != Plan::Nothing {
+            let _ = std::fs::remove_file(&fetched);
+        }
         unpacked?;
+        let detail = match plan {
+            Plan::Blob => format!("{} wire_bytes={}", d.blob, feed.wire_bytes()),
+            Plan::Objects => format!(
+                "{} of {all} objects wire_bytes={} (the rest from {linked} files kept on this host)",
+                want.len(),
+                feed.wire_bytes()
+            ),
+            Plan::Nothing => format!("0 of {all} objects wire_bytes=0 (all kept on this host)"),
+        };
         let version = d.version.clone();
-        self.status
-            .installed
-            .insert(version.clone(), d.digest.clone());
-        self.status.counters.insert(version.clone(), d.counter);
+        self.log(&version, "fetch", "ok", &detail);
+        w.unpacked = true;
+        Ok(Outcome::Ok)
+    }
+
+    /// Files of the releases kept here (`current` first) that still match
+    /// the stat their drift baseline recorded, by content digest.
+    async fn local_objects(&self) -> install::LocalObjects {
+        let mut versions: Vec<String> = self.paths.current_version().into_iter().collect();
+        versions.extend(self.status.installed.keys().cloned());
+        let paths = self.paths.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = install::LocalObjects::new();
+            for v in versions {
+                let Ok(Some(b)) = crate::drift::Baseline::load(&paths.baseline(&v)) else {
+                    continue;
+                };
+                if b.version != v {
+                    continue;
+                }
+                let root = paths.release(&v);
+                for (rel, fp) in b.entries {
+                    let crate::drift::Fingerprint::File {
+                        sha256,
+                        size,
+                        stat: Some(stat),
+                        ..
+                    } = fp
+                    else {
+                        continue;
+                    };
+                    let Ok(digest) = artifact::Digest::parse(&format!("sha256:{sha256}")) else {
+                        continue;
+                    };
+                    if out.contains_key(&digest) {
+                        continue;
+                    }
+                    let path = root.join(&rel);
+                    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                        continue;
+                    };
+                    if meta.is_file() && meta.len() == size && crate::drift::Stat::of(&meta) == stat
+                    {
+                        out.insert(
+                            digest,
+                            artifact::assemble::LocalFile {
+                                path,
+                                ino: stat.ino,
+                                size,
+                                mtime_ns: stat.mtime_ns,
+                            },
+                        );
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Records the tree the fetch unpacked as installed.
+    pub(super) async fn unpack(
+        &mut self,
+        _p: &mut Progress,
+        w: &mut Work,
+    ) -> Result<Outcome, DeployError> {
+        let Some(d) = w.directive.as_ref().filter(|_| w.unpacked) else {
+            return Err(DeployError::Transient(
+                "unpack without a fetched release".into(),
+            ));
+        };
+        let version = d.version.clone();
+        let (digest, counter, entries) = (d.digest.clone(), d.counter, d.manifest.entries.len());
+        self.status.installed.insert(version.clone(), digest);
+        self.status.counters.insert(version.clone(), counter);
         self.publish();
-        let entries = d.manifest.entries.len();
-        let detail = match run_as {
+        let detail = match self.cfg.run_as() {
             Some(u) => format!("{entries} entries, unpacked as uid {}", u.uid),
             None => format!("{entries} entries"),
         };
@@ -119,7 +259,11 @@ impl AppRunner {
     /// broken env file refuses the release while the old one serves), runs
     /// `prepare` and takes the drift baseline. A kept release was prepared
     /// when it was first installed: only the checks run.
-    pub(super) async fn prepare(&mut self, p: &mut Progress) -> Result<Outcome, DeployError> {
+    pub(super) async fn prepare(
+        &mut self,
+        p: &mut Progress,
+        w: &Work,
+    ) -> Result<Outcome, DeployError> {
         let version = p.target.version.clone();
         let release = self.paths.release(&version);
         let spec = ReleaseSpec::load(&release).map_err(|e| DeployError::Spec(e.to_string()))?;
@@ -131,10 +275,25 @@ impl AppRunner {
         if p.kept {
             return Ok(Outcome::Ok);
         }
+        // The baseline takes each file's digest from the manifest (the unpack
+        // verified every one) unless the hook may have rewritten it.
+        let mut known = crate::drift::Known::default();
+        if let Some(d) = w.directive.as_ref().filter(|_| w.unpacked) {
+            known.files = d
+                .manifest
+                .entries
+                .iter()
+                .filter_map(|e| {
+                    let hex = e.sha256.as_deref()?.strip_prefix("sha256:")?;
+                    Some((e.path.clone(), (e.size, hex.to_string())))
+                })
+                .collect();
+        }
         if let Some(hook) = &spec.hooks.prepare {
+            known.changed_since_ns = Some(now_ns() - HOOK_CLOCK_SLACK_NS);
             self.run_tracked_hook("prepare", hook, &release, p).await?;
         }
-        self.take_baseline(&version).await;
+        self.take_baseline(&version, known).await;
         Ok(Outcome::Ok)
     }
 
@@ -285,6 +444,28 @@ impl AppRunner {
             self.publish();
         }
     }
+}
+
+/// Where the files of a release come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// The whole blob (format 1) or the release's full pack (nothing kept).
+    Blob,
+    /// An object pack of what is not kept here.
+    Objects,
+    /// Every file is kept here.
+    Nothing,
+}
+
+/// How far a file's change time may trail the clock (the kernel stamps it
+/// from a coarse clock, a tick behind at most): files changed this long
+/// before the hook started are hashed for the baseline too.
+const HOOK_CLOCK_SLACK_NS: i64 = 50_000_000;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// `(key, signature)` pairs as the signature check takes them.

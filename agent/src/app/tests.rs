@@ -121,6 +121,7 @@ impl Fetch for FakeFetch {
         cache: &'a Path,
         blob: &'a Digest,
         _size: u64,
+        _feed: &'a crate::follow::Feed,
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async move {
             if self.hang.load(std::sync::atomic::Ordering::SeqCst) {

@@ -10,8 +10,8 @@ use artifact::{Digest, NameKind, validate_name};
 use proto::v1::agents_server::Agents;
 use proto::v1::{
     AgentMessage, AppReport, BlobChunk, ControllerMessage, DesiredApp, DesiredState,
-    EnrollResponse, FetchBlobRequest, Hello, RenewRequest, Welcome, agent_message,
-    controller_message,
+    EnrollResponse, FetchBlobRequest, FetchManifestRequest, FetchManifestResponse,
+    FetchObjectsRequest, Hello, RenewRequest, Welcome, agent_message, controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -254,7 +254,10 @@ impl AgentsService {
             manifest_digest: d.manifest_digest,
             blob_digest: d.blob_digest,
             blob_size: d.blob_size,
-            manifest: d.manifest,
+            manifest_size: d.manifest.len() as u64,
+            // Fetched by digest once per release (FetchManifest), not
+            // carried in every directive.
+            manifest: Vec::new(),
             generation: d.generation,
         })
     }
@@ -264,6 +267,7 @@ impl AgentsService {
 impl Agents for AgentsService {
     type SessionStream = BoxStream<ControllerMessage>;
     type FetchBlobStream = BoxStream<BlobChunk>;
+    type FetchObjectsStream = BoxStream<BlobChunk>;
 
     async fn session(
         &self,
@@ -418,12 +422,136 @@ impl Agents for AgentsService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn fetch_objects(
+        &self,
+        req: Request<FetchObjectsRequest>,
+    ) -> Result<Response<Self::FetchObjectsStream>, Status> {
+        let id = auth::agent(&self.ctx, &req).await?;
+        let req = req.into_inner();
+        let manifest = self.release_for_host(&id, &req.manifest_digest).await?;
+        let objects: HashMap<Digest, u64> = manifest.objects().into_iter().collect();
+        if req.digests.len() > objects.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} objects asked for; release {} has {}",
+                req.digests.len(),
+                req.manifest_digest,
+                objects.len()
+            )));
+        }
+        let mut order = Vec::with_capacity(req.digests.len());
+        let mut seen = std::collections::HashSet::new();
+        for d in &req.digests {
+            let digest = Digest::parse(d).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let Some(size) = objects.get(&digest) else {
+                return Err(Status::permission_denied(format!(
+                    "object {digest} is not a file of release {}",
+                    req.manifest_digest
+                )));
+            };
+            if !seen.insert(digest.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "object {digest} asked twice"
+                )));
+            }
+            order.push((digest, *size));
+        }
+        let store = self
+            .ctx
+            .blobs
+            .tenant_objects(&id.tenant)
+            .map_err(ControllerError::from)?;
+        let chunks = crate::objects::stream_pack(store, order, proto::CHUNK_BYTES);
+        let stream = ReceiverStream::new(chunks).map(|c| match c {
+            Ok(data) => Ok(BlobChunk { data }),
+            Err(artifact::PackError::Changed(path)) => Err(Status::data_loss(format!(
+                "object {} is corrupt on the controller's disk; moved aside: publish the release again to repair it",
+                path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            ))),
+            Err(e) => Err(Status::internal(format!("object store: {e}"))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_manifest(
+        &self,
+        req: Request<FetchManifestRequest>,
+    ) -> Result<Response<FetchManifestResponse>, Status> {
+        let id = auth::agent(&self.ctx, &req).await?;
+        let req = req.into_inner();
+        let (_, bytes) = self.release_bytes_for_host(&id, &req.digest).await?;
+        // The base is used only if this host may read it too.
+        let base = match req.base_digest.as_str() {
+            "" => None,
+            b => self
+                .release_bytes_for_host(&id, b)
+                .await
+                .ok()
+                .map(|(_, m)| m),
+        };
+        let size = bytes.len() as u64;
+        let used = base.is_some();
+        let compressed = tokio::task::spawn_blocking(move || {
+            artifact::manifest::compress(&bytes, base.as_deref())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("compress manifest: {e}")))?;
+        let base_digest = if used { req.base_digest } else { String::new() };
+        Ok(Response::new(FetchManifestResponse {
+            compressed,
+            base_digest,
+            size,
+        }))
+    }
+
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
         let id = auth::agent(&self.ctx, &req).await?;
         let csr = req.into_inner().csr_pem;
         let resp = super::enrollment::issue(&self.ctx, &id, &csr).await?;
         tracing::info!(tenant = %id.tenant, host = %id.host, not_after = resp.not_after, "agent certificate renewed");
         Ok(Response::new(resp))
+    }
+}
+
+impl AgentsService {
+    /// A release's app and manifest bytes, if the calling host may read it:
+    /// a release of its tenant, of an app its session runs. Anything else is
+    /// refused the same way whether or not it exists.
+    async fn release_bytes_for_host(
+        &self,
+        id: &AgentId,
+        manifest_digest: &str,
+    ) -> Result<(String, Vec<u8>), Status> {
+        let refused = || {
+            Status::permission_denied(format!(
+                "release {manifest_digest} is not one this host runs"
+            ))
+        };
+        let (app, bytes) = self
+            .ctx
+            .store
+            .release_manifest(&id.tenant, manifest_digest)
+            .await
+            .map_err(ControllerError::from)?
+            .ok_or_else(refused)?;
+        if !self.ctx.hub.runs(&id.tenant, &id.host, &app) {
+            return Err(refused());
+        }
+        Ok((app, bytes))
+    }
+
+    async fn release_for_host(
+        &self,
+        id: &AgentId,
+        manifest_digest: &str,
+    ) -> Result<artifact::Manifest, Status> {
+        let (_, bytes) = self.release_bytes_for_host(id, manifest_digest).await?;
+        artifact::Manifest::from_canonical_bytes(
+            &bytes,
+            artifact::unpack::MAX_ENTRIES,
+            artifact::unpack::MAX_TOTAL_BYTES,
+        )
+        .map_err(|e| Status::internal(format!("stored manifest: {e}")))
     }
 }
 

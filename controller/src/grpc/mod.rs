@@ -62,6 +62,7 @@ macro_rules! targeted {
 use proto::v1 as pb;
 scoped!(
     pb::MissingBlobsRequest,
+    pb::MissingObjectsRequest,
     pb::CreateReleaseRequest,
     pb::ListReleasesRequest,
     pb::FleetStatusRequest,

@@ -4,8 +4,9 @@ use artifact::{Digest, Manifest};
 use proto::v1::releases_server::Releases;
 use proto::v1::{
     CreateReleaseRequest, CreateReleaseResponse, EnvDesired, ListReleasesRequest,
-    ListReleasesResponse, MissingBlobsRequest, MissingBlobsResponse, Release, UploadBlobRequest,
-    UploadBlobResponse, YankReleaseRequest, upload_blob_request,
+    ListReleasesResponse, MissingBlobsRequest, MissingBlobsResponse, MissingObjectsRequest,
+    MissingObjectsResponse, Release, UploadBlobRequest, UploadBlobResponse, YankReleaseRequest,
+    upload_blob_request,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -17,6 +18,8 @@ use crate::store::{ReleaseRow, YankRefused, now};
 /// release the controller accepts is one hosts can install.
 pub const MAX_ENTRIES: usize = artifact::unpack::MAX_ENTRIES;
 pub const MAX_DIGESTS_PER_QUERY: usize = 1024;
+/// Object packs one release may name.
+pub const MAX_PACKS: usize = 16;
 /// Unpacked content a release may describe.
 pub const MAX_CONTENT_BYTES: u64 = artifact::unpack::MAX_TOTAL_BYTES;
 
@@ -172,6 +175,36 @@ impl Releases for ReleasesService {
         Ok(Response::new(MissingBlobsResponse { missing }))
     }
 
+    async fn missing_objects(
+        &self,
+        req: Request<MissingObjectsRequest>,
+    ) -> Result<Response<MissingObjectsResponse>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Publish, "upload").await?;
+        let req = req.into_inner();
+        if req.digests.len() > MAX_ENTRIES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_ENTRIES} digests per query"
+            )));
+        }
+        let digests = req
+            .digests
+            .iter()
+            .map(|d| parse_digest(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let objects = self
+            .ctx
+            .blobs
+            .tenant_objects(&who.tenant)
+            .map_err(ControllerError::from)?;
+        let missing =
+            tokio::task::spawn_blocking(move || crate::objects::missing(&objects, &digests))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(MissingObjectsResponse {
+            missing: missing.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
     async fn upload_blob(
         &self,
         req: Request<Streaming<UploadBlobRequest>>,
@@ -190,6 +223,9 @@ impl Releases for ReleasesService {
                 "this token is for tenant {:?}, not {:?}",
                 who.tenant, header.tenant
             )));
+        }
+        if header.digest.is_empty() {
+            return self.upload_unnamed(who, stream).await;
         }
         let digest = parse_digest(&header.digest)?;
         if header.size > self.ctx.max_blob_bytes {
@@ -226,37 +262,13 @@ impl Releases for ReleasesService {
                 }
                 _ => {
                     return Err(Status::invalid_argument(
-                        "upload: a second header in the stream",
+                        "upload: a header or trailer after the header that named the digest",
                     ));
                 }
             }
         }
         let result = upload.commit().await;
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => format!("refused: {e}"),
-        };
-        audit(
-            &self.ctx,
-            &who,
-            "upload",
-            "",
-            "",
-            &digest.to_string(),
-            &outcome,
-        )
-        .await;
-        let size = result.map_err(ControllerError::from)?;
-        let store = &self.ctx.store;
-        store
-            .insert_blob(&header.digest, size)
-            .await
-            .map_err(ControllerError::from)?;
-        store
-            .link_blob(&who.tenant, &header.digest)
-            .await
-            .map_err(ControllerError::from)?;
-        tracing::info!(digest = %digest, size, "blob stored");
+        let size = self.stored(&who, &digest, result).await?;
         Ok(Response::new(UploadBlobResponse {
             digest: header.digest,
             size,
@@ -279,8 +291,15 @@ impl Releases for ReleasesService {
         };
         let result = match parsed {
             Ok(m) => {
-                self.create(&tenant, &m, &req.manifest, req.counter, &req.signatures)
-                    .await
+                self.create(
+                    &tenant,
+                    &m,
+                    &req.manifest,
+                    req.counter,
+                    &req.signatures,
+                    &req.packs,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -366,6 +385,106 @@ impl Releases for ReleasesService {
 }
 
 impl ReleasesService {
+    /// An upload streamed while it is packed: at most the controller's blob
+    /// limit, its digest and size named by the trailer, checked before the
+    /// blob takes its name. A blob the tenant already had is dropped.
+    async fn upload_unnamed(
+        &self,
+        who: super::Authorized,
+        mut stream: Streaming<UploadBlobRequest>,
+    ) -> Result<Response<UploadBlobResponse>, Status> {
+        let idle = self.ctx.upload_idle_timeout;
+        let mut upload = self
+            .ctx
+            .blobs
+            .begin_unnamed(self.ctx.max_blob_bytes)
+            .await
+            .map_err(ControllerError::from)?;
+        let trailer = loop {
+            match next_part(&mut stream, idle).await? {
+                Some(UploadBlobRequest {
+                    part: Some(upload_blob_request::Part::Chunk(bytes)),
+                }) => upload.write(&bytes).await.map_err(ControllerError::from)?,
+                Some(UploadBlobRequest {
+                    part: Some(upload_blob_request::Part::Trailer(t)),
+                }) => break t,
+                Some(_) => {
+                    return Err(Status::invalid_argument(
+                        "upload: a second header in the stream",
+                    ));
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "upload ended without its trailer (digest and size)",
+                    ));
+                }
+            }
+        };
+        if next_part(&mut stream, idle).await?.is_some() {
+            return Err(Status::invalid_argument("upload: data after the trailer"));
+        }
+        let digest = parse_digest(&trailer.digest)?;
+        let present = self.ctx.blobs.exists(&digest)
+            && self
+                .ctx
+                .store
+                .tenant_blob_size(&who.tenant, &trailer.digest)
+                .await
+                .map_err(ControllerError::from)?
+                .is_some();
+        if present {
+            return Ok(Response::new(UploadBlobResponse {
+                digest: trailer.digest,
+                size: trailer.size,
+                already_present: true,
+            }));
+        }
+        let result = upload.commit_named(digest.clone(), trailer.size).await;
+        let size = self.stored(&who, &digest, result).await?;
+        Ok(Response::new(UploadBlobResponse {
+            digest: digest.to_string(),
+            size,
+            already_present: false,
+        }))
+    }
+
+    /// Audits an upload's end and, when it verified, records the blob as the
+    /// tenant's; its size.
+    async fn stored(
+        &self,
+        who: &super::Authorized,
+        digest: &Digest,
+        result: Result<u64, crate::blobs::BlobError>,
+    ) -> Result<u64, Status> {
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        audit(
+            &self.ctx,
+            who,
+            "upload",
+            "",
+            "",
+            &digest.to_string(),
+            &outcome,
+        )
+        .await;
+        let size = result.map_err(ControllerError::from)?;
+        let store = &self.ctx.store;
+        let name = digest.to_string();
+        store
+            .insert_blob(&name, size)
+            .await
+            .map_err(ControllerError::from)?;
+        store
+            .link_blob(&who.tenant, &name)
+            .await
+            .map_err(ControllerError::from)?;
+        tracing::info!(digest = %digest, size, "blob stored");
+        Ok(size)
+    }
+
     /// Yanks `app` `version`; refused while an environment desires it.
     async fn yank(
         &self,
@@ -403,6 +522,99 @@ impl ReleasesService {
         }
     }
 
+    /// A format-1 release names an uploaded blob of the tenant's.
+    async fn blob_of_format1(
+        &self,
+        tenant: &str,
+        manifest: &Manifest,
+        blob: &artifact::manifest::BlobRef,
+    ) -> Result<(), ControllerError> {
+        let digest = Digest::parse(&blob.digest)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        let _ = manifest;
+        match self
+            .ctx
+            .store
+            .tenant_blob_size(tenant, &blob.digest)
+            .await?
+        {
+            Some(size) if size == blob.size && self.ctx.blobs.exists(&digest) => Ok(()),
+            Some(size) if size != blob.size => Err(ControllerError::InvalidArgument(format!(
+                "manifest says blob {digest} has {} bytes but the stored blob has {size}",
+                blob.size
+            ))),
+            _ => Err(ControllerError::FailedPrecondition(format!(
+                "blob {digest} has not been uploaded"
+            ))),
+        }
+    }
+
+    /// A format-2 release: files the uploaded packs' objects and checks every
+    /// object is present; each pack with the objects it held, in order.
+    async fn file_objects(
+        &self,
+        tenant: &str,
+        manifest: &Manifest,
+        packs: &[String],
+    ) -> Result<Vec<(Digest, u64, Vec<(Digest, u64)>)>, ControllerError> {
+        let store = &self.ctx.store;
+        let mut uploaded = Vec::with_capacity(packs.len());
+        for p in packs.iter().take(MAX_PACKS + 1) {
+            if uploaded.len() == MAX_PACKS {
+                return Err(ControllerError::InvalidArgument(format!(
+                    "at most {MAX_PACKS} object packs per release"
+                )));
+            }
+            let digest = Digest::parse(p)
+                .map_err(|e| ControllerError::InvalidArgument(format!("pack {p:?}: {e}")))?;
+            let size = store
+                .tenant_blob_size(tenant, p)
+                .await?
+                .filter(|_| self.ctx.blobs.exists(&digest))
+                .ok_or_else(|| {
+                    ControllerError::FailedPrecondition(format!(
+                        "object pack {digest} has not been uploaded"
+                    ))
+                })?;
+            uploaded.push((digest, size));
+        }
+        let objects = self.ctx.blobs.tenant_objects(tenant)?;
+        crate::objects::file_packs(&self.ctx.blobs, &objects, uploaded, manifest).await
+    }
+
+    /// A new format-2 release's full pack: an uploaded pack holding all its
+    /// objects in order, an earlier release's with the same objects, or one
+    /// built now from the store.
+    async fn full_pack(
+        &self,
+        tenant: &str,
+        manifest: &Manifest,
+        filed: &[(Digest, u64, Vec<(Digest, u64)>)],
+    ) -> Result<(String, u64), ControllerError> {
+        let store = &self.ctx.store;
+        let objects = self.ctx.blobs.tenant_objects(tenant)?;
+        let order = manifest.objects();
+        let key = crate::objects::objects_key(&order);
+        for (pack, size, held) in filed {
+            if *held == order {
+                store.set_objects_key(&pack.to_string(), &key).await?;
+                return Ok((pack.to_string(), *size));
+            }
+        }
+        if let Some(found) = store.pack_with_objects(tenant, &key).await?
+            && Digest::parse(&found.0).is_ok_and(|d| self.ctx.blobs.exists(&d))
+        {
+            return Ok(found);
+        }
+        let (digest, size) = crate::objects::build_pack(&self.ctx.blobs, &objects, order).await?;
+        let name = digest.to_string();
+        store.insert_blob(&name, size).await?;
+        store.link_blob(tenant, &name).await?;
+        store.set_objects_key(&name, &key).await?;
+        tracing::info!(%tenant, app = %manifest.app, version = %manifest.version, pack = %name, size, "full pack built from the object store");
+        Ok((name, size))
+    }
+
     async fn create(
         &self,
         tenant: &str,
@@ -410,28 +622,29 @@ impl ReleasesService {
         bytes: &[u8],
         counter: u64,
         signatures: &[proto::v1::Signature],
+        packs: &[String],
     ) -> Result<(ReleaseRow, bool), ControllerError> {
         let store = &self.ctx.store;
-        let blob = manifest
-            .blob_digest()
-            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-        match store
-            .tenant_blob_size(tenant, &manifest.blob.digest)
+        // Objects are filed first, even for a release already published: a
+        // publish again repairs an object moved aside as corrupt.
+        let filed = match &manifest.blob {
+            Some(_) => Vec::new(),
+            None => self.file_objects(tenant, manifest, packs).await?,
+        };
+        if let Some(existing) = store
+            .release(tenant, &manifest.app, &manifest.version)
             .await?
+            && existing.manifest_digest == manifest.digest().to_string()
         {
-            Some(size) if size == manifest.blob.size && self.ctx.blobs.exists(&blob) => {}
-            Some(size) if size != manifest.blob.size => {
-                return Err(ControllerError::InvalidArgument(format!(
-                    "manifest says blob {blob} has {} bytes but the stored blob has {size}",
-                    manifest.blob.size
-                )));
-            }
-            _ => {
-                return Err(ControllerError::FailedPrecondition(format!(
-                    "blob {blob} has not been uploaded"
-                )));
-            }
+            return Ok((existing, true));
         }
+        let (blob_digest, blob_size) = match &manifest.blob {
+            Some(blob) => {
+                self.blob_of_format1(tenant, manifest, blob).await?;
+                (blob.digest.clone(), blob.size)
+            }
+            None => self.full_pack(tenant, manifest, &filed).await?,
+        };
         if let Some(existing) = store
             .release(tenant, &manifest.app, &manifest.version)
             .await?
@@ -454,8 +667,8 @@ impl ReleasesService {
             app: manifest.app.clone(),
             version: manifest.version.clone(),
             manifest_digest: manifest.digest().to_string(),
-            blob_digest: manifest.blob.digest.clone(),
-            blob_size: manifest.blob.size,
+            blob_digest,
+            blob_size,
             git_commit: manifest.git_commit.clone(),
             entries: manifest.entries.len() as u32,
             created_at: now(),

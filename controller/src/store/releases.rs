@@ -109,6 +109,50 @@ impl Store {
         Ok(())
     }
 
+    /// Marks the blob `digest` as the object pack holding exactly the
+    /// objects `key` names, in its order.
+    pub async fn set_objects_key(&self, digest: &str, key: &str) -> Result<()> {
+        sqlx::query("UPDATE blobs SET objects_key = ? WHERE digest = ?")
+            .bind(key)
+            .bind(digest)
+            .execute(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// A pack of the tenant's holding exactly the objects `key` names.
+    pub async fn pack_with_objects(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(String, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT b.digest, b.size FROM blobs b JOIN blob_links l ON l.digest = b.digest
+             WHERE l.tenant = ? AND b.objects_key = ? LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(self.db())
+        .await?;
+        Ok(row.map(|(d, s)| (d, s as u64)))
+    }
+
+    /// The tenant's release named by its manifest digest: its app and
+    /// canonical manifest bytes.
+    pub async fn release_manifest(
+        &self,
+        tenant: &str,
+        manifest_digest: &str,
+    ) -> Result<Option<(String, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT app, manifest FROM releases WHERE tenant = ? AND manifest_digest = ? LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(manifest_digest)
+        .fetch_optional(self.db())
+        .await?)
+    }
+
     /// Inserts the release unless (tenant, app, version) exists; returns the stored
     /// release and whether it was already there.
     pub async fn insert_release(

@@ -1,6 +1,9 @@
-//! `slipctl publish`: pack the tree deterministically into a temp file (never into
-//! memory), upload it in chunks unless the controller already has its digest,
-//! then register the release with its manifest (signed with `--sign`).
+//! `slipctl publish`: describe the tree (every file hashed, on every core) as a
+//! format-2 manifest, ask the controller which file objects it lacks, and
+//! upload only those as one object pack, compressed on every core while it
+//! streams (never the whole pack in memory or on disk; its digest and size
+//! follow in the upload's trailer). Then register the release with its
+//! manifest (signed with `--sign`). An unchanged tree uploads nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,11 +11,10 @@ use std::process::Command;
 use artifact::{Manifest, NameKind, ReleaseSpec, validate_name};
 use indicatif::{ProgressBar, ProgressStyle};
 use proto::v1::{
-    CreateReleaseRequest, CreateReleaseResponse, MissingBlobsRequest, Signature, UploadBlobHeader,
-    UploadBlobRequest, upload_blob_request,
+    CreateReleaseRequest, CreateReleaseResponse, MissingObjectsRequest, Signature,
+    UploadBlobHeader, UploadBlobRequest, UploadBlobTrailer, upload_blob_request,
 };
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cli::PublishArgs;
@@ -33,6 +35,11 @@ struct PublishedJson {
     blob_digest: String,
     blob_size: u64,
     uploaded: bool,
+    /// File objects of the release, those the controller lacked (uploaded),
+    /// and the bytes that went (compressed).
+    objects: usize,
+    objects_uploaded: usize,
+    uploaded_bytes: u64,
     already_published: bool,
     entries: u32,
     counter: u64,
@@ -58,29 +65,41 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
     ReleaseSpec::load(&a.dir).map_err(|e| failed(format!("release spec: {e}")))?;
     let commit = git_commit(&a.dir, a.allow_dirty)?;
 
-    // Pack into a temp file: the blob is streamed from disk, never held in memory.
-    let tmp = tempfile::NamedTempFile::new().map_err(|e| CtlError::local("create temp file", e))?;
-    let file = tmp.reopen().map_err(|e| CtlError::local("temp file", e))?;
     let src = a.dir.clone();
-    let packed = tokio::task::spawn_blocking(move || {
-        artifact::pack_dir(&src, std::io::BufWriter::new(file))
-    })
-    .await
-    .map_err(|e| failed(format!("pack: {e}")))?
-    .map_err(|e| failed(format!("pack {}: {e}", a.dir.display())))?;
-    let manifest = packed.into_manifest(&a.app, &a.version, commit);
-    let (digest, size) = (manifest.blob.digest.clone(), manifest.blob.size);
+    let entries = tokio::task::spawn_blocking(move || artifact::objects::scan_dir(&src))
+        .await
+        .map_err(|e| failed(format!("scan: {e}")))?
+        .map_err(|e| failed(format!("scan {}: {e}", a.dir.display())))?;
+    let manifest = Manifest::from_entries(&a.app, &a.version, commit, entries)
+        .map_err(|e| failed(format!("invalid release tree: {e}")))?;
+    let all = manifest.objects();
+    let missing = missing_objects(c, &all).await?;
+    let upload: Vec<(artifact::Digest, u64)> = all
+        .iter()
+        .filter(|(d, _)| missing.contains(d))
+        .cloned()
+        .collect();
+    let mut packs = Vec::new();
+    let mut uploaded_bytes = 0;
+    if !upload.is_empty() {
+        let paths = manifest.object_paths(&a.dir);
+        let (pack, size) = pack_and_upload(c, upload.clone(), paths).await?;
+        packs.push(pack.to_string());
+        uploaded_bytes = size;
+    }
 
-    let uploaded = ensure_uploaded(c, tmp.path(), &digest, size).await?;
-    let resp = register(c, &manifest, key.as_ref()).await?;
+    let resp = register(c, &manifest, key.as_ref(), packs).await?;
     let release = resp.release.unwrap_or_default();
     let out = PublishedJson {
         app: a.app,
         version: a.version,
         release_digest: release.manifest_digest,
-        blob_digest: digest,
-        blob_size: size,
-        uploaded,
+        blob_digest: release.blob_digest,
+        blob_size: release.blob_size,
+        uploaded: uploaded_bytes > 0,
+        objects: all.len(),
+        objects_uploaded: upload.len(),
+        uploaded_bytes,
         already_published: resp.already_present,
         entries: release.entries,
         counter: release.counter,
@@ -97,9 +116,17 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
 
 fn print_published(p: &PublishedJson) {
     let how = if p.uploaded {
-        "uploaded"
+        format!(
+            "{} of {} file objects uploaded, {}",
+            p.objects_uploaded,
+            p.objects,
+            human_bytes(p.uploaded_bytes)
+        )
     } else {
-        "already on the controller, upload skipped"
+        format!(
+            "all {} file objects already on the controller, nothing uploaded",
+            p.objects
+        )
     };
     let again = if p.already_published {
         " (already published, unchanged)"
@@ -108,8 +135,9 @@ fn print_published(p: &PublishedJson) {
     };
     say!("published {} {}{again}", escape(&p.app), escape(&p.version));
     say!("  release  {}", escape(&p.release_digest));
+    say!("  files    {how}");
     say!(
-        "  blob     {} ({}, {how})",
+        "  pack     {} ({})",
         p.blob_digest,
         human_bytes(p.blob_size)
     );
@@ -123,19 +151,137 @@ fn print_published(p: &PublishedJson) {
     }
 }
 
-/// Uploads the packed blob unless the controller has it; true when uploaded.
-async fn ensure_uploaded(c: &mut Clients, path: &Path, digest: &str, size: u64) -> Result<bool> {
-    let req = MissingBlobsRequest {
-        tenant: c.tenant.clone(),
-        digests: vec![digest.to_string()],
-    };
-    let r = c.releases.missing_blobs(req).await;
-    let missing = r.map_err(|s| from_status(&c.url, s))?.into_inner().missing;
-    if !missing.iter().any(|d| d == digest) {
-        return Ok(false);
+/// Which of `objects` the controller lacks (asked in batches that fit a
+/// message).
+async fn missing_objects(
+    c: &mut Clients,
+    objects: &[(artifact::Digest, u64)],
+) -> Result<std::collections::HashSet<artifact::Digest>> {
+    const BATCH: usize = 50_000;
+    let mut missing = std::collections::HashSet::new();
+    for batch in objects.chunks(BATCH) {
+        let req = MissingObjectsRequest {
+            tenant: c.tenant.clone(),
+            digests: batch.iter().map(|(d, _)| d.to_string()).collect(),
+        };
+        let r = c.releases.missing_objects(req).await;
+        let listed = r.map_err(|s| from_status(&c.url, s))?.into_inner().missing;
+        for d in listed {
+            let d = artifact::Digest::parse(&d)
+                .map_err(|e| failed(format!("the controller named a bad digest: {e}")))?;
+            missing.insert(d);
+        }
     }
-    upload(c, path, digest, size).await?;
-    Ok(true)
+    Ok(missing)
+}
+
+/// Packs the objects `order` names (from `paths`) on a blocking thread while
+/// the pack streams to the controller; the pack's digest and size.
+async fn pack_and_upload(
+    c: &mut Clients,
+    order: Vec<(artifact::Digest, u64)>,
+    paths: std::collections::HashMap<artifact::Digest, std::path::PathBuf>,
+) -> Result<(artifact::Digest, u64)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = UploadBlobRequest {
+        part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
+            tenant: c.tenant.clone(),
+            digest: String::new(),
+            size: 0,
+        })),
+    };
+    tx.send(header)
+        .await
+        .map_err(|_| failed("upload stream closed"))?;
+    let bar = progress_spinner("packing and uploading");
+    let (trailer_tx, chunk_bar) = (tx.clone(), bar.clone());
+    let packer = tokio::task::spawn_blocking(move || {
+        let writer = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(proto::CHUNK_BYTES),
+            bar: chunk_bar,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let (_, digest, size) = artifact::objects::write_pack(
+            &order,
+            |d| paths.get(d).cloned(),
+            writer,
+            cores,
+            artifact::objects::Check::Size,
+        )?;
+        // Without the trailer the controller refuses the upload: a failed
+        // pack never becomes a blob.
+        let trailer = UploadBlobRequest {
+            part: Some(upload_blob_request::Part::Trailer(UploadBlobTrailer {
+                digest: digest.to_string(),
+                size,
+            })),
+        };
+        let _ = trailer_tx.blocking_send(trailer);
+        Ok::<_, artifact::PackError>((digest, size))
+    });
+    let result = c.releases.upload_blob(ReceiverStream::new(rx)).await;
+    bar.finish_and_clear();
+    let packed = packer.await.map_err(|e| failed(format!("pack: {e}")))?;
+    // The controller's refusal explains a pack cut short by it.
+    let resp = match result {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let cut_short = matches!(&packed, Err(artifact::PackError::Write(e))
+                if e.kind() == std::io::ErrorKind::BrokenPipe);
+            if packed.is_ok() || cut_short {
+                return Err(from_status(&c.url, s));
+            }
+            // The pack's own error, below, says why.
+            proto::v1::UploadBlobResponse::default()
+        }
+    };
+    let (digest, size) = packed.map_err(|e| failed(format!("pack: {e}")))?;
+    if resp.digest != digest.to_string() {
+        return Err(failed(format!(
+            "the controller stored {} for the pack made as {digest}",
+            resp.digest
+        )));
+    }
+    Ok((digest, size))
+}
+
+/// The packer's output, sent on as upload chunks of `CHUNK_BYTES`.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<UploadBlobRequest>,
+    buf: Vec<u8>,
+    bar: ProgressBar,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(proto::CHUNK_BYTES));
+        self.bar.inc(chunk.len() as u64);
+        let part = UploadBlobRequest {
+            part: Some(upload_blob_request::Part::Chunk(chunk)),
+        };
+        self.tx.blocking_send(part).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload ended early")
+        })
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(proto::CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == proto::CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 /// Registers the release; a signed one names its counter, one above the app's
@@ -144,6 +290,7 @@ async fn register(
     c: &mut Clients,
     manifest: &Manifest,
     key: Option<&trust::sign::KeyPair>,
+    packs: Vec<String>,
 ) -> Result<CreateReleaseResponse> {
     let (counter, signatures) = match key {
         None => (0, Vec::new()),
@@ -180,6 +327,7 @@ async fn register(
         manifest: manifest.to_canonical_bytes(),
         counter,
         signatures,
+        packs,
     };
     let r = c.releases.create_release(req).await;
     Ok(r.map_err(|s| from_status(&c.url, s))?.into_inner())
@@ -219,74 +367,13 @@ fn git_commit(dir: &Path, allow_dirty: bool) -> Result<Option<String>> {
     Ok(None)
 }
 
-fn progress(total: u64, what: &str) -> ProgressBar {
+fn progress_spinner(what: &str) -> ProgressBar {
     // indicatif draws nothing when stderr is not a terminal (CI logs stay clean).
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_message(what.to_string());
     bar
-}
-
-async fn upload(c: &mut Clients, path: &Path, digest: &str, size: u64) -> Result<()> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| CtlError::local("open packed blob", e))?;
-    let bar = progress(size, "uploading");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let header = UploadBlobRequest {
-        part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
-            tenant: c.tenant.clone(),
-            digest: digest.into(),
-            size,
-        })),
-    };
-    tx.send(header)
-        .await
-        .map_err(|_| failed("upload stream closed"))?;
-    let reader = tokio::spawn(send_chunks(file, tx, bar.clone()));
-    let result = c.releases.upload_blob(ReceiverStream::new(rx)).await;
-    bar.finish_and_clear();
-    match reader.await {
-        Ok(Err(e)) => return Err(CtlError::local("read packed blob", e)),
-        Err(e) => return Err(failed(format!("upload reader: {e}"))),
-        Ok(Ok(())) => {}
-    }
-    result.map_err(|s| from_status(&c.url, s))?;
-    Ok(())
-}
-
-/// Streams the file in chunks until its end, or until the call ends (its
-/// status then says why).
-async fn send_chunks(
-    mut file: tokio::fs::File,
-    tx: tokio::sync::mpsc::Sender<UploadBlobRequest>,
-    bar: ProgressBar,
-) -> std::io::Result<()> {
-    loop {
-        let mut buf = vec![0u8; proto::CHUNK_BYTES];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]).await? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        if filled == 0 {
-            return Ok(());
-        }
-        buf.truncate(filled);
-        bar.inc(filled as u64);
-        let chunk = UploadBlobRequest {
-            part: Some(upload_blob_request::Part::Chunk(buf)),
-        };
-        if tx.send(chunk).await.is_err() {
-            return Ok(());
-        }
-    }
 }

@@ -1,0 +1,235 @@
+//! Format-2 releases on the controller: each tenant's object store (file
+//! contents named by sha256, under `blobs/objects/<tenant>/`; a tenant never
+//! learns what another holds), filing uploaded object packs into it, the
+//! release's full pack (for hosts that have none of its files), and the
+//! object packs agents fetch for a delta install.
+
+use std::collections::HashMap;
+use std::io;
+
+use artifact::objects::{Check, Expect, ObjectSink, read_pack, write_pack};
+use artifact::{Digest, Manifest};
+
+use crate::blobs::{BlobError, BlobStore};
+use crate::error::ControllerError;
+
+/// Largest zstd window accepted in an uploaded pack (as agents accept).
+const WINDOW_LOG_MAX: u32 = 24;
+
+/// The name of a list of objects in order: what a full pack is found by.
+pub fn objects_key(order: &[(Digest, u64)]) -> String {
+    let mut h = artifact::digest::StreamHasher::new();
+    for (d, size) in order {
+        h.update(d.hex().as_bytes());
+        h.update(&size.to_le_bytes());
+    }
+    h.finish().to_string()
+}
+
+/// Which of `digests` the tenant's store lacks.
+pub fn missing(objects: &BlobStore, digests: &[Digest]) -> Vec<Digest> {
+    digests
+        .iter()
+        .filter(|d| !objects.exists(d))
+        .cloned()
+        .collect()
+}
+
+/// Files the objects of the uploaded packs (blobs of the tenant's) into the
+/// tenant's store, each checked against its name and the manifest; then
+/// checks every object of `manifest` is present. Returns, for each pack, the
+/// objects it held in order (a pack holding all of the release's in manifest
+/// order is its full pack). One `syncfs` makes the filed objects durable.
+pub async fn file_packs(
+    blobs: &BlobStore,
+    objects: &BlobStore,
+    packs: Vec<(Digest, u64)>,
+    manifest: &Manifest,
+) -> Result<Vec<(Digest, u64, Vec<(Digest, u64)>)>, ControllerError> {
+    let allowed: HashMap<Digest, u64> = manifest.objects().into_iter().collect();
+    let wanted: Vec<Digest> = allowed.keys().cloned().collect();
+    let (blobs, objects2) = (blobs.clone(), objects.clone());
+    let filed = tokio::task::spawn_blocking(move || -> Result<_, ControllerError> {
+        let mut out = Vec::new();
+        for (pack, size) in packs {
+            let path = blobs.path(&pack);
+            let file = std::fs::File::open(&path).map_err(|e| BlobError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let mut sink = Filing {
+                store: objects2.clone(),
+                order: Vec::new(),
+            };
+            read_pack(
+                std::io::BufReader::with_capacity(256 * 1024, file),
+                size,
+                Expect::AnyOf(&allowed),
+                WINDOW_LOG_MAX,
+                &mut sink,
+            )
+            .map_err(|e| ControllerError::InvalidArgument(format!("object pack {pack}: {e}")))?;
+            out.push((pack, size, sink.order));
+        }
+        let root = objects2.path(&Digest::of(b""));
+        if let Some(dir) = root.parent() {
+            artifact::unpack::sync_filesystem(dir)
+                .map_err(|e| ControllerError::Internal(format!("sync objects: {e}")))?;
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ControllerError::Internal(format!("filing objects: {e}")))??;
+    let objects = objects.clone();
+    let lacking = tokio::task::spawn_blocking(move || missing(&objects, &wanted))
+        .await
+        .map_err(|e| ControllerError::Internal(format!("checking objects: {e}")))?;
+    if let Some(first) = lacking.first() {
+        return Err(ControllerError::FailedPrecondition(format!(
+            "{} file object(s) of this release are neither on the controller nor in the uploaded packs (first: {first}); upload them (slipctl publish does)",
+            lacking.len()
+        )));
+    }
+    Ok(filed)
+}
+
+/// Writes each object to a temp file of the store, renamed to its name once
+/// it checked out (an object already there is kept as it is).
+struct Filing {
+    store: BlobStore,
+    order: Vec<(Digest, u64)>,
+}
+
+impl ObjectSink for Filing {
+    type Out = tempfile::NamedTempFile;
+    fn begin(&mut self, _: &Digest, _: u64) -> io::Result<Self::Out> {
+        tempfile::NamedTempFile::new_in(self.store.tmp_dir())
+    }
+    fn commit(&mut self, digest: &Digest, out: Self::Out) -> io::Result<()> {
+        let size = out.as_file().metadata()?.len();
+        self.order.push((digest.clone(), size));
+        let dest = self.store.path(digest);
+        if dest.is_file() {
+            return Ok(());
+        }
+        out.persist(&dest).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// Builds the object pack of `order` from the tenant's store into a blob of
+/// the store `blobs` (temp file, then renamed to its digest); its digest and
+/// size.
+pub async fn build_pack(
+    blobs: &BlobStore,
+    objects: &BlobStore,
+    order: Vec<(Digest, u64)>,
+) -> Result<(Digest, u64), ControllerError> {
+    let (blobs, objects) = (blobs.clone(), objects.clone());
+    tokio::task::spawn_blocking(move || -> Result<_, ControllerError> {
+        let tmp = tempfile::NamedTempFile::new_in(blobs.tmp_dir()).map_err(|e| BlobError::Io {
+            path: blobs.tmp_dir(),
+            source: e,
+        })?;
+        let out = std::io::BufWriter::new(tmp);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let (out, digest, size) =
+            write_pack(&order, |d| Some(objects.path(d)), out, cores, Check::Digest)
+                .map_err(|e| ControllerError::Internal(format!("build the release's pack: {e}")))?;
+        let tmp = out
+            .into_inner()
+            .map_err(|e| ControllerError::Internal(format!("write pack: {e}")))?;
+        tmp.as_file().sync_all().map_err(|e| BlobError::Io {
+            path: blobs.tmp_dir(),
+            source: e,
+        })?;
+        let dest = blobs.path(&digest);
+        tmp.persist(&dest).map_err(|e| BlobError::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok((digest, size))
+    })
+    .await
+    .map_err(|e| ControllerError::Internal(format!("building a pack: {e}")))?
+}
+
+/// Streams the object pack of `order` (read from the tenant's store, each
+/// object checked as it is read) as chunks of at most `chunk` bytes. A
+/// corrupt object ends the stream with an error naming it, and is moved to
+/// the store's `corrupt/` dir: it then reads as missing, and the next
+/// `slipctl publish` of a release holding it uploads it again.
+pub fn stream_pack(
+    objects: BlobStore,
+    order: Vec<(Digest, u64)>,
+    chunk: usize,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, artifact::PackError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let writer = ChunkSender {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(chunk),
+            chunk,
+        };
+        // One worker: many hosts may fetch at once; each stream is small.
+        match write_pack(&order, |d| Some(objects.path(d)), writer, 1, Check::Digest) {
+            Ok((mut w, _, _)) => {
+                let _ = w.send();
+            }
+            Err(e) => {
+                if let artifact::PackError::Changed(path) = &e
+                    && let Some(name) = path.file_name()
+                {
+                    let to = objects.root().join("corrupt").join(name);
+                    let moved = std::fs::rename(path, &to);
+                    tracing::error!(object = %path.display(), moved_to = %to.display(), moved = moved.is_ok(),
+                        "object corrupt at rest: moved aside; publish a release holding it again to repair it");
+                } else {
+                    tracing::error!(error = %e, "an object pack could not be built");
+                }
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    rx
+}
+
+/// A writer that sends what it is given on as chunks.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, artifact::PackError>>,
+    buf: Vec<u8>,
+    chunk: usize,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+        self.tx
+            .blocking_send(Ok(data))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the fetch ended"))
+    }
+}
+
+impl io::Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(self.chunk - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == self.chunk {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobStore {
+    /// The object store of `tenant` (created on first use).
+    pub fn tenant_objects(&self, tenant: &str) -> Result<BlobStore, BlobError> {
+        BlobStore::at(&self.root().join("objects").join(tenant))
+    }
+}
