@@ -638,13 +638,6 @@ impl ReleasesService {
         {
             return Ok((existing, true));
         }
-        let (blob_digest, blob_size) = match &manifest.blob {
-            Some(blob) => {
-                self.blob_of_format1(tenant, manifest, blob).await?;
-                (blob.digest.clone(), blob.size)
-            }
-            None => self.full_pack(tenant, manifest, &filed).await?,
-        };
         if let Some(existing) = store
             .release(tenant, &manifest.app, &manifest.version)
             .await?
@@ -663,6 +656,14 @@ impl ReleasesService {
             manifest_digest: &manifest_digest,
         };
         let signatures = checked_signatures(signatures, &statement.bytes())?;
+        // Only a release that passed every check gets its full pack built.
+        let (blob_digest, blob_size) = match &manifest.blob {
+            Some(blob) => {
+                self.blob_of_format1(tenant, manifest, blob).await?;
+                (blob.digest.clone(), blob.size)
+            }
+            None => self.full_pack(tenant, manifest, &filed).await?,
+        };
         let row = ReleaseRow {
             app: manifest.app.clone(),
             version: manifest.version.clone(),
