@@ -76,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     // Warm the page cache so the first measured read is not the only cold one.
     sh("tar -C \"$1\" -cf - . >/dev/null", &[&work])?;
 
+    let load_before = load_average();
     let ssh = match Sshd::start(&scratch.path().join("sshd")) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -108,6 +109,11 @@ fn main() -> anyhow::Result<()> {
     let long = long_run(installs, &scratch.path().join("long"), &work)?;
 
     print_table(&all, &long, &stats, rounds, ssh.is_some());
+    // The machine is shared: say how busy it was.
+    println!(
+        "load average (1/5/15 min) at the start: {load_before}; at the end: {}.",
+        load_average()
+    );
     drop(ssh);
     Ok(())
 }
@@ -740,6 +746,16 @@ fn stat_ticks(pid: &str, first: usize) -> f64 {
         .filter_map(|v| v.parse().ok())
         .collect();
     f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// The first three fields of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn target_dir() -> anyhow::Result<PathBuf> {
