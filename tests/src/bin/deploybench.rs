@@ -98,23 +98,46 @@ fn main() -> anyhow::Result<()> {
         stats.entries
     );
     let mut all = Vec::new();
+    let mut failed = None;
     for r in 0..rounds {
         let dir = scratch.path().join(format!("round-{r}"));
         std::fs::create_dir_all(&dir)?;
-        let fig = round(r, &dir, &work, &script)?;
-        eprintln!("round {}: {}", r + 1, fig.summary());
-        all.push(fig);
-        let _ = std::fs::remove_dir_all(&dir);
+        match round(r, &dir, &work, &script) {
+            Ok(fig) => {
+                eprintln!("round {}: {}", r + 1, fig.summary());
+                all.push(fig);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e) => {
+                failed = Some(e.context(format!("round {}", r + 1)));
+                break;
+            }
+        }
     }
-    let long = long_run(installs, &scratch.path().join("long"), &work)?;
+    let long = match failed {
+        Some(_) => None,
+        None => long_run(installs, &scratch.path().join("long"), &work)
+            .map_err(|e| failed = Some(e.context("long run")))
+            .ok(),
+    };
 
-    print_table(&all, &long, &stats, rounds, ssh.is_some());
+    if !all.is_empty() {
+        print_table(&all, long.as_ref(), &stats, all.len(), ssh.is_some());
+    }
     // The machine is shared: say how busy it was.
     println!(
         "load average (1/5/15 min) at the start: {load_before}; at the end: {}.",
         load_average()
     );
     drop(ssh);
+    if let Some(e) = failed {
+        let kept = scratch.keep();
+        eprintln!(
+            "the bench failed; its files, with the controller and agent logs, are kept in {}",
+            kept.display()
+        );
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -823,7 +846,7 @@ fn times(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |s| format!("{s:.2}×"))
 }
 
-fn print_table(all: &[Round], long: &LongRun, stats: &TreeStats, rounds: usize, ssh: bool) {
+fn print_table(all: &[Round], long: Option<&LongRun>, stats: &TreeStats, rounds: usize, ssh: bool) {
     let col = |f: &dyn Fn(&Round) -> f64| all.iter().map(f).collect::<Vec<f64>>();
     let colo = |f: &dyn Fn(&Round) -> Option<f64>| all.iter().filter_map(f).collect::<Vec<f64>>();
     let mbps = |secs: f64| mib(stats.bytes) / secs;
@@ -931,14 +954,19 @@ fn print_table(all: &[Round], long: &LongRun, stats: &TreeStats, rounds: usize, 
             .collect::<Vec<_>>()
             .join(" → ")
     };
-    println!(
-        "| long-running agent: RSS after each of {} installs (first full, then one file changed each) | {} MiB (peak {:.1}); controller {} MiB (peak {:.1}) | — | — | < 64 MiB, stops growing |",
-        long.agent_rss.len(),
-        list(&long.agent_rss),
-        long.agent_hwm as f64 / 1024.0,
-        list(&long.controller_rss),
-        long.controller_hwm as f64 / 1024.0,
-    );
+    match long {
+        Some(long) => println!(
+            "| long-running agent: RSS after each of {} installs (first full, then one file changed each) | {} MiB (peak {:.1}); controller {} MiB (peak {:.1}) | — | — | < 64 MiB, stops growing |",
+            long.agent_rss.len(),
+            list(&long.agent_rss),
+            long.agent_hwm as f64 / 1024.0,
+            list(&long.controller_rss),
+            long.controller_hwm as f64 / 1024.0,
+        ),
+        None => println!(
+            "| long-running agent: RSS after each install | n/a (the long run failed) | — | — | < 64 MiB, stops growing |"
+        ),
+    }
     println!();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
