@@ -453,6 +453,11 @@ impl Agent {
         }
     }
 
+    /// Pid of the agent process this harness started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs a local `slipway-agent` subcommand against this agent's config.
     pub fn local(&self, args: &[&str]) -> CtlOutput {
         Command::new(bin("slipway-agent"))
