@@ -3,6 +3,9 @@
 //! releases of the sample app, and cleans every process up on drop (including
 //! the app processes the agent leaves running by design).
 
+pub mod cutover;
+pub mod load;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -176,6 +176,10 @@ impl AppRunner {
             Limit::Readiness => secs(sum_of(version, &|p| p.health.timeout_secs)) + SLACK,
             Limit::MinHealthy => secs(max_of(version, &|p| p.health.min_healthy_secs)) + SLACK,
             Limit::StopGrace => self.stop_time(),
+            Limit::Drain if self.cfg.activation.side_by_side() => {
+                secs(self.cfg.drain_timeout_secs) + self.stop_time() + SLACK
+            }
+            Limit::Drain => SLACK,
             Limit::RollBack => {
                 let previous = self.status.deploy.as_ref().and_then(|p| p.previous.clone());
                 let hook = spec_of(version)
@@ -245,6 +249,13 @@ impl AppRunner {
             Step::Health => self.wait_ready(&p.target.version).await,
             Step::Hold => self.hold(&p.target.version).await,
             Step::Healthy => {
+                if self.cfg.activation.side_by_side() {
+                    // Traffic moves only now, after readiness and the
+                    // minimum healthy time: a failed release never served.
+                    if let Err(e) = self.cut_over(&p.target.version).await {
+                        tracing::error!(app = %self.name, error = %e, "moving traffic to the new release");
+                    }
+                }
                 self.healthy(p);
                 Ok(Outcome::Ok)
             }

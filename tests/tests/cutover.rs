@@ -1,0 +1,111 @@
+//! No request dropped at cutover: the real agent activates releases of an
+//! unmodified app behind its proxy and of a `LISTEN_FDS` app on a socket it
+//! holds, under continuous HTTP load, through good deploys and ones that fail
+//! and roll back. Every request must get a 200, and a release that failed
+//! must never have answered one.
+
+use std::time::Duration;
+
+use integration_tests::cutover::{Behaviour, Mode, Rig};
+use integration_tests::{eventually, exit, load};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Deploys 1.0.0, then under load: 2.0.0 (good), 3.0.0 (fails, rolled
+/// back), 4.0.0 (good), 5.0.0 (fails), 6.0.0 (good). Returns what the
+/// clients saw.
+fn deploys_under_load(rig: &Rig, keep_alive: bool) -> load::Stats {
+    rig.publish("1.0.0", Behaviour::Good);
+    rig.deploy("1.0.0").ok();
+    let first = rig.body_of("1.0.0");
+    eventually(WAIT, "1.0.0 to serve", || {
+        (rig.says().as_deref() == Some(first.as_str())).then_some(())
+    });
+    let plan = [
+        ("2.0.0", Behaviour::Good),
+        ("3.0.0", Behaviour::Failing),
+        ("4.0.0", Behaviour::Good),
+        ("5.0.0", Behaviour::Failing),
+        ("6.0.0", Behaviour::Good),
+    ];
+    for (v, b) in plan {
+        rig.publish(v, b);
+    }
+    let clients = load::start(rig.agent.app_port, 4, 50, keep_alive);
+    for (v, b) in plan {
+        let out = rig.deploy(v);
+        match b {
+            Behaviour::Good => assert_eq!(out.code, 0, "{v}: {}{}", out.stdout, out.stderr),
+            _ => assert_eq!(
+                out.code,
+                exit::ROLLOUT_FAILED,
+                "{v} fails: {}{}",
+                out.stdout,
+                out.stderr
+            ),
+        }
+    }
+    let last = rig.body_of("6.0.0");
+    eventually(WAIT, "6.0.0 to serve", || {
+        (rig.says().as_deref() == Some(last.as_str())).then_some(())
+    });
+    clients.stop()
+}
+
+fn assert_no_request_dropped(rig: &Rig, stats: &load::Stats) {
+    assert!(stats.sent > 500, "the clients ran: {stats:?}");
+    assert_eq!(
+        stats.failed, 0,
+        "{} of {} requests failed; first failures: {:#?}",
+        stats.failed, stats.sent, stats.errors
+    );
+    for failed in ["3.0.0", "5.0.0"] {
+        assert!(
+            !stats.bodies.contains_key(&rig.body_of(failed)),
+            "the failed release {failed} answered requests: {:?}",
+            stats.bodies
+        );
+    }
+    for good in ["2.0.0", "4.0.0", "6.0.0"] {
+        assert!(
+            stats.bodies.contains_key(&rig.body_of(good)),
+            "{good} served: {:?}",
+            stats.bodies
+        );
+    }
+    // After convergence one release runs: one instance, of 6.0.0.
+    let running = eventually(WAIT, "the old instances to be stopped", || {
+        let r = rig.running();
+        (r.len() == 1).then_some(r)
+    });
+    assert!(running[0].0.starts_with("web@"), "{running:?}");
+    assert_eq!(rig.agent.status_json()["running_version"], "6.0.0");
+}
+
+#[test]
+fn proxy_activation_drops_no_request_and_never_routes_to_a_failed_release() {
+    let t = tempfile::tempdir().unwrap();
+    let rig = Rig::start(t.path(), Mode::Proxy, "drain_timeout_secs = 5\n");
+    let stats = deploys_under_load(&rig, true);
+    assert_no_request_dropped(&rig, &stats);
+    let log = rig.agent.deploy_log();
+    assert!(
+        log.contains("\"step\":\"traffic\"") && log.contains("\"outcome\":\"moved\""),
+        "deploy.log says when traffic moved: {log}"
+    );
+}
+
+#[test]
+fn socket_activation_drops_no_request_and_a_release_that_never_accepts_is_rolled_back() {
+    let t = tempfile::tempdir().unwrap();
+    let rig = Rig::start(t.path(), Mode::Socket, "drain_timeout_secs = 5\n");
+    let stats = deploys_under_load(&rig, false);
+    assert_no_request_dropped(&rig, &stats);
+    let log = rig.agent.deploy_log();
+    assert!(
+        log.lines().any(|l| l.contains("\"version\":\"3.0.0\"")
+            && l.contains("\"step\":\"health\"")
+            && l.contains("was accepted by the new instance")),
+        "the failure says the new instance never accepted on the socket: {log}"
+    );
+}
