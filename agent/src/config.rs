@@ -504,4 +504,41 @@ mod tests {
         let e = AgentConfig::load(&main).unwrap_err().to_string();
         assert!(e.contains("/opt/web is also the root of app"), "{e}");
     }
+
+    #[test]
+    fn side_by_side_activation_needs_the_supervisor_and_a_port() {
+        let base = "controller = \"https://127.0.0.1:7400\"\nhost = \"h1\"\nenvironment = \"preprod\"\n[apps.web]\n";
+        let parse =
+            |app: &str| AgentConfig::parse(&format!("{base}{app}"), Path::new("agent.toml"));
+        let c = parse("port = 8080\n").unwrap();
+        assert_eq!(
+            c.apps["web"].activation,
+            Activation::StopStart,
+            "the default is unchanged"
+        );
+        let c = parse("port = 8080\nactivation = \"proxy\"\n").unwrap();
+        assert_eq!(c.apps["web"].activation, Activation::Proxy);
+        assert_eq!(c.apps["web"].drain_timeout_secs, 30);
+        for (app, want) in [
+            (
+                "port = 8080\nactivation = \"proxy\"\nservice = \"systemd\"\n",
+                "apps.web.activation: activation = \"proxy\" needs service = \"supervise\"",
+            ),
+            (
+                "activation = \"socket\"\n",
+                "apps.web.activation: activation = \"socket\" needs the app's public port",
+            ),
+            (
+                "port = 8080\nactivation = \"proxy\"\ndrain_timeout_secs = 0\n",
+                "apps.web.drain_timeout_secs: must be 1..=3600",
+            ),
+            (
+                "port = 8080\nactivation = \"blue-green\"\n",
+                "unknown variant `blue-green`",
+            ),
+        ] {
+            let e = parse(app).unwrap_err().to_string();
+            assert!(e.contains(want), "{app}: {e}");
+        }
+    }
 }

@@ -83,8 +83,7 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
 
 /// The shell line that hands the socket on stdin to the app as fd 3 with
 /// `LISTEN_PID` set to the app's own pid (`$$` survives the `exec`).
-const LISTEN_SHIM: &str =
-    "exec 3<&0 0</dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
+const LISTEN_SHIM: &str = "exec 3<&0 0</dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
@@ -326,7 +325,10 @@ pub fn start(
         // pid recorded below is the app's own.
         Some(_) => {
             let mut c = std::process::Command::new("/bin/sh");
-            c.arg("-c").arg(LISTEN_SHIM).arg("slipway-listen").arg(&program);
+            c.arg("-c")
+                .arg(LISTEN_SHIM)
+                .arg("slipway-listen")
+                .arg(&program);
             c
         }
         None => std::process::Command::new(&program),

@@ -71,7 +71,10 @@ impl Rig {
                 publish_dir(&self.c, &rel, version);
             }
             _ => {
-                assert!(b != Behaviour::IgnoresTerm, "the sample app has no such mode");
+                assert!(
+                    b != Behaviour::IgnoresTerm,
+                    "the sample app has no such mode"
+                );
                 publish(
                     &self.c,
                     &self.dir,

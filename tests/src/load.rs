@@ -139,10 +139,13 @@ fn request(
     let Some(r) = conn.as_mut() else {
         unreachable!("connected above");
     };
-    let close = if keep_alive { "" } else { "Connection: close\r\n" };
-    r.get_mut().write_all(
-        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}\r\n").as_bytes(),
-    )?;
+    let close = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    r.get_mut()
+        .write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}\r\n").as_bytes())?;
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(

@@ -109,3 +109,97 @@ fn socket_activation_drops_no_request_and_a_release_that_never_accepts_is_rolled
         "the failure says the new instance never accepted on the socket: {log}"
     );
 }
+
+#[test]
+fn an_app_that_ignores_its_drain_signal_is_killed_after_the_drain_timeout() {
+    let t = tempfile::tempdir().unwrap();
+    let rig = Rig::start(t.path(), Mode::Socket, "drain_timeout_secs = 2\n");
+    rig.publish("1.0.0", Behaviour::IgnoresTerm);
+    rig.deploy("1.0.0").ok();
+    let old = rig.running();
+    assert_eq!(old.len(), 1, "{old:?}");
+    let old_pid = old[0].1;
+    rig.publish("2.0.0", Behaviour::Good);
+    rig.deploy("2.0.0").ok();
+    let want = rig.body_of("2.0.0");
+    eventually(WAIT, "2.0.0 to serve", || {
+        (rig.says().as_deref() == Some(want.as_str())).then_some(())
+    });
+    eventually(WAIT, "the old instance to be killed", || {
+        (!std::path::Path::new(&format!("/proc/{old_pid}")).exists()).then_some(())
+    });
+    assert!(
+        rig.agent
+            .log_text()
+            .contains("did not stop within grace period; killing"),
+        "the agent says it killed the instance that ignored SIGTERM"
+    );
+    let app_log =
+        std::fs::read_to_string(rig.agent.app_dir().join("logs/web.log")).unwrap_or_default();
+    assert!(app_log.contains("SIGTERM ignored"), "{app_log}");
+}
+
+#[test]
+fn a_public_port_already_taken_is_reported_and_bound_once_free() {
+    let t = tempfile::tempdir().unwrap();
+    let c = integration_tests::Controller::start(t.path());
+    let mut agent = integration_tests::Agent::configured(
+        t.path(),
+        &c,
+        "zdt-1",
+        "preprod",
+        integration_tests::cutover::DB_ENV,
+        true,
+    );
+    agent.append_config("activation = \"proxy\"\n");
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", agent.app_port)).unwrap();
+    agent.spawn();
+    agent.wait_connected(&c);
+    eventually(WAIT, "the agent to report the taken port", || {
+        agent
+            .deploy_log()
+            .lines()
+            .find(|l| {
+                l.contains("\"step\":\"proxy\"")
+                    && l.contains("\"outcome\":\"failed\"")
+                    && l.contains(&format!("listen on 0.0.0.0:{}", agent.app_port))
+                    && l.contains("in use")
+            })
+            .map(|_| ())
+    });
+    integration_tests::publish(
+        &c,
+        t.path(),
+        &integration_tests::ReleaseOpts {
+            prepare: "",
+            ..integration_tests::ReleaseOpts::new("1.0.0")
+        },
+    );
+    c.deploy_wait("1.0.0", "preprod").ok();
+    drop(squatter);
+    agent.wait_serving("1.0.0");
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_instance_and_keeps_routing_to_it() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rig = Rig::start(t.path(), Mode::Proxy, "");
+    rig.publish("1.0.0", Behaviour::Good);
+    rig.deploy("1.0.0").ok();
+    rig.agent.wait_serving("1.0.0");
+    let before = rig.running();
+    rig.agent.kill();
+    // The app lives on; its public port is the agent's, dark until it is back.
+    assert_eq!(rig.running(), before, "the instance outlives the agent");
+    rig.agent.spawn();
+    rig.agent.wait_serving("1.0.0");
+    assert_eq!(rig.running(), before, "adopted, not restarted");
+    rig.publish("2.0.0", Behaviour::Good);
+    rig.deploy("2.0.0").ok();
+    rig.agent.wait_serving("2.0.0");
+    let after = eventually(WAIT, "one instance", || {
+        let r = rig.running();
+        (r.len() == 1).then_some(r)
+    });
+    assert_ne!(after, before);
+}

@@ -33,7 +33,10 @@ pub(super) fn front_process(spec: &ReleaseSpec, mode: &str) -> Result<String, De
         ))),
         many => Err(DeployError::Spec(format!(
             "activation = \"{mode}\": processes {} all serve the app's port; name the one that does web",
-            many.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

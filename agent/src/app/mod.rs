@@ -120,6 +120,8 @@ pub struct AppRunner {
     trust: TrustConfig,
     /// The release whose drift is being watched.
     drift: Option<drift_watch::Armed>,
+    /// Why the proxy could not bind the app's public port (retried).
+    front_door_error: Option<String>,
     /// Tests: return before running this step, as if the agent were killed
     /// right after persisting it.
     #[cfg(test)]
@@ -181,6 +183,7 @@ impl AppRunner {
             saved_mtime,
             trust: TrustConfig::default(),
             drift: None,
+            front_door_error: None,
             #[cfg(test)]
             crash_before: None,
         })
@@ -422,7 +425,8 @@ impl AppRunner {
                 Step::Stop | Step::Flip | Step::Start | Step::RollingBack
             )
         });
-        self.start_current(!replaces_current, resume.is_some()).await;
+        self.start_current(!replaces_current, resume.is_some())
+            .await;
         if let Some(p) = resume {
             self.log(
                 &p.target.version,
@@ -538,9 +542,11 @@ impl AppRunner {
                 .filter(|r| &r.process == p && r.version == version);
             // Two instances of one process (an agent killed mid-replacement):
             // the one traffic goes to.
-            let routed = of_p
-                .clone()
-                .find(|r| route.as_ref().is_some_and(|x| r.instance.as_ref() == Some(&x.instance)));
+            let routed = of_p.clone().find(|r| {
+                route
+                    .as_ref()
+                    .is_some_and(|x| r.instance.as_ref() == Some(&x.instance))
+            });
             if let Some(r) = routed.or_else(|| of_p.next()) {
                 mine.push(r.clone());
             }

@@ -274,18 +274,17 @@ impl AppRunner {
         let addr = std::net::SocketAddr::new(self.cfg.public_address, port);
         match crate::proxy::ensure(&self.name, addr, crate::proxy::route_file(&self.paths)) {
             Ok(()) => {
-                if self.status.health_reason.starts_with("proxy: ") {
-                    self.status.health_reason.clear();
-                    self.publish();
+                if self.front_door_error.take().is_some() {
+                    tracing::info!(app = %self.name, %addr, "public port bound at last");
+                    self.log("", "proxy", "ok", &format!("listening on {addr}"));
                 }
             }
             Err(e) => {
-                let why = format!("proxy: {e}");
-                if self.status.health_reason != why {
-                    tracing::error!(app = %self.name, error = %e, "cannot serve the app's public port");
+                let why = e.to_string();
+                if self.front_door_error.as_deref() != Some(why.as_str()) {
+                    tracing::error!(app = %self.name, error = %why, "cannot serve the app's public port; retrying every monitor round");
                     self.log("", "proxy", "failed", &why);
-                    self.status.health_reason = why;
-                    self.publish();
+                    self.front_door_error = Some(why);
                 }
             }
         }

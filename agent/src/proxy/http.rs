@@ -276,15 +276,17 @@ impl Proxy {
             .to_string();
         let uri = match format!("http://127.0.0.1:{}{path}", route.port).parse() {
             Ok(u) => u,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "slipway proxy: bad request target\n"),
+            Err(_) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "slipway proxy: bad request target\n",
+                );
+            }
         };
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        let forwarded = match headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(before) => format!("{before}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
@@ -327,7 +329,11 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .filter(|s| !s.is_empty())
         .collect();
-    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(h);
     }
 }

@@ -32,8 +32,7 @@ const ACCEPT_WAIT: Duration = Duration::from_secs(1);
 /// Held sockets by app, with the address each is bound to.
 type Held = BTreeMap<String, (SocketAddr, Arc<TcpListener>)>;
 
-static HELD: LazyLock<Mutex<Held>> =
-    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+static HELD: LazyLock<Mutex<Held>> = LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
 /// The listening socket of `app` on `addr`: held already, taken back from a
 /// running instance (`running`), or bound now.
@@ -78,10 +77,15 @@ fn take_back(rec: &ProcRecord, addr: SocketAddr) -> Option<TcpListener> {
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|e| tracing::warn!(pid = rec.pid, error = %e, "pidfd_open"))
         .ok()?;
-    let fd: OwnedFd =
-        rustix::process::pidfd_getfd(&pidfd, 3, rustix::process::PidfdGetfdFlags::empty())
-            .map_err(|e| tracing::warn!(pid = rec.pid, error = %e, "pidfd_getfd: cannot take the socket back"))
-            .ok()?;
+    let fd: OwnedFd = rustix::process::pidfd_getfd(
+        &pidfd,
+        3,
+        rustix::process::PidfdGetfdFlags::empty(),
+    )
+    .map_err(
+        |e| tracing::warn!(pid = rec.pid, error = %e, "pidfd_getfd: cannot take the socket back"),
+    )
+    .ok()?;
     let listening = rustix::net::sockopt::socket_acceptconn(fd.as_fd()).unwrap_or(false);
     let listener = TcpListener::from(fd);
     (listening && listener.local_addr().ok()? == addr).then_some(listener)
