@@ -7,8 +7,9 @@
 //! Points: `step:<step>` (that deploy step is persisted, not yet run, e.g.
 //! `step:flip`), `hook-started:<hook>` (a hook runs, its pid recorded),
 //! `hook-spawned` (a hook runs, its pid not yet recorded), `rollback-flipped`
-//! (`current` points back at the previous release), and `supervisor-spawned`
-//! (a process started, its pid not yet recorded).
+//! (`current` points back at the previous release), `supervisor-spawned`
+//! (a process started, its pid not yet recorded) and `traffic-moved` (the
+//! proxy's route names the new instance, the old one not yet drained).
 
 /// The environment variable naming the point to die at.
 pub const VAR: &str = "SLIPWAY_FAILPOINT";

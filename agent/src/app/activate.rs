@@ -151,6 +151,7 @@ impl AppRunner {
             if on_file.as_ref() != Some(&route) {
                 crate::proxy::set_route(&self.name, &self.paths, &route)
                     .map_err(|e| DeployError::Process(e.to_string()))?;
+                crate::failpoint::hit("traffic-moved");
             }
             self.log(
                 version,
