@@ -108,10 +108,9 @@ async fn main() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     if conf.mode == "never-accept" {
-        // Holds the socket and answers nothing.
-        loop {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
+        // Holds the socket and answers nothing; stops when told to.
+        term.recv().await;
+        return;
     }
     std_listener.set_nonblocking(true).expect("nonblocking");
     let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
