@@ -203,3 +203,32 @@ fn a_restarted_agent_adopts_the_instance_and_keeps_routing_to_it() {
     });
     assert_ne!(after, before);
 }
+
+#[test]
+fn a_rollback_on_the_host_moves_the_agents_proxy_without_dropping_a_request() {
+    let t = tempfile::tempdir().unwrap();
+    let rig = Rig::start(t.path(), Mode::Proxy, "drain_timeout_secs = 5\n");
+    rig.publish("1.0.0", Behaviour::Good);
+    rig.deploy("1.0.0").ok();
+    rig.publish("2.0.0", Behaviour::Good);
+    rig.deploy("2.0.0").ok();
+    rig.agent.wait_serving("2.0.0");
+    let clients = load::start(rig.agent.app_port, 4, 50, true);
+    // `slipway-agent rollback` runs in its own process: it writes the route,
+    // the agent's proxy picks it up.
+    let out = rig.agent.local(&["rollback", "web"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    rig.agent.wait_serving("1.0.0");
+    let stats = clients.stop();
+    assert_eq!(
+        stats.failed, 0,
+        "{} of {} failed: {:#?}",
+        stats.failed, stats.sent, stats.errors
+    );
+    assert!(stats.bodies.contains_key("sample-app 1.0.0"), "{stats:?}");
+    let running = eventually(WAIT, "one instance", || {
+        let r = rig.running();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(running.len(), 1);
+}

@@ -200,6 +200,10 @@ impl AppRunner {
     /// running release's restart warning.
     pub(super) fn stop_time(&self) -> Duration {
         let per_process = match self.cfg.service {
+            // An instance sharing the app's socket drains on its stop signal.
+            Backend::Supervise if self.cfg.activation == crate::config::Activation::Socket => {
+                self.cfg.stop_grace_secs.max(self.cfg.drain_timeout_secs) + 10
+            }
             Backend::Supervise => self.cfg.stop_grace_secs + 10,
             Backend::Systemd => 95,
             Backend::Command => 65,
