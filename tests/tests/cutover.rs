@@ -232,3 +232,31 @@ fn a_rollback_on_the_host_moves_the_agents_proxy_without_dropping_a_request() {
     });
     assert_eq!(running.len(), 1);
 }
+
+#[test]
+fn a_restarted_agent_takes_the_socket_back_from_the_running_instance() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rig = Rig::start(t.path(), Mode::Socket, "drain_timeout_secs = 5\n");
+    rig.publish("1.0.0", Behaviour::Good);
+    rig.deploy("1.0.0").ok();
+    rig.publish("2.0.0", Behaviour::Good);
+    rig.agent.kill();
+    // The instance holds the socket: the port keeps answering without the agent.
+    assert_eq!(rig.says().as_deref(), Some("zdt-app 1.0.0"));
+    rig.agent.spawn();
+    rig.agent.wait_connected(&rig.c);
+    let clients = load::start(rig.agent.app_port, 2, 50, false);
+    let out = rig.deploy("2.0.0");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    eventually(WAIT, "2.0.0 to serve", || {
+        (rig.says().as_deref() == Some("zdt-app 2.0.0")).then_some(())
+    });
+    let stats = clients.stop();
+    assert_eq!(stats.failed, 0, "{:#?}", stats.errors);
+    assert!(
+        rig.agent
+            .log_text()
+            .contains("took the listening socket back from the running instance"),
+        "the new agent reused the socket the apps hold instead of binding another"
+    );
+}
