@@ -96,6 +96,46 @@ pub struct AppConfig {
     /// baseline (file changes seen by `notify` are checked at once too).
     #[serde(default = "default_drift_check")]
     pub drift_check_secs: u64,
+    /// How a new release replaces the running one: `stop-start` (default:
+    /// stop the old processes, then start the new ones), `proxy` (the agent
+    /// fronts `port` and moves traffic to the new instance once it is healthy)
+    /// or `socket` (the agent holds the listening socket on `port` and every
+    /// instance inherits it, systemd's `LISTEN_FDS` protocol).
+    #[serde(default)]
+    pub activation: Activation,
+    /// Seconds the old instance may take to finish its in-flight requests
+    /// after traffic moved (proxy, socket), before it is stopped (`proxy`) or
+    /// killed (`socket`: its stop signal is its drain signal).
+    #[serde(default = "default_drain")]
+    pub drain_timeout_secs: u64,
+    /// Address the agent's proxy (or the held socket) listens on, with `port`.
+    #[serde(default = "default_public_address")]
+    pub public_address: std::net::IpAddr,
+}
+
+/// How a new release takes over from the running one (see `AppConfig::activation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    #[default]
+    StopStart,
+    Proxy,
+    Socket,
+}
+
+impl Activation {
+    /// Whether the new release starts beside the old one (zero downtime).
+    pub fn side_by_side(self) -> bool {
+        self != Activation::StopStart
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::StopStart => "stop-start",
+            Activation::Proxy => "proxy",
+            Activation::Socket => "socket",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -167,6 +207,12 @@ fn default_log_keep() -> u32 {
 fn default_grace() -> u64 {
     10
 }
+fn default_drain() -> u64 {
+    30
+}
+fn default_public_address() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+}
 
 const MAX_APPS: usize = 256;
 
@@ -219,6 +265,26 @@ fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
         && !root.is_absolute()
     {
         return Err(("install_root", "must be an absolute path".into()));
+    }
+    if app.activation.side_by_side() {
+        let mode = app.activation.name();
+        if app.service != Backend::Supervise {
+            return Err((
+                "activation",
+                format!(
+                    "activation = \"{mode}\" needs service = \"supervise\": systemd units and operator commands run one instance per process and cannot start a release beside the running one"
+                ),
+            ));
+        }
+        if app.port.is_none() {
+            return Err((
+                "activation",
+                format!("activation = \"{mode}\" needs the app's public port (port = N)"),
+            ));
+        }
+    }
+    if app.drain_timeout_secs == 0 || app.drain_timeout_secs > 3600 {
+        return Err(("drain_timeout_secs", "must be 1..=3600".into()));
     }
     Ok(())
 }
@@ -437,5 +503,42 @@ mod tests {
         std::fs::write(&main, "controller = \"https://127.0.0.1:1\"\nhost = \"h1\"\nenvironment = \"prod\"\n[apps.api]\ninstall_root = \"/opt/web\"\n").unwrap();
         let e = AgentConfig::load(&main).unwrap_err().to_string();
         assert!(e.contains("/opt/web is also the root of app"), "{e}");
+    }
+
+    #[test]
+    fn side_by_side_activation_needs_the_supervisor_and_a_port() {
+        let base = "controller = \"https://127.0.0.1:7400\"\nhost = \"h1\"\nenvironment = \"preprod\"\n[apps.web]\n";
+        let parse =
+            |app: &str| AgentConfig::parse(&format!("{base}{app}"), Path::new("agent.toml"));
+        let c = parse("port = 8080\n").unwrap();
+        assert_eq!(
+            c.apps["web"].activation,
+            Activation::StopStart,
+            "the default is unchanged"
+        );
+        let c = parse("port = 8080\nactivation = \"proxy\"\n").unwrap();
+        assert_eq!(c.apps["web"].activation, Activation::Proxy);
+        assert_eq!(c.apps["web"].drain_timeout_secs, 30);
+        for (app, want) in [
+            (
+                "port = 8080\nactivation = \"proxy\"\nservice = \"systemd\"\n",
+                "apps.web.activation: activation = \"proxy\" needs service = \"supervise\"",
+            ),
+            (
+                "activation = \"socket\"\n",
+                "apps.web.activation: activation = \"socket\" needs the app's public port",
+            ),
+            (
+                "port = 8080\nactivation = \"proxy\"\ndrain_timeout_secs = 0\n",
+                "apps.web.drain_timeout_secs: must be 1..=3600",
+            ),
+            (
+                "port = 8080\nactivation = \"blue-green\"\n",
+                "unknown variant `blue-green`",
+            ),
+        ] {
+            let e = parse(app).unwrap_err().to_string();
+            assert!(e.contains(want), "{app}: {e}");
+        }
     }
 }

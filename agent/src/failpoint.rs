@@ -9,8 +9,10 @@
 //! `hook-spawned` (a hook runs, its pid not yet recorded), `rollback-flipped`
 //! (`current` points back at the previous release), `supervisor-spawned`
 //! (a process started, its pid not yet recorded), `fetch-streaming` (the first
-//! bytes of the blob are written and the unpack follows them), and
-//! `unpack-synced` (the unpacked tree is on disk, not yet renamed into place).
+//! bytes of the blob are written and the unpack follows them), `unpack-synced`
+//! (the unpacked tree is on disk, not yet renamed into place) and
+//! `traffic-moved` (the proxy's route names the new instance, the old one not
+//! yet drained).
 
 /// The environment variable naming the point to die at.
 pub const VAR: &str = "SLIPWAY_FAILPOINT";

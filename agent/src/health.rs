@@ -72,11 +72,27 @@ pub enum ProbeError {
     },
     #[error("health command {program:?} timed out")]
     CommandTimeout { program: String },
+    #[error(transparent)]
+    Shared(#[from] crate::proxy::socket::SharedProbeError),
 }
 
 /// One HTTP GET to 127.0.0.1:port/path; Ok(status) or a short reason.
 pub async fn http_get(port: u16, path: &str) -> Result<u16, HttpError> {
     http_request(hyper::Method::GET, port, path).await
+}
+
+/// One HTTP GET on a connection already open to `addr`.
+pub async fn http_on(
+    stream: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<u16, HttpError> {
+    tokio::time::timeout(
+        HTTP_ATTEMPT_TIMEOUT,
+        request_on(stream, hyper::Method::GET, &addr.to_string(), path),
+    )
+    .await
+    .map_err(|_| HttpError::TimedOut)?
 }
 
 /// One HTTP request with an empty body to 127.0.0.1:port/path.
@@ -85,13 +101,27 @@ pub async fn http_request(method: hyper::Method, port: u16, path: &str) -> Resul
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(HttpError::Connect)?;
+        request_on(stream, method, &format!("127.0.0.1:{port}"), path).await
+    };
+    tokio::time::timeout(HTTP_ATTEMPT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| HttpError::TimedOut)?
+}
+
+async fn request_on(
+    stream: tokio::net::TcpStream,
+    method: hyper::Method,
+    host: &str,
+    path: &str,
+) -> Result<u16, HttpError> {
+    {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+            .header(hyper::header::HOST, host)
             .header(hyper::header::USER_AGENT, "slipway-agent")
             .body(Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
@@ -99,10 +129,7 @@ pub async fn http_request(method: hyper::Method, port: u16, path: &str) -> Resul
         // Drain a bounded amount of the body so the connection ends cleanly.
         let _ = tokio::time::timeout(Duration::from_millis(500), resp.into_body().collect()).await;
         Ok(status)
-    };
-    tokio::time::timeout(HTTP_ATTEMPT_TIMEOUT, attempt)
-        .await
-        .map_err(|_| HttpError::TimedOut)?
+    }
 }
 
 /// Names of the variables in a process's environment.
@@ -164,6 +191,14 @@ pub enum Probe<'a> {
         dir: &'a Path,
         env: &'a std::collections::BTreeMap<String, String>,
     },
+    /// Through a listening socket shared with the running release: passes
+    /// only on a connection process group `group` accepted (and, with a
+    /// path, answered with a 2xx).
+    Shared {
+        addr: std::net::SocketAddr,
+        path: Option<&'a str>,
+        group: i32,
+    },
 }
 
 const COMMAND_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,6 +206,9 @@ const COMMAND_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 async fn probe(p: Probe<'_>) -> Result<(), ProbeError> {
     match p {
         Probe::Up => Ok(()),
+        Probe::Shared { addr, path, group } => {
+            Ok(crate::proxy::socket::probe_shared(addr, path, group).await?)
+        }
         Probe::Http { port, path } => match http_get(port, path).await {
             Ok(s) if (200..300).contains(&s) => Ok(()),
             Ok(status) => Err(ProbeError::Status {

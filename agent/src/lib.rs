@@ -20,6 +20,7 @@ pub mod local;
 pub mod lock;
 pub mod manifests;
 pub mod paths;
+pub mod proxy;
 pub mod session;
 pub mod state;
 pub mod step;
@@ -157,6 +158,17 @@ fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskT
     let (channel_tx, channel_rx) = watch::channel(None);
     let tracker = TaskTracker::new();
     let mut desired = HashMap::new();
+    // Proxies and held sockets of apps that left the config or changed mode
+    // let go of their ports before any runner starts.
+    let with = |mode: config::Activation| -> Vec<String> {
+        cfg.apps
+            .iter()
+            .filter(|(_, a)| a.activation == mode)
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    proxy::retain(&with(config::Activation::Proxy));
+    proxy::socket::retain(&with(config::Activation::Socket));
     for (name, app_cfg) in &cfg.apps {
         let (tx, rx) = watch::channel(None);
         desired.insert(name.clone(), tx);

@@ -90,6 +90,9 @@ pub enum Limit {
     /// Stopping, `on_rollback`'s timeout, then the previous release's
     /// readiness and minimum healthy time.
     RollBack,
+    /// Bookkeeping, and with side-by-side activation moving traffic and
+    /// draining the old instance: the drain timeout and the stop bound.
+    Drain,
 }
 
 const fn secs(s: u64) -> Limit {
@@ -145,7 +148,7 @@ impl Step {
                 Some(RollingBack),
                 Resume(Health),
             ),
-            Healthy => (secs(30), None, None, Redo),
+            Healthy => (Limit::Drain, None, None, Redo),
             RollingBack => (Limit::RollBack, None, None, Redo),
             Refused => (secs(30), None, None, Redo),
         };

@@ -23,14 +23,67 @@ use serde::{Deserialize, Serialize};
 use crate::paths::AppPaths;
 
 /// What is recorded about a running process so a restarted agent can find it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcRecord {
     pub process: String,
     pub pid: i32,
     /// Kernel start time (clock ticks since boot): guards against pid reuse.
     pub start_time: u64,
     pub version: String,
+    /// Side-by-side activation: this instance's id (its pid file is
+    /// `run/<process>@<instance>.json`, so two releases' instances coexist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Proxy activation: the private loopback port this instance was given
+    /// as `PORT` (the agent's proxy routes to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Socket activation: this instance inherited the app's listening socket
+    /// as fd 3 (`LISTEN_FDS=1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listen_fds: bool,
 }
+
+/// How one side-by-side instance is started: its id, and what it listens on.
+#[derive(Debug, Default)]
+pub struct Side<'a> {
+    pub instance: String,
+    /// Private loopback port, given as `PORT` (proxy activation).
+    pub port: Option<u16>,
+    /// The app's listening socket, handed over as fd 3 (socket activation).
+    pub listener: Option<&'a std::net::TcpListener>,
+}
+
+/// What names a process's files in `run/`: `<process>` or `<process>@<instance>`.
+fn key(process: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("{process}@{i}"),
+        None => process.to_string(),
+    }
+}
+
+/// The pid file of `rec`.
+pub fn record_file(paths: &AppPaths, rec: &ProcRecord) -> PathBuf {
+    record_path(paths, &key(&rec.process, rec.instance.as_deref()))
+}
+
+/// An instance id no other instance of the app shares.
+pub fn instance_id() -> String {
+    format!("{:08x}", fastrand::u32(..))
+}
+
+/// A loopback port free right now, for a side-by-side instance (the app binds
+/// it a moment later; a collision fails that instance's readiness, never the
+/// running release).
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The shell line that hands the socket on stdin to the app as fd 3 with
+/// `LISTEN_PID` set to the app's own pid (`$$` survives the `exec`).
+const LISTEN_SHIM: &str = "exec 3<&0 0</dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
@@ -86,6 +139,12 @@ struct Intent {
     process: String,
     version: String,
     nonce: String,
+    #[serde(default)]
+    instance: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    listen_fds: bool,
 }
 
 const INTENT_SUFFIX: &str = ".starting";
@@ -152,6 +211,9 @@ fn recover_intent(paths: &AppPaths, path: &Path) -> Option<ProcRecord> {
             pid,
             start_time: start_time(pid)?,
             version: intent.version.clone(),
+            instance: intent.instance.clone(),
+            port: intent.port,
+            listen_fds: intent.listen_fds,
         })
     });
     if let Some(rec) = &rec {
@@ -200,7 +262,12 @@ pub fn adopt(paths: &AppPaths) -> Vec<ProcRecord> {
 }
 
 /// Starts `command` for `process` with cwd = the app's `current` link (or `cwd`
-/// below it); a relative program path is resolved in the release dir.
+/// below it); a relative program path is resolved in the release dir. With
+/// `side`, the process is one instance among others (side-by-side activation).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what a start needs, each from a different owner (spec, host config, runner)"
+)]
 pub fn start(
     paths: &AppPaths,
     process: &str,
@@ -209,6 +276,7 @@ pub fn start(
     cwd: Option<&str>,
     env: &BTreeMap<String, String>,
     run_as: Option<crate::config::RunAs>,
+    side: Option<&Side<'_>>,
 ) -> Result<ProcRecord, SuperviseError> {
     let spawn_err = |source| SuperviseError::Spawn {
         process: process.to_string(),
@@ -229,12 +297,17 @@ pub fn start(
             source,
         })?;
     let log2 = log.try_clone().map_err(spawn_err)?;
+    let instance = side.map(|s| s.instance.clone());
+    let name = key(process, instance.as_deref());
     let intent = Intent {
         process: process.to_string(),
         version: version.to_string(),
         nonce: nonce(),
+        instance: instance.clone(),
+        port: side.and_then(|s| s.port),
+        listen_fds: side.is_some_and(|s| s.listener.is_some()),
     };
-    let intent_file = intent_path(paths, process);
+    let intent_file = intent_path(paths, &name);
     let intent_bytes = serde_json::to_vec(&intent).map_err(|e| SuperviseError::Io {
         path: intent_file.clone(),
         source: e.into(),
@@ -245,15 +318,38 @@ pub fn start(
             source,
         }
     })?;
-    let mut cmd = std::process::Command::new(&program);
+    let listener = side.and_then(|s| s.listener);
+    let mut cmd = match listener {
+        // fd 3 and LISTEN_PID must be set in the child, after the fork: a
+        // POSIX shell does it without unsafe code and `exec`s the app, so the
+        // pid recorded below is the app's own.
+        Some(_) => {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(LISTEN_SHIM)
+                .arg("slipway-listen")
+                .arg(&program);
+            c
+        }
+        None => std::process::Command::new(&program),
+    };
+    let stdin = match listener {
+        Some(l) => Stdio::from(std::os::fd::OwnedFd::from(
+            l.try_clone().map_err(spawn_err)?,
+        )),
+        None => Stdio::null(),
+    };
     cmd.args(&command[1..])
         .current_dir(cwd.map_or_else(|| paths.current.clone(), |c| paths.current.join(c)))
         .env_clear()
         .envs(env)
         .env(RUN_VAR, &intent.nonce)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(log)
         .stderr(log2);
+    if listener.is_some() {
+        cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", process);
+    }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if let Some(r) = run_as {
         std::os::unix::process::CommandExt::uid(&mut cmd, r.uid);
@@ -268,7 +364,7 @@ pub fn start(
     };
     crate::failpoint::hit("supervisor-spawned");
     let pid = child.id() as i32;
-    let exit_path = exit_path(paths, process);
+    let exit_path = exit_path(paths, &name);
     let Some(start_time) = start_time(pid) else {
         // Gone already (or a zombie): reap it here, so its status is known now.
         let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
@@ -293,10 +389,13 @@ pub fn start(
         pid,
         start_time,
         version: version.to_string(),
+        instance,
+        port: intent.port,
+        listen_fds: intent.listen_fds,
     };
     write_record(paths, &rec)?;
     let _ = std::fs::remove_file(&intent_file);
-    tracing::info!(process, pid, version, "process started");
+    tracing::info!(process, pid, version, instance = ?rec.instance, port = ?rec.port, "process started");
     Ok(rec)
 }
 
@@ -324,7 +423,11 @@ fn exit_path(paths: &AppPaths, process: &str) -> PathBuf {
 /// How `rec` ended ("exit status: 3", "signal: 9 (SIGKILL)"), when this agent
 /// started it and saw it end (an adopted process's end is not seen).
 pub fn exit_status(paths: &AppPaths, rec: &ProcRecord) -> Option<String> {
-    let bytes = std::fs::read(exit_path(paths, &rec.process)).ok()?;
+    let bytes = std::fs::read(exit_path(
+        paths,
+        &key(&rec.process, rec.instance.as_deref()),
+    ))
+    .ok()?;
     let exit: Exit = serde_json::from_slice(&bytes).ok()?;
     (exit.pid == rec.pid).then_some(exit.status)
 }
@@ -364,14 +467,14 @@ pub fn record_started(
         pid,
         start_time,
         version: version.to_string(),
+        ..ProcRecord::default()
     };
     Some(write_record(paths, &rec).map(|()| rec))
 }
 
 /// Records a running process in `run/<process>.json` for adoption after restarts.
 pub fn write_record(paths: &AppPaths, rec: &ProcRecord) -> Result<(), SuperviseError> {
-    let process = rec.process.as_str();
-    let path = record_path(paths, process);
+    let path = record_file(paths, rec);
     let bytes = serde_json::to_vec(&rec).map_err(|e| SuperviseError::Io {
         path: path.clone(),
         source: e.into(),
@@ -438,10 +541,9 @@ pub fn kill_group_left(leader: i32, start_time: u64, app_root: &Path) -> bool {
 
 fn group_of(leader: i32, start_time: u64) -> ProcRecord {
     ProcRecord {
-        process: String::new(),
         pid: leader,
         start_time,
-        version: String::new(),
+        ..ProcRecord::default()
     }
 }
 
@@ -477,7 +579,7 @@ pub async fn stop(paths: &AppPaths, rec: &ProcRecord, grace: Duration) {
         }
         tracing::info!(process = %rec.process, pid = rec.pid, "process stopped");
     }
-    let _ = std::fs::remove_file(record_path(paths, &rec.process));
+    let _ = std::fs::remove_file(record_file(paths, rec));
 }
 
 /// Rotates every `logs/*.log` larger than `max` the way logrotate's

@@ -3,6 +3,9 @@
 //! releases of the sample app, and cleans every process up on drop (including
 //! the app processes the agent leaves running by design).
 
+pub mod cutover;
+pub mod load;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -542,7 +545,19 @@ impl Agent {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
                 continue;
             };
-            if let Some(pid) = v["pid"].as_i64() {
+            // Only the process the record names: a pid the kernel gave to
+            // another process since (pid_max is small, builds churn through
+            // pids) must not be killed, nor its group.
+            let Some(pid) = v["pid"].as_i64() else {
+                continue;
+            };
+            let started = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.get(stat.rfind(')')? + 2..)?.to_string();
+                    rest.split(' ').nth(19)?.parse::<u64>().ok()
+                });
+            if started.is_some() && started == v["start_time"].as_u64() {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::SIGKILL,

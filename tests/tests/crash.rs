@@ -71,9 +71,17 @@ fn app_processes(agent: &Agent) -> Vec<i32> {
 /// Deploys 1.0.0, restarts the agent armed at `point`, deploys 2.0.0 (healthy
 /// or not) with `--wait` while the agent kills itself there and comes back.
 fn killed_at(point: &str, healthy: bool) {
+    killed_at_in(point, healthy, "");
+}
+
+/// `killed_at` with extra host settings for the app (e.g. an activation mode).
+fn killed_at_in(point: &str, healthy: bool, settings: &str) {
     let t = tempfile::tempdir().unwrap();
     let c = Controller::start(t.path());
-    let mut agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    let mut agent = Agent::configured(t.path(), &c, "pre-1", "preprod", DB_ENV, true);
+    agent.append_config(settings);
+    agent.spawn();
+    agent.wait_connected(&c);
     publish(&c, t.path(), "1.0.0", true);
     publish(&c, t.path(), "2.0.0", healthy);
     c.deploy_wait("1.0.0", "preprod").ok();
@@ -133,8 +141,8 @@ fn killed_at(point: &str, healthy: bool) {
         (p.len() == 1).then_some(p)
     });
     assert_eq!(
-        agent.app_pid(),
-        Some(procs[0]),
+        recorded_pids(&agent),
+        procs,
         "the one running is the one recorded"
     );
     let leftovers: Vec<String> = std::fs::read_dir(app.join("releases"))
@@ -157,6 +165,20 @@ fn killed_at(point: &str, healthy: bool) {
         )),
         "the kill point was the one that ended the agent"
     );
+}
+
+/// Pids in the agent's pid files (`run/<process>[@<instance>].json`).
+fn recorded_pids(agent: &Agent) -> Vec<i32> {
+    std::fs::read_dir(agent.app_dir().join("run"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            v["pid"].as_i64().map(|p| p as i32)
+        })
+        .collect()
 }
 
 macro_rules! kill_points {
@@ -187,4 +209,28 @@ kill_points! {
     killed_at_rolling_back: "step:rolling_back", false;
     killed_while_on_rollback_runs: "hook-started:on_rollback", false;
     killed_after_the_flip_back: "rollback-flipped", false;
+}
+
+/// The same kill points with the agent's proxy in front (`activation =
+/// "proxy"`): the old instance serves until the new one is proven, so the
+/// restarted agent must route to the right one and converge on one instance.
+macro_rules! proxy_kill_points {
+    ($($name:ident: $point:literal, $healthy:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            killed_at_in($point, $healthy, "activation = \"proxy\"\ndrain_timeout_secs = 3\n");
+        }
+    )*};
+}
+
+proxy_kill_points! {
+    proxy_killed_at_stop: "step:stop", true;
+    proxy_killed_at_start: "step:start", true;
+    proxy_killed_between_spawn_and_pid_file: "supervisor-spawned", true;
+    proxy_killed_at_health: "step:health", true;
+    proxy_killed_at_hold: "step:hold", true;
+    proxy_killed_at_healthy: "step:healthy", true;
+    proxy_killed_after_traffic_moved: "traffic-moved", true;
+    proxy_killed_at_rolling_back: "step:rolling_back", false;
+    proxy_killed_after_the_flip_back: "rollback-flipped", false;
 }

@@ -12,11 +12,49 @@ use crate::state::{EnvState, FailedRelease, HealthState, Origin, Progress, State
 use crate::step::Outcome;
 use crate::supervisor::ProcRecord;
 
+use super::backend::Listen;
 use super::{AppRunner, CHECK_EVERY, DeployError, Env};
+use crate::config::Activation;
+
+/// The process that serves the app's port with side-by-side activation: the
+/// only one without a port of its own, or the one named `web` among several.
+pub(super) fn front_process(spec: &ReleaseSpec, mode: &str) -> Result<String, DeployError> {
+    let candidates: Vec<&String> = spec
+        .processes
+        .iter()
+        .filter(|(_, p)| p.port.is_none())
+        .map(|(n, _)| n)
+        .collect();
+    match candidates.as_slice() {
+        [one] => Ok((*one).clone()),
+        many if many.iter().any(|n| *n == "web") => Ok("web".into()),
+        [] => Err(DeployError::Spec(format!(
+            "activation = \"{mode}\": no process serves the app's port (each sets its own port)"
+        ))),
+        many => Err(DeployError::Spec(format!(
+            "activation = \"{mode}\": processes {} all serve the app's port; name the one that does web",
+            many.iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
 
 impl AppRunner {
     /// Warns the running release (restart warning), then stops it.
     pub(super) async fn stop_running(&mut self, p: &Progress) -> Result<Outcome, DeployError> {
+        if self.cfg.activation.side_by_side() {
+            // The running release keeps serving until the new one is proven:
+            // it is drained and stopped at `healthy`.
+            self.log(
+                &p.target.version,
+                "stop",
+                "deferred",
+                "the running release serves until the new one is healthy",
+            );
+            return Ok(Outcome::Ok);
+        }
         if let Some(running) = &p.previous {
             self.warn_restart(&running.version).await;
         }
@@ -27,12 +65,166 @@ impl AppRunner {
     /// Starts `version`'s processes, after stopping whatever still runs (a
     /// resumed deploy may find the previous release started again).
     pub(super) async fn start_target(&mut self, version: &str) -> Result<Outcome, DeployError> {
+        if self.cfg.activation.side_by_side() {
+            // A resumed start may find instances of `version` an earlier agent
+            // started: unproven, so replaced; other releases keep serving.
+            let mut stale = std::mem::take(&mut self.procs);
+            stale.retain(|r| r.version == version);
+            for known in self.backend.adopt() {
+                if known.version == version && !stale.iter().any(|r| r.pid == known.pid) {
+                    stale.push(known);
+                }
+            }
+            for r in &stale {
+                self.backend.stop(r).await;
+            }
+            return self.start_beside(version).await.map(|()| Outcome::Ok);
+        }
         self.stop_all().await;
         let spec = ReleaseSpec::load(&self.paths.release(version))
             .map_err(|e| DeployError::Spec(e.to_string()))?;
         let env = self.env_for(version)?;
         self.procs = self.backend.start(&spec, version, &env).await?;
         Ok(Outcome::Ok)
+    }
+
+    /// Starts `version`'s processes beside whatever runs (side-by-side
+    /// activation); `self.procs` becomes the new instances.
+    pub(super) async fn start_beside(&mut self, version: &str) -> Result<(), DeployError> {
+        let spec = ReleaseSpec::load(&self.paths.release(version))
+            .map_err(|e| DeployError::Spec(e.to_string()))?;
+        let env = self.env_for(version)?;
+        let front = front_process(&spec, self.cfg.activation.name())?;
+        let listener = match self.cfg.activation {
+            Activation::Socket => {
+                let addr = self.public_addr()?;
+                Some(
+                    crate::proxy::socket::held(&self.name, addr, &self.backend.adopt())
+                        .map_err(|e| DeployError::Process(e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
+        let listen = match &listener {
+            Some(l) => Listen::Socket(l),
+            None => Listen::PrivatePort,
+        };
+        self.procs = self
+            .backend
+            .start_beside(&spec, version, &env, &front, listen)
+            .await?;
+        Ok(())
+    }
+
+    /// The app's public address (side-by-side activation needs its port).
+    fn public_addr(&self) -> Result<std::net::SocketAddr, DeployError> {
+        let port = self.cfg.port.ok_or_else(|| {
+            DeployError::Spec("side-by-side activation needs the app's port".into())
+        })?;
+        Ok(std::net::SocketAddr::new(self.cfg.public_address, port))
+    }
+
+    /// Moves traffic to the instances in `self.procs` (`version`), then
+    /// drains and stops every other instance of the app: with the proxy, once
+    /// the requests in flight to it are done (bounded by the drain timeout);
+    /// with a shared socket, its stop signal is its drain signal (killed after
+    /// the drain timeout). Idempotent: a restarted agent redoes it.
+    pub(super) async fn cut_over(&mut self, version: &str) -> Result<(), DeployError> {
+        let spec = ReleaseSpec::load(&self.paths.release(version))
+            .map_err(|e| DeployError::Spec(e.to_string()))?;
+        let front = front_process(&spec, self.cfg.activation.name())?;
+        let drain = Duration::from_secs(self.cfg.drain_timeout_secs);
+        if self.cfg.activation == Activation::Proxy {
+            let rec = self
+                .procs
+                .iter()
+                .find(|r| r.process == front && r.port.is_some())
+                .ok_or_else(|| {
+                    DeployError::Unhealthy(format!("process {front} of {version} is not running"))
+                })?;
+            let route = crate::proxy::Route {
+                version: version.to_string(),
+                instance: rec.instance.clone().unwrap_or_default(),
+                port: rec.port.unwrap_or_default(),
+            };
+            let on_file = crate::proxy::read_route(&crate::proxy::route_file(&self.paths));
+            if on_file.as_ref() != Some(&route) {
+                crate::proxy::set_route(&self.name, &self.paths, &route)
+                    .map_err(|e| DeployError::Process(e.to_string()))?;
+                crate::failpoint::hit("traffic-moved");
+            }
+            self.log(
+                version,
+                "traffic",
+                "moved",
+                &format!("to instance {} on port {}", route.instance, route.port),
+            );
+        }
+        let keep: Vec<i32> = self.procs.iter().map(|r| r.pid).collect();
+        let old: Vec<ProcRecord> = self
+            .backend
+            .adopt()
+            .into_iter()
+            .filter(|r| !keep.contains(&r.pid))
+            .collect();
+        let proxy = crate::proxy::get(&self.name);
+        for rec in &old {
+            if let Some(port) = rec.port {
+                let drained = match &proxy {
+                    Some(p) => p.drain(port, drain).await,
+                    // Another process (`slipway-agent rollback`) moved the
+                    // route: the agent's proxy sees it within a poll or two.
+                    None => {
+                        tokio::time::sleep(crate::proxy::ROUTE_POLL * 3).await;
+                        true
+                    }
+                };
+                if !drained {
+                    tracing::warn!(app = %self.name, version = %rec.version, pid = rec.pid, "requests still in flight after the drain timeout; stopping the old instance anyway");
+                    self.log(
+                        &rec.version,
+                        "drain",
+                        "timeout",
+                        &format!(
+                            "requests still in flight after {}s; stopped anyway",
+                            drain.as_secs()
+                        ),
+                    );
+                }
+            }
+            self.backend.stop(rec).await;
+        }
+        if !old.is_empty() {
+            self.log(
+                version,
+                "drain",
+                "ok",
+                &format!("{} old instance(s) stopped", old.len()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Replaces the running instances of `version` by fresh ones without a gap
+    /// (env-file edit, crash restart): start beside, prove, move traffic,
+    /// drain. On failure the fresh ones are stopped and the old kept.
+    pub(super) async fn replace_beside(&mut self, version: &str) -> Result<(), DeployError> {
+        let old = std::mem::take(&mut self.procs);
+        let proven = async {
+            self.start_beside(version).await?;
+            self.wait_ready(version).await?;
+            self.hold(version).await
+        }
+        .await;
+        match proven {
+            Ok(_) => self.cut_over(version).await,
+            Err(e) => {
+                for r in std::mem::replace(&mut self.procs, old) {
+                    self.backend.stop(&r).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// One round of checks on every process of `version` the spec knows, each
@@ -221,7 +413,22 @@ impl AppRunner {
     /// the host that fails is undone the same way, without blaming it upstream.
     pub(super) async fn roll_back(&mut self, p: &mut Progress) {
         let t = p.target.clone();
-        self.stop_all().await;
+        if self.cfg.activation.side_by_side() {
+            // Only the failed release's instances: the previous one may still
+            // be serving, untouched.
+            let mut failed = std::mem::take(&mut self.procs);
+            for known in self.backend.adopt() {
+                if !failed.iter().any(|r| r.pid == known.pid) {
+                    failed.push(known);
+                }
+            }
+            failed.retain(|r| r.version == t.version);
+            for r in &failed {
+                self.backend.stop(r).await;
+            }
+        } else {
+            self.stop_all().await;
+        }
         let from_host = matches!(p.origin, Origin::Host { .. });
         if !from_host {
             // Missing env names travel in the reason; env_check and
@@ -266,6 +473,22 @@ impl AppRunner {
         let restored = async {
             install::flip_current(&self.paths, &prev.version)?;
             crate::failpoint::hit("rollback-flipped");
+            if self.cfg.activation.side_by_side() {
+                let serving: Vec<ProcRecord> = self
+                    .backend
+                    .adopt()
+                    .into_iter()
+                    .filter(|r| r.version == prev.version)
+                    .collect();
+                if serving.is_empty() {
+                    self.start_beside(&prev.version).await?;
+                } else {
+                    self.procs = serving;
+                }
+                self.wait_ready(&prev.version).await?;
+                self.hold(&prev.version).await?;
+                return self.cut_over(&prev.version).await.map(|()| Outcome::Ok);
+            }
             self.start_target(&prev.version).await?;
             self.wait_ready(&prev.version).await?;
             self.hold(&prev.version).await

@@ -213,6 +213,25 @@ pub trait Processes: Send + Sync {
         env: &'a Env,
     ) -> BoxFuture<'a, Result<Vec<ProcRecord>, DeployError>>;
     fn stop<'a>(&'a self, rec: &'a ProcRecord) -> BoxFuture<'a, ()>;
+    /// Starts every process of `spec` for `version` beside whatever runs, each
+    /// as its own instance (`side` gives the front process its private port or
+    /// the app's socket); leaves nothing half-started. Backends that run one
+    /// instance per process refuse.
+    fn start_beside<'a>(
+        &'a self,
+        spec: &'a ReleaseSpec,
+        version: &'a str,
+        env: &'a Env,
+        front: &'a str,
+        listen: Listen<'a>,
+    ) -> BoxFuture<'a, Result<Vec<ProcRecord>, DeployError>> {
+        let _ = (spec, version, env, front, listen);
+        Box::pin(async {
+            Err(DeployError::Process(
+                "this service backend cannot start a release beside the running one".into(),
+            ))
+        })
+    }
     /// One round of checks on one process: alive, right release, env names,
     /// its readiness probe.
     fn check<'a>(
@@ -222,6 +241,15 @@ pub trait Processes: Send + Sync {
         release: &'a Path,
         env: &'a Env,
     ) -> BoxFuture<'a, Verdict>;
+}
+
+/// What the front process of a side-by-side instance listens on.
+#[derive(Debug, Clone, Copy)]
+pub enum Listen<'a> {
+    /// A private loopback port of its own, as `PORT` (proxy activation).
+    PrivatePort,
+    /// The app's listening socket, inherited as fd 3 (socket activation).
+    Socket(&'a std::net::TcpListener),
 }
 
 /// The real backends: the built-in supervisor, systemd units, or operator
@@ -237,6 +265,16 @@ impl HostProcesses {
         Duration::from_secs(self.cfg.stop_grace_secs)
     }
 
+    /// How long a process may take to stop: an instance sharing the app's
+    /// socket drains on its stop signal, so it gets the drain timeout.
+    fn grace_for(&self, rec: &ProcRecord) -> Duration {
+        if rec.listen_fds {
+            Duration::from_secs(self.cfg.drain_timeout_secs)
+        } else {
+            self.grace()
+        }
+    }
+
     /// Values of the host's env files: masked in anything reported.
     fn secrets(&self) -> Vec<String> {
         super::processes::env_secrets(&self.cfg, &self.paths)
@@ -248,9 +286,10 @@ impl HostProcesses {
         p: &ProcessSpec,
         version: &str,
         env: &Env,
+        side: Option<&supervisor::Side<'_>>,
     ) -> Result<ProcRecord, DeployError> {
         let mut env = env.clone();
-        if let Some(port) = port_of(&self.cfg, p) {
+        if let Some(port) = side.and_then(|s| s.port).or(port_of(&self.cfg, p)) {
             env.insert("PORT".into(), port.to_string());
         }
         let (paths, process, version) = (self.paths.clone(), name.to_string(), version.to_string());
@@ -264,6 +303,7 @@ impl HostProcesses {
                 p.cwd.as_deref(),
                 &env,
                 run_as,
+                side,
             ) {
                 Ok(rec) => Ok(rec),
                 // Crashed at once: say how, with what it printed.
@@ -352,10 +392,59 @@ impl Processes for HostProcesses {
         Box::pin(async move {
             let mut procs = Vec::new();
             for (name, p) in &spec.processes {
-                match self.start_one(name, p, version, env).await {
+                match self.start_one(name, p, version, env, None).await {
                     Ok(r) => procs.push(r),
                     Err(e) => {
                         // Leave nothing half-started.
+                        for r in &procs {
+                            self.stop(r).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(procs)
+        })
+    }
+
+    fn start_beside<'a>(
+        &'a self,
+        spec: &'a ReleaseSpec,
+        version: &'a str,
+        env: &'a Env,
+        front: &'a str,
+        listen: Listen<'a>,
+    ) -> BoxFuture<'a, Result<Vec<ProcRecord>, DeployError>> {
+        Box::pin(async move {
+            if self.cfg.service != Backend::Supervise {
+                return Err(DeployError::Process(format!(
+                    "activation = \"{}\" needs the built-in supervisor",
+                    self.cfg.activation.name()
+                )));
+            }
+            let mut procs = Vec::new();
+            for (name, p) in &spec.processes {
+                let mut side = supervisor::Side {
+                    instance: supervisor::instance_id(),
+                    ..supervisor::Side::default()
+                };
+                // Every process that would take the app's port gets a private
+                // one, so two instances never fight over a port; only the
+                // front one is routed to.
+                let shares_app_port = p.port.is_none();
+                match listen {
+                    Listen::Socket(l) if name == front => side.listener = Some(l),
+                    Listen::Socket(_) => {}
+                    Listen::PrivatePort if shares_app_port => {
+                        side.port = Some(supervisor::free_loopback_port().map_err(|e| {
+                            DeployError::Process(format!("pick a private port for {name}: {e}"))
+                        })?);
+                    }
+                    Listen::PrivatePort => {}
+                }
+                match self.start_one(name, p, version, env, Some(&side)).await {
+                    Ok(r) => procs.push(r),
+                    Err(e) => {
                         for r in &procs {
                             self.stop(r).await;
                         }
@@ -371,7 +460,7 @@ impl Processes for HostProcesses {
         Box::pin(async move {
             let (paths, rec) = (self.paths.clone(), p.clone());
             match self.cfg.service {
-                Backend::Supervise => supervisor::stop(&self.paths, p, self.grace()).await,
+                Backend::Supervise => supervisor::stop(&self.paths, p, self.grace_for(p)).await,
                 Backend::Systemd => {
                     let unit = self.cfg.unit(&self.app, &p.process);
                     let _ = blocking(move || crate::systemd::stop(&paths, &rec, &unit)).await;
@@ -400,7 +489,24 @@ impl Processes for HostProcesses {
         env: &'a Env,
     ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
-            let probe = probe_for(&self.cfg, ps, release, env);
+            let mut probe = probe_for(&self.cfg, ps, release, env, rec.port);
+            if rec.listen_fds {
+                // Old and new share the socket: the probe counts only when
+                // this instance accepted the connection.
+                probe = match probe {
+                    Probe::Http { port, path } => Probe::Shared {
+                        addr: crate::proxy::loopback_of(self.cfg.public_address, port),
+                        path: Some(path),
+                        group: rec.pid,
+                    },
+                    Probe::Tcp { port } => Probe::Shared {
+                        addr: crate::proxy::loopback_of(self.cfg.public_address, port),
+                        path: None,
+                        group: rec.pid,
+                    },
+                    p => p,
+                };
+            }
             match health::check_once(rec, release, &ps.required_env, probe).await {
                 Verdict::Failed { missing_env, .. } if !rec.alive() => Verdict::Failed {
                     reason: self.exit_reason(rec),
@@ -419,8 +525,14 @@ pub fn port_of(cfg: &AppConfig, ps: &ProcessSpec) -> Option<u16> {
 
 /// The readiness probe of a process. A port-based probe without a port was
 /// refused at deploy; for a release already running it degrades to "up".
-fn probe_for<'a>(cfg: &AppConfig, ps: &'a ProcessSpec, dir: &'a Path, env: &'a Env) -> Probe<'a> {
-    match (&ps.health, port_of(cfg, ps)) {
+fn probe_for<'a>(
+    cfg: &AppConfig,
+    ps: &'a ProcessSpec,
+    dir: &'a Path,
+    env: &'a Env,
+    private: Option<u16>,
+) -> Probe<'a> {
+    match (&ps.health, private.or(port_of(cfg, ps))) {
         (h, Some(port)) if h.http.is_some() => Probe::Http {
             port,
             path: h.http.as_deref().unwrap_or("/"),

@@ -177,6 +177,10 @@ impl AppRunner {
             Limit::Readiness => secs(sum_of(version, &|p| p.health.timeout_secs)) + SLACK,
             Limit::MinHealthy => secs(max_of(version, &|p| p.health.min_healthy_secs)) + SLACK,
             Limit::StopGrace => self.stop_time(),
+            Limit::Drain if self.cfg.activation.side_by_side() => {
+                secs(self.cfg.drain_timeout_secs) + self.stop_time() + SLACK
+            }
+            Limit::Drain => SLACK,
             Limit::RollBack => {
                 let previous = self.status.deploy.as_ref().and_then(|p| p.previous.clone());
                 let hook = spec_of(version)
@@ -197,6 +201,10 @@ impl AppRunner {
     /// running release's restart warning.
     pub(super) fn stop_time(&self) -> Duration {
         let per_process = match self.cfg.service {
+            // An instance sharing the app's socket drains on its stop signal.
+            Backend::Supervise if self.cfg.activation == crate::config::Activation::Socket => {
+                self.cfg.stop_grace_secs.max(self.cfg.drain_timeout_secs) + 10
+            }
             Backend::Supervise => self.cfg.stop_grace_secs + 10,
             Backend::Systemd => 95,
             Backend::Command => 65,
@@ -246,6 +254,13 @@ impl AppRunner {
             Step::Health => self.wait_ready(&p.target.version).await,
             Step::Hold => self.hold(&p.target.version).await,
             Step::Healthy => {
+                if self.cfg.activation.side_by_side() {
+                    // Traffic moves only now, after readiness and the
+                    // minimum healthy time: a failed release never served.
+                    if let Err(e) = self.cut_over(&p.target.version).await {
+                        tracing::error!(app = %self.name, error = %e, "moving traffic to the new release");
+                    }
+                }
                 self.healthy(p);
                 Ok(Outcome::Ok)
             }

@@ -120,6 +120,8 @@ pub struct AppRunner {
     trust: TrustConfig,
     /// The release whose drift is being watched.
     drift: Option<drift_watch::Armed>,
+    /// Why the proxy could not bind the app's public port (retried).
+    front_door_error: Option<String>,
     /// Tests: return before running this step, as if the agent were killed
     /// right after persisting it.
     #[cfg(test)]
@@ -182,6 +184,7 @@ impl AppRunner {
             saved_mtime,
             trust: TrustConfig::default(),
             drift: None,
+            front_door_error: None,
             #[cfg(test)]
             crash_before: None,
         })
@@ -237,6 +240,7 @@ impl AppRunner {
         mut desired: watch::Receiver<Option<Desired>>,
         shutdown: CancellationToken,
     ) {
+        self.ensure_front_door();
         self.start_up().await;
         let mut env_watch = match crate::filewatch::watch_files(&self.watched_env_files()) {
             Ok(w) => Some(w),
@@ -422,7 +426,8 @@ impl AppRunner {
                 Step::Stop | Step::Flip | Step::Start | Step::RollingBack
             )
         });
-        self.start_current(!replaces_current).await;
+        self.start_current(!replaces_current, resume.is_some())
+            .await;
         if let Some(p) = resume {
             self.log(
                 &p.target.version,
@@ -453,7 +458,7 @@ impl AppRunner {
 
     /// Adopts the processes of the release `current` holds, or (`start`)
     /// starts them.
-    async fn start_current(&mut self, start: bool) {
+    async fn start_current(&mut self, start: bool, resuming: bool) {
         let adopted = self.backend.adopt();
         let Some(version) = self.paths.current_version() else {
             for p in &adopted {
@@ -482,6 +487,11 @@ impl AppRunner {
                 return;
             }
         };
+        if self.cfg.activation.side_by_side() {
+            return self
+                .adopt_beside(&spec, &version, adopted, start, resuming)
+                .await;
+        }
         let complete = spec.processes.keys().all(|p| {
             adopted
                 .iter()
@@ -511,6 +521,66 @@ impl AppRunner {
                 self.log(&version, "start", "ok", "processes were not running");
             }
             Err(e) => self.log(&version, "start", "failed", &e.to_string()),
+        }
+    }
+
+    /// `start_current` with side-by-side activation: adopts the instances of
+    /// `version`; with no deploy to resume, converges on one instance set
+    /// (traffic to it, any other stopped), starting it if it is not running.
+    async fn adopt_beside(
+        &mut self,
+        spec: &ReleaseSpec,
+        version: &str,
+        adopted: Vec<ProcRecord>,
+        start: bool,
+        resuming: bool,
+    ) {
+        let route = crate::proxy::read_route(&crate::proxy::route_file(&self.paths));
+        let mut mine: Vec<ProcRecord> = Vec::new();
+        for p in spec.processes.keys() {
+            let mut of_p = adopted
+                .iter()
+                .filter(|r| &r.process == p && r.version == version);
+            // Two instances of one process (an agent killed mid-replacement):
+            // the one traffic goes to.
+            let routed = of_p.clone().find(|r| {
+                route
+                    .as_ref()
+                    .is_some_and(|x| r.instance.as_ref() == Some(&x.instance))
+            });
+            if let Some(r) = routed.or_else(|| of_p.next()) {
+                mine.push(r.clone());
+            }
+        }
+        let complete = mine.len() == spec.processes.len();
+        if resuming || !start {
+            // The deploy being finished judges, replaces or drains them.
+            self.procs = mine;
+            return;
+        }
+        if complete {
+            tracing::info!(app = %self.name, %version, "adopted running instances");
+            self.log(version, "adopt", "ok", "");
+            self.procs = mine;
+        } else {
+            for r in &mine {
+                self.backend.stop(r).await;
+            }
+            let started = async {
+                self.start_beside(version).await?;
+                self.wait_ready(version).await
+            }
+            .await;
+            match started {
+                Ok(_) => self.log(version, "start", "ok", "processes were not running"),
+                Err(e) => {
+                    self.log(version, "start", "failed", &e.to_string());
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.cut_over(version).await {
+            self.log(version, "traffic", "failed", &e.to_string());
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::paths::AppPaths;
 use crate::state::{EnvState, HealthState, State};
 
 use super::{AppRunner, DeployError, Env};
+use crate::step::Outcome;
 
 /// Env files in force: the configured ones, or `shared/.env` if it exists.
 pub(crate) fn env_files(cfg: &AppConfig, paths: &AppPaths) -> Vec<PathBuf> {
@@ -109,12 +110,16 @@ impl AppRunner {
             "changed",
             &format!("{why}: restarting processes"),
         );
-        let checked = async {
-            self.start_target(&version).await?;
-            self.wait_ready(&version).await?;
-            self.hold(&version).await
-        }
-        .await;
+        let checked = if self.cfg.activation.side_by_side() {
+            self.replace_beside(&version).await.map(|()| Outcome::Ok)
+        } else {
+            async {
+                self.start_target(&version).await?;
+                self.wait_ready(&version).await?;
+                self.hold(&version).await
+            }
+            .await
+        };
         match checked {
             Ok(_) => self.log(&version, "env", "ok", "healthy with the new environment"),
             Err(e) => self.log(&version, "env", "unhealthy", &e.to_string()),
@@ -157,6 +162,7 @@ impl AppRunner {
     /// Periodic check of what runs: restarts crashed processes with backoff and
     /// keeps health and env check current.
     pub(super) async fn monitor(&mut self) {
+        self.ensure_front_door();
         let Some(version) = self.status.running_version.clone() else {
             return;
         };
@@ -221,7 +227,12 @@ impl AppRunner {
             }
         }
         if dead && self.next_restart.is_none_or(|t| Instant::now() >= t) {
-            match self.start_target(version).await {
+            let restarted = if self.cfg.activation.side_by_side() {
+                self.replace_beside(version).await.map(|()| Outcome::Ok)
+            } else {
+                self.start_target(version).await
+            };
+            match restarted {
                 Ok(_) => self.log(version, "restart", "ok", &verdict.1),
                 Err(e) => self.log(version, "restart", "failed", &e.to_string()),
             }
@@ -250,5 +261,32 @@ impl AppRunner {
             self.status.missing_env,
         ) = verdict;
         self.publish();
+    }
+
+    /// With `activation = "proxy"`, the agent's proxy on the app's public port
+    /// (bound once; a port taken by something else is reported and retried
+    /// every monitor round).
+    pub(super) fn ensure_front_door(&mut self) {
+        if self.cfg.activation != crate::config::Activation::Proxy {
+            return;
+        }
+        let Some(port) = self.cfg.port else { return };
+        let addr = std::net::SocketAddr::new(self.cfg.public_address, port);
+        match crate::proxy::ensure(&self.name, addr, crate::proxy::route_file(&self.paths)) {
+            Ok(()) => {
+                if self.front_door_error.take().is_some() {
+                    tracing::info!(app = %self.name, %addr, "public port bound at last");
+                    self.log("", "proxy", "ok", &format!("listening on {addr}"));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.front_door_error.as_deref() != Some(why.as_str()) {
+                    tracing::error!(app = %self.name, error = %why, "cannot serve the app's public port; retrying every monitor round");
+                    self.log("", "proxy", "failed", &why);
+                    self.front_door_error = Some(why);
+                }
+            }
+        }
     }
 }

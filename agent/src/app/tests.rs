@@ -59,6 +59,7 @@ impl Processes for FakeProcs {
                     pid: w.next_pid,
                     start_time: 0,
                     version: version.to_string(),
+                    ..ProcRecord::default()
                 };
                 w.running.insert(name.clone(), rec.clone());
                 w.starts.push(version.to_string());
