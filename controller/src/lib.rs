@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod hub;
 pub mod intent;
 pub mod lifecycle;
+pub mod liveness;
 pub mod plan;
 pub mod rollout;
 pub mod sanitize;
@@ -159,6 +160,7 @@ pub async fn run(
     });
     // Rollouts resume from the store: a restart mid-rollout carries on.
     tokio::spawn(rollout::run(ctx.clone()));
+    let flusher = tokio::spawn(liveness::run(ctx.clone()));
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), ca_pin = %ctx.ca.pin(), "controller listening (TLS)");
 
@@ -198,6 +200,8 @@ pub async fn run(
         }
         None => tls_server.await?,
     }
+    // The last heard-from times reach the store before the process ends.
+    let _ = flusher.await;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -81,24 +81,35 @@ impl Store {
         .bind(now())
         .bind(tenant)
         .bind(host)
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
 
-    pub async fn touch_host(&self, tenant: &str, host: &str) -> Result<()> {
-        sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
-            .bind(now())
-            .bind(tenant)
-            .bind(host)
-            .execute(self.db())
-            .await?;
+    /// Writes when hosts were last heard from, all in one statement: the
+    /// hub batches heartbeats in memory (`Hub::to_flush`) and a value never
+    /// moves back.
+    pub async fn record_last_seen(&self, seen: &[(String, String, i64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let rows = serde_json::to_string(seen).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "UPDATE hosts SET last_seen = MAX(hosts.last_seen, j.at)
+             FROM (SELECT json_extract(value, '$[0]') AS tenant, json_extract(value, '$[1]') AS name,
+                          json_extract(value, '$[2]') AS at FROM json_each(?)) AS j
+             WHERE hosts.tenant = j.tenant AND hosts.name = j.name",
+        )
+        .bind(rows)
+        .execute(self.writer())
+        .await?;
         Ok(())
     }
 
-    /// Records a host's report for one app (and that the host was seen).
+    /// Records a host's report for one app (that the host was heard from is
+    /// the hub's to batch).
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let healthy = r.health == Health::Healthy;
         sqlx::query(
@@ -140,12 +151,6 @@ impl Store {
         .bind(&r.drift_digest)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
-            .bind(t)
-            .bind(tenant)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
         if healthy && !r.running_digest.is_empty() {
             // The release ran healthy in the host's environment: a rollback
             // may go back to it.
@@ -179,7 +184,7 @@ impl Store {
                 .bind(tenant)
                 .bind(host)
                 .bind(app)
-                .execute(self.db())
+                .execute(self.writer())
                 .await?;
         }
         Ok(())
@@ -188,6 +193,33 @@ impl Store {
     /// What every host placed on an app reports (hosts a selector leaves out
     /// are not part of the app's fleet).
     pub async fn fleet(&self, tenant: &str, app: &str, env: &str) -> Result<Vec<FleetRow>> {
+        self.fleet_of(tenant, app, env, None).await
+    }
+
+    /// `fleet`, of the named hosts only (the rollout engine judging the
+    /// hosts that reported).
+    pub async fn fleet_hosts(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        hosts: &[String],
+    ) -> Result<Vec<FleetRow>> {
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.fleet_of(tenant, app, env, Some(&json_list(hosts)))
+            .await
+    }
+
+    /// `fleet`, of the hosts in the JSON array `hosts` when given.
+    async fn fleet_of(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        hosts: Option<&str>,
+    ) -> Result<Vec<FleetRow>> {
         let placements = self.placements(tenant).await?;
         let rows: Vec<FleetRow> = sqlx::query_as(
             "SELECT s.host, h.environment, d.version AS desired_version,
@@ -200,6 +232,7 @@ impl Store {
              LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
              WHERE s.tenant = ? AND (? = '' OR s.app = ?) AND (? = '' OR h.environment = ?)
                AND h.revoked_at IS NULL
+               AND (? IS NULL OR s.host IN (SELECT value FROM json_each(?)))
              ORDER BY s.app, h.environment, s.host",
         )
         .bind(tenant)
@@ -207,6 +240,8 @@ impl Store {
         .bind(app)
         .bind(env)
         .bind(env)
+        .bind(hosts)
+        .bind(hosts)
         .fetch_all(self.db())
         .await?;
         Ok(rows
@@ -255,6 +290,29 @@ mod tests {
         assert_eq!(f.report.generation, 3);
         assert!(f.healthy_since > 0);
         assert!(f.drifted());
+        // Batched heard-from times: one statement, never moving back.
+        s.add_host("default", "h2", "preprod", "j2", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        s.record_report("default", "h2", &report).await.unwrap();
+        let seen = |h: &str, at: i64| ("default".to_string(), h.to_string(), at);
+        s.record_last_seen(&[seen("h1", 500), seen("h2", 700), seen("nobody", 9)])
+            .await
+            .unwrap();
+        s.record_last_seen(&[seen("h1", 400)]).await.unwrap();
+        let last_seen = |rows: &[FleetRow]| -> Vec<(String, i64)> {
+            rows.iter().map(|f| (f.host.clone(), f.last_seen)).collect()
+        };
+        assert_eq!(
+            last_seen(&s.fleet("default", "web", "preprod").await.unwrap()),
+            [("h1".to_string(), 500), ("h2".to_string(), 700)]
+        );
+        let only = s
+            .fleet_hosts("default", "web", "preprod", &["h2".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(last_seen(&only), [("h2".to_string(), 700)]);
+        s.retain_host_apps("default", "h2", &[]).await.unwrap();
         s.retain_host_apps("default", "h1", &[]).await.unwrap();
         assert!(s.fleet("default", "", "").await.unwrap().is_empty());
     }
