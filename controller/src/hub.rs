@@ -129,6 +129,8 @@ pub struct Hub {
     /// When hosts whose session ended were last heard from, until the store
     /// has it (`flushed`).
     departed: Arc<Mutex<HashMap<HostKey, i64>>>,
+    /// Sessions ended so far (`departures`).
+    ended: Arc<std::sync::atomic::AtomicU64>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -145,6 +147,7 @@ impl Hub {
             reported: Arc::default(),
             sessions: Arc::default(),
             departed: Arc::default(),
+            ended: Arc::default(),
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         }
     }
@@ -316,9 +319,17 @@ impl Hub {
         }
     }
 
+    /// How many sessions ended (disconnected, replaced, evicted) so far:
+    /// while it stays the same, no host lost its session (the engine then
+    /// need not ask about every pending host again).
+    pub fn departures(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
     /// Keeps when a host whose session ended was last heard from, for the
     /// offline rule, until the store has it.
     fn depart(&self, key: HostKey, e: &Entry) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
         let heard = e.wake.heard.load(Ordering::Relaxed);
         if heard > e.wake.flushed.load(Ordering::Relaxed) {
             let mut d = self.departed.lock().expect("hub lock");

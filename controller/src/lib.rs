@@ -13,6 +13,7 @@ pub mod intent;
 pub mod lifecycle;
 pub mod liveness;
 pub mod plan;
+pub mod reports;
 pub mod rollout;
 pub mod sanitize;
 pub mod store;
@@ -143,10 +144,12 @@ pub async fn run(
         // Enrollment comes without a certificate; every other agent call checks it.
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
+    let hub = Hub::new();
     let ctx = Arc::new(Ctx {
+        reports: reports::ReportWriter::spawn(store.clone(), hub.clone()),
         store,
         blobs,
-        hub: Hub::new(),
+        hub,
         ca,
         directive_key,
         agent_cert_ttl: config.agent_cert_ttl,

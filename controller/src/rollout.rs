@@ -80,6 +80,10 @@ struct Seen {
     mark: (RolloutState, u32, i64, i64),
     /// Admitted hosts still pending, with their step.
     pending: HashMap<String, u32>,
+    /// Pending hosts without a session, as of `departures` sessions ended
+    /// (`Hub::departures`): asked again only when another session ended.
+    absent: Vec<String>,
+    departures: u64,
 }
 
 fn mark(r: &RolloutRow) -> (RolloutState, u32, i64, i64) {
@@ -286,8 +290,23 @@ async fn advance(
     let timed_out = now - r.step_started_at > i64::from(r.strategy.batch_timeout_secs);
     let prev = prev.filter(|p| p.mark == mark(r) && !timed_out);
     let full = prev.is_none();
-    let (mut pending, to_judge, reports) = match prev {
+    // Pending hosts without a session (for the offline rule), asked of the
+    // hub again only when a session ended since the last look.
+    let departures = ctx.hub.departures();
+    let absent_of = |pending: &HashMap<String, u32>| -> Vec<String> {
+        pending
+            .keys()
+            .filter(|h| !ctx.hub.connected(&r.tenant, h))
+            .cloned()
+            .collect()
+    };
+    let (mut pending, to_judge, reports, absent) = match prev {
         Some(p) => {
+            let absent = if p.departures == departures {
+                p.absent
+            } else {
+                absent_of(&p.pending)
+            };
             // The hosts that reported, and those without a session.
             let mut names: Vec<String> = reported
                 .iter()
@@ -295,13 +314,13 @@ async fn advance(
                 .map(|(_, h, _)| h.clone())
                 .collect();
             if trust_offline {
-                let absent: Vec<String> = p
-                    .pending
-                    .keys()
-                    .filter(|h| !ctx.hub.connected(&r.tenant, h) && !names.contains(h))
+                let named: HashSet<&String> = names.iter().collect();
+                let more: Vec<String> = absent
+                    .iter()
+                    .filter(|h| p.pending.contains_key(*h) && !named.contains(h))
                     .cloned()
                     .collect();
-                names.extend(absent);
+                names.extend(more);
             }
             let reports = if names.is_empty() {
                 HashMap::new()
@@ -312,7 +331,7 @@ async fn advance(
                         .await?,
                 )
             };
-            (p.pending, names, reports)
+            (p.pending, names, reports, absent)
         }
         None => {
             let pending: HashMap<String, u32> = store
@@ -324,7 +343,8 @@ async fn advance(
                 .collect();
             let names = pending.keys().cloned().collect();
             let reports = fleet_by_host(store.fleet(&r.tenant, &r.app, &r.environment).await?);
-            (pending, names, reports)
+            let absent = absent_of(&pending);
+            (pending, names, reports, absent)
         }
     };
     let mut verdicts = Vec::new();
@@ -343,9 +363,15 @@ async fn advance(
     if full || !verdicts.is_empty() {
         conclude(ctx, r, now).await?;
     }
+    let absent = absent
+        .into_iter()
+        .filter(|h| pending.contains_key(h))
+        .collect();
     Ok(Some(Seen {
         mark: mark(r),
         pending,
+        absent,
+        departures,
     }))
 }
 
@@ -607,10 +633,12 @@ mod tests {
                 .unwrap();
             report(&store, pool, host, "1", 0).await;
         }
+        let hub = Hub::new();
         Ctx {
+            reports: crate::reports::ReportWriter::spawn(store.clone(), hub.clone()),
             store,
             blobs: crate::blobs::BlobStore::open(&dir.join("blobs")).unwrap(),
-            hub: Hub::new(),
+            hub,
             ca: trust::pki::Ca::load_or_create(dir).unwrap(),
             directive_key: trust::sign::KeyPair::generate(),
             agent_cert_ttl: Duration::from_secs(60),
@@ -802,6 +830,32 @@ mod tests {
             "{hosts:?}"
         );
         assert_eq!(r.state, RolloutState::Succeeded);
+    }
+
+    /// A look between reports still notices a pending host whose session
+    /// ended (to judge it by the offline rule on every look after), and asks
+    /// the hub about every pending host only when some session ended.
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_look_notices_a_pending_host_that_lost_its_session(pool: SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = engine(&pool, dir.path()).await;
+        let web = vec!["web".to_string()];
+        let _on = ctx.hub.connect("default", "on", "preprod", &web);
+        let off = ctx.hub.connect("default", "off", "preprod", &web);
+        let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
+        let none = HashSet::new();
+        let seen = look(&ctx, &r).await.unwrap();
+        assert!(seen.absent.is_empty());
+        let seen = advance(&ctx, &r, Some(seen), &none, true).await.unwrap();
+        assert!(seen.as_ref().is_some_and(|s| s.absent.is_empty()));
+        ctx.hub.disconnect("default", "off", off.id);
+        let seen = advance(&ctx, &r, seen, &none, true).await.unwrap().unwrap();
+        assert_eq!(seen.absent, ["off".to_string()]);
+        assert_eq!(
+            seen.pending.len(),
+            2,
+            "heard from a moment ago: not offline yet"
+        );
     }
 
     /// A host whose session ended is judged offline from when it was last

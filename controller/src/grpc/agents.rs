@@ -351,10 +351,11 @@ impl Agents for AgentsService {
                                         continue;
                                     }
                                     session.heard(crate::store::now());
-                                    if let Err(e) = svc.ctx.store.record_report(&host.tenant, &host.host, &report).await {
-                                        tracing::error!(error = %e, "recording report failed");
+                                    // Batched with other sessions' reports; the
+                                    // writer names the host to the engine.
+                                    if let Err(e) = svc.ctx.reports.record(&host.tenant, &host.host, report).await {
+                                        tracing::error!(host = %host.host, error = %e, "recording report failed");
                                     }
-                                    svc.ctx.hub.host_reported(&host.tenant, &host.host, &report.app);
                                 }
                                 Err(status) => {
                                     let _ = tx.send(Err(status)).await;

@@ -110,62 +110,16 @@ impl Store {
     /// the hub's to batch).
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
         let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
-        let t = now();
-        let healthy = r.health == Health::Healthy;
-        sqlx::query(
-            "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
-                env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
-                healthy_since, drift, drift_count, drift_digest)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant, host, app) DO UPDATE SET
-                healthy_since = CASE
-                    WHEN excluded.healthy_since = 0 THEN 0
-                    WHEN host_status.healthy_since > 0 AND host_status.running_digest = excluded.running_digest
-                        THEN host_status.healthy_since
-                    ELSE excluded.healthy_since END,
-                drift = excluded.drift, drift_count = excluded.drift_count, drift_digest = excluded.drift_digest,
-                running_version = excluded.running_version, running_digest = excluded.running_digest,
-                state = excluded.state, health = excluded.health, health_reason = excluded.health_reason,
-                env_check = excluded.env_check, missing_env = excluded.missing_env, last_error = excluded.last_error,
-                failed_version = excluded.failed_version, failed_digest = excluded.failed_digest,
-                generation = excluded.generation, updated_at = excluded.updated_at",
-        )
-        .bind(tenant)
-        .bind(host)
-        .bind(&r.app)
-        .bind(&r.running_version)
-        .bind(&r.running_digest)
-        .bind(r.state)
-        .bind(r.health)
-        .bind(&r.health_reason)
-        .bind(r.env_check)
-        .bind(json_list(&r.missing_env))
-        .bind(&r.last_error)
-        .bind(&r.failed_version)
-        .bind(&r.failed_digest)
-        .bind(r.generation as i64)
-        .bind(t)
-        .bind(if healthy { t } else { 0 })
-        .bind(json_list(&r.drift))
-        .bind(i64::from(r.drift_count))
-        .bind(&r.drift_digest)
-        .execute(&mut *tx)
-        .await?;
-        if healthy && !r.running_digest.is_empty() {
-            // The release ran healthy in the host's environment: a rollback
-            // may go back to it.
-            sqlx::query(
-                "INSERT INTO healthy_releases (tenant, app, environment, manifest_digest, first_at)
-                 SELECT h.tenant, ?, h.environment, ?, ? FROM hosts h WHERE h.tenant = ? AND h.name = ?
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&r.app)
-            .bind(&r.running_digest)
-            .bind(t)
-            .bind(tenant)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
+        write_report(&mut tx, tenant, host, r).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records many hosts' reports in one transaction: (tenant, host, report).
+    pub async fn record_reports(&self, reports: &[(String, String, HostAppReport)]) -> Result<()> {
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        for (tenant, host, r) in reports {
+            write_report(&mut tx, tenant, host, r).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -253,6 +207,73 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Writes one host's report for one app inside the caller's transaction.
+async fn write_report(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    host: &str,
+    r: &HostAppReport,
+) -> Result<()> {
+    let t = now();
+    let healthy = r.health == Health::Healthy;
+    sqlx::query(
+            "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
+                env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
+                healthy_since, drift, drift_count, drift_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant, host, app) DO UPDATE SET
+                healthy_since = CASE
+                    WHEN excluded.healthy_since = 0 THEN 0
+                    WHEN host_status.healthy_since > 0 AND host_status.running_digest = excluded.running_digest
+                        THEN host_status.healthy_since
+                    ELSE excluded.healthy_since END,
+                drift = excluded.drift, drift_count = excluded.drift_count, drift_digest = excluded.drift_digest,
+                running_version = excluded.running_version, running_digest = excluded.running_digest,
+                state = excluded.state, health = excluded.health, health_reason = excluded.health_reason,
+                env_check = excluded.env_check, missing_env = excluded.missing_env, last_error = excluded.last_error,
+                failed_version = excluded.failed_version, failed_digest = excluded.failed_digest,
+                generation = excluded.generation, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(host)
+        .bind(&r.app)
+        .bind(&r.running_version)
+        .bind(&r.running_digest)
+        .bind(r.state)
+        .bind(r.health)
+        .bind(&r.health_reason)
+        .bind(r.env_check)
+        .bind(json_list(&r.missing_env))
+        .bind(&r.last_error)
+        .bind(&r.failed_version)
+        .bind(&r.failed_digest)
+        .bind(r.generation as i64)
+        .bind(t)
+        .bind(if healthy { t } else { 0 })
+        .bind(json_list(&r.drift))
+        .bind(i64::from(r.drift_count))
+        .bind(&r.drift_digest)
+        .execute(&mut *tx)
+        .await?;
+    if healthy && !r.running_digest.is_empty() {
+        // The release ran healthy in the host's environment: a rollback
+        // may go back to it.
+        sqlx::query(
+                "INSERT INTO healthy_releases (tenant, app, environment, manifest_digest, first_at)
+                 SELECT h.tenant, ?, h.environment, ?, ? FROM hosts h WHERE h.tenant = ? AND h.name = ?
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.app)
+            .bind(&r.running_digest)
+            .bind(t)
+            .bind(tenant)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,10 +26,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use integration_tests::proc_kib as rss_kib;
 
-/// When each simulated agent began deploying a version (its "deploying" event).
-static DEPLOYING: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+/// When each simulated agent received a version's directive ("desired release
+/// received") and began deploying it ("deploying"): (event, version, when).
+static DEPLOYING: Mutex<Vec<(&'static str, String, Instant)>> = Mutex::new(Vec::new());
 
-/// Records the agents' "deploying" events into `DEPLOYING`.
+/// The agents' events `DEPLOYING` records.
+const RECEIVED: &str = "desired release received";
+const BEGAN: &str = "deploying";
+
+/// Records the agents' directive and deploy events into `DEPLOYING`.
 struct DeployingLayer;
 
 #[derive(Default)]
@@ -52,11 +57,11 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DeployingLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut f = DeployingFields::default();
         event.record(&mut f);
-        if f.message == "deploying" {
+        if let Some(what) = [RECEIVED, BEGAN].into_iter().find(|m| f.message == *m) {
             DEPLOYING
                 .lock()
                 .expect("deploying lock")
-                .push((f.version, Instant::now()));
+                .push((what, f.version, Instant::now()));
         }
     }
 }
@@ -299,14 +304,19 @@ fn timed_deploy(
     );
     // Where the time went: the hosts' side (when each began deploying: the
     // directive reached it) and the controller's (when it judged each healthy).
-    let mut began: Vec<f64> = DEPLOYING
-        .lock()
-        .expect("deploying lock")
-        .iter()
-        .filter(|(v, at)| v == version && *at >= start)
-        .map(|(_, at)| at.duration_since(start).as_secs_f64())
-        .collect();
-    began.sort_by(f64::total_cmp);
+    let events = |what: &str| -> Vec<f64> {
+        let mut v: Vec<f64> = DEPLOYING
+            .lock()
+            .expect("deploying lock")
+            .iter()
+            .filter(|(w, v, at)| *w == what && v == version && *at >= start)
+            .map(|(_, _, at)| at.duration_since(start).as_secs_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let received = events(RECEIVED);
+    let began = events(BEGAN);
     let mut judged: Vec<f64> = text
         .lines()
         .filter(|l| l.contains("rollout host judged") && l.contains("outcome=healthy"))
@@ -315,7 +325,10 @@ fn timed_deploy(
         .collect();
     judged.sort_by(f64::total_cmp);
     println!(
-        "  timeline (s after deploy): hosts began deploying 50% {:.1} / 100% {:.1} ({} hosts); judged healthy 50% {:.1} / 100% {:.1} ({} hosts); all healthy seen {secs:.1}",
+        "  timeline (s after deploy): directive received 50% {:.1} / 100% {:.1} ({} hosts); began deploying 50% {:.1} / 100% {:.1} ({} hosts); judged healthy 50% {:.1} / 100% {:.1} ({} hosts); all healthy seen {secs:.1}",
+        quantile(&received, 0.5),
+        quantile(&received, 1.0),
+        received.len(),
         quantile(&began, 0.5),
         quantile(&began, 1.0),
         began.len(),
@@ -362,7 +375,8 @@ fn main() -> anyhow::Result<()> {
         .with(tracing_subscriber::Layer::with_filter(
             DeployingLayer,
             tracing_subscriber::filter::Targets::new()
-                .with_target("agent::app::machine", tracing::Level::INFO),
+                .with_target("agent::app::machine", tracing::Level::INFO)
+                .with_target("agent::session", tracing::Level::INFO),
         ))
         .init();
     let t = tempfile::tempdir()?;
