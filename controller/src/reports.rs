@@ -18,7 +18,16 @@ const MAX_BATCH: usize = 256;
 /// Reports waiting for the writer at most (sessions wait beyond it).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<(), String>>;
+/// Why a report was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the report writer stopped")]
+    Stopped,
+    #[error("storing the report: {0}")]
+    Store(#[from] StoreError),
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// One report on its way to the store: (tenant, host, report).
 struct Queued {
@@ -44,14 +53,13 @@ impl ReportWriter {
     }
 
     /// Stores the host's report (with others that arrived meanwhile) and
-    /// tells the engine the host reported. The error's text when it was not
-    /// stored.
+    /// tells the engine the host reported.
     pub async fn record(
         &self,
         tenant: &str,
         host: &str,
         report: HostAppReport,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReportError> {
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             tenant: tenant.to_string(),
@@ -62,10 +70,8 @@ impl ReportWriter {
         self.tx
             .send(queued)
             .await
-            .map_err(|_| "the report writer stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the report writer stopped".to_string())?
+            .map_err(|_| ReportError::Stopped)?;
+        Ok(answer.await.map_err(|_| ReportError::Stopped)??)
     }
 }
 
@@ -91,7 +97,7 @@ async fn run(store: Store, hub: Hub, mut rx: mpsc::Receiver<Queued>) {
             if result.is_ok() {
                 hub.host_reported(&q.tenant, &q.host, &q.report.app);
             }
-            let _ = q.reply.send(result.map_err(|e| e.to_string()));
+            let _ = q.reply.send(result);
         }
     }
 }
