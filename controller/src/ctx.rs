@@ -1,11 +1,13 @@
 //! What the controller's services and its rollout engine share: the store,
-//! the blob dir, the session hub, the CA and directive key, and settings.
+//! the blob dir, the session hub, the report writer, the CA and directive
+//! key, and settings.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::blobs::BlobStore;
 use crate::hub::Hub;
+use crate::reports::ReportWriter;
 use crate::store::Store;
 
 /// Everything the services share.
@@ -13,6 +15,8 @@ pub struct Ctx {
     pub store: Store,
     pub blobs: BlobStore,
     pub hub: Hub,
+    /// Writes the sessions' reports in batches.
+    pub reports: ReportWriter,
     pub ca: trust::pki::Ca,
     /// Signs every directive sent to a host.
     pub directive_key: trust::sign::KeyPair,

@@ -1,10 +1,13 @@
-//! In-memory fan-out: which hosts hold a session right now, and the
-//! desired-change signal. A change names its scope (tenant, environment, app,
-//! and the hosts it concerns), and only the sessions inside it wake, told
+//! In-memory fan-out: which hosts hold a session right now and when each was
+//! last heard from, the desired-change signal, and the engine's wake-up with
+//! the hosts that reported. A change names its scope (tenant, environment,
+//! app, and the hosts it concerns), and only the sessions inside it wake, told
 //! which apps to recompute, so agents hear of a deploy at once instead of on a
-//! polling timer and nobody else touches the store.
+//! polling timer and nobody else touches the store. A heartbeat touches only
+//! memory here; `last_seen` reaches the store in batches (`to_flush`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -53,11 +56,16 @@ impl Recompute {
     }
 }
 
-/// A session's wake-up: what it has to recompute, and the bell.
+/// A session's wake-up: what it has to recompute, and the bell; and when
+/// its host was last heard from (unix seconds) and what of it the store has.
 #[derive(Default)]
 struct Wake {
     pending: Mutex<Recompute>,
     bell: Notify,
+    heard: AtomicI64,
+    flushed: AtomicI64,
+    /// Replaced by a newer session or evicted.
+    ended: AtomicBool,
 }
 
 impl Wake {
@@ -74,6 +82,17 @@ pub struct Session {
 }
 
 impl Session {
+    /// The host was heard from (a heartbeat, a report): memory only, no lock.
+    pub fn heard(&self, at: i64) {
+        self.wake.heard.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// Still the host's session: not replaced by a newer one, not evicted
+    /// (no lock: checked after every message).
+    pub fn is_current(&self) -> bool {
+        !self.wake.ended.load(Ordering::Relaxed)
+    }
+
     /// Waits until a change concerns this session and returns what to
     /// recompute (changes coalesce while the session is busy). Cancel-safe.
     pub async fn changed(&self) -> Recompute {
@@ -94,11 +113,24 @@ struct Entry {
     wake: Arc<Wake>,
 }
 
+/// (tenant, host).
+type HostKey = (String, String);
+
+/// A host that reported an app: (tenant, host, app).
+pub type Reported = (String, String, String);
+
 #[derive(Clone)]
 pub struct Hub {
     /// Wakes the rollout engine: a report arrived or a rollout changed.
     rollouts: Arc<Notify>,
-    sessions: Arc<Mutex<HashMap<(String, String), Entry>>>,
+    /// Hosts that reported since the engine last looked (`take_reported`).
+    reported: Arc<Mutex<HashSet<Reported>>>,
+    sessions: Arc<Mutex<HashMap<HostKey, Entry>>>,
+    /// When hosts whose session ended were last heard from, until the store
+    /// has it (`flushed`).
+    departed: Arc<Mutex<HashMap<HostKey, i64>>>,
+    /// Sessions ended so far (`departures`).
+    ended: Arc<std::sync::atomic::AtomicU64>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -112,7 +144,10 @@ impl Hub {
     pub fn new() -> Self {
         Self {
             rollouts: Arc::new(Notify::new()),
+            reported: Arc::default(),
             sessions: Arc::default(),
+            departed: Arc::default(),
+            ended: Arc::default(),
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         }
     }
@@ -120,12 +155,17 @@ impl Hub {
     /// Wakes the sessions `c` concerns (their host is in its environment,
     /// among its hosts, and runs its app) to recompute that app.
     pub fn desired_changed(&self, c: &DesiredChange<'_>) {
+        let hosts: Option<HashSet<&str>> = c
+            .hosts
+            .map(|hosts| hosts.iter().map(String::as_str).collect());
         let sessions = self.sessions.lock().expect("hub lock");
         for ((tenant, host), e) in sessions.iter() {
             if tenant == c.tenant
                 && e.environment == c.environment
                 && e.apps.iter().any(|a| a == c.app)
-                && c.hosts.is_none_or(|hosts| hosts.contains(host))
+                && hosts
+                    .as_ref()
+                    .is_none_or(|hosts| hosts.contains(host.as_str()))
             {
                 e.wake.ring(Some(c.app));
             }
@@ -153,6 +193,97 @@ impl Hub {
         self.rollouts.clone()
     }
 
+    /// A host reported `app`: the engine judges that host (and only it) on
+    /// its next look, and is woken.
+    pub fn host_reported(&self, tenant: &str, host: &str, app: &str) {
+        self.reported.lock().expect("hub lock").insert((
+            tenant.to_string(),
+            host.to_string(),
+            app.to_string(),
+        ));
+        self.rollouts.notify_one();
+    }
+
+    /// The hosts that reported since the last call.
+    pub fn take_reported(&self) -> HashSet<Reported> {
+        std::mem::take(&mut *self.reported.lock().expect("hub lock"))
+    }
+
+    /// When the host was last heard from, as far as memory knows: its open
+    /// session's last message, or, once it ended, the last message before
+    /// (until the store has it). None: nothing newer than the store's.
+    pub fn last_heard(&self, tenant: &str, host: &str) -> Option<i64> {
+        let key = (tenant.to_string(), host.to_string());
+        if let Some(e) = self.sessions.lock().expect("hub lock").get(&key) {
+            return Some(e.wake.heard.load(Ordering::Relaxed));
+        }
+        self.departed.lock().expect("hub lock").get(&key).copied()
+    }
+
+    /// The host's `last_seen`: the store's, or memory's when newer.
+    pub fn last_seen(&self, tenant: &str, host: &str, stored: i64) -> i64 {
+        self.last_heard(tenant, host)
+            .map_or(stored, |t| t.max(stored))
+    }
+
+    /// Whether the host is offline (`fleet::offline`): no open session, and
+    /// last heard from (the store's `last_seen` or newer, from memory) more
+    /// than three heartbeats ago.
+    pub fn offline(
+        &self,
+        tenant: &str,
+        host: &str,
+        stored: i64,
+        now: i64,
+        heartbeat_secs: u32,
+    ) -> bool {
+        let connected = self.connected(tenant, host);
+        crate::fleet::offline(
+            connected,
+            self.last_seen(tenant, host, stored),
+            now,
+            heartbeat_secs,
+        )
+    }
+
+    /// `last_seen` values the store does not have yet: (tenant, host, when).
+    pub fn to_flush(&self) -> Vec<(String, String, i64)> {
+        let mut out: Vec<(String, String, i64)> = self
+            .sessions
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .filter_map(|((t, h), e)| {
+                let heard = e.wake.heard.load(Ordering::Relaxed);
+                (heard > e.wake.flushed.load(Ordering::Relaxed))
+                    .then(|| (t.clone(), h.clone(), heard))
+            })
+            .collect();
+        out.extend(
+            self.departed
+                .lock()
+                .expect("hub lock")
+                .iter()
+                .map(|((t, h), at)| (t.clone(), h.clone(), *at)),
+        );
+        out
+    }
+
+    /// The store now has these `last_seen` values (from `to_flush`).
+    pub fn flushed(&self, written: &[(String, String, i64)]) {
+        let sessions = self.sessions.lock().expect("hub lock");
+        let mut departed = self.departed.lock().expect("hub lock");
+        for (t, h, at) in written {
+            let key = (t.clone(), h.clone());
+            if let Some(e) = sessions.get(&key) {
+                e.wake.flushed.fetch_max(*at, Ordering::Relaxed);
+            }
+            if departed.get(&key).is_some_and(|d| d <= at) {
+                departed.remove(&key);
+            }
+        }
+    }
+
     /// Registers a session for (tenant, host) in `environment` running `apps`;
     /// a newer session replaces an older one (which is woken to see it).
     pub fn connect(&self, tenant: &str, host: &str, environment: &str, apps: &[String]) -> Session {
@@ -160,6 +291,8 @@ impl Hub {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let wake = Arc::new(Wake::default());
+        // The hello that opened it is a message heard.
+        wake.heard.store(crate::store::now(), Ordering::Relaxed);
         let old = self.sessions.lock().expect("hub lock").insert(
             (tenant.into(), host.into()),
             Entry {
@@ -170,6 +303,7 @@ impl Hub {
             },
         );
         if let Some(old) = old {
+            old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
         }
         Session { id, wake }
@@ -178,8 +312,29 @@ impl Hub {
     pub fn disconnect(&self, tenant: &str, host: &str, id: u64) {
         let mut s = self.sessions.lock().expect("hub lock");
         let key = (tenant.to_string(), host.to_string());
-        if s.get(&key).is_some_and(|e| e.id == id) {
-            s.remove(&key);
+        if s.get(&key).is_some_and(|e| e.id == id)
+            && let Some(e) = s.remove(&key)
+        {
+            self.depart(key, &e);
+        }
+    }
+
+    /// How many sessions ended (disconnected, replaced, evicted) so far:
+    /// while it stays the same, no host lost its session (the engine then
+    /// need not ask about every pending host again).
+    pub fn departures(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Keeps when a host whose session ended was last heard from, for the
+    /// offline rule, until the store has it.
+    fn depart(&self, key: HostKey, e: &Entry) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
+        let heard = e.wake.heard.load(Ordering::Relaxed);
+        if heard > e.wake.flushed.load(Ordering::Relaxed) {
+            let mut d = self.departed.lock().expect("hub lock");
+            let at = d.entry(key).or_insert(heard);
+            *at = (*at).max(heard);
         }
     }
 
@@ -192,6 +347,8 @@ impl Hub {
             .expect("hub lock")
             .remove(&(tenant.to_string(), host.to_string()));
         if let Some(old) = old {
+            self.depart((tenant.to_string(), host.to_string()), &old);
+            old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
         }
     }
@@ -308,6 +465,7 @@ mod tests {
         let new = hub.connect("t", "a", "prod", &web);
         assert_eq!(old.changed().await, Recompute::All);
         assert!(!hub.is_current("t", "a", old.id) && hub.is_current("t", "a", new.id));
+        assert!(!old.is_current() && new.is_current());
         hub.disconnect("t", "a", old.id);
         assert!(
             hub.connected("t", "a"),
@@ -316,5 +474,6 @@ mod tests {
         hub.evict("t", "a");
         assert_eq!(new.changed().await, Recompute::All);
         assert!(!hub.connected("t", "a"));
+        assert!(!new.is_current());
     }
 }

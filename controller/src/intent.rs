@@ -248,8 +248,10 @@ impl Intent<'_> {
         }
         for f in &source {
             let h = &f.host;
-            let connected = self.hub.connected(p.tenant, h);
-            if crate::fleet::offline(connected, f.last_seen, now, self.heartbeat_secs) {
+            if self
+                .hub
+                .offline(p.tenant, h, f.last_seen, now, self.heartbeat_secs)
+            {
                 blockers.push(format!("{h} is offline"));
             } else if f.report.running_digest != digest {
                 let running = match f.report.running_version.as_str() {
@@ -545,8 +547,8 @@ mod tests {
         s
     }
 
-    /// `host` reports web: running `version` (healthy or not), with `drift`
-    /// paths drifted.
+    /// `host` says hello and reports web: running `version` (healthy or
+    /// not), with `drift` paths drifted.
     async fn report(s: &Store, host: &str, version: &str, healthy: bool, drift: u32) {
         let r = HostAppReport {
             app: "web".into(),
@@ -565,6 +567,9 @@ mod tests {
             drift_count: drift,
             ..Default::default()
         };
+        // Said hello (stored as seen), then reported; heartbeats stay in the
+        // hub's memory.
+        s.host_hello("default", host, "test", "").await.unwrap();
         s.record_report("default", host, &r).await.unwrap();
     }
 

@@ -11,8 +11,10 @@ pub mod grpc;
 pub mod hub;
 pub mod intent;
 pub mod lifecycle;
+pub mod liveness;
 pub mod objects;
 pub mod plan;
+pub mod reports;
 pub mod rollout;
 pub mod sanitize;
 pub mod store;
@@ -143,10 +145,12 @@ pub async fn run(
         // Enrollment comes without a certificate; every other agent call checks it.
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
+    let hub = Hub::new();
     let ctx = Arc::new(Ctx {
+        reports: reports::ReportWriter::spawn(store.clone(), hub.clone()),
         store,
         blobs,
-        hub: Hub::new(),
+        hub,
         ca,
         directive_key,
         agent_cert_ttl: config.agent_cert_ttl,
@@ -160,6 +164,7 @@ pub async fn run(
     });
     // Rollouts resume from the store: a restart mid-rollout carries on.
     tokio::spawn(rollout::run(ctx.clone()));
+    let flusher = tokio::spawn(liveness::run(ctx.clone()));
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), ca_pin = %ctx.ca.pin(), "controller listening (TLS)");
 
@@ -199,6 +204,8 @@ pub async fn run(
         }
         None => tls_server.await?,
     }
+    // The last heard-from times reach the store before the process ends.
+    let _ = flusher.await;
     tracing::info!("controller stopped");
     Ok(())
 }

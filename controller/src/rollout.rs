@@ -5,14 +5,17 @@
 //! admit the next step, judge the admitted hosts from their reports (healthy,
 //! failed, timed out, offline), halt past the failure threshold and revert
 //! the hosts already changed, all at once. Nothing lives only in memory, so a
-//! restarted controller carries on where it stopped.
+//! restarted controller carries on where it stopped: the engine remembers
+//! between looks only which hosts are still pending (`Seen`), to judge just
+//! the hosts that reported instead of re-reading the rollout and its fleet on
+//! every report, and falls back to a full look whenever the rollout changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
-use crate::hub::{DesiredChange, Hub};
+use crate::hub::{DesiredChange, Hub, Reported};
 use crate::lifecycle::{Health, HostOutcome, RolloutState};
 use crate::plan::{self, Change, OfflinePolicy};
 use crate::store::{
@@ -66,6 +69,27 @@ fn desired_change<'a>(r: &'a RolloutRow, hosts: Option<&'a [String]>) -> Desired
     }
 }
 
+/// What the engine remembers of a rollout between two looks: derived from
+/// the store by a full look, never the truth (the store is). A look judges
+/// only the hosts that reported since (and pending hosts without a session,
+/// for the offline rule) while the rollout row is unchanged; anything else
+/// (an admitted step, a pause, a restart of the engine, a step timing out,
+/// an error) makes the next look a full one.
+struct Seen {
+    /// The rollout row's fields the engine acts on, at the last look.
+    mark: (RolloutState, u32, i64, i64),
+    /// Admitted hosts still pending, with their step.
+    pending: HashMap<String, u32>,
+    /// Pending hosts without a session, as of `departures` sessions ended
+    /// (`Hub::departures`): asked again only when another session ended.
+    absent: Vec<String>,
+    departures: u64,
+}
+
+fn mark(r: &RolloutRow) -> (RolloutState, u32, i64, i64) {
+    (r.state, r.step, r.step_started_at, r.next_step_at)
+}
+
 /// Drives every running (and paused) rollout until shutdown.
 pub async fn run(ctx: SharedCtx) {
     let signal = ctx.hub.rollout_signal();
@@ -73,17 +97,33 @@ pub async fn run(ctx: SharedCtx) {
     // Right after a start, every host looks unheard of: agents are still
     // reconnecting. Nobody is judged offline before they had the time to.
     let grace = Duration::from_secs(fleet::offline_after(ctx.heartbeat_secs) as u64);
+    let mut seen: HashMap<i64, Seen> = HashMap::new();
     loop {
         let trust_offline = started.elapsed() > grace;
+        // Taken before anything is read: a report stored after this is either
+        // read by this look or named in the next one's.
+        let reported = ctx.hub.take_reported();
         match ctx.store.active_rollouts().await {
             Ok(rollouts) => {
+                seen.retain(|id, _| rollouts.iter().any(|r| r.id == *id));
                 for r in rollouts {
-                    if let Err(e) = advance(&ctx, &r, trust_offline).await {
-                        tracing::error!(rollout = r.id, error = %e, "advancing rollout failed");
+                    let prev = seen.remove(&r.id);
+                    match advance(&ctx, &r, prev, &reported, trust_offline).await {
+                        Ok(Some(next)) => {
+                            seen.insert(r.id, next);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(rollout = r.id, error = %e, "advancing rollout failed")
+                        }
                     }
                 }
             }
-            Err(e) => tracing::error!(error = %e, "reading rollouts failed"),
+            Err(e) => {
+                // The reports taken are not lost: every rollout is looked at whole.
+                seen.clear();
+                tracing::error!(error = %e, "reading rollouts failed");
+            }
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -204,66 +244,140 @@ fn nothing_took(hosts: &[RolloutHostRow]) -> bool {
 }
 
 /// One look at a rollout: admit its next step when due, or judge its
-/// admitted hosts and then halt it, move it on or mark it succeeded.
-async fn advance(ctx: &Ctx, r: &RolloutRow, trust_offline: bool) -> Result<(), StoreError> {
+/// admitted hosts and then halt it, move it on or mark it succeeded. What
+/// to remember for the next look (None: the next look is a full one).
+async fn advance(
+    ctx: &Ctx,
+    r: &RolloutRow,
+    prev: Option<Seen>,
+    reported: &HashSet<Reported>,
+    trust_offline: bool,
+) -> Result<Option<Seen>, StoreError> {
     let store = &ctx.store;
     let now = store::now();
     // A paused rollout, or one pausing between steps, admits nothing new.
     let admitting = r.step_started_at == 0;
     if admitting && (r.state != RolloutState::Running || r.next_step_at > now) {
-        return Ok(());
+        return Ok(None);
     }
-    let hosts = store.rollout_hosts(r.id).await?;
-    let reports: HashMap<String, FleetRow> = store
-        .fleet(&r.tenant, &r.app, &r.environment)
-        .await?
-        .into_iter()
-        .map(|f| (f.host.clone(), f))
-        .collect();
-    // A host with an open session is never offline, however stale its
-    // last_seen; without one, three missed heartbeats make it offline.
-    let is_offline = |h: &str| {
-        let connected = ctx.hub.connected(&r.tenant, h);
+    // A host with an open session is never offline, however long since it
+    // was heard from; without one, three missed heartbeats make it offline.
+    let is_offline = |h: &str, report: Option<&FleetRow>| {
         trust_offline
-            && reports.get(h).map_or(!connected, |f| {
-                fleet::offline(connected, f.last_seen, now, ctx.heartbeat_secs)
+            && report.map_or(!ctx.hub.connected(&r.tenant, h), |f| {
+                ctx.hub
+                    .offline(&r.tenant, h, f.last_seen, now, ctx.heartbeat_secs)
             })
     };
     if admitting {
-        // Hosts whose heartbeats lag while their session is up: judged
-        // online (logged, so a loaded controller shows in its log).
+        let hosts = store.rollout_hosts(r.id).await?;
+        let reports = fleet_by_host(store.fleet(&r.tenant, &r.app, &r.environment).await?);
+        // Hosts not heard from for three heartbeats while their session is
+        // up: judged online (logged, so a loaded controller shows in its log).
         let lagging = hosts
             .iter()
             .filter(|h| h.step == r.step && ctx.hub.connected(&r.tenant, &h.host))
             .filter(|h| {
-                reports
-                    .get(&h.host)
-                    .is_none_or(|f| fleet::offline(false, f.last_seen, now, ctx.heartbeat_secs))
+                let stored = reports.get(&h.host).map_or(0, |f| f.last_seen);
+                let seen = ctx.hub.last_seen(&r.tenant, &h.host, stored);
+                fleet::offline(false, seen, now, ctx.heartbeat_secs)
             })
             .count();
-        return admit(ctx, r, &hosts, is_offline, lagging).await;
+        admit(ctx, r, &hosts, |h| is_offline(h, reports.get(h)), lagging).await?;
+        return Ok(None);
     }
     // Paused or not, admitted hosts are judged and a failure halts.
-    let mut judged = false;
-    for h in hosts
-        .iter()
-        .filter(|h| h.admitted_at > 0 && h.outcome == HostOutcome::Pending)
-    {
-        let verdict = judge(r, h.step, reports.get(&h.host), is_offline(&h.host), now);
-        if let Some((outcome, reason)) = verdict {
-            tracing::info!(rollout = r.id, host = %h.host, %outcome, reason = %reason, "rollout host judged");
-            store
-                .set_host_outcome(r.id, &h.host, outcome, &reason)
-                .await?;
-            judged = true;
+    let timed_out = now - r.step_started_at > i64::from(r.strategy.batch_timeout_secs);
+    let prev = prev.filter(|p| p.mark == mark(r) && !timed_out);
+    let full = prev.is_none();
+    // Pending hosts without a session (for the offline rule), asked of the
+    // hub again only when a session ended since the last look.
+    let departures = ctx.hub.departures();
+    let absent_of = |pending: &HashMap<String, u32>| -> Vec<String> {
+        pending
+            .keys()
+            .filter(|h| !ctx.hub.connected(&r.tenant, h))
+            .cloned()
+            .collect()
+    };
+    let (mut pending, to_judge, reports, absent) = match prev {
+        Some(p) => {
+            let absent = if p.departures == departures {
+                p.absent
+            } else {
+                absent_of(&p.pending)
+            };
+            // The hosts that reported, and those without a session.
+            let mut names: Vec<String> = reported
+                .iter()
+                .filter(|(t, h, a)| *t == r.tenant && *a == r.app && p.pending.contains_key(h))
+                .map(|(_, h, _)| h.clone())
+                .collect();
+            if trust_offline {
+                let named: HashSet<&String> = names.iter().collect();
+                let more: Vec<String> = absent
+                    .iter()
+                    .filter(|h| p.pending.contains_key(*h) && !named.contains(h))
+                    .cloned()
+                    .collect();
+                names.extend(more);
+            }
+            let reports = if names.is_empty() {
+                HashMap::new()
+            } else {
+                fleet_by_host(
+                    store
+                        .fleet_hosts(&r.tenant, &r.app, &r.environment, &names)
+                        .await?,
+                )
+            };
+            (p.pending, names, reports, absent)
+        }
+        None => {
+            let pending: HashMap<String, u32> = store
+                .rollout_hosts(r.id)
+                .await?
+                .into_iter()
+                .filter(|h| h.admitted_at > 0 && h.outcome == HostOutcome::Pending)
+                .map(|h| (h.host, h.step))
+                .collect();
+            let names = pending.keys().cloned().collect();
+            let reports = fleet_by_host(store.fleet(&r.tenant, &r.app, &r.environment).await?);
+            let absent = absent_of(&pending);
+            (pending, names, reports, absent)
+        }
+    };
+    let mut verdicts = Vec::new();
+    for host in to_judge {
+        let Some(&step) = pending.get(&host) else {
+            continue;
+        };
+        let report = reports.get(&host);
+        if let Some((outcome, reason)) = judge(r, step, report, is_offline(&host, report), now) {
+            tracing::info!(rollout = r.id, host = %host, %outcome, reason = %reason, "rollout host judged");
+            pending.remove(&host);
+            verdicts.push((host, outcome, reason));
         }
     }
-    let hosts = if judged {
-        store.rollout_hosts(r.id).await?
-    } else {
-        hosts
-    };
-    conclude(ctx, r, &hosts, now).await
+    store.set_host_outcomes(r.id, &verdicts).await?;
+    if full || !verdicts.is_empty() {
+        conclude(ctx, r, now).await?;
+    }
+    let absent = absent
+        .into_iter()
+        .filter(|h| pending.contains_key(h))
+        .collect();
+    Ok(Some(Seen {
+        mark: mark(r),
+        pending,
+        absent,
+        departures,
+    }))
+}
+
+/// Reports by host name.
+fn fleet_by_host(rows: Vec<FleetRow>) -> HashMap<String, FleetRow> {
+    rows.into_iter().map(|f| (f.host.clone(), f)).collect()
 }
 
 /// Admits the rollout's current step and wakes the step's hosts, the only
@@ -295,19 +409,42 @@ async fn admit(
     Ok(())
 }
 
+/// The rollout's hosts counted: what `conclude` decides from.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    hosts: u64,
+    failed: u64,
+    canary_failed: bool,
+    /// Hosts of the current step not judged yet.
+    pending_in_step: u64,
+}
+
+fn tally(r: &RolloutRow, counts: &[(u32, HostOutcome, u64)]) -> Tally {
+    let mut t = Tally::default();
+    for &(step, outcome, n) in counts {
+        t.hosts += n;
+        if outcome.is_failure() {
+            t.failed += n;
+            t.canary_failed |= is_canary(r, step);
+        }
+        if step == r.step && outcome == HostOutcome::Pending {
+            t.pending_in_step += n;
+        }
+    }
+    t
+}
+
 /// After the judging: halt on a canary failure or past the threshold; once
 /// the step is judged (and the rollout running), the next step or, after the
-/// last, success (or a halt when every host it reached failed).
-async fn conclude(
-    ctx: &Ctx,
-    r: &RolloutRow,
-    hosts: &[RolloutHostRow],
-    now: i64,
-) -> Result<(), StoreError> {
-    let failed: Vec<&RolloutHostRow> = hosts.iter().filter(|h| h.outcome.is_failure()).collect();
-    let canary_failed = failed.iter().any(|h| is_canary(r, h.step));
-    if canary_failed || failed.len() > r.strategy.max_failures.tolerated_of(hosts.len()) {
-        let what = if canary_failed {
+/// last, success (or a halt when every host it reached failed). Decided from
+/// the counts; the hosts are read only to name them.
+async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError> {
+    let t = tally(r, &ctx.store.rollout_tally(r.id).await?);
+    if t.canary_failed || t.failed > r.strategy.max_failures.tolerated_of(t.hosts as usize) as u64 {
+        let hosts = ctx.store.rollout_hosts(r.id).await?;
+        let failed: Vec<&RolloutHostRow> =
+            hosts.iter().filter(|h| h.outcome.is_failure()).collect();
+        let what = if t.canary_failed {
             "canary failed"
         } else {
             "failure threshold crossed"
@@ -320,11 +457,7 @@ async fn conclude(
         );
         return halt(ctx, r, &reason).await;
     }
-    if r.state != RolloutState::Running
-        || hosts
-            .iter()
-            .any(|h| h.step == r.step && h.outcome == HostOutcome::Pending)
-    {
+    if r.state != RolloutState::Running || t.pending_in_step > 0 {
         return Ok(());
     }
     if r.step + 1 < r.steps {
@@ -337,7 +470,10 @@ async fn conclude(
         ctx.hub.rollouts_changed();
         return Ok(());
     }
-    if nothing_took(hosts) {
+    let hosts = ctx.store.rollout_hosts(r.id).await?;
+    if nothing_took(&hosts) {
+        let failed: Vec<&RolloutHostRow> =
+            hosts.iter().filter(|h| h.outcome.is_failure()).collect();
         let reason = format!(
             "every host it reached failed {}: {}",
             r.to_version,
@@ -346,7 +482,7 @@ async fn conclude(
         return halt(ctx, r, &reason).await;
     }
     // Success never hides the hosts it did not judge.
-    let skipped = skipped_note(hosts);
+    let skipped = skipped_note(&hosts);
     if ctx
         .store
         .transition_rollout(
@@ -497,10 +633,12 @@ mod tests {
                 .unwrap();
             report(&store, pool, host, "1", 0).await;
         }
+        let hub = Hub::new();
         Ctx {
+            reports: crate::reports::ReportWriter::spawn(store.clone(), hub.clone()),
             store,
             blobs: crate::blobs::BlobStore::open(&dir.join("blobs")).unwrap(),
-            hub: Hub::new(),
+            hub,
             ca: trust::pki::Ca::load_or_create(dir).unwrap(),
             directive_key: trust::sign::KeyPair::generate(),
             agent_cert_ttl: Duration::from_secs(60),
@@ -582,9 +720,14 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            advance(ctx, &r, true).await.unwrap();
+            look(ctx, &r).await;
         }
         outcomes(ctx, deployed.rollout_id).await
+    }
+
+    /// A full look at the rollout (as after a controller start).
+    async fn look(ctx: &Ctx, r: &RolloutRow) -> Option<Seen> {
+        advance(ctx, r, None, &HashSet::new(), true).await.unwrap()
     }
 
     async fn outcomes(ctx: &Ctx, id: i64) -> (RolloutRow, Vec<(String, HostOutcome)>) {
@@ -614,7 +757,7 @@ mod tests {
             "stale last_seen with an open session is not offline"
         );
         report(&ctx.store, &pool, "on", "2", r.generation).await;
-        advance(&ctx, &r, true).await.unwrap();
+        look(&ctx, &r).await;
         let (r, hosts) = outcomes(&ctx, r.id).await;
         assert_eq!(
             sorted(hosts),
@@ -637,7 +780,7 @@ mod tests {
             [("off".to_string(), Pending), ("on".to_string(), Pending)]
         );
         report(&ctx.store, &pool, "on", "2", r.generation).await;
-        advance(&ctx, &r, true).await.unwrap();
+        look(&ctx, &r).await;
         let (r, _) = outcomes(&ctx, r.id).await;
         assert_eq!(r.state, RolloutState::Running, "the step waits for off");
         let timed_out = RolloutRow {
@@ -649,6 +792,100 @@ mod tests {
             Some(Timeout),
             "an offline host waited for counts failed once the step times out"
         );
+    }
+
+    /// A look judges only the hosts that reported since the last one (the
+    /// others' rows are not even read); an engine without memory (a
+    /// restarted controller) looks at every host and finishes the rollout.
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_look_judges_the_hosts_that_reported_and_a_restart_judges_all(pool: SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = engine(&pool, dir.path()).await;
+        let web = vec!["web".to_string()];
+        let _on = ctx.hub.connect("default", "on", "preprod", &web);
+        let _off = ctx.hub.connect("default", "off", "preprod", &web);
+        let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
+        let seen = look(&ctx, &r).await;
+        assert!(seen.is_some(), "a judging look is remembered");
+        for host in ["on", "off"] {
+            report(&ctx.store, &pool, host, "2", r.generation).await;
+        }
+        let reported: HashSet<Reported> =
+            [("default".to_string(), "on".to_string(), "web".to_string())].into();
+        let seen = advance(&ctx, &r, seen, &reported, true).await.unwrap();
+        let (r, hosts) = outcomes(&ctx, r.id).await;
+        let of = |name: &str| hosts.iter().find(|(h, _)| h == name).map(|(_, o)| *o);
+        assert_eq!(of("on"), Some(HostOutcome::Healthy));
+        assert_eq!(
+            of("off"),
+            Some(HostOutcome::Pending),
+            "a host that did not report is not looked at"
+        );
+        assert!(seen.is_some_and(|s| s.pending.len() == 1 && s.pending.contains_key("off")));
+        // A restarted controller remembers nothing: it reads the store whole.
+        look(&ctx, &r).await;
+        let (r, hosts) = outcomes(&ctx, r.id).await;
+        assert!(
+            hosts.iter().all(|(_, o)| *o == HostOutcome::Healthy),
+            "{hosts:?}"
+        );
+        assert_eq!(r.state, RolloutState::Succeeded);
+    }
+
+    /// A look between reports still notices a pending host whose session
+    /// ended (to judge it by the offline rule on every look after), and asks
+    /// the hub about every pending host only when some session ended.
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_look_notices_a_pending_host_that_lost_its_session(pool: SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = engine(&pool, dir.path()).await;
+        let web = vec!["web".to_string()];
+        let _on = ctx.hub.connect("default", "on", "preprod", &web);
+        let off = ctx.hub.connect("default", "off", "preprod", &web);
+        let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
+        let none = HashSet::new();
+        let seen = look(&ctx, &r).await.unwrap();
+        assert!(seen.absent.is_empty());
+        let seen = advance(&ctx, &r, Some(seen), &none, true).await.unwrap();
+        assert!(seen.as_ref().is_some_and(|s| s.absent.is_empty()));
+        ctx.hub.disconnect("default", "off", off.id);
+        let seen = advance(&ctx, &r, seen, &none, true).await.unwrap().unwrap();
+        assert_eq!(seen.absent, ["off".to_string()]);
+        assert_eq!(
+            seen.pending.len(),
+            2,
+            "heard from a moment ago: not offline yet"
+        );
+    }
+
+    /// A host whose session ended is judged offline from when it was last
+    /// heard from, which heartbeats keep in memory only: before three
+    /// heartbeats have passed it is not offline whatever the store says,
+    /// after them it is.
+    #[sqlx::test(migrations = "../migrations/sqlite")]
+    async fn a_host_that_stops_heartbeating_is_judged_offline_from_memory(pool: SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = engine(&pool, dir.path()).await;
+        let web = vec!["web".to_string()];
+        let off = ctx.hub.connect("default", "off", "preprod", &web);
+        let now = store::now();
+        off.heard(now);
+        ctx.hub.disconnect("default", "off", off.id);
+        let stored = ctx.store.fleet("default", "web", "preprod").await.unwrap();
+        let stored = stored.iter().find(|f| f.host == "off").unwrap().last_seen;
+        assert_eq!(stored, 1, "the store was never told of the heartbeat");
+        let hb = ctx.heartbeat_secs;
+        let later = now + fleet::offline_after(hb) + 1;
+        assert!(!ctx.hub.offline("default", "off", stored, now, hb));
+        assert!(ctx.hub.offline("default", "off", stored, later, hb));
+        // Flushed: the store has it, memory lets it go, the verdicts stay.
+        crate::liveness::flush(&ctx).await;
+        let stored = ctx.store.fleet("default", "web", "preprod").await.unwrap();
+        let stored = stored.iter().find(|f| f.host == "off").unwrap().last_seen;
+        assert_eq!(stored, now);
+        assert_eq!(ctx.hub.last_heard("default", "off"), None);
+        assert!(!ctx.hub.offline("default", "off", stored, now, hb));
+        assert!(ctx.hub.offline("default", "off", stored, later, hb));
     }
 
     /// A host mid-deploy reporting the new digest with the health on file (an
@@ -665,7 +902,7 @@ mod tests {
         for host in ["on", "off"] {
             report_in(&ctx.store, &pool, host, "2", r.generation, 4).await;
         }
-        advance(&ctx, &r, true).await.unwrap();
+        look(&ctx, &r).await;
         let (r, hosts) = outcomes(&ctx, r.id).await;
         assert!(
             hosts.iter().all(|(_, o)| *o == HostOutcome::Pending),
@@ -674,7 +911,7 @@ mod tests {
         for host in ["on", "off"] {
             report_in(&ctx.store, &pool, host, "2", r.generation, 5).await;
         }
-        advance(&ctx, &r, true).await.unwrap();
+        look(&ctx, &r).await;
         let (r, _) = outcomes(&ctx, r.id).await;
         assert_eq!(r.state, RolloutState::Succeeded);
     }

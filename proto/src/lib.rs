@@ -1,5 +1,7 @@
 //! Slipway's wire protocol, generated from `proto/slipway/v1/slipway.proto`.
 
+pub mod codec;
+
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("slipway.v1");

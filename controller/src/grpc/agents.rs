@@ -286,12 +286,16 @@ impl Agents for AgentsService {
             return Err(Status::invalid_argument("a session must start with hello"));
         };
         let host = self.accept_hello(hello, id).await?;
-        // A host coming back may unblock a rollout step.
-        self.ctx.hub.rollouts_changed();
         let session = self
             .ctx
             .hub
             .connect(&host.tenant, &host.host, &host.environment, &host.apps);
+        // A host coming back may unblock a rollout step: its hello reported
+        // every app.
+        for app in &host.apps {
+            self.ctx.hub.host_reported(&host.tenant, &host.host, app);
+        }
+        self.ctx.hub.rollouts_changed();
         let session_id = session.id;
         tracing::info!(tenant = %host.tenant, host = %host.host, env = %host.environment, %peer, "agent connected");
 
@@ -316,7 +320,9 @@ impl Agents for AgentsService {
             'session: loop {
                 let scope = std::mem::take(&mut push);
                 if scope != Recompute::Nothing {
-                    match svc.changed_desired(&host, &sent, &scope).await {
+                    // Boxed: an idle session's task stays small (the
+                    // recompute's store futures live only while it runs).
+                    match Box::pin(svc.changed_desired(&host, &sent, &scope)).await {
                         Ok(apps) => {
                             for app in apps {
                                 let key = (app.version.clone(), app.generation);
@@ -348,10 +354,12 @@ impl Agents for AgentsService {
                                         tracing::warn!(host = %host.host, app = %report.app, "report for an app the host did not announce");
                                         continue;
                                     }
-                                    if let Err(e) = svc.ctx.store.record_report(&host.tenant, &host.host, &report).await {
-                                        tracing::error!(error = %e, "recording report failed");
+                                    session.heard(crate::store::now());
+                                    // Batched with other sessions' reports; the
+                                    // writer names the host to the engine.
+                                    if let Err(e) = svc.ctx.reports.record(&host.tenant, &host.host, report).await {
+                                        tracing::error!(host = %host.host, error = %e, "recording report failed");
                                     }
-                                    svc.ctx.hub.rollouts_changed();
                                 }
                                 Err(status) => {
                                     let _ = tx.send(Err(status)).await;
@@ -359,15 +367,12 @@ impl Agents for AgentsService {
                                 }
                             }
                         }
-                        Ok(Some(_)) => {
-                            if let Err(e) = svc.ctx.store.touch_host(&host.tenant, &host.host).await {
-                                tracing::error!(error = %e, "recording heartbeat failed");
-                            }
-                        }
+                        // A heartbeat: memory only; the hub batches last_seen.
+                        Ok(Some(_)) => session.heard(crate::store::now()),
                         Ok(None) | Err(_) => break,
                     },
                 }
-                if !svc.ctx.hub.is_current(&host.tenant, &host.host, session_id) {
+                if !session.is_current() {
                     tracing::info!(host = %host.host, "session replaced by a newer one");
                     break;
                 }

@@ -23,8 +23,9 @@ pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<Flee
     let states: Vec<(HostState, bool, bool)> = rows
         .iter()
         .map(|f| {
-            let connected = ctx.hub.connected(tenant, &f.host);
-            let offline = fleet::offline(connected, f.last_seen, now, ctx.heartbeat_secs);
+            let offline = ctx
+                .hub
+                .offline(tenant, &f.host, f.last_seen, now, ctx.heartbeat_secs);
             let drifted = f.drifted();
             let state = fleet::classify(&HostFacts {
                 desired_version: f.desired_version.as_deref().unwrap_or_default(),
@@ -63,8 +64,10 @@ pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<Flee
         rows: rows
             .into_iter()
             .zip(states)
-            .map(|(f, (state, offline, drifted))| {
+            .map(|(mut f, (state, offline, drifted))| {
                 let connected = ctx.hub.connected(tenant, &f.host);
+                // Heartbeats reach the store in batches: memory has the newest.
+                f.last_seen = ctx.hub.last_seen(tenant, &f.host, f.last_seen);
                 row_to_proto(f, state, offline, drifted, connected)
             })
             .collect(),

@@ -82,13 +82,15 @@ pub fn host_change(
 
 pub fn host_info(ctx: &Ctx, tenant: &str, h: HostRow, now: i64) -> HostInfo {
     let connected = ctx.hub.connected(tenant, &h.name);
+    // Heartbeats reach the store in batches: memory has the newest.
+    let last_seen = ctx.hub.last_seen(tenant, &h.name, h.last_seen);
     HostInfo {
-        offline: crate::fleet::offline(connected, h.last_seen, now, ctx.heartbeat_secs),
+        offline: crate::fleet::offline(connected, last_seen, now, ctx.heartbeat_secs),
         connected,
         name: h.name,
         environment: h.environment,
         agent_version: h.agent_version,
-        last_seen: h.last_seen,
+        last_seen,
         cert_fingerprint: h.cert_fingerprint,
         cert_not_after: h.cert_not_after,
         revoked_at: h.revoked_at.unwrap_or(0),

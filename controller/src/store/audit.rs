@@ -78,7 +78,7 @@ impl Store {
         .bind(sanitize::text(detail, MAX_DETAIL))
         .bind(sanitize::text(outcome, MAX_DETAIL))
         .bind(sanitize::text(peer, MAX_PEER))
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }

@@ -173,7 +173,7 @@ impl Store {
         env: &str,
         c: &EnvChange,
     ) -> Result<EnvPolicy> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO environments (tenant, name, production) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
         )
@@ -212,7 +212,7 @@ impl Store {
 
     /// Applies inventory changes to a host; false when there is no such host.
     pub async fn update_host(&self, tenant: &str, host: &str, c: &HostChange) -> Result<bool> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let Some(labels) = sqlx::query_scalar::<_, String>(
             "SELECT labels FROM hosts WHERE tenant = ? AND name = ?",
         )
@@ -275,7 +275,7 @@ impl Store {
             .bind(tenant)
             .bind(&h)
             .bind(app)
-            .execute(self.db())
+            .execute(self.writer())
             .await?;
             let first: Vec<&str> = r.drift.iter().take(3).map(String::as_str).collect();
             acked.push((h, format!("{} ({count} path(s))", first.join(", "))));
@@ -339,7 +339,7 @@ impl Store {
         .bind(env)
         .bind(labels_to_json(selector))
         .bind(super::now())
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }

@@ -81,27 +81,144 @@ impl Store {
         .bind(now())
         .bind(tenant)
         .bind(host)
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
 
-    pub async fn touch_host(&self, tenant: &str, host: &str) -> Result<()> {
-        sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
-            .bind(now())
-            .bind(tenant)
-            .bind(host)
-            .execute(self.db())
-            .await?;
+    /// Writes when hosts were last heard from, all in one statement: the
+    /// hub batches heartbeats in memory (`Hub::to_flush`) and a value never
+    /// moves back.
+    pub async fn record_last_seen(&self, seen: &[(String, String, i64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let rows = serde_json::to_string(seen).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "UPDATE hosts SET last_seen = MAX(hosts.last_seen, j.at)
+             FROM (SELECT json_extract(value, '$[0]') AS tenant, json_extract(value, '$[1]') AS name,
+                          json_extract(value, '$[2]') AS at FROM json_each(?)) AS j
+             WHERE hosts.tenant = j.tenant AND hosts.name = j.name",
+        )
+        .bind(rows)
+        .execute(self.writer())
+        .await?;
         Ok(())
     }
 
-    /// Records a host's report for one app (and that the host was seen).
+    /// Records a host's report for one app (that the host was heard from is
+    /// the hub's to batch).
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
-        let t = now();
-        let healthy = r.health == Health::Healthy;
-        sqlx::query(
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        write_report(&mut tx, tenant, host, r).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records many hosts' reports in one transaction: (tenant, host, report).
+    pub async fn record_reports(&self, reports: &[(String, String, HostAppReport)]) -> Result<()> {
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        for (tenant, host, r) in reports {
+            write_report(&mut tx, tenant, host, r).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets apps a host no longer runs (its config dropped them).
+    pub async fn retain_host_apps(&self, tenant: &str, host: &str, apps: &[String]) -> Result<()> {
+        let existing: Vec<String> =
+            sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = ? AND host = ?")
+                .bind(tenant)
+                .bind(host)
+                .fetch_all(self.db())
+                .await?;
+        for app in existing.iter().filter(|a| !apps.contains(a)) {
+            sqlx::query("DELETE FROM host_status WHERE tenant = ? AND host = ? AND app = ?")
+                .bind(tenant)
+                .bind(host)
+                .bind(app)
+                .execute(self.writer())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What every host placed on an app reports (hosts a selector leaves out
+    /// are not part of the app's fleet).
+    pub async fn fleet(&self, tenant: &str, app: &str, env: &str) -> Result<Vec<FleetRow>> {
+        self.fleet_of(tenant, app, env, None).await
+    }
+
+    /// `fleet`, of the named hosts only (the rollout engine judging the
+    /// hosts that reported).
+    pub async fn fleet_hosts(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        hosts: &[String],
+    ) -> Result<Vec<FleetRow>> {
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.fleet_of(tenant, app, env, Some(&json_list(hosts)))
+            .await
+    }
+
+    /// `fleet`, of the hosts in the JSON array `hosts` when given.
+    async fn fleet_of(
+        &self,
+        tenant: &str,
+        app: &str,
+        env: &str,
+        hosts: Option<&str>,
+    ) -> Result<Vec<FleetRow>> {
+        let placements = self.placements(tenant).await?;
+        let rows: Vec<FleetRow> = sqlx::query_as(
+            "SELECT s.host, h.environment, d.version AS desired_version,
+                    COALESCE(d.generation, 0) AS desired_generation, h.last_seen, h.labels,
+                    s.app, s.running_version, s.running_digest, s.state, s.health, s.health_reason, s.env_check,
+                    s.missing_env, s.last_error, s.failed_version, s.failed_digest, s.generation,
+                    s.healthy_since, s.drift, s.drift_count, s.drift_acked, s.drift_digest
+             FROM host_status s
+             JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
+             LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
+             WHERE s.tenant = ? AND (? = '' OR s.app = ?) AND (? = '' OR h.environment = ?)
+               AND h.revoked_at IS NULL
+               AND (? IS NULL OR s.host IN (SELECT value FROM json_each(?)))
+             ORDER BY s.app, h.environment, s.host",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(app)
+        .bind(env)
+        .bind(env)
+        .bind(hosts)
+        .bind(hosts)
+        .fetch_all(self.db())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|f| {
+                placements
+                    .get(&(f.report.app.clone(), f.environment.clone()))
+                    .is_none_or(|sel| crate::fleet::selector_matches(sel, &f.labels))
+            })
+            .collect())
+    }
+}
+
+/// Writes one host's report for one app inside the caller's transaction.
+async fn write_report(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    host: &str,
+    r: &HostAppReport,
+) -> Result<()> {
+    let t = now();
+    let healthy = r.health == Health::Healthy;
+    sqlx::query(
             "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
                 env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
                 healthy_since, drift, drift_count, drift_digest)
@@ -140,16 +257,10 @@ impl Store {
         .bind(&r.drift_digest)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE hosts SET last_seen = ? WHERE tenant = ? AND name = ?")
-            .bind(t)
-            .bind(tenant)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
-        if healthy && !r.running_digest.is_empty() {
-            // The release ran healthy in the host's environment: a rollback
-            // may go back to it.
-            sqlx::query(
+    if healthy && !r.running_digest.is_empty() {
+        // The release ran healthy in the host's environment: a rollback
+        // may go back to it.
+        sqlx::query(
                 "INSERT INTO healthy_releases (tenant, app, environment, manifest_digest, first_at)
                  SELECT h.tenant, ?, h.environment, ?, ? FROM hosts h WHERE h.tenant = ? AND h.name = ?
                  ON CONFLICT DO NOTHING",
@@ -161,63 +272,8 @@ impl Store {
             .bind(host)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
-
-    /// Forgets apps a host no longer runs (its config dropped them).
-    pub async fn retain_host_apps(&self, tenant: &str, host: &str, apps: &[String]) -> Result<()> {
-        let existing: Vec<String> =
-            sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = ? AND host = ?")
-                .bind(tenant)
-                .bind(host)
-                .fetch_all(self.db())
-                .await?;
-        for app in existing.iter().filter(|a| !apps.contains(a)) {
-            sqlx::query("DELETE FROM host_status WHERE tenant = ? AND host = ? AND app = ?")
-                .bind(tenant)
-                .bind(host)
-                .bind(app)
-                .execute(self.db())
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// What every host placed on an app reports (hosts a selector leaves out
-    /// are not part of the app's fleet).
-    pub async fn fleet(&self, tenant: &str, app: &str, env: &str) -> Result<Vec<FleetRow>> {
-        let placements = self.placements(tenant).await?;
-        let rows: Vec<FleetRow> = sqlx::query_as(
-            "SELECT s.host, h.environment, d.version AS desired_version,
-                    COALESCE(d.generation, 0) AS desired_generation, h.last_seen, h.labels,
-                    s.app, s.running_version, s.running_digest, s.state, s.health, s.health_reason, s.env_check,
-                    s.missing_env, s.last_error, s.failed_version, s.failed_digest, s.generation,
-                    s.healthy_since, s.drift, s.drift_count, s.drift_acked, s.drift_digest
-             FROM host_status s
-             JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
-             LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
-             WHERE s.tenant = ? AND (? = '' OR s.app = ?) AND (? = '' OR h.environment = ?)
-               AND h.revoked_at IS NULL
-             ORDER BY s.app, h.environment, s.host",
-        )
-        .bind(tenant)
-        .bind(app)
-        .bind(app)
-        .bind(env)
-        .bind(env)
-        .fetch_all(self.db())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|f| {
-                placements
-                    .get(&(f.report.app.clone(), f.environment.clone()))
-                    .is_none_or(|sel| crate::fleet::selector_matches(sel, &f.labels))
-            })
-            .collect())
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,6 +311,29 @@ mod tests {
         assert_eq!(f.report.generation, 3);
         assert!(f.healthy_since > 0);
         assert!(f.drifted());
+        // Batched heard-from times: one statement, never moving back.
+        s.add_host("default", "h2", "preprod", "j2", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        s.record_report("default", "h2", &report).await.unwrap();
+        let seen = |h: &str, at: i64| ("default".to_string(), h.to_string(), at);
+        s.record_last_seen(&[seen("h1", 500), seen("h2", 700), seen("nobody", 9)])
+            .await
+            .unwrap();
+        s.record_last_seen(&[seen("h1", 400)]).await.unwrap();
+        let last_seen = |rows: &[FleetRow]| -> Vec<(String, i64)> {
+            rows.iter().map(|f| (f.host.clone(), f.last_seen)).collect()
+        };
+        assert_eq!(
+            last_seen(&s.fleet("default", "web", "preprod").await.unwrap()),
+            [("h1".to_string(), 500), ("h2".to_string(), 700)]
+        );
+        let only = s
+            .fleet_hosts("default", "web", "preprod", &["h2".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(last_seen(&only), [("h2".to_string(), 700)]);
+        s.retain_host_apps("default", "h2", &[]).await.unwrap();
         s.retain_host_apps("default", "h1", &[]).await.unwrap();
         assert!(s.fleet("default", "", "").await.unwrap().is_empty());
     }

@@ -104,7 +104,7 @@ impl Store {
         .bind(digest)
         .bind(size as i64)
         .bind(now())
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -115,7 +115,7 @@ impl Store {
         sqlx::query("UPDATE blobs SET objects_key = ? WHERE digest = ?")
             .bind(key)
             .bind(digest)
-            .execute(self.db())
+            .execute(self.writer())
             .await?;
         Ok(())
     }
@@ -161,7 +161,7 @@ impl Store {
         r: &ReleaseRow,
         manifest: &[u8],
     ) -> Result<(ReleaseRow, bool)> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO apps (tenant, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         )
@@ -249,7 +249,7 @@ impl Store {
         version: &str,
         reason: &str,
     ) -> std::result::Result<Option<ReleaseRow>, YankRefused> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let desired: Vec<String> = sqlx::query_scalar(
             "SELECT environment FROM desired WHERE tenant = ? AND app = ? AND version = ? ORDER BY environment",
         )
@@ -284,7 +284,7 @@ impl Store {
         nonce: &str,
         expires_at: i64,
     ) -> Result<bool> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM rollback_nonces WHERE expires_at < ?")
             .bind(now())
             .execute(&mut *tx)

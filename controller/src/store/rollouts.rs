@@ -184,7 +184,7 @@ impl Store {
     /// plan is finished at once.
     pub async fn start_rollout(&self, n: &NewRollout<'_>) -> Result<Started> {
         let c = n.change;
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, from_version, from_generation, to_version, generation FROM rollouts
@@ -321,7 +321,7 @@ impl Store {
         state: RolloutState,
         reason: &str,
     ) -> Result<Option<u64>> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let Some(r) = rollout_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -445,7 +445,7 @@ impl Store {
     /// admitted too (they converge when back) but not waited for. False when
     /// the rollout is no longer running at that step (paused meanwhile).
     pub async fn admit_step(&self, id: i64, step: u32, offline: &[String]) -> Result<bool> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let t = now();
         let moved = sqlx::query(
             "UPDATE rollouts SET step_started_at = ?, next_step_at = 0, updated_at = ?
@@ -484,24 +484,46 @@ impl Store {
         Ok(true)
     }
 
-    pub async fn set_host_outcome(
+    /// Records the engine's verdicts on pending hosts, all in one
+    /// transaction: (host, outcome, reason).
+    pub async fn set_host_outcomes(
         &self,
         id: i64,
-        host: &str,
-        outcome: HostOutcome,
-        reason: &str,
+        verdicts: &[(String, HostOutcome, String)],
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ? AND outcome = ?",
-        )
-        .bind(outcome)
-        .bind(reason)
-        .bind(id)
-        .bind(host)
-        .bind(HostOutcome::Pending)
-        .execute(self.db())
-        .await?;
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        for (host, outcome, reason) in verdicts {
+            sqlx::query(
+                "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ? AND outcome = ?",
+            )
+            .bind(outcome)
+            .bind(reason)
+            .bind(id)
+            .bind(host)
+            .bind(HostOutcome::Pending)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// How many of the rollout's hosts ended how, per step: what the engine
+    /// concludes from without reading every host.
+    pub async fn rollout_tally(&self, id: i64) -> Result<Vec<(u32, HostOutcome, u64)>> {
+        let rows: Vec<(i64, HostOutcome, i64)> = sqlx::query_as(
+            "SELECT step, outcome, COUNT(*) FROM rollout_hosts WHERE rollout_id = ? GROUP BY step, outcome",
+        )
+        .bind(id)
+        .fetch_all(self.db())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(step, outcome, n)| (step as u32, outcome, n as u64))
+            .collect())
     }
 
     /// Moves a running rollout to its next step, admitted at `next_step_at`
@@ -516,7 +538,7 @@ impl Store {
         .bind(now())
         .bind(id)
         .bind(RolloutState::Running)
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -543,7 +565,7 @@ impl Store {
         for f in from {
             q = q.bind(*f);
         }
-        Ok(q.execute(self.db()).await?.rows_affected() == 1)
+        Ok(q.execute(self.writer()).await?.rows_affected() == 1)
     }
 
     /// A resumed rollout's current step restarts its clock (a pause does not
@@ -554,7 +576,7 @@ impl Store {
         )
         .bind(now())
         .bind(id)
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }

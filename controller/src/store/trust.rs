@@ -101,7 +101,7 @@ impl Store {
 
     /// A new tenant with the usual preprod and prod; false if it exists.
     pub async fn create_tenant(&self, name: &str) -> Result<bool> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let created = sqlx::query(
             "INSERT INTO tenants (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
@@ -137,7 +137,7 @@ impl Store {
         .bind(t.created_at)
         .bind(&t.created_by)
         .bind(t.expires_at)
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -152,7 +152,7 @@ impl Store {
         .bind(at)
         .bind(id)
         .bind(at - LAST_USED_RESOLUTION_SECS)
-        .execute(self.db())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -184,7 +184,7 @@ impl Store {
         .bind(tenant)
         .bind(id_or_name)
         .bind(id_or_name)
-        .execute(self.db())
+        .execute(self.writer())
         .await?
         .rows_affected())
     }
@@ -201,7 +201,7 @@ impl Store {
         expires_at: i64,
         created_by: &str,
     ) -> Result<()> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES (?, ?, ?, '', 0)
              ON CONFLICT (tenant, name) DO UPDATE SET environment = excluded.environment, revoked_at = NULL",
@@ -234,7 +234,7 @@ impl Store {
         secret_hash: &str,
         host: &str,
     ) -> Result<std::result::Result<(String, String), JoinRefused>> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<JoinTokenRow> = sqlx::query_as(
             "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
              FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = ?",
@@ -280,7 +280,7 @@ impl Store {
         fingerprint: &str,
         not_after: i64,
     ) -> Result<()> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES (?, ?, ?, ?, ?)")
             .bind(fingerprint)
             .bind(tenant)
@@ -323,7 +323,7 @@ impl Store {
 
     /// Revokes a host: its certificates and unused join tokens stop working.
     pub async fn revoke_host(&self, tenant: &str, host: &str) -> Result<bool> {
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query("UPDATE hosts SET revoked_at = ? WHERE tenant = ? AND name = ?")
             .bind(now())
             .bind(tenant)
@@ -355,7 +355,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(host)
-        .fetch_one(self.db())
+        .fetch_one(self.writer())
         .await?;
         Ok(seq as u64)
     }
@@ -379,7 +379,7 @@ impl Store {
             .bind(tenant)
             .bind(digest)
             .bind(now())
-            .execute(self.db())
+            .execute(self.writer())
             .await?;
         Ok(())
     }
