@@ -58,6 +58,7 @@ pub fn pair() -> (Feed, FollowReader) {
             shared,
             file: None,
             pos: 0,
+            unlinked: false,
         },
     )
 }
@@ -122,6 +123,8 @@ pub struct FollowReader {
     shared: Arc<Shared>,
     file: Option<File>,
     pos: u64,
+    /// The verified download was removed from the cache (once read whole).
+    unlinked: bool,
 }
 
 enum Next {
@@ -149,6 +152,13 @@ impl FollowReader {
                 Some(Ok(path)) => {
                     if self.file.is_none() {
                         self.file = Some(open_at(path, self.pos)?);
+                    }
+                    if !self.unlinked {
+                        // The reader is the download's last user: gone from
+                        // the cache now, its pages are never written back
+                        // (the unpack's `syncfs` flushes the tree, not this).
+                        self.unlinked = true;
+                        let _ = std::fs::remove_file(path);
                     }
                     return Ok(Next::ToEnd);
                 }

@@ -26,13 +26,123 @@ pub fn objects_key(order: &[(Digest, u64)]) -> String {
     h.finish().to_string()
 }
 
-/// Which of `digests` the tenant's store lacks.
-pub fn missing(objects: &BlobStore, digests: &[Digest]) -> Vec<Digest> {
+/// Objects of full packs being filed in the background, per tenant (a count
+/// per digest: two packs may hold one object). They count as present; a
+/// fetch of one waits until it is filed.
+static FILING: std::sync::LazyLock<std::sync::Mutex<HashMap<String, HashMap<Digest, u32>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn filing() -> std::sync::MutexGuard<'static, HashMap<String, HashMap<Digest, u32>>> {
+    FILING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pending(tenant: &str, digest: &Digest) -> bool {
+    filing().get(tenant).is_some_and(|m| m.contains_key(digest))
+}
+
+/// Which of `digests` the tenant's store lacks (objects being filed count as
+/// present).
+pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Digest> {
     digests
         .iter()
-        .filter(|d| !objects.exists(d))
+        .filter(|d| !objects.exists(d) && !pending(tenant, d))
         .cloned()
         .collect()
+}
+
+/// Waits (at most `limit`) until none of `digests` is still being filed;
+/// false when time ran out.
+pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let busy = {
+            let f = filing();
+            f.get(tenant)
+                .is_some_and(|m| digests.iter().any(|d| m.contains_key(d)))
+        };
+        if !busy {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Files the objects of `pack`, which claims to be a release's full pack
+/// (`order`, exactly), on a blocking thread after the call that stored it
+/// returns: the pack itself is durable, the objects are what deltas are made
+/// from. Until each is filed it counts as present (see [`missing`]). A pack
+/// that does not hold exactly `order` is moved aside (never served) and
+/// logged; publishing the release again repairs it.
+pub fn file_in_background(
+    blobs: &BlobStore,
+    objects: &BlobStore,
+    tenant: &str,
+    pack: Digest,
+    size: u64,
+    order: Vec<(Digest, u64)>,
+) {
+    {
+        let mut f = filing();
+        let m = f.entry(tenant.to_string()).or_default();
+        for (d, _) in &order {
+            *m.entry(d.clone()).or_default() += 1;
+        }
+    }
+    let (blobs, objects, tenant) = (blobs.clone(), objects.clone(), tenant.to_string());
+    tokio::task::spawn_blocking(move || {
+        let path = blobs.path(&pack);
+        let result = std::fs::File::open(&path)
+            .map_err(artifact::UnpackError::Read)
+            .and_then(|file| {
+                let mut sink = Filing {
+                    store: objects.clone(),
+                    order: Vec::new(),
+                };
+                read_pack(
+                    std::io::BufReader::with_capacity(256 * 1024, file),
+                    size,
+                    Expect::Exactly(&order),
+                    WINDOW_LOG_MAX,
+                    &mut sink,
+                )
+            });
+        match result {
+            Ok((n, _, _)) => {
+                tracing::info!(%tenant, %pack, objects = n, "full pack filed into the object store")
+            }
+            Err(e) => {
+                let to = blobs.root().join("corrupt").join(pack.hex());
+                let moved = std::fs::rename(&path, &to).is_ok();
+                tracing::error!(%tenant, %pack, error = %e, moved,
+                    "an uploaded full pack does not hold its release's objects: moved aside; publish the release again");
+            }
+        }
+        let mut f = filing();
+        if let Some(m) = f.get_mut(&tenant) {
+            for (d, _) in &order {
+                if let Some(n) = m.get_mut(d) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(d);
+                    }
+                }
+            }
+            if m.is_empty() {
+                f.remove(&tenant);
+            }
+        }
+    });
+}
+
+/// An uploaded pack once filed: its digest and size, and the objects it held
+/// in order.
+pub struct FiledPack {
+    pub pack: Digest,
+    pub size: u64,
+    pub held: Vec<(Digest, u64)>,
 }
 
 /// Files the objects of the uploaded packs (blobs of the tenant's) into the
@@ -43,9 +153,10 @@ pub fn missing(objects: &BlobStore, digests: &[Digest]) -> Vec<Digest> {
 pub async fn file_packs(
     blobs: &BlobStore,
     objects: &BlobStore,
+    tenant: &str,
     packs: Vec<(Digest, u64)>,
     manifest: &Manifest,
-) -> Result<Vec<(Digest, u64, Vec<(Digest, u64)>)>, ControllerError> {
+) -> Result<Vec<FiledPack>, ControllerError> {
     let allowed: HashMap<Digest, u64> = manifest.objects().into_iter().collect();
     let wanted: Vec<Digest> = allowed.keys().cloned().collect();
     let (blobs, objects2) = (blobs.clone(), objects.clone());
@@ -69,7 +180,11 @@ pub async fn file_packs(
                 &mut sink,
             )
             .map_err(|e| ControllerError::InvalidArgument(format!("object pack {pack}: {e}")))?;
-            out.push((pack, size, sink.order));
+            out.push(FiledPack {
+                pack,
+                size,
+                held: sink.order,
+            });
         }
         let root = objects2.path(&Digest::of(b""));
         if let Some(dir) = root.parent() {
@@ -80,8 +195,8 @@ pub async fn file_packs(
     })
     .await
     .map_err(|e| ControllerError::Internal(format!("filing objects: {e}")))??;
-    let objects = objects.clone();
-    let lacking = tokio::task::spawn_blocking(move || missing(&objects, &wanted))
+    let (objects, tenant) = (objects.clone(), tenant.to_string());
+    let lacking = tokio::task::spawn_blocking(move || missing(&objects, &tenant, &wanted))
         .await
         .map_err(|e| ControllerError::Internal(format!("checking objects: {e}")))?;
     if let Some(first) = lacking.first() {

@@ -27,10 +27,10 @@ fn release(dir: &Path, version: &str) -> PathBuf {
 fn fetch_line(agent: &Agent, version: &str) -> String {
     let log = std::fs::read_to_string(agent.app_dir().join("deploy.log")).unwrap();
     log.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["version"] == version && v["step"] == "fetch" && v["outcome"] == "ok")
+        .find(|v| v["version"] == version && v["step"] == "fetch" && v["outcome"] == "ok")
         .map(|v| v["detail"].as_str().unwrap_or_default().to_string())
-        .last()
         .unwrap_or_else(|| panic!("no fetch of {version} in the deploy log:\n{log}"))
 }
 

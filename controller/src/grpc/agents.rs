@@ -460,6 +460,12 @@ impl Agents for AgentsService {
             }
             order.push((digest, *size));
         }
+        let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
+        if !crate::objects::wait_filed(&id.tenant, &digests, Duration::from_secs(120)).await {
+            return Err(Status::unavailable(
+                "objects of this release are still being filed; try again",
+            ));
+        }
         let store = self
             .ctx
             .blobs

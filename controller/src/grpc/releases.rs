@@ -196,10 +196,12 @@ impl Releases for ReleasesService {
             .blobs
             .tenant_objects(&who.tenant)
             .map_err(ControllerError::from)?;
-        let missing =
-            tokio::task::spawn_blocking(move || crate::objects::missing(&objects, &digests))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+        let tenant = who.tenant.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            crate::objects::missing(&objects, &tenant, &digests)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(MissingObjectsResponse {
             missing: missing.iter().map(ToString::to_string).collect(),
         }))
@@ -556,7 +558,7 @@ impl ReleasesService {
         tenant: &str,
         manifest: &Manifest,
         packs: &[String],
-    ) -> Result<Vec<(Digest, u64, Vec<(Digest, u64)>)>, ControllerError> {
+    ) -> Result<Vec<crate::objects::FiledPack>, ControllerError> {
         let store = &self.ctx.store;
         let mut uploaded = Vec::with_capacity(packs.len());
         for p in packs.iter().take(MAX_PACKS + 1) {
@@ -579,7 +581,36 @@ impl ReleasesService {
             uploaded.push((digest, size));
         }
         let objects = self.ctx.blobs.tenant_objects(tenant)?;
-        crate::objects::file_packs(&self.ctx.blobs, &objects, uploaded, manifest).await
+        // One pack while the store has none of the objects: the publisher sent
+        // them all, in order — the release's full pack. It is durable as it
+        // is; its objects are filed in the background (publish does not wait
+        // for ~200 MiB of small files), counting as present meanwhile.
+        if let [(pack, size)] = uploaded.as_slice() {
+            let order = manifest.objects();
+            let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
+            let (store, who) = (objects.clone(), tenant.to_string());
+            let lacking = tokio::task::spawn_blocking(move || {
+                crate::objects::missing(&store, &who, &digests)
+            })
+            .await
+            .map_err(|e| ControllerError::Internal(format!("checking objects: {e}")))?;
+            if !order.is_empty() && lacking.len() == order.len() {
+                crate::objects::file_in_background(
+                    &self.ctx.blobs,
+                    &objects,
+                    tenant,
+                    pack.clone(),
+                    *size,
+                    order.clone(),
+                );
+                return Ok(vec![crate::objects::FiledPack {
+                    pack: pack.clone(),
+                    size: *size,
+                    held: order,
+                }]);
+            }
+        }
+        crate::objects::file_packs(&self.ctx.blobs, &objects, tenant, uploaded, manifest).await
     }
 
     /// A new format-2 release's full pack: an uploaded pack holding all its
@@ -589,16 +620,16 @@ impl ReleasesService {
         &self,
         tenant: &str,
         manifest: &Manifest,
-        filed: &[(Digest, u64, Vec<(Digest, u64)>)],
+        filed: &[crate::objects::FiledPack],
     ) -> Result<(String, u64), ControllerError> {
         let store = &self.ctx.store;
         let objects = self.ctx.blobs.tenant_objects(tenant)?;
         let order = manifest.objects();
         let key = crate::objects::objects_key(&order);
-        for (pack, size, held) in filed {
-            if *held == order {
-                store.set_objects_key(&pack.to_string(), &key).await?;
-                return Ok((pack.to_string(), *size));
+        for f in filed {
+            if f.held == order {
+                store.set_objects_key(&f.pack.to_string(), &key).await?;
+                return Ok((f.pack.to_string(), f.size));
             }
         }
         if let Some(found) = store.pack_with_objects(tenant, &key).await?
