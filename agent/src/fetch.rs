@@ -198,7 +198,8 @@ pub async fn fetch_objects(
     want: &[(Digest, u64)],
     feed: &Feed,
 ) -> Result<PathBuf, FetchError> {
-    let named = Digest::of(release.as_bytes());
+    // Errors name the release (a manifest digest, checked by the directive).
+    let named = Digest::parse(release).unwrap_or_else(|_| Digest::of(release.as_bytes()));
     let io = |path: &Path| {
         let (digest, path) = (named.clone(), path.to_path_buf());
         move |source| FetchError::Io {

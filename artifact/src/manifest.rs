@@ -382,6 +382,38 @@ fn check_link_target(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_manifest_compressed_against_a_kept_one_is_small_and_needs_that_one() {
+        let entry = |i: u32, body: &str| {
+            format!(
+                r#"{{"path":"lib/m{i:05}.py","kind":"file","mode":420,"size":{},"sha256":"{}"}}"#,
+                body.len(),
+                crate::Digest::of(body.as_bytes())
+            )
+        };
+        let tree = |changed: &str| {
+            let list: Vec<String> = (0..2000)
+                .map(|i| entry(i, if i == 7 { changed } else { "same" }))
+                .collect();
+            format!(r#"{{"entries":[{}]}}"#, list.join(",")).into_bytes()
+        };
+        let (old, new) = (tree("v1"), tree("v2"));
+        let alone = compress(&new, None).unwrap();
+        let delta = compress(&new, Some(&old)).unwrap();
+        assert!(
+            delta.len() * 20 < alone.len(),
+            "{} vs {}",
+            delta.len(),
+            alone.len()
+        );
+        assert_eq!(decompress(&delta, Some(&old), new.len()).unwrap(), new);
+        assert!(
+            decompress(&delta, None, new.len()).is_err(),
+            "the base is needed"
+        );
+        assert!(decompress(&alone, None, new.len() - 1).is_err(), "bounded");
+    }
+
     fn file(path: &str) -> Entry {
         Entry {
             path: path.into(),

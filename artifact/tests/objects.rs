@@ -64,6 +64,16 @@ fn offer(m: &Manifest, root: &Path) -> HashMap<Digest, LocalFile> {
         .collect()
 }
 
+/// Assembles `m` into `dest` from `pack` and the `local` files.
+fn install(
+    pack: &[u8],
+    m: &Manifest,
+    dest: &Path,
+    local: &HashMap<Digest, LocalFile>,
+) -> Result<artifact::assemble::Assembled, artifact::UnpackError> {
+    assemble(Some(pack), m, dest, local, &Limits::default(), || {})
+}
+
 fn same_tree(a: &Path, b: &Path) {
     for rel in [
         "bin/app",
@@ -93,7 +103,7 @@ fn a_fresh_host_assembles_the_tree_from_its_full_pack() {
     let dest = t.path().join("releases/1.0.0");
     fs::create_dir_all(dest.parent().unwrap()).unwrap();
     let none = HashMap::new();
-    let made = assemble(Some(&pack[..]), &m, &dest, &none, &Limits::default(), || {}).unwrap();
+    let made = install(&pack, &m, &dest, &none).unwrap();
     assert_eq!(made.from_pack, 3);
     assert_eq!(
         made.copied, 1,
@@ -113,15 +123,7 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
     fs::create_dir_all(&releases).unwrap();
     let none = HashMap::new();
     let full = pack_of(&m1, &v1, &m1.objects());
-    assemble(
-        Some(&full[..]),
-        &m1,
-        &releases.join("1"),
-        &none,
-        &Limits::default(),
-        || {},
-    )
-    .unwrap();
+    install(&full, &m1, &releases.join("1"), &none).unwrap();
 
     let local = offer(&m1, &releases.join("1"));
     let want = wanted(&m2, &local);
@@ -132,15 +134,7 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
         "the delta pack is small: {} bytes",
         delta.len()
     );
-    let made = assemble(
-        Some(&delta[..]),
-        &m2,
-        &releases.join("2"),
-        &local,
-        &Limits::default(),
-        || {},
-    )
-    .unwrap();
+    let made = install(&delta, &m2, &releases.join("2"), &local).unwrap();
     assert_eq!((made.from_pack, made.linked), (1, 2));
     same_tree(&v2, &releases.join("2"));
     let ino = |v: &str| {
@@ -162,29 +156,13 @@ fn a_local_file_edited_after_it_was_offered_is_not_linked() {
     fs::create_dir_all(&releases).unwrap();
     let full = pack_of(&m1, &v1, &m1.objects());
     let none = HashMap::new();
-    assemble(
-        Some(&full[..]),
-        &m1,
-        &releases.join("1"),
-        &none,
-        &Limits::default(),
-        || {},
-    )
-    .unwrap();
+    install(&full, &m1, &releases.join("1"), &none).unwrap();
     let local = offer(&m1, &releases.join("1"));
     // Edited in place by hand, same size, after the host checked it.
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(releases.join("1/lib/pkg/big.py"), vec![b'y'; 300_000]).unwrap();
     let delta = pack_of(&m2, &v2, &wanted(&m2, &local));
-    let err = assemble(
-        Some(&delta[..]),
-        &m2,
-        &releases.join("2"),
-        &local,
-        &Limits::default(),
-        || {},
-    )
-    .unwrap_err();
+    let err = install(&delta, &m2, &releases.join("2"), &local).unwrap_err();
     assert!(
         err.to_string()
             .contains("changed while it was being linked"),
@@ -216,15 +194,7 @@ fn packs_that_lie_are_refused_and_leave_nothing() {
         ("empty", Vec::new()),
     ];
     for (what, pack) in cases {
-        let err = assemble(
-            Some(&pack[..]),
-            &m,
-            &releases.join("1"),
-            &none,
-            &Limits::default(),
-            || {},
-        )
-        .unwrap_err();
+        let err = install(&pack, &m, &releases.join("1"), &none).unwrap_err();
         assert!(!releases.join("1").exists(), "{what}: {err}");
         assert_eq!(
             fs::read_dir(&releases).unwrap().count(),
@@ -247,15 +217,7 @@ fn packs_that_lie_are_refused_and_leave_nothing() {
         b.finish().unwrap();
     }
     let pack = zstd::encode_all(&tarball[..], 3).unwrap();
-    let err = assemble(
-        Some(&pack[..]),
-        &m,
-        &releases.join("1"),
-        &none,
-        &Limits::default(),
-        || {},
-    )
-    .unwrap_err();
+    let err = install(&pack, &m, &releases.join("1"), &none).unwrap_err();
     assert!(err.to_string().contains("content hashes to"), "{err}");
     assert_eq!(fs::read_dir(&releases).unwrap().count(), 0, "nothing left");
 }

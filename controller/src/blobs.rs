@@ -50,11 +50,17 @@ impl BlobStore {
         for dir in [root.join("sha256"), root.join("tmp"), root.join("corrupt")] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        // Leftovers of uploads cut off by a crash are never valid blobs.
-        let tmp = root.join("tmp");
-        if let Ok(entries) = std::fs::read_dir(&tmp) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
+        // Leftovers of uploads (and of objects being filed) cut off by a crash
+        // are never valid blobs.
+        let mut tmps = vec![root.join("tmp")];
+        if let Ok(tenants) = std::fs::read_dir(root.join("objects")) {
+            tmps.extend(tenants.flatten().map(|t| t.path().join("tmp")));
+        }
+        for tmp in tmps {
+            if let Ok(entries) = std::fs::read_dir(&tmp) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         Ok(Self {

@@ -206,3 +206,24 @@ fn a_host_is_refused_objects_of_releases_it_does_not_run() {
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     });
 }
+
+#[test]
+fn objects_the_controller_lost_are_filed_again_from_the_full_pack() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    publish_dir(&c, &release(t.path(), "1.0.0"), "1.0.0");
+    deploy(&c, &agent, "1.0.0");
+    publish_dir(&c, &release(t.path(), "1.0.1"), "1.0.1");
+    // A controller stopped while it filed objects: the changed file's object
+    // is not in the store, only in the release's full pack.
+    let conf = std::fs::read(t.path().join("release-1.0.1/sample.conf")).unwrap();
+    let object = c
+        .data_dir
+        .join("blobs/objects/default/sha256")
+        .join(artifact::Digest::of(&conf).hex());
+    std::fs::remove_file(&object).unwrap();
+    deploy(&c, &agent, "1.0.1");
+    assert!(fetch_line(&agent, "1.0.1").starts_with("1 of "));
+    assert_eq!(std::fs::read(&object).unwrap(), conf, "filed again");
+}

@@ -194,7 +194,7 @@ impl ControllerFetch {
             return DeployError::Transient(format!("fetch objects: {}", status.message()));
         }
         DeployError::Fetch(crate::fetch::FetchError::GaveUp {
-            digest: Digest::of(release.as_bytes()),
+            digest: Digest::parse(release).unwrap_or_else(|_| Digest::of(release.as_bytes())),
             attempts: 1,
             message: format!("objects of {release}: {}", status.message()),
         })

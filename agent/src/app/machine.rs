@@ -242,7 +242,7 @@ impl AppRunner {
         match p.step {
             Step::Verify => self.verify(p, w).await,
             Step::Fetch => self.fetch_blob(p, w).await,
-            Step::Unpack => self.unpack(p, w).await,
+            Step::Unpack => self.unpack(w).await,
             Step::Prepare => self.prepare(p, w).await,
             Step::Stop => self.stop_running(p).await,
             Step::Flip => {

@@ -112,14 +112,14 @@ impl AppRunner {
                         .fetch_objects(&self.paths.cache, &release, &want, &feed)
                         .await
                 }
-                Plan::Nothing => Ok(self.paths.cache.clone()),
+                Plan::Nothing => return Ok(None),
             };
             feed.finish(
                 r.as_ref()
                     .map(Clone::clone)
                     .map_err(|e| crate::follow::Stopped(e.to_string())),
             );
-            r
+            r.map(Some)
         };
         let paths = &self.paths;
         let linked = local.len();
@@ -138,7 +138,7 @@ impl AppRunner {
             f = &mut fetching => (f, unpacking.await),
             u = &mut unpacking => match u {
                 // Refused mid-stream: the rest of the blob is not worth fetching.
-                Err(e) => (Ok(self.paths.cache.clone()), Err(e)),
+                Err(e) => (Ok(None), Err(e)),
                 Ok(dir) => (fetching.await, Ok(dir)),
             },
         };
@@ -153,10 +153,9 @@ impl AppRunner {
                 d.blob
             )));
         }
-        let fetched = fetched?;
         // Once unpacked (or refused) the download has served its purpose: the
         // cache only ever holds what is being installed.
-        if plan != Plan::Nothing {
+        if let Some(fetched) = fetched? {
             let _ = std::fs::remove_file(&fetched);
         }
         unpacked?;
@@ -232,11 +231,7 @@ impl AppRunner {
     }
 
     /// Records the tree the fetch unpacked as installed.
-    pub(super) async fn unpack(
-        &mut self,
-        _p: &mut Progress,
-        w: &mut Work,
-    ) -> Result<Outcome, DeployError> {
+    pub(super) async fn unpack(&mut self, w: &mut Work) -> Result<Outcome, DeployError> {
         let Some(d) = w.directive.as_ref().filter(|_| w.unpacked) else {
             return Err(DeployError::Transient(
                 "unpack without a fetched release".into(),

@@ -433,7 +433,7 @@ impl Agents for AgentsService {
     ) -> Result<Response<Self::FetchObjectsStream>, Status> {
         let id = auth::agent(&self.ctx, &req).await?;
         let req = req.into_inner();
-        let manifest = self.release_for_host(&id, &req.manifest_digest).await?;
+        let (manifest, full_pack) = self.release_for_host(&id, &req.manifest_digest).await?;
         let objects: HashMap<Digest, u64> = manifest.objects().into_iter().collect();
         if req.digests.len() > objects.len() {
             return Err(Status::invalid_argument(format!(
@@ -461,16 +461,30 @@ impl Agents for AgentsService {
             order.push((digest, *size));
         }
         let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
-        if !crate::objects::wait_filed(&id.tenant, &digests, Duration::from_secs(120)).await {
-            return Err(Status::unavailable(
-                "objects of this release are still being filed; try again",
-            ));
-        }
         let store = self
             .ctx
             .blobs
             .tenant_objects(&id.tenant)
             .map_err(ControllerError::from)?;
+        // Objects a controller stopped mid-way never filed: the release's full
+        // pack holds them all, so it is filed (again) and the fetch waits.
+        let lacking = !crate::objects::missing(&store, &id.tenant, &digests).is_empty();
+        if let Some((pack, size)) = full_pack.filter(|(p, _)| lacking && self.ctx.blobs.exists(p)) {
+            tracing::warn!(tenant = %id.tenant, release = %req.manifest_digest, "objects missing from the store: filing them from the release's full pack");
+            crate::objects::file_in_background(
+                &self.ctx.blobs,
+                &store,
+                &id.tenant,
+                pack,
+                size,
+                manifest.objects(),
+            );
+        }
+        if !crate::objects::wait_filed(&id.tenant, &digests, Duration::from_secs(120)).await {
+            return Err(Status::unavailable(
+                "objects of this release are still being filed; try again",
+            ));
+        }
         let chunks = crate::objects::stream_pack(store, order, proto::CHUNK_BYTES);
         let stream = ReceiverStream::new(chunks).map(|c| match c {
             Ok(data) => Ok(BlobChunk { data }),
@@ -489,7 +503,7 @@ impl Agents for AgentsService {
     ) -> Result<Response<FetchManifestResponse>, Status> {
         let id = auth::agent(&self.ctx, &req).await?;
         let req = req.into_inner();
-        let (_, bytes) = self.release_bytes_for_host(&id, &req.digest).await?;
+        let (_, bytes, _, _) = self.release_bytes_for_host(&id, &req.digest).await?;
         // The base is used only if this host may read it too.
         let base = match req.base_digest.as_str() {
             "" => None,
@@ -497,7 +511,7 @@ impl Agents for AgentsService {
                 .release_bytes_for_host(&id, b)
                 .await
                 .ok()
-                .map(|(_, m)| m),
+                .map(|(_, m, _, _)| m),
         };
         let size = bytes.len() as u64;
         let used = base.is_some();
@@ -525,44 +539,50 @@ impl Agents for AgentsService {
 }
 
 impl AgentsService {
-    /// A release's app and manifest bytes, if the calling host may read it:
-    /// a release of its tenant, of an app its session runs. Anything else is
-    /// refused the same way whether or not it exists.
+    /// A release's app, manifest bytes and blob, if the calling host may read
+    /// it: a release of its tenant, of an app its session runs. Anything else
+    /// is refused the same way whether or not it exists.
     async fn release_bytes_for_host(
         &self,
         id: &AgentId,
         manifest_digest: &str,
-    ) -> Result<(String, Vec<u8>), Status> {
+    ) -> Result<(String, Vec<u8>, String, i64), Status> {
         let refused = || {
             Status::permission_denied(format!(
                 "release {manifest_digest} is not one this host runs"
             ))
         };
-        let (app, bytes) = self
+        let row = self
             .ctx
             .store
             .release_manifest(&id.tenant, manifest_digest)
             .await
             .map_err(ControllerError::from)?
             .ok_or_else(refused)?;
-        if !self.ctx.hub.runs(&id.tenant, &id.host, &app) {
+        if !self.ctx.hub.runs(&id.tenant, &id.host, &row.0) {
             return Err(refused());
         }
-        Ok((app, bytes))
+        Ok(row)
     }
 
+    /// The release's manifest, parsed, and (format 2) its full pack.
     async fn release_for_host(
         &self,
         id: &AgentId,
         manifest_digest: &str,
-    ) -> Result<artifact::Manifest, Status> {
-        let (_, bytes) = self.release_bytes_for_host(id, manifest_digest).await?;
-        artifact::Manifest::from_canonical_bytes(
+    ) -> Result<(artifact::Manifest, Option<(Digest, u64)>), Status> {
+        let (_, bytes, blob, size) = self.release_bytes_for_host(id, manifest_digest).await?;
+        let manifest = artifact::Manifest::from_canonical_bytes(
             &bytes,
             artifact::unpack::MAX_ENTRIES,
             artifact::unpack::MAX_TOTAL_BYTES,
         )
-        .map_err(|e| Status::internal(format!("stored manifest: {e}")))
+        .map_err(|e| Status::internal(format!("stored manifest: {e}")))?;
+        let full_pack = match (&manifest.blob, Digest::parse(&blob)) {
+            (None, Ok(d)) => Some((d, size as u64)),
+            _ => None,
+        };
+        Ok((manifest, full_pack))
     }
 }
 

@@ -137,15 +137,16 @@ impl Store {
         Ok(row.map(|(d, s)| (d, s as u64)))
     }
 
-    /// The tenant's release named by its manifest digest: its app and
-    /// canonical manifest bytes.
+    /// The tenant's release named by its manifest digest: its app, canonical
+    /// manifest bytes, and its blob (for format 2, its full pack) with size.
     pub async fn release_manifest(
         &self,
         tenant: &str,
         manifest_digest: &str,
-    ) -> Result<Option<(String, Vec<u8>)>> {
+    ) -> Result<Option<(String, Vec<u8>, String, i64)>> {
         Ok(sqlx::query_as(
-            "SELECT app, manifest FROM releases WHERE tenant = ? AND manifest_digest = ? LIMIT 1",
+            "SELECT app, manifest, blob_digest, blob_size FROM releases
+             WHERE tenant = ? AND manifest_digest = ? LIMIT 1",
         )
         .bind(tenant)
         .bind(manifest_digest)
