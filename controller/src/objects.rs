@@ -26,22 +26,49 @@ pub fn objects_key(order: &[(Digest, u64)]) -> String {
     h.finish().to_string()
 }
 
-/// Objects of full packs being filed in the background, per tenant (a count
-/// per digest: two packs may hold one object). They count as present; a
-/// fetch of one waits until it is filed.
-static FILING: std::sync::LazyLock<std::sync::Mutex<HashMap<String, HashMap<Digest, u32>>>> =
+/// Full packs whose objects are not filed yet, per tenant: the objects they
+/// hold (a count per digest: two packs may hold one object), which count as
+/// present, and the filings not started yet. A first publish's objects are
+/// filed only once something needs them — the tenant's next `MissingObjects`
+/// (a publish that may build on them), a fetch of some of them, or a pack
+/// built from them — so the ~10k small files of a first release are not
+/// written while its first hosts install it.
+#[derive(Default)]
+struct Filings {
+    pending: HashMap<String, HashMap<Digest, u32>>,
+    deferred: HashMap<String, Vec<Filing>>,
+}
+
+/// One full pack to file into a tenant's object store.
+struct Filing {
+    blobs: BlobStore,
+    objects: BlobStore,
+    tenant: String,
+    pack: Digest,
+    size: u64,
+    order: Vec<(Digest, u64)>,
+}
+
+/// Deferred filings of one tenant past this many start at once (a client
+/// that uploads full packs and never asks what is missing holds no more).
+const MAX_DEFERRED: usize = 4;
+
+static FILINGS: std::sync::LazyLock<std::sync::Mutex<Filings>> =
     std::sync::LazyLock::new(Default::default);
 
-fn filing() -> std::sync::MutexGuard<'static, HashMap<String, HashMap<Digest, u32>>> {
-    FILING.lock().unwrap_or_else(|e| e.into_inner())
+fn filings() -> std::sync::MutexGuard<'static, Filings> {
+    FILINGS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn pending(tenant: &str, digest: &Digest) -> bool {
-    filing().get(tenant).is_some_and(|m| m.contains_key(digest))
+    filings()
+        .pending
+        .get(tenant)
+        .is_some_and(|m| m.contains_key(digest))
 }
 
-/// Which of `digests` the tenant's store lacks (objects being filed count as
-/// present).
+/// Which of `digests` the tenant's store lacks (objects of a full pack not
+/// filed yet count as present).
 pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Digest> {
     digests
         .iter()
@@ -50,14 +77,17 @@ pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Dig
         .collect()
 }
 
-/// Waits (at most `limit`) until none of `digests` is still being filed;
-/// false when time ran out.
+/// Starts filing the tenant's deferred full packs, then waits (at most
+/// `limit`) until none of `digests` is still being filed; false when time
+/// ran out.
 pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Duration) -> bool {
+    start_filing(tenant);
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let busy = {
-            let f = filing();
-            f.get(tenant)
+            let f = filings();
+            f.pending
+                .get(tenant)
                 .is_some_and(|m| digests.iter().any(|d| m.contains_key(d)))
         };
         if !busy {
@@ -70,12 +100,41 @@ pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Dura
     }
 }
 
-/// Files the objects of `pack`, which claims to be a release's full pack
-/// (`order`, exactly), on a blocking thread after the call that stored it
-/// returns: the pack itself is durable, the objects are what deltas are made
-/// from. Until each is filed it counts as present (see [`missing`]). A pack
-/// that does not hold exactly `order` is moved aside (never served) and
-/// logged; publishing the release again repairs it.
+/// Records that the objects of `pack`, which claims to be a release's full
+/// pack (`order`, exactly), are to be filed: they count as present from now
+/// on (see [`missing`]), and are filed when the tenant next needs them (see
+/// [`Filings`]). The pack itself is durable: it is what a fresh host fetches.
+pub fn defer_filing(
+    blobs: &BlobStore,
+    objects: &BlobStore,
+    tenant: &str,
+    pack: Digest,
+    size: u64,
+    order: Vec<(Digest, u64)>,
+) {
+    let start_now = {
+        let mut f = filings();
+        let m = f.pending.entry(tenant.to_string()).or_default();
+        for (d, _) in &order {
+            *m.entry(d.clone()).or_default() += 1;
+        }
+        let queue = f.deferred.entry(tenant.to_string()).or_default();
+        queue.push(Filing {
+            blobs: blobs.clone(),
+            objects: objects.clone(),
+            tenant: tenant.to_string(),
+            pack,
+            size,
+            order,
+        });
+        queue.len() > MAX_DEFERRED
+    };
+    if start_now {
+        start_filing(tenant);
+    }
+}
+
+/// [`defer_filing`], started at once.
 pub fn file_in_background(
     blobs: &BlobStore,
     objects: &BlobStore,
@@ -84,20 +143,35 @@ pub fn file_in_background(
     size: u64,
     order: Vec<(Digest, u64)>,
 ) {
-    {
-        let mut f = filing();
-        let m = f.entry(tenant.to_string()).or_default();
-        for (d, _) in &order {
-            *m.entry(d.clone()).or_default() += 1;
-        }
+    defer_filing(blobs, objects, tenant, pack, size, order);
+    start_filing(tenant);
+}
+
+/// Files the tenant's deferred full packs, each on a blocking thread. A pack
+/// that does not hold exactly its release's objects is moved aside (never
+/// served) and logged; publishing the release again repairs it.
+pub fn start_filing(tenant: &str) {
+    let jobs = filings().deferred.remove(tenant).unwrap_or_default();
+    for job in jobs {
+        tokio::task::spawn_blocking(move || job.run());
     }
-    let (blobs, objects, tenant) = (blobs.clone(), objects.clone(), tenant.to_string());
-    tokio::task::spawn_blocking(move || {
+}
+
+impl Filing {
+    fn run(self) {
+        let Filing {
+            blobs,
+            objects,
+            tenant,
+            pack,
+            size,
+            order,
+        } = self;
         let path = blobs.path(&pack);
         let result = std::fs::File::open(&path)
             .map_err(artifact::UnpackError::Read)
             .and_then(|file| {
-                let mut sink = Filing {
+                let mut sink = Filer {
                     store: objects.clone(),
                     order: Vec::new(),
                 };
@@ -120,8 +194,8 @@ pub fn file_in_background(
                     "an uploaded full pack does not hold its release's objects: moved aside; publish the release again");
             }
         }
-        let mut f = filing();
-        if let Some(m) = f.get_mut(&tenant) {
+        let mut f = filings();
+        if let Some(m) = f.pending.get_mut(&tenant) {
             for (d, _) in &order {
                 if let Some(n) = m.get_mut(d) {
                     *n -= 1;
@@ -131,10 +205,10 @@ pub fn file_in_background(
                 }
             }
             if m.is_empty() {
-                f.remove(&tenant);
+                f.pending.remove(&tenant);
             }
         }
-    });
+    }
 }
 
 /// An uploaded pack once filed: its digest and size, and the objects it held
@@ -168,7 +242,7 @@ pub async fn file_packs(
                 path: path.clone(),
                 source: e,
             })?;
-            let mut sink = Filing {
+            let mut sink = Filer {
                 store: objects2.clone(),
                 order: Vec::new(),
             };
@@ -210,12 +284,12 @@ pub async fn file_packs(
 
 /// Writes each object to a temp file of the store, renamed to its name once
 /// it checked out (an object already there is kept as it is).
-struct Filing {
+struct Filer {
     store: BlobStore,
     order: Vec<(Digest, u64)>,
 }
 
-impl ObjectSink for Filing {
+impl ObjectSink for Filer {
     type Out = tempfile::NamedTempFile;
     fn begin(&mut self, _: &Digest, _: u64) -> io::Result<Self::Out> {
         tempfile::NamedTempFile::new_in(self.store.tmp_dir())
@@ -247,9 +321,10 @@ pub async fn build_pack(
             source: e,
         })?;
         let out = std::io::BufWriter::new(tmp);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        // One worker: every worker holds its own zstd job buffers (two took
+        // a controller from ~25 to ~78 MiB), and this runs beside serving.
         let (out, digest, size) =
-            write_pack(&order, |d| Some(objects.path(d)), out, cores, Check::Digest)
+            write_pack(&order, |d| Some(objects.path(d)), out, 1, Check::Digest)
                 .map_err(|e| ControllerError::Internal(format!("build the release's pack: {e}")))?;
         let tmp = out
             .into_inner()

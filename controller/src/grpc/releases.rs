@@ -22,6 +22,9 @@ pub const MAX_DIGESTS_PER_QUERY: usize = 1024;
 pub const MAX_PACKS: usize = 16;
 /// Unpacked content a release may describe.
 pub const MAX_CONTENT_BYTES: u64 = artifact::unpack::MAX_TOTAL_BYTES;
+/// Longest a publish waits for an earlier release's objects to be filed
+/// before building its full pack from them.
+const FILING_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct ReleasesService {
     pub ctx: SharedCtx,
@@ -202,6 +205,9 @@ impl Releases for ReleasesService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
+        // A publish that may build on the tenant's objects is coming: file
+        // what earlier full packs hold while it packs and uploads.
+        crate::objects::start_filing(&who.tenant);
         Ok(Response::new(MissingObjectsResponse {
             missing: missing.iter().map(ToString::to_string).collect(),
         }))
@@ -583,8 +589,9 @@ impl ReleasesService {
         let objects = self.ctx.blobs.tenant_objects(tenant)?;
         // One pack while the store has none of the objects: the publisher sent
         // them all, in order — the release's full pack. It is durable as it
-        // is; its objects are filed in the background (publish does not wait
-        // for ~200 MiB of small files), counting as present meanwhile.
+        // is; its objects count as present and are filed once something
+        // needs them (publish does not wait for ~200 MiB of small files, and
+        // the release's first hosts do not install beside that filing).
         if let [(pack, size)] = uploaded.as_slice() {
             let order = manifest.objects();
             let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
@@ -595,7 +602,7 @@ impl ReleasesService {
             .await
             .map_err(|e| ControllerError::Internal(format!("checking objects: {e}")))?;
             if !order.is_empty() && lacking.len() == order.len() {
-                crate::objects::file_in_background(
+                crate::objects::defer_filing(
                     &self.ctx.blobs,
                     &objects,
                     tenant,
@@ -637,6 +644,12 @@ impl ReleasesService {
         {
             return Ok(found);
         }
+        let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
+        if !crate::objects::wait_filed(tenant, &digests, FILING_WAIT).await {
+            return Err(ControllerError::FailedPrecondition(
+                "objects of an earlier release are still being filed; publish again".into(),
+            ));
+        }
         let (digest, size) = crate::objects::build_pack(&self.ctx.blobs, &objects, order).await?;
         let name = digest.to_string();
         store.insert_blob(&name, size).await?;
@@ -662,13 +675,6 @@ impl ReleasesService {
             Some(_) => Vec::new(),
             None => self.file_objects(tenant, manifest, packs).await?,
         };
-        if let Some(existing) = store
-            .release(tenant, &manifest.app, &manifest.version)
-            .await?
-            && existing.manifest_digest == manifest.digest().to_string()
-        {
-            return Ok((existing, true));
-        }
         if let Some(existing) = store
             .release(tenant, &manifest.app, &manifest.version)
             .await?
