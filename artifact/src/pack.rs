@@ -179,15 +179,18 @@ pub fn pack_dir_with<W: Write>(src: &Path, out: W, workers: u32) -> Result<PackO
 
 /// A deterministic tar builder over a zstd encoder (level 3, checksummed,
 /// `workers` threads) over a hashing writer: what every Slipway archive is.
+/// From one worker on, the bytes do not depend on the count; `0` compresses
+/// on the calling thread with a few MiB of buffers instead of each worker's
+/// ~40 MiB of job buffers (other bytes, same content).
 pub(crate) fn tar_zstd<W: Write>(
     out: W,
     workers: u32,
 ) -> Result<tar::Builder<zstd::stream::Encoder<'static, HashingWriter<W>>>, PackError> {
     let hashing = HashingWriter::new(out);
     let mut encoder = zstd::stream::Encoder::new(hashing, ZSTD_LEVEL).map_err(PackError::Write)?;
-    encoder
-        .multithread(workers.max(1))
-        .map_err(PackError::Write)?;
+    if workers > 0 {
+        encoder.multithread(workers).map_err(PackError::Write)?;
+    }
     encoder.include_checksum(true).map_err(PackError::Write)?;
     encoder
         .include_contentsize(false)

@@ -321,10 +321,11 @@ pub async fn build_pack(
             source: e,
         })?;
         let out = std::io::BufWriter::new(tmp);
-        // One worker: every worker holds its own zstd job buffers (two took
-        // a controller from ~25 to ~78 MiB), and this runs beside serving.
+        // Compressed on this thread: a zstd worker holds ~40 MiB of job
+        // buffers (two took a controller from ~25 to ~78 MiB), and this runs
+        // beside serving.
         let (out, digest, size) =
-            write_pack(&order, |d| Some(objects.path(d)), out, 1, Check::Digest)
+            write_pack(&order, |d| Some(objects.path(d)), out, 0, Check::Digest)
                 .map_err(|e| ControllerError::Internal(format!("build the release's pack: {e}")))?;
         let tmp = out
             .into_inner()
@@ -361,8 +362,9 @@ pub fn stream_pack(
             buf: Vec::with_capacity(chunk),
             chunk,
         };
-        // One worker: many hosts may fetch at once; each stream is small.
-        match write_pack(&order, |d| Some(objects.path(d)), writer, 1, Check::Digest) {
+        // Compressed on this thread, with a few MiB of buffers: many hosts
+        // may fetch at once (a zstd worker would hold ~40 MiB each).
+        match write_pack(&order, |d| Some(objects.path(d)), writer, 0, Check::Digest) {
             Ok((mut w, _, _)) => {
                 let _ = w.send();
             }
