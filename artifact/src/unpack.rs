@@ -140,7 +140,7 @@ pub(crate) fn build_beside(
         .mode(0o700)
         .create(&tmp)
         .map_err(write_err(&tmp))?;
-    let result = fill(&tmp).and_then(|()| {
+    let result = with_writeback(&tmp, || fill(&tmp)).and_then(|()| {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(write_err(&tmp))?;
         // Every byte of the tree reaches the disk before its name appears.
         sync_filesystem(&tmp)?;
@@ -152,6 +152,33 @@ pub(crate) fn build_beside(
         let _ = fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// How often [`with_writeback`] starts the disk on what was written.
+const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs `build` while a thread `syncfs`es the filesystem of `dir` every
+/// [`WRITEBACK_EVERY`]: the tree goes to disk while it is still being
+/// written (the kernel would otherwise hold it all dirty until the final
+/// sync), so the sync before the rename waits for little more than the last
+/// moments' writes. Durability still rests on that final sync alone.
+fn with_writeback<T>(dir: &Path, build: impl FnOnce() -> T) -> T {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let Ok(fs) = File::open(dir) else {
+                return;
+            };
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(WRITEBACK_EVERY)
+            {
+                let _ = nix::unistd::syncfs(&fs);
+            }
+        });
+        let out = build();
+        drop(stop);
+        out
+    })
 }
 
 fn unpack_tree(

@@ -30,8 +30,9 @@ pub fn objects_key(order: &[(Digest, u64)]) -> String {
 /// hold (a count per digest: two packs may hold one object), which count as
 /// present, and the filings not started yet. A first publish's objects are
 /// filed only once something needs them — the tenant's next `MissingObjects`
-/// (a publish that may build on them), a fetch of some of them, or a pack
-/// built from them — so the ~10k small files of a first release are not
+/// that finds objects missing (a changed tree is being published, whose pack
+/// will be built from them), a fetch of some of them, or a pack built from
+/// them — so the ~10k small files of a first release are not
 /// written while its first hosts install it.
 #[derive(Default)]
 struct Filings {

@@ -68,12 +68,17 @@ fn a_release_is_on_disk_before_it_is_named_and_before_current_points_at_it() {
                 agent.app_dir().join("current").display()
             ))
     });
-    let synced = lines[..rename_in]
-        .iter()
-        .rposition(|l| l.contains("syncfs(") && l.contains(&releases.display().to_string()));
+    // By the thread that renames: a writeback thread also syncs while the
+    // tree is written, but only the sync after the last write makes it whole.
+    let thread = |l: &str| l.split_whitespace().next().unwrap_or_default().to_string();
+    let synced = lines[..rename_in].iter().rposition(|l| {
+        l.contains("syncfs(")
+            && l.contains(&releases.display().to_string())
+            && thread(l) == thread(lines[rename_in])
+    });
     assert!(
         synced.is_some(),
-        "a syncfs of the release's filesystem precedes its rename into place:\n{}",
+        "a syncfs of the release's filesystem, by the thread that renames, precedes its rename into place:\n{}",
         lines[..=rename_in].join("\n")
     );
     assert!(

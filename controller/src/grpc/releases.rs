@@ -205,9 +205,12 @@ impl Releases for ReleasesService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        // A publish that may build on the tenant's objects is coming: file
-        // what earlier full packs hold while it packs and uploads.
-        crate::objects::start_filing(&who.tenant);
+        // A publish of a changed tree is coming, whose full pack will be
+        // built from the tenant's objects: file what earlier full packs hold
+        // while it packs and uploads. (An unchanged tree reuses its pack.)
+        if !missing.is_empty() {
+            crate::objects::start_filing(&who.tenant);
+        }
         Ok(Response::new(MissingObjectsResponse {
             missing: missing.iter().map(ToString::to_string).collect(),
         }))
