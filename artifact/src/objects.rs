@@ -2,9 +2,7 @@
 //!
 //! - [`scan_dir`] describes a tree (every entry, each file hashed, on every
 //!   core) without packing it: the publisher asks the controller which objects
-//!   it lacks and sends only those. [`list_dir`] and
-//!   [`Listing::hash_in_chunks`] do the same in two halves, handing digests
-//!   over chunk by chunk, so the publisher packs while the rest still hash.
+//!   it lacks and sends only those.
 //! - An *object pack* is a zstd-compressed tar of objects: regular files named
 //!   by their lowercase hex digest, mode 0644, nothing else. [`write_pack`]
 //!   makes one (compression on every core); [`read_pack`] reads one, checking
@@ -33,24 +31,6 @@ use crate::unpack::{UnpackError, entry_err};
 /// every core). `.git` directories are left out; devices, fifos and sockets
 /// refused.
 pub fn scan_dir(src: &Path) -> Result<Vec<Entry>, PackError> {
-    let mut listing = list_dir(src)?;
-    for (i, digest) in hash_files(&listing.files)? {
-        listing.entries[i].sha256 = Some(digest.to_string());
-    }
-    Ok(listing.entries)
-}
-
-/// A tree walked but not hashed yet: [`scan_dir`] in two halves, so a
-/// publisher can act on the first files' digests while the rest hash.
-pub struct Listing {
-    /// The manifest's entries, files without their digest.
-    pub entries: Vec<Entry>,
-    /// Each file: its entry's index, where it is, its size.
-    files: Vec<(usize, PathBuf, u64)>,
-}
-
-/// Walks the tree at `src` as [`scan_dir`] does, hashing nothing.
-pub fn list_dir(src: &Path) -> Result<Listing, PackError> {
     let mut paths = Vec::new();
     walk(src, "", &mut paths)?;
     paths.sort_by(|a, b| a.0.cmp(&b.0));
@@ -91,34 +71,10 @@ pub fn list_dir(src: &Path) -> Result<Listing, PackError> {
             target,
         });
     }
-    Ok(Listing { entries, files })
-}
-
-impl Listing {
-    /// Where the file of entry `index` is (`None`: not a file).
-    pub fn path_of(&self, index: usize) -> Option<&Path> {
-        let at = self.files.binary_search_by_key(&index, |f| f.0).ok()?;
-        Some(&self.files[at].1)
+    for (i, digest) in hash_files(&files)? {
+        entries[i].sha256 = Some(digest.to_string());
     }
-
-    /// Hashes the files on every core, `chunk` files at a time in entry
-    /// order, and hands each chunk's `(entry index, digest)`, in entry
-    /// order, to `done` as soon as it is hashed; stops early (Ok) when
-    /// `done` returns false.
-    pub fn hash_in_chunks(
-        &self,
-        chunk: usize,
-        mut done: impl FnMut(Vec<(usize, Digest)>) -> bool,
-    ) -> Result<(), PackError> {
-        for files in self.files.chunks(chunk.max(1)) {
-            let mut hashed = hash_files(files)?;
-            hashed.sort_unstable_by_key(|h| h.0);
-            if !done(hashed) {
-                break;
-            }
-        }
-        Ok(())
-    }
+    Ok(entries)
 }
 
 /// Hashes `(index, path, size)` on every core; a file whose size changed
@@ -226,29 +182,12 @@ pub fn write_pack<W: Write>(
     workers: u32,
     check: Check,
 ) -> Result<(W, Digest, u64), PackError> {
-    let objects = order.iter().map(|(digest, size)| {
+    let mut builder = crate::pack::tar_zstd(out, workers)?;
+    for (digest, size) in order {
         let path = path_of(digest).ok_or_else(|| PackError::Unsupported {
             path: PathBuf::from(digest.hex()),
             why: "no file holds this object".into(),
         })?;
-        Ok((digest.clone(), *size, path))
-    });
-    write_pack_from(objects, out, workers, check)
-}
-
-/// [`write_pack`] of objects as they come: `(digest, size, file)` each, in
-/// pack order. An `Err` ends the pack with that error (the pack is then not
-/// finished: a reader refuses it).
-pub fn write_pack_from<W: Write>(
-    objects: impl IntoIterator<Item = Result<(Digest, u64, PathBuf), PackError>>,
-    out: W,
-    workers: u32,
-    check: Check,
-) -> Result<(W, Digest, u64), PackError> {
-    let mut builder = crate::pack::tar_zstd(out, workers)?;
-    for object in objects {
-        let (digest, size, path) = object?;
-        let (digest, size) = (&digest, &size);
         let mut header = crate::pack::fixed_header();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0o644);

@@ -9,9 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
 use artifact::assemble::{LocalFile, assemble, wanted};
-use artifact::objects::{
-    Check, Expect, ObjectSink, list_dir, read_pack, scan_dir, write_pack, write_pack_from,
-};
+use artifact::objects::{Check, Expect, ObjectSink, read_pack, scan_dir, write_pack};
 use artifact::{Digest, Limits, Manifest};
 
 fn tree(dir: &Path, app_body: &str) {
@@ -263,63 +261,5 @@ fn an_upload_pack_is_read_in_any_order_but_only_objects_of_the_release() {
     assert!(
         err.to_string().contains("not an object of this release"),
         "{err}"
-    );
-}
-
-#[test]
-fn hashing_in_chunks_gives_the_scan_and_a_pack_cut_off_mid_way_is_refused() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    tree(&src, "echo 1");
-    for i in 0..7 {
-        fs::write(src.join(format!("lib/f{i}.txt")), format!("file {i}")).unwrap();
-    }
-    let whole = scan_dir(&src).unwrap();
-    let listing = list_dir(&src).unwrap();
-    let mut chunks = Vec::new();
-    listing
-        .hash_in_chunks(3, |c| {
-            chunks.push(c);
-            true
-        })
-        .unwrap();
-    assert!(chunks.len() > 2, "{} chunks", chunks.len());
-    assert!(chunks.iter().all(|c| c.len() <= 3));
-    let indexes: Vec<usize> = chunks.iter().flatten().map(|(i, _)| *i).collect();
-    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "in entry order");
-    for (i, d) in chunks.iter().flatten() {
-        assert_eq!(whole[*i].sha256.as_deref(), Some(d.to_string().as_str()));
-        assert_eq!(
-            listing.path_of(*i),
-            Some(src.join(&whole[*i].path).as_path())
-        );
-    }
-
-    // A publisher that stops mid-way ends its pack with an error: what was
-    // written is not a pack any reader accepts.
-    let m = manifest(&src, "1");
-    let paths = m.object_paths(&src);
-    let mut out = Vec::new();
-    let items = m.objects().into_iter().take(1).map(|(d, size)| {
-        let path = paths[&d].clone();
-        Ok((d, size, path))
-    });
-    let stop = std::iter::once(Err(artifact::PackError::Write(std::io::Error::other(
-        "the publish stopped",
-    ))));
-    let err = write_pack_from(items.chain(stop), &mut out, 2, Check::Size).unwrap_err();
-    assert!(err.to_string().contains("the publish stopped"), "{err}");
-    let only: HashMap<Digest, u64> = m.objects().into_iter().collect();
-    assert!(
-        read_pack(
-            &out[..],
-            1 << 30,
-            Expect::AnyOf(&only),
-            24,
-            &mut Memory(HashMap::new())
-        )
-        .is_err(),
-        "an unfinished pack ({} bytes) read as whole",
-        out.len()
     );
 }

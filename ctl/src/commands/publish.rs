@@ -2,22 +2,17 @@
 //! format-2 manifest, ask the controller which file objects it lacks, and
 //! upload only those as one object pack, compressed on every core while it
 //! streams (never the whole pack in memory or on disk; its digest and size
-//! follow in the upload's trailer). The three overlap: files hash a chunk at
-//! a time, each chunk's objects are asked about as soon as they are hashed,
-//! and the ones the controller lacks go into the pack while the next chunk
-//! hashes. Then register the release with its manifest (signed with
-//! `--sign`). An unchanged tree uploads nothing.
+//! follow in the upload's trailer). Then register the release with its
+//! manifest (signed with `--sign`). An unchanged tree uploads nothing.
+
 use std::path::Path;
 use std::process::Command;
 
-use artifact::manifest::EntryKind;
-use artifact::objects::Listing;
-use artifact::{Digest, Manifest, NameKind, ReleaseSpec, validate_name};
+use artifact::{Manifest, NameKind, ReleaseSpec, validate_name};
 use indicatif::{ProgressBar, ProgressStyle};
 use proto::v1::{
     CreateReleaseRequest, CreateReleaseResponse, MissingObjectsRequest, Signature,
-    UploadBlobHeader, UploadBlobRequest, UploadBlobResponse, UploadBlobTrailer,
-    upload_blob_request,
+    UploadBlobHeader, UploadBlobRequest, UploadBlobTrailer, upload_blob_request,
 };
 use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -71,29 +66,26 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
     let commit = git_commit(&a.dir, a.allow_dirty)?;
 
     let src = a.dir.clone();
-    let listing = tokio::task::spawn_blocking(move || artifact::objects::list_dir(&src))
+    let entries = tokio::task::spawn_blocking(move || artifact::objects::scan_dir(&src))
         .await
         .map_err(|e| failed(format!("scan: {e}")))?
         .map_err(|e| failed(format!("scan {}: {e}", a.dir.display())))?;
-    // The tree's shape is checked before anything is uploaded (digests are
-    // not known yet: each file stands in with the empty one).
-    let mut shape = listing.entries.clone();
-    for e in shape.iter_mut().filter(|e| e.kind == EntryKind::File) {
-        e.sha256 = Some(artifact::Digest::of(b"").to_string());
-    }
-    Manifest::from_entries(&a.app, &a.version, None, shape)
-        .map_err(|e| failed(format!("invalid release tree: {e}")))?;
-
-    let sent = upload_missing(c, listing, &a.dir).await?;
-    let manifest = Manifest::from_entries(&a.app, &a.version, commit, sent.entries)
+    let manifest = Manifest::from_entries(&a.app, &a.version, commit, entries)
         .map_err(|e| failed(format!("invalid release tree: {e}")))?;
     let all = manifest.objects();
+    let missing = missing_objects(c, &all).await?;
+    let upload: Vec<(artifact::Digest, u64)> = all
+        .iter()
+        .filter(|(d, _)| missing.contains(d))
+        .cloned()
+        .collect();
     let mut packs = Vec::new();
-    let (mut objects_uploaded, mut uploaded_bytes) = (0, 0);
-    if let Some((pack, size)) = sent.pack {
+    let mut uploaded_bytes = 0;
+    if !upload.is_empty() {
+        let paths = manifest.object_paths(&a.dir);
+        let (pack, size) = pack_and_upload(c, upload.clone(), paths).await?;
         packs.push(pack.to_string());
         uploaded_bytes = size;
-        objects_uploaded = sent.objects;
     }
 
     let resp = register(c, &manifest, key.as_ref(), packs).await?;
@@ -106,7 +98,7 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
         blob_size: release.blob_size,
         uploaded: uploaded_bytes > 0,
         objects: all.len(),
-        objects_uploaded,
+        objects_uploaded: upload.len(),
         uploaded_bytes,
         already_published: resp.already_present,
         entries: release.entries,
@@ -159,227 +151,99 @@ fn print_published(p: &PublishedJson) {
     }
 }
 
-/// Files hashed per chunk: each chunk's objects are asked about (one
-/// `MissingObjects`) and packed while the next chunk hashes.
-const HASH_CHUNK: usize = 1024;
-
-/// What [`upload_missing`] did: the entries with their digests, the pack it
-/// uploaded (none when the controller had every object) and how many objects
-/// that pack held.
-struct Sent {
-    entries: Vec<artifact::manifest::Entry>,
-    pack: Option<(Digest, u64)>,
-    objects: usize,
-}
-
-/// Hashes the listed files a chunk at a time, asks the controller which of
-/// each chunk's objects it lacks, and packs and uploads those (in manifest
-/// order, each once) while the next chunks hash.
-async fn upload_missing(c: &mut Clients, listing: Listing, root: &Path) -> Result<Sent> {
-    let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel(4);
-    let listing = std::sync::Arc::new(listing);
-    let hashing = listing.clone();
-    let hasher = tokio::task::spawn_blocking(move || {
-        hashing.hash_in_chunks(HASH_CHUNK, |chunk| chunk_tx.blocking_send(chunk).is_ok())
-    });
-    let mut digests: Vec<Option<Digest>> = vec![None; listing.entries.len()];
-    let mut seen = std::collections::HashSet::new();
-    let mut upload: Option<Upload> = None;
-    let mut objects = 0;
-    'chunks: while let Some(chunk) = chunks.recv().await {
-        let mut fresh = Vec::new();
-        for (index, digest) in chunk {
-            let size = listing.entries[index].size;
-            if size > 0 && seen.insert(digest.clone()) {
-                fresh.push((index, digest.clone(), size));
-            }
-            digests[index] = Some(digest);
-        }
-        if fresh.is_empty() {
-            continue;
-        }
-        let missing = missing_objects(c, fresh.iter().map(|(_, d, _)| d)).await?;
-        for (index, digest, size) in fresh {
-            if !missing.contains(&digest) {
-                continue;
-            }
-            let path = listing.path_of(index).map(|p| p.to_path_buf());
-            let path = path.ok_or_else(|| failed("a listed file has no path"))?;
-            let up = match &mut upload {
-                Some(up) => up,
-                None => upload.insert(Upload::start(c).await?),
-            };
-            if !up.send(digest, size, path).await {
-                break 'chunks;
-            }
-            objects += 1;
-        }
-    }
-    // A hasher blocked on a full channel ends once nobody listens.
-    drop(chunks);
-    hasher
-        .await
-        .map_err(|e| failed(format!("hash: {e}")))?
-        .map_err(|e| failed(format!("scan {}: {e}", root.display())))?;
-    let pack = match upload {
-        Some(up) => Some(up.finish(c).await?),
-        None => None,
-    };
-    let listing = std::sync::Arc::try_unwrap(listing)
-        .map_err(|_| failed("the hasher still holds the listing"))?;
-    let mut entries = listing.entries;
-    for (e, d) in entries.iter_mut().zip(digests) {
-        if let Some(d) = d {
-            e.sha256 = Some(d.to_string());
-        }
-    }
-    Ok(Sent {
-        entries,
-        pack,
-        objects,
-    })
-}
-
-/// Which of `digests` the controller lacks.
+/// Which of `objects` the controller lacks (asked in batches that fit a
+/// message).
 async fn missing_objects(
     c: &mut Clients,
-    digests: impl Iterator<Item = &Digest>,
-) -> Result<std::collections::HashSet<Digest>> {
-    let req = MissingObjectsRequest {
-        tenant: c.tenant.clone(),
-        digests: digests.map(ToString::to_string).collect(),
+    objects: &[(artifact::Digest, u64)],
+) -> Result<std::collections::HashSet<artifact::Digest>> {
+    const BATCH: usize = 50_000;
+    let mut missing = std::collections::HashSet::new();
+    for batch in objects.chunks(BATCH) {
+        let req = MissingObjectsRequest {
+            tenant: c.tenant.clone(),
+            digests: batch.iter().map(|(d, _)| d.to_string()).collect(),
+        };
+        let r = c.releases.missing_objects(req).await;
+        let listed = r.map_err(|s| from_status(&c.url, s))?.into_inner().missing;
+        for d in listed {
+            let d = artifact::Digest::parse(&d)
+                .map_err(|e| failed(format!("the controller named a bad digest: {e}")))?;
+            missing.insert(d);
+        }
+    }
+    Ok(missing)
+}
+
+/// Packs the objects `order` names (from `paths`) on a blocking thread while
+/// the pack streams to the controller; the pack's digest and size.
+async fn pack_and_upload(
+    c: &mut Clients,
+    order: Vec<(artifact::Digest, u64)>,
+    paths: std::collections::HashMap<artifact::Digest, std::path::PathBuf>,
+) -> Result<(artifact::Digest, u64)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = UploadBlobRequest {
+        part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
+            tenant: c.tenant.clone(),
+            digest: String::new(),
+            size: 0,
+        })),
     };
-    let r = c.releases.missing_objects(req).await;
-    let listed = r.map_err(|s| from_status(&c.url, s))?.into_inner().missing;
-    listed
-        .iter()
-        .map(|d| {
-            Digest::parse(d).map_err(|e| failed(format!("the controller named a bad digest: {e}")))
-        })
-        .collect()
-}
-
-/// One object pack being made and uploaded: objects go in as they are known
-/// to be missing; a blocking thread packs them (every core) while the pack
-/// streams to the controller.
-struct Upload {
-    objects: tokio::sync::mpsc::Sender<Next>,
-    packer: tokio::task::JoinHandle<std::result::Result<(Digest, u64), artifact::PackError>>,
-    upload: tokio::task::JoinHandle<
-        std::result::Result<tonic::Response<UploadBlobResponse>, tonic::Status>,
-    >,
-    bar: ProgressBar,
-}
-
-/// What the packer is handed: an object, or the end of the pack. A sender
-/// dropped without `End` (the publish failed) leaves the pack unfinished:
-/// no trailer goes, and the controller keeps nothing.
-enum Next {
-    Object(Digest, u64, std::path::PathBuf),
-    End,
-}
-
-impl Upload {
-    async fn start(c: &mut Clients) -> Result<Upload> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let header = UploadBlobRequest {
-            part: Some(upload_blob_request::Part::Header(UploadBlobHeader {
-                tenant: c.tenant.clone(),
-                digest: String::new(),
-                size: 0,
+    tx.send(header)
+        .await
+        .map_err(|_| failed("upload stream closed"))?;
+    let bar = progress_spinner("packing and uploading");
+    let (trailer_tx, chunk_bar) = (tx.clone(), bar.clone());
+    let packer = tokio::task::spawn_blocking(move || {
+        let writer = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(proto::CHUNK_BYTES),
+            bar: chunk_bar,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let (_, digest, size) = artifact::objects::write_pack(
+            &order,
+            |d| paths.get(d).cloned(),
+            writer,
+            cores,
+            artifact::objects::Check::Size,
+        )?;
+        // Without the trailer the controller refuses the upload: a failed
+        // pack never becomes a blob.
+        let trailer = UploadBlobRequest {
+            part: Some(upload_blob_request::Part::Trailer(UploadBlobTrailer {
+                digest: digest.to_string(),
+                size,
             })),
         };
-        tx.send(header)
-            .await
-            .map_err(|_| failed("upload stream closed"))?;
-        let bar = progress_spinner("packing and uploading");
-        let (objects, mut next) = tokio::sync::mpsc::channel(HASH_CHUNK);
-        let (trailer_tx, chunk_bar) = (tx.clone(), bar.clone());
-        let packer = tokio::task::spawn_blocking(move || {
-            let writer = ChunkWriter {
-                tx,
-                buf: Vec::with_capacity(proto::CHUNK_BYTES),
-                bar: chunk_bar,
-            };
-            let items = std::iter::from_fn(|| match next.blocking_recv() {
-                Some(Next::Object(d, size, path)) => Some(Ok((d, size, path))),
-                Some(Next::End) => None,
-                None => Some(Err(artifact::PackError::Write(std::io::Error::other(
-                    "the publish stopped",
-                )))),
-            });
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-            let (_, digest, size) = artifact::objects::write_pack_from(
-                items,
-                writer,
-                cores,
-                artifact::objects::Check::Size,
-            )?;
-            // Without the trailer the controller refuses the upload: a failed
-            // pack never becomes a blob.
-            let trailer = UploadBlobRequest {
-                part: Some(upload_blob_request::Part::Trailer(UploadBlobTrailer {
-                    digest: digest.to_string(),
-                    size,
-                })),
-            };
-            let _ = trailer_tx.blocking_send(trailer);
-            Ok::<_, artifact::PackError>((digest, size))
-        });
-        let mut releases = c.releases.clone();
-        let upload =
-            tokio::spawn(async move { releases.upload_blob(ReceiverStream::new(rx)).await });
-        Ok(Upload {
-            objects,
-            packer,
-            upload,
-            bar,
-        })
-    }
-
-    /// Hands the packer one more object; false when it stopped (`finish`
-    /// says why).
-    async fn send(&mut self, digest: Digest, size: u64, path: std::path::PathBuf) -> bool {
-        self.objects
-            .send(Next::Object(digest, size, path))
-            .await
-            .is_ok()
-    }
-
-    /// Ends the pack; its digest and size once the controller stored it.
-    async fn finish(self, c: &Clients) -> Result<(Digest, u64)> {
-        let _ = self.objects.send(Next::End).await;
-        let result = self
-            .upload
-            .await
-            .map_err(|e| failed(format!("upload: {e}")))?;
-        self.bar.finish_and_clear();
-        let packed = self
-            .packer
-            .await
-            .map_err(|e| failed(format!("pack: {e}")))?;
-        // The controller's refusal explains a pack cut short by it.
-        let resp = match result {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                let cut_short = matches!(&packed, Err(artifact::PackError::Write(e))
-                    if e.kind() == std::io::ErrorKind::BrokenPipe);
-                if packed.is_ok() || cut_short {
-                    return Err(from_status(&c.url, s));
-                }
-                // The pack's own error, below, says why.
-                UploadBlobResponse::default()
+        let _ = trailer_tx.blocking_send(trailer);
+        Ok::<_, artifact::PackError>((digest, size))
+    });
+    let result = c.releases.upload_blob(ReceiverStream::new(rx)).await;
+    bar.finish_and_clear();
+    let packed = packer.await.map_err(|e| failed(format!("pack: {e}")))?;
+    // The controller's refusal explains a pack cut short by it.
+    let resp = match result {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let cut_short = matches!(&packed, Err(artifact::PackError::Write(e))
+                if e.kind() == std::io::ErrorKind::BrokenPipe);
+            if packed.is_ok() || cut_short {
+                return Err(from_status(&c.url, s));
             }
-        };
-        let (digest, size) = packed.map_err(|e| failed(format!("pack: {e}")))?;
-        if resp.digest != digest.to_string() {
-            return Err(failed(format!(
-                "the controller stored {} for the pack made as {digest}",
-                resp.digest
-            )));
+            // The pack's own error, below, says why.
+            proto::v1::UploadBlobResponse::default()
         }
-        Ok((digest, size))
+    };
+    let (digest, size) = packed.map_err(|e| failed(format!("pack: {e}")))?;
+    if resp.digest != digest.to_string() {
+        return Err(failed(format!(
+            "the controller stored {} for the pack made as {digest}",
+            resp.digest
+        )));
     }
+    Ok((digest, size))
 }
 
 /// The packer's output, sent on as upload chunks of `CHUNK_BYTES`.
