@@ -177,11 +177,13 @@ pub fn pack_dir_with<W: Write>(src: &Path, out: W, workers: u32) -> Result<PackO
     Ok(out)
 }
 
+/// Input each zstd worker compresses at a time.
+const JOB_BYTES: u32 = 4 << 20;
+
 /// A deterministic tar builder over a zstd encoder (level 3, checksummed,
 /// `workers` threads) over a hashing writer: what every Slipway archive is.
 /// From one worker on, the bytes do not depend on the count; `0` compresses
-/// on the calling thread with a few MiB of buffers instead of each worker's
-/// ~40 MiB of job buffers (other bytes, same content).
+/// on the calling thread (other bytes, same content, fewer buffers).
 pub(crate) fn tar_zstd<W: Write>(
     out: W,
     workers: u32,
@@ -190,6 +192,12 @@ pub(crate) fn tar_zstd<W: Write>(
     let mut encoder = zstd::stream::Encoder::new(hashing, ZSTD_LEVEL).map_err(PackError::Write)?;
     if workers > 0 {
         encoder.multithread(workers).map_err(PackError::Write)?;
+        // 4 MiB jobs, not level 3's default 8 MiB: a controller building a
+        // 207 MiB release's pack on two workers peaked at 53 MiB instead of
+        // 78 MiB, for 0.8% more bytes (1 MiB jobs: 35 MiB, 6% more bytes).
+        encoder
+            .set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_BYTES))
+            .map_err(PackError::Write)?;
     }
     encoder.include_checksum(true).map_err(PackError::Write)?;
     encoder

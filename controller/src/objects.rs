@@ -26,50 +26,22 @@ pub fn objects_key(order: &[(Digest, u64)]) -> String {
     h.finish().to_string()
 }
 
-/// Full packs whose objects are not filed yet, per tenant: the objects they
-/// hold (a count per digest: two packs may hold one object), which count as
-/// present, and the filings not started yet. A first publish's objects are
-/// filed only once something needs them — the tenant's next `MissingObjects`
-/// that finds objects missing (a changed tree is being published, whose pack
-/// will be built from them), a fetch of some of them, or a pack built from
-/// them — so the ~10k small files of a first release are not
-/// written while its first hosts install it.
-#[derive(Default)]
-struct Filings {
-    pending: HashMap<String, HashMap<Digest, u32>>,
-    deferred: HashMap<String, Vec<Filing>>,
-}
-
-/// One full pack to file into a tenant's object store.
-struct Filing {
-    blobs: BlobStore,
-    objects: BlobStore,
-    tenant: String,
-    pack: Digest,
-    size: u64,
-    order: Vec<(Digest, u64)>,
-}
-
-/// Deferred filings of one tenant past this many start at once (a client
-/// that uploads full packs and never asks what is missing holds no more).
-const MAX_DEFERRED: usize = 4;
-
-static FILINGS: std::sync::LazyLock<std::sync::Mutex<Filings>> =
+/// Objects of full packs being filed in the background, per tenant (a count
+/// per digest: two packs may hold one object). They count as present; a
+/// fetch of one, or a pack built from one, waits until it is filed.
+static FILING: std::sync::LazyLock<std::sync::Mutex<HashMap<String, HashMap<Digest, u32>>>> =
     std::sync::LazyLock::new(Default::default);
 
-fn filings() -> std::sync::MutexGuard<'static, Filings> {
-    FILINGS.lock().unwrap_or_else(|e| e.into_inner())
+fn filing() -> std::sync::MutexGuard<'static, HashMap<String, HashMap<Digest, u32>>> {
+    FILING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn pending(tenant: &str, digest: &Digest) -> bool {
-    filings()
-        .pending
-        .get(tenant)
-        .is_some_and(|m| m.contains_key(digest))
+    filing().get(tenant).is_some_and(|m| m.contains_key(digest))
 }
 
-/// Which of `digests` the tenant's store lacks (objects of a full pack not
-/// filed yet count as present).
+/// Which of `digests` the tenant's store lacks (objects being filed count as
+/// present).
 pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Digest> {
     digests
         .iter()
@@ -78,17 +50,14 @@ pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Dig
         .collect()
 }
 
-/// Starts filing the tenant's deferred full packs, then waits (at most
-/// `limit`) until none of `digests` is still being filed; false when time
-/// ran out.
+/// Waits (at most `limit`) until none of `digests` is still being filed;
+/// false when time ran out.
 pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Duration) -> bool {
-    start_filing(tenant);
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let busy = {
-            let f = filings();
-            f.pending
-                .get(tenant)
+            let f = filing();
+            f.get(tenant)
                 .is_some_and(|m| digests.iter().any(|d| m.contains_key(d)))
         };
         if !busy {
@@ -101,41 +70,23 @@ pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Dura
     }
 }
 
-/// Records that the objects of `pack`, which claims to be a release's full
-/// pack (`order`, exactly), are to be filed: they count as present from now
-/// on (see [`missing`]), and are filed when the tenant next needs them (see
-/// [`Filings`]). The pack itself is durable: it is what a fresh host fetches.
-pub fn defer_filing(
-    blobs: &BlobStore,
-    objects: &BlobStore,
-    tenant: &str,
+/// One full pack to file into a tenant's object store.
+struct Filing {
+    blobs: BlobStore,
+    objects: BlobStore,
+    tenant: String,
     pack: Digest,
     size: u64,
     order: Vec<(Digest, u64)>,
-) {
-    let start_now = {
-        let mut f = filings();
-        let m = f.pending.entry(tenant.to_string()).or_default();
-        for (d, _) in &order {
-            *m.entry(d.clone()).or_default() += 1;
-        }
-        let queue = f.deferred.entry(tenant.to_string()).or_default();
-        queue.push(Filing {
-            blobs: blobs.clone(),
-            objects: objects.clone(),
-            tenant: tenant.to_string(),
-            pack,
-            size,
-            order,
-        });
-        queue.len() > MAX_DEFERRED
-    };
-    if start_now {
-        start_filing(tenant);
-    }
 }
 
-/// [`defer_filing`], started at once.
+/// Files the objects of `pack`, which claims to be a release's full pack
+/// (`order`, exactly), after the call that stored it returns: the pack
+/// itself is durable, the objects are what deltas are made from. Until each
+/// is filed it counts as present (see [`missing`]). The filing runs on its
+/// own thread at the lowest CPU priority (nice 19): on a machine that also
+/// runs an agent it takes what the release's first installs leave idle,
+/// instead of writing ~10k small files beside them.
 pub fn file_in_background(
     blobs: &BlobStore,
     objects: &BlobStore,
@@ -144,17 +95,32 @@ pub fn file_in_background(
     size: u64,
     order: Vec<(Digest, u64)>,
 ) {
-    defer_filing(blobs, objects, tenant, pack, size, order);
-    start_filing(tenant);
-}
-
-/// Files the tenant's deferred full packs, each on a blocking thread. A pack
-/// that does not hold exactly its release's objects is moved aside (never
-/// served) and logged; publishing the release again repairs it.
-pub fn start_filing(tenant: &str) {
-    let jobs = filings().deferred.remove(tenant).unwrap_or_default();
-    for job in jobs {
-        tokio::task::spawn_blocking(move || job.run());
+    {
+        let mut f = filing();
+        let m = f.entry(tenant.to_string()).or_default();
+        for (d, _) in &order {
+            *m.entry(d.clone()).or_default() += 1;
+        }
+    }
+    let job = Filing {
+        blobs: blobs.clone(),
+        objects: objects.clone(),
+        tenant: tenant.to_string(),
+        pack,
+        size,
+        order,
+    };
+    let spawned = std::thread::Builder::new()
+        .name("filing".into())
+        .spawn(move || {
+            // Linux: affects this thread only.
+            if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                tracing::debug!(error = %e, "filing at normal priority");
+            }
+            job.run();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "no thread to file a full pack: its objects are filed at the next fetch");
     }
 }
 
@@ -195,8 +161,8 @@ impl Filing {
                     "an uploaded full pack does not hold its release's objects: moved aside; publish the release again");
             }
         }
-        let mut f = filings();
-        if let Some(m) = f.pending.get_mut(&tenant) {
+        let mut f = filing();
+        if let Some(m) = f.get_mut(&tenant) {
             for (d, _) in &order {
                 if let Some(n) = m.get_mut(d) {
                     *n -= 1;
@@ -206,7 +172,7 @@ impl Filing {
                 }
             }
             if m.is_empty() {
-                f.pending.remove(&tenant);
+                f.remove(&tenant);
             }
         }
     }
@@ -322,11 +288,9 @@ pub async fn build_pack(
             source: e,
         })?;
         let out = std::io::BufWriter::new(tmp);
-        // Compressed on this thread: a zstd worker holds ~40 MiB of job
-        // buffers (two took a controller from ~25 to ~78 MiB), and this runs
-        // beside serving.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         let (out, digest, size) =
-            write_pack(&order, |d| Some(objects.path(d)), out, 0, Check::Digest)
+            write_pack(&order, |d| Some(objects.path(d)), out, cores, Check::Digest)
                 .map_err(|e| ControllerError::Internal(format!("build the release's pack: {e}")))?;
         let tmp = out
             .into_inner()
@@ -363,8 +327,8 @@ pub fn stream_pack(
             buf: Vec::with_capacity(chunk),
             chunk,
         };
-        // Compressed on this thread, with a few MiB of buffers: many hosts
-        // may fetch at once (a zstd worker would hold ~40 MiB each).
+        // Compressed on this thread, with the fewest buffers: many hosts may
+        // fetch at once (each zstd worker holds several MiB of job buffers).
         match write_pack(&order, |d| Some(objects.path(d)), writer, 0, Check::Digest) {
             Ok((mut w, _, _)) => {
                 let _ = w.send();
