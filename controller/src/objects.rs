@@ -26,48 +26,19 @@ pub fn objects_key(order: &[(Digest, u64)]) -> String {
     h.finish().to_string()
 }
 
-/// Objects of full packs being filed in the background, per tenant (a count
-/// per digest: two packs may hold one object). They count as present; a
-/// fetch of one, or a pack built from one, waits until it is filed.
-static FILING: std::sync::LazyLock<std::sync::Mutex<HashMap<String, HashMap<Digest, u32>>>> =
-    std::sync::LazyLock::new(Default::default);
-
-fn filing() -> std::sync::MutexGuard<'static, HashMap<String, HashMap<Digest, u32>>> {
-    FILING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn pending(tenant: &str, digest: &Digest) -> bool {
-    filing().get(tenant).is_some_and(|m| m.contains_key(digest))
-}
-
-/// Which of `digests` the tenant's store lacks (objects being filed count as
-/// present).
-pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Digest> {
-    digests
-        .iter()
-        .filter(|d| !objects.exists(d) && !pending(tenant, d))
-        .cloned()
-        .collect()
-}
-
-/// Waits (at most `limit`) until none of `digests` is still being filed;
-/// false when time ran out.
-pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let busy = {
-            let f = filing();
-            f.get(tenant)
-                .is_some_and(|m| digests.iter().any(|d| m.contains_key(d)))
-        };
-        if !busy {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+/// Full packs whose objects are not filed yet, per tenant: the objects they
+/// hold (a count per digest: two packs may hold one object), which count as
+/// present, and the filings not started yet. A first publish's objects are
+/// filed a minute later ([`FILING_DELAY`]), or as soon as something needs
+/// them — the tenant's next `MissingObjects` that finds objects missing (a
+/// changed tree is being published, whose pack will be built from them), a
+/// fetch of some of them, or a pack built from them — so the ~10k small
+/// files of a first release are not written while its first hosts install
+/// it (on a controller that shares a machine with an agent, they were).
+#[derive(Default)]
+struct Filings {
+    pending: HashMap<String, HashMap<Digest, u32>>,
+    deferred: HashMap<String, Vec<Filing>>,
 }
 
 /// One full pack to file into a tenant's object store.
@@ -80,13 +51,102 @@ struct Filing {
     order: Vec<(Digest, u64)>,
 }
 
-/// Files the objects of `pack`, which claims to be a release's full pack
-/// (`order`, exactly), after the call that stored it returns: the pack
-/// itself is durable, the objects are what deltas are made from. Until each
-/// is filed it counts as present (see [`missing`]). The filing runs on its
-/// own thread at the lowest CPU priority (nice 19): on a machine that also
-/// runs an agent it takes what the release's first installs leave idle,
-/// instead of writing ~10k small files beside them.
+/// A deferred filing starts this long after its pack was stored if nothing
+/// needed it before: a release's first installs are usually done by then.
+const FILING_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deferred filings of one tenant past this many start at once (a client
+/// that uploads full packs and never asks what is missing holds no more).
+const MAX_DEFERRED: usize = 4;
+
+static FILINGS: std::sync::LazyLock<std::sync::Mutex<Filings>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn filings() -> std::sync::MutexGuard<'static, Filings> {
+    FILINGS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pending(tenant: &str, digest: &Digest) -> bool {
+    filings()
+        .pending
+        .get(tenant)
+        .is_some_and(|m| m.contains_key(digest))
+}
+
+/// Which of `digests` the tenant's store lacks (objects of a full pack not
+/// filed yet count as present).
+pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Digest> {
+    digests
+        .iter()
+        .filter(|d| !objects.exists(d) && !pending(tenant, d))
+        .cloned()
+        .collect()
+}
+
+/// Starts filing the tenant's deferred full packs, then waits (at most
+/// `limit`) until none of `digests` is still being filed; false when time
+/// ran out.
+pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Duration) -> bool {
+    start_filing(tenant);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let busy = {
+            let f = filings();
+            f.pending
+                .get(tenant)
+                .is_some_and(|m| digests.iter().any(|d| m.contains_key(d)))
+        };
+        if !busy {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Records that the objects of `pack`, which claims to be a release's full
+/// pack (`order`, exactly), are to be filed: they count as present from now
+/// on (see [`missing`]), and are filed when the tenant next needs them (see
+/// [`Filings`]). The pack itself is durable: it is what a fresh host fetches.
+pub fn defer_filing(
+    blobs: &BlobStore,
+    objects: &BlobStore,
+    tenant: &str,
+    pack: Digest,
+    size: u64,
+    order: Vec<(Digest, u64)>,
+) {
+    let start_now = {
+        let mut f = filings();
+        let m = f.pending.entry(tenant.to_string()).or_default();
+        for (d, _) in &order {
+            *m.entry(d.clone()).or_default() += 1;
+        }
+        let queue = f.deferred.entry(tenant.to_string()).or_default();
+        queue.push(Filing {
+            blobs: blobs.clone(),
+            objects: objects.clone(),
+            tenant: tenant.to_string(),
+            pack,
+            size,
+            order,
+        });
+        queue.len() > MAX_DEFERRED
+    };
+    if start_now {
+        start_filing(tenant);
+    } else {
+        let tenant = tenant.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(FILING_DELAY).await;
+            start_filing(&tenant);
+        });
+    }
+}
+
+/// [`defer_filing`], started at once.
 pub fn file_in_background(
     blobs: &BlobStore,
     objects: &BlobStore,
@@ -95,32 +155,29 @@ pub fn file_in_background(
     size: u64,
     order: Vec<(Digest, u64)>,
 ) {
-    {
-        let mut f = filing();
-        let m = f.entry(tenant.to_string()).or_default();
-        for (d, _) in &order {
-            *m.entry(d.clone()).or_default() += 1;
+    defer_filing(blobs, objects, tenant, pack, size, order);
+    start_filing(tenant);
+}
+
+/// Files the tenant's deferred full packs, each on a thread of its own at
+/// the lowest CPU priority (nice 19: it takes what serving leaves idle). A
+/// pack that does not hold exactly its release's objects is moved aside
+/// (never served) and logged; publishing the release again repairs it.
+pub fn start_filing(tenant: &str) {
+    let jobs = filings().deferred.remove(tenant).unwrap_or_default();
+    for job in jobs {
+        let spawned = std::thread::Builder::new()
+            .name("filing".into())
+            .spawn(move || {
+                // Linux: affects this thread only.
+                if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                    tracing::debug!(error = %e, "filing at normal priority");
+                }
+                job.run();
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no thread to file a full pack: its objects are filed at the next fetch");
         }
-    }
-    let job = Filing {
-        blobs: blobs.clone(),
-        objects: objects.clone(),
-        tenant: tenant.to_string(),
-        pack,
-        size,
-        order,
-    };
-    let spawned = std::thread::Builder::new()
-        .name("filing".into())
-        .spawn(move || {
-            // Linux: affects this thread only.
-            if let Err(e) = rustix::process::setpriority_process(None, 19) {
-                tracing::debug!(error = %e, "filing at normal priority");
-            }
-            job.run();
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "no thread to file a full pack: its objects are filed at the next fetch");
     }
 }
 
@@ -161,8 +218,8 @@ impl Filing {
                     "an uploaded full pack does not hold its release's objects: moved aside; publish the release again");
             }
         }
-        let mut f = filing();
-        if let Some(m) = f.get_mut(&tenant) {
+        let mut f = filings();
+        if let Some(m) = f.pending.get_mut(&tenant) {
             for (d, _) in &order {
                 if let Some(n) = m.get_mut(d) {
                     *n -= 1;
@@ -172,7 +229,7 @@ impl Filing {
                 }
             }
             if m.is_empty() {
-                f.remove(&tenant);
+                f.pending.remove(&tenant);
             }
         }
     }

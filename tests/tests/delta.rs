@@ -84,7 +84,8 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
         "the first install moved the whole tree: {full}"
     );
     // The first release went to its host as the uploaded full pack; the
-    // controller splits it into per-file objects in the background.
+    // controller splits it into per-file objects a minute later, or as soon
+    // as a changed release is published (its pack is built from them).
     let big = std::fs::read(t.path().join("release-1.0.0/lib/big.so")).unwrap();
     let big_object = c
         .data_dir

@@ -205,7 +205,12 @@ impl Releases for ReleasesService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-
+        // A publish of a changed tree is coming, whose full pack will be
+        // built from the tenant's objects: file what earlier full packs hold
+        // while it packs and uploads. (An unchanged tree reuses its pack.)
+        if !missing.is_empty() {
+            crate::objects::start_filing(&who.tenant);
+        }
         Ok(Response::new(MissingObjectsResponse {
             missing: missing.iter().map(ToString::to_string).collect(),
         }))
@@ -587,9 +592,9 @@ impl ReleasesService {
         let objects = self.ctx.blobs.tenant_objects(tenant)?;
         // One pack while the store has none of the objects: the publisher sent
         // them all, in order — the release's full pack. It is durable as it
-        // is; its objects are filed in the background at the lowest priority
-        // (publish does not wait for ~200 MiB of small files), counting as
-        // present meanwhile.
+        // is; its objects count as present and are filed once something
+        // needs them (publish does not wait for ~200 MiB of small files, and
+        // the release's first hosts do not install beside that filing).
         if let [(pack, size)] = uploaded.as_slice() {
             let order = manifest.objects();
             let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
@@ -600,7 +605,7 @@ impl ReleasesService {
             .await
             .map_err(|e| ControllerError::Internal(format!("checking objects: {e}")))?;
             if !order.is_empty() && lacking.len() == order.len() {
-                crate::objects::file_in_background(
+                crate::objects::defer_filing(
                     &self.ctx.blobs,
                     &objects,
                     tenant,
