@@ -141,7 +141,7 @@ pub fn defer_filing(
         let tenant = tenant.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(FILING_DELAY).await;
-            start_filing(&tenant);
+            start_filing_idle(&tenant);
         });
     }
 }
@@ -159,18 +159,29 @@ pub fn file_in_background(
     start_filing(tenant);
 }
 
-/// Files the tenant's deferred full packs, each on a thread of its own at
-/// the lowest CPU priority (nice 19: it takes what serving leaves idle). A
-/// pack that does not hold exactly its release's objects is moved aside
-/// (never served) and logged; publishing the release again repairs it.
+/// Files the tenant's deferred full packs now, each on a thread of its own:
+/// something waits for them. A pack that does not hold exactly its
+/// release's objects is moved aside (never served) and logged; publishing
+/// the release again repairs it.
 pub fn start_filing(tenant: &str) {
+    spawn_filings(tenant, false);
+}
+
+/// [`start_filing`] when nothing waits: at the lowest CPU priority (nice 19,
+/// which an unprivileged controller cannot undo, so only here), taking what
+/// serving leaves idle.
+fn start_filing_idle(tenant: &str) {
+    spawn_filings(tenant, true);
+}
+
+fn spawn_filings(tenant: &str, idle: bool) {
     let jobs = filings().deferred.remove(tenant).unwrap_or_default();
     for job in jobs {
         let spawned = std::thread::Builder::new()
             .name("filing".into())
             .spawn(move || {
                 // Linux: affects this thread only.
-                if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                if idle && let Err(e) = rustix::process::setpriority_process(None, 19) {
                     tracing::debug!(error = %e, "filing at normal priority");
                 }
                 job.run();
