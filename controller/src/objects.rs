@@ -108,8 +108,8 @@ pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Dura
 
 /// Records that the objects of `pack`, which claims to be a release's full
 /// pack (`order`, exactly), are to be filed: they count as present from now
-/// on (see [`missing`]), and are filed when the tenant next needs them (see
-/// [`Filings`]). The pack itself is durable: it is what a fresh host fetches.
+/// on (see [`missing`]), and are filed a minute later or when the tenant
+/// needs them first (see [`Filings`]). The pack itself is durable: it is what a fresh host fetches.
 pub fn defer_filing(
     blobs: &BlobStore,
     objects: &BlobStore,
@@ -144,19 +144,6 @@ pub fn defer_filing(
             start_filing_idle(&tenant);
         });
     }
-}
-
-/// [`defer_filing`], started at once.
-pub fn file_in_background(
-    blobs: &BlobStore,
-    objects: &BlobStore,
-    tenant: &str,
-    pack: Digest,
-    size: u64,
-    order: Vec<(Digest, u64)>,
-) {
-    defer_filing(blobs, objects, tenant, pack, size, order);
-    start_filing(tenant);
 }
 
 /// Files the tenant's deferred full packs now, each on a thread of its own:

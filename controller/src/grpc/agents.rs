@@ -471,7 +471,7 @@ impl Agents for AgentsService {
         let lacking = !crate::objects::missing(&store, &id.tenant, &digests).is_empty();
         if let Some((pack, size)) = full_pack.filter(|(p, _)| lacking && self.ctx.blobs.exists(p)) {
             tracing::warn!(tenant = %id.tenant, release = %req.manifest_digest, "objects missing from the store: filing them from the release's full pack");
-            crate::objects::file_in_background(
+            crate::objects::defer_filing(
                 &self.ctx.blobs,
                 &store,
                 &id.tenant,
