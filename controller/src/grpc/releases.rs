@@ -592,9 +592,10 @@ impl ReleasesService {
         let objects = self.ctx.blobs.tenant_objects(tenant)?;
         // One pack while the store has none of the objects: the publisher sent
         // them all, in order — the release's full pack. It is durable as it
-        // is; its objects count as present and are filed once something
-        // needs them (publish does not wait for ~200 MiB of small files, and
-        // the release's first hosts do not install beside that filing).
+        // is; its objects count as present and are filed a minute later or
+        // once something needs them (publish does not wait for ~200 MiB of
+        // small files, and the release's first hosts do not install beside
+        // that filing).
         if let [(pack, size)] = uploaded.as_slice() {
             let order = manifest.objects();
             let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
