@@ -42,12 +42,8 @@ pub fn scan_dir(src: &Path) -> Result<Vec<Entry>, PackError> {
         let (kind, mode, size, target) = if ft.is_dir() {
             (EntryKind::Dir, 0o755, 0, None)
         } else if ft.is_symlink() {
-            let target = fs::read_link(&full).map_err(io_err(&full))?;
-            let target = target.to_str().ok_or_else(|| PackError::Unsupported {
-                path: full.clone(),
-                why: "symlink target is not UTF-8".into(),
-            })?;
-            (EntryKind::Symlink, 0o777, 0, Some(target.to_string()))
+            let target = crate::pack::link_target(&full)?;
+            (EntryKind::Symlink, 0o777, 0, Some(target))
         } else if ft.is_file() {
             let mode = if meta.permissions().mode() & 0o100 != 0 {
                 0o755

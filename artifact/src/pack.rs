@@ -104,16 +104,12 @@ pub fn pack_dir_with<W: Write>(src: &Path, out: W, workers: u32) -> Result<PackO
                 target: None,
             });
         } else if ft.is_symlink() {
-            let target = fs::read_link(&full).map_err(io_err(&full))?;
-            let target = target.to_str().ok_or_else(|| PackError::Unsupported {
-                path: full.clone(),
-                why: "symlink target is not UTF-8".into(),
-            })?;
+            let target = link_target(&full)?;
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
             builder
-                .append_link(&mut header, &rel, target)
+                .append_link(&mut header, &rel, &target)
                 .map_err(PackError::Write)?;
             entries.push(Entry {
                 path: rel,
@@ -121,7 +117,7 @@ pub fn pack_dir_with<W: Write>(src: &Path, out: W, workers: u32) -> Result<PackO
                 mode: 0o777,
                 size: 0,
                 sha256: None,
-                target: Some(target.to_string()),
+                target: Some(target),
             });
         } else if ft.is_file() {
             let mode = if meta.permissions().mode() & 0o100 != 0 {
@@ -216,6 +212,18 @@ pub(crate) fn fixed_header() -> tar::Header {
     header.set_uid(0);
     header.set_gid(0);
     header
+}
+
+/// Where the symlink at `full` points (UTF-8 only: manifests are JSON).
+pub(crate) fn link_target(full: &Path) -> Result<String, PackError> {
+    let target = fs::read_link(full).map_err(io_err(full))?;
+    target
+        .into_os_string()
+        .into_string()
+        .map_err(|_| PackError::Unsupported {
+            path: full.to_path_buf(),
+            why: "symlink target is not UTF-8".into(),
+        })
 }
 
 /// Collects (relative path, full path) pairs of the whole tree.

@@ -74,6 +74,32 @@ fn install(
     assemble(Some(pack), m, dest, local, &Limits::default(), || {})
 }
 
+/// Two versions of the tree, differing in `bin/app`; the first installed
+/// from its full pack into `releases/1`.
+struct Installed {
+    v2: std::path::PathBuf,
+    m1: Manifest,
+    m2: Manifest,
+    releases: std::path::PathBuf,
+}
+
+fn installed(dir: &Path) -> Installed {
+    let (v1, v2) = (dir.join("v1"), dir.join("v2"));
+    tree(&v1, "echo 1");
+    tree(&v2, "echo 2");
+    let (m1, m2) = (manifest(&v1, "1"), manifest(&v2, "2"));
+    let releases = dir.join("releases");
+    fs::create_dir_all(&releases).unwrap();
+    let full = pack_of(&m1, &v1, &m1.objects());
+    install(&full, &m1, &releases.join("1"), &HashMap::new()).unwrap();
+    Installed {
+        v2,
+        m1,
+        m2,
+        releases,
+    }
+}
+
 fn same_tree(a: &Path, b: &Path) {
     for rel in [
         "bin/app",
@@ -115,15 +141,12 @@ fn a_fresh_host_assembles_the_tree_from_its_full_pack() {
 #[test]
 fn a_one_file_change_moves_one_object_and_links_the_rest() {
     let t = tempfile::tempdir().unwrap();
-    let (v1, v2) = (t.path().join("v1"), t.path().join("v2"));
-    tree(&v1, "echo 1");
-    tree(&v2, "echo 2");
-    let (m1, m2) = (manifest(&v1, "1"), manifest(&v2, "2"));
-    let releases = t.path().join("releases");
-    fs::create_dir_all(&releases).unwrap();
-    let none = HashMap::new();
-    let full = pack_of(&m1, &v1, &m1.objects());
-    install(&full, &m1, &releases.join("1"), &none).unwrap();
+    let Installed {
+        v2,
+        m1,
+        m2,
+        releases,
+    } = installed(t.path());
 
     let local = offer(&m1, &releases.join("1"));
     let want = wanted(&m2, &local);
@@ -148,15 +171,12 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
 #[test]
 fn a_local_file_edited_after_it_was_offered_is_not_linked() {
     let t = tempfile::tempdir().unwrap();
-    let (v1, v2) = (t.path().join("v1"), t.path().join("v2"));
-    tree(&v1, "echo 1");
-    tree(&v2, "echo 2");
-    let (m1, m2) = (manifest(&v1, "1"), manifest(&v2, "2"));
-    let releases = t.path().join("releases");
-    fs::create_dir_all(&releases).unwrap();
-    let full = pack_of(&m1, &v1, &m1.objects());
-    let none = HashMap::new();
-    install(&full, &m1, &releases.join("1"), &none).unwrap();
+    let Installed {
+        v2,
+        m1,
+        m2,
+        releases,
+    } = installed(t.path());
     let local = offer(&m1, &releases.join("1"));
     // Edited in place by hand, same size, after the host checked it.
     std::thread::sleep(std::time::Duration::from_millis(20));

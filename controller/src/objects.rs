@@ -66,19 +66,22 @@ fn filings() -> std::sync::MutexGuard<'static, Filings> {
     FILINGS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn pending(tenant: &str, digest: &Digest) -> bool {
-    filings()
-        .pending
-        .get(tenant)
-        .is_some_and(|m| m.contains_key(digest))
-}
-
 /// Which of `digests` the tenant's store lacks (objects of a full pack not
 /// filed yet count as present).
 pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Digest> {
-    digests
-        .iter()
-        .filter(|d| !objects.exists(d) && !pending(tenant, d))
+    // Pending first, then the disk: a filing drops an object from pending
+    // only once it is written, so no object slips between the two checks.
+    let unfiled: Vec<&Digest> = {
+        let f = filings();
+        let pending = f.pending.get(tenant);
+        digests
+            .iter()
+            .filter(|d| !pending.is_some_and(|m| m.contains_key(*d)))
+            .collect()
+    };
+    unfiled
+        .into_iter()
+        .filter(|d| !objects.exists(d))
         .cloned()
         .collect()
 }

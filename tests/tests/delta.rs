@@ -77,6 +77,11 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
 
     let first = publish_json(&c, &release(t.path(), "1.0.0"), "1.0.0");
     assert_eq!(first["objects_uploaded"], first["objects"], "{first}");
+    let big = std::fs::read(t.path().join("release-1.0.0/lib/big.so")).unwrap();
+    let big_object = c
+        .data_dir
+        .join("blobs/objects/default/sha256")
+        .join(artifact::Digest::of(&big).hex());
     deploy(&c, &agent, "1.0.0");
     let full = wire_bytes(&fetch_line(&agent, "1.0.0"));
     assert!(
@@ -84,13 +89,8 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
         "the first install moved the whole tree: {full}"
     );
     // The first release went to its host as the uploaded full pack; the
-    // controller splits it into per-file objects a minute later, or as soon
-    // as a changed release is published (its pack is built from them).
-    let big = std::fs::read(t.path().join("release-1.0.0/lib/big.so")).unwrap();
-    let big_object = c
-        .data_dir
-        .join("blobs/objects/default/sha256")
-        .join(artifact::Digest::of(&big).hex());
+    // controller files its objects as soon as a changed release is
+    // published (that release's pack is built from them).
 
     // One file differs (sample.conf names the version).
     let second = publish_json(&c, &release(t.path(), "1.0.1"), "1.0.1");

@@ -91,6 +91,27 @@ impl ControllerFetch {
     fn succeeded(&self) {
         *self.failures.lock().unwrap_or_else(|e| e.into_inner()) = (None, 0);
     }
+
+    /// A client on the session's channel; none while disconnected.
+    fn client(&self) -> Result<AgentsClient<Channel>, DeployError> {
+        let Some(channel) = self.channel.borrow().clone() else {
+            return Err(DeployError::Transient("controller not connected".into()));
+        };
+        Ok(AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Maps a failed object fetch like a failed blob fetch: unreachable
+    /// postpones, the controller's corrupt copy or a refusal fails the release.
+    fn objects_error(&self, release: &str, status: tonic::Status) -> DeployError {
+        if unreachable(status.code()) {
+            return DeployError::Transient(format!("fetch objects: {}", status.message()));
+        }
+        DeployError::Fetch(crate::fetch::FetchError::GaveUp {
+            digest: Digest::parse(release).unwrap_or_else(|_| Digest::of(release.as_bytes())),
+            attempts: 1,
+            message: format!("objects of {release}: {}", status.message()),
+        })
+    }
 }
 
 /// Whether a fetch failing with `code` says nothing about the blob: the
@@ -111,11 +132,7 @@ impl Fetch for ControllerFetch {
         feed: &'a Feed,
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async move {
-            let Some(channel) = self.channel.borrow().clone() else {
-                return Err(DeployError::Transient("controller not connected".into()));
-            };
-            let mut client =
-                AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+            let mut client = self.client()?;
             let err = match crate::fetch::fetch_blob(&mut client, cache, blob, size, feed).await {
                 Ok(p) => {
                     self.succeeded();
@@ -169,11 +186,7 @@ impl Fetch for ControllerFetch {
         feed: &'a Feed,
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async move {
-            let Some(channel) = self.channel.borrow().clone() else {
-                return Err(DeployError::Transient("controller not connected".into()));
-            };
-            let mut client =
-                AgentsClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+            let mut client = self.client()?;
             crate::fetch::fetch_objects(&mut client, cache, release, want, feed)
                 .await
                 .map_err(|e| match e {
@@ -182,21 +195,6 @@ impl Fetch for ControllerFetch {
                     }
                     other => other.into(),
                 })
-        })
-    }
-}
-
-impl ControllerFetch {
-    /// Maps a failed object fetch like a failed blob fetch: unreachable
-    /// postpones, the controller's corrupt copy or a refusal fails the release.
-    fn objects_error(&self, release: &str, status: tonic::Status) -> DeployError {
-        if unreachable(status.code()) {
-            return DeployError::Transient(format!("fetch objects: {}", status.message()));
-        }
-        DeployError::Fetch(crate::fetch::FetchError::GaveUp {
-            digest: Digest::parse(release).unwrap_or_else(|_| Digest::of(release.as_bytes())),
-            attempts: 1,
-            message: format!("objects of {release}: {}", status.message()),
         })
     }
 }

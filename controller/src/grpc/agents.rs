@@ -468,7 +468,12 @@ impl Agents for AgentsService {
             .map_err(ControllerError::from)?;
         // Objects a controller stopped mid-way never filed: the release's full
         // pack holds them all, so it is filed (again) and the fetch waits.
-        let lacking = !crate::objects::missing(&store, &id.tenant, &digests).is_empty();
+        let (on, tenant, asked) = (store.clone(), id.tenant.clone(), digests.clone());
+        let lacking =
+            !tokio::task::spawn_blocking(move || crate::objects::missing(&on, &tenant, &asked))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .is_empty();
         if let Some((pack, size)) = full_pack.filter(|(p, _)| lacking && self.ctx.blobs.exists(p)) {
             tracing::warn!(tenant = %id.tenant, release = %req.manifest_digest, "objects missing from the store: filing them from the release's full pack");
             crate::objects::defer_filing(
