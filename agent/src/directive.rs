@@ -27,7 +27,10 @@ pub struct Directive {
     pub generation: u64,
     pub counter: u64,
     pub manifest: Arc<Manifest>,
-    pub blob: Digest,
+    /// The blob (format 1) or the release's full pack (format 2); None for a
+    /// format-2 release whose full pack the controller has not built yet (a
+    /// host with none of its files then asks for all of its objects).
+    pub blob: Option<Digest>,
     pub blob_size: u64,
     /// `(key, signature)` pairs over the release statement.
     pub release_signatures: Vec<(String, String)>,
@@ -113,7 +116,7 @@ impl Directive {
         }
     }
 
-    fn verified(d: &DesiredApp) -> Result<(Manifest, Digest), ManifestError> {
+    fn verified(d: &DesiredApp) -> Result<(Manifest, Option<Digest>), ManifestError> {
         let got = Digest::of(&d.manifest);
         if got.to_string() != d.manifest_digest {
             return Err(ManifestError::Digest {
@@ -134,8 +137,10 @@ impl Directive {
         if m.app != d.app || m.version != d.version || blob_differs {
             return Err(ManifestError::Mismatch);
         }
-        let blob =
-            Digest::parse(&d.blob_digest).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        let blob = match d.blob_digest.as_str() {
+            "" if m.blob.is_none() => None,
+            named => Some(Digest::parse(named).map_err(|e| ManifestError::Parse(e.to_string()))?),
+        };
         Ok((m, blob))
     }
 }

@@ -14,6 +14,9 @@ pub enum ControllerError {
     InvalidArgument(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// Busy for now: the caller should try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -37,6 +40,7 @@ impl From<ControllerError> for Status {
             ControllerError::FailedPrecondition(m) => Status::failed_precondition(m),
             ControllerError::InvalidArgument(m) => Status::invalid_argument(m),
             ControllerError::PermissionDenied(m) => Status::permission_denied(m),
+            ControllerError::Unavailable(m) => Status::unavailable(m),
             ControllerError::Blob(
                 e @ (crate::blobs::BlobError::Mismatch { .. }
                 | crate::blobs::BlobError::Size { .. }),

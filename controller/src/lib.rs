@@ -13,6 +13,7 @@ pub mod intent;
 pub mod lifecycle;
 pub mod liveness;
 pub mod objects;
+pub mod packs;
 pub mod plan;
 pub mod reports;
 pub mod rollout;

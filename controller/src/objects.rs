@@ -1,7 +1,6 @@
 //! Format-2 releases on the controller: each tenant's object store (file
 //! contents named by sha256, under `blobs/objects/<tenant>/`; a tenant never
-//! learns what another holds), filing uploaded object packs into it, the
-//! release's full pack (for hosts that have none of its files), and the
+//! learns what another holds), filing uploaded object packs into it, and the
 //! object packs agents fetch for a delta install.
 
 use std::collections::HashMap;
@@ -30,9 +29,8 @@ pub fn objects_key(order: &[(Digest, u64)]) -> String {
 /// hold (a count per digest: two packs may hold one object), which count as
 /// present, and the filings not started yet. A first publish's objects are
 /// filed a minute later ([`FILING_DELAY`]), or as soon as something needs
-/// them — the tenant's next `MissingObjects` that finds objects missing (a
-/// changed tree is being published, whose pack will be built from them), a
-/// fetch of some of them, or a pack built from them — so the ~10k small
+/// them — a fetch of some of them, or a full pack built from them (see
+/// `crate::packs`) — so the ~10k small
 /// files of a first release are not written while its first hosts install
 /// it (on a controller that shares a machine with an agent, they were).
 #[derive(Default)]
@@ -86,12 +84,12 @@ pub fn missing(objects: &BlobStore, tenant: &str, digests: &[Digest]) -> Vec<Dig
         .collect()
 }
 
-/// Starts filing the tenant's deferred full packs, then waits (at most
-/// `limit`) until none of `digests` is still being filed; false when time
-/// ran out.
+/// Waits (at most `limit`) until none of `digests` is still being filed,
+/// starting the tenant's deferred filings at once if any of them is; false
+/// when time ran out.
 pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Duration) -> bool {
-    start_filing(tenant);
     let deadline = tokio::time::Instant::now() + limit;
+    let mut started = false;
     loop {
         let busy = {
             let f = filings();
@@ -101,6 +99,10 @@ pub async fn wait_filed(tenant: &str, digests: &[Digest], limit: std::time::Dura
         };
         if !busy {
             return true;
+        }
+        if !started {
+            start_filing(tenant);
+            started = true;
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
@@ -329,43 +331,6 @@ impl ObjectSink for Filer {
         out.persist(&dest).map_err(|e| e.error)?;
         Ok(())
     }
-}
-
-/// Builds the object pack of `order` from the tenant's store into a blob of
-/// the store `blobs` (temp file, then renamed to its digest); its digest and
-/// size.
-pub async fn build_pack(
-    blobs: &BlobStore,
-    objects: &BlobStore,
-    order: Vec<(Digest, u64)>,
-) -> Result<(Digest, u64), ControllerError> {
-    let (blobs, objects) = (blobs.clone(), objects.clone());
-    tokio::task::spawn_blocking(move || -> Result<_, ControllerError> {
-        let tmp = tempfile::NamedTempFile::new_in(blobs.tmp_dir()).map_err(|e| BlobError::Io {
-            path: blobs.tmp_dir(),
-            source: e,
-        })?;
-        let out = std::io::BufWriter::new(tmp);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        let (out, digest, size) =
-            write_pack(&order, |d| Some(objects.path(d)), out, cores, Check::Digest)
-                .map_err(|e| ControllerError::Internal(format!("build the release's pack: {e}")))?;
-        let tmp = out
-            .into_inner()
-            .map_err(|e| ControllerError::Internal(format!("write pack: {e}")))?;
-        tmp.as_file().sync_all().map_err(|e| BlobError::Io {
-            path: blobs.tmp_dir(),
-            source: e,
-        })?;
-        let dest = blobs.path(&digest);
-        tmp.persist(&dest).map_err(|e| BlobError::Io {
-            path: dest.clone(),
-            source: e.error,
-        })?;
-        Ok((digest, size))
-    })
-    .await
-    .map_err(|e| ControllerError::Internal(format!("building a pack: {e}")))?
 }
 
 /// Streams the object pack of `order` (read from the tenant's store, each

@@ -2,13 +2,17 @@
 //! only that file's object moves (publisher → controller → agent), every
 //! other file of the new release is a hardlink of the one running; an
 //! unchanged tree republished moves nothing; a file edited in place on the
-//! host is never linked into the next release (it is fetched again); and a
-//! host asking for objects it has no business with is refused.
+//! host is never linked into the next release (it is fetched again); a
+//! release published as a delta gets its full pack built when a host with
+//! none of its files asks (from objects filed again if the controller
+//! stopped before filing them); and a host asking for objects it has no
+//! business with is refused.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, publish_dir, sample_release};
+use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish_dir, sample_release};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
@@ -88,18 +92,14 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
         full > 1 << 20,
         "the first install moved the whole tree: {full}"
     );
-    // The first release went to its host as the uploaded full pack; the
-    // controller files its objects as soon as a changed release is
-    // published (that release's pack is built from them).
+    // The first release went to its host as the uploaded full pack; its
+    // objects are filed into the controller's store later.
 
-    // One file differs (sample.conf names the version).
+    // One file differs (sample.conf names the version). The publish sends
+    // that file and does not wait for a full pack of the release.
     let second = publish_json(&c, &release(t.path(), "1.0.1"), "1.0.1");
     assert_eq!(second["objects_uploaded"], 1, "{second}");
-    assert_eq!(
-        std::fs::read(&big_object).unwrap(),
-        big,
-        "filed once needed"
-    );
+    assert!(second["blob_digest"].is_null(), "built later: {second}");
     deploy(&c, &agent, "1.0.1");
     let line = fetch_line(&agent, "1.0.1");
     let delta = wire_bytes(&line);
@@ -119,9 +119,49 @@ fn a_one_file_change_moves_one_object_and_links_the_rest() {
     let third = publish_json(&c, &rel, "1.0.2");
     assert_eq!(third["objects_uploaded"], 0, "{third}");
     assert_eq!(third["uploaded_bytes"], 0, "{third}");
+    let out = c.deploy_wait("1.0.2", "preprod");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(fetch_line(&agent, "1.0.2").starts_with("0 of "));
+
+    // A host with none of the files joins: the controller builds the
+    // release's full pack from its store (filing the first release's
+    // objects for it) and the host installs from that.
+    let fresh = Agent::start(t.path(), &c, "pre-2", "preprod", DB_ENV);
+    // (1.0.2's files are 1.0.1's: its app says 1.0.1.)
+    eventually(Duration::from_secs(60), "pre-2 to run 1.0.2", || {
+        let current = std::fs::read_link(fresh.app_dir().join("current")).ok()?;
+        (current.ends_with("1.0.2") && fresh.app_says()? == "sample-app 1.0.1").then_some(())
+    });
+    let line = fetch_line(&fresh, "1.0.2");
+    let n = line.split_whitespace().nth(2).unwrap();
+    assert!(line.starts_with(&format!("{n} of {n} objects")), "{line}");
     assert_eq!(
-        third["blob_digest"], second["blob_digest"],
-        "the full pack is reused"
+        std::fs::read(fresh.app_dir().join("releases/1.0.2/lib/big.so")).unwrap(),
+        big
+    );
+    assert_eq!(
+        std::fs::read(&big_object).unwrap(),
+        big,
+        "filed once needed"
+    );
+    let listed = c.ctl(&["releases", "web", "--json"]).ok().json();
+    let pack = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "1.0.2")
+        .unwrap()["blob_digest"]
+        .as_str()
+        .expect("the full pack is the release's now")
+        .to_string();
+    let pack_file = c
+        .data_dir
+        .join("blobs/sha256")
+        .join(pack.strip_prefix("sha256:").unwrap());
+    assert_eq!(
+        std::fs::metadata(pack_file).unwrap().len(),
+        wire_bytes(&line),
+        "the host was sent that pack"
     );
 }
 
@@ -221,22 +261,29 @@ fn a_host_is_refused_objects_of_releases_it_does_not_run() {
 }
 
 #[test]
-fn objects_the_controller_lost_are_filed_again_from_the_full_pack() {
+fn objects_a_restarted_controller_never_filed_come_from_the_full_pack_they_came_in() {
     let t = tempfile::tempdir().unwrap();
-    let c = Controller::start(t.path());
+    let mut c = Controller::start(t.path());
     let agent = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
     publish_dir(&c, &release(t.path(), "1.0.0"), "1.0.0");
     deploy(&c, &agent, "1.0.0");
     publish_dir(&c, &release(t.path(), "1.0.1"), "1.0.1");
-    // A controller stopped while it filed objects: the changed file's object
-    // is not in the store, only in the release's full pack.
-    let conf = std::fs::read(t.path().join("release-1.0.1/sample.conf")).unwrap();
+    deploy(&c, &agent, "1.0.1");
+    // Stopped before the first release's objects were filed (a minute
+    // after publish): they are only in its full pack, and 1.0.1, published
+    // as a delta, has no full pack yet.
+    c.restart();
+    let big = std::fs::read(t.path().join("release-1.0.0/lib/big.so")).unwrap();
     let object = c
         .data_dir
         .join("blobs/objects/default/sha256")
-        .join(artifact::Digest::of(&conf).hex());
-    std::fs::remove_file(&object).unwrap();
-    deploy(&c, &agent, "1.0.1");
-    assert!(fetch_line(&agent, "1.0.1").starts_with("1 of "));
-    assert_eq!(std::fs::read(&object).unwrap(), conf, "filed again");
+        .join(artifact::Digest::of(&big).hex());
+    assert!(!object.exists(), "not filed before the restart");
+    let fresh = Agent::start(t.path(), &c, "pre-2", "preprod", DB_ENV);
+    fresh.wait_serving("1.0.1");
+    assert_eq!(std::fs::read(&object).unwrap(), big, "filed again");
+    assert_eq!(
+        std::fs::read(fresh.app_dir().join("releases/1.0.1/lib/big.so")).unwrap(),
+        big
+    );
 }

@@ -3,7 +3,7 @@
 //! prepare (spec checks, shared links, env, the `prepare` hook, the baseline).
 //! A failure here refuses the release; the old one keeps serving.
 
-use artifact::ReleaseSpec;
+use artifact::{Digest, ReleaseSpec};
 
 use crate::config::Backend;
 use crate::directive::Directive;
@@ -91,20 +91,28 @@ impl AppRunner {
         };
         let want = artifact::assemble::wanted(&d.manifest, &local);
         let all = d.manifest.objects().len();
-        let plan = match (d.manifest.blob.is_some(), want.len()) {
-            (true, _) => Plan::Blob,
-            (false, 0) => Plan::Nothing,
-            (false, n) if n == all => Plan::Blob,
-            (false, _) => Plan::Objects,
+        // A fresh host takes the release's full pack when the controller has
+        // built one, else it asks for every object (the controller then
+        // builds the full pack and serves that).
+        let plan = match (&d.blob, d.manifest.blob.is_some(), want.len()) {
+            (Some(blob), true, _) => Plan::Blob(blob.clone()),
+            (_, false, 0) => Plan::Nothing,
+            (Some(blob), false, n) if n == all => Plan::Blob(blob.clone()),
+            (_, false, _) => Plan::Objects,
+            (None, true, _) => {
+                return Err(DeployError::Transient(
+                    "a format-1 release without its blob".into(),
+                ));
+            }
         };
         let (feed, reader) = crate::follow::pair();
         let fetcher = self.fetch.clone();
         let release = d.digest.clone();
         let fetching = async {
-            let r = match plan {
-                Plan::Blob => {
+            let r = match &plan {
+                Plan::Blob(blob) => {
                     fetcher
-                        .fetch(&self.paths.cache, &d.blob, d.blob_size, &feed)
+                        .fetch(&self.paths.cache, blob, d.blob_size, &feed)
                         .await
                 }
                 Plan::Objects => {
@@ -123,8 +131,8 @@ impl AppRunner {
         };
         let paths = &self.paths;
         let linked = local.len();
-        let unpacking = async move {
-            let source = match plan {
+        let unpacking = async {
+            let source = match &plan {
                 Plan::Nothing => None,
                 _ => {
                     reader.started().await;
@@ -142,15 +150,16 @@ impl AppRunner {
                 Ok(dir) => (fetching.await, Ok(dir)),
             },
         };
-        if unpacked.is_err() && feed.resumed() > 0 {
+        if let (Err(_), Plan::Blob(blob)) = (&unpacked, &plan)
+            && feed.resumed() > 0
+        {
             // The bytes an earlier attempt left may be what is wrong: they go,
             // and the next attempt downloads the whole blob.
-            let partial = self.paths.cache.join(format!("{}.partial", d.blob.hex()));
+            let partial = self.paths.cache.join(format!("{}.partial", blob.hex()));
             let _ = std::fs::remove_file(&partial);
-            tracing::warn!(app = %self.name, digest = %d.blob, "resumed download did not verify; fetching from the start");
+            tracing::warn!(app = %self.name, digest = %blob, "resumed download did not verify; fetching from the start");
             return Err(DeployError::Transient(format!(
-                "the resumed download of {} did not verify; fetching from the start",
-                d.blob
+                "the resumed download of {blob} did not verify; fetching from the start"
             )));
         }
         // Once unpacked (or refused) the download has served its purpose: the
@@ -159,8 +168,8 @@ impl AppRunner {
             let _ = std::fs::remove_file(&fetched);
         }
         unpacked?;
-        let detail = match plan {
-            Plan::Blob => format!("{} wire_bytes={}", d.blob, feed.wire_bytes()),
+        let detail = match &plan {
+            Plan::Blob(blob) => format!("{blob} wire_bytes={}", feed.wire_bytes()),
             Plan::Objects => format!(
                 "{} of {all} objects wire_bytes={} (the rest from {linked} files kept on this host)",
                 want.len(),
@@ -442,10 +451,10 @@ impl AppRunner {
 }
 
 /// Where the files of a release come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Plan {
     /// The whole blob (format 1) or the release's full pack (nothing kept).
-    Blob,
+    Blob(Digest),
     /// An object pack of what is not kept here.
     Objects,
     /// Every file is kept here.

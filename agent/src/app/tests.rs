@@ -212,7 +212,7 @@ impl Rig {
             digest: manifest.digest().to_string(),
             generation: self.generation,
             counter: self.generation,
-            blob: blob_digest,
+            blob: Some(blob_digest),
             blob_size: blob.len() as u64,
             manifest: Arc::new(manifest),
             release_signatures: vec![],

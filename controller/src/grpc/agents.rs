@@ -405,26 +405,9 @@ impl Agents for AgentsService {
                 req.offset
             )));
         }
-        // Checked at rest while it streams: a corrupt blob ends the stream
-        // with DataLoss (never OK) and is moved aside, so it reads as missing
-        // until a publish uploads it again.
-        let chunks = self
-            .ctx
-            .blobs
-            .read_verified(digest.clone(), size, req.offset, proto::CHUNK_BYTES)
-            .await
-            .map_err(|e| match e {
-                crate::blobs::BlobError::Corrupt { .. } => Status::data_loss(e.to_string()),
-                e => {
-                    tracing::error!(digest = %digest, error = %e, "blob listed in the store but unreadable");
-                    Status::not_found(format!("no blob {digest}"))
-                }
-            })?;
-        let stream = ReceiverStream::new(chunks).map(move |c| match c {
-            Ok(data) => Ok(BlobChunk { data }),
-            Err(e) => Err(Status::data_loss(format!("reading blob: {e}"))),
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            self.stream_blob(digest, size, req.offset).await?,
+        )))
     }
 
     async fn fetch_objects(
@@ -460,36 +443,25 @@ impl Agents for AgentsService {
             }
             order.push((digest, *size));
         }
+        // Every object, in order: what the release's full pack holds. A host
+        // with none of the files gets that pack, built now if the release was
+        // published as a delta and nobody needed it before.
+        if order == manifest.objects() {
+            let (pack, size) = match full_pack.filter(|(p, _)| self.ctx.blobs.exists(p)) {
+                Some(found) => found,
+                None => crate::packs::ensure(&self.ctx, &id.tenant, &manifest, false).await?,
+            };
+            return Ok(Response::new(Box::pin(
+                self.stream_blob(pack, size, 0).await?,
+            )));
+        }
         let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
+        crate::packs::refile_lost(&self.ctx, &id.tenant, &manifest.app, &digests).await?;
         let store = self
             .ctx
             .blobs
             .tenant_objects(&id.tenant)
             .map_err(ControllerError::from)?;
-        // Objects a controller stopped mid-way never filed: the release's full
-        // pack holds them all, so it is filed (again) and the fetch waits.
-        let (on, tenant, asked) = (store.clone(), id.tenant.clone(), digests.clone());
-        let lacking =
-            !tokio::task::spawn_blocking(move || crate::objects::missing(&on, &tenant, &asked))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .is_empty();
-        if let Some((pack, size)) = full_pack.filter(|(p, _)| lacking && self.ctx.blobs.exists(p)) {
-            tracing::warn!(tenant = %id.tenant, release = %req.manifest_digest, "objects missing from the store: filing them from the release's full pack");
-            crate::objects::defer_filing(
-                &self.ctx.blobs,
-                &store,
-                &id.tenant,
-                pack,
-                size,
-                manifest.objects(),
-            );
-        }
-        if !crate::objects::wait_filed(&id.tenant, &digests, Duration::from_secs(120)).await {
-            return Err(Status::unavailable(
-                "objects of this release are still being filed; try again",
-            ));
-        }
         let chunks = crate::objects::stream_pack(store, order, proto::CHUNK_BYTES);
         let stream = ReceiverStream::new(chunks).map(|c| match c {
             Ok(data) => Ok(BlobChunk { data }),
@@ -568,6 +540,34 @@ impl AgentsService {
             return Err(refused());
         }
         Ok(row)
+    }
+
+    /// A stored blob as chunks from `offset`, checked at rest while it
+    /// streams: a corrupt blob ends the stream with DataLoss (never OK) and
+    /// is moved aside, so it reads as missing until a publish uploads it
+    /// again.
+    async fn stream_blob(
+        &self,
+        digest: Digest,
+        size: u64,
+        offset: u64,
+    ) -> Result<impl tokio_stream::Stream<Item = Result<BlobChunk, Status>> + use<>, Status> {
+        let chunks = self
+            .ctx
+            .blobs
+            .read_verified(digest.clone(), size, offset, proto::CHUNK_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::blobs::BlobError::Corrupt { .. } => Status::data_loss(e.to_string()),
+                e => {
+                    tracing::error!(digest = %digest, error = %e, "blob listed in the store but unreadable");
+                    Status::not_found(format!("no blob {digest}"))
+                }
+            })?;
+        Ok(ReceiverStream::new(chunks).map(move |c| match c {
+            Ok(data) => Ok(BlobChunk { data }),
+            Err(e) => Err(Status::data_loss(format!("reading blob: {e}"))),
+        }))
     }
 
     /// The release's manifest, parsed, and (format 2) its full pack.

@@ -22,9 +22,6 @@ pub const MAX_DIGESTS_PER_QUERY: usize = 1024;
 pub const MAX_PACKS: usize = 16;
 /// Unpacked content a release may describe.
 pub const MAX_CONTENT_BYTES: u64 = artifact::unpack::MAX_TOTAL_BYTES;
-/// Longest a publish waits for an earlier release's objects to be filed
-/// before building its full pack from them.
-const FILING_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct ReleasesService {
     pub ctx: SharedCtx,
@@ -205,12 +202,6 @@ impl Releases for ReleasesService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        // A publish of a changed tree is coming, whose full pack will be
-        // built from the tenant's objects: file what earlier full packs hold
-        // while it packs and uploads. (An unchanged tree reuses its pack.)
-        if !missing.is_empty() {
-            crate::objects::start_filing(&who.tenant);
-        }
         Ok(Response::new(MissingObjectsResponse {
             missing: missing.iter().map(ToString::to_string).collect(),
         }))
@@ -624,43 +615,29 @@ impl ReleasesService {
         crate::objects::file_packs(&self.ctx.blobs, &objects, tenant, uploaded, manifest).await
     }
 
-    /// A new format-2 release's full pack: an uploaded pack holding all its
-    /// objects in order, an earlier release's with the same objects, or one
-    /// built now from the store.
+    /// A new format-2 release's full pack if it has one already: an uploaded
+    /// pack holding all its objects in order, or an earlier release's with
+    /// the same objects. None: it is built later (see `crate::packs`), so
+    /// a publish of a changed tree does not wait for ~200 MiB to be packed.
     async fn full_pack(
         &self,
         tenant: &str,
         manifest: &Manifest,
         filed: &[crate::objects::FiledPack],
-    ) -> Result<(String, u64), ControllerError> {
+    ) -> Result<Option<(String, u64)>, ControllerError> {
         let store = &self.ctx.store;
-        let objects = self.ctx.blobs.tenant_objects(tenant)?;
         let order = manifest.objects();
         let key = crate::objects::objects_key(&order);
         for f in filed {
             if f.held == order {
                 store.set_objects_key(&f.pack.to_string(), &key).await?;
-                return Ok((f.pack.to_string(), f.size));
+                return Ok(Some((f.pack.to_string(), f.size)));
             }
         }
-        if let Some(found) = store.pack_with_objects(tenant, &key).await?
-            && Digest::parse(&found.0).is_ok_and(|d| self.ctx.blobs.exists(&d))
-        {
-            return Ok(found);
-        }
-        let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
-        if !crate::objects::wait_filed(tenant, &digests, FILING_WAIT).await {
-            return Err(ControllerError::FailedPrecondition(
-                "objects of an earlier release are still being filed; publish again".into(),
-            ));
-        }
-        let (digest, size) = crate::objects::build_pack(&self.ctx.blobs, &objects, order).await?;
-        let name = digest.to_string();
-        store.insert_blob(&name, size).await?;
-        store.link_blob(tenant, &name).await?;
-        store.set_objects_key(&name, &key).await?;
-        tracing::info!(%tenant, app = %manifest.app, version = %manifest.version, pack = %name, size, "full pack built from the object store");
-        Ok((name, size))
+        Ok(store
+            .pack_with_objects(tenant, &key)
+            .await?
+            .filter(|(found, _)| Digest::parse(found).is_ok_and(|d| self.ctx.blobs.exists(&d))))
     }
 
     async fn create(
@@ -697,14 +674,14 @@ impl ReleasesService {
             manifest_digest: &manifest_digest,
         };
         let signatures = checked_signatures(signatures, &statement.bytes())?;
-        // Only a release that passed every check gets its full pack built.
-        let (blob_digest, blob_size) = match &manifest.blob {
+        let full_pack = match &manifest.blob {
             Some(blob) => {
                 self.blob_of_format1(tenant, manifest, blob).await?;
-                (blob.digest.clone(), blob.size)
+                Some((blob.digest.clone(), blob.size))
             }
             None => self.full_pack(tenant, manifest, &filed).await?,
         };
+        let (blob_digest, blob_size) = full_pack.clone().unwrap_or_default();
         let row = ReleaseRow {
             app: manifest.app.clone(),
             version: manifest.version.clone(),
@@ -731,6 +708,14 @@ impl ReleasesService {
         }
         if !existed {
             tracing::info!(tenant, app = %row.app, version = %row.version, digest = %row.manifest_digest, "release created");
+            // Only a release that passed every check gets its full pack built.
+            if full_pack.is_none() {
+                crate::packs::build_later(
+                    self.ctx.clone(),
+                    tenant.to_string(),
+                    std::sync::Arc::new(manifest.clone()),
+                );
+            }
         }
         Ok((stored, existed))
     }

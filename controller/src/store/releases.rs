@@ -137,6 +137,49 @@ impl Store {
         Ok(row.map(|(d, s)| (d, s as u64)))
     }
 
+    /// Names `pack` as the full pack of the tenant's release `manifest_digest`
+    /// if it has none yet (a release published as a delta gets its full pack
+    /// built later).
+    pub async fn set_release_pack(
+        &self,
+        tenant: &str,
+        manifest_digest: &str,
+        pack: &str,
+        size: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE releases SET blob_digest = ?, blob_size = ?
+             WHERE tenant = ? AND manifest_digest = ? AND blob_digest = ''",
+        )
+        .bind(pack)
+        .bind(size as i64)
+        .bind(tenant)
+        .bind(manifest_digest)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` releases of the tenant's `app` that have a full
+    /// pack: canonical manifest bytes, pack digest and size.
+    pub async fn releases_with_packs(
+        &self,
+        tenant: &str,
+        app: &str,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT manifest, blob_digest, blob_size FROM releases
+             WHERE tenant = ? AND app = ? AND blob_digest != ''
+             ORDER BY created_at DESC, counter DESC LIMIT ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(limit)
+        .fetch_all(self.db())
+        .await?)
+    }
+
     /// The tenant's release named by its manifest digest: its app, canonical
     /// manifest bytes, and its blob (for format 2, its full pack) with size.
     pub async fn release_manifest(

@@ -32,8 +32,10 @@ struct PublishedJson {
     app: String,
     version: String,
     release_digest: String,
-    blob_digest: String,
-    blob_size: u64,
+    /// The release's full pack (null until the controller builds it: a
+    /// release published as a delta gets one later).
+    blob_digest: Option<String>,
+    blob_size: Option<u64>,
     uploaded: bool,
     /// File objects of the release, those the controller lacked (uploaded),
     /// and the bytes that went (compressed).
@@ -94,8 +96,8 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
         app: a.app,
         version: a.version,
         release_digest: release.manifest_digest,
-        blob_digest: release.blob_digest,
-        blob_size: release.blob_size,
+        blob_size: Some(release.blob_size).filter(|_| !release.blob_digest.is_empty()),
+        blob_digest: Some(release.blob_digest).filter(|d| !d.is_empty()),
         uploaded: uploaded_bytes > 0,
         objects: all.len(),
         objects_uploaded: upload.len(),
@@ -136,11 +138,12 @@ fn print_published(p: &PublishedJson) {
     say!("published {} {}{again}", escape(&p.app), escape(&p.version));
     say!("  release  {}", escape(&p.release_digest));
     say!("  files    {how}");
-    say!(
-        "  pack     {} ({})",
-        p.blob_digest,
-        human_bytes(p.blob_size)
-    );
+    match (&p.blob_digest, p.blob_size) {
+        (Some(d), Some(size)) => say!("  pack     {d} ({})", human_bytes(size)),
+        _ => say!(
+            "  pack     built by the controller within a minute (or first for a host with none of its files)"
+        ),
+    }
     say!("  entries  {}", p.entries);
     say!("  counter  {}", p.counter);
     for k in &p.signed_by {

@@ -14,8 +14,9 @@ struct ReleaseJson {
     app: String,
     version: String,
     release_digest: String,
-    blob_digest: String,
-    blob_size: u64,
+    /// The release's full pack; null until the controller has built it.
+    blob_digest: Option<String>,
+    blob_size: Option<u64>,
     entries: u32,
     git_commit: String,
     #[serde(serialize_with = "as_rfc3339")]
@@ -104,8 +105,8 @@ async fn list_releases(c: &mut Clients, app: String, fmt: Format) -> Result<()> 
             app: rel.app,
             version: rel.version,
             release_digest: rel.manifest_digest,
-            blob_digest: rel.blob_digest,
-            blob_size: rel.blob_size,
+            blob_size: Some(rel.blob_size).filter(|_| !rel.blob_digest.is_empty()),
+            blob_digest: Some(rel.blob_digest).filter(|d| !d.is_empty()),
             entries: rel.entries,
             git_commit: rel.git_commit,
             created_at: rel.created_at,
@@ -134,7 +135,7 @@ async fn list_releases(c: &mut Clients, app: String, fmt: Format) -> Result<()> 
         t.row([
             version,
             short(&r.release_digest),
-            human_bytes(r.blob_size),
+            r.blob_size.map_or_else(|| "-".into(), human_bytes),
             r.git_commit.chars().take(12).collect(),
             ago(r.created_at),
             list(&r.desired_in),
