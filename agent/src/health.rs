@@ -231,12 +231,10 @@ async fn probe(p: Probe<'_>) -> Result<(), ProbeError> {
         .map(|_| ())
         .map_err(|source| ProbeError::Tcp { port, source }),
         Probe::Command { argv, dir, env } => {
-            let program = if argv[0].contains('/') && !argv[0].starts_with('/') {
-                dir.join(&argv[0])
-            } else {
-                std::path::PathBuf::from(&argv[0])
-            };
+            let program =
+                crate::program::resolve(&argv[0], dir, env.get("PATH").map(String::as_str));
             let mut child = tokio::process::Command::new(&program)
+                .arg0(&argv[0])
                 .args(&argv[1..])
                 .current_dir(dir)
                 .env_clear()

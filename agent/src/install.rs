@@ -294,12 +294,10 @@ pub async fn run_hook(
     run_as: Option<crate::config::RunAs>,
     started: impl FnOnce(i32),
 ) -> Result<String, InstallError> {
-    let program = if hook.command[0].contains('/') && !hook.command[0].starts_with('/') {
-        dir.join(&hook.command[0])
-    } else {
-        PathBuf::from(&hook.command[0])
-    };
+    let program =
+        crate::program::resolve(&hook.command[0], dir, env.get("PATH").map(String::as_str));
     let mut cmd = tokio::process::Command::new(&program);
+    cmd.arg0(&hook.command[0]);
     if let Some(r) = run_as {
         cmd.uid(r.uid).gid(r.gid);
     }

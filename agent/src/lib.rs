@@ -20,6 +20,7 @@ pub mod local;
 pub mod lock;
 pub mod manifests;
 pub mod paths;
+pub mod program;
 pub mod proxy;
 pub mod session;
 pub mod state;

@@ -282,11 +282,11 @@ pub fn start(
         process: process.to_string(),
         source,
     };
-    let program = if command[0].contains('/') && !command[0].starts_with('/') {
-        paths.current.join(&command[0])
-    } else {
-        PathBuf::from(&command[0])
-    };
+    let program = crate::program::resolve(
+        &command[0],
+        &paths.current,
+        env.get("PATH").map(String::as_str),
+    );
     let log_path = paths.logs.join(format!("{process}.log"));
     let log = OpenOptions::new()
         .create(true)
@@ -331,7 +331,11 @@ pub fn start(
                 .arg(&program);
             c
         }
-        None => std::process::Command::new(&program),
+        None => {
+            let mut c = std::process::Command::new(&program);
+            std::os::unix::process::CommandExt::arg0(&mut c, &command[0]);
+            c
+        }
     };
     let stdin = match listener {
         Some(l) => Stdio::from(std::os::fd::OwnedFd::from(
