@@ -189,7 +189,9 @@ pub async fn fetch_blob(
 
 /// Streams the object pack of `want` (objects of release `release`) into
 /// `cache/<release hex>.objects`, telling `feed` as it grows; its path. No
-/// resume: a delta is small, and a cut one is asked for again. At most what
+/// resume: a delta is small, and a cut one is asked for again (so is a
+/// release's full pack asked for as every object, on a new host within a
+/// minute of a delta publish). At most what
 /// the objects could take compressed, plus headers, is accepted.
 pub async fn fetch_objects(
     client: &mut AgentsClient<Channel>,

@@ -294,8 +294,12 @@ pub async fn run_hook(
     run_as: Option<crate::config::RunAs>,
     started: impl FnOnce(i32),
 ) -> Result<String, InstallError> {
-    let program =
-        crate::program::resolve(&hook.command[0], dir, env.get("PATH").map(String::as_str));
+    // Looked up as the child's execvp would, unless a user switch leaves
+    // that to it (see `crate::program`).
+    let program = match run_as {
+        Some(_) if !hook.command[0].contains('/') => PathBuf::from(&hook.command[0]),
+        _ => crate::program::resolve(&hook.command[0], dir, env.get("PATH").map(String::as_str)),
+    };
     let mut cmd = tokio::process::Command::new(&program);
     cmd.arg0(&hook.command[0]);
     if let Some(r) = run_as {

@@ -16,9 +16,15 @@ use std::path::{Path, PathBuf};
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// The file `argv0` names for a child started in `dir` with `PATH` set to
-/// `path_var`: the first executable regular file of that name along the
-/// path. A name found nowhere is returned as it is (starting it then fails
-/// with "not found", as it would have).
+/// `path_var`: a path with a slash from `dir`; a bare name, the first
+/// executable regular file of that name along the path (relative entries
+/// from `dir`). Returned as it is — left to the child's `execvp` — when no
+/// such file is found (starting it then fails with "not found", as it
+/// would have) and when the file found is neither a `#!` script nor an ELF
+/// binary (`execvp` runs such a file with `/bin/sh`; a spawn by path
+/// would refuse it). Callers that switch user leave it to `execvp` too:
+/// whether that user may run the file is for the kernel to say, and std
+/// forks to switch users anyway.
 pub fn resolve(argv0: &str, dir: &Path, path_var: Option<&str>) -> PathBuf {
     if argv0.contains('/') {
         return dir.join(argv0);
@@ -38,7 +44,16 @@ pub fn resolve(argv0: &str, dir: &Path, path_var: Option<&str>) -> PathBuf {
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+        .filter(|p| starts_like_a_program(p))
         .unwrap_or_else(|| PathBuf::from(argv0))
+}
+
+/// Whether `path` begins with `#!` or the ELF magic.
+fn starts_like_a_program(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head.starts_with(b"#!") || head == *b"\x7fELF")
 }
 
 #[cfg(test)]
@@ -78,6 +93,19 @@ mod tests {
             t.path().join("./bin/run")
         );
         assert_eq!(resolve("/bin/sh", t.path(), None), PathBuf::from("/bin/sh"));
+    }
+
+    #[test]
+    fn a_script_without_an_interpreter_line_is_left_to_execvp() {
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        exe(&bin.join("tool"));
+        std::fs::write(bin.join("tool"), "echo no interpreter line\n").unwrap();
+        let path = bin.display().to_string();
+        assert_eq!(
+            resolve("tool", t.path(), Some(&path)),
+            PathBuf::from("tool")
+        );
     }
 
     #[test]

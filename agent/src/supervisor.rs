@@ -282,11 +282,16 @@ pub fn start(
         process: process.to_string(),
         source,
     };
-    let program = crate::program::resolve(
-        &command[0],
-        &paths.current,
-        env.get("PATH").map(String::as_str),
-    );
+    let workdir = cwd.map_or_else(|| paths.current.clone(), |c| paths.current.join(c));
+    // A path with a slash is from the release; a bare name is looked up as
+    // the child's execvp would, unless a user switch leaves that to it.
+    let program = match (command[0].contains('/'), run_as) {
+        (true, _) => paths.current.join(&command[0]),
+        (false, Some(_)) => PathBuf::from(&command[0]),
+        (false, None) => {
+            crate::program::resolve(&command[0], &workdir, env.get("PATH").map(String::as_str))
+        }
+    };
     let log_path = paths.logs.join(format!("{process}.log"));
     let log = OpenOptions::new()
         .create(true)
@@ -344,7 +349,7 @@ pub fn start(
         None => Stdio::null(),
     };
     cmd.args(&command[1..])
-        .current_dir(cwd.map_or_else(|| paths.current.clone(), |c| paths.current.join(c)))
+        .current_dir(&workdir)
         .env_clear()
         .envs(env)
         .env(RUN_VAR, &intent.nonce)

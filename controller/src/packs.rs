@@ -3,9 +3,9 @@
 //! from. A first release's full pack is what the publisher uploaded. A
 //! release published as a delta (only the objects the controller lacked)
 //! gets its full pack built from the object store later, not while the
-//! publish waits: a minute after publish at the lowest CPU priority
-//! ([`build_later`]), or at once when a host with none of its files asks
-//! for it ([`ensure`]). Until then the release has none (`blob_digest` is
+//! publish waits: a minute after publish at the lowest CPU priority if it
+//! is still the app's newest release ([`build_later`]), or at once when a
+//! host with none of its files asks for it ([`ensure`]). Until then the release has none (`blob_digest` is
 //! empty) and its directives say so.
 
 use std::collections::HashMap;
@@ -27,16 +27,18 @@ pub const BUILD_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest a build waits for the objects of earlier releases to be filed.
 const FILING_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Releases of the app whose full packs are looked through for objects
+/// Releases of the tenant whose full packs are looked through for objects
 /// missing from the store (see [`refile_lost`]).
 const REFILE_FROM: u32 = 32;
 
 /// One lock per (tenant, objects key): a pack asked for by many hosts at
 /// once, or asked for while the delayed build runs, is built once.
-static BUILDS: LazyLock<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>> =
+static BUILDS: LazyLock<Mutex<HashMap<(String, String), BuildLock>>> =
     LazyLock::new(Default::default);
 
-fn build_lock(tenant: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+type BuildLock = Arc<tokio::sync::Mutex<()>>;
+
+fn build_lock(tenant: &str, key: &str) -> BuildLock {
     let mut builds = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     // Locks nobody holds or waits for are dropped as new ones are made.
     builds.retain(|_, l| Arc::strong_count(l) > 1);
@@ -51,6 +53,23 @@ fn build_lock(tenant: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
 /// built now from the object store and recorded as the release's. `idle`
 /// builds at the lowest CPU priority (nothing waits for it).
 pub async fn ensure(
+    ctx: &SharedCtx,
+    tenant: &str,
+    manifest: &Manifest,
+    idle: bool,
+) -> Result<(Digest, u64), ControllerError> {
+    // In a task of its own, holding the lock to the end: a host that hangs
+    // up does not free the lock for a second build beside the first.
+    let (ctx, tenant, manifest) = (ctx.clone(), tenant.to_string(), manifest.clone());
+    tokio::spawn(async move { ensure_held(&ctx, &tenant, &manifest, idle).await })
+        .await
+        .map_err(|e| ControllerError::Internal(format!("building a full pack: {e}")))?
+}
+
+/// Full packs built at once: each takes every core and tens of MiB.
+static BUILDING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+async fn ensure_held(
     ctx: &SharedCtx,
     tenant: &str,
     manifest: &Manifest,
@@ -73,7 +92,11 @@ pub async fn ensure(
     }
     let objects = ctx.blobs.tenant_objects(tenant)?;
     let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
-    refile_lost(ctx, tenant, &manifest.app, &digests).await?;
+    refile_lost(ctx, tenant, &digests).await?;
+    let _one = BUILDING
+        .acquire()
+        .await
+        .map_err(|e| ControllerError::Internal(format!("build queue: {e}")))?;
     let started = std::time::Instant::now();
     let (digest, size) = build_pack(&ctx.blobs, &objects, order, idle).await?;
     let name = digest.to_string();
@@ -88,30 +111,55 @@ pub async fn ensure(
     Ok((digest, size))
 }
 
-/// Builds the release's full pack [`BUILD_DELAY`] from now, at the lowest
-/// CPU priority, unless a host asked for it before; a failure is logged
-/// (the first host that needs the pack builds it, or says why it cannot).
-pub fn build_later(ctx: SharedCtx, tenant: String, manifest: Arc<Manifest>) {
+/// Builds the full pack of the tenant's release `manifest_digest` of `app`
+/// [`BUILD_DELAY`] from now, at the lowest CPU priority, if it is still the
+/// app's newest release then (an older one's is built when a host first
+/// asks for it: a CI publishing version after version would otherwise
+/// build a pack per version). The manifest is read again then, not held
+/// meanwhile (~3 MiB parsed for 12k files). A failure is logged: the first
+/// host that needs the pack builds it, or says why it cannot.
+pub fn build_later(ctx: SharedCtx, tenant: String, app: String, manifest_digest: String) {
     tokio::spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(BUILD_DELAY) => {}
             _ = ctx.shutdown.cancelled() => return,
         }
-        if let Err(e) = ensure(&ctx, &tenant, &manifest, true).await {
-            tracing::warn!(%tenant, app = %manifest.app, version = %manifest.version, error = %e,
+        let built = async {
+            if ctx.store.newest_release(&tenant, &app).await?.as_deref()
+                != Some(manifest_digest.as_str())
+            {
+                return Ok(None);
+            }
+            let Some((_, bytes, _, _)) = ctx
+                .store
+                .release_manifest(&tenant, &manifest_digest)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let manifest = Manifest::from_canonical_bytes(
+                &bytes,
+                artifact::unpack::MAX_ENTRIES,
+                artifact::unpack::MAX_TOTAL_BYTES,
+            )
+            .map_err(|e| ControllerError::Internal(format!("stored manifest: {e}")))?;
+            ensure(&ctx, &tenant, &manifest, true).await.map(Some)
+        };
+        if let Err(e) = built.await {
+            tracing::warn!(%tenant, %app, release = %manifest_digest, error = %e,
                 "full pack not built; the first host with none of its files builds it");
         }
     });
 }
 
 /// Waits until `digests` are filed, filing again from the full packs of
-/// the app's releases any the store lost (a controller stopped before a
-/// deferred filing ran: the packs are durable, their filing was not).
+/// the tenant's newest releases any the store lost (a controller stopped
+/// before a deferred filing ran: the packs are durable, their filing was
+/// not; a release of one app may count on objects of another's pack).
 /// Fails, naming how many, when objects are still missing after that.
 pub async fn refile_lost(
     ctx: &SharedCtx,
     tenant: &str,
-    app: &str,
     digests: &[Digest],
 ) -> Result<(), ControllerError> {
     let still_filing = || {
@@ -129,11 +177,7 @@ pub async fn refile_lost(
     }
     let mut lacking: std::collections::HashSet<Digest> = lacking.into_iter().collect();
     let total = lacking.len();
-    for (bytes, pack, size) in ctx
-        .store
-        .releases_with_packs(tenant, app, REFILE_FROM)
-        .await?
-    {
+    for (bytes, pack, size) in ctx.store.releases_with_packs(tenant, REFILE_FROM).await? {
         let (Ok(pack), Ok(m)) = (
             Digest::parse(&pack),
             Manifest::from_canonical_bytes(
@@ -159,7 +203,7 @@ pub async fn refile_lost(
             break;
         }
     }
-    tracing::warn!(%tenant, %app, objects = total, "objects missing from the store: filing them again from full packs");
+    tracing::warn!(%tenant, objects = total, "objects missing from the store: filing them again from full packs");
     if !wait_filed(tenant, digests, FILING_WAIT).await {
         return Err(still_filing());
     }

@@ -101,14 +101,34 @@ impl ControllerFetch {
     }
 
     /// Maps a failed object fetch like a failed blob fetch: unreachable
-    /// postpones, the controller's corrupt copy or a refusal fails the release.
+    /// postpones; the controller's corrupt copy, lost objects or a refusal
+    /// fail the release; any other answered error (a full pack the
+    /// controller failed to build, say) is tried again, [`FETCH_ATTEMPTS`]
+    /// times in all.
     fn objects_error(&self, release: &str, status: tonic::Status) -> DeployError {
         if unreachable(status.code()) {
             return DeployError::Transient(format!("fetch objects: {}", status.message()));
         }
+        let digest = Digest::parse(release).unwrap_or_else(|_| Digest::of(release.as_bytes()));
+        let n = self.failed_again(&digest);
+        let final_answer = matches!(
+            status.code(),
+            tonic::Code::DataLoss
+                | tonic::Code::PermissionDenied
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::NotFound
+        );
+        if n < FETCH_ATTEMPTS && !final_answer {
+            return DeployError::Transient(format!(
+                "fetch objects (attempt {n} of {FETCH_ATTEMPTS}): {}",
+                status.message()
+            ));
+        }
+        self.succeeded();
         DeployError::Fetch(crate::fetch::FetchError::GaveUp {
-            digest: Digest::parse(release).unwrap_or_else(|_| Digest::of(release.as_bytes())),
-            attempts: 1,
+            digest,
+            attempts: n,
             message: format!("objects of {release}: {}", status.message()),
         })
     }
@@ -189,6 +209,7 @@ impl Fetch for ControllerFetch {
             let mut client = self.client()?;
             crate::fetch::fetch_objects(&mut client, cache, release, want, feed)
                 .await
+                .inspect(|_| self.succeeded())
                 .map_err(|e| match e {
                     crate::fetch::FetchError::Rpc { status, .. } => {
                         self.objects_error(release, *status)

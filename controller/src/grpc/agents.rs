@@ -456,7 +456,7 @@ impl Agents for AgentsService {
             )));
         }
         let digests: Vec<Digest> = order.iter().map(|(d, _)| d.clone()).collect();
-        crate::packs::refile_lost(&self.ctx, &id.tenant, &manifest.app, &digests).await?;
+        crate::packs::refile_lost(&self.ctx, &id.tenant, &digests).await?;
         let store = self
             .ctx
             .blobs

@@ -713,7 +713,8 @@ impl ReleasesService {
                 crate::packs::build_later(
                     self.ctx.clone(),
                     tenant.to_string(),
-                    std::sync::Arc::new(manifest.clone()),
+                    row.app.clone(),
+                    row.manifest_digest.clone(),
                 );
             }
         }

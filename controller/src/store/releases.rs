@@ -160,21 +160,33 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` releases of the tenant's `app` that have a full
-    /// pack: canonical manifest bytes, pack digest and size.
+    /// The manifest digest of the tenant's newest release of `app` (yanked
+    /// ones left out).
+    pub async fn newest_release(&self, tenant: &str, app: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT manifest_digest FROM releases
+             WHERE tenant = ? AND app = ? AND yanked_at IS NULL
+             ORDER BY created_at DESC, counter DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(app)
+        .fetch_optional(self.db())
+        .await?)
+    }
+
+    /// The newest `limit` releases of the tenant that have a full pack:
+    /// canonical manifest bytes, pack digest and size.
     pub async fn releases_with_packs(
         &self,
         tenant: &str,
-        app: &str,
         limit: u32,
     ) -> Result<Vec<(Vec<u8>, String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT manifest, blob_digest, blob_size FROM releases
-             WHERE tenant = ? AND app = ? AND blob_digest != ''
+             WHERE tenant = ? AND blob_digest != ''
              ORDER BY created_at DESC, counter DESC LIMIT ?",
         )
         .bind(tenant)
-        .bind(app)
         .bind(limit)
         .fetch_all(self.db())
         .await?)

@@ -141,7 +141,7 @@ fn print_published(p: &PublishedJson) {
     match (&p.blob_digest, p.blob_size) {
         (Some(d), Some(size)) => say!("  pack     {d} ({})", human_bytes(size)),
         _ => say!(
-            "  pack     built by the controller within a minute (or first for a host with none of its files)"
+            "  pack     not built yet: the controller builds it for the first host with none of its files (or within a minute if this stays the newest release)"
         ),
     }
     say!("  entries  {}", p.entries);
