@@ -62,7 +62,7 @@ impl Identity {
         Ok(Some(id))
     }
 
-    fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         let d = dir(state_dir);
         std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
         trust::write_private(&d.join("agent.key"), self.key_pem.as_bytes())?;
@@ -129,15 +129,30 @@ impl Identity {
 /// Enrolls with a join token: checks the controller against the token's CA
 /// pin, sends a CSR for a fresh key, and saves the identity it gets back.
 pub async fn enroll(cfg: &AgentConfig, token_text: &str) -> anyhow::Result<Identity> {
+    let id = enroll_to(&cfg.controller, &cfg.host, token_text).await?;
+    id.check(cfg)?;
+    id.save(&cfg.state_dir)?;
+    tracing::info!(host = %id.host, tenant = %id.tenant, env = %id.environment, not_after = id.not_after, "enrolled");
+    Ok(id)
+}
+
+/// Enrolls with the controller at `controller` (checked against the token's
+/// CA pin) as `host` — empty: as the host the token was made for — and
+/// returns the identity, not saved yet.
+pub async fn enroll_to(controller: &str, host: &str, token_text: &str) -> anyhow::Result<Identity> {
     let token = trust::secret::JoinToken::parse(token_text)?;
-    let (key_pem, csr_pem) = trust::pki::agent_key_and_csr(&cfg.host)?;
+    let (key_pem, csr_pem) = trust::pki::agent_key_and_csr(if host.is_empty() {
+        "slipway-agent"
+    } else {
+        host
+    })?;
     let tls =
         trust::tls::client_config(trust::tls::ServerTrust::Pinned(token.ca_pin.clone()), None)?;
-    let channel = trust::tls::connect(&cfg.controller, Some(Arc::new(tls)), false).await?;
+    let channel = trust::tls::connect(controller, Some(Arc::new(tls)), false).await?;
     let resp = EnrollmentClient::new(channel)
         .enroll(EnrollRequest {
             join_token: token_text.trim().to_string(),
-            host: cfg.host.clone(),
+            host: host.to_string(),
             csr_pem,
         })
         .await
@@ -148,11 +163,7 @@ pub async fn enroll(cfg: &AgentConfig, token_text: &str) -> anyhow::Result<Ident
         bail!("the controller sent a CA that does not match the join token's pin");
     }
     trust::sign::parse_public(&resp.directive_key)?;
-    let id = Identity::from_response(resp, key_pem);
-    id.check(cfg)?;
-    id.save(&cfg.state_dir)?;
-    tracing::info!(host = %id.host, tenant = %id.tenant, env = %id.environment, not_after = id.not_after, "enrolled");
-    Ok(id)
+    Ok(Identity::from_response(resp, key_pem))
 }
 
 /// Trades the current certificate for a fresh one (new key) over mTLS.

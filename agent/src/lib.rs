@@ -16,6 +16,7 @@ pub mod follow;
 pub mod health;
 pub mod identity;
 pub mod install;
+pub mod join;
 pub mod local;
 pub mod lock;
 pub mod manifests;

@@ -35,11 +35,27 @@ struct Args {
 enum Local {
     /// Run the agent (the default).
     Run,
-    /// Enroll this host with a one-time join token from `slipctl hosts add`.
-    #[command(after_help = "Example:\n  slipway-agent join swj_…")]
+    /// Join the fleet with a one-time token from `slipctl hosts add`: enroll,
+    /// write the config from the certificate (host, tenant, environment) when
+    /// there is none, enable and start the slipway-agent unit, and wait until
+    /// the agent has connected. Running it again is harmless.
+    #[command(
+        after_help = "Example:\n  slipway-agent join https://mothership.internal:7400 swj_…\n  slipway-agent join swj_…   # the config names the controller"
+    )]
     Join {
-        /// The join token (or `-` to read it from stdin).
-        token: String,
+        /// The controller's URL (omit it when the config names one), then the
+        /// join token (`-`: read it from stdin).
+        #[arg(required = true, num_args = 1..=2, value_name = "URL] [TOKEN")]
+        args: Vec<String>,
+        /// Enroll and write the config only: do not touch the unit.
+        #[arg(long)]
+        no_start: bool,
+        /// State dir of a config written by this join.
+        #[arg(long, default_value = "/var/lib/slipway")]
+        state_dir: PathBuf,
+        /// Seconds to wait for the agent to connect once started.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// What each app on this host runs, and how it is doing.
     #[command(after_help = "Example:\n  slipway-agent status --json")]
@@ -92,6 +108,15 @@ fn main() -> ExitCode {
         };
     }
     daemon::init_tracing();
+    if let Some(Local::Join {
+        args: words,
+        no_start,
+        state_dir,
+        timeout,
+    }) = args.command
+    {
+        return join(words, &args.config, no_start, state_dir, timeout);
+    }
     let cfg = match agent::config::AgentConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -123,24 +148,7 @@ fn main() -> ExitCode {
                 rt.block_on(agent::local::rollback(&cfg, &app, to, &actor))
                     .map_err(|e| e.to_string())
             }
-            Local::Join { token } => {
-                let token = if token == "-" {
-                    let mut t = String::new();
-                    let _ = std::io::stdin().read_line(&mut t);
-                    t
-                } else {
-                    token
-                };
-                rt.block_on(agent::identity::enroll(&cfg, &token))
-                    .map(|id| {
-                        println!(
-                            "enrolled {} in {}/{}; certificate valid until {}",
-                            id.host, id.tenant, id.environment, id.not_after
-                        )
-                    })
-                    .map_err(|e| format!("{e:#}"))
-            }
-            Local::Run | Local::Unpack { .. } => Ok(()),
+            Local::Run | Local::Join { .. } | Local::Unpack { .. } => Ok(()),
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -166,4 +174,73 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `slipway-agent join`: see `agent::join`.
+fn join(
+    words: Vec<String>,
+    config: &std::path::Path,
+    no_start: bool,
+    state_dir: PathBuf,
+    timeout: u64,
+) -> ExitCode {
+    let (controller, token) = match words.as_slice() {
+        [token] => (None, token.clone()),
+        [url, token] => (Some(url.clone()), token.clone()),
+        _ => unreachable!("clap takes one or two"),
+    };
+    let token = if token == "-" {
+        let mut t = String::new();
+        let _ = std::io::stdin().read_line(&mut t);
+        t.trim().to_string()
+    } else {
+        token
+    };
+    let req = agent::join::JoinRequest {
+        controller,
+        token,
+        config: config.to_path_buf(),
+        state_dir,
+        start: !no_start,
+        timeout: std::time::Duration::from_secs(timeout),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(agent::join::join(&req)) {
+        Ok(j) => {
+            let id = &j.identity;
+            if j.enrolled_now {
+                println!(
+                    "enrolled {} in {}/{}; certificate valid until {}",
+                    id.host, id.tenant, id.environment, id.not_after
+                );
+            } else {
+                println!(
+                    "already enrolled as {} in {}/{}; the token was not used",
+                    id.host, id.tenant, id.environment
+                );
+            }
+            if j.config_written {
+                println!("wrote {}", config.display());
+            }
+            match j.connected_after {
+                Some(d) => println!("agent connected after {:.1}s", d.as_secs_f64()),
+                None if no_start => {}
+                None => println!(
+                    "no systemd here: start the agent with `slipway-agent --config {}`",
+                    config.display()
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
 }

@@ -154,6 +154,7 @@ impl Session {
                     match msg.msg {
                         Some(controller_message::Msg::Welcome(w)) => {
                             tracing::info!(controller = %self.cfg.controller, host = %self.cfg.host, "connected to controller");
+                            crate::join::mark_connected(&self.cfg.state_dir, &self.cfg.controller);
                             backoff.reset();
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(w.heartbeat_secs.clamp(1, 300))));
                             heartbeat.reset();

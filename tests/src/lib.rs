@@ -412,6 +412,26 @@ impl Agent {
         }
     }
 
+    /// An agent to run with a config written elsewhere (by `slipway-agent
+    /// join`, say), not started.
+    pub fn with_config(
+        dir: &Path,
+        host: &str,
+        config: &Path,
+        state_dir: &Path,
+        app_port: u16,
+    ) -> Self {
+        Agent {
+            child: None,
+            prefix: Vec::new(),
+            config: config.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            app_port,
+            host: host.to_string(),
+            log: dir.join(format!("agent-{host}.log")),
+        }
+    }
+
     /// Appends lines to the agent's config (to `[apps.web]`, or new tables).
     pub fn append_config(&self, text: &str) {
         let mut cfg = std::fs::read_to_string(&self.config).expect("agent config");

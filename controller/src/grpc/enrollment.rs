@@ -64,8 +64,12 @@ impl Enrollment for EnrollmentService {
         let ctx = &self.ctx;
         let mut tenant = "default".to_string();
         let result = async {
-            validate_name(NameKind::Host, &r.host)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            // Empty: the host the token was made for (a join with no config).
+            let asked = Some(r.host.as_str()).filter(|h| !h.is_empty());
+            if let Some(h) = asked {
+                validate_name(NameKind::Host, h)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            }
             let token = trust::secret::JoinToken::parse(&r.join_token)
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
             if token.ca_pin != ctx.ca.pin() {
@@ -76,22 +80,22 @@ impl Enrollment for EnrollmentService {
             // A CSR that cannot be signed must not cost the host its token.
             check_csr(&r.csr_pem)?;
             let secret_hash = trust::secret::hash_secret(&token.secret);
-            let (t, environment) = ctx
+            let (t, h, environment) = ctx
                 .store
-                .consume_join_token(&token.id, &secret_hash, &r.host)
+                .consume_join_token(&token.id, &secret_hash, asked)
                 .await
                 .map_err(ControllerError::from)?
                 .map_err(|refused| Status::permission_denied(refused.to_string()))?;
             tenant = t.clone();
             let id = AgentId {
                 tenant: t,
-                host: r.host.clone(),
+                host: h,
                 environment,
             };
             issue(ctx, &id, &r.csr_pem).await
         }
         .await;
-        let host = crate::sanitize::text(&r.host, 128);
+        let host = crate::sanitize::text(result.as_ref().map_or(&r.host, |resp| &resp.host), 128);
         match &result {
             Ok(resp) => {
                 let outcome = format!("ok (certificate valid until {})", resp.not_after);

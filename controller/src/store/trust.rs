@@ -227,13 +227,14 @@ impl Store {
         Ok(())
     }
 
-    /// Checks and burns a join token: `(tenant, environment)` of its host, or why not.
+    /// Checks and burns a join token: `(tenant, host, environment)` of its
+    /// host, or why not. `host` None: whichever host it was made for.
     pub async fn consume_join_token(
         &self,
         id: &str,
         secret_hash: &str,
-        host: &str,
-    ) -> Result<std::result::Result<(String, String), JoinRefused>> {
+        host: Option<&str>,
+    ) -> Result<std::result::Result<(String, String, String), JoinRefused>> {
         let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<JoinTokenRow> = sqlx::query_as(
             "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
@@ -254,7 +255,7 @@ impl Store {
         if row.expires_at <= now() {
             return Ok(Err(JoinRefused::Expired));
         }
-        if row.host != host {
+        if host.is_some_and(|h| h != row.host) {
             return Ok(Err(JoinRefused::WrongHost(row.host)));
         }
         if row.revoked_at.is_some() {
@@ -266,7 +267,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Ok((row.tenant, row.environment)))
+        Ok(Ok((row.tenant, row.host, row.environment)))
     }
 
     /// Remembers a certificate issued to a host; it is the host's current

@@ -52,6 +52,8 @@ struct JoinJson<'a> {
     host: &'a str,
     environment: &'a str,
     join_token: &'a str,
+    /// What to run on the host, as root, to join it.
+    join_command: String,
     #[serde(serialize_with = "as_rfc3339")]
     expires_at: i64,
 }
@@ -75,11 +77,13 @@ async fn add(
     };
     let r = c.admin.add_host(req).await;
     let r = r.map_err(|s| from_status(&c.url, s))?.into_inner();
+    let command = format!("slipway-agent join {} {}", c.url, r.join_token);
     if fmt.is_json() {
         return print_json(&JoinJson {
             host: &host,
             environment: &env,
             join_token: &r.join_token,
+            join_command: command,
             expires_at: r.expires_at,
         });
     }
@@ -88,7 +92,10 @@ async fn add(
         r.expires_at - now()
     );
     say!("{}", escape(&r.join_token));
-    eprintln!("on {host}: slipway-agent --config /etc/slipway/agent.toml join <TOKEN>");
+    eprintln!(
+        "on {host}, as root (with the slipway-agent package installed):\n  {}",
+        escape(&command)
+    );
     Ok(())
 }
 
