@@ -75,6 +75,9 @@ enum Local {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Internal: print the man page or shell completions (for the package).
+    #[command(hide = true)]
+    Generate { doc: daemon::docs::Doc },
     /// Internal: unpack the blob on stdin against a manifest file into DEST.
     /// The agent runs this as the app's user, so archives are never read as root.
     #[command(hide = true)]
@@ -100,6 +103,16 @@ fn main() -> ExitCode {
     {
         // Runs as the app's user, before (and without) the agent's config.
         return match agent::install::unpack_child(manifest, dest, local.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(Local::Generate { doc }) = &args.command {
+        let cmd = <Args as clap::CommandFactory>::command();
+        return match daemon::docs::print(cmd, *doc, 8) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -148,7 +161,9 @@ fn main() -> ExitCode {
                 rt.block_on(agent::local::rollback(&cfg, &app, to, &actor))
                     .map_err(|e| e.to_string())
             }
-            Local::Run | Local::Join { .. } | Local::Unpack { .. } => Ok(()),
+            Local::Run | Local::Join { .. } | Local::Generate { .. } | Local::Unpack { .. } => {
+                Ok(())
+            }
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,

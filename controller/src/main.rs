@@ -64,11 +64,30 @@ struct Args {
     /// Also serve slipctl (not agents) in plaintext here; loopback addresses only.
     #[arg(long, value_name = "ADDR")]
     plaintext_listen: Option<String>,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Internal {
+    /// Print the man page or shell completions (for the package).
+    #[command(hide = true)]
+    Generate { doc: daemon::docs::Doc },
 }
 
 fn main() -> ExitCode {
     daemon::tune_allocator();
     let args = Args::parse();
+    if let Some(Internal::Generate { doc }) = args.internal {
+        let cmd = <Args as clap::CommandFactory>::command();
+        return match daemon::docs::print(cmd, doc, 8) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     daemon::init_tracing();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

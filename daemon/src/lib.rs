@@ -1,5 +1,8 @@
 //! The edge every Slipway binary shares: the version line (`--version` and the
-//! first log line name the git commit), tracing setup, and the shutdown signal.
+//! first log line name the git commit), tracing setup, the shutdown signal,
+//! and man pages and completions (`docs`).
+
+pub mod docs;
 
 use tokio_util::sync::CancellationToken;
 

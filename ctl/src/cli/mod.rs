@@ -243,6 +243,17 @@ matching hosts get its releases; matching hosts whose agent lacks the app are li
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Shell completions for slipctl, on stdout.
+    #[command(
+        after_help = "Example:\n  slipctl completions bash > /etc/bash_completion.d/slipctl\n  slipctl completions zsh > \"${fpath[1]}/_slipctl\"\n  slipctl completions fish > ~/.config/fish/completions/slipctl.fish"
+    )]
+    Completions {
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+    /// The man page (roff), on stdout: what the package installs.
+    #[command(hide = true)]
+    Man,
 }
 
 #[cfg(test)]

@@ -22,8 +22,19 @@ use crate::error::Result;
 
 pub async fn run(cli: Cli) -> Result<()> {
     let fmt = cli.global.format();
-    if let Command::Keys { command } = cli.command {
-        return keys::run(command, fmt); // local: no controller needed
+    // Local: no controller needed.
+    match cli.command {
+        Command::Keys { command } => return keys::run(command, fmt),
+        Command::Completions { shell } => {
+            let doc = match shell.as_str() {
+                "zsh" => daemon::docs::Doc::Zsh,
+                "fish" => daemon::docs::Doc::Fish,
+                _ => daemon::docs::Doc::Bash,
+            };
+            return print_doc(doc);
+        }
+        Command::Man => return print_doc(daemon::docs::Doc::Man),
+        _ => {}
     }
     let c = &mut connect(&cli.global).await?;
     match cli.command {
@@ -43,6 +54,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tokens { command } => tokens::run(command, c, fmt).await,
         Command::Tenants { command } => tenants::run(command, c, fmt).await,
         Command::Whoami => whoami::run(c, fmt).await,
-        Command::Keys { command } => keys::run(command, fmt),
+        Command::Keys { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     }
+}
+
+fn print_doc(doc: daemon::docs::Doc) -> Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    daemon::docs::print(cmd, doc, 1)
+        .map_err(|e| crate::error::CtlError::Failed(format!("write: {e}")))
 }
