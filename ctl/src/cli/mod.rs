@@ -248,6 +248,7 @@ matching hosts get its releases; matching hosts whose agent lacks the app are li
         after_help = "Example:\n  slipctl completions bash > /etc/bash_completion.d/slipctl\n  slipctl completions zsh > \"${fpath[1]}/_slipctl\"\n  slipctl completions fish > ~/.config/fish/completions/slipctl.fish"
     )]
     Completions {
+        /// The shell to complete for.
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
     },
