@@ -29,6 +29,10 @@ pub struct AgentConfig {
     /// Which publisher keys releases must be signed with.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// Apps the controller may declare on this host (`slipctl apps add`):
+    /// names, or `"*"` for any. Empty (the default): local apps only.
+    #[serde(default)]
+    pub accept_apps: Vec<String>,
 }
 
 /// Release signature policy. With no keys, releases are not checked for
@@ -216,8 +220,15 @@ fn default_public_address() -> std::net::IpAddr {
 
 const MAX_APPS: usize = 256;
 
+impl Default for AppConfig {
+    /// The settings of an app table with no keys.
+    fn default() -> Self {
+        toml::from_str("").expect("every app key has a default")
+    }
+}
+
 /// Checks one app's host settings: Err((key, why)).
-fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
+pub fn validate_app(app: &AppConfig) -> Result<(), (&'static str, String)> {
     if app.keep_releases < 2 {
         return Err(("keep_releases", "must be at least 2".into()));
     }
@@ -373,7 +384,7 @@ impl AgentConfig {
     }
 
     /// Two apps must never share a root: they would fight over `current`.
-    fn check_roots(&self, path: &Path) -> Result<(), ConfigError> {
+    pub fn check_roots(&self, path: &Path) -> Result<(), ConfigError> {
         let mut seen: BTreeMap<PathBuf, &str> = BTreeMap::new();
         for (name, app) in &self.apps {
             let root = app
@@ -430,6 +441,12 @@ impl AgentConfig {
                     cfg.trust.publisher_keys.len()
                 ),
             ));
+        }
+        for name in &cfg.accept_apps {
+            if name != "*" {
+                validate_name(NameKind::App, name)
+                    .map_err(|e| invalid("accept_apps", format!("{name:?}: {}", e.why)))?;
+            }
         }
         for (name, app) in &cfg.apps {
             validate_name(NameKind::App, name)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use artifact::{Digest, Manifest};
-use proto::v1::DesiredApp;
+use proto::v1::{DeclaredApps, DesiredApp};
 
 use crate::identity::Identity;
 use crate::state::Target;
@@ -209,9 +209,60 @@ impl DirectiveGuard {
 
     /// Accepts `d` (and remembers its sequence) or says why not.
     pub fn check(&mut self, id: &Identity, d: &DesiredApp, now: i64) -> Result<(), DirectiveError> {
+        // The signature covers the manifest digest; `Directive::parse` checks
+        // the manifest bytes hash to it before anything uses them.
+        self.admit(
+            id,
+            Signed {
+                host: &d.host,
+                tenant: &d.tenant,
+                environment: &d.environment,
+                expires_at: d.expires_at,
+                sequence: d.sequence,
+                statement: statement(d).bytes(),
+                signature: &d.directive_signature,
+            },
+            now,
+        )
+    }
+
+    /// Accepts the apps the controller declares for this host (signed over
+    /// the sha256 of the settings bytes it carries) or says why not.
+    pub fn check_declaration(
+        &mut self,
+        id: &Identity,
+        d: &DeclaredApps,
+        now: i64,
+    ) -> Result<(), DirectiveError> {
+        let digest = trust::sha256(&d.settings);
+        self.admit(
+            id,
+            Signed {
+                host: &d.host,
+                tenant: &d.tenant,
+                environment: &d.environment,
+                expires_at: d.expires_at,
+                sequence: d.sequence,
+                statement: trust::sign::AppsDeclaration {
+                    tenant: &d.tenant,
+                    host: &d.host,
+                    environment: &d.environment,
+                    revision: d.revision,
+                    sequence: d.sequence,
+                    expires_at: d.expires_at,
+                    settings_digest: &digest,
+                }
+                .bytes(),
+                signature: &d.signature,
+            },
+            now,
+        )
+    }
+
+    fn admit(&mut self, id: &Identity, d: Signed<'_>, now: i64) -> Result<(), DirectiveError> {
         if d.host != id.host {
             return Err(DirectiveError::OtherHost {
-                got: d.host.clone(),
+                got: d.host.to_string(),
                 this: id.host.clone(),
             });
         }
@@ -230,11 +281,9 @@ impl DirectiveGuard {
                 highest: self.highest,
             });
         }
-        // The signature covers the manifest digest; `Directive::parse` checks
-        // the manifest bytes hash to it before anything uses them.
         let key = trust::sign::parse_public(&id.directive_key)
             .map_err(|e| DirectiveError::Key(e.to_string()))?;
-        if !trust::sign::verify(&key, &statement(d).bytes(), &d.directive_signature) {
+        if !trust::sign::verify(&key, &d.statement, d.signature) {
             return Err(DirectiveError::Signature);
         }
         trust::write_private(&self.path, format!("{}\n", d.sequence).as_bytes())
@@ -242,6 +291,17 @@ impl DirectiveGuard {
         self.highest = d.sequence;
         Ok(())
     }
+}
+
+/// What every signed message from the controller is checked for.
+struct Signed<'a> {
+    host: &'a str,
+    tenant: &'a str,
+    environment: &'a str,
+    expires_at: i64,
+    sequence: u64,
+    statement: Vec<u8>,
+    signature: &'a str,
 }
 
 #[cfg(test)]

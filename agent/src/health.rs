@@ -347,8 +347,17 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let names = env_names(pid).unwrap();
-        assert!(names.contains("DATABASE_URL"));
+        // spawn returns once exec is past its point of no return, which is
+        // before the kernel has laid out the new environment: wait for it.
+        let mut names = env_names(pid).unwrap();
+        for _ in 0..200 {
+            if names.contains("PATH") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            names = env_names(pid).unwrap();
+        }
+        assert!(names.contains("DATABASE_URL"), "{names:?}");
         assert!(names.iter().all(|n| !n.contains("secret")));
         assert_eq!(
             missing_env(pid, &["DATABASE_URL".into(), "REDIS_URL".into()]).unwrap(),

@@ -139,7 +139,8 @@ fn explain(e: anyhow::Error, controller: &str) -> anyhow::Error {
 }
 
 /// The agent config a joined host starts with: who it is, from its
-/// certificate. Apps are added beside it (`/etc/slipway/apps/<app>.toml`).
+/// certificate, accepting every app the controller declares here
+/// (`slipctl apps add`); local app files beside it win (`apps/<app>.toml`).
 fn write_config(
     path: &Path,
     controller: &str,
@@ -155,9 +156,11 @@ fn write_config(
         "state_dir".into(),
         state_dir.to_string_lossy().into_owned().into(),
     );
+    t.insert("accept_apps".into(), vec!["*".to_string()].into());
     let text = format!(
         "# Written by `slipway-agent join` from this host's certificate.\n\
-         # Apps: one file each in apps/ beside this one (apps/<app>.toml).\n{}",
+         # Apps come from the controller (`slipctl apps add`); accept_apps limits\n\
+         # which. A local file in apps/ beside this one (apps/<app>.toml) wins.\n{}",
         toml::to_string(&t).context("agent config")?
     );
     if let Some(dir) = path.parent() {

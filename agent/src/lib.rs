@@ -6,6 +6,7 @@ pub mod app;
 pub mod backoff;
 pub mod command_backend;
 pub mod config;
+pub mod declared;
 pub mod directive;
 pub mod drift;
 pub mod envfile;
@@ -48,32 +49,47 @@ use crate::session::Session;
 /// and the per-app files are watched: a valid edit is applied live (tasks are
 /// restarted with the new config, running apps are adopted, apps whose settings
 /// changed are restarted, removed apps are stopped); a broken edit is rejected
-/// with an error log line and the last good config stays in force.
+/// with an error log line and the last good config stays in force. A change
+/// of the apps the controller declares here (`declared`) applies the same way.
 pub async fn run(
     cfg: AgentConfig,
     config_path: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     ensure_enrolled(&cfg, &shutdown).await?;
-    let mut current = cfg;
-    let mut previous: Option<AgentConfig> = None;
+    let mut declared = declared::Declared::load(&cfg.state_dir);
+    let (declared_tx, mut declared_rx) = tokio::sync::mpsc::channel(4);
+    let mut local = cfg;
+    let mut current = local.with_declared(&declared);
+    let mut previous: Option<(AgentConfig, AgentConfig)> = None;
     loop {
         let tasks = shutdown.child_token();
         let started = std::fs::create_dir_all(&current.state_dir)
             .map_err(|e| anyhow::anyhow!("create state dir {}: {e}", current.state_dir.display()))
-            .and_then(|()| start(&current, tasks.clone()));
+            .and_then(|()| {
+                start(
+                    &current,
+                    Started {
+                        local: &local,
+                        declared: &declared,
+                        declared_tx: declared_tx.clone(),
+                    },
+                    tasks.clone(),
+                )
+            });
         let tracker = match (started, previous.take()) {
             (Ok(t), _) => t,
             // The new config cannot run: back to the last good one.
-            (Err(e), Some(good)) => {
+            (Err(e), Some((good_local, good))) => {
                 tracing::error!(error = %e, "new config cannot start; back to the last good config");
+                local = good_local;
                 current = good;
                 continue;
             }
             (Err(e), None) => return Err(e),
         };
         let mut watch = config_path.as_ref().and_then(|p| {
-            let (files, dirs) = config_paths(p, &current);
+            let (files, dirs) = config_paths(p, &local);
             filewatch::watch_paths(&files, &dirs)
                 .map_err(|e| tracing::warn!(error = %e, "cannot watch the config; edits apply at restart"))
                 .ok()
@@ -81,14 +97,26 @@ pub async fn run(
         let next = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break None,
+                Some(d) = declared_rx.recv() => {
+                    declared = d;
+                    let new = local.with_declared(&declared);
+                    if new != current {
+                        break Some((local.clone(), new));
+                    }
+                }
                 Some(()) = filewatch::next_change(&mut watch) => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     filewatch::drain(&mut watch);
                     let Some(path) = &config_path else { continue };
                     match AgentConfig::load(path) {
                         Err(e) => tracing::error!(error = %e, "config edit rejected; the last good config stays in force"),
-                        Ok(new) if new == current => {}
-                        Ok(new) => break Some(new),
+                        Ok(new_local) => {
+                            let new = new_local.with_declared(&declared);
+                            if new != current {
+                                break Some((new_local, new));
+                            }
+                            local = new_local;
+                        }
                     }
                 }
             }
@@ -104,7 +132,7 @@ pub async fn run(
                 }
                 return Ok(());
             }
-            Some(new) => {
+            Some((new_local, new)) => {
                 // A deploy in progress finishes first: never two runners per app.
                 tracker.wait().await;
                 // Stop with the settings they were started with (backend, root,
@@ -112,14 +140,13 @@ pub async fn run(
                 for (name, old) in &current.apps {
                     match new.apps.get(name) {
                         None => {
-                            tracing::info!(app = %name, "app removed from the config; stopping it");
-                            app::stop_app(
-                                name,
-                                old,
-                                &current.state_dir,
-                                "removed from the agent config",
-                            )
-                            .await;
+                            let why = if local.apps.contains_key(name) {
+                                "removed from the agent config"
+                            } else {
+                                "no longer declared for this host"
+                            };
+                            tracing::info!(app = %name, reason = why, "stopping app");
+                            app::stop_app(name, old, &current.state_dir, why).await;
                         }
                         Some(c) if c != old => {
                             app::stop_app(name, old, &current.state_dir, "host settings changed")
@@ -135,10 +162,20 @@ pub async fn run(
                     .map(|(n, _)| n)
                     .collect();
                 tracing::info!(apps = new.apps.len(), changed = ?changed, "config reloaded");
-                previous = Some(std::mem::replace(&mut current, new));
+                previous = Some((
+                    std::mem::replace(&mut local, new_local),
+                    std::mem::replace(&mut current, new),
+                ));
             }
         }
     }
+}
+
+/// What the session needs beside the config it runs.
+struct Started<'a> {
+    local: &'a AgentConfig,
+    declared: &'a declared::Declared,
+    declared_tx: tokio::sync::mpsc::Sender<declared::Declared>,
 }
 
 /// The config file, the per-app files, and the apps dir (new files count).
@@ -151,7 +188,11 @@ fn config_paths(path: &Path, cfg: &AgentConfig) -> (Vec<PathBuf>, Vec<PathBuf>) 
 }
 
 /// Spawns the app runners and the controller session for `cfg`.
-fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskTracker> {
+fn start(
+    cfg: &AgentConfig,
+    started: Started<'_>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<TaskTracker> {
     // Before anything is spawned: a start that fails must leave nothing running.
     let identity = Identity::load(&cfg.state_dir)?.ok_or_else(|| not_enrolled(cfg))?;
     identity.check(cfg)?;
@@ -185,6 +226,9 @@ fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> anyhow::Result<TaskT
     tracing::info!(host = %cfg.host, env = %cfg.environment, apps = cfg.apps.len(), controller = %cfg.controller, "agent running");
     let session = Session {
         cfg: cfg.clone(),
+        local: Arc::new(started.local.clone()),
+        declared: std::sync::Mutex::new(started.declared.clone()),
+        declared_tx: started.declared_tx,
         desired,
         board,
         channel: channel_tx,

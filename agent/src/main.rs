@@ -149,6 +149,8 @@ fn main() -> ExitCode {
         Some(cmd) => Some(cmd),
     };
     if let Some(cmd) = local {
+        // The apps this host runs: its own and those the controller declared.
+        let cfg = cfg.with_declared(&agent::declared::Declared::load(&cfg.state_dir));
         let result = match cmd {
             Local::Status { json } => agent::local::status(&cfg, json).map_err(|e| e.to_string()),
             Local::Releases { app } => {

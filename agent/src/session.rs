@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use proto::v1::agents_client::AgentsClient;
 use proto::v1::{
-    AgentMessage, AppReport, DesiredApp, Heartbeat, Hello, agent_message, controller_message,
+    AgentMessage, AppReport, AppsAck, DeclaredApps, DesiredApp, Heartbeat, Hello, agent_message,
+    controller_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,6 +19,7 @@ use tonic::transport::Channel;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::declared::Declared;
 use crate::directive::{Desired, Directive, DirectiveGuard};
 use crate::identity::{self, Identity};
 use crate::state::AppStatus;
@@ -42,8 +44,23 @@ fn os_name() -> String {
         .unwrap_or_default()
 }
 
+/// What this host says about the declaration it took.
+fn ack(d: &Declared) -> AppsAck {
+    AppsAck {
+        revision: d.revision,
+        refused: d.refused.clone().into_iter().collect(),
+    }
+}
+
 pub struct Session {
+    /// The config this host runs: `local` with the declared apps it took.
     pub cfg: Arc<AgentConfig>,
+    /// The config from the host's own files.
+    pub local: Arc<AgentConfig>,
+    /// What this host took of the controller's declared apps, and where a
+    /// change of it goes (the agent restarts its runners with it).
+    pub declared: std::sync::Mutex<Declared>,
+    pub declared_tx: mpsc::Sender<Declared>,
     pub desired: HashMap<String, watch::Sender<Option<Desired>>>,
     pub board: watch::Sender<BTreeMap<String, AppStatus>>,
     pub channel: watch::Sender<Option<Channel>>,
@@ -120,7 +137,13 @@ impl Session {
             sent.insert(r.app.clone(), r.clone());
         }
         let (tx, rx) = mpsc::channel::<AgentMessage>(32);
+        let (apps_revision, apps_refused) = {
+            let d = self.declared.lock().expect("declared lock");
+            (d.revision, d.refused.clone().into_iter().collect())
+        };
         let hello = Hello {
+            apps_revision,
+            apps_refused,
             host: self.cfg.host.clone(),
             tenant: self.cfg.tenant.clone(),
             environment: self.cfg.environment.clone(),
@@ -160,6 +183,15 @@ impl Session {
                             heartbeat.reset();
                         }
                         Some(controller_message::Msg::Desired(state)) => self.apply_desired(&mut client, state.apps).await?,
+                        Some(controller_message::Msg::Apps(apps)) => {
+                            if let Some((ack, change)) = self.apply_declared(apps) {
+                                // Said first: the change restarts this session.
+                                tx.send(AgentMessage { msg: Some(agent_message::Msg::AppsAck(ack)) }).await?;
+                                if let Some(next) = change {
+                                    let _ = self.declared_tx.send(next).await;
+                                }
+                            }
+                        }
                         None => {}
                     }
                 }
@@ -185,6 +217,46 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Takes what the controller declares for this host (signature checked,
+    /// then app by app: `Declared::take`), keeps it on disk, and hands a
+    /// change to the agent, which restarts its runners with it. Returns the
+    /// acknowledgement to send and the change to hand on (None: the message
+    /// was refused whole).
+    fn apply_declared(&self, d: DeclaredApps) -> Option<(AppsAck, Option<Declared>)> {
+        let id = self.identity.lock().expect("identity lock").clone();
+        let checked = self
+            .guard
+            .lock()
+            .expect("guard lock")
+            .check_declaration(&id, &d, identity::now());
+        if let Err(why) = checked {
+            tracing::warn!(revision = d.revision, reason = %why, "declared apps refused; nothing changes");
+            return None;
+        }
+        let incoming = match proto::apps::parse_declaration(&d.settings) {
+            Ok(apps) => apps,
+            Err(why) => {
+                tracing::warn!(revision = d.revision, reason = %why, "declared apps refused; nothing changes");
+                return None;
+            }
+        };
+        let next = {
+            let mut cur = self.declared.lock().expect("declared lock");
+            let next = cur.take(&self.local, d.revision, incoming);
+            if next == *cur {
+                return Some((ack(&next), None));
+            }
+            if let Err(e) = next.save(&self.cfg.state_dir) {
+                tracing::error!(error = %e, "declared apps not kept; nothing changes");
+                return None;
+            }
+            *cur = next.clone();
+            next
+        };
+        tracing::info!(revision = next.revision, apps = ?next.apps.keys().collect::<Vec<_>>(), refused = ?next.refused.keys().collect::<Vec<_>>(), "declared apps taken");
+        Some((ack(&next), Some(next)))
     }
 
     /// Hands each checked directive to its app's runner, its manifest

@@ -172,6 +172,17 @@ impl Hub {
         }
     }
 
+    /// Wakes every session of `environment` to recompute what it runs: the
+    /// apps declared there changed (or where they are placed).
+    pub fn apps_changed(&self, tenant: &str, environment: &str) {
+        let sessions = self.sessions.lock().expect("hub lock");
+        for ((t, _), e) in sessions.iter() {
+            if t == tenant && e.environment == environment {
+                e.wake.ring(None);
+            }
+        }
+    }
+
     /// Wakes the host's session to recompute every app (its labels changed).
     pub fn host_changed(&self, tenant: &str, host: &str) {
         if let Some(e) = self

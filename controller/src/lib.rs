@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod blobs;
 pub mod ctx;
+pub mod declare;
 pub mod error;
 pub mod fleet;
 pub mod grpc;

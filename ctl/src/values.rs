@@ -95,6 +95,45 @@ pub enum Criticality {
     Critical,
 }
 
+/// How a host runs an app's processes (`apps add --backend`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Supervise,
+    Systemd,
+}
+
+/// How a new release replaces the running one (`apps add --activation`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationMode {
+    StopStart,
+    Proxy,
+    Socket,
+}
+
+/// The settings `apps set --unset` takes, by flag name, and their JSON keys.
+pub const SETTING_KEYS: [(&str, &str); 8] = [
+    ("port", "port"),
+    ("backend", "service"),
+    ("env-file", "env_files"),
+    ("user", "user"),
+    ("keep", "keep_releases"),
+    ("activation", "activation"),
+    ("drain-timeout", "drain_timeout_secs"),
+    ("stop-grace", "stop_grace_secs"),
+];
+
+/// A setting's flag name (`--unset KEY`), as its JSON key.
+pub fn setting_key(s: &str) -> Result<String, String> {
+    SETTING_KEYS
+        .iter()
+        .find(|(flag, _)| *flag == s)
+        .map(|(_, key)| key.to_string())
+        .ok_or_else(|| {
+            let names: Vec<&str> = SETTING_KEYS.iter().map(|(f, _)| *f).collect();
+            format!("{s:?} is not a setting: one of {}", names.join(", "))
+        })
+}
+
 /// The name clap shows and the controller expects.
 pub fn name<T: clap::ValueEnum>(v: T) -> String {
     v.to_possible_value()

@@ -1,5 +1,6 @@
 //! Slipway's wire protocol, generated from `proto/slipway/v1/slipway.proto`.
 
+pub mod apps;
 pub mod codec;
 
 pub mod v1 {

@@ -359,6 +359,27 @@ impl Directive<'_> {
     }
 }
 
+/// What the controller signs when it declares a host's apps: the host, its
+/// scope, the environment's apps revision, the sequence it shares with
+/// directives, an expiry, and the sha256 of the settings JSON it carries.
+#[derive(Serialize)]
+pub struct AppsDeclaration<'a> {
+    pub tenant: &'a str,
+    pub host: &'a str,
+    pub environment: &'a str,
+    pub revision: u64,
+    pub sequence: u64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub settings_digest: &'a str,
+}
+
+impl AppsDeclaration<'_> {
+    pub fn bytes(&self) -> Vec<u8> {
+        canonical(&("slipway.apps.v1", self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use artifact::{Digest, NameKind, validate_name};
 use proto::v1::agents_server::Agents;
 use proto::v1::{
-    AgentMessage, AppReport, BlobChunk, ControllerMessage, DesiredApp, DesiredState,
+    AgentMessage, AppReport, BlobChunk, ControllerMessage, DeclaredApps, DesiredApp, DesiredState,
     EnrollResponse, FetchBlobRequest, FetchManifestRequest, FetchManifestResponse,
     FetchObjectsRequest, Hello, RenewRequest, Welcome, agent_message, controller_message,
 };
@@ -31,6 +31,7 @@ const MAX_MISSING_NAMES: usize = 256;
 const MAX_DRIFT_LINES: usize = 50;
 const MAX_DRIFT_LINE: usize = 512;
 const MAX_OS: usize = 256;
+const MAX_REFUSAL: usize = 512;
 
 pub struct AgentsService {
     pub ctx: SharedCtx,
@@ -83,6 +84,25 @@ fn report_from_proto(r: AppReport) -> Result<HostAppReport, Status> {
         failed_digest: bounded(r.failed_digest),
         generation: r.generation,
     })
+}
+
+/// A host's word on the apps it refused: app names checked, reasons bounded.
+fn refused_from_proto(
+    refused: std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, Status> {
+    if refused.len() > MAX_APPS_PER_HOST {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_APPS_PER_HOST} refused apps"
+        )));
+    }
+    refused
+        .into_iter()
+        .map(|(app, why)| {
+            validate_name(NameKind::App, &app)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Ok((app, bounded_to(why, MAX_REFUSAL)))
+        })
+        .collect()
 }
 
 /// The identity a session runs under, fixed by its hello.
@@ -139,6 +159,11 @@ impl AgentsService {
         }
         store
             .retain_host_apps(&tenant, &hello_host, &apps)
+            .await
+            .map_err(ControllerError::from)?;
+        let refused = refused_from_proto(hello.apps_refused)?;
+        store
+            .record_apps_ack(&tenant, &hello_host, hello.apps_revision, &refused)
             .await
             .map_err(ControllerError::from)?;
         Ok(SessionHost {
@@ -209,6 +234,55 @@ impl AgentsService {
 }
 
 impl AgentsService {
+    /// The apps declared for this host, signed, unless it was sent already
+    /// at this revision with these settings (`sent`).
+    async fn changed_declaration(
+        &self,
+        h: &SessionHost,
+        sent: &mut Option<(u64, String)>,
+    ) -> Result<Option<DeclaredApps>, ControllerError> {
+        let (revision, declaration) = crate::declare::host_declaration(
+            &self.ctx.store,
+            &h.tenant,
+            &h.environment,
+            &h.host,
+        )
+        .await?;
+        let settings = proto::apps::declaration_bytes(&declaration);
+        let digest = trust::sha256(&settings);
+        let key = (revision, digest);
+        if sent.as_ref() == Some(&key) {
+            return Ok(None);
+        }
+        let sequence = self
+            .ctx
+            .store
+            .next_directive_seq(&h.tenant, &h.host)
+            .await?;
+        let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
+        let statement = trust::sign::AppsDeclaration {
+            tenant: &h.tenant,
+            host: &h.host,
+            environment: &h.environment,
+            revision,
+            sequence,
+            expires_at,
+            settings_digest: &key.1,
+        };
+        let signature = self.ctx.directive_key.sign(&statement.bytes()).sig;
+        *sent = Some(key);
+        Ok(Some(DeclaredApps {
+            tenant: h.tenant.clone(),
+            host: h.host.clone(),
+            environment: h.environment.clone(),
+            revision,
+            sequence,
+            expires_at,
+            settings,
+            signature,
+        }))
+    }
+
     /// The desired release as a directive for this one host: a fresh sequence
     /// number, an expiry, and the controller's signature over both.
     async fn signed_directive(
@@ -315,10 +389,29 @@ impl Agents for AgentsService {
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
             let mut sent: HashMap<String, (String, u64)> = HashMap::new();
+            let mut sent_apps: Option<(u64, String)> = None;
             // Everything at first; then what the hub says changed.
             let mut push = Recompute::All;
             'session: loop {
                 let scope = std::mem::take(&mut push);
+                // The declared apps first: a change restarts the agent's
+                // runners and this session with them.
+                if scope == Recompute::All {
+                    match Box::pin(svc.changed_declaration(&host, &mut sent_apps)).await {
+                        Ok(Some(apps)) => {
+                            let msg = ControllerMessage {
+                                msg: Some(controller_message::Msg::Apps(apps)),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                break 'session;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(host = %host.host, error = %e, "computing declared apps failed")
+                        }
+                    }
+                }
                 if scope != Recompute::Nothing {
                     // Boxed: an idle session's task stays small (the
                     // recompute's store futures live only while it runs).
@@ -365,6 +458,19 @@ impl Agents for AgentsService {
                                     let _ = tx.send(Err(status)).await;
                                     break;
                                 }
+                            }
+                        }
+                        Ok(Some(AgentMessage { msg: Some(agent_message::Msg::AppsAck(ack)) })) => {
+                            session.heard(crate::store::now());
+                            let recorded = match refused_from_proto(ack.refused) {
+                                Ok(refused) => svc.ctx.store.record_apps_ack(&host.tenant, &host.host, ack.revision, &refused).await.map_err(|e| e.to_string()),
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
+                            };
+                            if let Err(e) = recorded {
+                                tracing::error!(host = %host.host, error = %e, "recording declared apps ack failed");
                             }
                         }
                         // A heartbeat: memory only; the hub batches last_seen.

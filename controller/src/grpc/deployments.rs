@@ -285,6 +285,8 @@ impl Deployments for DeploymentsService {
                 app: &r.app,
                 hosts: None,
             });
+            // Where a declared app runs follows its selector.
+            self.ctx.hub.apps_changed(&who.tenant, &r.environment);
             super::inventory::placements(&self.ctx, &who.tenant, &r.app, &r.environment)
                 .await?
                 .pop()
@@ -309,6 +311,27 @@ impl Deployments for DeploymentsService {
         )
         .await;
         Ok(Response::new(result?))
+    }
+
+    async fn set_app(
+        &self,
+        req: Request<proto::v1::SetAppRequest>,
+    ) -> std::result::Result<Response<proto::v1::SetAppResponse>, Status> {
+        super::apps::set(&self.ctx, req).await
+    }
+
+    async fn remove_app(
+        &self,
+        req: Request<proto::v1::RemoveAppRequest>,
+    ) -> std::result::Result<Response<proto::v1::SetAppResponse>, Status> {
+        super::apps::remove(&self.ctx, req).await
+    }
+
+    async fn app_hosts(
+        &self,
+        req: Request<proto::v1::AppHostsRequest>,
+    ) -> std::result::Result<Response<proto::v1::AppHostsResponse>, Status> {
+        super::apps::hosts(&self.ctx, req).await
     }
 
     async fn ack_drift(

@@ -3,6 +3,7 @@
 //! `tonic::Status`.
 
 pub mod admin;
+pub mod apps;
 pub mod agents;
 pub mod deployments;
 pub mod edge;
@@ -77,6 +78,7 @@ scoped!(
     pb::UpdateHostRequest,
     pb::SetEnvironmentRequest,
     pb::ListAppsRequest,
+    pb::AppHostsRequest,
 );
 targeted!(
     pb::DeployRequest => app, environment;
@@ -86,6 +88,8 @@ targeted!(
     pb::RolloutRequest => app, environment;
     pb::AckDriftRequest => app, environment;
     pb::PlaceAppRequest => app, environment;
+    pb::SetAppRequest => app, environment;
+    pb::RemoveAppRequest => app, environment;
 );
 impl Scoped for pb::AddHostRequest {
     fn tenant(&self) -> &str {

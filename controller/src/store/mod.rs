@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub mod audit;
+mod declared;
 mod fleet;
 mod hosts;
 mod releases;
@@ -20,6 +21,7 @@ mod rollouts;
 mod trust;
 
 pub use audit::AuditRow;
+pub use declared::{DeclaredRow, HostAppsAck, PutRefused};
 pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport};
 pub use releases::{DesiredRow, ReleaseRow, YankRefused};

@@ -278,6 +278,58 @@ pub struct RolloutTarget {
 
 #[derive(Subcommand, Debug)]
 pub enum AppsCommand {
+    /// Declare APP in an environment: every host there (that the app's
+    /// selector places it on, and whose accept_apps names it) runs it.
+    #[command(after_help = "Examples:\n  slipctl apps add web --env prod --port 8080 --env-file /etc/web/env --user web\n  slipctl apps add web --env prod --host web-3 --port 9090   # one host's override\n\nWaits until every connected host took the settings and, when the environment\nhas a desired release of APP, runs it healthy. A host that cannot run them (an\nenv file or user missing there, a port another app holds) refuses them: the\nchange is then undone everywhere and slipctl exits 1 naming the host.")]
+    Add {
+        /// App to declare.
+        app: String,
+        /// Environment to declare it in.
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        target: AppTarget,
+        #[command(flatten)]
+        settings: AppSettingsArgs,
+    },
+    /// Change some of APP's declared settings (the others stay).
+    #[command(after_help = "Examples:\n  slipctl apps set web --env prod --keep 10\n  slipctl apps set web --env prod --unset user")]
+    Set {
+        /// App to change.
+        app: String,
+        /// Environment it is declared in.
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        target: AppTarget,
+        #[command(flatten)]
+        settings: AppSettingsArgs,
+        /// Remove a setting (the host's default applies): port, backend,
+        /// env-file, user, keep, activation, drain-timeout, stop-grace.
+        #[arg(long = "unset", value_name = "KEY", value_parser = values::setting_key)]
+        unset: Vec<String>,
+    },
+    /// Remove APP from an environment: every host stops it (with --host:
+    /// remove only that host's override).
+    #[command(after_help = "Example:\n  slipctl apps remove web --env preprod")]
+    Remove {
+        /// App to remove.
+        app: String,
+        /// Environment it is declared in.
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        target: AppTarget,
+    },
+    /// APP's declared settings and, host by host, whether each took them.
+    #[command(after_help = "Example:\n  slipctl apps show web --env prod")]
+    Show {
+        /// App to show.
+        app: String,
+        /// Environment it is declared in.
+        #[arg(long)]
+        env: String,
+    },
     /// Place APP in an environment on the hosts whose labels match (none: every host).
     #[command(after_help = "Example:\n  slipctl apps place web --env prod --selector role=web")]
     Place {
@@ -290,6 +342,51 @@ pub enum AppsCommand {
         #[arg(long = "selector", value_name = "KEY=VALUE", value_parser = values::label)]
         selector: Vec<Label>,
     },
+}
+
+/// Which hosts an `apps` change is for, and whether slipctl waits for them.
+#[derive(Args, Debug, Clone)]
+pub struct AppTarget {
+    /// Only this host: its override of the environment's settings.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Return once the controller stored the change, without waiting for hosts.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting for hosts after this many seconds (exit 6).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// An app's host settings (the agent's `[apps.<app>]` keys).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AppSettingsArgs {
+    /// Port the app listens on: given to it as PORT, used for HTTP health.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// How the host runs the processes: the agent's supervisor, or systemd
+    /// units installed on the host.
+    #[arg(long, value_enum)]
+    pub backend: Option<values::Backend>,
+    /// Env file on the host, most shared first (repeat). Only the path
+    /// travels; the file stays on the host.
+    #[arg(long = "env-file", value_name = "PATH")]
+    pub env_files: Vec<String>,
+    /// Unix user the app runs as (must exist on the hosts).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Releases kept on disk per host (at least 2).
+    #[arg(long, value_name = "N")]
+    pub keep: Option<u32>,
+    /// How a new release replaces the running one.
+    #[arg(long, value_enum)]
+    pub activation: Option<values::ActivationMode>,
+    /// Seconds the old instance may take to finish its requests (proxy, socket).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when stopping the app.
+    #[arg(long, value_name = "SECS")]
+    pub stop_grace: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,12 +1,13 @@
 //! `slipctl apps [place]`: apps per environment, their label selector and the
-//! hosts it places them on.
+//! hosts it places them on; `add`, `set`, `remove` and `show` are in `declare`.
 
 use std::collections::BTreeMap;
 
-use proto::v1::{AppPlacement, ListAppsRequest, PlaceAppRequest};
+use proto::v1::{AppPlacement, ListAppsRequest, PlaceAppRequest, SetMode};
 use serde::Serialize;
 
 use crate::cli::{AppsArgs, AppsCommand};
+use super::declare::Declare;
 use crate::client::Clients;
 use crate::error::{Result, from_status};
 use crate::output::{Format, Table, dash, list, pairs, print_json};
@@ -39,6 +40,45 @@ impl From<AppPlacement> for PlacementJson {
 
 pub async fn run(a: AppsArgs, c: &mut Clients, fmt: Format) -> Result<()> {
     let placements = match a.command {
+        Some(AppsCommand::Add {
+            app,
+            env,
+            target,
+            settings,
+        }) => {
+            let d = Declare {
+                app,
+                env,
+                target,
+                settings,
+                unset: Vec::new(),
+                mode: SetMode::Add,
+            };
+            return super::declare::set(d, c, fmt).await;
+        }
+        Some(AppsCommand::Set {
+            app,
+            env,
+            target,
+            settings,
+            unset,
+        }) => {
+            let d = Declare {
+                app,
+                env,
+                target,
+                settings,
+                unset,
+                mode: SetMode::Update,
+            };
+            return super::declare::set(d, c, fmt).await;
+        }
+        Some(AppsCommand::Remove { app, env, target }) => {
+            return super::declare::remove(app, env, target, c, fmt).await;
+        }
+        Some(AppsCommand::Show { app, env }) => {
+            return super::declare::show(app, env, c, fmt).await;
+        }
         Some(AppsCommand::Place { app, env, selector }) => {
             let req = PlaceAppRequest {
                 tenant: c.tenant.clone(),

@@ -3,6 +3,7 @@
 
 mod apps;
 mod change;
+mod declare;
 mod drift;
 mod envs;
 mod history;

@@ -254,7 +254,7 @@ fn host_row(s: HostAppStatus) -> StatusRow {
     }
 }
 
-fn state_name(v: i32) -> String {
+pub(crate) fn state_name(v: i32) -> String {
     match DeployState::try_from(v).unwrap_or(DeployState::Unspecified) {
         DeployState::Unspecified => "unknown",
         DeployState::Idle => "idle",
@@ -269,7 +269,7 @@ fn state_name(v: i32) -> String {
     .into()
 }
 
-fn health_name(v: i32) -> String {
+pub(crate) fn health_name(v: i32) -> String {
     match Health::try_from(v).unwrap_or(Health::Unspecified) {
         Health::Healthy => "healthy",
         Health::Unhealthy => "unhealthy",
