@@ -235,9 +235,14 @@ async fn follow(
             .filter(|h| h.connected && (only.is_empty() || h.host == only))
             .filter(|h| removing || h.declared)
             .collect();
+        // Removing the app: a host is done once it stopped it and said so
+        // (its next hello no longer lists it).
         let pending: Vec<&str> = concerned
             .iter()
-            .filter(|h| h.apps_revision < revision)
+            .filter(|h| {
+                h.apps_revision < revision
+                    || (removing && only.is_empty() && !h.running_version.is_empty())
+            })
             .map(|h| h.host.as_str())
             .collect();
         let refused = concerned
@@ -246,7 +251,7 @@ async fn follow(
         let waiting_for = if refused {
             return Ok(Followed::Refused(r));
         } else if !pending.is_empty() {
-            format!("hosts to take the settings: {}", pending.join(", "))
+            format!("hosts to take the change: {}", pending.join(", "))
         } else if removing || r.desired_version.is_empty() {
             return Ok(Followed::Done(r));
         } else {
