@@ -11,10 +11,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use proto::apps::{AppSettings, Declaration};
+use artifact::settings::{AppSettings, Declaration, SettingsError};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, AgentConfig, AppConfig};
+
+/// Why this host does not run a declared app as declared.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{app} is not in this host's accept_apps ({accepted})")]
+    NotAccepted { app: String, accepted: String },
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+    #[error("{0}")]
+    Name(#[from] artifact::NameError),
+    #[error("{key}: {why}")]
+    Config { key: &'static str, why: String },
+    #[error("env file {} does not exist on this host", .0.display())]
+    EnvFile(PathBuf),
+    #[error("port {port} is already app {other}'s on this host")]
+    Port { port: u16, other: String },
+    #[error("{0}")]
+    Root(#[from] config::ConfigError),
+}
 
 /// What this host took of the controller's declarations.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,14 +87,14 @@ impl Declared {
                 continue;
             }
             let verdict = if !local.accepts(&name) {
-                Err(format!(
-                    "{name} is not in this host's accept_apps ({})",
-                    if local.accept_apps.is_empty() {
+                Err(Refusal::NotAccepted {
+                    app: name.clone(),
+                    accepted: if local.accept_apps.is_empty() {
                         "empty".to_string()
                     } else {
                         local.accept_apps.join(", ")
-                    }
-                ))
+                    },
+                })
             } else {
                 runnable(&holding, &name, &settings)
             };
@@ -85,6 +104,7 @@ impl Declared {
                     next.apps.insert(name, settings);
                 }
                 Err(why) => {
+                    let why = why.to_string();
                     tracing::warn!(app = %name, reason = %why, "declared app refused");
                     // What ran before keeps running, if it still can.
                     if let Some(prev) = self.apps.get(&name)
@@ -109,8 +129,8 @@ pub fn app_config(s: &AppSettings) -> AppConfig {
     }
     if let Some(service) = s.service {
         app.service = match service {
-            proto::apps::Service::Supervise => config::Backend::Supervise,
-            proto::apps::Service::Systemd => config::Backend::Systemd,
+            artifact::settings::Service::Supervise => config::Backend::Supervise,
+            artifact::settings::Service::Systemd => config::Backend::Systemd,
         };
     }
     if let Some(files) = &s.env_files {
@@ -122,9 +142,9 @@ pub fn app_config(s: &AppSettings) -> AppConfig {
     }
     if let Some(a) = s.activation {
         app.activation = match a {
-            proto::apps::Activation::StopStart => config::Activation::StopStart,
-            proto::apps::Activation::Proxy => config::Activation::Proxy,
-            proto::apps::Activation::Socket => config::Activation::Socket,
+            artifact::settings::Activation::StopStart => config::Activation::StopStart,
+            artifact::settings::Activation::Proxy => config::Activation::Proxy,
+            artifact::settings::Activation::Socket => config::Activation::Socket,
         };
     }
     if let Some(d) = s.drain_timeout_secs {
@@ -139,31 +159,29 @@ pub fn app_config(s: &AppSettings) -> AppConfig {
 /// Whether this host can run `name` with `settings` beside the apps in
 /// `holding`: every check the local config gets, plus the env files exist
 /// here and the port is free of the other apps.
-fn runnable(holding: &AgentConfig, name: &str, settings: &AppSettings) -> Result<AppConfig, String> {
-    artifact::validate_name(artifact::NameKind::App, name).map_err(|e| e.to_string())?;
+fn runnable(
+    holding: &AgentConfig,
+    name: &str,
+    settings: &AppSettings,
+) -> Result<AppConfig, Refusal> {
+    artifact::validate_name(artifact::NameKind::App, name)?;
     settings.check()?;
     let app = app_config(settings);
-    config::validate_app(&app).map_err(|(key, why)| format!("{key}: {why}"))?;
-    for f in &app.env_files {
-        if !f.is_file() {
-            return Err(format!(
-                "env file {} does not exist on this host",
-                f.display()
-            ));
-        }
+    config::validate_app(&app).map_err(|(key, why)| Refusal::Config { key, why })?;
+    if let Some(f) = app.env_files.iter().find(|f| !f.is_file()) {
+        return Err(Refusal::EnvFile(f.clone()));
     }
     if let Some(port) = app.port
-        && let Some((other, _)) = holding
-            .apps
-            .iter()
-            .find(|(_, a)| a.port == Some(port))
+        && let Some((other, _)) = holding.apps.iter().find(|(_, a)| a.port == Some(port))
     {
-        return Err(format!("port {port} is already app {other}'s on this host"));
+        return Err(Refusal::Port {
+            port,
+            other: other.clone(),
+        });
     }
     let mut with = holding.clone();
     with.apps.insert(name.to_string(), app.clone());
-    with.check_roots(Path::new("declared apps"))
-        .map_err(|e| e.to_string())?;
+    with.check_roots(Path::new("declared apps"))?;
     Ok(app)
 }
 
@@ -214,8 +232,15 @@ mod tests {
         let d = Declared::default().take(&cfg, 3, incoming);
         assert_eq!(d.revision, 3);
         assert_eq!(d.apps.keys().collect::<Vec<_>>(), ["web"]);
-        assert!(d.refused["worker"].contains("not in this host's accept_apps"), "{:?}", d.refused);
-        assert!(!d.refused.contains_key("api"), "a local app is not a refusal");
+        assert!(
+            d.refused["worker"].contains("not in this host's accept_apps"),
+            "{:?}",
+            d.refused
+        );
+        assert!(
+            !d.refused.contains_key("api"),
+            "a local app is not a refusal"
+        );
         let eff = cfg.with_declared(&d);
         assert_eq!(eff.apps["api"].port, Some(7000), "the local file wins");
         assert_eq!(eff.apps["web"].port, Some(8080));
@@ -243,21 +268,35 @@ mod tests {
             after.refused["web"],
             "env file /nonexistent/web.env does not exist on this host"
         );
-        assert_eq!(after.apps["web"], before.apps["web"], "still runs as before");
+        assert_eq!(
+            after.apps["web"], before.apps["web"],
+            "still runs as before"
+        );
 
         let clash = Declared::default().take(
             &cfg,
             3,
             [("web".to_string(), settings(r#"{"port":7000}"#))].into(),
         );
-        assert_eq!(clash.refused["web"], "port 7000 is already app api's on this host");
+        assert_eq!(
+            clash.refused["web"],
+            "port 7000 is already app api's on this host"
+        );
         assert!(clash.apps.is_empty(), "nothing to fall back to: not run");
 
         let nobody = Declared::default().take(
             &cfg,
             4,
-            [("web".to_string(), settings(r#"{"user":"no-such-user-here"}"#))].into(),
+            [(
+                "web".to_string(),
+                settings(r#"{"user":"no-such-user-here"}"#),
+            )]
+            .into(),
         );
-        assert!(nobody.refused["web"].contains("no such user"), "{:?}", nobody.refused);
+        assert!(
+            nobody.refused["web"].contains("no such user"),
+            "{:?}",
+            nobody.refused
+        );
     }
 }

@@ -226,16 +226,16 @@ impl Session {
     /// was refused whole).
     fn apply_declared(&self, d: DeclaredApps) -> Option<(AppsAck, Option<Declared>)> {
         let id = self.identity.lock().expect("identity lock").clone();
-        let checked = self
-            .guard
-            .lock()
-            .expect("guard lock")
-            .check_declaration(&id, &d, identity::now());
+        let checked =
+            self.guard
+                .lock()
+                .expect("guard lock")
+                .check_declaration(&id, &d, identity::now());
         if let Err(why) = checked {
             tracing::warn!(revision = d.revision, reason = %why, "declared apps refused; nothing changes");
             return None;
         }
-        let incoming = match proto::apps::parse_declaration(&d.settings) {
+        let incoming = match artifact::settings::parse_declaration(&d.settings) {
             Ok(apps) => apps,
             Err(why) => {
                 tracing::warn!(revision = d.revision, reason = %why, "declared apps refused; nothing changes");

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod names;
 pub mod objects;
 pub mod pack;
+pub mod settings;
 pub mod spec;
 pub mod tar_guard;
 pub mod unpack;

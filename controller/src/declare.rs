@@ -8,9 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use artifact::settings::{AppSettings, Declaration, merge_patch};
 use artifact::{NameKind, validate_name};
-use proto::apps::{AppSettings, Declaration, merge_patch};
-use proto::v1::SetMode;
 
 use crate::ctx::Ctx;
 use crate::error::{ControllerError, Result};
@@ -19,6 +18,17 @@ use crate::store::{DeclaredRow, Placements, PutRefused, Store};
 /// Largest settings patch a caller may send.
 const MAX_PATCH_BYTES: usize = 16 * 1024;
 
+/// How a patch meets what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refused when already declared.
+    Add,
+    /// Refused when not declared; the patch's keys change, the rest stays.
+    Update,
+    /// The settings become exactly the patch (an undo).
+    Replace,
+}
+
 /// A change of one app's declaration in one environment.
 pub struct Change<'a> {
     pub tenant: &'a str,
@@ -26,9 +36,8 @@ pub struct Change<'a> {
     pub app: &'a str,
     /// Empty: the environment's settings; else this host's override.
     pub host: &'a str,
-    /// JSON merge patch; `None`: remove.
-    pub patch: Option<&'a str>,
-    pub mode: SetMode,
+    /// JSON merge patch and how it applies; `None`: remove.
+    pub patch: Option<(&'a str, Mode)>,
 }
 
 /// What a change did.
@@ -144,7 +153,7 @@ pub async fn apply(ctx: &Ctx, c: &Change<'_>) -> Result<Changed> {
             }
             None
         }
-        Some(patch) => {
+        Some((patch, mode)) => {
             if patch.len() > MAX_PATCH_BYTES {
                 return Err(invalid(format!(
                     "settings: more than {MAX_PATCH_BYTES} bytes"
@@ -155,24 +164,21 @@ pub async fn apply(ctx: &Ctx, c: &Change<'_>) -> Result<Changed> {
             if !patch.is_object() {
                 return Err(invalid("settings: must be a JSON object".into()));
             }
-            let mut value = match (c.mode, &previous) {
-                (SetMode::Add, Some(_)) => {
+            let mut value = match (mode, &previous) {
+                (Mode::Add, Some(_)) => {
                     return Err(ControllerError::AlreadyExists(format!(
                         "{what} is already declared: change it with `slipctl apps set`"
                     )));
                 }
-                (SetMode::Update, None) => {
+                (Mode::Update, None) => {
                     return Err(ControllerError::NotFound(format!(
                         "{what} is not declared: add it with `slipctl apps add`"
                     )));
                 }
-                (SetMode::Update, Some(prev)) => {
+                (Mode::Update, Some(prev)) => {
                     serde_json::from_str(prev).unwrap_or(serde_json::json!({}))
                 }
-                (SetMode::Add | SetMode::Replace, _) => serde_json::json!({}),
-                (SetMode::Unspecified, _) => {
-                    return Err(invalid("mode: add, update or replace".into()));
-                }
+                (Mode::Add | Mode::Replace, _) => serde_json::json!({}),
             };
             merge_patch(&mut value, &patch);
             let s: AppSettings =
@@ -278,7 +284,11 @@ mod tests {
         );
         let none = BTreeMap::new();
         let d = for_host(&rows, &placements, "prod", "h1", &none);
-        assert_eq!(d.keys().collect::<Vec<_>>(), ["web"], "worker is placed elsewhere");
+        assert_eq!(
+            d.keys().collect::<Vec<_>>(),
+            ["web"],
+            "worker is placed elsewhere"
+        );
         assert_eq!(d["web"].port, Some(8080));
         let jobs: BTreeMap<String, String> = [("role".into(), "jobs".into())].into();
         let d = for_host(&rows, &placements, "prod", "h2", &jobs);

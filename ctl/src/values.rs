@@ -122,16 +122,17 @@ pub const SETTING_KEYS: [(&str, &str); 8] = [
     ("stop-grace", "stop_grace_secs"),
 ];
 
-/// A setting's flag name (`--unset KEY`), as its JSON key.
-pub fn setting_key(s: &str) -> Result<String, String> {
+/// `--unset KEY`: one of the setting flags' names.
+pub fn setting_key() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(SETTING_KEYS.map(|(flag, _)| flag))
+}
+
+/// A setting's flag name as its JSON key (the name itself if unknown).
+pub fn setting_json_key(flag: &str) -> &str {
     SETTING_KEYS
         .iter()
-        .find(|(flag, _)| *flag == s)
-        .map(|(_, key)| key.to_string())
-        .ok_or_else(|| {
-            let names: Vec<&str> = SETTING_KEYS.iter().map(|(f, _)| *f).collect();
-            format!("{s:?} is not a setting: one of {}", names.join(", "))
-        })
+        .find(|(f, _)| *f == flag)
+        .map_or(flag, |(_, key)| key)
 }
 
 /// The name clap shows and the controller expects.

@@ -1,6 +1,5 @@
 //! Slipway's wire protocol, generated from `proto/slipway/v1/slipway.proto`.
 
-pub mod apps;
 pub mod codec;
 
 pub mod v1 {

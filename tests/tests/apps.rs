@@ -47,14 +47,18 @@ fn joined(c: &Controller, dir: &Path, host: &str, port: u16, accept: Option<&str
     std::fs::write(shared.join(".env"), "").unwrap();
     let mut agent = Agent::with_config(dir, host, &config, &state, port);
     agent.spawn();
-    eventually(Duration::from_secs(30), &format!("{host} to connect"), || {
-        let hosts = c.ctl(&["hosts", "-o", "json"]).json();
-        hosts
-            .as_array()?
-            .iter()
-            .any(|h| h["name"] == host && h["connected"] == true)
-            .then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        &format!("{host} to connect"),
+        || {
+            let hosts = c.ctl(&["hosts", "-o", "json"]).json();
+            hosts
+                .as_array()?
+                .iter()
+                .any(|h| h["name"] == host && h["connected"] == true)
+                .then_some(())
+        },
+    );
     agent
 }
 
@@ -85,7 +89,14 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
     // An env file no host has: every host refuses, nothing stays declared.
     let port = p1.to_string();
     let out = c.ctl(&[
-        "apps", "add", "web", "--env", "preprod", "--port", &port, "--env-file",
+        "apps",
+        "add",
+        "web",
+        "--env",
+        "preprod",
+        "--port",
+        &port,
+        "--env-file",
         "/nonexistent/web.env",
     ]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
@@ -100,7 +111,15 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
 
     // h3 does not accept web: refused there, undone everywhere.
     let out = c.ctl(&[
-        "apps", "add", "web", "--env", "preprod", "--port", &port, "--env-file", &env_file,
+        "apps",
+        "add",
+        "web",
+        "--env",
+        "preprod",
+        "--port",
+        &port,
+        "--env-file",
+        &env_file,
     ]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(
@@ -118,12 +137,29 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
     for h in ["h1", "h2"] {
         c.ctl(&["hosts", "set", h, "--label", "role=web"]).ok();
     }
-    c.ctl(&["apps", "place", "web", "--env", "preprod", "--selector", "role=web"])
-        .ok();
+    c.ctl(&[
+        "apps",
+        "place",
+        "web",
+        "--env",
+        "preprod",
+        "--selector",
+        "role=web",
+    ])
+    .ok();
     let out = c
         .ctl(&[
-            "apps", "add", "web", "--env", "preprod", "--port", &port, "--env-file", &env_file,
-            "--keep", "3",
+            "apps",
+            "add",
+            "web",
+            "--env",
+            "preprod",
+            "--port",
+            &port,
+            "--env-file",
+            &env_file,
+            "--keep",
+            "3",
         ])
         .ok();
     assert!(out.stdout.contains("port="), "{}", out.stdout);
@@ -183,7 +219,9 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
 
     // A change of settings reaches both hosts; then removing the app stops it.
     let out = c
-        .ctl(&["apps", "set", "web", "--env", "preprod", "--keep", "4", "-o", "json"])
+        .ctl(&[
+            "apps", "set", "web", "--env", "preprod", "--keep", "4", "-o", "json",
+        ])
         .ok()
         .json();
     assert_eq!(out["settings"]["keep_releases"], 4);
@@ -198,9 +236,11 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
     );
     c.ctl(&["apps", "remove", "web", "--env", "preprod"]).ok();
     for (h, port) in [(&h1, p1), (&h2, p2)] {
-        eventually(Duration::from_secs(20), &format!("{} to stop web", h.host), || {
-            http_get(port, "/").is_none().then_some(())
-        });
+        eventually(
+            Duration::from_secs(20),
+            &format!("{} to stop web", h.host),
+            || http_get(port, "/").is_none().then_some(()),
+        );
     }
     assert_eq!(show(&c).code, 5);
     drop(h3);

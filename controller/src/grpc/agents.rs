@@ -241,14 +241,10 @@ impl AgentsService {
         h: &SessionHost,
         sent: &mut Option<(u64, String)>,
     ) -> Result<Option<DeclaredApps>, ControllerError> {
-        let (revision, declaration) = crate::declare::host_declaration(
-            &self.ctx.store,
-            &h.tenant,
-            &h.environment,
-            &h.host,
-        )
-        .await?;
-        let settings = proto::apps::declaration_bytes(&declaration);
+        let (revision, declaration) =
+            crate::declare::host_declaration(&self.ctx.store, &h.tenant, &h.environment, &h.host)
+                .await?;
+        let settings = artifact::settings::declaration_bytes(&declaration);
         let digest = trust::sha256(&settings);
         let key = (revision, digest);
         if sent.as_ref() == Some(&key) {

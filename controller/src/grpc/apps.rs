@@ -9,7 +9,7 @@ use proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{SharedCtx, Want, authorize, reader};
-use crate::declare::{Change, Changed};
+use crate::declare::{Change, Changed, Mode};
 
 fn to_proto(c: Changed) -> SetAppResponse {
     SetAppResponse {
@@ -24,10 +24,13 @@ pub async fn set(
     ctx: &SharedCtx,
     req: Request<SetAppRequest>,
 ) -> Result<Response<SetAppResponse>, Status> {
-    let mode = req.get_ref().mode();
-    let action = match mode {
-        SetMode::Add => "app-add",
-        _ => "app-set",
+    let (mode, action) = match req.get_ref().mode() {
+        SetMode::Add => (Mode::Add, "app-add"),
+        SetMode::Update => (Mode::Update, "app-set"),
+        SetMode::Replace => (Mode::Replace, "app-set"),
+        SetMode::Unspecified => {
+            return Err(Status::invalid_argument("mode: add, update or replace"));
+        }
     };
     let who = authorize(ctx, &req, Want::Change, action).await?;
     let r = req.into_inner();
@@ -38,8 +41,7 @@ pub async fn set(
             environment: &r.environment,
             app: &r.app,
             host: &r.host,
-            patch: Some(&r.settings),
-            mode,
+            patch: Some((&r.settings, mode)),
         },
     )
     .await;
@@ -60,11 +62,19 @@ pub async fn remove(
             app: &r.app,
             host: &r.host,
             patch: None,
-            mode: SetMode::Unspecified,
         },
     )
     .await;
-    audited(ctx, &who, "app-remove", &r.app, &r.environment, &r.host, result).await
+    audited(
+        ctx,
+        &who,
+        "app-remove",
+        &r.app,
+        &r.environment,
+        &r.host,
+        result,
+    )
+    .await
 }
 
 async fn audited(
@@ -85,8 +95,16 @@ async fn audited(
         Ok(c) => (
             format!(
                 "{on}{} -> {} (revision {})",
-                if c.previous.is_empty() { "-" } else { &c.previous },
-                if c.settings.is_empty() { "-" } else { &c.settings },
+                if c.previous.is_empty() {
+                    "-"
+                } else {
+                    &c.previous
+                },
+                if c.settings.is_empty() {
+                    "-"
+                } else {
+                    &c.settings
+                },
                 c.revision
             ),
             "ok".to_string(),
@@ -122,8 +140,9 @@ pub async fn hosts(
         let mut hosts = Vec::new();
         for h in store.hosts_apps_acks(&who.tenant, &r.environment).await? {
             let labels = crate::store::labels_from_json(&h.labels);
-            let declared = crate::declare::for_host(&rows, &placements, &r.environment, &h.name, &labels)
-                .contains_key(&r.app);
+            let declared =
+                crate::declare::for_host(&rows, &placements, &r.environment, &h.name, &labels)
+                    .contains_key(&r.app);
             let refused: std::collections::BTreeMap<String, String> =
                 serde_json::from_str(&h.apps_refused).unwrap_or_default();
             let report = fleet.iter().find(|f| f.host == h.name);

@@ -3,8 +3,8 @@
 //! `tonic::Status`.
 
 pub mod admin;
-pub mod apps;
 pub mod agents;
+pub mod apps;
 pub mod deployments;
 pub mod edge;
 pub mod enrollment;

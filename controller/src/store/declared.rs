@@ -166,9 +166,7 @@ mod tests {
     use sqlx::SqlitePool;
 
     #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_change_bumps_the_revision_and_removing_an_app_drops_its_overrides(
-        pool: SqlitePool,
-    ) {
+    async fn a_change_bumps_the_revision_and_removing_an_app_drops_its_overrides(pool: SqlitePool) {
         let s = Store::from_pool(pool);
         let ok = |_: Option<&str>| Ok(());
         let r1 = s

@@ -280,7 +280,9 @@ pub struct RolloutTarget {
 pub enum AppsCommand {
     /// Declare APP in an environment: every host there (that the app's
     /// selector places it on, and whose accept_apps names it) runs it.
-    #[command(after_help = "Examples:\n  slipctl apps add web --env prod --port 8080 --env-file /etc/web/env --user web\n  slipctl apps add web --env prod --host web-3 --port 9090   # one host's override\n\nWaits until every connected host took the settings and, when the environment\nhas a desired release of APP, runs it healthy. A host that cannot run them (an\nenv file or user missing there, a port another app holds) refuses them: the\nchange is then undone everywhere and slipctl exits 1 naming the host.")]
+    #[command(
+        after_help = "Examples:\n  slipctl apps add web --env prod --port 8080 --env-file /etc/web/env --user web\n  slipctl apps add web --env prod --host web-3 --port 9090   # one host's override\n\nWaits until every connected host took the settings and, when the environment\nhas a desired release of APP, runs it healthy. A host that cannot run them (an\nenv file or user missing there, a port another app holds) refuses them: the\nchange is then undone everywhere and slipctl exits 1 naming the host."
+    )]
     Add {
         /// App to declare.
         app: String,
@@ -293,7 +295,9 @@ pub enum AppsCommand {
         settings: AppSettingsArgs,
     },
     /// Change some of APP's declared settings (the others stay).
-    #[command(after_help = "Examples:\n  slipctl apps set web --env prod --keep 10\n  slipctl apps set web --env prod --unset user")]
+    #[command(
+        after_help = "Examples:\n  slipctl apps set web --env prod --keep 10\n  slipctl apps set web --env prod --unset user"
+    )]
     Set {
         /// App to change.
         app: String,
@@ -306,7 +310,7 @@ pub enum AppsCommand {
         settings: AppSettingsArgs,
         /// Remove a setting (the host's default applies): port, backend,
         /// env-file, user, keep, activation, drain-timeout, stop-grace.
-        #[arg(long = "unset", value_name = "KEY", value_parser = values::setting_key)]
+        #[arg(long = "unset", value_name = "KEY", value_parser = values::setting_key())]
         unset: Vec<String>,
     },
     /// Remove APP from an environment: every host stops it (with --host:

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use proto::v1::{AppPlacement, ListAppsRequest, PlaceAppRequest, SetMode};
 use serde::Serialize;
 
-use crate::cli::{AppsArgs, AppsCommand};
 use super::declare::Declare;
+use crate::cli::{AppsArgs, AppsCommand};
 use crate::client::Clients;
 use crate::error::{Result, from_status};
 use crate::output::{Format, Table, dash, list, pairs, print_json};

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use proto::apps::AppSettings;
+use artifact::settings::AppSettings;
 use proto::v1::{
     AppHostState, AppHostsRequest, AppHostsResponse, DeployState, Health, RemoveAppRequest,
     SetAppRequest, SetAppResponse, SetMode,
@@ -65,11 +65,11 @@ fn patch(s: &AppSettingsArgs, unset: &[String]) -> serde_json::Map<String, serde
     if let Some(g) = s.stop_grace {
         put("stop_grace_secs", json!(g));
     }
-    for key in unset {
-        if p.contains_key(key) {
-            continue;
+    for flag in unset {
+        let key = crate::values::setting_json_key(flag);
+        if !p.contains_key(key) {
+            p.insert(key.to_string(), serde_json::Value::Null);
         }
-        p.insert(key.clone(), serde_json::Value::Null);
     }
     p
 }
@@ -85,7 +85,10 @@ fn describe(json: &str) -> String {
                 serde_json::Value::Array(a) => format!(
                     "{k}={}",
                     a.iter()
-                        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                        .map(|x| x
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string()))
                         .collect::<Vec<_>>()
                         .join(",")
                 ),
@@ -159,7 +162,7 @@ pub async fn set(d: Declare, c: &mut Clients, fmt: Format) -> Result<()> {
         let s: AppSettings = serde_json::from_value(serde_json::Value::Object(p.clone()))
             .map_err(|e| CtlError::Usage(e.to_string()))?;
         if d.target.host.is_none() {
-            s.check().map_err(CtlError::Usage)?;
+            s.check().map_err(|e| CtlError::Usage(e.to_string()))?;
         }
     }
     let host = d.target.host.clone().unwrap_or_default();
@@ -276,8 +279,7 @@ async fn follow(
             let unready: Vec<&str> = concerned
                 .iter()
                 .filter(|h| {
-                    h.running_version != r.desired_version
-                        || h.health != Health::Healthy as i32
+                    h.running_version != r.desired_version || h.health != Health::Healthy as i32
                 })
                 .map(|h| h.host.as_str())
                 .collect();
@@ -328,7 +330,11 @@ async fn finish(
                 undone: false,
             });
         }
-        say!("{} (revision {}); not waiting for hosts", headline(&what, &r, removing), r.revision);
+        say!(
+            "{} (revision {}); not waiting for hosts",
+            headline(&what, &r, removing),
+            r.revision
+        );
         return Ok(());
     }
     let timeout = Duration::from_secs(target.timeout);
@@ -430,10 +436,7 @@ fn headline(what: &str, r: &SetAppResponse, removing: bool) -> String {
     if removing {
         return format!("removed {what}");
     }
-    format!(
-        "{what}: {}",
-        escape(&describe(&r.settings))
-    )
+    format!("{what}: {}", escape(&describe(&r.settings)))
 }
 
 fn host_table(hosts: &[&AppHostState], revision: u64) {

@@ -117,7 +117,15 @@ fn main() -> anyhow::Result<()> {
         (connected == hosts).then_some(())
     });
     let start = Instant::now();
-    let out = c.ctl(&["apps", "add", "web", "--env", "preprod", "--stop-grace", "1"]);
+    let out = c.ctl(&[
+        "apps",
+        "add",
+        "web",
+        "--env",
+        "preprod",
+        "--stop-grace",
+        "1",
+    ]);
     let add_secs = start.elapsed().as_secs_f64();
     assert_eq!(out.code, 0, "apps add: {}{}", out.stdout, out.stderr);
     let healthy = healthy_hosts(&c, "1.0.0");
@@ -128,12 +136,22 @@ fn main() -> anyhow::Result<()> {
     let out = c.ctl(&["apps", "remove", "web", "--env", "preprod"]);
     let remove_secs = start.elapsed().as_secs_f64();
     assert_eq!(out.code, 0, "apps remove: {}{}", out.stdout, out.stderr);
-    println!("apps remove web on {hosts} hosts: {remove_secs:.2} s until every host stopped it and said so");
+    println!(
+        "apps remove web on {hosts} hosts: {remove_secs:.2} s until every host stopped it and said so"
+    );
     drop(agents);
 
     // A new host: the app is declared environment-wide and has a release.
-    c.ctl(&["apps", "add", "web", "--env", "preprod", "--stop-grace", "1"])
-        .ok();
+    c.ctl(&[
+        "apps",
+        "add",
+        "web",
+        "--env",
+        "preprod",
+        "--stop-grace",
+        "1",
+    ])
+    .ok();
     let mut secs = Vec::new();
     for round in 0..rounds {
         let host = format!("new-{round}");
@@ -144,12 +162,15 @@ fn main() -> anyhow::Result<()> {
         eventually(Duration::from_secs(120), &format!("{host} healthy"), || {
             let out = c.ctl(&["apps", "show", "web", "--env", "preprod", "-o", "json"]);
             let v = out.json();
-            v["hosts"].as_array()?.iter().any(|h| {
-                h["host"] == host.as_str()
-                    && h["running_version"] == "1.0.0"
-                    && h["health"] == "healthy"
-            })
-            .then_some(())
+            v["hosts"]
+                .as_array()?
+                .iter()
+                .any(|h| {
+                    h["host"] == host.as_str()
+                        && h["running_version"] == "1.0.0"
+                        && h["health"] == "healthy"
+                })
+                .then_some(())
         });
         let total = start.elapsed().as_secs_f64();
         println!(

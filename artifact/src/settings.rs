@@ -3,6 +3,7 @@
 //! `DeclaredApps`: the JSON both sides read, its checks that need no host,
 //! and how an override and a patch apply. The agent turns them into its own
 //! app config and checks what only the host can (users, env files, ports).
+//! Here beside the release spec: both are what an app needs from a host.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,27 @@ pub enum Activation {
     StopStart,
     Proxy,
     Socket,
+}
+
+/// Why settings or a declaration are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A key's value is wrong.
+    #[error("{key}: {why}")]
+    Invalid { key: &'static str, why: String },
+    /// Not JSON of the settings' shape (an unknown key, a wrong type).
+    #[error("{0}")]
+    Shape(String),
+    /// A whole declaration is refused.
+    #[error("declared apps: {0}")]
+    Declaration(String),
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        why: why.into(),
+    }
 }
 
 /// One app's declared host settings; unset keys take the agent's defaults.
@@ -77,8 +99,9 @@ fn valid_user(name: &str) -> bool {
 
 impl AppSettings {
     /// Parses settings JSON, refusing unknown keys and bad values.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let s: AppSettings = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_json(text: &str) -> Result<Self, SettingsError> {
+        let s: AppSettings =
+            serde_json::from_str(text).map_err(|e| SettingsError::Shape(e.to_string()))?;
         s.check()?;
         Ok(s)
     }
@@ -102,19 +125,22 @@ impl AppSettings {
     }
 
     /// The checks that need no host: `Err` names the key and what is wrong.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SettingsError> {
         if self.port == Some(0) {
-            return Err("port: must be 1..=65535".into());
+            return Err(invalid("port", "must be 1..=65535"));
         }
         if let Some(files) = &self.env_files {
             if files.len() > MAX_ENV_FILES {
-                return Err(format!("env_files: at most {MAX_ENV_FILES}"));
+                return Err(invalid("env_files", format!("at most {MAX_ENV_FILES}")));
             }
             for f in files {
                 if !f.starts_with('/') || f.len() > MAX_PATH || f.chars().any(char::is_control) {
-                    return Err(format!(
-                        "env_files: {:?} must be an absolute path of at most {MAX_PATH} bytes",
-                        f.escape_debug().to_string()
+                    return Err(invalid(
+                        "env_files",
+                        format!(
+                            "{:?} must be an absolute path of at most {MAX_PATH} bytes",
+                            f.escape_debug().to_string()
+                        ),
                     ));
                 }
             }
@@ -122,15 +148,18 @@ impl AppSettings {
         if let Some(user) = &self.user
             && !valid_user(user)
         {
-            return Err(format!(
-                "user: {:?} is not a valid user name",
-                user.escape_debug().to_string()
+            return Err(invalid(
+                "user",
+                format!(
+                    "{:?} is not a valid user name",
+                    user.escape_debug().to_string()
+                ),
             ));
         }
         if let Some(keep) = self.keep_releases
             && !(2..=100).contains(&keep)
         {
-            return Err("keep_releases: must be 2..=100".into());
+            return Err(invalid("keep_releases", "must be 2..=100"));
         }
         for (key, v) in [
             ("drain_timeout_secs", self.drain_timeout_secs),
@@ -139,7 +168,7 @@ impl AppSettings {
             if let Some(v) = v
                 && !(1..=3600).contains(&v)
             {
-                return Err(format!("{key}: must be 1..=3600"));
+                return Err(invalid(key, "must be 1..=3600"));
             }
         }
         if let Some(mode @ (Activation::Proxy | Activation::Socket)) = self.activation {
@@ -149,18 +178,20 @@ impl AppSettings {
                 "socket"
             };
             if self.port.is_none() {
-                return Err(format!(
-                    "activation: {name} needs the app's public port (port)"
+                return Err(invalid(
+                    "activation",
+                    format!("{name} needs the app's public port (port)"),
                 ));
             }
             if self.service == Some(Service::Systemd) {
-                return Err(format!(
-                    "activation: {name} needs service supervise (systemd units run one instance)"
+                return Err(invalid(
+                    "activation",
+                    format!("{name} needs service supervise (systemd units run one instance)"),
                 ));
             }
         }
         if self.user.is_some() && self.service == Some(Service::Systemd) {
-            return Err("user: with service systemd the unit sets User=".into());
+            return Err(invalid("user", "with service systemd the unit sets User="));
         }
         Ok(())
     }
@@ -187,20 +218,22 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
 }
 
 /// Reads a declaration a host received (already signature-checked).
-pub fn parse_declaration(bytes: &[u8]) -> Result<Declaration, String> {
+pub fn parse_declaration(bytes: &[u8]) -> Result<Declaration, SettingsError> {
     if bytes.len() > MAX_DECLARATION_BYTES {
-        return Err(format!(
-            "declared apps: {} bytes, more than {MAX_DECLARATION_BYTES}",
+        return Err(SettingsError::Declaration(format!(
+            "{} bytes, more than {MAX_DECLARATION_BYTES}",
             bytes.len()
-        ));
+        )));
     }
     if bytes.is_empty() {
         return Ok(Declaration::new());
     }
     let d: Declaration =
-        serde_json::from_slice(bytes).map_err(|e| format!("declared apps: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|e| SettingsError::Declaration(e.to_string()))?;
     if d.len() > MAX_APPS {
-        return Err(format!("declared apps: more than {MAX_APPS}"));
+        return Err(SettingsError::Declaration(format!(
+            "more than {MAX_APPS} apps"
+        )));
     }
     Ok(d)
 }
@@ -221,13 +254,19 @@ mod tests {
             (r#"{"prot":8080}"#, "unknown field `prot`"),
             (r#"{"port":0}"#, "port: must be 1..=65535"),
             (r#"{"port":70000}"#, "invalid value"),
-            (r#"{"env_files":["etc/web.env"]}"#, "must be an absolute path"),
+            (
+                r#"{"env_files":["etc/web.env"]}"#,
+                "must be an absolute path",
+            ),
             (r#"{"user":"Root; rm"}"#, "not a valid user name"),
             (r#"{"keep_releases":1}"#, "keep_releases: must be 2..=100"),
-            (r#"{"activation":"proxy"}"#, "proxy needs the app's public port"),
+            (
+                r#"{"activation":"proxy"}"#,
+                "activation: proxy needs the app's public port",
+            ),
             (r#"{"service":"command"}"#, "unknown variant `command`"),
         ] {
-            let e = AppSettings::from_json(json).unwrap_err();
+            let e = AppSettings::from_json(json).unwrap_err().to_string();
             assert!(e.contains(want), "{json}: {e}");
         }
     }
