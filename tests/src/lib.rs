@@ -5,6 +5,7 @@
 
 pub mod cutover;
 pub mod load;
+pub mod systemd_ns;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

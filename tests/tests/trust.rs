@@ -185,11 +185,15 @@ fn join_tokens_are_one_time_host_bound_short_lived_and_pin_the_controller() {
     assert_ne!(out.code, 0);
     assert!(!identity("web-1").join("identity.json").exists());
 
-    // The real one works once.
+    // The real one works once: a second machine presenting it is refused
+    // (the same host running join again is harmless: tests/tests/join.rs).
     join(&c, t.path(), "web-1", &token).ok();
     assert!(identity("web-1").join("agent.pem").exists());
-    let out = join(&c, t.path(), "web-1", &token);
+    let elsewhere = t.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = join(&c, &elsewhere, "web-1", &token);
     assert!(out.stderr.contains("already used"), "{}", out.stderr);
+    assert!(!elsewhere.join("web-1/identity/identity.json").exists());
 
     // An expired token.
     let short = c

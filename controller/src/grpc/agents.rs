@@ -111,6 +111,8 @@ struct SessionHost {
     host: String,
     environment: String,
     apps: Vec<String>,
+    /// The declared-apps revision the host said it runs.
+    apps_revision: u64,
 }
 
 impl AgentsService {
@@ -161,6 +163,7 @@ impl AgentsService {
             .retain_host_apps(&tenant, &hello_host, &apps)
             .await
             .map_err(ControllerError::from)?;
+        let apps_revision = hello.apps_revision;
         let refused = refused_from_proto(hello.apps_refused)?;
         store
             .record_apps_ack(&tenant, &hello_host, hello.apps_revision, &refused)
@@ -171,6 +174,7 @@ impl AgentsService {
             host: hello_host,
             environment: hello_env,
             apps,
+            apps_revision,
         })
     }
 
@@ -244,6 +248,11 @@ impl AgentsService {
         let (revision, declaration) =
             crate::declare::host_declaration(&self.ctx.store, &h.tenant, &h.environment, &h.host)
                 .await?;
+        // Nothing was ever declared here and the host runs no declaration:
+        // nothing to say (and no sequence number spent per connect).
+        if revision == 0 && h.apps_revision == 0 && declaration.is_empty() {
+            return Ok(None);
+        }
         let settings = artifact::settings::declaration_bytes(&declaration);
         let digest = trust::sha256(&settings);
         let key = (revision, digest);
