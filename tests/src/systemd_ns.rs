@@ -106,4 +106,3 @@ impl Drop for NsSystemd {
         let _ = self.unshare.wait();
     }
 }
-

@@ -72,8 +72,16 @@ fn the_agent_package_installs_joins_with_one_command_and_runs_its_release() {
     ])
     .ok();
     c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
-    c.ctl(&["apps", "add", "web", "--env", "preprod", "--stop-grace", "1"])
-        .ok();
+    c.ctl(&[
+        "apps",
+        "add",
+        "web",
+        "--env",
+        "preprod",
+        "--stop-grace",
+        "1",
+    ])
+    .ok();
 
     let out = ns.exec(&["dpkg", "-i", deb.to_str().unwrap()]);
     assert!(
@@ -122,18 +130,24 @@ fn the_agent_package_installs_joins_with_one_command_and_runs_its_release() {
     );
     let active = ns.exec(&["systemctl", "is-active", "slipway-agent"]);
     assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active");
-    eventually(Duration::from_secs(60), "pkg-1 to run 1.0.0 healthy", || {
-        let shown = c
-            .ctl(&["apps", "show", "web", "--env", "preprod", "-o", "json"])
-            .json();
-        shown["hosts"]
-            .as_array()?
-            .iter()
-            .any(|h| {
-                h["host"] == "pkg-1" && h["running_version"] == "1.0.0" && h["health"] == "healthy"
-            })
-            .then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        "pkg-1 to run 1.0.0 healthy",
+        || {
+            let shown = c
+                .ctl(&["apps", "show", "web", "--env", "preprod", "-o", "json"])
+                .json();
+            shown["hosts"]
+                .as_array()?
+                .iter()
+                .any(|h| {
+                    h["host"] == "pkg-1"
+                        && h["running_version"] == "1.0.0"
+                        && h["health"] == "healthy"
+                })
+                .then_some(())
+        },
+    );
     eprintln!(
         "packaged host: join {joined:.2} s (enroll, config, enable, start, connected); join -> running 1.0.0 healthy {:.2} s (1 s health hold)",
         start.elapsed().as_secs_f64()

@@ -12,7 +12,9 @@ const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
 #[test]
 fn the_systemd_backend_deploys_rolls_back_and_reports() {
-    let Some(ns) = NsSystemd::start(&[]) else { return };
+    let Some(ns) = NsSystemd::start(&[]) else {
+        return;
+    };
     // Not under /tmp: the namespace has its own, and the agent runs in there.
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let c = Controller::start(t.path());
