@@ -711,3 +711,60 @@ pub fn status_row(c: &Controller, host: &str) -> Option<serde_json::Value> {
         .find(|r| r["host"] == host)
         .cloned()
 }
+
+/// A release whose one process is a worker (`sleep`): healthy once it stays
+/// up 1 s; no port, no env.
+pub fn worker_release(dir: &Path, version: &str) -> PathBuf {
+    let rel = dir.join(format!("worker-release-{version}"));
+    std::fs::create_dir_all(&rel).expect("release dir");
+    std::fs::write(
+        rel.join("slipway.toml"),
+        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
+    )
+    .expect("spec");
+    std::fs::write(rel.join("VERSION"), version).expect("version file");
+    rel
+}
+
+/// What a new host does: `slipctl hosts add HOST --env ENV`, then
+/// `slipway-agent join URL TOKEN --no-start` with its own config
+/// (`dir/HOST/agent.toml`) and state dir (`dir/HOST/state`). Not started.
+pub fn join_host(c: &Controller, dir: &Path, host: &str, env: &str) -> Agent {
+    let added = c
+        .ctl(&["hosts", "add", host, "--env", env, "-o", "json"])
+        .ok()
+        .json();
+    let token = added["join_token"].as_str().expect("join token");
+    let config = dir.join(host).join("agent.toml");
+    let state = dir.join(host).join("state");
+    let out: CtlOutput = Command::new(bin("slipway-agent"))
+        .arg("--config")
+        .arg(&config)
+        .args(["join", &c.url, token, "--no-start", "--state-dir"])
+        .arg(&state)
+        .env("SLIPWAY_LOG", "warn")
+        .output()
+        .expect("run slipway-agent join")
+        .into();
+    assert_eq!(out.code, 0, "join: {}{}", out.stdout, out.stderr);
+    Agent::with_config(dir, host, &config, &state, 0)
+}
+
+/// Waits until `slipctl hosts` shows each of `hosts` connected.
+pub fn wait_hosts_connected(c: &Controller, hosts: &[&str]) {
+    eventually(
+        Duration::from_secs(120),
+        &format!("{} to connect", hosts.join(", ")),
+        || {
+            let list = c.ctl(&["hosts", "-o", "json"]).ok().json();
+            let list = list.as_array()?;
+            hosts
+                .iter()
+                .all(|h| {
+                    list.iter()
+                        .any(|x| x["name"] == *h && x["connected"] == true)
+                })
+                .then_some(())
+        },
+    );
+}

@@ -7,58 +7,30 @@
 //! Removing the app stops it on every host.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Agent, Controller, CtlOutput, ReleaseOpts, bin, eventually, free_port, http_get, publish,
+    Agent, Controller, CtlOutput, ReleaseOpts, eventually, free_port, http_get, join_host, publish,
+    wait_hosts_connected,
 };
 
-/// `slipctl hosts add HOST --env preprod`, then `slipway-agent join` on the
-/// "host" (its own config and state dirs), then the agent started.
-/// `accept`: the host's accept_apps instead of join's `["*"]`.
+/// A joined host (`integration_tests::join_host`), started; `accept`: its
+/// accept_apps instead of join's `["*"]`.
 fn joined(c: &Controller, dir: &Path, host: &str, port: u16, accept: Option<&str>) -> Agent {
-    let added = c
-        .ctl(&["hosts", "add", host, "--env", "preprod", "-o", "json"])
-        .ok()
-        .json();
-    let token = added["join_token"].as_str().unwrap();
-    let config = dir.join(host).join("etc/slipway/agent.toml");
-    let state = dir.join(host).join("var/lib/slipway");
-    let out: CtlOutput = Command::new(bin("slipway-agent"))
-        .arg("--config")
-        .arg(&config)
-        .args(["join", &c.url, token, "--no-start", "--state-dir"])
-        .arg(&state)
-        .env("SLIPWAY_LOG", "warn")
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let joined = join_host(c, dir, host, "preprod");
     if let Some(accept) = accept {
-        let cfg = std::fs::read_to_string(&config).unwrap();
+        let cfg = std::fs::read_to_string(&joined.config).unwrap();
         assert!(cfg.contains("accept_apps = [\"*\"]"), "{cfg}");
-        std::fs::write(&config, cfg.replace("accept_apps = [\"*\"]", accept)).unwrap();
+        std::fs::write(&joined.config, cfg.replace("accept_apps = [\"*\"]", accept)).unwrap();
     }
     // The release links shared/.env; the app's variables come from the
     // env file the declaration names.
-    let shared = state.join("apps/web/shared");
+    let shared = joined.state_dir.join("apps/web/shared");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(shared.join(".env"), "").unwrap();
-    let mut agent = Agent::with_config(dir, host, &config, &state, port);
+    let mut agent = Agent::with_config(dir, host, &joined.config, &joined.state_dir, port);
     agent.spawn();
-    eventually(
-        Duration::from_secs(30),
-        &format!("{host} to connect"),
-        || {
-            let hosts = c.ctl(&["hosts", "-o", "json"]).json();
-            hosts
-                .as_array()?
-                .iter()
-                .any(|h| h["name"] == host && h["connected"] == true)
-                .then_some(())
-        },
-    );
+    wait_hosts_connected(c, &[host]);
     agent
 }
 
@@ -208,14 +180,7 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
     });
     h1.wait_serving("1.0.0");
     c.restart();
-    eventually(Duration::from_secs(30), "h1 to reconnect", || {
-        let hosts = c.ctl(&["hosts", "-o", "json"]).json();
-        hosts
-            .as_array()?
-            .iter()
-            .any(|h| h["name"] == "h1" && h["connected"] == true)
-            .then_some(())
-    });
+    wait_hosts_connected(&c, &["h1"]);
 
     // A change of settings reaches both hosts; then removing the app stops it.
     let out = c

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use integration_tests::systemd_ns::NsSystemd;
-use integration_tests::{Controller, eventually};
+use integration_tests::{Controller, eventually, worker_release};
 
 fn agent_deb() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
@@ -39,19 +39,6 @@ fn agent_deb() -> Option<PathBuf> {
     found
 }
 
-/// A worker release: healthy once it stays up 1 s.
-fn worker_release(dir: &std::path::Path) -> PathBuf {
-    let rel = dir.join("release-1.0.0");
-    std::fs::create_dir_all(&rel).unwrap();
-    std::fs::write(
-        rel.join("slipway.toml"),
-        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
-    )
-    .unwrap();
-    std::fs::write(rel.join("VERSION"), "1.0.0").unwrap();
-    rel
-}
-
 #[test]
 fn the_agent_package_installs_joins_with_one_command_and_runs_its_release() {
     let Some(deb) = agent_deb() else { return };
@@ -60,7 +47,7 @@ fn the_agent_package_installs_joins_with_one_command_and_runs_its_release() {
     };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let c = Controller::start(t.path());
-    let rel = worker_release(t.path());
+    let rel = worker_release(t.path(), "1.0.0");
     c.ctl(&[
         "publish",
         rel.to_str().unwrap(),

@@ -12,47 +12,11 @@
 //! The agents run with `--no-start` joins and are started by this process:
 //! PID 1 here is not systemd (the package test starts the unit on a real one).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Agent, Controller, CtlOutput, bin, eventually};
-
-/// A release whose one process is a worker (healthy when it stays up 1 s).
-fn worker_release(dir: &Path, version: &str) -> PathBuf {
-    let rel = dir.join(format!("release-{version}"));
-    std::fs::create_dir_all(&rel).expect("release dir");
-    std::fs::write(
-        rel.join("slipway.toml"),
-        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
-    )
-    .expect("spec");
-    std::fs::write(rel.join("VERSION"), version).expect("version file");
-    rel
-}
-
-/// `hosts add` + `slipway-agent join --no-start`: the host's config and
-/// state dir, ready to start.
-fn join(c: &Controller, dir: &Path, host: &str) -> Agent {
-    let added = c
-        .ctl(&["hosts", "add", host, "--env", "preprod", "-o", "json"])
-        .ok()
-        .json();
-    let token = added["join_token"].as_str().expect("join token");
-    let config = dir.join(host).join("agent.toml");
-    let state = dir.join(host).join("state");
-    let out: CtlOutput = Command::new(bin("slipway-agent"))
-        .arg("--config")
-        .arg(&config)
-        .args(["join", &c.url, token, "--no-start", "--state-dir"])
-        .arg(&state)
-        .env("SLIPWAY_LOG", "warn")
-        .output()
-        .expect("run slipway-agent join")
-        .into();
-    assert_eq!(out.code, 0, "join: {}{}", out.stdout, out.stderr);
-    Agent::with_config(dir, host, &config, &state, 0)
-}
+use integration_tests::{
+    Agent, Controller, eventually, join_host, wait_hosts_connected, worker_release,
+};
 
 /// Hosts whose `web` runs `version` healthy, per `slipctl apps show`.
 fn healthy_hosts(c: &Controller, version: &str) -> usize {
@@ -101,21 +65,16 @@ fn main() -> anyhow::Result<()> {
     c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
 
     // A new app on N hosts: the hosts joined and connected, running nothing.
-    let mut agents: Vec<Agent> = (0..hosts)
-        .map(|i| join(&c, t.path(), &format!("host-{i:02}")))
+    let names: Vec<String> = (0..hosts).map(|i| format!("host-{i:02}")).collect();
+    let mut agents: Vec<Agent> = names
+        .iter()
+        .map(|h| join_host(&c, t.path(), h, "preprod"))
         .collect();
     for a in &mut agents {
         a.spawn();
     }
-    eventually(Duration::from_secs(120), "every host connected", || {
-        let list = c.ctl(&["hosts", "-o", "json"]).ok().json();
-        let connected = list
-            .as_array()?
-            .iter()
-            .filter(|h| h["connected"] == true)
-            .count();
-        (connected == hosts).then_some(())
-    });
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_hosts_connected(&c, &names);
     let start = Instant::now();
     let out = c.ctl(&[
         "apps",
@@ -156,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         let host = format!("new-{round}");
         let start = Instant::now();
-        let mut agent = join(&c, t.path(), &host);
+        let mut agent = join_host(&c, t.path(), &host, "preprod");
         let joined = start.elapsed().as_secs_f64();
         agent.spawn();
         eventually(Duration::from_secs(120), &format!("{host} healthy"), || {

@@ -15,11 +15,11 @@
 //! controller's resident memory per connected session and its CPU at
 //! heartbeats only. Figures are printed, never asserted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use integration_tests::{Controller, eventually};
+use integration_tests::{Controller, eventually, worker_release};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -119,19 +119,6 @@ fn quantile(v: &[f64], q: f64) -> f64 {
         return 0.0;
     }
     v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-/// A release whose one process is a worker (healthy when it stays up 1 s).
-fn small_release(dir: &Path, version: &str) -> PathBuf {
-    let rel = dir.join(format!("bench-release-{version}"));
-    std::fs::create_dir_all(&rel).expect("release dir");
-    std::fs::write(
-        rel.join("slipway.toml"),
-        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
-    )
-    .expect("spec");
-    std::fs::write(rel.join("VERSION"), version).expect("version file");
-    rel
 }
 
 fn agent_config(dir: &Path, c: &Controller, host: &str) -> agent::config::AgentConfig {
@@ -440,7 +427,7 @@ fn main() -> anyhow::Result<()> {
     let mut timed = Vec::new();
     if deploys {
         for version in ["1.0.0", "2.0.0"] {
-            let rel = small_release(t.path(), version);
+            let rel = worker_release(t.path(), version);
             c.ctl(&[
                 "publish",
                 rel.to_str().unwrap_or_default(),
