@@ -64,6 +64,17 @@ pub struct Clients {
 }
 
 pub async fn connect(g: &Global) -> Result<Clients> {
+    let path = crate::context::path();
+    let file = match &path {
+        Some(p) => crate::context::ConfigFile::load(p)?,
+        None => crate::context::ConfigFile::default(),
+    };
+    let g = &crate::context::resolve(
+        &g.given(),
+        &file,
+        path.as_deref()
+            .unwrap_or(std::path::Path::new("~/.config/slipway/config.toml")),
+    )?;
     let url = g.controller.as_str();
     let parsed =
         trust::tls::ControllerUrl::parse(url).map_err(|e| CtlError::Usage(e.to_string()))?;

@@ -6,6 +6,7 @@ mod output;
 mod cli;
 mod client;
 mod commands;
+mod context;
 mod error;
 mod values;
 

@@ -3,13 +3,16 @@
 //! failure has its exit code, and help, tables, JSON and error messages are
 //! pinned by insta snapshots (times, ids, ports and secrets redacted).
 
+use std::path::Path;
+use std::process::{Command, Stdio};
+
 use integration_tests::{
     Controller, CtlOutput, ReleaseOpts, bin, exit, free_port, sample_release, slipctl,
 };
 
 const SUBCOMMANDS: &[&str] = &[
     "publish", "deploy", "promote", "rollback", "retry", "releases", "status", "history", "envs",
-    "rollout", "drift", "hosts", "apps", "tokens", "tenants", "whoami", "keys",
+    "rollout", "drift", "hosts", "apps", "tokens", "tenants", "whoami", "keys", "config",
 ];
 
 /// insta settings with filters for what varies between runs.
@@ -357,4 +360,135 @@ fn publish_and_deploy_speak_json_for_ci() {
     assert!(change["previous_version"].is_null(), "{change}");
     assert!(change["generation"].as_u64().unwrap() >= 1, "{change}");
     assert!(change["rollout_id"].as_u64().is_some(), "{change}");
+}
+
+/// slipctl with only the contexts file at `config` (no SLIPWAY_* variables).
+fn ctl_with_contexts(config: &Path, cwd: &Path, args: &[&str], vars: &[(&str, &str)]) -> CtlOutput {
+    let mut cmd = Command::new(bin("slipctl"));
+    for v in [
+        "SLIPWAY_CONTROLLER",
+        "SLIPWAY_CA_CERT",
+        "SLIPWAY_TOKEN",
+        "SLIPWAY_TOKEN_FILE",
+        "SLIPWAY_TENANT",
+        "SLIPWAY_CONTEXT",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.args(args)
+        .env("SLIPWAY_CONFIG", config)
+        .envs(vars.iter().copied())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run slipctl")
+        .into()
+}
+
+#[test]
+fn a_context_names_the_controller_ca_and_token_and_a_flag_or_variable_wins() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    std::fs::write(t.path().join("admin.token"), &c.admin_token).unwrap();
+    let ca = c.ca_cert();
+    let config = t.path().join("home/slipway/config.toml");
+    let run = |args: &[&str]| ctl_with_contexts(&config, t.path(), args, &[]);
+
+    // Nothing configured: the built-in default, and no CA to trust.
+    assert_eq!(run(&["whoami"]).code, exit::USAGE);
+
+    // Relative paths are stored absolute: the context works from anywhere.
+    let out = run(&[
+        "config",
+        "set-context",
+        "local",
+        "--controller",
+        &c.url,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--token-file",
+        "admin.token",
+    ])
+    .ok();
+    assert!(
+        out.stdout.contains("context local created"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(current)"),
+        "the first context becomes current"
+    );
+    let stored = std::fs::read_to_string(&config).unwrap();
+    let token_path = t.path().join("admin.token");
+    assert!(
+        stored.contains(&format!("token_file = \"{}\"", token_path.display())),
+        "{stored}"
+    );
+    assert!(
+        !stored.contains(&c.admin_token),
+        "only the token's path is stored"
+    );
+    let elsewhere = ctl_with_contexts(&config, Path::new("/"), &["whoami", "-o", "json"], &[]);
+    assert_eq!(elsewhere.ok().json()["tenant"], "default");
+
+    // A second context; chosen per command by flag or variable.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    run(&[
+        "config",
+        "set-context",
+        "dead",
+        "--controller",
+        &dead,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        run(&["--context", "dead", "whoami"]).code,
+        exit::UNREACHABLE
+    );
+    let by_var = ctl_with_contexts(
+        &config,
+        t.path(),
+        &["whoami"],
+        &[("SLIPWAY_CONTEXT", "dead")],
+    );
+    assert_eq!(by_var.code, exit::UNREACHABLE);
+    let listed = run(&["config", "get-contexts", "-o", "json"]).ok().json();
+    let names: Vec<(&str, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["current"] == true))
+        .collect();
+    assert_eq!(names, [("dead", false), ("local", true)]);
+
+    // use-context switches every later command; a flag still wins over it.
+    run(&["config", "use-context", "dead"]).ok();
+    assert_eq!(
+        run(&["config", "current-context"]).ok().stdout.trim(),
+        "dead"
+    );
+    assert_eq!(run(&["whoami"]).code, exit::UNREACHABLE);
+    let token = token_path.to_str().unwrap();
+    assert_eq!(
+        run(&["--controller", &c.url, "--token-file", token, "whoami"]).code,
+        0
+    );
+
+    // An unknown context: one line naming the file and the contexts there.
+    let out = run(&["--context", "nope", "whoami"]);
+    assert_eq!(out.code, exit::USAGE);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: no context \"nope\" in {} (contexts: dead, local)",
+            config.display()
+        )
+    );
+    let out = run(&["config", "set-context", "bad name"]);
+    assert_eq!(out.code, exit::USAGE, "{}", out.stderr);
+    run(&["config", "delete-context", "dead"]).ok();
+    assert_eq!(run(&["config", "current-context"]).code, exit::NOT_FOUND);
 }

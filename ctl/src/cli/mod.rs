@@ -44,33 +44,33 @@ slipctl promote web --from preprod --to prod\n  slipctl status"
 
 #[derive(Args, Debug)]
 pub struct Global {
-    /// Controller URL.
+    /// Named settings to use (`slipctl config`); default: the current context.
+    #[arg(long, global = true, env = "SLIPWAY_CONTEXT", help_heading = GLOBAL)]
+    pub context: Option<String>,
+    /// Controller URL (default: the context's, else https://127.0.0.1:7400).
     #[arg(
         long,
         global = true,
         env = "SLIPWAY_CONTROLLER",
         hide_env_values = true,
-        default_value = "https://127.0.0.1:7400",
         help_heading = GLOBAL
     )]
-    pub controller: String,
+    pub controller: Option<String>,
     /// The controller's CA certificate (its DATA_DIR/pki/ca.pem), for https.
     #[arg(long, global = true, env = "SLIPWAY_CA_CERT", hide_env_values = true, help_heading = GLOBAL)]
     pub ca_cert: Option<PathBuf>,
     /// File holding the API token (`$SLIPWAY_TOKEN` wins when set).
     #[arg(long, global = true, env = "SLIPWAY_TOKEN_FILE", hide_env_values = true, help_heading = GLOBAL)]
     pub token_file: Option<PathBuf>,
-    /// Tenant to act on (default: the API token's).
+    /// Tenant to act on (default: the context's, else the API token's).
     #[arg(
         long,
         global = true,
         env = "SLIPWAY_TENANT",
         hide_env_values = true,
-        default_value = "",
-        hide_default_value = true,
         help_heading = GLOBAL
     )]
-    pub tenant: String,
+    pub tenant: Option<String>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -89,6 +89,17 @@ pub struct Global {
 impl Global {
     pub fn format(&self) -> Format {
         if self.json { Format::Json } else { self.output }
+    }
+
+    /// The global options as given, before a context fills the rest.
+    pub fn given(&self) -> crate::context::Given {
+        crate::context::Given {
+            context: self.context.clone(),
+            controller: self.controller.clone(),
+            ca_cert: self.ca_cert.clone(),
+            token_file: self.token_file.clone(),
+            tenant: self.tenant.clone(),
+        }
     }
 }
 
@@ -243,6 +254,16 @@ matching hosts get its releases; matching hosts whose agent lacks the app are li
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Contexts: named controller, CA certificate, token file and tenant.
+    #[command(
+        after_help = "Example:\n  slipctl config set-context prod --controller https://ctl.example:7400 --ca-cert ~/prod-ca.pem --token-file ~/.slipway/prod.token\n  slipctl config use-context prod\n  slipctl config get-contexts\n  SLIPWAY_CONTEXT=preprod slipctl status\n\n\
+Kept in ~/.config/slipway/config.toml ($XDG_CONFIG_HOME, or $SLIPWAY_CONFIG for the file).\n\
+A flag or its variable wins over the context; paths are stored absolute."
+    )]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Shell completions for slipctl, on stdout.
     #[command(
         after_help = "Example:\n  slipctl completions bash > /etc/bash_completion.d/slipctl\n  slipctl completions zsh > \"${fpath[1]}/_slipctl\"\n  slipctl completions fish > ~/.config/fish/completions/slipctl.fish"
@@ -255,6 +276,40 @@ matching hosts get its releases; matching hosts whose agent lacks the app are li
     /// The man page (roff), on stdout: what the package installs.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Create or change context NAME from the global options given with it
+    /// (--controller, --ca-cert, --token-file, --tenant).
+    #[command(
+        after_help = "Example:\n  slipctl config set-context prod --controller https://ctl.example:7400 --ca-cert prod-ca.pem --token-file prod.token"
+    )]
+    SetContext {
+        /// Name of the context.
+        name: String,
+        /// Make it the current context too.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// Make NAME the context every command uses by default.
+    #[command(after_help = "Example:\n  slipctl config use-context prod")]
+    UseContext {
+        /// Name of the context.
+        name: String,
+    },
+    /// List the contexts; the current one is marked.
+    #[command(after_help = "Example:\n  slipctl config get-contexts")]
+    GetContexts,
+    /// Print the current context's name.
+    #[command(after_help = "Example:\n  slipctl config current-context")]
+    CurrentContext,
+    /// Remove context NAME.
+    #[command(after_help = "Example:\n  slipctl config delete-context old")]
+    DeleteContext {
+        /// Name of the context.
+        name: String,
+    },
 }
 
 #[cfg(test)]

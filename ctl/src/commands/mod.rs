@@ -3,6 +3,7 @@
 
 mod apps;
 mod change;
+mod config;
 mod declare;
 mod drift;
 mod envs;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             return print_doc(doc);
         }
         Command::Man => return print_doc(daemon::docs::Doc::Man),
+        Command::Config { command } => return config::run(command, &cli.global, fmt),
         _ => {}
     }
     let c = &mut connect(&cli.global).await?;
@@ -55,7 +57,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tokens { command } => tokens::run(command, c, fmt).await,
         Command::Tenants { command } => tenants::run(command, c, fmt).await,
         Command::Whoami => whoami::run(c, fmt).await,
-        Command::Keys { .. } | Command::Completions { .. } | Command::Man => Ok(()),
+        Command::Keys { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Config { .. } => Ok(()),
     }
 }
 
