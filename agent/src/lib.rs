@@ -20,6 +20,7 @@ pub mod install;
 pub mod join;
 pub mod local;
 pub mod lock;
+pub mod logs;
 pub mod manifests;
 pub mod paths;
 pub mod program;

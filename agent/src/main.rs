@@ -75,6 +75,27 @@ enum Local {
         #[arg(long)]
         to: Option<String>,
     },
+    /// APP's output on this host: the last lines of each process, env-file
+    /// values masked; -f follows what it writes.
+    #[command(
+        after_help = "Example:\n  slipway-agent logs web -n 50\n  slipway-agent logs web --process worker -f\n  slipway-agent logs web --grep 'ERROR|panic'"
+    )]
+    Logs {
+        /// The app.
+        app: String,
+        /// Only this process.
+        #[arg(long)]
+        process: Option<String>,
+        /// Lines per process (at most 10000).
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+        /// Keep printing what the app writes, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines matching this regular expression.
+        #[arg(long, value_name = "RE")]
+        grep: Option<String>,
+    },
     /// Internal: print the man page or shell completions (for the package).
     #[command(hide = true)]
     Generate { doc: daemon::docs::Doc },
@@ -162,6 +183,27 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|_| format!("uid:{}", nix::unistd::getuid()));
                 rt.block_on(agent::local::rollback(&cfg, &app, to, &actor))
                     .map_err(|e| e.to_string())
+            }
+            Local::Logs {
+                app,
+                process,
+                lines,
+                follow,
+                grep,
+            } => {
+                // -f ends with the command (Ctrl-C) or its reader (a closed pipe).
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let q = agent::logs::Query {
+                    process,
+                    lines,
+                    follow,
+                    grep,
+                };
+                let mut out = std::io::stdout().lock();
+                match agent::logs::show(&cfg, &app, &q, &mut out, &stop) {
+                    Err(agent::logs::LogsError::Closed) => Ok(()),
+                    r => r.map_err(|e| e.to_string()),
+                }
             }
             Local::Run | Local::Join { .. } | Local::Generate { .. } | Local::Unpack { .. } => {
                 Ok(())

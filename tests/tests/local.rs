@@ -1,9 +1,13 @@
 //! What an operator can do on the host when the controller is down:
-//! `slipway-agent status | releases | rollback`.
+//! `slipway-agent status | releases | rollback | logs`.
 
+use std::io::BufRead;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, publish, status_row};
+use integration_tests::{
+    Agent, Controller, ReleaseOpts, bin, eventually, http_get, publish, status_row,
+};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
@@ -77,4 +81,92 @@ fn rollback_on_the_host_works_with_the_controller_stopped_and_is_reported_later(
 
     c.ctl(&["retry", "web", "--env", "preprod", "--wait"]).ok();
     agent.wait_serving("2.0.0");
+}
+
+#[test]
+fn logs_show_the_apps_output_with_env_values_masked_and_follow_it() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let agent = Agent::start(t.path(), &c, "log-1", "preprod", DB_ENV);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    c.deploy_wait("1.0.0", "preprod").ok();
+    agent.wait_serving("1.0.0");
+    // The app logs every request's path: one that holds the env file's value.
+    http_get(agent.app_port, "/postgres://app@db/app");
+    let out = eventually(Duration::from_secs(10), "the request in the log", || {
+        let out = agent.local(&["logs", "web", "-n", "200"]);
+        out.stdout.contains("[web] GET /***").then_some(out)
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("[web] sample-app 1.0.0 listening"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("postgres://app@db/app"),
+        "{}",
+        out.stdout
+    );
+
+    let out = agent.local(&["logs", "web", "--grep", "GET /h[e]alth", "-n", "3"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(!lines.is_empty() && lines.len() <= 3, "{}", out.stdout);
+    assert!(
+        lines.iter().all(|l| l.starts_with("[web] GET /health")),
+        "{}",
+        out.stdout
+    );
+
+    // -f prints what the app writes from now on.
+    let mut follow = Command::new(bin("slipway-agent"))
+        .arg("--config")
+        .arg(&agent.config)
+        .args(["logs", "web", "-f", "-n", "0"])
+        .env("SLIPWAY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let seen = eventually(Duration::from_secs(10), "the followed request", || {
+        http_get(agent.app_port, "/followed-42");
+        rx.try_iter().find(|l| l == "[web] GET /followed-42")
+    });
+    assert_eq!(seen, "[web] GET /followed-42");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
+    // Bad queries: one line each, exit 1.
+    for (args, says) in [
+        (
+            &["logs", "nope"][..],
+            "no app \"nope\" on this host (apps: web)",
+        ),
+        (
+            &["logs", "web", "--process", "db"][..],
+            "app web has no process \"db\" with a log (processes: web)",
+        ),
+        (
+            &["logs", "web", "-n", "20000"][..],
+            "-n: at most 10000 lines",
+        ),
+        (&["logs", "web", "--grep", "("][..], "--grep: "),
+    ] {
+        let out = agent.local(args);
+        assert_eq!(out.code, 1, "{args:?}");
+        let err = out.stderr.trim();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -40,7 +40,7 @@ mod tests;
 pub use backend::{ControllerFetch, Env, Fetch, HostProcesses, Processes};
 pub use error::DeployError;
 pub use local_action::LocalError;
-pub(crate) use processes::app_env;
+pub(crate) use processes::{app_env, env_secrets};
 
 fn status_mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
