@@ -158,6 +158,17 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
         .collect();
     assert_eq!(hosts, ["h1", "h2"], "h3 is not placed");
 
+    // Another app on a port web holds on a host: refused before any host
+    // hears of it, in one line naming the host.
+    let out = c.ctl(&["apps", "add", "api", "--env", "preprod", "--port", &port]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!("error: port {p1} on host h1 is already app web's")
+    );
+    let out = c.ctl(&["apps", "show", "api", "--env", "preprod"]);
+    assert_eq!(out.code, 5, "nothing stored: {}", out.stdout);
+
     // The environment's release: both hosts run it, each on its port, with
     // the variables of the declared env file.
     let out = c.deploy_wait("1.0.0", "preprod");
