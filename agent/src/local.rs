@@ -39,6 +39,10 @@ struct StatusLine {
     step: Option<String>,
     /// "inotify", or "degraded" when files are polled.
     watching: &'static str,
+    /// "local" (this host's config) or "declared" (`slipctl apps add`).
+    source: &'static str,
+    /// Why this host refused the controller's settings for the app, if it did.
+    refused: Option<String>,
 }
 
 impl StatusLine {
@@ -67,20 +71,39 @@ impl StatusLine {
             } else {
                 "inotify"
             },
+            source: "local",
+            refused: None,
         }
     }
 }
 
 pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), LocalError> {
-    let rows: Vec<StatusLine> = cfg
+    let declared = crate::declared::Declared::load(&cfg.state_dir);
+    let mut rows: Vec<StatusLine> = cfg
         .apps
         .iter()
         .map(|(app, app_cfg)| {
             let paths = AppPaths::for_app(&cfg.state_dir, app, app_cfg);
             let s = AppStatus::load(&paths.status).unwrap_or_default();
-            StatusLine::new(app, paths.current_version(), &s)
+            let mut line = StatusLine::new(app, paths.current_version(), &s);
+            if declared.apps.contains_key(app) {
+                line.source = "declared";
+            }
+            line.refused = declared.refused.get(app).cloned();
+            line
         })
         .collect();
+    // Declared apps this host does not run at all: why not.
+    for (app, why) in &declared.refused {
+        if !cfg.apps.contains_key(app) {
+            let mut line = StatusLine::new(app, None, &AppStatus::default());
+            line.state = "refused".into();
+            line.note = why.clone();
+            line.source = "declared";
+            line.refused = Some(why.clone());
+            rows.push(line);
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -97,6 +120,11 @@ pub fn status(cfg: &AgentConfig, json: bool) -> Result<(), LocalError> {
         }
         if r.watching == "degraded" {
             note = format!("watching degraded (polling); {note}");
+        }
+        if let Some(why) = r.refused.as_ref().filter(|w| **w != r.note) {
+            // Runs with its previous settings: the new ones were refused.
+            let why: String = why.escape_debug().collect();
+            note = format!("declared settings refused: {why}; {note}");
         }
         println!(
             "{:<16} {:<16} {:<12} {:<10} {note}",

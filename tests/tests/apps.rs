@@ -169,6 +169,32 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
     let out = c.ctl(&["apps", "show", "api", "--env", "preprod"]);
     assert_eq!(out.code, 5, "nothing stored: {}", out.stdout);
 
+    // Without waiting there is no undo: h3 keeps refusing, and says why on
+    // the host too.
+    c.ctl(&["apps", "add", "worker", "--env", "preprod", "--no-wait"])
+        .ok();
+    let line = eventually(Duration::from_secs(20), "h3 to refuse worker", || {
+        let out = h3.local(&["status", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|r| r["app"] == "worker")
+            .cloned()
+    });
+    assert_eq!(line["state"], "refused");
+    assert_eq!(line["source"], "declared");
+    assert_eq!(
+        line["note"],
+        "worker is not in this host's accept_apps (api)"
+    );
+    let table = h3.local(&["status"]).stdout;
+    assert!(
+        table.contains("worker") && table.contains("refused"),
+        "{table}"
+    );
+    c.ctl(&["apps", "remove", "worker", "--env", "preprod"])
+        .ok();
+
     // The environment's release: both hosts run it, each on its port, with
     // the variables of the declared env file.
     let out = c.deploy_wait("1.0.0", "preprod");
