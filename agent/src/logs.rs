@@ -219,15 +219,17 @@ pub fn show(
             let mut reader = std::io::BufReader::new(f.take(MAX_TAIL_BYTES));
             let mut buf = Vec::new();
             loop {
-                buf.clear();
-                let n = reader.read_until(b'\n', &mut buf).map_err(io("read"))?;
+                let n = read_line(&mut reader, &mut buf).map_err(io("read"))?;
                 if n == 0 {
                     break;
                 }
                 offsets[i] += n as u64;
                 let text = String::from_utf8_lossy(&buf);
                 if !text.ends_with('\n') {
-                    partial[i].push_str(&text);
+                    // A line still being written: kept up to what is shown.
+                    if partial[i].len() < MAX_LINE_BYTES {
+                        partial[i].push_str(&text);
+                    }
                     continue;
                 }
                 let mut line = std::mem::take(&mut partial[i]);
@@ -241,6 +243,34 @@ pub fn show(
         std::thread::sleep(FOLLOW_POLL);
     }
     Ok(())
+}
+
+/// Reads one line into `buf`, keeping at most `MAX_LINE_BYTES` of it (the
+/// rest is read and dropped, so a line without end never fills memory).
+/// Returns the bytes consumed; `buf` ends with '\n' unless input ended.
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.clear();
+    let mut consumed = 0;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(consumed);
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = (MAX_LINE_BYTES + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        if done && !buf.ends_with(b"\n") {
+            buf.push(b'\n');
+        }
+        r.consume(take);
+        consumed += take;
+        if done {
+            return Ok(consumed);
+        }
+    }
 }
 
 /// The journal of the app's units (systemd and command backends).
@@ -276,9 +306,11 @@ fn journal(
         .map_err(io("run journalctl"))?;
     let stdout = child.stdout.take().expect("piped");
     let label = processes.join(",");
-    for line in std::io::BufReader::new(stdout.take(u64::MAX)).split(b'\n') {
-        let line = line.map_err(io("read journalctl"))?;
-        let line = String::from_utf8_lossy(&line);
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut buf = Vec::new();
+    while read_line(&mut reader, &mut buf).map_err(io("read journalctl"))? > 0 {
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches('\n');
         if grep.is_none_or(|re| re.is_match(&line)) {
             writeln!(out, "{}", shown(&label, &line, secrets)).map_err(io("write"))?;
         }
@@ -305,6 +337,19 @@ mod tests {
             "{}",
             s.len()
         );
+    }
+
+    #[test]
+    fn a_line_without_end_is_read_whole_but_kept_bounded() {
+        let long = format!("{}\nnext\n", "y".repeat(MAX_LINE_BYTES * 4));
+        let mut r = std::io::BufReader::with_capacity(1024, long.as_bytes());
+        let mut buf = Vec::new();
+        let n = read_line(&mut r, &mut buf).unwrap();
+        assert_eq!(n, MAX_LINE_BYTES * 4 + 1, "the whole line is consumed");
+        assert!(buf.len() <= MAX_LINE_BYTES + 2 && buf.ends_with(b"\n"));
+        read_line(&mut r, &mut buf).unwrap();
+        assert_eq!(buf, b"next\n");
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), 0);
     }
 
     #[test]

@@ -252,6 +252,8 @@ impl Session {
                 tracing::error!(error = %e, "declared apps not kept; nothing changes");
                 return None;
             }
+            // Kept, not yet acknowledged nor applied: a restart applies it.
+            crate::failpoint::hit("declared-saved");
             *cur = next.clone();
             next
         };

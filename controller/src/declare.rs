@@ -92,6 +92,10 @@ pub async fn host_declaration(
     // The revision first: rows read after it are at least as new, and a
     // change in between rings the session again with its own revision.
     let revision = store.apps_revision(tenant, environment).await?;
+    if revision == 0 {
+        // Every change bumps the revision: nothing was ever declared here.
+        return Ok((0, Declaration::new()));
+    }
     let rows = store.declared_apps(tenant, environment).await?;
     if rows.is_empty() {
         return Ok((revision, Declaration::new()));

@@ -61,6 +61,9 @@ impl Recompute {
 #[derive(Default)]
 struct Wake {
     pending: Mutex<Recompute>,
+    /// The apps declared in the session's environment changed: only the
+    /// declaration is recomputed, not every app's desired release.
+    declared: AtomicBool,
     bell: Notify,
     heard: AtomicI64,
     flushed: AtomicI64,
@@ -94,13 +97,15 @@ impl Session {
     }
 
     /// Waits until a change concerns this session and returns what to
-    /// recompute (changes coalesce while the session is busy). Cancel-safe.
-    pub async fn changed(&self) -> Recompute {
+    /// recompute, and whether its declared apps changed (changes coalesce
+    /// while the session is busy). Cancel-safe.
+    pub async fn changed(&self) -> (Recompute, bool) {
         loop {
             self.wake.bell.notified().await;
             let pending = std::mem::take(&mut *self.wake.pending.lock().expect("wake lock"));
-            if pending != Recompute::Nothing {
-                return pending;
+            let declared = self.wake.declared.swap(false, Ordering::Relaxed);
+            if pending != Recompute::Nothing || declared {
+                return (pending, declared);
             }
         }
     }
@@ -172,13 +177,15 @@ impl Hub {
         }
     }
 
-    /// Wakes every session of `environment` to recompute what it runs: the
-    /// apps declared there changed (or where they are placed).
+    /// Wakes every session of `environment` to recompute its declared apps
+    /// (only those: no app's desired release is read again): the apps
+    /// declared there changed, or where they are placed.
     pub fn apps_changed(&self, tenant: &str, environment: &str) {
         let sessions = self.sessions.lock().expect("hub lock");
         for ((t, _), e) in sessions.iter() {
             if t == tenant && e.environment == environment {
-                e.wake.ring(None);
+                e.wake.declared.store(true, Ordering::Relaxed);
+                e.wake.bell.notify_one();
             }
         }
     }
@@ -401,7 +408,8 @@ mod tests {
         for (name, s) in sessions {
             let got = tokio::time::timeout(Duration::from_millis(20), s.changed())
                 .await
-                .ok();
+                .ok()
+                .map(|(desired, _)| desired);
             out.push((name.to_string(), got));
         }
         out
@@ -469,12 +477,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn declared_apps_changing_wakes_its_environment_for_the_declaration_only() {
+        let hub = Hub::new();
+        let web = vec!["web".to_string()];
+        let a = hub.connect("t", "a", "prod", &web);
+        let b = hub.connect("t", "b", "preprod", &web);
+        hub.apps_changed("t", "prod");
+        assert_eq!(
+            a.changed().await,
+            (Recompute::Nothing, true),
+            "no desired release to read again"
+        );
+        let other = tokio::time::timeout(Duration::from_millis(20), b.changed()).await;
+        assert!(other.is_err(), "another environment sleeps");
+    }
+
+    #[tokio::test]
     async fn a_replaced_or_evicted_session_is_woken_and_no_longer_current() {
         let hub = Hub::new();
         let web = vec!["web".to_string()];
         let old = hub.connect("t", "a", "prod", &web);
         let new = hub.connect("t", "a", "prod", &web);
-        assert_eq!(old.changed().await, Recompute::All);
+        assert_eq!(old.changed().await.0, Recompute::All);
         assert!(!hub.is_current("t", "a", old.id) && hub.is_current("t", "a", new.id));
         assert!(!old.is_current() && new.is_current());
         hub.disconnect("t", "a", old.id);
@@ -483,7 +507,7 @@ mod tests {
             "the old session leaving keeps the new"
         );
         hub.evict("t", "a");
-        assert_eq!(new.changed().await, Recompute::All);
+        assert_eq!(new.changed().await.0, Recompute::All);
         assert!(!hub.connected("t", "a"));
         assert!(!new.is_current());
     }

@@ -569,7 +569,9 @@ mod tests {
         };
         // Said hello (stored as seen), then reported; heartbeats stay in the
         // hub's memory.
-        s.host_hello("default", host, "test", "").await.unwrap();
+        s.host_hello("default", host, "test", "", (0, &Default::default()))
+            .await
+            .unwrap();
         s.record_report("default", host, &r).await.unwrap();
     }
 
@@ -613,7 +615,7 @@ mod tests {
             ("1", "")
         );
         assert_eq!((first.planned_hosts, first.connected_hosts), (1, 1));
-        assert_eq!(a.changed().await, Recompute::Apps(["web".into()].into()));
+        assert_eq!(a.changed().await.0, Recompute::Apps(["web".into()].into()));
         let woken = tokio::time::timeout(std::time::Duration::from_millis(20), p.changed()).await;
         assert!(
             woken.is_err(),

@@ -247,3 +247,70 @@ fn an_app_added_on_the_controller_runs_on_its_hosts_and_removing_it_stops_it() {
     assert_eq!(show(&c).code, 5);
     drop(h3);
 }
+
+/// An agent SIGKILLed after it kept a new declaration, before it told the
+/// controller or applied it: restarted, it runs the app, and the controller
+/// learns it took the revision (`apps add` then finds it done).
+#[test]
+fn an_agent_killed_after_keeping_a_declaration_applies_it_when_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut h = join_host(&c, t.path(), "k1", "preprod");
+    h.spawn_env(&[("SLIPWAY_FAILPOINT", "declared-saved")]);
+    wait_hosts_connected(&c, &["k1"]);
+    let rel = integration_tests::worker_release(t.path(), "1.0.0");
+    c.ctl(&[
+        "publish",
+        rel.to_str().unwrap(),
+        "--app",
+        "web",
+        "--version",
+        "1.0.0",
+        "--allow-dirty",
+    ])
+    .ok();
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    c.ctl(&["apps", "add", "web", "--env", "preprod", "--no-wait"])
+        .ok();
+    h.wait_exit(
+        Duration::from_secs(20),
+        "the agent to die at declared-saved",
+    );
+    assert!(
+        h.state_dir.join("declared-apps.json").exists(),
+        "kept before the kill"
+    );
+    h.spawn();
+    // The same command, run again, finds the host done.
+    let out = c
+        .ctl(&[
+            "apps",
+            "set",
+            "web",
+            "--env",
+            "preprod",
+            "--stop-grace",
+            "1",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let host = &out["hosts"][0];
+    assert_eq!(
+        (
+            host["host"].as_str(),
+            host["took"].as_bool(),
+            host["running_version"].as_str(),
+            host["health"].as_str()
+        ),
+        (Some("k1"), Some(true), Some("1.0.0"), Some("healthy")),
+        "{out}"
+    );
+    let runs = std::fs::read_dir(h.state_dir.join("apps/web/run"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count();
+    assert_eq!(runs, 1, "one instance of the worker");
+}

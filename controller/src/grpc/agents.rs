@@ -141,12 +141,16 @@ impl AgentsService {
                 "at most {MAX_APPS_PER_HOST} apps per host"
             )));
         }
+        let apps_revision = hello.apps_revision;
+        let refused = refused_from_proto(hello.apps_refused)?;
+        // One write: the agent, when it was seen, the declaration it runs.
         store
             .host_hello(
                 &tenant,
                 &hello_host,
                 &bounded(hello.agent_version),
                 &bounded_to(hello.os, MAX_OS),
+                (apps_revision, &refused),
             )
             .await
             .map_err(ControllerError::from)?;
@@ -161,12 +165,6 @@ impl AgentsService {
         }
         store
             .retain_host_apps(&tenant, &hello_host, &apps)
-            .await
-            .map_err(ControllerError::from)?;
-        let apps_revision = hello.apps_revision;
-        let refused = refused_from_proto(hello.apps_refused)?;
-        store
-            .record_apps_ack(&tenant, &hello_host, hello.apps_revision, &refused)
             .await
             .map_err(ControllerError::from)?;
         Ok(SessionHost {
@@ -397,11 +395,13 @@ impl Agents for AgentsService {
             let mut sent_apps: Option<(u64, String)> = None;
             // Everything at first; then what the hub says changed.
             let mut push = Recompute::All;
+            let mut push_declared = true;
             'session: loop {
                 let scope = std::mem::take(&mut push);
                 // The declared apps first: a change restarts the agent's
                 // runners and this session with them.
-                if scope == Recompute::All {
+                // (A host's labels changed: All, as its placement may have.)
+                if std::mem::take(&mut push_declared) || scope == Recompute::All {
                     match Box::pin(svc.changed_declaration(&host, &mut sent_apps)).await {
                         Ok(Some(apps)) => {
                             let msg = ControllerMessage {
@@ -443,7 +443,10 @@ impl Agents for AgentsService {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    scope = session.changed() => push = scope,
+                    (scope, declared) = session.changed() => {
+                        push = scope;
+                        push_declared = declared;
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Report(r)) })) => {
                             match report_from_proto(r) {

@@ -64,21 +64,26 @@ impl FleetRow {
 }
 
 impl Store {
-    /// A host said hello: what agent it runs, and that it was seen. Hosts are
-    /// created by `hosts add`, never by an agent.
+    /// A host said hello: what agent it runs, that it was seen, and the
+    /// declared-apps revision it runs with the apps it refused there (app ->
+    /// why). Hosts are created by `hosts add`, never by an agent.
     pub async fn host_hello(
         &self,
         tenant: &str,
         host: &str,
         agent_version: &str,
         os: &str,
+        (apps_revision, apps_refused): (u64, &std::collections::BTreeMap<String, String>),
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE hosts SET agent_version = ?, os = ?, last_seen = ? WHERE tenant = ? AND name = ?",
+            "UPDATE hosts SET agent_version = ?, os = ?, last_seen = ?, apps_revision = ?, apps_refused = ?
+             WHERE tenant = ? AND name = ?",
         )
         .bind(agent_version)
         .bind(os)
         .bind(now())
+        .bind(apps_revision as i64)
+        .bind(serde_json::to_string(apps_refused).unwrap_or_else(|_| "{}".into()))
         .bind(tenant)
         .bind(host)
         .execute(self.writer())
