@@ -311,8 +311,8 @@ fn journal(
     while read_line(&mut reader, &mut buf).map_err(io("read journalctl"))? > 0 {
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches('\n');
-        if grep.is_none_or(|re| re.is_match(&line)) {
-            writeln!(out, "{}", shown(&label, &line, secrets)).map_err(io("write"))?;
+        if grep.is_none_or(|re| re.is_match(line)) {
+            writeln!(out, "{}", shown(&label, line, secrets)).map_err(io("write"))?;
         }
     }
     let _ = child.wait();
