@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::{AgentConfig, AppConfig, Backend};
@@ -35,6 +36,8 @@ pub enum LogsError {
     },
     #[error("-n: at most {MAX_LINES} lines")]
     TooManyLines,
+    #[error("--since: at most 90 days")]
+    TooLongAgo,
     #[error("--grep: {0}")]
     Pattern(String),
     /// Whoever reads the output went away (`| head`).
@@ -66,6 +69,185 @@ pub struct Query {
     pub lines: usize,
     pub follow: bool,
     pub grep: Option<String>,
+    /// Only lines written in this last while (at the grain of the marks).
+    pub since: Option<Duration>,
+}
+
+/// Longest `--since`.
+pub const MAX_SINCE: Duration = Duration::from_secs(90 * 24 * 3600);
+/// A marks file past this keeps its newer half.
+const MAX_MARKS_BYTES: u64 = 64 * 1024;
+
+fn marks_path(log: &Path) -> PathBuf {
+    let mut p = log.as_os_str().to_os_string();
+    p.push(".marks");
+    PathBuf::from(p)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The marks of a log: (unix seconds, the log's length then), oldest first.
+fn read_marks(log: &Path) -> Vec<(u64, u64)> {
+    let Ok(f) = std::fs::File::open(marks_path(log)) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    let _ = f.take(MAX_MARKS_BYTES * 2).read_to_string(&mut text);
+    text.lines()
+        .filter_map(|l| {
+            let (t, o) = l.split_once(' ')?;
+            Some((t.parse().ok()?, o.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Notes how long each of the app's process logs is now, when it grew: the
+/// supervise backend's lines carry no time of their own, and `--since`
+/// starts from the last mark before the time asked (so at the grain of the
+/// monitor round). A log that shrank (rotated) starts its marks again.
+pub fn mark(paths: &AppPaths) {
+    for (_, log) in log_files(paths) {
+        let Ok(len) = std::fs::metadata(&log).map(|m| m.len()) else {
+            continue;
+        };
+        let marks = marks_path(&log);
+        let size = std::fs::metadata(&marks).map(|m| m.len()).unwrap_or(0);
+        let last = if size == 0 {
+            None
+        } else {
+            read_marks(&log).last().copied()
+        };
+        if last.is_some_and(|(_, at)| at == len) {
+            continue;
+        }
+        let mut kept: Vec<(u64, u64)> = match last {
+            Some((_, at)) if at > len => Vec::new(),
+            _ if size > MAX_MARKS_BYTES => {
+                let all = read_marks(&log);
+                all[all.len() / 2..].to_vec()
+            }
+            _ => {
+                append_mark(&marks, unix_now(), len);
+                continue;
+            }
+        };
+        kept.push((unix_now(), len));
+        let text: String = kept.iter().map(|(t, o)| format!("{t} {o}\n")).collect();
+        let _ = std::fs::write(&marks, text);
+    }
+}
+
+fn append_mark(marks: &Path, at: u64, len: u64) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(marks)
+    {
+        let _ = writeln!(f, "{at} {len}");
+    }
+}
+
+/// Where lines written since `cutoff` (unix seconds) begin in `log`: None
+/// when the log was not written since.
+fn since_offset(log: &Path, cutoff: u64) -> Option<u64> {
+    let modified = std::fs::metadata(log)
+        .and_then(|m| m.modified())
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    if modified < cutoff {
+        return None;
+    }
+    Some(
+        read_marks(log)
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= cutoff)
+            .map_or(0, |(_, o)| *o),
+    )
+}
+
+/// Lines a second one remote query sends at most; past it lines are
+/// dropped, and counted in a line of their own.
+pub const MAX_REMOTE_RATE: u32 = 1000;
+/// Lines sent together.
+const BATCH_LINES: usize = 256;
+
+/// Where `show` writes for a remote query: its lines in batches, at most
+/// `MAX_REMOTE_RATE` a second, into a channel whose reader sends them on.
+/// A closed channel reads as a closed pipe (`LogsError::Closed`).
+pub struct Sink {
+    tx: tokio::sync::mpsc::Sender<Vec<String>>,
+    partial: Vec<u8>,
+    batch: Vec<String>,
+    window: std::time::Instant,
+    in_window: u32,
+    dropped: u64,
+}
+
+impl Sink {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Vec<String>>) -> Self {
+        Self {
+            tx,
+            partial: Vec::new(),
+            batch: Vec::new(),
+            window: std::time::Instant::now(),
+            in_window: 0,
+            dropped: 0,
+        }
+    }
+
+    fn line(&mut self, line: String) -> std::io::Result<()> {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = std::time::Instant::now();
+            self.in_window = 0;
+            if self.dropped > 0 {
+                let n = std::mem::take(&mut self.dropped);
+                self.batch.push(format!(
+                    "[slipway] {n} lines dropped (over {MAX_REMOTE_RATE} lines/s)"
+                ));
+            }
+        }
+        if self.in_window >= MAX_REMOTE_RATE {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.in_window += 1;
+        self.batch.push(line);
+        if self.batch.len() >= BATCH_LINES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(data);
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let rest = self.partial.split_off(i + 1);
+            let line = std::mem::replace(&mut self.partial, rest);
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            self.line(text)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.tx
+            .blocking_send(batch)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
 }
 
 /// A compiled `--grep`: linear time (the `regex` crate), bounded size.
@@ -108,14 +290,14 @@ fn shown(process: &str, line: &str, secrets: &[String]) -> String {
 }
 
 /// The last `n` lines of `path`, read from at most `MAX_TAIL_BYTES` before
-/// its end; and the offset its end was at.
-fn tail(path: &Path, n: usize) -> Result<(Vec<String>, u64), LogsError> {
+/// its end (and not before `start`); and the offset its end was at.
+fn tail(path: &Path, n: usize, start: u64) -> Result<(Vec<String>, u64), LogsError> {
     let mut f = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
     let len = f
         .metadata()
         .map_err(io(format!("stat {}", path.display())))?
         .len();
-    let from = len.saturating_sub(MAX_TAIL_BYTES);
+    let from = len.saturating_sub(MAX_TAIL_BYTES).max(start.min(len));
     f.seek(SeekFrom::Start(from))
         .map_err(io(format!("read {}", path.display())))?;
     let mut bytes = Vec::new();
@@ -124,7 +306,7 @@ fn tail(path: &Path, n: usize) -> Result<(Vec<String>, u64), LogsError> {
         .map_err(io(format!("read {}", path.display())))?;
     let text = String::from_utf8_lossy(&bytes);
     let mut lines: Vec<&str> = text.lines().collect();
-    if from > 0 && !lines.is_empty() {
+    if from > 0 && from != start && !lines.is_empty() {
         lines.remove(0); // began mid-line
     }
     let skip = lines.len().saturating_sub(n);
@@ -154,7 +336,7 @@ pub fn show(
     app: &str,
     q: &Query,
     out: &mut dyn Write,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
 ) -> Result<(), LogsError> {
     let Some(app_cfg) = cfg.apps.get(app) else {
         return Err(LogsError::UnknownApp {
@@ -165,11 +347,14 @@ pub fn show(
     if q.lines > MAX_LINES {
         return Err(LogsError::TooManyLines);
     }
+    if q.since.is_some_and(|d| d > MAX_SINCE) {
+        return Err(LogsError::TooLongAgo);
+    }
     let grep = q.grep.as_deref().map(pattern).transpose()?;
     let paths = AppPaths::for_app(&cfg.state_dir, app, app_cfg);
     let secrets = crate::app::env_secrets(app_cfg, &paths);
     if app_cfg.service != Backend::Supervise {
-        return journal(app, app_cfg, q, grep.as_ref(), &secrets, out);
+        return journal(app, app_cfg, q, grep.as_ref(), &secrets, out, stop);
     }
     let mut files = log_files(&paths);
     if let Some(p) = &q.process {
@@ -187,9 +372,18 @@ pub fn show(
     let write = |out: &mut dyn Write, line: String| -> Result<(), LogsError> {
         writeln!(out, "{line}").map_err(io("write"))
     };
+    let cutoff = q.since.map(|d| unix_now().saturating_sub(d.as_secs()));
     let mut offsets = Vec::with_capacity(files.len());
     for (process, path) in &files {
-        let (lines, end) = tail(path, if grep.is_some() { usize::MAX } else { q.lines })?;
+        let start = match cutoff {
+            None => 0,
+            Some(cutoff) => since_offset(path, cutoff).unwrap_or(u64::MAX),
+        };
+        let (lines, end) = tail(
+            path,
+            if grep.is_some() { usize::MAX } else { q.lines },
+            start,
+        )?;
         let matching: Vec<&String> = lines.iter().filter(|l| keep(l)).collect();
         let skip = matching.len().saturating_sub(q.lines);
         for l in &matching[skip..] {
@@ -202,7 +396,7 @@ pub fn show(
         return Ok(());
     }
     let mut partial: Vec<String> = vec![String::new(); files.len()];
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         for (i, (process, path)) in files.iter().enumerate() {
             let Ok(mut f) = std::fs::File::open(path) else {
                 continue;
@@ -281,6 +475,7 @@ fn journal(
     grep: Option<&regex::Regex>,
     secrets: &[String],
     out: &mut dyn Write,
+    stop: &AtomicBool,
 ) -> Result<(), LogsError> {
     let processes: Vec<String> = match &q.process {
         Some(p) => vec![p.clone()],
@@ -297,6 +492,9 @@ fn journal(
         };
         cmd.arg("-u").arg(unit);
     }
+    if let Some(d) = q.since {
+        cmd.arg(format!("--since=-{}s", d.as_secs()));
+    }
     if q.follow {
         cmd.arg("-f");
     }
@@ -306,17 +504,48 @@ fn journal(
         .map_err(io("run journalctl"))?;
     let stdout = child.stdout.take().expect("piped");
     let label = processes.join(",");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        // `journalctl -f` waits for lines: stopped when the reader is.
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    return;
+                }
+                std::thread::sleep(FOLLOW_POLL);
+            }
+        });
+        let r = copy_journal(stdout, &label, grep, secrets, out);
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn copy_journal(
+    stdout: std::process::ChildStdout,
+    label: &str,
+    grep: Option<&regex::Regex>,
+    secrets: &[String],
+    out: &mut dyn Write,
+) -> Result<(), LogsError> {
     let mut reader = std::io::BufReader::new(stdout);
     let mut buf = Vec::new();
     while read_line(&mut reader, &mut buf).map_err(io("read journalctl"))? > 0 {
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches('\n');
         if grep.is_none_or(|re| re.is_match(line)) {
-            writeln!(out, "{}", shown(&label, line, secrets)).map_err(io("write"))?;
+            writeln!(out, "{}", shown(label, line, secrets)).map_err(io("write"))?;
+        }
+        if reader.buffer().is_empty() {
+            out.flush().map_err(io("write"))?;
         }
     }
-    let _ = child.wait();
-    Ok(())
+    out.flush().map_err(io("write"))
 }
 
 #[cfg(test)]
@@ -340,6 +569,57 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_sink_batches_lines_and_drops_past_its_rate_saying_how_many() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let mut sink = Sink::new(tx);
+        for i in 0..MAX_REMOTE_RATE + 10 {
+            writeln!(sink, "line {i}").unwrap();
+        }
+        sink.flush().unwrap();
+        let mut got: Vec<String> = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            assert!(batch.len() <= BATCH_LINES);
+            got.extend(batch);
+        }
+        assert_eq!(got.len(), MAX_REMOTE_RATE as usize);
+        assert_eq!(got[0], "line 0");
+        // The next second says what was dropped.
+        sink.window -= Duration::from_secs(1);
+        writeln!(sink, "later").unwrap();
+        sink.flush().unwrap();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ["[slipway] 10 lines dropped (over 1000 lines/s)", "later"]
+        );
+        drop(rx);
+        writeln!(sink, "closed").unwrap();
+        let e = sink.flush().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn since_starts_at_the_last_mark_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("web.log");
+        std::fs::write(&log, "old\nnew\n").unwrap();
+        let now = unix_now();
+        std::fs::write(
+            marks_path(&log),
+            format!("{} 4\n{} 8\n", now - 600, now - 5),
+        )
+        .unwrap();
+        assert_eq!(
+            since_offset(&log, now - 60),
+            Some(4),
+            "from the mark 10 minutes ago"
+        );
+        assert_eq!(since_offset(&log, now - 3600), Some(0), "before every mark");
+        assert_eq!(since_offset(&log, now + 60), None, "not written since");
+        let (lines, _) = tail(&log, 10, 4).unwrap();
+        assert_eq!(lines, ["new"]);
+    }
+
+    #[test]
     fn a_line_without_end_is_read_whole_but_kept_bounded() {
         let long = format!("{}\nnext\n", "y".repeat(MAX_LINE_BYTES * 4));
         let mut r = std::io::BufReader::with_capacity(1024, long.as_bytes());
@@ -358,7 +638,7 @@ mod tests {
         let p = d.path().join("web.log");
         let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&p, &text).unwrap();
-        let (lines, end) = tail(&p, 3).unwrap();
+        let (lines, end) = tail(&p, 3, 0).unwrap();
         assert_eq!(lines, ["line 98", "line 99", "line 100"]);
         assert_eq!(end, text.len() as u64);
         assert!(pattern("line [0-9]+").is_ok());

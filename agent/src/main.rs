@@ -95,6 +95,9 @@ enum Local {
         /// Only lines matching this regular expression.
         #[arg(long, value_name = "RE")]
         grep: Option<String>,
+        /// Only lines written in this last while (30s, 10m, 2h, 1d).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
     },
     /// Internal: print the man page or shell completions (for the package).
     #[command(hide = true)]
@@ -190,6 +193,7 @@ fn main() -> ExitCode {
                 lines,
                 follow,
                 grep,
+                since,
             } => {
                 // -f ends with the command (Ctrl-C) or its reader (a closed pipe).
                 let stop = std::sync::atomic::AtomicBool::new(false);
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
                     lines,
                     follow,
                     grep,
+                    since,
                 };
                 let mut out = std::io::stdout().lock();
                 match agent::logs::show(&cfg, &app, &q, &mut out, &stop) {

@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proto::v1::agents_client::AgentsClient;
 use proto::v1::{
-    AgentMessage, AppReport, AppsAck, DeclaredApps, DesiredApp, Heartbeat, Hello, agent_message,
-    controller_message,
+    AgentMessage, AppReport, AppsAck, DeclaredApps, DesiredApp, Heartbeat, Hello, LogChunk,
+    LogsQuery, agent_message, controller_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +26,9 @@ use crate::identity::{self, Identity};
 use crate::state::AppStatus;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Log queries this host answers at once.
+const MAX_LOG_QUERIES: usize = 8;
+static OPEN_LOG_QUERIES: AtomicUsize = AtomicUsize::new(0);
 
 /// The innermost cause of an error ("Connection refused" rather than "transport error").
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -192,6 +196,7 @@ impl Session {
                                 }
                             }
                         }
+                        Some(controller_message::Msg::Logs(q)) => self.answer_logs(client.clone(), q),
                         None => {}
                     }
                 }
@@ -217,6 +222,72 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers a log query on a `SendLogs` stream of its own (`logs::show`
+    /// on a blocking thread, through a rate-bounded `logs::Sink`); at most
+    /// `MAX_LOG_QUERIES` at once. Ends when the query is done or the
+    /// controller answers the stream (whoever asked went away).
+    fn answer_logs(&self, mut client: AgentsClient<Channel>, q: LogsQuery) {
+        let id = q.id;
+        let chunk = move |lines: Vec<String>, error: String| LogChunk {
+            query: id,
+            lines,
+            error,
+        };
+        let (out, out_rx) = mpsc::channel::<LogChunk>(4);
+        let call = tokio::spawn(async move { client.send_logs(ReceiverStream::new(out_rx)).await });
+        let open = OPEN_LOG_QUERIES.fetch_add(1, Ordering::SeqCst);
+        if open >= MAX_LOG_QUERIES {
+            OPEN_LOG_QUERIES.fetch_sub(1, Ordering::SeqCst);
+            let error = format!("{MAX_LOG_QUERIES} log queries already open on this host");
+            let _ = out.try_send(chunk(Vec::new(), error));
+            return;
+        }
+        let cfg = self.cfg.clone();
+        tokio::spawn(async move {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
+            let query = crate::logs::Query {
+                process: Some(q.process).filter(|p| !p.is_empty()),
+                lines: q.lines as usize,
+                follow: q.follow,
+                grep: Some(q.grep).filter(|g| !g.is_empty()),
+                since: Some(Duration::from_secs(q.since_secs)).filter(|d| !d.is_zero()),
+            };
+            let worker = tokio::task::spawn_blocking({
+                let stop = stop.clone();
+                move || {
+                    let mut sink = crate::logs::Sink::new(tx);
+                    let r = crate::logs::show(&cfg, &q.app, &query, &mut sink, &stop);
+                    r.and_then(|()| {
+                        std::io::Write::flush(&mut sink).map_err(|_| crate::logs::LogsError::Closed)
+                    })
+                }
+            });
+            let forward = async {
+                // The first chunk opens the answer.
+                out.send(chunk(Vec::new(), String::new())).await?;
+                while let Some(lines) = rx.recv().await {
+                    out.send(chunk(lines, String::new())).await?;
+                }
+                match worker.await {
+                    Ok(Err(crate::logs::LogsError::Closed)) | Ok(Ok(())) => {}
+                    Ok(Err(e)) => out.send(chunk(Vec::new(), e.to_string())).await?,
+                    Err(e) => out.send(chunk(Vec::new(), e.to_string())).await?,
+                }
+                Ok::<_, mpsc::error::SendError<LogChunk>>(())
+            };
+            tokio::select! {
+                _ = forward => {}
+                // The controller answered: nobody reads any more.
+                _ = out.closed() => {}
+            }
+            stop.store(true, Ordering::Relaxed);
+            drop(out);
+            let _ = call.await;
+            OPEN_LOG_QUERIES.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 
     /// Takes what the controller declares for this host (signature checked,

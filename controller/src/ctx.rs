@@ -30,6 +30,8 @@ pub struct Ctx {
     /// Refusal counters and enrollment buckets of the edge.
     pub edge: crate::grpc::edge::EdgeState,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Log queries asked of hosts and not yet done.
+    pub logs: Arc<crate::logs::LogQueries>,
 }
 
 pub type SharedCtx = Arc<Ctx>;

@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
+
+use crate::logs::LogAsk;
 
 /// Whose desired state changed: the app in the tenant's environment, on
 /// `hosts` (None: every host of the environment).
@@ -82,6 +84,8 @@ impl Wake {
 pub struct Session {
     pub id: u64,
     wake: Arc<Wake>,
+    /// Log queries for the host (`Hub::ask_logs`), taken by the session loop.
+    asks: Mutex<Option<mpsc::Receiver<LogAsk>>>,
 }
 
 impl Session {
@@ -94,6 +98,11 @@ impl Session {
     /// (no lock: checked after every message).
     pub fn is_current(&self) -> bool {
         !self.wake.ended.load(Ordering::Relaxed)
+    }
+
+    /// The log queries asked of this host (once: the session loop's).
+    pub fn take_asks(&self) -> Option<mpsc::Receiver<LogAsk>> {
+        self.asks.lock().expect("asks lock").take()
     }
 
     /// Waits until a change concerns this session and returns what to
@@ -116,7 +125,11 @@ struct Entry {
     environment: String,
     apps: Vec<String>,
     wake: Arc<Wake>,
+    asks: mpsc::Sender<LogAsk>,
 }
+
+/// Log queries waiting for one session to carry them.
+const MAX_ASKS_QUEUED: usize = 8;
 
 /// (tenant, host).
 type HostKey = (String, String);
@@ -309,6 +322,7 @@ impl Hub {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let wake = Arc::new(Wake::default());
+        let (asks_tx, asks) = mpsc::channel(MAX_ASKS_QUEUED);
         // The hello that opened it is a message heard.
         wake.heard.store(crate::store::now(), Ordering::Relaxed);
         let old = self.sessions.lock().expect("hub lock").insert(
@@ -318,13 +332,18 @@ impl Hub {
                 environment: environment.into(),
                 apps: apps.to_vec(),
                 wake: wake.clone(),
+                asks: asks_tx,
             },
         );
         if let Some(old) = old {
             old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
         }
-        Session { id, wake }
+        Session {
+            id,
+            wake,
+            asks: Mutex::new(Some(asks)),
+        }
     }
 
     pub fn disconnect(&self, tenant: &str, host: &str, id: u64) {
@@ -386,6 +405,33 @@ impl Hub {
             .expect("hub lock")
             .get(&(tenant.to_string(), host.to_string()))
             .is_some_and(|e| e.apps.iter().any(|a| a == app))
+    }
+
+    /// The connected hosts of `environment` whose session said they run
+    /// `app`, by name.
+    pub fn hosts_running(&self, tenant: &str, environment: &str, app: &str) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .sessions
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .filter(|((t, _), e)| {
+                t == tenant && e.environment == environment && e.apps.iter().any(|a| a == app)
+            })
+            .map(|((_, h), _)| h.clone())
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// Hands a log query to the host's session: false when the host is not
+    /// connected or has too many queries waiting.
+    pub fn ask_logs(&self, tenant: &str, host: &str, ask: LogAsk) -> bool {
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .get(&(tenant.to_string(), host.to_string()))
+            .is_some_and(|e| e.asks.try_send(ask).is_ok())
     }
 
     pub fn connected(&self, tenant: &str, host: &str) -> bool {

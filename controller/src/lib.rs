@@ -13,6 +13,7 @@ pub mod hub;
 pub mod intent;
 pub mod lifecycle;
 pub mod liveness;
+pub mod logs;
 pub mod objects;
 pub mod packs;
 pub mod plan;
@@ -163,6 +164,7 @@ pub async fn run(
         upload_idle_timeout: config.upload_idle_timeout,
         edge: edge::EdgeState::new(config.edge),
         shutdown: shutdown.clone(),
+        logs: Arc::default(),
     });
     // Rollouts resume from the store: a restart mid-rollout carries on.
     tokio::spawn(rollout::run(ctx.clone()));

@@ -649,6 +649,7 @@ mod tests {
             upload_idle_timeout: Duration::from_secs(60),
             edge: crate::grpc::edge::EdgeState::new(Default::default()),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            logs: Default::default(),
         }
     }
 

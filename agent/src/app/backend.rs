@@ -614,6 +614,12 @@ mod tests {
         ) -> Result<tonic::Response<proto::v1::EnrollResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented("renew"))
         }
+        async fn send_logs(
+            &self,
+            _: tonic::Request<tonic::Streaming<proto::v1::LogChunk>>,
+        ) -> Result<tonic::Response<proto::v1::SendLogsResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("send_logs"))
+        }
     }
 
     /// The fetcher, its cache, and the channel's sender (kept alive).

@@ -186,9 +186,11 @@ impl AppRunner {
             self.cfg.log_max_bytes,
             self.cfg.log_keep,
         );
-        let _ =
-            tokio::task::spawn_blocking(move || crate::supervisor::rotate_logs(&paths, max, keep))
-                .await;
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::supervisor::rotate_logs(&paths, max, keep);
+            crate::logs::mark(&paths);
+        })
+        .await;
         let env = self.env_for(version).unwrap_or_default();
         let mut verdict = (
             HealthState::Healthy,

@@ -11,7 +11,8 @@ use proto::v1::agents_server::Agents;
 use proto::v1::{
     AgentMessage, AppReport, BlobChunk, ControllerMessage, DeclaredApps, DesiredApp, DesiredState,
     EnrollResponse, FetchBlobRequest, FetchManifestRequest, FetchManifestResponse,
-    FetchObjectsRequest, Hello, RenewRequest, Welcome, agent_message, controller_message,
+    FetchObjectsRequest, Hello, LogChunk, LogsQuery, RenewRequest, SendLogsResponse, Welcome,
+    agent_message, controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +23,7 @@ use super::SharedCtx;
 use crate::auth::{self, AgentId};
 use crate::error::ControllerError;
 use crate::hub::Recompute;
+use crate::logs::{HostLog, LogAsk, MAX_CHUNK_LINES, MAX_LINE_BYTES};
 use crate::store::HostAppReport;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +34,37 @@ const MAX_DRIFT_LINES: usize = 50;
 const MAX_DRIFT_LINE: usize = 512;
 const MAX_OS: usize = 256;
 const MAX_REFUSAL: usize = 512;
+
+fn logs_query(a: LogAsk) -> LogsQuery {
+    LogsQuery {
+        id: a.id,
+        app: a.app,
+        process: a.process,
+        lines: a.lines,
+        follow: a.follow,
+        since_secs: a.since_secs,
+        grep: a.grep,
+    }
+}
+
+/// A host's log chunk, bounded and escaped: a host is not trusted to.
+fn host_log(c: LogChunk) -> Result<HostLog, Status> {
+    if !c.error.is_empty() {
+        return Ok(HostLog::Error(crate::sanitize::owned(c.error, MAX_TEXT)));
+    }
+    if c.lines.len() > MAX_CHUNK_LINES {
+        return Err(Status::invalid_argument(format!(
+            "a log chunk of {} lines (at most {MAX_CHUNK_LINES})",
+            c.lines.len()
+        )));
+    }
+    Ok(HostLog::Lines(
+        c.lines
+            .into_iter()
+            .map(|l| crate::sanitize::owned(l, MAX_LINE_BYTES))
+            .collect(),
+    ))
+}
 
 pub struct AgentsService {
     pub ctx: SharedCtx,
@@ -391,6 +424,7 @@ impl Agents for AgentsService {
         };
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
+            let mut asks = session.take_asks();
             let mut sent: HashMap<String, (String, u64)> = HashMap::new();
             let mut sent_apps: Option<(u64, String)> = None;
             // Everything at first; then what the hub says changed.
@@ -446,6 +480,12 @@ impl Agents for AgentsService {
                     (scope, declared) = session.changed() => {
                         push = scope;
                         push_declared = declared;
+                    }
+                    Some(ask) = async { asks.as_mut()?.recv().await }, if asks.is_some() => {
+                        let msg = ControllerMessage { msg: Some(controller_message::Msg::Logs(logs_query(ask))) };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            break;
+                        }
                     }
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Report(r)) })) => {
@@ -618,6 +658,41 @@ impl Agents for AgentsService {
             base_digest,
             size,
         }))
+    }
+
+    async fn send_logs(
+        &self,
+        req: Request<Streaming<LogChunk>>,
+    ) -> Result<Response<SendLogsResponse>, Status> {
+        let id = auth::agent(&self.ctx, &req).await?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no log chunk within 10s"))??
+            .ok_or_else(|| Status::invalid_argument("an empty answer"))?;
+        let Some(answers) = self.ctx.logs.answer(first.query, &id.tenant, &id.host) else {
+            return Err(Status::not_found(format!(
+                "no log query {} open for this host",
+                first.query
+            )));
+        };
+        let mut chunk = first;
+        loop {
+            let msg = host_log(chunk)?;
+            let last = matches!(msg, HostLog::Error(_));
+            if answers.send(msg).await.is_err() || last {
+                break;
+            }
+            // Whoever asked may go away while the host has nothing to say.
+            chunk = tokio::select! {
+                _ = answers.closed() => break,
+                next = inbound.message() => match next? {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+        }
+        Ok(Response::new(SendLogsResponse {}))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {

@@ -327,6 +327,15 @@ impl Deployments for DeploymentsService {
         super::apps::remove(&self.ctx, req).await
     }
 
+    type LogsStream = super::logs::LogStream;
+
+    async fn logs(
+        &self,
+        req: Request<proto::v1::LogsRequest>,
+    ) -> std::result::Result<Response<Self::LogsStream>, Status> {
+        super::logs::logs(&self.ctx, req).await
+    }
+
     async fn app_hosts(
         &self,
         req: Request<proto::v1::AppHostsRequest>,

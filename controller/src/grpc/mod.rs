@@ -10,6 +10,7 @@ pub mod edge;
 pub mod enrollment;
 pub mod fleet_status;
 pub mod inventory;
+pub mod logs;
 pub mod releases;
 pub mod rollouts;
 
@@ -79,6 +80,7 @@ scoped!(
     pb::SetEnvironmentRequest,
     pb::ListAppsRequest,
     pb::AppHostsRequest,
+    pb::LogsRequest,
 );
 targeted!(
     pb::DeployRequest => app, environment;

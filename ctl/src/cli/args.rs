@@ -154,6 +154,33 @@ pub struct HistoryArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The app.
+    pub app: String,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// Only this host (default: every connected host that runs the app).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pub process: Option<String>,
+    /// Lines per process and host (at most 10000).
+    #[arg(short = 'n', long = "lines", default_value_t = 200)]
+    pub lines: u32,
+    /// Keep printing what the app writes, until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines written in this last while (30s, 10m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Only lines matching this regular expression.
+    #[arg(long, value_name = "RE")]
+    pub grep: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct AppsArgs {
     #[command(subcommand)]
     pub command: Option<AppsCommand>,

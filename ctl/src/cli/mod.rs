@@ -216,6 +216,14 @@ matching hosts get its releases; matching hosts whose agent lacks the app are li
     /// Who changed what, when, from where (the audit log).
     #[command(after_help = "Example:\n  slipctl history web --limit 20")]
     History(HistoryArgs),
+    /// An app's output on the hosts that run it, each line named by its host.
+    #[command(
+        after_help = "Example:\n  slipctl logs web --env prod -n 50\n  slipctl logs web --env prod --host web-1 --process worker -f\n  slipctl logs web --env prod --since 10m --grep 'ERROR|panic'\n\n\
+Lines come through each host's agent session: env-file values are masked, control\n\
+characters escaped, lines past 8 KiB cut, and past 1000 lines a second per host the\n\
+rest is dropped (a line says how many)."
+    )]
+    Logs(LogsArgs),
     /// The tenant's environments, their soak and rollout strategy; change one.
     #[command(
         after_help = "Example:\n  slipctl envs\n  slipctl envs set prod --soak 3600 --canary 1 --batch 25% --pause 60"

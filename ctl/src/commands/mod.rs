@@ -10,6 +10,7 @@ mod envs;
 mod history;
 mod hosts;
 mod keys;
+mod logs;
 mod publish;
 mod releases;
 mod rollout;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Apps(a) => apps::run(a, c, fmt).await,
         Command::Drift { command } => drift::run(command, c, fmt).await,
         Command::History(a) => history::run(a, c, fmt).await,
+        Command::Logs(a) => logs::run(a, c, fmt).await,
         Command::Envs { command } => envs::run(command, c, fmt).await,
         Command::Hosts(a) => hosts::run(a, c, fmt).await,
         Command::Tokens { command } => tokens::run(command, c, fmt).await,
