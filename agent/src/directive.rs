@@ -38,6 +38,8 @@ pub struct Directive {
     pub rollback_authorization: Vec<(String, String)>,
     /// What those signatures cover beyond the release (none: a v1 statement).
     pub rollback_terms: Option<trust::sign::RollbackTerms>,
+    /// The host may apply the release's pending migrations before the flip.
+    pub apply_migrations: bool,
 }
 
 /// Why a signed directive's manifest is refused (reported as the host's
@@ -103,6 +105,7 @@ impl Directive {
                 digest: d.manifest_digest,
                 generation: d.generation,
                 counter: d.counter,
+                apply_migrations: d.apply_migrations,
             }),
             Err(e) => Desired::Invalid {
                 target: Target {
@@ -166,6 +169,7 @@ pub fn statement(d: &DesiredApp) -> trust::sign::Directive<'_> {
         sequence: d.sequence,
         expires_at: d.expires_at,
         rollback_authorized: !d.rollback_authorization.is_empty(),
+        apply_migrations: d.apply_migrations,
     }
 }
 

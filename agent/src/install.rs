@@ -294,6 +294,28 @@ pub async fn run_hook(
     run_as: Option<crate::config::RunAs>,
     started: impl FnOnce(i32),
 ) -> Result<String, InstallError> {
+    run_hook_output(hook, dir, env, secrets, run_as, started)
+        .await
+        .map(|o| o.all)
+}
+
+/// What a hook printed, masked: stdout alone (its last 64 KiB), and both
+/// streams together as reported (their last `HOOK_REPORT_CHARS`).
+pub struct HookOutput {
+    pub stdout: String,
+    pub all: String,
+}
+
+/// `run_hook`, keeping stdout apart (a command whose output is data, such as
+/// the list of pending migrations).
+pub async fn run_hook_output(
+    hook: &HookSpec,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    secrets: &[String],
+    run_as: Option<crate::config::RunAs>,
+    started: impl FnOnce(i32),
+) -> Result<HookOutput, InstallError> {
     // Looked up as the child's execvp would, unless a user switch leaves
     // that to it (see `crate::program`).
     let program = match run_as {
@@ -335,9 +357,13 @@ pub async fn run_hook(
         let mask = |bytes: &[u8], cut| {
             crate::envfile::redact_window(&String::from_utf8_lossy(bytes), secrets, cut)
         };
-        let mut text = mask(&a, a_cut);
+        let stdout = mask(&a, a_cut);
+        let mut text = stdout.clone();
         text.push_str(&mask(&b, b_cut));
-        crate::envfile::last_chars(&text, HOOK_REPORT_CHARS)
+        HookOutput {
+            stdout,
+            all: crate::envfile::last_chars(&text, HOOK_REPORT_CHARS),
+        }
     };
     let run = async {
         let (output, status) = tokio::join!(collect, child.wait());
@@ -357,7 +383,7 @@ pub async fn run_hook(
     if !status.success() {
         return Err(InstallError::Hook(format!(
             "failed ({status}): {}",
-            output.trim()
+            output.all.trim()
         )));
     }
     Ok(output)

@@ -22,6 +22,38 @@ pub struct ReleaseSpec {
     #[serde(default)]
     pub shared: Shared,
     pub restart_warning: Option<RestartWarning>,
+    pub migrations: Option<Migrations>,
+}
+
+/// How a host's refusal of a release begins when migrations are pending that
+/// its environment does not apply without a promoter's approval: the
+/// controller's rollout engine waits for that approval instead of reverting.
+pub const MIGRATIONS_AWAITING: &str = "awaiting a promoter's approval";
+
+/// The release's database migrations: a command that lists the pending ones
+/// (one name a line, nothing when none), and optionally one that tries them
+/// without keeping anything and one that applies them. Each runs in the new
+/// release's dir with the app's environment, before anything stops; the
+/// environment's policy says whether the agent applies them itself.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Migrations {
+    pub pending: Vec<String>,
+    pub dry_run: Option<Vec<String>>,
+    pub apply: Option<Vec<String>>,
+    /// Bound of each command.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Migrations {
+    /// A command of the table as a hook (argv and the table's bound).
+    pub fn hook(&self, command: &[String]) -> HookSpec {
+        HookSpec {
+            command: command.to_vec(),
+            timeout_secs: self.timeout_secs,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -282,6 +314,26 @@ impl ReleaseSpec {
                 ));
             }
         }
+        if let Some(m) = &self.migrations {
+            for (name, command) in [
+                ("pending", Some(&m.pending)),
+                ("dry_run", m.dry_run.as_ref()),
+                ("apply", m.apply.as_ref()),
+            ] {
+                if command.is_some_and(|c| c.is_empty() || c[0].is_empty()) {
+                    return Err(invalid(
+                        format!("migrations.{name}"),
+                        "must name a program".into(),
+                    ));
+                }
+            }
+            if m.timeout_secs == 0 || m.timeout_secs > 24 * 3600 {
+                return Err(invalid(
+                    "migrations.timeout_secs".into(),
+                    "must be between 1 and 86400".into(),
+                ));
+            }
+        }
         if let Some(w) = &self.restart_warning {
             if !w.http.starts_with('/') {
                 return Err(invalid(
@@ -410,6 +462,18 @@ dirs = ["uploads"]
         check(
             "[processes.web]\ncommand = [\"x\"]\n[hooks.on_rollback]\ncommand = []\n",
             Some("hooks.on_rollback.command"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\n[migrations]\npending = [\"m\"]\napply = []\n",
+            Some("migrations.apply: must name a program"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\n[migrations]\napply = [\"m\"]\n",
+            Some("missing field `pending`"),
+        );
+        check(
+            "[processes.web]\ncommand = [\"x\"]\n[migrations]\npending = [\"m\"]\ntimeout_secs = 0\n",
+            Some("migrations.timeout_secs"),
         );
         check(
             "[processes.web]\ncommand = [\"x\"]\n[shared]\nfiles = [\"../.env\"]\n",

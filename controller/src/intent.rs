@@ -7,7 +7,7 @@ use trust::sign::{RollbackAuthorization, Signature};
 
 use crate::error::{ControllerError, Result};
 use crate::hub::Hub;
-use crate::plan::{Change, StrategyOverride};
+use crate::plan::{Change, Strategy, StrategyOverride};
 use crate::store::Store;
 
 /// Most signatures a release or an authorization may carry.
@@ -65,7 +65,7 @@ enum Authorizing<'a> {
 }
 
 /// A change of desired release, made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Deployed {
     pub app: String,
     pub environment: String,
@@ -78,6 +78,35 @@ pub struct Deployed {
     pub connected_hosts: u32,
     pub rollout_id: i64,
     pub planned_hosts: u32,
+    /// Who applies the release's pending migrations there.
+    pub migrations: crate::plan::MigrationPolicy,
+    /// A dry run's plan (None: the change was made).
+    pub plan: Option<DryPlan>,
+}
+
+/// A step of a dry run's plan.
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    pub step: u32,
+    pub canary: bool,
+    pub hosts: Vec<PlannedHost>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedHost {
+    pub name: String,
+    pub connected: bool,
+    /// What it runs now (empty: nothing reported).
+    pub running: String,
+}
+
+/// What a change would do, without doing it.
+#[derive(Debug, Clone)]
+pub struct DryPlan {
+    pub steps: Vec<PlannedStep>,
+    /// Hosts of the environment the app's selector leaves out.
+    pub left_out: Vec<String>,
+    pub strategy: Strategy,
 }
 
 /// Checks every signature over `payload` (a bad one is refused, not dropped)
@@ -132,6 +161,9 @@ pub struct Intent<'a> {
     pub store: &'a Store,
     pub hub: &'a Hub,
     pub heartbeat_secs: u32,
+    /// Check everything a change checks and answer with its plan; change
+    /// nothing (no rollout, no nonce spent, no approval kept).
+    pub dry_run: bool,
 }
 
 impl Intent<'_> {
@@ -343,6 +375,23 @@ impl Intent<'_> {
         .await
     }
 
+    /// Approves the migrations of the release app@env desires, then rolls
+    /// it out again (`retry`): hosts may now apply them before the flip.
+    pub async fn migrate(&self, actor: &Actor<'_>, t: Target<'_>) -> Result<Deployed> {
+        self.check_app_env(t.tenant, t.app, t.environment).await?;
+        let current = self
+            .store
+            .desired_app(t.tenant, t.environment, t.app)
+            .await?
+            .ok_or_else(|| no_release(t.app, t.environment))?;
+        if !self.dry_run {
+            self.store
+                .approve_migrations(t.tenant, t.environment, t.app, &current.version, actor.name)
+                .await?;
+        }
+        self.retry(actor, t).await
+    }
+
     /// Points app@env at `version` through a rollout with the environment's
     /// strategy (overridden by `strategy`; a rollback's: every host at once),
     /// which wakes the sessions concerned.
@@ -400,6 +449,27 @@ impl Intent<'_> {
         if is_rollback {
             strategy = strategy.rollback();
         }
+        if self.dry_run {
+            let plan = self.dry_plan(t, strategy).await?;
+            return Ok(Deployed {
+                app: app.into(),
+                environment: env.into(),
+                version: version.into(),
+                manifest_digest: release.manifest_digest,
+                previous_version: previous,
+                generation: 0,
+                connected_hosts: plan
+                    .steps
+                    .iter()
+                    .flat_map(|s| &s.hosts)
+                    .filter(|h| h.connected)
+                    .count() as u32,
+                rollout_id: 0,
+                planned_hosts: plan.steps.iter().map(|s| s.hosts.len() as u32).sum(),
+                migrations: policy.migrations,
+                plan: Some(plan),
+            });
+        }
         let started = crate::rollout::start(
             store,
             self.hub,
@@ -433,6 +503,51 @@ impl Intent<'_> {
             connected_hosts,
             rollout_id: started.rollout_id,
             planned_hosts: started.planned_hosts as u32,
+            migrations: policy.migrations,
+            plan: None,
+        })
+    }
+
+    /// The plan a rollout of app@env with `strategy` would run now.
+    async fn dry_plan(&self, t: Target<'_>, strategy: Strategy) -> Result<DryPlan> {
+        let candidates = self.store.app_hosts(t.tenant, t.app, t.environment).await?;
+        let (plan, _) = crate::plan::plan(&candidates, &strategy);
+        let fleet = self.store.fleet(t.tenant, t.app, t.environment).await?;
+        let running = |host: &str| {
+            fleet
+                .iter()
+                .find(|f| f.host == host)
+                .map(|f| f.report.running_version.clone())
+                .unwrap_or_default()
+        };
+        let mut steps: Vec<PlannedStep> = Vec::new();
+        for (name, step) in plan {
+            if steps.last().is_none_or(|s| s.step != step) {
+                steps.push(PlannedStep {
+                    step,
+                    canary: step == 0 && strategy.canary > 0,
+                    hosts: Vec::new(),
+                });
+            }
+            let host = PlannedHost {
+                connected: self.hub.connected(t.tenant, &name),
+                running: running(&name),
+                name,
+            };
+            steps.last_mut().expect("pushed").hosts.push(host);
+        }
+        let left_out = self
+            .store
+            .hosts(t.tenant, t.environment)
+            .await?
+            .into_iter()
+            .filter(|h| h.revoked_at.is_none() && !candidates.iter().any(|c| c.name == h.name))
+            .map(|h| h.name)
+            .collect();
+        Ok(DryPlan {
+            steps,
+            left_out,
+            strategy,
         })
     }
 }
@@ -480,11 +595,17 @@ impl Intent<'_> {
         let statement =
             terms.statement(tenant, app, env, &release.version, &release.manifest_digest);
         checked_signatures(&a.signatures, &statement.bytes())?;
-        if !self
-            .store
-            .spend_rollback_nonce(tenant, &terms.nonce, terms.expires_at)
-            .await?
-        {
+        let fresh = if self.dry_run {
+            !self
+                .store
+                .rollback_nonce_spent(tenant, &terms.nonce)
+                .await?
+        } else {
+            self.store
+                .spend_rollback_nonce(tenant, &terms.nonce, terms.expires_at)
+                .await?
+        };
+        if !fresh {
             return Err(ControllerError::FailedPrecondition(format!(
                 "the rollback authorization with nonce {} was used already: an authorization allows one rollback; sign a new one",
                 terms.nonce
@@ -604,6 +725,7 @@ mod tests {
             store: &s,
             hub: &hub,
             heartbeat_secs: 10,
+            dry_run: false,
         };
         let web_apps = vec!["web".to_string()];
         let a = hub.connect("default", "a", "preprod", &web_apps);
@@ -650,6 +772,7 @@ mod tests {
             store: &s,
             hub: &hub,
             heartbeat_secs: 10,
+            dry_run: false,
         };
         let check = |r: Result<Deployed>, expect: &str| {
             let e = r.expect_err(expect);
@@ -707,6 +830,7 @@ mod tests {
             store: &s,
             hub: &hub,
             heartbeat_secs: 10,
+            dry_run: false,
         };
         // The soak clock may tick a second between the report and the promote.
         let steady = |text: String| text.replace("healthy for 1s of", "healthy for 0s of");
@@ -804,6 +928,7 @@ mod tests {
             store: &s,
             hub: &hub,
             heartbeat_secs: 10,
+            dry_run: false,
         };
         let back = |to_version| Rollback {
             target: web("preprod"),
@@ -855,6 +980,7 @@ mod tests {
             store: &s,
             hub: &hub,
             heartbeat_secs: 10,
+            dry_run: false,
         };
         assert_eq!(
             i.retry(&ACTOR, web("preprod"))
@@ -900,6 +1026,7 @@ mod tests {
             store: &s,
             hub: &hub,
             heartbeat_secs: 10,
+            dry_run: false,
         };
         let key = trust::sign::KeyPair::generate();
         let back = |authorization| Rollback {

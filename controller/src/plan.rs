@@ -110,6 +110,38 @@ impl fmt::Display for OfflinePolicy {
     }
 }
 
+/// Who applies a release's pending database migrations in an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationPolicy {
+    /// The agent applies them before the flip (after a passing dry run).
+    Auto,
+    /// The agent refuses the release while any is pending, before anything
+    /// stops, until a promoter approves them (`slipctl migrate`).
+    Manual,
+}
+
+impl MigrationPolicy {
+    /// Production never applies migrations by itself unless told to.
+    pub fn default_for(production: bool) -> Self {
+        if production { Self::Manual } else { Self::Auto }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "manual" => Some(Self::Manual),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Manual => "manual",
+        }
+    }
+}
+
 /// How a change of desired release reaches an environment's hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Strategy {

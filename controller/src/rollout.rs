@@ -444,7 +444,14 @@ async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError>
         let hosts = ctx.store.rollout_hosts(r.id).await?;
         let failed: Vec<&RolloutHostRow> =
             hosts.iter().filter(|h| h.outcome.is_failure()).collect();
-        let what = if t.canary_failed {
+        // Refused before anything stopped, for migrations a promoter must
+        // approve: nothing to revert; `slipctl migrate` starts it again.
+        let awaiting = failed
+            .iter()
+            .all(|h| h.reason.contains(artifact::spec::MIGRATIONS_AWAITING));
+        let what = if awaiting {
+            "waiting for migrations to be approved"
+        } else if t.canary_failed {
             "canary failed"
         } else {
             "failure threshold crossed"
@@ -455,6 +462,9 @@ async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError>
             r.steps,
             describe_failures(&failed)
         );
+        if awaiting {
+            return wait_for_migrations(ctx, r, &reason).await;
+        }
         return halt(ctx, r, &reason).await;
     }
     if r.state != RolloutState::Running || t.pending_in_step > 0 {
@@ -498,6 +508,25 @@ async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError>
         engine_audit(ctx, r, "rollout-succeeded", "ok").await;
         // Hosts that joined since the plan were held at the previous release.
         ctx.hub.desired_changed(&desired_change(r, None));
+    }
+    Ok(())
+}
+
+/// Stops a rollout whose hosts refused it for migrations awaiting approval:
+/// halted, never reverted (nothing changed on them).
+async fn wait_for_migrations(ctx: &Ctx, r: &RolloutRow, reason: &str) -> Result<(), StoreError> {
+    tracing::warn!(rollout = r.id, app = %r.app, env = %r.environment, version = %r.to_version, reason, "rollout waits for migrations");
+    if ctx
+        .store
+        .transition_rollout(
+            r.id,
+            &[RolloutState::Running, RolloutState::Paused],
+            RolloutState::Halted,
+            Some(reason),
+        )
+        .await?
+    {
+        engine_audit(ctx, r, "rollout-halt", &format!("halted: {reason}")).await;
     }
     Ok(())
 }
@@ -691,6 +720,7 @@ mod tests {
             store: &ctx.store,
             hub: &ctx.hub,
             heartbeat_secs: ctx.heartbeat_secs,
+            dry_run: false,
         };
         let none = trust::sign::RollbackAuthorization::default();
         let d = Deploy {

@@ -468,15 +468,24 @@ fn a_signed_rollback_is_spent_once_and_its_replay_through_deploy_is_refused() {
         nonce: terms.nonce.clone(),
     };
     let (rt, mut operator) = deployments_as(&c, &c.admin_token);
-    rt.block_on(operator.rollback(proto::v1::RollbackRequest {
+    let rollback = |dry_run| proto::v1::RollbackRequest {
         tenant: "default".into(),
         app: "web".into(),
         environment: "preprod".into(),
         to_version: "1.0.0".into(),
         authorization: authorization.clone(),
         rollback_terms: Some(wire_terms.clone()),
-    }))
-    .expect("the first use is honoured");
+        dry_run,
+    };
+    // A dry run checks the authorization without spending it.
+    let plan = rt
+        .block_on(operator.rollback(rollback(true)))
+        .expect("a dry run of the rollback")
+        .into_inner();
+    assert!(plan.dry_run && plan.rollout_id == 0, "{plan:?}");
+    assert_eq!(a.app_says().as_deref(), Some("sample-app 2.0.0"));
+    rt.block_on(operator.rollback(rollback(false)))
+        .expect("the first use is honoured");
     a.wait_serving("1.0.0");
 
     // CI redeploys 2.0.0; a deployer token replays the old authorization.
@@ -493,8 +502,9 @@ fn a_signed_rollback_is_spent_once_and_its_replay_through_deploy_is_refused() {
             authorization: authorization.clone(),
             rollback_terms: Some(wire_terms),
             strategy: None,
+            dry_run: true,
         }))
-        .expect_err("a replayed rollback authorization is refused");
+        .expect_err("a replayed rollback authorization is refused, dry run or not");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(
         refused.message().contains("was used already"),
@@ -510,6 +520,7 @@ fn a_signed_rollback_is_spent_once_and_its_replay_through_deploy_is_refused() {
             authorization,
             rollback_terms: None,
             strategy: None,
+            dry_run: false,
         }))
         .expect_err("a v1 authorization is refused");
     assert!(

@@ -351,6 +351,11 @@ pub struct Directive<'a> {
     pub expires_at: i64,
     /// The directive carries an operator-signed rollback authorization.
     pub rollback_authorized: bool,
+    /// The host may apply the release's pending migrations itself (the
+    /// environment's policy, or a promoter's `slipctl migrate`). Left out
+    /// of the statement when false, so earlier statements read the same.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub apply_migrations: bool,
 }
 
 impl Directive<'_> {

@@ -25,6 +25,10 @@ pub enum DeployError {
     /// A hook failed; its output is already masked.
     #[error("{0}")]
     Hook(String),
+    /// The release's migrations refused it (a failed dry run or apply, or
+    /// pending ones this environment does not apply without approval).
+    #[error("{0}")]
+    Migrations(String),
     /// A process could not be started or stopped by the service backend
     /// (the command backend's message is masked, so it travels as text).
     #[error("{0}")]

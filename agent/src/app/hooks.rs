@@ -24,7 +24,7 @@ impl AppRunner {
         hook: &artifact::spec::HookSpec,
         dir: &Path,
         p: &mut Progress,
-    ) -> Result<(), DeployError> {
+    ) -> Result<install::HookOutput, DeployError> {
         let version = p.target.version.clone();
         let mut env = self.env_for(&version)?;
         let nonce = crate::supervisor::nonce();
@@ -35,7 +35,7 @@ impl AppRunner {
         // `on_rollback_started`: it runs at most once per deploy).
         self.status.deploy = Some(p.clone());
         self.publish();
-        let out = install::run_hook(hook, dir, &env, &secrets, run_as, |pid| {
+        let out = install::run_hook_output(hook, dir, &env, &secrets, run_as, |pid| {
             p.hook =
                 crate::supervisor::start_time(pid).map(|start_time| HookRun { pid, start_time });
             self.status.deploy = Some(p.clone());
@@ -47,8 +47,8 @@ impl AppRunner {
         p.hook_nonce = None;
         match out {
             Ok(out) => {
-                self.log(&version, step, "ok", out.trim());
-                Ok(())
+                self.log(&version, step, "ok", out.all.trim());
+                Ok(out)
             }
             Err(e) => {
                 let why = e.to_string();

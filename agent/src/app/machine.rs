@@ -169,10 +169,17 @@ impl AppRunner {
         match step.row().limit {
             Limit::Fixed(d) => d,
             Limit::PrepareHook => {
-                let hook = spec_of(version)
-                    .and_then(|s| s.hooks.prepare.map(|h| h.timeout_secs))
+                let spec = spec_of(version);
+                let hook = spec
+                    .as_ref()
+                    .and_then(|s| s.hooks.prepare.as_ref().map(|h| h.timeout_secs))
                     .unwrap_or(0);
-                secs(hook) + BASELINE_TIME + SLACK
+                // pending, dry run, apply: each bounded by the table's limit.
+                let migrations = spec
+                    .as_ref()
+                    .and_then(|s| s.migrations.as_ref().map(|m| 3 * m.timeout_secs))
+                    .unwrap_or(0);
+                secs(hook + migrations) + BASELINE_TIME + SLACK
             }
             Limit::Readiness => secs(sum_of(version, &|p| p.health.timeout_secs)) + SLACK,
             Limit::MinHealthy => secs(max_of(version, &|p| p.health.min_healthy_secs)) + SLACK,
@@ -227,6 +234,7 @@ impl AppRunner {
             (_, DeployError::Env(_)) => "env",
             (Step::Prepare, DeployError::Install(_)) => "link_shared",
             (_, DeployError::Hook(_)) => "prepare",
+            (_, DeployError::Migrations(_)) => "migrations",
             (Step::Flip, e) => return format!("flip current: {e}"),
             (s, _) if s.touches_serving() => return e.to_string(),
             (s, _) => s.name(),

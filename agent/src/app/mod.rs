@@ -32,6 +32,7 @@ mod error;
 mod hooks;
 mod local_action;
 mod machine;
+mod migrations;
 mod prepare;
 mod processes;
 #[cfg(test)]

@@ -297,6 +297,12 @@ impl AppRunner {
             known.changed_since_ns = Some(now_ns() - HOOK_CLOCK_SLACK_NS);
             self.run_tracked_hook("prepare", hook, &release, p).await?;
         }
+        if let (Some(m), Some(d)) = (&spec.migrations, &w.directive) {
+            known
+                .changed_since_ns
+                .get_or_insert(now_ns() - HOOK_CLOCK_SLACK_NS);
+            self.migrate(m, &release, p, d).await?;
+        }
         self.take_baseline(&version, known).await;
         Ok(Outcome::Ok)
     }

@@ -218,6 +218,7 @@ impl Rig {
             release_signatures: vec![],
             rollback_authorization: vec![],
             rollback_terms: None,
+            apply_migrations: false,
         })
     }
 

@@ -334,6 +334,11 @@ impl AgentsService {
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
         let (rollback_authorization, rollback_terms) =
             super::releases::stored_authorization(&d.authorization);
+        let apply_migrations = self
+            .ctx
+            .store
+            .migrations_allowed(&h.tenant, &h.environment, &d.app, &d.version)
+            .await?;
         let directive = trust::sign::Directive {
             tenant: &h.tenant,
             host: &h.host,
@@ -346,6 +351,7 @@ impl AgentsService {
             sequence,
             expires_at,
             rollback_authorized: !rollback_authorization.is_empty(),
+            apply_migrations,
         };
         let directive_signature = self.ctx.directive_key.sign(&directive.bytes()).sig;
         Ok(DesiredApp {
@@ -369,6 +375,7 @@ impl AgentsService {
             // carried in every directive.
             manifest: Vec::new(),
             generation: d.generation,
+            apply_migrations,
         })
     }
 }

@@ -23,16 +23,20 @@ pub struct DeploymentsService {
 }
 
 impl DeploymentsService {
-    fn intent(&self) -> Intent<'_> {
+    fn intent(&self, dry_run: bool) -> Intent<'_> {
         Intent {
             store: &self.ctx.store,
             hub: &self.ctx.hub,
             heartbeat_secs: self.ctx.heartbeat_secs,
+            dry_run,
         }
     }
 
+    /// Writes the change (or its refusal) to the audit log, unless it was
+    /// a dry run (it changed nothing), and answers it.
     async fn audited(
         &self,
+        dry_run: bool,
         who: &Authorized,
         action: &str,
         app: &str,
@@ -49,7 +53,9 @@ impl DeploymentsService {
             ),
             Err(e) => (String::new(), format!("refused: {e}")),
         };
-        super::audit(&self.ctx, who, action, app, env, &detail, &outcome).await;
+        if !dry_run {
+            super::audit(&self.ctx, who, action, app, env, &detail, &outcome).await;
+        }
         Ok(Response::new(deployed_to_proto(result?)))
     }
 }
@@ -69,7 +75,34 @@ fn strategy(s: Option<&proto::v1::Strategy>) -> Result<Option<StrategyOverride>>
 }
 
 fn deployed_to_proto(d: Deployed) -> DeployResponse {
+    let dry_run = d.plan.is_some();
+    let plan = d.plan.unwrap_or_else(|| crate::intent::DryPlan {
+        steps: Vec::new(),
+        left_out: Vec::new(),
+        strategy: Default::default(),
+    });
     DeployResponse {
+        dry_run,
+        plan: plan
+            .steps
+            .into_iter()
+            .map(|s| proto::v1::PlannedStep {
+                step: s.step,
+                canary: s.canary,
+                hosts: s
+                    .hosts
+                    .into_iter()
+                    .map(|h| proto::v1::PlannedHost {
+                        host: h.name,
+                        connected: h.connected,
+                        running_version: h.running,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        left_out: plan.left_out,
+        migrations: d.migrations.as_str().into(),
+        strategy: dry_run.then(|| super::rollouts::strategy_to_proto(&plan.strategy)),
         app: d.app,
         environment: d.environment,
         version: d.version,
@@ -107,10 +140,10 @@ impl Deployments for DeploymentsService {
                 name: &name,
                 may_force,
             };
-            self.intent().deploy(&actor, &d).await
+            self.intent(r.dry_run).deploy(&actor, &d).await
         }
         .await;
-        self.audited(&who, "deploy", &r.app, &r.environment, result)
+        self.audited(r.dry_run, &who, "deploy", &r.app, &r.environment, result)
             .await
     }
 
@@ -134,11 +167,11 @@ impl Deployments for DeploymentsService {
                 name: &name,
                 may_force,
             };
-            self.intent().promote(&actor, &p).await
+            self.intent(r.dry_run).promote(&actor, &p).await
         }
         .await;
         match result {
-            Ok((deployed, bypassed)) if !bypassed.is_empty() => {
+            Ok((deployed, bypassed)) if !bypassed.is_empty() && !r.dry_run => {
                 // Forced past its gates: the audit row says which.
                 let detail = format!(
                     "{} -> {} ({}); forced past: {}",
@@ -162,8 +195,15 @@ impl Deployments for DeploymentsService {
             }
             result => {
                 let result = result.map(|(deployed, _)| deployed);
-                self.audited(&who, "promote", &r.app, &r.to_environment, result)
-                    .await
+                self.audited(
+                    r.dry_run,
+                    &who,
+                    "promote",
+                    &r.app,
+                    &r.to_environment,
+                    result,
+                )
+                .await
             }
         }
     }
@@ -189,8 +229,8 @@ impl Deployments for DeploymentsService {
             name: &name,
             may_force,
         };
-        let result = self.intent().rollback(&actor, &rollback).await;
-        self.audited(&who, "rollback", &r.app, &r.environment, result)
+        let result = self.intent(r.dry_run).rollback(&actor, &rollback).await;
+        self.audited(r.dry_run, &who, "rollback", &r.app, &r.environment, result)
             .await
     }
 
@@ -210,8 +250,29 @@ impl Deployments for DeploymentsService {
             name: &name,
             may_force,
         };
-        let result = self.intent().retry(&actor, target).await;
-        self.audited(&who, "retry", &r.app, &r.environment, result)
+        let result = self.intent(r.dry_run).retry(&actor, target).await;
+        self.audited(r.dry_run, &who, "retry", &r.app, &r.environment, result)
+            .await
+    }
+
+    async fn migrate(
+        &self,
+        req: Request<RetryRequest>,
+    ) -> std::result::Result<Response<DeployResponse>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, "migrate").await?;
+        let r = req.into_inner();
+        let (name, may_force) = actor(&who);
+        let target = Target {
+            tenant: &who.tenant,
+            app: &r.app,
+            environment: &r.environment,
+        };
+        let actor = Actor {
+            name: &name,
+            may_force,
+        };
+        let result = self.intent(r.dry_run).migrate(&actor, target).await;
+        self.audited(r.dry_run, &who, "migrate", &r.app, &r.environment, result)
             .await
     }
 
@@ -272,7 +333,7 @@ impl Deployments for DeploymentsService {
         let r = req.into_inner();
         let result = async {
             let selector = super::inventory::selector(r.selector.clone())?;
-            self.intent()
+            self.intent(false)
                 .check_app_env(&who.tenant, &r.app, &r.environment)
                 .await?;
             self.ctx

@@ -122,7 +122,14 @@ pub fn env_change(r: &SetEnvironmentRequest) -> Result<EnvChange> {
             "soak: at most 30 days".into(),
         ));
     }
+    let migrations = match r.migrations.as_deref() {
+        None => None,
+        Some(m) => Some(crate::plan::MigrationPolicy::parse(m).ok_or_else(|| {
+            ControllerError::InvalidArgument(format!("migrations: {m:?} is not auto or manual"))
+        })?),
+    };
     Ok(EnvChange {
+        migrations,
         production: r.production,
         soak_secs: r.soak_secs,
         canary: s.canary,

@@ -90,7 +90,7 @@ pub fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
 pub fn describe_policy(p: &EnvPolicy) -> String {
     let s = &p.strategy;
     format!(
-        "production={} soak={}s canary={} batch={} batch_timeout={}s pause={}s max_failures={} auto_revert={} offline={}",
+        "production={} soak={}s canary={} batch={} batch_timeout={}s pause={}s max_failures={} auto_revert={} offline={} migrations={}",
         p.production,
         p.soak_secs,
         s.canary,
@@ -99,7 +99,8 @@ pub fn describe_policy(p: &EnvPolicy) -> String {
         s.pause_secs,
         s.max_failures,
         s.auto_revert,
-        s.offline
+        s.offline,
+        p.migrations.as_str()
     )
 }
 
@@ -109,6 +110,7 @@ pub fn environment_to_proto(p: EnvPolicy) -> pb::Environment {
         name: p.name,
         production: p.production,
         soak_secs: p.soak_secs,
+        migrations: p.migrations.as_str().into(),
     }
 }
 

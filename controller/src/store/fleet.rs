@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use sqlx::types::Json;
 
 use super::{Result, Store};
-use crate::plan::{Amount, OfflinePolicy, Strategy};
+use crate::plan::{Amount, MigrationPolicy, OfflinePolicy, Strategy};
 
 /// An environment and its policy.
 #[derive(Debug, Clone)]
@@ -17,6 +17,7 @@ pub struct EnvPolicy {
     pub production: bool,
     pub soak_secs: u32,
     pub strategy: Strategy,
+    pub migrations: MigrationPolicy,
 }
 
 /// Changes to an environment; `None` keeps what is stored.
@@ -31,6 +32,7 @@ pub struct EnvChange {
     pub max_failures: Option<Amount>,
     pub auto_revert: Option<bool>,
     pub offline: Option<OfflinePolicy>,
+    pub migrations: Option<MigrationPolicy>,
 }
 
 /// Inventory fields a host is registered or updated with.
@@ -63,11 +65,14 @@ struct EnvRecord {
     max_failures: String,
     auto_revert: bool,
     offline: String,
+    migrations: String,
 }
 
 impl From<EnvRecord> for EnvPolicy {
     fn from(r: EnvRecord) -> Self {
         EnvPolicy {
+            migrations: MigrationPolicy::parse(&r.migrations)
+                .unwrap_or(MigrationPolicy::default_for(r.production)),
             name: r.name,
             production: r.production,
             soak_secs: r.soak_secs,
@@ -114,7 +119,7 @@ struct HostApp {
     app: String,
 }
 
-const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, offline";
+const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, offline, migrations";
 
 #[derive(FromRow)]
 struct EnvName {
@@ -123,6 +128,60 @@ struct EnvName {
 }
 
 impl Store {
+    /// Whether hosts of `env` may apply `version`'s pending migrations
+    /// themselves: the environment's policy says so, or a promoter approved
+    /// them for that release.
+    pub async fn migrations_allowed(
+        &self,
+        tenant: &str,
+        env: &str,
+        app: &str,
+        version: &str,
+    ) -> Result<bool> {
+        let row: Option<(String, bool, bool)> = sqlx::query_as(
+            "SELECT e.migrations, e.production, EXISTS (SELECT 1 FROM migration_approvals a
+                WHERE a.tenant = e.tenant AND a.environment = e.name AND a.app = ? AND a.version = ?)
+             FROM environments e WHERE e.tenant = ? AND e.name = ?",
+        )
+        .bind(app)
+        .bind(version)
+        .bind(tenant)
+        .bind(env)
+        .fetch_optional(self.db())
+        .await?;
+        Ok(row.is_some_and(|(policy, production, approved)| {
+            approved
+                || MigrationPolicy::parse(&policy)
+                    .unwrap_or(MigrationPolicy::default_for(production))
+                    == MigrationPolicy::Auto
+        }))
+    }
+
+    /// A promoter's approval of `version`'s migrations in `env`.
+    pub async fn approve_migrations(
+        &self,
+        tenant: &str,
+        env: &str,
+        app: &str,
+        version: &str,
+        actor: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO migration_approvals (tenant, app, environment, version, approved_by, approved_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET approved_by = excluded.approved_by,
+             approved_at = excluded.approved_at",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(env)
+        .bind(version)
+        .bind(actor)
+        .bind(super::now())
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
     /// `Some(production)` when the environment exists.
     pub async fn environment(&self, tenant: &str, env: &str) -> Result<Option<bool>> {
         Ok(
@@ -187,7 +246,7 @@ impl Store {
                 canary = COALESCE(?, canary), batch = COALESCE(?, batch),
                 batch_timeout_secs = COALESCE(?, batch_timeout_secs), pause_secs = COALESCE(?, pause_secs),
                 max_failures = COALESCE(?, max_failures), auto_revert = COALESCE(?, auto_revert),
-                offline = COALESCE(?, offline)
+                offline = COALESCE(?, offline), migrations = COALESCE(?, migrations)
              WHERE tenant = ? AND name = ?",
         )
         .bind(c.production.map(i64::from))
@@ -199,6 +258,7 @@ impl Store {
         .bind(c.max_failures.map(|a| a.to_string()))
         .bind(c.auto_revert.map(i64::from))
         .bind(c.offline.map(|o| o.as_str()))
+        .bind(c.migrations.map(|m| m.as_str()))
         .bind(tenant)
         .bind(env)
         .execute(&mut *tx)

@@ -334,6 +334,17 @@ impl Store {
 
     /// Records a rollback authorization's nonce as used; false when it was
     /// used before. Prunes nonces of expired authorizations on the way.
+    /// Whether a rollback authorization's nonce was used already.
+    pub async fn rollback_nonce_spent(&self, tenant: &str, nonce: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM rollback_nonces WHERE tenant = ? AND nonce = ?)",
+        )
+        .bind(tenant)
+        .bind(nonce)
+        .fetch_one(self.db())
+        .await?)
+    }
+
     pub async fn spend_rollback_nonce(
         &self,
         tenant: &str,

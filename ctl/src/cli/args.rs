@@ -43,6 +43,10 @@ pub struct DeployArgs {
     pub strategy: StrategyArgs,
     #[command(flatten)]
     pub wait: Wait,
+    /// Print the plan the controller would run (canary, batches, hosts held,
+    /// migrations policy) after every check; change nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +66,10 @@ pub struct PromoteArgs {
     pub strategy: StrategyArgs,
     #[command(flatten)]
     pub wait: Wait,
+    /// Print the plan the controller would run (canary, batches, hosts held,
+    /// migrations policy) after every check; change nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +89,10 @@ pub struct RollbackArgs {
     pub sign: Option<PathBuf>,
     #[command(flatten)]
     pub wait: Wait,
+    /// Print the plan the controller would run (canary, batches, hosts held,
+    /// migrations policy) after every check; change nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +104,10 @@ pub struct RetryArgs {
     pub env: String,
     #[command(flatten)]
     pub wait: Wait,
+    /// Print the plan the controller would run (canary, batches, hosts held,
+    /// migrations policy) after every check; change nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -459,8 +475,28 @@ pub struct EnvSetArgs {
     /// environment before it may be promoted here.
     #[arg(long, value_name = "SECS")]
     pub soak: Option<u32>,
+    /// Who applies a release's pending database migrations: the agent
+    /// before the flip (auto), or a promoter with `slipctl migrate`
+    /// (manual; the default of production environments).
+    #[arg(long, value_enum)]
+    pub migrations: Option<MigrationPolicy>,
     #[command(flatten)]
     pub strategy: StrategyArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationPolicy {
+    Auto,
+    Manual,
+}
+
+impl MigrationPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Manual => "manual",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -21,6 +21,7 @@ struct EnvPolicyJson {
     max_failures: String,
     auto_revert: bool,
     offline: &'static str,
+    migrations: String,
 }
 
 impl From<Environment> for EnvPolicyJson {
@@ -28,6 +29,7 @@ impl From<Environment> for EnvPolicyJson {
         let s = e.strategy.unwrap_or_default();
         let offline = s.offline();
         EnvPolicyJson {
+            migrations: e.migrations,
             name: e.name,
             production: e.production,
             soak_secs: e.soak_secs,
@@ -74,6 +76,7 @@ async fn set(c: &mut Clients, a: EnvSetArgs) -> Result<Environment> {
         production: a.production,
         soak_secs: a.soak,
         create: a.create,
+        migrations: a.migrations.map(|m| m.as_str().to_string()),
     };
     let r = c.admin.set_environment(req).await;
     Ok(r.map_err(|s| from_status(&c.url, s))?.into_inner())
@@ -91,6 +94,7 @@ fn print_envs(rows: Vec<EnvPolicyJson>) {
         "MAX FAILURES",
         "AUTO REVERT",
         "OFFLINE",
+        "MIGRATIONS",
     ]);
     for e in rows {
         t.row([
@@ -104,6 +108,7 @@ fn print_envs(rows: Vec<EnvPolicyJson>) {
             e.max_failures,
             if e.auto_revert { "on" } else { "off" }.into(),
             e.offline.into(),
+            e.migrations,
         ]);
     }
     t.print();

@@ -47,6 +47,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Promote(a) => change::promote(a, c, fmt).await,
         Command::Rollback(a) => change::rollback(a, c, fmt).await,
         Command::Retry(a) => change::retry(a, c, fmt).await,
+        Command::Migrate(a) => change::migrate(a, c, fmt).await,
         Command::Releases(a) => releases::run(a, c, fmt).await,
         Command::Status(a) => status::run(a, c, fmt).await,
         Command::Rollout { command } => rollout::run(command, c, fmt).await,
