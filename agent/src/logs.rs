@@ -179,13 +179,17 @@ pub const MAX_REMOTE_RATE: u32 = 1000;
 /// Lines sent together.
 const BATCH_LINES: usize = 256;
 
-/// Where `show` writes for a remote query: its lines in batches, at most
-/// `MAX_REMOTE_RATE` a second, into a channel whose reader sends them on.
-/// A closed channel reads as a closed pipe (`LogsError::Closed`).
+/// Where `show` writes for a remote query: its lines in batches into a
+/// channel whose reader sends them on. The last lines asked for go whole
+/// (`-n` bounds them); what follows them (`-f`, after `show`'s first flush)
+/// at most `MAX_REMOTE_RATE` a second, the rest counted in a line of its
+/// own. A closed channel reads as a closed pipe (`LogsError::Closed`).
 pub struct Sink {
     tx: tokio::sync::mpsc::Sender<Vec<String>>,
     partial: Vec<u8>,
     batch: Vec<String>,
+    /// Past the last lines: following.
+    following: bool,
     window: std::time::Instant,
     in_window: u32,
     dropped: u64,
@@ -197,6 +201,7 @@ impl Sink {
             tx,
             partial: Vec::new(),
             batch: Vec::new(),
+            following: false,
             window: std::time::Instant::now(),
             in_window: 0,
             dropped: 0,
@@ -204,26 +209,42 @@ impl Sink {
     }
 
     fn line(&mut self, line: String) -> std::io::Result<()> {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.window = std::time::Instant::now();
-            self.in_window = 0;
-            if self.dropped > 0 {
-                let n = std::mem::take(&mut self.dropped);
-                self.batch.push(format!(
-                    "[slipway] {n} lines dropped (over {MAX_REMOTE_RATE} lines/s)"
-                ));
+        if self.following {
+            if self.window.elapsed() >= Duration::from_secs(1) {
+                self.window = std::time::Instant::now();
+                self.in_window = 0;
+                self.note_dropped();
             }
+            if self.in_window >= MAX_REMOTE_RATE {
+                self.dropped += 1;
+                return Ok(());
+            }
+            self.in_window += 1;
         }
-        if self.in_window >= MAX_REMOTE_RATE {
-            self.dropped += 1;
-            return Ok(());
-        }
-        self.in_window += 1;
         self.batch.push(line);
         if self.batch.len() >= BATCH_LINES {
-            self.flush()?;
+            self.send()?;
         }
         Ok(())
+    }
+
+    fn note_dropped(&mut self) {
+        if self.dropped > 0 {
+            let n = std::mem::take(&mut self.dropped);
+            self.batch.push(format!(
+                "[slipway] {n} lines dropped (over {MAX_REMOTE_RATE} lines/s)"
+            ));
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.tx
+            .blocking_send(batch)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
     }
 }
 
@@ -239,14 +260,13 @@ impl Write for Sink {
         Ok(data.len())
     }
 
+    /// Sends what is batched, saying first how many lines were dropped.
+    /// `show` flushes once the last lines are out: what comes after is
+    /// followed output, bounded in rate.
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.tx
-            .blocking_send(batch)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        self.note_dropped();
+        self.following = true;
+        self.send()
     }
 }
 
@@ -265,6 +285,11 @@ pub fn pattern(re: &str) -> Result<regex::Regex, LogsError> {
                     .to_string(),
             )
         })
+}
+
+/// Whether a line, masked, matches `--grep` (none: every line does).
+fn matches(grep: Option<&regex::Regex>, line: &str, secrets: &[String]) -> bool {
+    grep.is_none_or(|re| re.is_match(&crate::envfile::redact(line, secrets.iter())))
 }
 
 /// One line as shown: masked, escaped, cut.
@@ -368,7 +393,9 @@ pub fn show(
             });
         }
     }
-    let keep = |line: &str| grep.as_ref().is_none_or(|re| re.is_match(line));
+    // Matched against the line as shown (masked): a pattern must not probe
+    // an env-file value character by character.
+    let keep = |line: &str| matches(grep.as_ref(), line, &secrets);
     let write = |out: &mut dyn Write, line: String| -> Result<(), LogsError> {
         writeln!(out, "{line}").map_err(io("write"))
     };
@@ -538,7 +565,7 @@ fn copy_journal(
     while read_line(&mut reader, &mut buf).map_err(io("read journalctl"))? > 0 {
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches('\n');
-        if grep.is_none_or(|re| re.is_match(line)) {
+        if matches(grep, line, secrets) {
             writeln!(out, "{}", shown(label, line, secrets)).map_err(io("write"))?;
         }
         if reader.buffer().is_empty() {
@@ -569,27 +596,35 @@ mod tests {
     }
 
     #[test]
-    fn a_remote_sink_batches_lines_and_drops_past_its_rate_saying_how_many() {
+    fn a_remote_sink_sends_the_last_lines_whole_then_drops_past_its_rate_saying_how_many() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let mut sink = Sink::new(tx);
+        let received = |rx: &mut tokio::sync::mpsc::Receiver<Vec<String>>| {
+            let mut got: Vec<String> = Vec::new();
+            while let Ok(batch) = rx.try_recv() {
+                assert!(batch.len() <= BATCH_LINES);
+                got.extend(batch);
+            }
+            got
+        };
+        // The last lines asked for: all of them.
+        for i in 0..MAX_REMOTE_RATE + 10 {
+            writeln!(sink, "tail {i}").unwrap();
+        }
+        sink.flush().unwrap();
+        assert_eq!(received(&mut rx).len(), MAX_REMOTE_RATE as usize + 10);
+        // Followed: at most the rate; the flush says what was dropped.
+        sink.window = std::time::Instant::now();
         for i in 0..MAX_REMOTE_RATE + 10 {
             writeln!(sink, "line {i}").unwrap();
         }
         sink.flush().unwrap();
-        let mut got: Vec<String> = Vec::new();
-        while let Ok(batch) = rx.try_recv() {
-            assert!(batch.len() <= BATCH_LINES);
-            got.extend(batch);
-        }
-        assert_eq!(got.len(), MAX_REMOTE_RATE as usize);
+        let got = received(&mut rx);
+        assert_eq!(got.len(), MAX_REMOTE_RATE as usize + 1);
         assert_eq!(got[0], "line 0");
-        // The next second says what was dropped.
-        sink.window -= Duration::from_secs(1);
-        writeln!(sink, "later").unwrap();
-        sink.flush().unwrap();
         assert_eq!(
-            rx.try_recv().unwrap(),
-            ["[slipway] 10 lines dropped (over 1000 lines/s)", "later"]
+            got.last().unwrap(),
+            "[slipway] 10 lines dropped (over 1000 lines/s)"
         );
         drop(rx);
         writeln!(sink, "closed").unwrap();

@@ -236,7 +236,8 @@ impl Session {
             error,
         };
         let (out, out_rx) = mpsc::channel::<LogChunk>(4);
-        let call = tokio::spawn(async move { client.send_logs(ReceiverStream::new(out_rx)).await });
+        let mut call =
+            tokio::spawn(async move { client.send_logs(ReceiverStream::new(out_rx)).await });
         let open = OPEN_LOG_QUERIES.fetch_add(1, Ordering::SeqCst);
         if open >= MAX_LOG_QUERIES {
             OPEN_LOG_QUERIES.fetch_sub(1, Ordering::SeqCst);
@@ -265,27 +266,36 @@ impl Session {
                     })
                 }
             });
-            let forward = async {
-                // The first chunk opens the answer.
-                out.send(chunk(Vec::new(), String::new())).await?;
-                while let Some(lines) = rx.recv().await {
-                    out.send(chunk(lines, String::new())).await?;
+            // Owns the worker's channel: dropped with it, which a blocked
+            // worker sees as a closed pipe.
+            let forward = {
+                let out = out.clone();
+                async move {
+                    // The first chunk opens the answer.
+                    out.send(chunk(Vec::new(), String::new())).await?;
+                    while let Some(lines) = rx.recv().await {
+                        out.send(chunk(lines, String::new())).await?;
+                    }
+                    match worker.await {
+                        Ok(Err(crate::logs::LogsError::Closed)) | Ok(Ok(())) => {}
+                        Ok(Err(e)) => out.send(chunk(Vec::new(), e.to_string())).await?,
+                        Err(e) => out.send(chunk(Vec::new(), e.to_string())).await?,
+                    }
+                    Ok::<_, mpsc::error::SendError<LogChunk>>(())
                 }
-                match worker.await {
-                    Ok(Err(crate::logs::LogsError::Closed)) | Ok(Ok(())) => {}
-                    Ok(Err(e)) => out.send(chunk(Vec::new(), e.to_string())).await?,
-                    Err(e) => out.send(chunk(Vec::new(), e.to_string())).await?,
-                }
-                Ok::<_, mpsc::error::SendError<LogChunk>>(())
             };
-            tokio::select! {
-                _ = forward => {}
-                // The controller answered: nobody reads any more.
-                _ = out.closed() => {}
-            }
+            let answered = tokio::select! {
+                _ = forward => false,
+                // The controller answered (or the call failed): nobody
+                // reads any more.
+                _ = out.closed() => false,
+                _ = &mut call => true,
+            };
             stop.store(true, Ordering::Relaxed);
             drop(out);
-            let _ = call.await;
+            if !answered {
+                let _ = call.await;
+            }
             OPEN_LOG_QUERIES.fetch_sub(1, Ordering::SeqCst);
         });
     }

@@ -384,6 +384,23 @@ impl Intent<'_> {
             .desired_app(t.tenant, t.environment, t.app)
             .await?
             .ok_or_else(|| no_release(t.app, t.environment))?;
+        // Only what a host refused, naming its pending migrations, is
+        // approved: never a release deployed since, unseen.
+        let waiting = self
+            .store
+            .latest_rollout(t.tenant, t.app, t.environment)
+            .await?
+            .filter(|r| {
+                r.state == crate::lifecycle::RolloutState::Halted
+                    && r.to_version == current.version
+                    && r.reason.starts_with(crate::rollout::WAITING_FOR_MIGRATIONS)
+            });
+        if waiting.is_none() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "no rollout of {} {} in {} waits for migrations to be approved (see `slipctl rollout status {} --env {}`)",
+                t.app, current.version, t.environment, t.app, t.environment
+            )));
+        }
         if !self.dry_run {
             self.store
                 .approve_migrations(t.tenant, t.environment, t.app, &current.version, actor.name)

@@ -15,18 +15,20 @@ use tokio::sync::mpsc;
 
 /// Most hosts one query reads at once (past it, name one with `--host`).
 pub const MAX_HOSTS: usize = 100;
-/// Most queries open on the controller at once, every tenant together.
+/// Most queries open on the controller at once, every tenant together, and
+/// for one tenant (a query to 100 hosts is 100 queries).
 pub const MAX_OPEN: usize = 256;
+pub const MAX_OPEN_PER_TENANT: usize = 128;
 /// Most lines `-n` may ask for per process (the agent's own bound).
 pub const MAX_LINES: u32 = 10_000;
-/// The default of `-n`.
-pub const DEFAULT_LINES: u32 = 200;
 /// Longest `--grep` pattern, and the longest `--since`.
 pub const MAX_PATTERN_BYTES: usize = 1024;
 pub const MAX_SINCE: Duration = Duration::from_secs(90 * 24 * 3600);
-/// A chunk from a host with more lines, or a longer line, is refused: the
-/// agent batches at most 256 lines of at most 8 KiB (plus the marker).
-pub const MAX_CHUNK_LINES: usize = 1024;
+/// A chunk from a host with more lines or bytes, or a longer line, is
+/// refused: the agent batches at most 256 lines of at most 8 KiB (plus the
+/// marker).
+pub const MAX_CHUNK_LINES: usize = 512;
+pub const MAX_CHUNK_BYTES: usize = 3 << 20;
 pub const MAX_LINE_BYTES: usize = 9 * 1024;
 /// How long a host has to open its answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,8 +68,12 @@ struct Open {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{MAX_OPEN} log queries are open on the controller; try again when one ends")]
-pub struct TooMany;
+pub enum TooMany {
+    #[error("{MAX_OPEN} log queries are open on the controller; try again when one ends")]
+    Controller,
+    #[error("{MAX_OPEN_PER_TENANT} log queries of this tenant are open; try again when one ends")]
+    Tenant,
+}
 
 /// Forgets its query when dropped (the reader went away or the host is done).
 pub struct Asked {
@@ -95,10 +101,13 @@ impl LogQueries {
     ) -> Result<(Asked, mpsc::Receiver<HostLog>), TooMany> {
         let mut open = self.open.lock().expect("log queries lock");
         if open.len() >= MAX_OPEN {
-            return Err(TooMany);
+            return Err(TooMany::Controller);
+        }
+        if open.values().filter(|q| q.tenant == tenant).count() >= MAX_OPEN_PER_TENANT {
+            return Err(TooMany::Tenant);
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(4);
         open.insert(
             id,
             Open {
@@ -148,11 +157,17 @@ mod tests {
     }
 
     #[test]
-    fn open_queries_are_bounded() {
+    fn open_queries_are_bounded_per_tenant_and_in_all() {
         let q = Arc::new(LogQueries::default());
-        let held: Vec<_> = (0..MAX_OPEN).map(|_| q.open("t", "h").unwrap()).collect();
-        assert!(q.open("t", "h").is_err());
-        drop(held);
+        let held: Vec<_> = (0..MAX_OPEN_PER_TENANT)
+            .map(|_| q.open("t", "h").unwrap())
+            .collect();
+        assert!(matches!(q.open("t", "h"), Err(TooMany::Tenant)));
+        let others: Vec<_> = (MAX_OPEN_PER_TENANT..MAX_OPEN)
+            .map(|i| q.open(&format!("u{i}"), "h").unwrap())
+            .collect();
+        assert!(matches!(q.open("v", "h"), Err(TooMany::Controller)));
+        drop((held, others));
         assert!(q.open("t", "h").is_ok());
     }
 }

@@ -440,18 +440,31 @@ fn tally(r: &RolloutRow, counts: &[(u32, HostOutcome, u64)]) -> Tally {
 /// the counts; the hosts are read only to name them.
 async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError> {
     let t = tally(r, &ctx.store.rollout_tally(r.id).await?);
+    if t.failed > 0 {
+        // A host refused the release before anything stopped, for
+        // migrations a promoter must approve: the rollout stops there,
+        // whatever failures it tolerates, and nothing is reverted;
+        // `slipctl migrate` starts it again.
+        let hosts = ctx.store.rollout_hosts(r.id).await?;
+        let awaiting: Vec<&RolloutHostRow> = hosts
+            .iter()
+            .filter(|h| h.outcome.is_failure() && awaits_migrations(r, h))
+            .collect();
+        if !awaiting.is_empty() {
+            let reason = format!(
+                "{WAITING_FOR_MIGRATIONS} at step {}/{}: {}",
+                r.step + 1,
+                r.steps,
+                describe_failures(&awaiting)
+            );
+            return wait_for_migrations(ctx, r, &reason).await;
+        }
+    }
     if t.canary_failed || t.failed > r.strategy.max_failures.tolerated_of(t.hosts as usize) as u64 {
         let hosts = ctx.store.rollout_hosts(r.id).await?;
         let failed: Vec<&RolloutHostRow> =
             hosts.iter().filter(|h| h.outcome.is_failure()).collect();
-        // Refused before anything stopped, for migrations a promoter must
-        // approve: nothing to revert; `slipctl migrate` starts it again.
-        let awaiting = failed
-            .iter()
-            .all(|h| h.reason.contains(artifact::spec::MIGRATIONS_AWAITING));
-        let what = if awaiting {
-            "waiting for migrations to be approved"
-        } else if t.canary_failed {
+        let what = if t.canary_failed {
             "canary failed"
         } else {
             "failure threshold crossed"
@@ -462,9 +475,6 @@ async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError>
             r.steps,
             describe_failures(&failed)
         );
-        if awaiting {
-            return wait_for_migrations(ctx, r, &reason).await;
-        }
         return halt(ctx, r, &reason).await;
     }
     if r.state != RolloutState::Running || t.pending_in_step > 0 {
@@ -510,6 +520,21 @@ async fn conclude(ctx: &Ctx, r: &RolloutRow, now: i64) -> Result<(), StoreError>
         ctx.hub.desired_changed(&desired_change(r, None));
     }
     Ok(())
+}
+
+/// How the reason of a rollout halted for migrations a promoter must
+/// approve begins (`slipctl migrate` looks for it).
+pub const WAITING_FOR_MIGRATIONS: &str = "waiting for migrations to be approved";
+
+/// Whether the host refused the rollout's release for migrations awaiting a
+/// promoter's approval: the refusal the agent words itself
+/// ("<version>: migrations: awaiting a promoter's approval: …"), never text
+/// a hook or the app printed.
+fn awaits_migrations(r: &RolloutRow, h: &RolloutHostRow) -> bool {
+    h.reason
+        .strip_prefix(r.to_version.as_str())
+        .and_then(|rest| rest.strip_prefix(": migrations: "))
+        .is_some_and(|rest| rest.starts_with(artifact::spec::MIGRATIONS_AWAITING))
 }
 
 /// Stops a rollout whose hosts refused it for migrations awaiting approval:

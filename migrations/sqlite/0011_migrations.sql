@@ -13,3 +13,8 @@ CREATE TABLE migration_approvals (
     approved_at INTEGER NOT NULL,
     PRIMARY KEY (tenant, app, environment, version)
 );
+
+-- The publisher said the release has a [migrations] table: only its
+-- directives may carry apply_migrations (agents without the field verify
+-- every other directive unchanged).
+ALTER TABLE releases ADD COLUMN has_migrations INTEGER NOT NULL DEFAULT 0;

@@ -719,7 +719,7 @@ pub fn worker_release(dir: &Path, version: &str) -> PathBuf {
     std::fs::create_dir_all(&rel).expect("release dir");
     std::fs::write(
         rel.join("slipway.toml"),
-        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
+        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"seq -f 'worker line %g' 2000; exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
     )
     .expect("spec");
     std::fs::write(rel.join("VERSION"), version).expect("version file");

@@ -281,6 +281,8 @@ fn an_agent_killed_after_keeping_a_declaration_applies_it_when_restarted() {
         "kept before the kill"
     );
     h.spawn();
+    // (Once it is back: `apps set` waits for the hosts connected then.)
+    wait_hosts_connected(&c, &["k1"]);
     // The same command, run again, finds the host done.
     let out = c
         .ctl(&[

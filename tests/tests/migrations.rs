@@ -24,9 +24,9 @@ fn release(dir: &Path, version: &str, migrations: &[(&str, &str)]) -> std::path:
     for (name, body) in migrations {
         std::fs::write(rel.join("migrations").join(name), body).unwrap();
     }
-    let pending = r#"for f in migrations/*; do n=$(basename $f); grep -qx $n $MIGRATIONS_DB 2>/dev/null || echo $n; done"#;
+    let pending = r#"for f in migrations/*; do [ -e "$f" ] || continue; n=$(basename $f); grep -qx $n $MIGRATIONS_DB 2>/dev/null || echo $n; done"#;
     let dry_run = r#"if grep -l FAIL migrations/* >/dev/null; then echo "would fail on $DATABASE_URL"; exit 1; fi"#;
-    let apply = r#"for f in migrations/*; do n=$(basename $f); grep -qx $n $MIGRATIONS_DB 2>/dev/null || echo $n >> $MIGRATIONS_DB; done; echo "applied to $DATABASE_URL""#;
+    let apply = r#"for f in migrations/*; do [ -e "$f" ] || continue; n=$(basename $f); grep -qx $n $MIGRATIONS_DB 2>/dev/null || echo $n >> $MIGRATIONS_DB; done; echo "applied to $DATABASE_URL""#;
     let mut spec = std::fs::read_to_string(rel.join("slipway.toml")).unwrap();
     spec.push_str(&format!(
         "\n[migrations]\npending = [\"sh\", \"-c\", {pending:?}]\ndry_run = [\"sh\", \"-c\", {dry_run:?}]\napply = [\"sh\", \"-c\", {apply:?}]\ntimeout_secs = 20\n"
@@ -74,6 +74,26 @@ fn preprod_applies_migrations_production_waits_for_a_promoter_and_a_failing_dry_
         "production never applies by itself"
     );
 
+    // 0.9.0, before any migration, runs everywhere.
+    let rel = release(t.path(), "0.9.0", &[]);
+    publish_dir(&c, &rel, "0.9.0");
+    c.deploy_wait("0.9.0", "preprod").ok();
+    c.ctl(&[
+        "promote",
+        "web",
+        "--from",
+        "preprod",
+        "--to",
+        "prod",
+        "--wait",
+        "--timeout",
+        "60",
+    ])
+    .ok();
+    prod1.wait_serving("0.9.0");
+    prod2.wait_serving("0.9.0");
+    let prod1_pid = prod1.app_pid();
+
     // Preprod (auto): applied before the flip, the output masked.
     let rel = release(t.path(), "1.0.0", &[("0001_users", "create table users")]);
     publish_dir(&c, &rel, "1.0.0");
@@ -83,6 +103,15 @@ fn preprod_applies_migrations_production_waits_for_a_promoter_and_a_failing_dry_
     let log = pre.deploy_log();
     assert!(log.contains("applied to ***"), "{log}");
     assert!(!log.contains("postgres://app@db/app"), "{log}");
+    // Nothing waits for an approval there.
+    let out = c.ctl(&["migrate", "web", "--env", "preprod"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("no rollout of web 1.0.0 in preprod waits for migrations to be approved"),
+        "{}",
+        out.stderr
+    );
 
     // A dry run of the promotion: the plan, nothing changed.
     let before = c.ctl(&["history", "-o", "json"]).ok().stdout;
@@ -98,9 +127,9 @@ fn preprod_applies_migrations_production_waits_for_a_promoter_and_a_failing_dry_
         ])
         .ok();
     for want in [
-        "promote (dry run, nothing changed): web in prod: (none) -> 1.0.0",
-        "step 1 (canary): prod-1 (connected, runs nothing)",
-        "step 2: prod-2 (connected, runs nothing)",
+        "promote (dry run, nothing changed): web in prod: 0.9.0 -> 1.0.0",
+        "step 1 (canary): prod-1 (connected, runs 0.9.0)",
+        "step 2: prod-2 (connected, runs 0.9.0)",
         "held at what they run until their step: prod-2",
         "migrations (manual)",
     ] {
@@ -125,7 +154,7 @@ fn preprod_applies_migrations_production_waits_for_a_promoter_and_a_failing_dry_
     assert_eq!(plan["plan"]["steps"][0]["hosts"][0]["host"], "prod-1");
     assert_eq!(plan["plan"]["migrations"], "manual");
 
-    // Production (manual): the canary refuses before anything runs there,
+    // Production (manual): the canary refuses before anything stops there,
     // naming what is pending; nothing is applied, nothing reverted.
     let out = c.ctl(&[
         "promote",
@@ -148,13 +177,22 @@ fn preprod_applies_migrations_production_waits_for_a_promoter_and_a_failing_dry_
         "{said}"
     );
     assert!(applied(&prod_db).is_empty());
-    assert_eq!(prod1.app_says(), None);
-    assert_eq!(prod2.app_says(), None);
-    let status = c
-        .ctl(&["rollout", "status", "web", "--env", "prod", "-o", "json"])
-        .ok()
-        .json();
+    assert_eq!(prod1.app_says().as_deref(), Some("sample-app 0.9.0"));
+    assert_eq!(prod1.app_pid(), prod1_pid, "nothing stopped on the canary");
+    assert_eq!(prod2.app_says().as_deref(), Some("sample-app 0.9.0"));
+    let rollout = || {
+        c.ctl(&["rollout", "status", "web", "--env", "prod", "-o", "json"])
+            .ok()
+            .json()
+    };
+    let status = rollout();
     assert_eq!(status["state"], "halted", "{status}");
+    assert_eq!(status["to_version"], "1.0.0", "not reverted: {status}");
+    // A dry run of the approval changes nothing.
+    c.ctl(&["migrate", "web", "--env", "prod", "--dry-run"])
+        .ok();
+    assert_eq!(rollout()["id"], status["id"]);
+    assert!(applied(&prod_db).is_empty());
 
     // Only a promoter approves; then the canary applies, the next host
     // finds nothing pending, and both serve.

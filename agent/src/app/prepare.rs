@@ -277,6 +277,11 @@ impl AppRunner {
         self.env_for(&version)?;
         self.warn_env_duplicates(&version);
         if p.kept {
+            // A release kept here (deployed again): its files are as
+            // installed, but the database may not be.
+            if let (Some(m), Some(d)) = (&spec.migrations, &w.directive) {
+                self.migrate(m, &release, p, d).await?;
+            }
             return Ok(Outcome::Ok);
         }
         // The baseline takes each file's digest from the manifest (the unpack

@@ -23,7 +23,7 @@ use super::SharedCtx;
 use crate::auth::{self, AgentId};
 use crate::error::ControllerError;
 use crate::hub::Recompute;
-use crate::logs::{HostLog, LogAsk, MAX_CHUNK_LINES, MAX_LINE_BYTES};
+use crate::logs::{HostLog, LogAsk, MAX_CHUNK_BYTES, MAX_CHUNK_LINES, MAX_LINE_BYTES};
 use crate::store::HostAppReport;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,9 +52,10 @@ fn host_log(c: LogChunk) -> Result<HostLog, Status> {
     if !c.error.is_empty() {
         return Ok(HostLog::Error(crate::sanitize::owned(c.error, MAX_TEXT)));
     }
-    if c.lines.len() > MAX_CHUNK_LINES {
+    let bytes: usize = c.lines.iter().map(String::len).sum();
+    if c.lines.len() > MAX_CHUNK_LINES || bytes > MAX_CHUNK_BYTES {
         return Err(Status::invalid_argument(format!(
-            "a log chunk of {} lines (at most {MAX_CHUNK_LINES})",
+            "a log chunk of {} lines, {bytes} bytes (at most {MAX_CHUNK_LINES}, {MAX_CHUNK_BYTES})",
             c.lines.len()
         )));
     }
@@ -334,11 +335,12 @@ impl AgentsService {
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
         let (rollback_authorization, rollback_terms) =
             super::releases::stored_authorization(&d.authorization);
-        let apply_migrations = self
-            .ctx
-            .store
-            .migrations_allowed(&h.tenant, &h.environment, &d.app, &d.version)
-            .await?;
+        let apply_migrations = d.has_migrations
+            && self
+                .ctx
+                .store
+                .migrations_allowed(&h.tenant, &h.environment, &d.app, &d.version)
+                .await?;
         let directive = trust::sign::Directive {
             tenant: &h.tenant,
             host: &h.host,
@@ -685,7 +687,15 @@ impl Agents for AgentsService {
         };
         let mut chunk = first;
         loop {
-            let msg = host_log(chunk)?;
+            let msg = match host_log(chunk) {
+                Ok(msg) => msg,
+                Err(status) => {
+                    // Whoever asked hears why the output stops.
+                    let why = format!("answer refused: {}", status.message());
+                    let _ = answers.send(HostLog::Error(why)).await;
+                    return Err(status);
+                }
+            };
             let last = matches!(msg, HostLog::Error(_));
             if answers.send(msg).await.is_err() || last {
                 break;
@@ -693,9 +703,14 @@ impl Agents for AgentsService {
             // Whoever asked may go away while the host has nothing to say.
             chunk = tokio::select! {
                 _ = answers.closed() => break,
-                next = inbound.message() => match next? {
-                    Some(c) => c,
-                    None => break,
+                next = inbound.message() => match next {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let why = crate::sanitize::text(status.message(), MAX_TEXT);
+                        let _ = answers.send(HostLog::Error(format!("answer ended: {why}"))).await;
+                        return Err(status);
+                    }
                 },
             };
         }

@@ -13,8 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{SharedCtx, reader};
 use crate::logs::{
-    ANSWER_TIMEOUT, Asked, DEFAULT_LINES, HostLog, LogAsk, MAX_HOSTS, MAX_LINES, MAX_PATTERN_BYTES,
-    MAX_SINCE,
+    ANSWER_TIMEOUT, Asked, HostLog, LogAsk, MAX_HOSTS, MAX_LINES, MAX_PATTERN_BYTES, MAX_SINCE,
 };
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLines, Status>> + Send>>;
@@ -24,6 +23,9 @@ fn checked(r: &LogsRequest) -> Result<LogAsk, Status> {
     let bad = |m: String| Status::invalid_argument(m);
     validate_name(NameKind::App, &r.app).map_err(|e| bad(e.to_string()))?;
     validate_name(NameKind::Environment, &r.environment).map_err(|e| bad(e.to_string()))?;
+    if !r.host.is_empty() {
+        validate_name(NameKind::Host, &r.host).map_err(|e| bad(format!("--host: {e}")))?;
+    }
     if !r.process.is_empty() {
         validate_name(NameKind::App, &r.process).map_err(|e| bad(format!("process: {e}")))?;
     }
@@ -55,7 +57,7 @@ fn checked(r: &LogsRequest) -> Result<LogAsk, Status> {
         id: 0,
         app: r.app.clone(),
         process: r.process.clone(),
-        lines: if r.lines == 0 { DEFAULT_LINES } else { r.lines },
+        lines: r.lines,
         follow: r.follow,
         since_secs: r.since_secs,
         grep: r.grep.clone(),
@@ -94,7 +96,8 @@ pub async fn logs(
             hosts.len()
         )));
     }
-    let (out, rx) = mpsc::channel::<Result<LogLines, Status>>(16);
+    // Room for every host's error line before anyone reads.
+    let (out, rx) = mpsc::channel::<Result<LogLines, Status>>(16 + hosts.len());
     for host in hosts {
         let (asked, answers) = ctx
             .logs
@@ -185,8 +188,7 @@ mod tests {
 
     #[test]
     fn a_query_over_its_bounds_is_refused_before_any_host_hears_of_it() {
-        let ok = checked(&req()).unwrap();
-        assert_eq!(ok.lines, DEFAULT_LINES);
+        assert!(checked(&req()).is_ok());
         for (r, want) in [
             (
                 LogsRequest {

@@ -312,6 +312,13 @@ impl Releases for ReleasesService {
         };
         audit(&self.ctx, &who, "publish", &app, "", &version, &outcome).await;
         let (release, already_present) = result?;
+        if req.has_migrations && !already_present {
+            self.ctx
+                .store
+                .mark_migrations(&tenant, &release.app, &release.version)
+                .await
+                .map_err(ControllerError::from)?;
+        }
         Ok(Response::new(CreateReleaseResponse {
             release: Some(release_to_proto(release)),
             already_present,

@@ -42,6 +42,9 @@ pub struct DesiredRow {
     /// Operator rollback authorization, JSON signatures (`release_as_desired`: none).
     #[sqlx(default)]
     pub authorization: String,
+    /// The release has a `[migrations]` table (its publisher said so).
+    #[sqlx(default)]
+    pub has_migrations: bool,
 }
 
 /// Why a release was not yanked.
@@ -207,6 +210,19 @@ impl Store {
         .bind(manifest_digest)
         .fetch_optional(self.db())
         .await?)
+    }
+
+    /// Notes that the release has a `[migrations]` table (its publisher said so).
+    pub async fn mark_migrations(&self, tenant: &str, app: &str, version: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE releases SET has_migrations = 1 WHERE tenant = ? AND app = ? AND version = ?",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(version)
+        .execute(self.writer())
+        .await?;
+        Ok(())
     }
 
     /// Inserts the release unless (tenant, app, version) exists; returns the stored
@@ -448,7 +464,7 @@ impl Store {
     ) -> Result<Option<DesiredRow>> {
         Ok(sqlx::query_as(
             "SELECT r.app, r.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest,
-                    r.counter, r.signatures, d.authorization
+                    r.counter, r.signatures, d.authorization, r.has_migrations
              FROM desired d
              JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
              WHERE d.tenant = ? AND d.environment = ? AND d.app = ?",
@@ -470,7 +486,8 @@ impl Store {
         generation: u64,
     ) -> Result<Option<DesiredRow>> {
         let row: Option<DesiredRow> = sqlx::query_as(
-            "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures
+            "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures,
+                    has_migrations
              FROM releases WHERE tenant = ? AND app = ? AND version = ?",
         )
         .bind(tenant)

@@ -183,12 +183,14 @@ and while a host of either environment carries unacknowledged drift."
     /// hosts that refused it try once more, healthy ones just confirm it.
     #[command(after_help = "Example:\n  slipctl retry web --env preprod")]
     Retry(RetryArgs),
-    /// Approve the pending database migrations of the release APP desires in
-    /// ENV and roll it out again: its first host applies them before the flip.
+    /// Approve the pending migrations a host found in the release APP desires
+    /// in ENV and roll it out again: the hosts of its first step apply them
+    /// before their flip.
     #[command(after_help = "Example:\n  slipctl migrate web --env prod --wait\n\n\
 In an environment whose migrations policy is manual (production's default, see\n\
 `slipctl envs`), hosts refuse a release with pending migrations before anything stops,\n\
-and the rollout waits, naming them. Production needs the promoter role.")]
+and the rollout waits, naming them; only that release is approved (refused when no\n\
+rollout waits). Production needs the promoter role.")]
     Migrate(RetryArgs),
     /// List the published releases of APP, newest first.
     #[command(after_help = "Example:\n  slipctl releases web")]

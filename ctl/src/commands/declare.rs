@@ -230,12 +230,23 @@ async fn follow(
     timeout: Duration,
 ) -> Result<Followed> {
     let started = Instant::now();
+    // The hosts connected when the change was made: one that takes it and
+    // reconnects (a declaration restarts the agent's session) is still
+    // waited for.
+    let mut watched: Option<std::collections::HashSet<String>> = None;
     loop {
         let r = app_hosts(c, app, env).await?;
+        let watched = watched.get_or_insert_with(|| {
+            r.hosts
+                .iter()
+                .filter(|h| h.connected)
+                .map(|h| h.host.clone())
+                .collect()
+        });
         let concerned: Vec<&AppHostState> = r
             .hosts
             .iter()
-            .filter(|h| h.connected && (only.is_empty() || h.host == only))
+            .filter(|h| watched.contains(&h.host) && (only.is_empty() || h.host == only))
             .filter(|h| removing || h.declared)
             .collect();
         // Removing the app: a host is done once it stopped it and said so

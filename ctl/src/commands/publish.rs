@@ -64,7 +64,8 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
         let msg = format!("{} is not a directory", a.dir.display());
         return Err(CtlError::Usage(msg));
     }
-    ReleaseSpec::load(&a.dir).map_err(|e| failed(format!("release spec: {e}")))?;
+    let spec = ReleaseSpec::load(&a.dir).map_err(|e| failed(format!("release spec: {e}")))?;
+    let has_migrations = spec.migrations.is_some();
     let commit = git_commit(&a.dir, a.allow_dirty)?;
 
     let src = a.dir.clone();
@@ -90,7 +91,7 @@ pub async fn run(a: PublishArgs, c: &mut Clients, fmt: Format) -> Result<()> {
         uploaded_bytes = size;
     }
 
-    let resp = register(c, &manifest, key.as_ref(), packs).await?;
+    let resp = register(c, &manifest, key.as_ref(), packs, has_migrations).await?;
     let release = resp.release.unwrap_or_default();
     let out = PublishedJson {
         app: a.app,
@@ -294,6 +295,7 @@ async fn register(
     manifest: &Manifest,
     key: Option<&trust::sign::KeyPair>,
     packs: Vec<String>,
+    has_migrations: bool,
 ) -> Result<CreateReleaseResponse> {
     let (counter, signatures) = match key {
         None => (0, Vec::new()),
@@ -331,6 +333,7 @@ async fn register(
         counter,
         signatures,
         packs,
+        has_migrations,
     };
     let r = c.releases.create_release(req).await;
     Ok(r.map_err(|s| from_status(&c.url, s))?.into_inner())

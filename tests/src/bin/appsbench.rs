@@ -7,7 +7,8 @@
 //!   release's health hold is 1 s), `SLIPWAY_BENCH_ROUNDS` times;
 //! - a new app on `SLIPWAY_BENCH_HOSTS` hosts (default 20): `slipctl apps add`
 //!   (which waits) until every host runs the environment's release healthy,
-//!   then `slipctl apps remove` until every host stopped it.
+//!   `slipctl logs -n 1000` across them (each worker wrote 2,000 lines), then
+//!   `slipctl apps remove` until every host stopped it.
 //!
 //! The agents run with `--no-start` joins and are started by this process:
 //! PID 1 here is not systemd (the package test starts the unit on a real one).
@@ -90,6 +91,23 @@ fn main() -> anyhow::Result<()> {
     let healthy = healthy_hosts(&c, "1.0.0");
     println!(
         "apps add web on {hosts} hosts: {add_secs:.2} s until every host ran 1.0.0 healthy ({healthy} healthy; 1 s health hold)"
+    );
+    // Every host's output through its session: 1,000 lines from each.
+    let mut logs = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let out = c.ctl(&["logs", "web", "--env", "preprod", "-n", "1000"]);
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(out.code, 0, "logs: {}", out.stderr);
+        logs.push((secs, out.stdout.lines().count()));
+    }
+    println!(
+        "slipctl logs web on {hosts} hosts, -n 1000: {} (lines: {})",
+        logs.iter()
+            .map(|(s, _)| format!("{s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        logs[0].1
     );
     let start = Instant::now();
     let out = c.ctl(&["apps", "remove", "web", "--env", "preprod"]);
