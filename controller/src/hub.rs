@@ -85,7 +85,7 @@ pub struct Session {
     pub id: u64,
     wake: Arc<Wake>,
     /// Log queries for the host (`Hub::ask_logs`), taken by the session loop.
-    asks: Mutex<Option<mpsc::Receiver<LogAsk>>>,
+    asks: Mutex<Option<mpsc::Receiver<Box<LogAsk>>>>,
 }
 
 impl Session {
@@ -101,7 +101,7 @@ impl Session {
     }
 
     /// The log queries asked of this host (once: the session loop's).
-    pub fn take_asks(&self) -> Option<mpsc::Receiver<LogAsk>> {
+    pub fn take_asks(&self) -> Option<mpsc::Receiver<Box<LogAsk>>> {
         self.asks.lock().expect("asks lock").take()
     }
 
@@ -125,7 +125,8 @@ struct Entry {
     environment: String,
     apps: Vec<String>,
     wake: Arc<Wake>,
-    asks: mpsc::Sender<LogAsk>,
+    /// Boxed: a channel keeps a block of slots per session, idle or not.
+    asks: mpsc::Sender<Box<LogAsk>>,
 }
 
 /// Log queries waiting for one session to carry them.
@@ -431,7 +432,7 @@ impl Hub {
             .lock()
             .expect("hub lock")
             .get(&(tenant.to_string(), host.to_string()))
-            .is_some_and(|e| e.asks.try_send(ask).is_ok())
+            .is_some_and(|e| e.asks.try_send(Box::new(ask)).is_ok())
     }
 
     pub fn connected(&self, tenant: &str, host: &str) -> bool {

@@ -491,7 +491,7 @@ impl Agents for AgentsService {
                         push_declared = declared;
                     }
                     Some(ask) = async { asks.as_mut()?.recv().await }, if asks.is_some() => {
-                        let msg = ControllerMessage { msg: Some(controller_message::Msg::Logs(logs_query(ask))) };
+                        let msg = ControllerMessage { msg: Some(controller_message::Msg::Logs(logs_query(*ask))) };
                         if tx.send(Ok(msg)).await.is_err() {
                             break;
                         }
