@@ -92,22 +92,47 @@ fn main() -> anyhow::Result<()> {
     println!(
         "apps add web on {hosts} hosts: {add_secs:.2} s until every host ran 1.0.0 healthy ({healthy} healthy; 1 s health hold)"
     );
-    // Every host's output through its session: 1,000 lines from each.
+    // Every host's output through its session: 1,000 lines from each,
+    // side by side with `tail -n 1000` of the same files on this machine
+    // (what an operator with a shell on every host reads, minus the SSH).
+    let files: Vec<std::path::PathBuf> = agents
+        .iter()
+        .map(|a| a.state_dir.join("apps/web/logs/worker.log"))
+        .collect();
     let mut logs = Vec::new();
     for _ in 0..rounds {
         let start = Instant::now();
         let out = c.ctl(&["logs", "web", "--env", "preprod", "-n", "1000"]);
         let secs = start.elapsed().as_secs_f64();
         assert_eq!(out.code, 0, "logs: {}", out.stderr);
-        logs.push((secs, out.stdout.lines().count()));
+        let start = Instant::now();
+        let mut local = 0;
+        for f in &files {
+            let tail = std::process::Command::new("tail")
+                .args(["-n", "1000"])
+                .arg(f)
+                .output()?;
+            local += tail.stdout.split(|b| *b == b'\n').count() - 1;
+        }
+        let tail_secs = start.elapsed().as_secs_f64();
+        logs.push((secs, out.stdout.lines().count(), tail_secs, local));
     }
     println!(
-        "slipctl logs web on {hosts} hosts, -n 1000: {} (lines: {})",
+        "slipctl logs web on {hosts} hosts, -n 1000: {} ({} lines); `tail -n 1000` of the {hosts} files here: {} ({} lines); ratio {}",
         logs.iter()
-            .map(|(s, _)| format!("{s:.2} s"))
+            .map(|l| format!("{:.3} s", l.0))
             .collect::<Vec<_>>()
             .join(" / "),
-        logs[0].1
+        logs[0].1,
+        logs.iter()
+            .map(|l| format!("{:.3} s", l.2))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        logs[0].3,
+        logs.iter()
+            .map(|l| format!("{:.1}x", l.0 / l.2))
+            .collect::<Vec<_>>()
+            .join(" / "),
     );
     let start = Instant::now();
     let out = c.ctl(&["apps", "remove", "web", "--env", "preprod"]);
