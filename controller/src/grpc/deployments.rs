@@ -32,6 +32,35 @@ impl DeploymentsService {
         }
     }
 
+    /// `retry`, or `migrate` (an approval, then a retry): the release app@env
+    /// desires rolled out again.
+    async fn again(
+        &self,
+        req: Request<RetryRequest>,
+        action: &str,
+    ) -> std::result::Result<Response<DeployResponse>, Status> {
+        let who = authorize(&self.ctx, &req, Want::Change, action).await?;
+        let r = req.into_inner();
+        let (name, may_force) = actor(&who);
+        let target = Target {
+            tenant: &who.tenant,
+            app: &r.app,
+            environment: &r.environment,
+        };
+        let actor = Actor {
+            name: &name,
+            may_force,
+        };
+        let intent = self.intent(r.dry_run);
+        let result = if action == "migrate" {
+            intent.migrate(&actor, target).await
+        } else {
+            intent.retry(&actor, target).await
+        };
+        self.audited(r.dry_run, &who, action, &r.app, &r.environment, result)
+            .await
+    }
+
     /// Writes the change (or its refusal) to the audit log, unless it was
     /// a dry run (it changed nothing), and answers it.
     async fn audited(
@@ -238,42 +267,14 @@ impl Deployments for DeploymentsService {
         &self,
         req: Request<RetryRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let who = authorize(&self.ctx, &req, Want::Change, "retry").await?;
-        let r = req.into_inner();
-        let (name, may_force) = actor(&who);
-        let target = Target {
-            tenant: &who.tenant,
-            app: &r.app,
-            environment: &r.environment,
-        };
-        let actor = Actor {
-            name: &name,
-            may_force,
-        };
-        let result = self.intent(r.dry_run).retry(&actor, target).await;
-        self.audited(r.dry_run, &who, "retry", &r.app, &r.environment, result)
-            .await
+        self.again(req, "retry").await
     }
 
     async fn migrate(
         &self,
         req: Request<RetryRequest>,
     ) -> std::result::Result<Response<DeployResponse>, Status> {
-        let who = authorize(&self.ctx, &req, Want::Change, "migrate").await?;
-        let r = req.into_inner();
-        let (name, may_force) = actor(&who);
-        let target = Target {
-            tenant: &who.tenant,
-            app: &r.app,
-            environment: &r.environment,
-        };
-        let actor = Actor {
-            name: &name,
-            may_force,
-        };
-        let result = self.intent(r.dry_run).migrate(&actor, target).await;
-        self.audited(r.dry_run, &who, "migrate", &r.app, &r.environment, result)
-            .await
+        self.again(req, "migrate").await
     }
 
     async fn rollout_status(

@@ -191,8 +191,14 @@ async fn report(
     follow_change(c, r, wait, fmt).await
 }
 
-/// A dry run: the change and the plan the controller would run.
-fn print_plan(action: &str, r: &DeployResponse, from: Option<&str>) {
+/// The first lines of a change: what moves from what to what, the release.
+/// Returns (app, env), escaped.
+fn print_headline(
+    action: &str,
+    r: &DeployResponse,
+    from: Option<&str>,
+    tail: &str,
+) -> (String, String) {
     let prev = if r.previous_version.is_empty() {
         "(none)"
     } else {
@@ -200,7 +206,7 @@ fn print_plan(action: &str, r: &DeployResponse, from: Option<&str>) {
     };
     let (app, env) = (escape(&r.app), escape(&r.environment));
     say!(
-        "{action} (dry run, nothing changed): {app} in {env}: {} -> {}",
+        "{action}: {app} in {env}: {} -> {}{tail}",
         escape(prev),
         escape(&r.version),
     );
@@ -208,6 +214,12 @@ fn print_plan(action: &str, r: &DeployResponse, from: Option<&str>) {
     if let Some(from) = from {
         say!("  same artifact as {}", escape(from));
     }
+    (app, env)
+}
+
+/// A dry run: the change and the plan the controller would run.
+fn print_plan(action: &str, r: &DeployResponse, from: Option<&str>) {
+    let (app, env) = print_headline(&format!("{action} (dry run, nothing changed)"), r, from, "");
     if let Some(s) = &r.strategy {
         say!(
             "  strategy: canary {}, batches of {}, pause {}s, max failures {}, auto-revert {}",
@@ -272,22 +284,8 @@ fn print_plan(action: &str, r: &DeployResponse, from: Option<&str>) {
 }
 
 fn print_change(action: &str, r: &DeployResponse, from: Option<&str>) {
-    let prev = if r.previous_version.is_empty() {
-        "(none)"
-    } else {
-        r.previous_version.as_str()
-    };
-    let (app, env) = (escape(&r.app), escape(&r.environment));
-    say!(
-        "{action}: {app} in {env}: {} -> {} (generation {})",
-        escape(prev),
-        escape(&r.version),
-        r.generation
-    );
-    say!("  release {}", escape(&r.manifest_digest));
-    if let Some(from) = from {
-        say!("  same artifact as {}", escape(from));
-    }
+    let tail = format!(" (generation {})", r.generation);
+    let (app, env) = print_headline(action, r, from, &tail);
     if r.migrations == "manual" {
         say!(
             "  migrations (manual): if the release has pending migrations, its first host refuses it before anything stops and the rollout waits for `slipctl migrate {app} --env {env}`"
