@@ -715,11 +715,24 @@ pub fn status_row(c: &Controller, host: &str) -> Option<serde_json::Value> {
 /// A release whose one process is a worker (`sleep`): healthy once it stays
 /// up 1 s; no port, no env.
 pub fn worker_release(dir: &Path, version: &str) -> PathBuf {
+    worker_release_writing(dir, version, 0)
+}
+
+/// A worker release whose process writes `lines` numbered lines to its
+/// output when it starts (`worker line N`), then sleeps.
+pub fn worker_release_writing(dir: &Path, version: &str, lines: u32) -> PathBuf {
     let rel = dir.join(format!("worker-release-{version}"));
     std::fs::create_dir_all(&rel).expect("release dir");
+    let write = if lines == 0 {
+        String::new()
+    } else {
+        format!("seq -f 'worker line %g' {lines}; ")
+    };
     std::fs::write(
         rel.join("slipway.toml"),
-        "[processes.worker]\ncommand = [\"sh\", \"-c\", \"seq -f 'worker line %g' 2000; exec sleep 100000\"]\nhealth = { min_healthy_secs = 1 }\n",
+        format!(
+            "[processes.worker]\ncommand = [\"sh\", \"-c\", \"{write}exec sleep 100000\"]\nhealth = {{ min_healthy_secs = 1 }}\n"
+        ),
     )
     .expect("spec");
     std::fs::write(rel.join("VERSION"), version).expect("version file");

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    Agent, Controller, eventually, join_host, wait_hosts_connected, worker_release,
+    Agent, Controller, eventually, join_host, wait_hosts_connected, worker_release_writing,
 };
 
 /// Hosts whose `web` runs `version` healthy, per `slipctl apps show`.
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     let rounds = number("SLIPWAY_BENCH_ROUNDS", 3).max(1);
     let t = tempfile::tempdir()?;
     let c = Controller::start(t.path());
-    let rel = worker_release(t.path(), "1.0.0");
+    let rel = worker_release_writing(t.path(), "1.0.0", 2000);
     c.ctl(&[
         "publish",
         rel.to_str().expect("utf8"),
