@@ -179,12 +179,24 @@ pub async fn run(
     let enrollment =
         EnrollmentServer::new(grpc::enrollment::EnrollmentService { ctx: ctx.clone() })
             .max_decoding_message_size(64 * 1024);
+    // SERVING from the start; NOT_SERVING once shutdown begins, so a load
+    // balancer stops sending before the listeners close.
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    });
     let per_ip = config.edge.connections_per_ip;
     let tls_server = server_builder(&ctx, true)
         .tls_config(tls)?
         .add_service(agents)
         .add_service(enrollment);
-    let tls_server = add_api(tls_server, &ctx).serve_with_incoming_shutdown(
+    let tls_server = add_api(tls_server, &ctx, &health).serve_with_incoming_shutdown(
         edge::limit_connections(listener, per_ip, ctx.clone(), shutdown.clone()),
         shutdown.cancelled(),
     );
@@ -199,6 +211,7 @@ pub async fn run(
             let plain_server = add_api(
                 server_builder(&ctx, false).add_routes(tonic::service::Routes::default()),
                 &ctx,
+                &health,
             )
             .serve_with_incoming_shutdown(
                 edge::limit_connections(plain, per_ip, ctx.clone(), shutdown.clone()),
@@ -233,9 +246,17 @@ fn server_builder(ctx: &ctx::SharedCtx, agents: bool) -> tonic::transport::Serve
 }
 
 /// The services slipctl and CI call (Releases, Deployments, Admin).
-fn add_api(router: Router, ctx: &ctx::SharedCtx) -> Router {
+/// The API services on a router, with the gRPC health service
+/// (`grpc.health.v1.Health`, no token needed: a load balancer's or a
+/// monitor's probe).
+fn add_api<H: tonic_health::pb::health_server::Health>(
+    router: Router,
+    ctx: &ctx::SharedCtx,
+    health: &tonic_health::pb::health_server::HealthServer<H>,
+) -> Router {
     let limit = proto::MAX_MESSAGE_BYTES;
     router
+        .add_service(health.clone())
         .add_service(
             ReleasesServer::new(grpc::releases::ReleasesService { ctx: ctx.clone() })
                 .max_decoding_message_size(limit)

@@ -124,6 +124,36 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 #[test]
+fn the_grpc_health_check_answers_without_a_token() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let rt = rt();
+    rt.block_on(async {
+        // What a load balancer asks: no token, no client certificate.
+        let mut health = HealthClient::new(c.channel().await);
+        let serving = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("the controller answers its health check")
+            .into_inner();
+        assert_eq!(
+            serving.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+        let unknown = health
+            .check(HealthCheckRequest {
+                service: "nope".into(),
+            })
+            .await
+            .expect_err("an unknown service");
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+    });
+}
+
+#[test]
 fn anonymous_streams_announcing_large_messages_are_refused_unread() {
     let t = tempfile::tempdir().unwrap();
     let (c, plain) = controller_with_plaintext(t.path(), &[]);
