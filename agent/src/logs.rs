@@ -112,11 +112,21 @@ fn read_marks(log: &Path) -> Vec<(u64, u64)> {
 /// monitor round). A log that shrank (rotated) starts its marks again.
 pub fn mark(paths: &AppPaths) {
     for (_, log) in log_files(paths) {
-        let Ok(len) = std::fs::metadata(&log).map(|m| m.len()) else {
+        let Ok(log_meta) = std::fs::metadata(&log) else {
             continue;
         };
+        let len = log_meta.len();
         let marks = marks_path(&log);
-        let size = std::fs::metadata(&marks).map(|m| m.len()).unwrap_or(0);
+        let marks_meta = std::fs::metadata(&marks).ok();
+        // Nothing written since the last mark: two stats, no read (this runs
+        // every monitor round for every process).
+        let modified = |m: &std::fs::Metadata| m.modified().ok();
+        if let Some(mm) = &marks_meta
+            && modified(&log_meta).is_some_and(|l| modified(mm).is_some_and(|m| l <= m))
+        {
+            continue;
+        }
+        let size = marks_meta.map_or(0, |m| m.len());
         let last = if size == 0 {
             None
         } else {

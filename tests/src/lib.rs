@@ -781,3 +781,22 @@ pub fn wait_hosts_connected(c: &Controller, hosts: &[&str]) {
         },
     );
 }
+
+/// The lines a child writes on its piped stdout, as they come (read on a
+/// thread of their own until the pipe closes or the receiver is dropped).
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

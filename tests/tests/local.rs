@@ -1,7 +1,6 @@
 //! What an operator can do on the host when the controller is down:
 //! `slipway-agent status | releases | rollback | logs`.
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -127,18 +126,7 @@ fn logs_show_the_apps_output_with_env_values_masked_and_follow_it() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = integration_tests::stdout_lines(&mut follow);
     let seen = eventually(Duration::from_secs(10), "the followed request", || {
         http_get(agent.app_port, "/followed-42");
         rx.try_iter().find(|l| l == "[web] GET /followed-42")

@@ -1,7 +1,6 @@
 //! `slipctl logs`: an app's output from every host that runs it, through the
 //! agents' sessions, with the real controller, agents and app.
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -23,18 +22,7 @@ fn follow(
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = integration_tests::stdout_lines(&mut child);
     (child, rx)
 }
 
