@@ -245,3 +245,36 @@ fn preprod_applies_migrations_production_waits_for_a_promoter_and_a_failing_dry_
     assert_eq!(pre.app_pid(), pid, "the serving process never stopped");
     assert_eq!(applied(&pre_db), ["0001_users"]);
 }
+
+#[test]
+fn an_agent_killed_while_applying_migrations_converges_when_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let db = t.path().join("preprod.db");
+    let mut a = Agent::configured(t.path(), &c, "kill-1", "preprod", &env_lines(&db), true);
+    a.spawn_env(&[("SLIPWAY_FAILPOINT", "hook-started:migrations_apply")]);
+    a.wait_connected(&c);
+    let rel = release(t.path(), "1.0.0", &[("0001_users", "create table users")]);
+    publish_dir(&c, &rel, "1.0.0");
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    a.wait_exit(
+        std::time::Duration::from_secs(30),
+        "the agent to die as the apply starts",
+    );
+    // Restarted: what the killed agent left is undone, the deploy runs
+    // again and ends serving, the migration applied once.
+    a.spawn();
+    a.wait_serving("1.0.0");
+    assert_eq!(applied(&db), ["0001_users"]);
+    // The apply the killed agent started finished or was killed; either way
+    // the deploy after the restart listed again before applying.
+    let log = a.deploy_log();
+    assert!(
+        log.matches("\"step\":\"migrations_pending\"").count() >= 2,
+        "{log}"
+    );
+    assert!(
+        log.contains("none pending") || log.contains("\"outcome\":\"applied\""),
+        "{log}"
+    );
+}
