@@ -10,6 +10,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 CTL_PORT=${CTL_PORT:-17400}
+HTTP_PORT=${HTTP_PORT:-17480}
 PRE_PORT=${PRE_PORT:-18080}
 PROD_PORT=${PROD_PORT:-18081}
 
@@ -42,7 +43,7 @@ wait_port() {
 }
 
 echo "==> controller on 127.0.0.1:$CTL_PORT (SQLite + blobs under $WORK/controller)"
-"$BIN/slipway-controller" --listen "127.0.0.1:$CTL_PORT" --data-dir "$WORK/controller" >"$WORK/controller.log" 2>&1 &
+"$BIN/slipway-controller" --listen "127.0.0.1:$CTL_PORT" --http-listen "127.0.0.1:$HTTP_PORT" --data-dir "$WORK/controller" >"$WORK/controller.log" 2>&1 &
 PIDS+=($!)
 wait_port "$CTL_PORT"
 for _ in $(seq 1 100); do [ -s "$WORK/controller/admin.token" ] && break; sleep 0.1; done
@@ -114,6 +115,10 @@ echo "==> slipctl status"
 "$BIN/slipctl" status
 echo "==> slipctl hosts"
 "$BIN/slipctl" hosts
+echo "==> the controller's health and metrics (HTTPS, its CA)"
+echo "    /healthz: $(curl -fsS --cacert "$SLIPWAY_CA_CERT" "https://127.0.0.1:$HTTP_PORT/healthz")"
+echo "    /metrics: $(curl -fsS --cacert "$SLIPWAY_CA_CERT" "https://127.0.0.1:$HTTP_PORT/metrics" | grep '^slipway_host_apps{state="ok"}')"
+echo "    dashboard: https://127.0.0.1:$HTTP_PORT/ (sign in with an API token)"
 
 if [ "${KEEP:-0}" = 1 ]; then
   echo

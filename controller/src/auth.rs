@@ -169,6 +169,11 @@ pub async fn authenticate_header(ctx: &Ctx, value: Option<&[u8]>) -> Result<Prin
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
+    authenticate_token(ctx, text).await
+}
+
+/// Checks an API token's text (`swt_…`): its hash, revocation and expiry.
+pub async fn authenticate_token(ctx: &Ctx, text: &str) -> Result<Principal, Status> {
     let token = trust::secret::ApiToken::parse(text)
         .map_err(|_| Status::unauthenticated("invalid API token"))?;
     let row = ctx
@@ -183,6 +188,12 @@ pub async fn authenticate_header(ctx: &Ctx, value: Option<&[u8]>) -> Result<Prin
     if !trust::ct_eq(hash.as_bytes(), row.secret_hash.as_bytes()) {
         return Err(Status::unauthenticated("invalid API token"));
     }
+    principal(ctx, row).await
+}
+
+/// The principal of a stored token, unless it was revoked or expired.
+/// Records the use (at most once a minute per token).
+pub async fn principal(ctx: &Ctx, row: crate::store::ApiTokenRow) -> Result<Principal, Status> {
     if row.revoked_at.is_some() {
         return Err(Status::unauthenticated(format!(
             "API token {:?} was revoked",

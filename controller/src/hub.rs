@@ -435,6 +435,11 @@ impl Hub {
             .is_some_and(|e| e.asks.try_send(Box::new(ask)).is_ok())
     }
 
+    /// Agent sessions open now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().expect("hub lock").len()
+    }
+
     pub fn connected(&self, tenant: &str, host: &str) -> bool {
         self.sessions
             .lock()

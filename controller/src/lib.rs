@@ -14,6 +14,7 @@ pub mod intent;
 pub mod lifecycle;
 pub mod liveness;
 pub mod logs;
+pub mod metrics;
 pub mod objects;
 pub mod packs;
 pub mod plan;
@@ -21,6 +22,8 @@ pub mod reports;
 pub mod rollout;
 pub mod sanitize;
 pub mod store;
+pub mod views;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,15 +115,29 @@ async fn bootstrap_admin(store: &Store, data_dir: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
-/// Opens the store and blob dir under `data_dir`, then serves TLS on `listener`
-/// (and, when given, plaintext for slipctl on a loopback `plaintext` listener)
-/// until `shutdown` fires.
+/// Where the controller listens.
+pub struct Listeners {
+    /// gRPC over TLS: agents, slipctl, CI.
+    pub grpc: TcpListener,
+    /// gRPC in plaintext for slipctl, loopback only.
+    pub plaintext: Option<TcpListener>,
+    /// HTTPS: `/healthz`, `/metrics`, the dashboard.
+    pub http: Option<TcpListener>,
+}
+
+/// Opens the store and blob dir under `data_dir`, then serves until
+/// `shutdown` fires: gRPC over TLS, and when given, plaintext gRPC for slipctl
+/// on loopback and the HTTPS listener (`web`).
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    plaintext: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        plaintext,
+        http,
+    } = listeners;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("create data dir {}: {e}", config.data_dir.display()))?;
     let db = config.data_dir.join("slipway.db");
@@ -139,6 +156,7 @@ pub async fn run(
     let (server_cert, server_key) =
         ca.issue_server(&config.server_names, Duration::from_secs(365 * 24 * 3600))?;
     bootstrap_admin(&store, &config.data_dir).await?;
+    let web_tls = trust::tls::server_config(&server_cert, &server_key)?;
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(
             server_cert,
@@ -191,6 +209,13 @@ pub async fn run(
                 .await;
         }
     });
+    let web = match http {
+        Some(http) => {
+            tracing::info!(addr = %http.local_addr()?, "dashboard, /healthz and /metrics listening (HTTPS)");
+            tokio::spawn(web::serve(ctx.clone(), http, web_tls))
+        }
+        None => tokio::spawn(async { Ok(()) }),
+    };
     let per_ip = config.edge.connections_per_ip;
     let tls_server = server_builder(&ctx, true)
         .tls_config(tls)?
@@ -221,6 +246,7 @@ pub async fn run(
         }
         None => tls_server.await?,
     }
+    web.await??;
     // The last heard-from times reach the store before the process ends.
     let _ = flusher.await;
     tracing::info!("controller stopped");

@@ -127,6 +127,21 @@ impl fmt::Display for HostOutcome {
 /// activating. The health it reports then may be what ran before, so it is no
 /// verdict on the release (the numbers are checked against the proto's enum in
 /// `grpc::tests`).
+/// A host's deploy state (the wire's `DeployState` number) in words.
+pub fn deploy_state_name(state: i32) -> &'static str {
+    match state {
+        1 => "idle",
+        2 => "fetching",
+        3 => "installing",
+        4 => "activating",
+        5 => "healthy",
+        6 => "rolled back",
+        7 => "failed",
+        8 => "unhealthy",
+        _ => "unknown",
+    }
+}
+
 pub fn deploying(state: i32) -> bool {
     matches!(state, 2..=4)
 }
@@ -145,6 +160,14 @@ pub enum Health {
 }
 
 impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified | Self::Unknown => "unknown",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+
     /// The stored number (kept equal to the proto's enum values).
     pub fn code(self) -> i32 {
         match self {

@@ -61,6 +61,11 @@ struct Args {
     /// An upload that sends nothing for this long is cut off.
     #[arg(long, default_value_t = 60)]
     upload_idle_secs: u64,
+    /// Serve the dashboard, /healthz and /metrics over HTTPS (the controller's
+    /// certificate) here; `off` for none. Loopback by default: put it behind
+    /// your proxy or VPN, or name a public address deliberately.
+    #[arg(long, env = "SLIPWAY_HTTP_LISTEN", value_name = "ADDR|off", default_value = "127.0.0.1:7480")]
+    http_listen: String,
     /// Also serve slipctl (not agents) in plaintext here; loopback addresses only.
     #[arg(long, value_name = "ADDR")]
     plaintext_listen: Option<String>,
@@ -123,6 +128,16 @@ fn main() -> ExitCode {
                 }
             },
         };
+        let http = match args.http_listen.as_str() {
+            "off" => None,
+            addr => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("error: --http-listen {addr}: {e} (use another address, or `off`)");
+                    return ExitCode::from(64);
+                }
+            },
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(daemon::cancel_on_signal(shutdown.clone(), "shutting down"));
         let mut config = controller::Config::new(args.data_dir);
@@ -140,7 +155,15 @@ fn main() -> ExitCode {
             enrolls_per_minute: args.enrolls_per_minute.max(1),
         };
         config.upload_idle_timeout = Duration::from_secs(args.upload_idle_secs.max(1));
-        match controller::run(config, listener, plaintext, shutdown).await {
+        match controller::run(
+            config,
+            controller::Listeners {
+                grpc: listener,
+                plaintext,
+                http,
+            },
+            shutdown,
+        ).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 // Logged once, here; the journal and stderr both get it.

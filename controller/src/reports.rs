@@ -60,6 +60,7 @@ impl ReportWriter {
         host: &str,
         report: HostAppReport,
     ) -> Result<(), ReportError> {
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             tenant: tenant.to_string(),
@@ -71,7 +72,9 @@ impl ReportWriter {
             .send(queued)
             .await
             .map_err(|_| ReportError::Stopped)?;
-        Ok(answer.await.map_err(|_| ReportError::Stopped)??)
+        let stored = answer.await.map_err(|_| ReportError::Stopped)?;
+        crate::metrics::METRICS.observe_report_lag(started.elapsed());
+        Ok(stored?)
     }
 }
 

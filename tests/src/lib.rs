@@ -121,6 +121,8 @@ pub struct Controller {
     child: Option<Child>,
     pub port: u16,
     pub url: String,
+    /// The HTTPS listener (`/healthz`, `/metrics`, the dashboard).
+    pub http_port: u16,
     pub data_dir: PathBuf,
     /// The bootstrap admin token the controller wrote at its first start.
     pub admin_token: String,
@@ -141,6 +143,7 @@ impl Controller {
             child: None,
             port,
             url: format!("https://127.0.0.1:{port}"),
+            http_port: free_port(),
             data_dir: dir.join("controller"),
             admin_token: String::new(),
             log: dir.join("controller.log"),
@@ -218,6 +221,8 @@ impl Controller {
                 &format!("127.0.0.1:{}", self.port),
                 "--heartbeat-secs",
                 "2",
+                "--http-listen",
+                &format!("127.0.0.1:{}", self.http_port),
             ])
             .arg("--data-dir")
             .arg(&self.data_dir)

@@ -52,6 +52,19 @@ fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+/// A server config for the controller's HTTPS listener: its certificate
+/// chain and key (PEM), no client certificates, HTTP/1.1.
+pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TrustError::Invalid(format!("bad key PEM: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs(cert_pem)?, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 pub fn client_config(
     trust: ServerTrust,
     identity: Option<&ClientIdentity>,

@@ -356,6 +356,7 @@ impl AgentsService {
             apply_migrations,
         };
         let directive_signature = self.ctx.directive_key.sign(&directive.bytes()).sig;
+        crate::metrics::METRICS.directives_sent.inc();
         Ok(DesiredApp {
             release_signatures: super::releases::stored_signatures(&d.signatures),
             rollback_authorization,
@@ -627,7 +628,12 @@ impl Agents for AgentsService {
             .map_err(ControllerError::from)?;
         let chunks = crate::objects::stream_pack(store, order, proto::CHUNK_BYTES);
         let stream = ReceiverStream::new(chunks).map(|c| match c {
-            Ok(data) => Ok(BlobChunk { data }),
+            Ok(data) => {
+                crate::metrics::METRICS
+                    .blob_bytes_served
+                    .inc_by(data.len() as u64);
+                Ok(BlobChunk { data })
+            }
             Err(artifact::PackError::Changed(path)) => Err(Status::data_loss(format!(
                 "object {} is corrupt on the controller's disk; moved aside: publish the release again to repair it",
                 path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
@@ -776,7 +782,12 @@ impl AgentsService {
                 }
             })?;
         Ok(ReceiverStream::new(chunks).map(move |c| match c {
-            Ok(data) => Ok(BlobChunk { data }),
+            Ok(data) => {
+                crate::metrics::METRICS
+                    .blob_bytes_served
+                    .inc_by(data.len() as u64);
+                Ok(BlobChunk { data })
+            }
             Err(e) => Err(Status::data_loss(format!("reading blob: {e}"))),
         }))
     }

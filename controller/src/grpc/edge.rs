@@ -283,8 +283,24 @@ where
         let ctx = self.ctx.clone();
         let agents = self.agents;
         Box::pin(async move {
+            let started = std::time::Instant::now();
+            // Only the services' own paths name a series: the set stays bounded.
+            let method = match door(req.uri().path()) {
+                Door::Other => "other".to_string(),
+                _ => req.uri().path().to_string(),
+            };
+            let observe = move || {
+                crate::metrics::METRICS
+                    .grpc_latency
+                    .with_label_values(&[method.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+            };
             match admit(&ctx, agents, &mut req).await {
-                Ok(()) => inner.call(req).await,
+                Ok(()) => {
+                    let response = inner.call(req).await;
+                    observe();
+                    response
+                }
                 Err(status) => {
                     if matches!(
                         status.code(),
@@ -294,6 +310,7 @@ where
                         ctx.edge
                             .refuse_anonymous(req.uri().path(), &peer, status.message());
                     }
+                    observe();
                     // The body is dropped unread: h2 resets the stream.
                     Ok(status.into_http())
                 }

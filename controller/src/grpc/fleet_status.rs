@@ -1,78 +1,28 @@
-//! `FleetStatus`: every host's view of every app, classified, and the rollups
-//! per app and environment and per environment (`fleet::rollup`), in prost.
+//! `FleetStatus`: the fleet as `views::fleet` classifies and rolls it up, in
+//! prost.
 
 use proto::v1::{AppEnvSummary, EnvSummary, FleetStatusResponse, HostAppStatus, RolloutInfo};
 
 use super::Ctx;
-use crate::error::{ControllerError, Result};
-use crate::fleet::{self, AppEnvRollup, HostFacts, HostState};
-use crate::store::FleetRow;
+use crate::error::Result;
+use crate::fleet::AppEnvRollup;
+use crate::views::{self, HostApp};
 
 pub async fn build(ctx: &Ctx, tenant: &str, app: &str, env: &str) -> Result<FleetStatusResponse> {
-    // A filter naming nothing is a typo, not an empty fleet.
-    if !env.is_empty() && ctx.store.environment(tenant, env).await?.is_none() {
-        return Err(super::unknown_environment(ctx, tenant, env, "").await);
-    }
-    let now = crate::store::now();
-    let rows = ctx.store.fleet(tenant, app, env).await?;
-    if rows.is_empty() && !app.is_empty() && !ctx.store.app_exists(tenant, app).await? {
-        return Err(ControllerError::NotFound(format!(
-            "no host runs an app {app:?} and none was published"
-        )));
-    }
-    let states: Vec<(HostState, bool, bool)> = rows
-        .iter()
-        .map(|f| {
-            let offline = ctx
-                .hub
-                .offline(tenant, &f.host, f.last_seen, now, ctx.heartbeat_secs);
-            let drifted = f.drifted();
-            let state = fleet::classify(&HostFacts {
-                desired_version: f.desired_version.as_deref().unwrap_or_default(),
-                desired_generation: f.desired_generation,
-                generation: f.report.generation,
-                running_version: &f.report.running_version,
-                health: f.report.health,
-                failed_version: &f.report.failed_version,
-                offline,
-                drifted,
-            });
-            (state, offline, drifted)
-        })
-        .collect();
-    let rollup =
-        fleet::rollup(
-            rows.iter()
-                .zip(&states)
-                .map(|(f, (state, ..))| fleet::Classified {
-                    app: &f.report.app,
-                    environment: &f.environment,
-                    desired_version: f.desired_version.as_deref().unwrap_or_default(),
-                    state: *state,
-                }),
-        );
-    let mut apps = Vec::with_capacity(rollup.apps.len());
-    for a in rollup.apps {
-        let rollout = ctx
-            .store
-            .latest_rollout(tenant, &a.app, &a.environment)
-            .await?
-            .map(|r| super::rollouts::rollout_to_proto(r, Vec::new()));
-        apps.push(app_env_to_proto(a, rollout));
-    }
+    let view = views::fleet(ctx, tenant, app, env).await?;
     Ok(FleetStatusResponse {
-        rows: rows
+        rows: view.rows.into_iter().map(row_to_proto).collect(),
+        apps: view
+            .apps
             .into_iter()
-            .zip(states)
-            .map(|(mut f, (state, offline, drifted))| {
-                let connected = ctx.hub.connected(tenant, &f.host);
-                // Heartbeats reach the store in batches: memory has the newest.
-                f.last_seen = ctx.hub.last_seen(tenant, &f.host, f.last_seen);
-                row_to_proto(f, state, offline, drifted, connected)
+            .map(|a| {
+                let rollout = a
+                    .rollout
+                    .map(|r| super::rollouts::rollout_to_proto(r, Vec::new()));
+                app_env_to_proto(a.rollup, rollout)
             })
             .collect(),
-        apps,
-        environments: rollup
+        environments: view
             .environments
             .into_iter()
             .map(|e| EnvSummary {
@@ -102,15 +52,10 @@ fn app_env_to_proto(a: AppEnvRollup, rollout: Option<RolloutInfo>) -> AppEnvSumm
     }
 }
 
-fn row_to_proto(
-    f: FleetRow,
-    state: HostState,
-    offline: bool,
-    drifted: bool,
-    connected: bool,
-) -> HostAppStatus {
+fn row_to_proto(h: HostApp) -> HostAppStatus {
+    let f = h.row;
     HostAppStatus {
-        connected,
+        connected: h.connected,
         generation: f.report.generation,
         host: f.host,
         app: f.report.app,
@@ -128,9 +73,9 @@ fn row_to_proto(
         last_error: f.report.last_error,
         drift: f.report.drift,
         drift_count: f.report.drift_count,
-        drift_acked: f.report.drift_count > 0 && !drifted,
-        offline,
-        status: state.as_str().into(),
+        drift_acked: f.report.drift_count > 0 && !h.drifted,
+        offline: h.offline,
+        status: h.state.as_str().into(),
         healthy_since: f.healthy_since,
     }
 }

@@ -36,6 +36,17 @@ impl AuditRow {
     }
 }
 
+/// What `history_where` keeps: an app and an environment (exactly), an
+/// actor (a part of its name), an outcome (how it starts: `ok`, `refused`,
+/// `failed`). Empty fields keep everything.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub app: String,
+    pub environment: String,
+    pub actor: String,
+    pub outcome: String,
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct AuditRow {
     pub id: i64,
@@ -94,18 +105,38 @@ impl Store {
         limit: u32,
         before_id: i64,
     ) -> Result<Vec<AuditRow>> {
+        let filter = HistoryFilter {
+            app: app.to_string(),
+            ..HistoryFilter::default()
+        };
+        self.history_where(tenant, &filter, limit, before_id).await
+    }
+
+    /// `history` narrowed by `filter`.
+    pub async fn history_where(
+        &self,
+        tenant: &str,
+        filter: &HistoryFilter,
+        limit: u32,
+        before_id: i64,
+    ) -> Result<Vec<AuditRow>> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, at, substr(actor, 1, 1024) AS actor, substr(action, 1, 256) AS action,
                     substr(app, 1, 1024) AS app, substr(environment, 1, 1024) AS environment,
                     substr(detail, 1, 4096) AS detail, substr(outcome, 1, 4096) AS outcome,
                     substr(peer, 1, 512) AS peer
              FROM audit
-             WHERE tenant = ? AND (? = '' OR app = ?) AND (? <= 0 OR id < ?)
+             WHERE tenant = ? AND (? = '' OR app = ?) AND (? = '' OR environment = ?)
+               AND instr(actor, ?) > 0 AND instr(outcome, ?) = 1 AND (? <= 0 OR id < ?)
              ORDER BY id DESC LIMIT ?",
         )
         .bind(tenant)
-        .bind(app)
-        .bind(app)
+        .bind(&filter.app)
+        .bind(&filter.app)
+        .bind(&filter.environment)
+        .bind(&filter.environment)
+        .bind(&filter.actor)
+        .bind(&filter.outcome)
         .bind(before_id)
         .bind(before_id)
         .bind(i64::from(limit.min(HISTORY_PAGE_MAX)))

@@ -19,13 +19,15 @@ mod hosts;
 mod releases;
 mod rollouts;
 mod trust;
+mod web;
 
-pub use audit::AuditRow;
+pub use audit::{AuditRow, HistoryFilter};
 pub use declared::{DeclaredRow, HostAppsAck, PutRefused};
 pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport};
 pub use releases::{DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
+pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
 
 use sqlx::sqlite::{

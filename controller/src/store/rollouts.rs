@@ -394,6 +394,15 @@ impl Store {
     }
 
     /// Every rollout the engine has to drive (paused ones are still judged).
+    /// How many rollouts are in each state (all tenants).
+    pub async fn rollout_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT state, COUNT(*) FROM rollouts GROUP BY state ORDER BY state")
+                .fetch_all(self.db())
+                .await?,
+        )
+    }
+
     pub async fn active_rollouts(&self) -> Result<Vec<RolloutRow>> {
         let rows: Vec<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM rollouts WHERE state IN (?, ?) ORDER BY id"

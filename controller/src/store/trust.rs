@@ -93,6 +93,24 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Every tenant's name, in order.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM tenants ORDER BY name")
+                .fetch_all(self.db())
+                .await?,
+        )
+    }
+
+    /// Bytes of every blob stored (all tenants).
+    pub async fn blob_bytes(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs")
+                .fetch_one(self.db())
+                .await?,
+        )
+    }
+
     pub async fn api_token_count(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
             .fetch_one(self.db())
