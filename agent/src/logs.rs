@@ -71,7 +71,27 @@ pub struct Query {
     pub grep: Option<String>,
     /// Only lines written in this last while (at the grain of the marks).
     pub since: Option<Duration>,
+    /// Only lines written before this long ago (a search's time range).
+    pub until: Option<Duration>,
+    /// A search (`grep`, no `follow`) stops reading after this long and
+    /// says so.
+    pub deadline: Option<Duration>,
 }
+
+/// Longest a search may read a host's logs.
+pub const MAX_SEARCH_TIME: Duration = Duration::from_secs(60);
+/// What a search reads at once (a block without a match is skipped whole).
+const SCAN_BLOCK: usize = 1 << 20;
+
+/// Where `show` writes: lines, and for a search, when each was written.
+pub trait Out: Write {
+    /// When the next line was written (unix seconds, at the grain of the
+    /// marks); an output without a place for it ignores it.
+    fn stamp(&mut self, _at: u64) {}
+}
+
+impl Out for std::io::StdoutLock<'_> {}
+impl Out for Vec<u8> {}
 
 /// Longest `--since`.
 pub const MAX_SINCE: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -183,11 +203,139 @@ fn since_offset(log: &Path, cutoff: u64) -> Option<u64> {
     )
 }
 
+/// Where lines written before `until` (unix seconds) end in `log`: the
+/// offset of the last mark at or before it (0 before every mark), or the
+/// whole log when it was not written since.
+fn until_offset(log: &Path, until: u64) -> u64 {
+    let modified = std::fs::metadata(log)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    if modified <= until {
+        return u64::MAX;
+    }
+    read_marks(log)
+        .iter()
+        .rev()
+        .find(|(t, _)| *t <= until)
+        .map_or(0, |(_, o)| *o)
+}
+
+/// What a search found in one log: its last matching lines, each with when
+/// it was written, and whether the deadline stopped it.
+struct Found {
+    lines: Vec<(u64, String)>,
+    stopped: bool,
+}
+
+/// The last `n` lines of `path` between `start` and `end` whose masked
+/// text matches `re`, read in blocks: a block where neither the pattern nor
+/// an env-file value occurs is skipped without splitting it into lines, so
+/// a rare string is found at the speed of the regex's literal scan. Memory
+/// stays at a block and the lines kept.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a search's every bound, named at its one call"
+)]
+fn search(
+    path: &Path,
+    start: u64,
+    end: u64,
+    re: &regex::Regex,
+    secrets: &[String],
+    n: usize,
+    deadline: std::time::Instant,
+    stop: &AtomicBool,
+) -> Result<Found, LogsError> {
+    let mut f = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
+    let len = f
+        .metadata()
+        .map_err(io(format!("stat {}", path.display())))?
+        .len();
+    let end = end.min(len);
+    let start = start.min(end);
+    f.seek(SeekFrom::Start(start))
+        .map_err(io(format!("read {}", path.display())))?;
+    let mut reader = f.take(end - start);
+    let mut kept: std::collections::VecDeque<(u64, String)> = std::collections::VecDeque::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(SCAN_BLOCK + MAX_LINE_BYTES);
+    // Offset in the log of buf[0].
+    let mut base = start;
+    let mut stopped = false;
+    loop {
+        if std::time::Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+            stopped = true;
+            break;
+        }
+        let had = buf.len();
+        buf.resize(had + SCAN_BLOCK, 0);
+        let got = reader
+            .read(&mut buf[had..])
+            .map_err(io(format!("read {}", path.display())))?;
+        buf.truncate(had + got);
+        let done = got == 0;
+        // Whole lines only, unless the log ends (or a line outgrows a block).
+        let cut = match buf.iter().rposition(|b| *b == b'\n') {
+            _ if done => buf.len(),
+            Some(i) => i + 1,
+            None if buf.len() >= SCAN_BLOCK => buf.len(),
+            None => continue,
+        };
+        let block = String::from_utf8_lossy(&buf[..cut]);
+        let candidate = re.is_match(&block) || secrets.iter().any(|v| block.contains(v.as_str()));
+        if candidate {
+            let mut at = base;
+            for line in block.split_inclusive('\n') {
+                let text = line.strip_suffix('\n').unwrap_or(line);
+                at += line.len() as u64;
+                if matches(Some(re), text, secrets) {
+                    let mut text = text.to_string();
+                    if text.len() > MAX_LINE_BYTES {
+                        text.truncate(text.floor_char_boundary(MAX_LINE_BYTES));
+                    }
+                    kept.push_back((at, text));
+                    if kept.len() > n {
+                        kept.pop_front();
+                    }
+                }
+            }
+        }
+        base += cut as u64;
+        buf.drain(..cut);
+        if done {
+            break;
+        }
+    }
+    let marks = read_marks(path);
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let lines = kept
+        .into_iter()
+        .map(|(line_end, text)| (written_by(&marks, line_end, modified), text))
+        .collect();
+    Ok(Found { lines, stopped })
+}
+
+/// When the bytes up to `offset` were on disk: the first mark that covers
+/// them, or the log's last change when no mark does yet.
+fn written_by(marks: &[(u64, u64)], offset: u64, modified: u64) -> u64 {
+    marks
+        .iter()
+        .find(|(_, o)| *o >= offset)
+        .map_or(modified, |(t, _)| *t)
+}
+
 /// Lines a second one remote query sends at most; past it lines are
 /// dropped, and counted in a line of their own.
 pub const MAX_REMOTE_RATE: u32 = 1000;
 /// Lines sent together.
 const BATCH_LINES: usize = 256;
+/// Most bytes of lines a query may ask one answer to carry.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Where `show` writes for a remote query: its lines in batches into a
 /// channel whose reader sends them on. The last lines asked for go whole
@@ -195,9 +343,15 @@ const BATCH_LINES: usize = 256;
 /// at most `MAX_REMOTE_RATE` a second, the rest counted in a line of its
 /// own. A closed channel reads as a closed pipe (`LogsError::Closed`).
 pub struct Sink {
-    tx: tokio::sync::mpsc::Sender<Vec<String>>,
+    tx: tokio::sync::mpsc::Sender<Batch>,
     partial: Vec<u8>,
-    batch: Vec<String>,
+    batch: Batch,
+    /// When the next line was written (`Out::stamp`).
+    next_at: u64,
+    /// Bytes of lines the answer may still carry; past it lines are
+    /// counted, not sent.
+    budget: usize,
+    over_budget: u64,
     /// Past the last lines: following.
     following: bool,
     window: std::time::Instant,
@@ -205,12 +359,36 @@ pub struct Sink {
     dropped: u64,
 }
 
+/// Lines sent together, and when each was written (0: not known).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Batch {
+    pub lines: Vec<String>,
+    pub times: Vec<u64>,
+}
+
+impl Batch {
+    fn push(&mut self, at: u64, line: String) {
+        self.lines.push(line);
+        self.times.push(at);
+    }
+}
+
+impl Out for Sink {
+    fn stamp(&mut self, at: u64) {
+        self.next_at = at;
+    }
+}
+
 impl Sink {
-    pub fn new(tx: tokio::sync::mpsc::Sender<Vec<String>>) -> Self {
+    /// A sink whose answer carries at most `max_bytes` of lines.
+    pub fn new(tx: tokio::sync::mpsc::Sender<Batch>, max_bytes: usize) -> Self {
         Self {
             tx,
             partial: Vec::new(),
-            batch: Vec::new(),
+            batch: Batch::default(),
+            next_at: 0,
+            budget: max_bytes,
+            over_budget: 0,
             following: false,
             window: std::time::Instant::now(),
             in_window: 0,
@@ -219,6 +397,12 @@ impl Sink {
     }
 
     fn line(&mut self, line: String) -> std::io::Result<()> {
+        let at = std::mem::take(&mut self.next_at);
+        if line.len() > self.budget {
+            self.over_budget += 1;
+            return Ok(());
+        }
+        self.budget -= line.len();
         if self.following {
             if self.window.elapsed() >= Duration::from_secs(1) {
                 self.window = std::time::Instant::now();
@@ -231,8 +415,8 @@ impl Sink {
             }
             self.in_window += 1;
         }
-        self.batch.push(line);
-        if self.batch.len() >= BATCH_LINES {
+        self.batch.push(at, line);
+        if self.batch.lines.len() >= BATCH_LINES {
             self.send()?;
         }
         Ok(())
@@ -241,14 +425,22 @@ impl Sink {
     fn note_dropped(&mut self) {
         if self.dropped > 0 {
             let n = std::mem::take(&mut self.dropped);
-            self.batch.push(format!(
-                "[slipway] {n} lines dropped (over {MAX_REMOTE_RATE} lines/s)"
-            ));
+            self.batch.push(
+                0,
+                format!("[slipway] {n} lines dropped (over {MAX_REMOTE_RATE} lines/s)"),
+            );
+        }
+        if self.over_budget > 0 {
+            let n = std::mem::take(&mut self.over_budget);
+            self.batch.push(
+                0,
+                format!("[slipway] {n} more lines left out: the answer reached its size bound"),
+            );
         }
     }
 
     fn send(&mut self) -> std::io::Result<()> {
-        if self.batch.is_empty() {
+        if self.batch.lines.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
@@ -370,7 +562,7 @@ pub fn show(
     cfg: &AgentConfig,
     app: &str,
     q: &Query,
-    out: &mut dyn Write,
+    out: &mut dyn Out,
     stop: &AtomicBool,
 ) -> Result<(), LogsError> {
     let Some(app_cfg) = cfg.apps.get(app) else {
@@ -382,7 +574,7 @@ pub fn show(
     if q.lines > MAX_LINES {
         return Err(LogsError::TooManyLines);
     }
-    if q.since.is_some_and(|d| d > MAX_SINCE) {
+    if q.since.is_some_and(|d| d > MAX_SINCE) || q.until.is_some_and(|d| d > MAX_SINCE) {
         return Err(LogsError::TooLongAgo);
     }
     let grep = q.grep.as_deref().map(pattern).transpose()?;
@@ -406,10 +598,41 @@ pub fn show(
     // Matched against the line as shown (masked): a pattern must not probe
     // an env-file value character by character.
     let keep = |line: &str| matches(grep.as_ref(), line, &secrets);
-    let write = |out: &mut dyn Write, line: String| -> Result<(), LogsError> {
+    let write = |out: &mut dyn Out, line: String| -> Result<(), LogsError> {
         writeln!(out, "{line}").map_err(io("write"))
     };
     let cutoff = q.since.map(|d| unix_now().saturating_sub(d.as_secs()));
+    if let Some(re) = grep.as_ref().filter(|_| !q.follow) {
+        let until = q.until.map(|d| unix_now().saturating_sub(d.as_secs()));
+        let deadline =
+            std::time::Instant::now() + q.deadline.unwrap_or(MAX_SEARCH_TIME).min(MAX_SEARCH_TIME);
+        for (process, path) in &files {
+            let start = match cutoff {
+                None => 0,
+                Some(cutoff) => match since_offset(path, cutoff) {
+                    Some(o) => o,
+                    None => continue,
+                },
+            };
+            let end = until.map_or(u64::MAX, |t| until_offset(path, t));
+            let found = search(path, start, end, re, &secrets, q.lines, deadline, stop)?;
+            for (at, line) in found.lines {
+                out.stamp(at);
+                write(out, shown(process, &line, &secrets))?;
+            }
+            if found.stopped {
+                write(
+                    out,
+                    format!(
+                        "[slipway] search stopped after {}s in {process}.log: narrow the time range",
+                        q.deadline.unwrap_or(MAX_SEARCH_TIME).as_secs()
+                    ),
+                )?;
+                break;
+            }
+        }
+        return out.flush().map_err(io("write"));
+    }
     let mut offsets = Vec::with_capacity(files.len());
     for (process, path) in &files {
         let start = match cutoff {
@@ -511,7 +734,7 @@ fn journal(
     q: &Query,
     grep: Option<&regex::Regex>,
     secrets: &[String],
-    out: &mut dyn Write,
+    out: &mut dyn Out,
     stop: &AtomicBool,
 ) -> Result<(), LogsError> {
     let processes: Vec<String> = match &q.process {
@@ -531,6 +754,9 @@ fn journal(
     }
     if let Some(d) = q.since {
         cmd.arg(format!("--since=-{}s", d.as_secs()));
+    }
+    if let Some(d) = q.until {
+        cmd.arg(format!("--until=-{}s", d.as_secs()));
     }
     if q.follow {
         cmd.arg("-f");
@@ -568,7 +794,7 @@ fn copy_journal(
     label: &str,
     grep: Option<&regex::Regex>,
     secrets: &[String],
-    out: &mut dyn Write,
+    out: &mut dyn Out,
 ) -> Result<(), LogsError> {
     let mut reader = std::io::BufReader::new(stdout);
     let mut buf = Vec::new();
@@ -608,12 +834,13 @@ mod tests {
     #[test]
     fn a_remote_sink_sends_the_last_lines_whole_then_drops_past_its_rate_saying_how_many() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let mut sink = Sink::new(tx);
-        let received = |rx: &mut tokio::sync::mpsc::Receiver<Vec<String>>| {
+        let mut sink = Sink::new(tx, usize::MAX);
+        let received = |rx: &mut tokio::sync::mpsc::Receiver<Batch>| {
             let mut got: Vec<String> = Vec::new();
             while let Ok(batch) = rx.try_recv() {
-                assert!(batch.len() <= BATCH_LINES);
-                got.extend(batch);
+                assert!(batch.lines.len() <= BATCH_LINES);
+                assert_eq!(batch.lines.len(), batch.times.len());
+                got.extend(batch.lines);
             }
             got
         };

@@ -203,6 +203,8 @@ fn main() -> ExitCode {
                     follow,
                     grep,
                     since,
+                    until: None,
+                    deadline: None,
                 };
                 let mut out = std::io::stdout().lock();
                 match agent::logs::show(&cfg, &app, &q, &mut out, &stop) {

@@ -230,9 +230,14 @@ impl Session {
     /// controller answers the stream (whoever asked went away).
     fn answer_logs(&self, mut client: AgentsClient<Channel>, q: LogsQuery) {
         let id = q.id;
-        let chunk = move |lines: Vec<String>, error: String| LogChunk {
+        let chunk = move |batch: crate::logs::Batch, error: String| LogChunk {
             query: id,
-            lines,
+            written_at: if batch.times.iter().any(|t| *t > 0) {
+                batch.times
+            } else {
+                Vec::new()
+            },
+            lines: batch.lines,
             error,
         };
         let (out, out_rx) = mpsc::channel::<LogChunk>(4);
@@ -242,24 +247,32 @@ impl Session {
         if open >= MAX_LOG_QUERIES {
             OPEN_LOG_QUERIES.fetch_sub(1, Ordering::SeqCst);
             let error = format!("{MAX_LOG_QUERIES} log queries already open on this host");
-            let _ = out.try_send(chunk(Vec::new(), error));
+            let _ = out.try_send(chunk(Default::default(), error));
             return;
         }
         let cfg = self.cfg.clone();
         tokio::spawn(async move {
             let stop = Arc::new(AtomicBool::new(false));
-            let (tx, mut rx) = mpsc::channel::<Vec<String>>(4);
+            let (tx, mut rx) = mpsc::channel::<crate::logs::Batch>(4);
             let query = crate::logs::Query {
                 process: Some(q.process).filter(|p| !p.is_empty()),
                 lines: q.lines as usize,
                 follow: q.follow,
                 grep: Some(q.grep).filter(|g| !g.is_empty()),
                 since: Some(Duration::from_secs(q.since_secs)).filter(|d| !d.is_zero()),
+                until: Some(Duration::from_secs(q.until_secs)).filter(|d| !d.is_zero()),
+                deadline: Some(Duration::from_secs(q.deadline_secs.into()))
+                    .filter(|d| !d.is_zero()),
+            };
+            let max_bytes = match q.max_bytes {
+                // As before bounds existed: -n and the follow rate bound it.
+                0 => usize::MAX,
+                n => (n as usize).min(crate::logs::MAX_ANSWER_BYTES),
             };
             let worker = tokio::task::spawn_blocking({
                 let stop = stop.clone();
                 move || {
-                    let mut sink = crate::logs::Sink::new(tx);
+                    let mut sink = crate::logs::Sink::new(tx, max_bytes);
                     let r = crate::logs::show(&cfg, &q.app, &query, &mut sink, &stop);
                     r.and_then(|()| {
                         std::io::Write::flush(&mut sink).map_err(|_| crate::logs::LogsError::Closed)
@@ -272,14 +285,14 @@ impl Session {
                 let out = out.clone();
                 async move {
                     // The first chunk opens the answer.
-                    out.send(chunk(Vec::new(), String::new())).await?;
-                    while let Some(lines) = rx.recv().await {
-                        out.send(chunk(lines, String::new())).await?;
+                    out.send(chunk(Default::default(), String::new())).await?;
+                    while let Some(batch) = rx.recv().await {
+                        out.send(chunk(batch, String::new())).await?;
                     }
                     match worker.await {
                         Ok(Err(crate::logs::LogsError::Closed)) | Ok(Ok(())) => {}
-                        Ok(Err(e)) => out.send(chunk(Vec::new(), e.to_string())).await?,
-                        Err(e) => out.send(chunk(Vec::new(), e.to_string())).await?,
+                        Ok(Err(e)) => out.send(chunk(Default::default(), e.to_string())).await?,
+                        Err(e) => out.send(chunk(Default::default(), e.to_string())).await?,
                     }
                     Ok::<_, mpsc::error::SendError<LogChunk>>(())
                 }

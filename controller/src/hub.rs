@@ -417,7 +417,9 @@ impl Hub {
             .expect("hub lock")
             .iter()
             .filter(|((t, _), e)| {
-                t == tenant && e.environment == environment && e.apps.iter().any(|a| a == app)
+                t == tenant
+                    && (environment.is_empty() || e.environment == environment)
+                    && e.apps.iter().any(|a| a == app)
             })
             .map(|((_, h), _)| h.clone())
             .collect();

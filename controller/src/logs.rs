@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use artifact::{NameKind, validate_name};
 use tokio::sync::mpsc;
+
+use crate::ctx::SharedCtx;
+use crate::error::ControllerError;
 
 /// Most hosts one query reads at once (past it, name one with `--host`).
 pub const MAX_HOSTS: usize = 100;
@@ -32,9 +36,13 @@ pub const MAX_CHUNK_BYTES: usize = 3 << 20;
 pub const MAX_LINE_BYTES: usize = 9 * 1024;
 /// How long a host has to open its answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of lines one host's answer may carry when a query bounds it
+/// (the agent's own bound); and the longest a search may read on a host.
+pub const MAX_ANSWER_BYTES: u64 = 16 << 20;
+pub const MAX_SEARCH_SECS: u32 = 60;
 
 /// A query for one host's agent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogAsk {
     pub id: u64,
     pub app: String,
@@ -43,14 +51,292 @@ pub struct LogAsk {
     pub follow: bool,
     pub since_secs: u64,
     pub grep: String,
+    /// Only lines written before this many seconds ago (0: up to now).
+    pub until_secs: u64,
+    /// Bytes of lines the answer carries at most (0: unbounded but for
+    /// `lines` and the follow rate).
+    pub max_bytes: u64,
+    /// A search reads for at most this long on the host (0: its bound).
+    pub deadline_secs: u32,
 }
 
 /// What a host answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostLog {
-    Lines(Vec<String>),
+    /// Lines, and when each was written (unix seconds; empty or 0: not known).
+    Lines(Vec<String>, Vec<u64>),
     /// The host cannot answer (the last message).
     Error(String),
+}
+
+/// A log query as slipctl or the dashboard asks it: which hosts, and what of
+/// each.
+#[derive(Debug, Clone, Default)]
+pub struct LogRequest {
+    pub app: String,
+    /// Empty: every environment the app runs in.
+    pub environment: String,
+    /// Empty: every connected host that runs the app.
+    pub host: String,
+    pub ask: LogAsk,
+}
+
+impl LogRequest {
+    /// Refuses a query past its bounds before any host hears of it.
+    pub fn check(&self) -> Result<(), ControllerError> {
+        let bad = |m: String| ControllerError::InvalidArgument(m);
+        let a = &self.ask;
+        validate_name(NameKind::App, &self.app).map_err(|e| bad(e.to_string()))?;
+        if !self.environment.is_empty() {
+            validate_name(NameKind::Environment, &self.environment)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        if !self.host.is_empty() {
+            validate_name(NameKind::Host, &self.host).map_err(|e| bad(format!("--host: {e}")))?;
+        }
+        if !a.process.is_empty() {
+            validate_name(NameKind::App, &a.process).map_err(|e| bad(format!("process: {e}")))?;
+        }
+        if a.lines > MAX_LINES {
+            return Err(bad(format!("-n {}: at most {MAX_LINES} lines", a.lines)));
+        }
+        for (what, secs) in [("--since", a.since_secs), ("--until", a.until_secs)] {
+            if secs > MAX_SINCE.as_secs() {
+                return Err(bad(format!(
+                    "{what}: at most {} days",
+                    MAX_SINCE.as_secs() / 86_400
+                )));
+            }
+        }
+        if a.until_secs > 0 && a.since_secs > 0 && a.until_secs >= a.since_secs {
+            return Err(bad("the time range ends before it starts".into()));
+        }
+        if a.max_bytes > MAX_ANSWER_BYTES {
+            return Err(bad(format!(
+                "at most {} MiB of lines per host",
+                MAX_ANSWER_BYTES >> 20
+            )));
+        }
+        if a.deadline_secs > MAX_SEARCH_SECS {
+            return Err(bad(format!(
+                "a search reads for at most {MAX_SEARCH_SECS}s"
+            )));
+        }
+        if a.grep.len() > MAX_PATTERN_BYTES {
+            return Err(bad(format!("--grep: at most {MAX_PATTERN_BYTES} bytes")));
+        }
+        if !a.grep.is_empty() {
+            pattern(&a.grep).map_err(|why| bad(format!("--grep: {why}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// A pattern compiled as the hosts compile it (linear time, bounded size);
+/// the error's last line when it does not compile.
+pub fn pattern(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(re)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            e.to_string()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+}
+
+/// One host's part of an answer, in the order it comes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Lines {
+        host: String,
+        lines: Vec<String>,
+        times: Vec<u64>,
+    },
+    /// The host did not answer, or stopped with this error.
+    Failed { host: String, error: String },
+    /// The host answered in full.
+    Done { host: String },
+}
+
+/// Asks every connected host `r` names (and that runs its app) and streams
+/// their answers as they come: each host's lines, then its `Done` or
+/// `Failed`. The hosts asked come back too. A host that does not open its
+/// answer within `ANSWER_TIMEOUT`, or (a search) finish within its deadline
+/// and a margin, is `Failed`; so is one whose answer outgrows `max_bytes`.
+pub fn ask(
+    ctx: &SharedCtx,
+    tenant: &str,
+    r: &LogRequest,
+) -> Result<(Vec<String>, mpsc::Receiver<Answer>), ControllerError> {
+    r.check()?;
+    let (app, env) = (&r.app, &r.environment);
+    let in_env = if env.is_empty() {
+        String::new()
+    } else {
+        format!(" in {env}")
+    };
+    let mut hosts = ctx.hub.hosts_running(tenant, env, app);
+    if !r.host.is_empty() {
+        if !hosts.contains(&r.host) {
+            return Err(ControllerError::FailedPrecondition(
+                if ctx.hub.connected(tenant, &r.host) {
+                    format!("host {} does not run {app}{in_env}", r.host)
+                } else {
+                    format!("host {} is not connected", r.host)
+                },
+            ));
+        }
+        hosts = vec![r.host.clone()];
+    }
+    if hosts.is_empty() {
+        return Err(ControllerError::FailedPrecondition(format!(
+            "no connected host{} runs {app}",
+            if env.is_empty() {
+                String::new()
+            } else {
+                format!(" of {env}")
+            }
+        )));
+    }
+    if hosts.len() > MAX_HOSTS {
+        return Err(ControllerError::InvalidArgument(format!(
+            "{} hosts run {app}{in_env}: name one with --host (at most {MAX_HOSTS} a query)",
+            hosts.len()
+        )));
+    }
+    // Room for every host's last word before anyone reads.
+    let (out, rx) = mpsc::channel::<Answer>(16 + 2 * hosts.len());
+    let finish_within = (!r.ask.follow && !r.ask.grep.is_empty()).then(|| {
+        let secs = match r.ask.deadline_secs {
+            0 => MAX_SEARCH_SECS,
+            s => s,
+        };
+        Duration::from_secs(u64::from(secs)) + ANSWER_TIMEOUT
+    });
+    for host in &hosts {
+        let (asked, answers) = ctx
+            .logs
+            .open(tenant, host)
+            .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+        let ask = LogAsk {
+            id: asked.id,
+            app: r.app.clone(),
+            ..r.ask.clone()
+        };
+        if !ctx.hub.ask_logs(tenant, host, ask) {
+            let _ = out.try_send(Answer::Failed {
+                host: host.clone(),
+                error: "not connected, or busy answering".into(),
+            });
+            continue;
+        }
+        let bound = Bound {
+            bytes: r.ask.max_bytes,
+            within: finish_within,
+        };
+        tokio::spawn(forward(host.clone(), asked, answers, out.clone(), bound));
+    }
+    Ok((hosts, rx))
+}
+
+/// What one host's answer may take.
+struct Bound {
+    /// Bytes of lines (0: not bounded here).
+    bytes: u64,
+    /// Time to finish (None: a followed or plain tail, ended by the reader).
+    within: Option<Duration>,
+}
+
+/// Forwards one host's answer until it ends, the host does not open it in
+/// time, outgrows its bound, or whoever asked goes away (then `asked` drops,
+/// and the host's `SendLogs` call is answered, which stops the host).
+async fn forward(
+    host: String,
+    asked: Asked,
+    mut answers: mpsc::Receiver<HostLog>,
+    out: mpsc::Sender<Answer>,
+    bound: Bound,
+) {
+    let failed = |error: String| Answer::Failed {
+        host: host.clone(),
+        error,
+    };
+    // The host opens its answer in time, or is said not to answer.
+    let first = tokio::select! {
+        _ = out.closed() => return,
+        first = tokio::time::timeout(ANSWER_TIMEOUT, answers.recv()) => first,
+    };
+    let Ok(mut next) = first else {
+        let _ = out
+            .send(failed(format!(
+                "did not answer within {}s",
+                ANSWER_TIMEOUT.as_secs()
+            )))
+            .await;
+        return;
+    };
+    let deadline = bound.within.map(|d| tokio::time::Instant::now() + d);
+    // Slack for the host's own note past its bound.
+    let max_bytes = match bound.bytes {
+        0 => u64::MAX,
+        b => b + 64 * 1024,
+    };
+    let mut bytes = 0u64;
+    loop {
+        let msg = match next {
+            None => {
+                let _ = out.send(Answer::Done { host: host.clone() }).await;
+                break;
+            }
+            Some(HostLog::Lines(lines, times)) => {
+                bytes += lines.iter().map(|l| l.len() as u64).sum::<u64>();
+                if bytes > max_bytes {
+                    let _ = out
+                        .send(failed(format!(
+                            "answer cut: more than {} bytes of lines",
+                            bound.bytes
+                        )))
+                        .await;
+                    break;
+                }
+                Answer::Lines {
+                    host: host.clone(),
+                    lines,
+                    times,
+                }
+            }
+            Some(HostLog::Error(e)) => {
+                let _ = out.send(failed(e)).await;
+                break;
+            }
+        };
+        // (The host's first chunk, which only opens its answer, is empty.)
+        if matches!(&msg, Answer::Lines { lines, .. } if !lines.is_empty())
+            && out.send(msg).await.is_err()
+        {
+            break;
+        }
+        let too_late = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        next = tokio::select! {
+            _ = out.closed() => break,
+            _ = too_late => {
+                let secs = bound.within.map_or(0, |d| d.as_secs());
+                let _ = out.send(failed(format!("did not finish within {secs}s"))).await;
+                break;
+            }
+            next = answers.recv() => next,
+        };
+    }
+    drop(asked);
 }
 
 /// Queries asked and not yet answered or done, by id.

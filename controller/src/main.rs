@@ -64,7 +64,12 @@ struct Args {
     /// Serve the dashboard, /healthz and /metrics over HTTPS (the controller's
     /// certificate) here; `off` for none. Loopback by default: put it behind
     /// your proxy or VPN, or name a public address deliberately.
-    #[arg(long, env = "SLIPWAY_HTTP_LISTEN", value_name = "ADDR|off", default_value = "127.0.0.1:7480")]
+    #[arg(
+        long,
+        env = "SLIPWAY_HTTP_LISTEN",
+        value_name = "ADDR|off",
+        default_value = "127.0.0.1:7480"
+    )]
     http_listen: String,
     /// Also serve slipctl (not agents) in plaintext here; loopback addresses only.
     #[arg(long, value_name = "ADDR")]

@@ -121,11 +121,7 @@ impl Metrics {
                 "Agent sessions open on this controller.",
                 &[],
             ),
-            rollouts: gauges(
-                "slipway_rollouts",
-                "Rollouts by state.",
-                &["state"],
-            ),
+            rollouts: gauges("slipway_rollouts", "Rollouts by state.", &["state"]),
             blob_bytes_stored: gauges(
                 "slipway_blob_bytes_stored",
                 "Bytes of release blobs in the store.",

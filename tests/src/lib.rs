@@ -6,6 +6,7 @@
 pub mod cutover;
 pub mod load;
 pub mod systemd_ns;
+pub mod web;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,6 +39,14 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A `/proc/<pid>/status` memory field in KiB (`VmRSS:`, `VmHWM:`), 0 if unknown.

@@ -44,6 +44,9 @@ fn logs_query(a: LogAsk) -> LogsQuery {
         follow: a.follow,
         since_secs: a.since_secs,
         grep: a.grep,
+        until_secs: a.until_secs,
+        max_bytes: a.max_bytes,
+        deadline_secs: a.deadline_secs,
     }
 }
 
@@ -53,10 +56,14 @@ fn host_log(c: LogChunk) -> Result<HostLog, Status> {
         return Ok(HostLog::Error(crate::sanitize::owned(c.error, MAX_TEXT)));
     }
     let bytes: usize = c.lines.iter().map(String::len).sum();
-    if c.lines.len() > MAX_CHUNK_LINES || bytes > MAX_CHUNK_BYTES {
+    if c.lines.len() > MAX_CHUNK_LINES
+        || bytes > MAX_CHUNK_BYTES
+        || !(c.written_at.is_empty() || c.written_at.len() == c.lines.len())
+    {
         return Err(Status::invalid_argument(format!(
-            "a log chunk of {} lines, {bytes} bytes (at most {MAX_CHUNK_LINES}, {MAX_CHUNK_BYTES})",
-            c.lines.len()
+            "a log chunk of {} lines, {bytes} bytes, {} times (at most {MAX_CHUNK_LINES} lines, {MAX_CHUNK_BYTES} bytes, a time per line)",
+            c.lines.len(),
+            c.written_at.len()
         )));
     }
     Ok(HostLog::Lines(
@@ -64,6 +71,7 @@ fn host_log(c: LogChunk) -> Result<HostLog, Status> {
             .into_iter()
             .map(|l| crate::sanitize::owned(l, MAX_LINE_BYTES))
             .collect(),
+        c.written_at,
     ))
 }
 

@@ -27,8 +27,8 @@ pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport};
 pub use releases::{DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
-pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
+pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

@@ -95,11 +95,9 @@ impl Store {
 
     /// Every tenant's name, in order.
     pub async fn tenants(&self) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM tenants ORDER BY name")
-                .fetch_all(self.db())
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT name FROM tenants ORDER BY name")
+            .fetch_all(self.db())
+            .await?)
     }
 
     /// Bytes of every blob stored (all tenants).

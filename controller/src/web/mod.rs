@@ -12,6 +12,7 @@
 
 mod layout;
 mod pages;
+mod search;
 mod session;
 
 use std::net::SocketAddr;
@@ -77,17 +78,19 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return;
             };
-            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                let mut app = app.clone();
-                async move {
-                    tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(Peer(peer));
+                    let mut app = app.clone();
+                    async move {
+                        tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await
+                    }
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
@@ -106,14 +109,21 @@ fn router(ctx: SharedCtx) -> Router {
         .route("/metrics", get(metrics))
         .route("/assets/{name}", get(layout::asset))
         .route("/", get(session::home))
-        .route("/sign-in", get(session::sign_in_page).post(session::sign_in))
+        .route(
+            "/sign-in",
+            get(session::sign_in_page).post(session::sign_in),
+        )
         .route("/sign-out", post(session::sign_out))
         .route("/t/{tenant}/", get(pages::fleet))
         .route("/t/{tenant}/hosts/{host}", get(pages::host))
         .route("/t/{tenant}/rollouts/{app}/{env}", get(pages::rollout))
-        .route("/t/{tenant}/rollouts/{app}/{env}/live", get(pages::rollout_live))
+        .route(
+            "/t/{tenant}/rollouts/{app}/{env}/live",
+            get(pages::rollout_live),
+        )
         .route("/t/{tenant}/history", get(pages::history))
         .route("/t/{tenant}/releases", get(pages::releases))
+        .route("/t/{tenant}/logs", get(search::page))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(observe))
@@ -140,7 +150,10 @@ async fn observe(req: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000"),

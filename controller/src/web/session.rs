@@ -55,7 +55,10 @@ impl FromRequestParts<SharedCtx> for Viewer {
 
     async fn from_request_parts(parts: &mut Parts, ctx: &SharedCtx) -> Result<Self, WebError> {
         let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
-            return Err(WebError::new(StatusCode::UNAUTHORIZED, "sign in to see the fleet"));
+            return Err(WebError::new(
+                StatusCode::UNAUTHORIZED,
+                "sign in to see the fleet",
+            ));
         };
         let ended = || {
             WebError::new(
@@ -72,7 +75,11 @@ impl FromRequestParts<SharedCtx> for Viewer {
             .web_session(&id_hash, crate::store::now())
             .await?
             .ok_or_else(ended)?;
-        let token = ctx.store.api_token(&row.token_id).await?.ok_or_else(ended)?;
+        let token = ctx
+            .store
+            .api_token(&row.token_id)
+            .await?
+            .ok_or_else(ended)?;
         let principal = crate::auth::principal(ctx, token)
             .await
             .map_err(|s| WebError::new(StatusCode::UNAUTHORIZED, s.message()))?;
@@ -145,7 +152,9 @@ fn csrf_matches(expected: &str, got: &str) -> Result<(), WebError> {
 /// `/`: the caller's fleet, or the sign-in page.
 pub async fn home(viewer: Result<Viewer, WebError>) -> Response {
     match viewer {
-        Ok(v) => Redirect::to(&format!("/t/{}/", layout::path(&v.principal.tenant))).into_response(),
+        Ok(v) => {
+            Redirect::to(&format!("/t/{}/", layout::path(&v.principal.tenant))).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -181,10 +190,9 @@ pub fn sign_in_response(status: StatusCode, message: &str) -> Response {
         },
     );
     let mut response = (status, body).into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(SIGN_IN_COOKIE, &csrf, 3600),
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SIGN_IN_COOKIE, &csrf, 3600));
     response
 }
 
@@ -201,7 +209,10 @@ pub async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Result<Response, WebError> {
     same_origin(&headers)?;
-    csrf_matches(cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default(), &form.csrf)?;
+    csrf_matches(
+        cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default(),
+        &form.csrf,
+    )?;
     let token = form.token.trim();
     let refused = |message: &str| {
         crate::metrics::METRICS
@@ -316,12 +327,24 @@ mod tests {
     fn a_form_from_another_origin_is_refused() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7480"));
-        assert!(same_origin(&h).is_ok(), "no Origin: not a browser's cross-site POST");
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://127.0.0.1:7480"));
+        assert!(
+            same_origin(&h).is_ok(),
+            "no Origin: not a browser's cross-site POST"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://127.0.0.1:7480"),
+        );
         assert!(same_origin(&h).is_ok());
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
         assert_eq!(same_origin(&h).unwrap_err().status, StatusCode::FORBIDDEN);
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:7480"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:7480"),
+        );
         assert!(same_origin(&h).is_err(), "plain http is another origin");
     }
 
