@@ -152,7 +152,7 @@ async fn observe(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,

@@ -107,7 +107,7 @@ pub async fn fleet(
                                 @if let Some(r) = &a.rollout {
                                     div { a href={ "/t/" (t) "/rollouts/" (path(app)) "/" (path(env)) } {
                                         @if r.state.is_holding() {
-                                            "rollout " (r.state.as_str()) ": step " (r.step) "/" (r.steps)
+                                            "rollout " (r.state.as_str()) ": step " (r.step + 1) "/" (r.steps)
                                         } @else {
                                             "last rollout " (r.state.as_str())
                                         }
@@ -285,7 +285,7 @@ fn render_rollout(r: &RolloutRow, hosts: &[RolloutHostRow]) -> Markup {
     html! {
         dl.facts {
             dt { "state" } dd #state { (badge(r.state.as_str())) }
-            dt { "step" } dd #step { (r.step) " of " (r.steps) }
+            dt { "step" } dd #step { (r.step + 1) " of " (r.steps) }
             dt { "change" } dd { code { (shown(or_dash(&r.from_version))) } " → " code { (shown(&r.to_version)) } }
             dt { "plan" } dd {
                 "canary " (s.canary) ", batches of " (s.batch) ", up to " (s.max_failures) " failure(s), "
@@ -304,7 +304,9 @@ fn render_rollout(r: &RolloutRow, hosts: &[RolloutHostRow]) -> Markup {
                 tr data-host=(h.host) {
                     td { @if h.step == 0 { "canary" } @else { (h.step) } }
                     td { (shown(&h.host)) }
-                    td { @if h.admitted_at > 0 { (badge(h.outcome.as_str())) } @else { span.muted { "waiting" } } }
+                    td { @if h.admitted_at > 0 { (badge(h.outcome.as_str())) }
+                        @else if r.state.is_holding() { span.muted { "waiting" } }
+                        @else { span.muted { "not reached" } } }
                     td.reason { (shown(&h.reason)) }
                 }
             } }
