@@ -1,0 +1,196 @@
+//! `slipway-searchbench`: the dashboard's log search at fleet size, with
+//! real binaries (a controller and one `slipway-agent` process per host,
+//! mTLS, this one machine). `SLIPWAY_BENCH_HOSTS` hosts (default 50) each
+//! hold `SLIPWAY_BENCH_MB` MiB of log (default 50) in their app's log file;
+//! a rare string sits in the middle of two of them. The search goes through
+//! the HTTPS listener as a browser's would (streamed), `SLIPWAY_BENCH_ROUNDS`
+//! times (default 3), side by side with `grep -F` over the same files on this
+//! machine (what an operator with a shell on every host runs, minus SSH):
+//! time to the first result, to the complete answer, and the controller's
+//! and the agents' resident memory during it.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use integration_tests::web::Https;
+use integration_tests::{
+    Agent, Controller, eventually, join_host, proc_kib, wait_hosts_connected,
+    worker_release_writing,
+};
+
+const NEEDLE: &str = "rare-needle-9c1e";
+
+fn number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A MiB of ordinary request lines.
+fn block(seed: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut i = seed * 10_000;
+    while out.len() < (1 << 20) - 200 {
+        i += 1;
+        writeln!(
+            out,
+            "2026-12-01T10:{:02}:{:02}Z INFO request id={i} method=GET path=/api/items/{} status=200 took={}ms user=u{}",
+            (i / 60) % 60,
+            i % 60,
+            i % 9973,
+            i % 97,
+            i % 1000
+        )
+        .expect("write to memory");
+    }
+    out
+}
+
+/// Peak resident memory (KiB) of `pids` summed, and of the largest one,
+/// sampled every 20 ms until `stop`.
+fn sample(pids: Vec<u32>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut sum_peak, mut one_peak) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            let each: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmRSS:")).collect();
+            sum_peak = sum_peak.max(each.iter().sum());
+            one_peak = one_peak.max(each.iter().copied().max().unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (sum_peak, one_peak)
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let hosts = number("SLIPWAY_BENCH_HOSTS", 50);
+    let mb = number("SLIPWAY_BENCH_MB", 50);
+    let rounds = number("SLIPWAY_BENCH_ROUNDS", 3).max(1);
+    let t = tempfile::tempdir()?;
+    let c = Controller::start(t.path());
+    let rel = worker_release_writing(t.path(), "1.0.0", 0);
+    c.ctl(&[
+        "publish",
+        rel.to_str().expect("utf8"),
+        "--app",
+        "web",
+        "--version",
+        "1.0.0",
+        "--allow-dirty",
+    ])
+    .ok();
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    let names: Vec<String> = (0..hosts).map(|i| format!("host-{i:02}")).collect();
+    let mut agents: Vec<Agent> = names
+        .iter()
+        .map(|h| join_host(&c, t.path(), h, "preprod"))
+        .collect();
+    for a in &mut agents {
+        a.spawn();
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_hosts_connected(&c, &refs);
+    c.ctl(&["apps", "add", "web", "--env", "preprod", "--stop-grace", "1"])
+        .ok();
+
+    // The logs: MB MiB per host, the needle in the middle of two of them.
+    let started = Instant::now();
+    let with_needle = [hosts / 3, 2 * hosts / 3];
+    let blocks: Vec<Vec<u8>> = (0..8).map(block).collect();
+    let files: Vec<std::path::PathBuf> = agents
+        .iter()
+        .map(|a| a.state_dir.join("apps/web/logs/worker.log"))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        eventually(Duration::from_secs(60), "the worker's log file", || {
+            f.exists().then_some(())
+        });
+        let mut out = std::io::BufWriter::new(std::fs::OpenOptions::new().append(true).open(f)?);
+        for m in 0..mb {
+            out.write_all(&blocks[(i + m) % blocks.len()])?;
+            if m == mb / 2 && with_needle.contains(&i) {
+                writeln!(out, "2026-12-01T10:30:00Z ERROR payment gateway timeout {NEEDLE} host={i}")?;
+            }
+        }
+        out.flush()?;
+    }
+    println!(
+        "{hosts} hosts x {mb} MiB of log written in {:.1} s; the needle on hosts {with_needle:?}",
+        started.elapsed().as_secs_f64()
+    );
+
+    let web = Https::new(&c);
+    let session = web
+        .sign_in(&c.token("looker", &["viewer"]))
+        .map_err(|r| anyhow::anyhow!("sign in: {} {}", r.status, r.body))?;
+    let url = format!(
+        "{}/t/default/logs?app=web&env=preprod&q={NEEDLE}&since=24h",
+        web.base
+    );
+    let mut pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
+    let controller_pid = c.pid().expect("controller pid");
+    for round in 0..rounds {
+        // The search, streamed, as a browser reads it.
+        let stop = Arc::new(AtomicBool::new(false));
+        let agents_mem = sample(pids.clone(), stop.clone());
+        let controller_mem = sample(vec![controller_pid], stop.clone());
+        let first = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut curl = Command::new("curl")
+            .args(["-sS", "-N", "--max-time", "120", "--cacert"])
+            .arg(c.ca_cert())
+            .args(["-b", &session, &url])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut stdout = curl.stdout.take().expect("piped");
+        let mut body = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = stdout.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&buf[..n]);
+            if first.load(Ordering::Relaxed) == 0
+                && String::from_utf8_lossy(&body).contains("class=\"hit\"")
+            {
+                first.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+        }
+        curl.wait()?;
+        let total = start.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let (agents_sum, agent_max) = agents_mem.join().expect("sampler");
+        let (controller_peak, _) = controller_mem.join().expect("sampler");
+        let body = String::from_utf8_lossy(&body);
+        let found = body.matches("class=\"hit\" data-host").count();
+        let summary = body
+            .split_once("<div id=\"summary\"><p>")
+            .and_then(|(_, s)| s.split_once("</p>"))
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_default();
+
+        // The same on this machine: grep -F over every file.
+        let start = Instant::now();
+        let grep = Command::new("grep")
+            .args(["-F", "-h", NEEDLE])
+            .args(&files)
+            .output()?;
+        let grep_secs = start.elapsed().as_secs_f64();
+        let grep_found = String::from_utf8_lossy(&grep.stdout).lines().count();
+        println!(
+            "round {round}: search of {hosts} hosts x {mb} MiB: first result {:.3} s, complete {total:.3} s ({summary}; {found} lines shown); `grep -F` of the same files here: {grep_secs:.3} s ({grep_found} lines); ratio {:.1}x; controller RSS peak {} MiB; agents RSS peak {} MiB summed, {} MiB the largest",
+            first.load(Ordering::Relaxed) as f64 / 1e6,
+            total / grep_secs,
+            controller_peak / 1024,
+            agents_sum / 1024,
+            agent_max / 1024,
+        );
+        pids.retain(|p| proc_kib(*p, "VmRSS:") > 0);
+    }
+    drop(agents);
+    Ok(())
+}
