@@ -203,6 +203,38 @@ fn since_offset(log: &Path, cutoff: u64) -> Option<u64> {
     )
 }
 
+/// The rotated copies of `log` (`<log>.1` newest … `<log>.N`), oldest first.
+fn rotated_logs(log: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for n in 1..=100u32 {
+        let p = PathBuf::from(format!("{}.{n}", log.display()));
+        if !p.is_file() {
+            break;
+        }
+        out.push(p);
+    }
+    out.reverse();
+    out
+}
+
+fn modified_secs(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Says that a search stopped at its deadline, in `process`'s log.
+fn stopped(out: &mut dyn Out, process: &str, q: &Query) -> Result<(), LogsError> {
+    writeln!(
+        out,
+        "[slipway] search stopped after {}s in {process}'s logs: narrow the time range",
+        q.deadline.unwrap_or(MAX_SEARCH_TIME).as_secs()
+    )
+    .map_err(io("write"))
+}
+
 /// Where lines written before `until` (unix seconds) end in `log`: the
 /// offset of the last mark at or before it (0 before every mark), or the
 /// whole log when it was not written since.
@@ -606,28 +638,44 @@ pub fn show(
         let until = q.until.map(|d| unix_now().saturating_sub(d.as_secs()));
         let deadline =
             std::time::Instant::now() + q.deadline.unwrap_or(MAX_SEARCH_TIME).min(MAX_SEARCH_TIME);
-        for (process, path) in &files {
+        'processes: for (process, path) in &files {
+            // Rotated copies first (oldest first, whole: they have no
+            // marks, their last change bounds their lines' times), then the
+            // live log from its marks.
+            let mut found = Vec::new();
+            for rotated in rotated_logs(path) {
+                let modified = modified_secs(&rotated);
+                if cutoff.is_some_and(|c| modified < c) {
+                    continue;
+                }
+                let part = search(&rotated, 0, u64::MAX, re, &secrets, q.lines, deadline, stop)?;
+                found.extend(part.lines.into_iter().map(|(_, l)| (modified, l)));
+                if part.stopped {
+                    stopped(out, process, q)?;
+                    break 'processes;
+                }
+            }
             let start = match cutoff {
-                None => 0,
-                Some(cutoff) => match since_offset(path, cutoff) {
-                    Some(o) => o,
-                    None => continue,
-                },
+                None => Some(0),
+                Some(cutoff) => since_offset(path, cutoff),
             };
-            let end = until.map_or(u64::MAX, |t| until_offset(path, t));
-            let found = search(path, start, end, re, &secrets, q.lines, deadline, stop)?;
-            for (at, line) in found.lines {
+            let mut stop_here = false;
+            if let Some(start) = start {
+                let end = until.map_or(u64::MAX, |t| until_offset(path, t));
+                let part = search(path, start, end, re, &secrets, q.lines, deadline, stop)?;
+                found.extend(part.lines);
+                stop_here = part.stopped;
+            }
+            if let Some(until) = until {
+                found.retain(|(at, _)| *at <= until || *at == 0);
+            }
+            let skip = found.len().saturating_sub(q.lines);
+            for (at, line) in found.into_iter().skip(skip) {
                 out.stamp(at);
                 write(out, shown(process, &line, &secrets))?;
             }
-            if found.stopped {
-                write(
-                    out,
-                    format!(
-                        "[slipway] search stopped after {}s in {process}.log: narrow the time range",
-                        q.deadline.unwrap_or(MAX_SEARCH_TIME).as_secs()
-                    ),
-                )?;
+            if stop_here {
+                stopped(out, process, q)?;
                 break;
             }
         }
@@ -889,6 +937,59 @@ mod tests {
         assert_eq!(since_offset(&log, now + 60), None, "not written since");
         let (lines, _) = tail(&log, 10, 4).unwrap();
         assert_eq!(lines, ["new"]);
+    }
+
+    #[test]
+    fn a_search_reads_blocks_keeps_the_last_masked_matches_and_finds_rotated_logs() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("web.log");
+        std::fs::write(d.path().join("web.log.2"), "hit old\n").unwrap();
+        std::fs::write(d.path().join("web.log.1"), "hit newer\n").unwrap();
+        // Past a block of lines without a match, the needle; a line holding
+        // an env-file value matches only on its masked text.
+        let mut text = "filler line\n".repeat(200_000);
+        text.push_str("needle one\nkey=s3cr3t needle two\nneedle three\n");
+        std::fs::write(&log, &text).unwrap();
+        assert_eq!(
+            rotated_logs(&log),
+            [d.path().join("web.log.2"), d.path().join("web.log.1")],
+            "oldest first"
+        );
+        let far = std::time::Instant::now() + Duration::from_secs(60);
+        let run = |re: &str, n: usize| {
+            let found = search(
+                &log,
+                0,
+                u64::MAX,
+                &pattern(re).unwrap(),
+                &["s3cr3t".to_string()],
+                n,
+                far,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            assert!(!found.stopped);
+            found.lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>()
+        };
+        assert_eq!(run("needle", 2), ["key=s3cr3t needle two", "needle three"]);
+        assert!(
+            run("s3cr3t", 10).is_empty(),
+            "a value cannot be searched for"
+        );
+        assert_eq!(run(r"key=\*\*\*", 10), ["key=s3cr3t needle two"]);
+        // A range that ends before the needle's bytes: nothing.
+        let found = search(
+            &log,
+            0,
+            12,
+            &pattern("needle").unwrap(),
+            &[],
+            10,
+            far,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert!(found.lines.is_empty());
     }
 
     #[test]

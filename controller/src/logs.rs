@@ -126,26 +126,21 @@ impl LogRequest {
             return Err(bad(format!("--grep: at most {MAX_PATTERN_BYTES} bytes")));
         }
         if !a.grep.is_empty() {
-            pattern(&a.grep).map_err(|why| bad(format!("--grep: {why}")))?;
+            pattern(&a.grep).map_err(|e| {
+                let why = e.to_string();
+                bad(format!(
+                    "--grep: {}",
+                    why.lines().last().unwrap_or("").trim()
+                ))
+            })?;
         }
         Ok(())
     }
 }
 
-/// A pattern compiled as the hosts compile it (linear time, bounded size);
-/// the error's last line when it does not compile.
-pub fn pattern(re: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(re)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| {
-            e.to_string()
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
+/// A pattern compiled as the hosts compile it (linear time, bounded size).
+pub fn pattern(re: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(re).size_limit(1 << 20).build()
 }
 
 /// One host's part of an answer, in the order it comes.

@@ -27,7 +27,11 @@ async fn the_dashboard_in_a_browser() {
         let agents: Vec<Agent> = ["pre-1", "pre-2", "pre-3", "prod-1", "prod-2", "prod-3"]
             .iter()
             .map(|h| {
-                let env = if h.starts_with("pre-") { "preprod" } else { "prod" };
+                let env = if h.starts_with("pre-") {
+                    "preprod"
+                } else {
+                    "prod"
+                };
                 Agent::start(&dir, &c, h, env, DB_ENV)
             })
             .collect();
@@ -69,7 +73,10 @@ async fn the_dashboard_in_a_browser() {
         assert!(hosts.contains(h), "{h} in {hosts}");
     }
     assert_eq!(
-        b.find_all(Locator::Css("#hosts tbody tr")).await.unwrap().len(),
+        b.find_all(Locator::Css("#hosts tbody tr"))
+            .await
+            .unwrap()
+            .len(),
         6
     );
     let apps = chrome.wait_text("#apps", "3/3 at desired", WAIT).await;
@@ -100,7 +107,10 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     let facts = chrome.wait_text("#facts", "prod", WAIT).await;
-    assert!(facts.contains("connected") && facts.contains("certificate expires"), "{facts}");
+    assert!(
+        facts.contains("connected") && facts.contains("certificate expires"),
+        "{facts}"
+    );
     let app = chrome.wait_text("section.app", "1.0.0", WAIT).await;
     assert!(app.contains("healthy"), "{app}");
     chrome.shot("host").await;
@@ -164,7 +174,10 @@ async fn the_dashboard_in_a_browser() {
     assert!(reason.contains("3.0.0"), "{reason}");
     chrome.wait_text("#state", "reverted", WAIT).await;
     let rows = chrome.wait_text("#rollout-hosts", "failed", WAIT).await;
-    assert!(rows.contains("unhealthy") || rows.contains("health"), "{rows}");
+    assert!(
+        rows.contains("unhealthy") || rows.contains("health"),
+        "{rows}"
+    );
     chrome.shot("rollout-failed").await;
 
     // Log search: a line prod-3's app wrote, found from the browser.
@@ -198,11 +211,17 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     let history = chrome.wait_text("#history", "deploy", WAIT).await;
-    assert!(history.contains("web-sign-in") && history.contains("UTC"), "{history}");
+    assert!(
+        history.contains("web-sign-in") && history.contains("UTC"),
+        "{history}"
+    );
     chrome.shot("history").await;
     b.goto(&format!("{base}/t/default/releases")).await.unwrap();
     let releases = chrome.wait_text("table.releases", "3.0.0", WAIT).await;
-    assert!(releases.contains("sha256:") && releases.contains("prod-1"), "{releases}");
+    assert!(
+        releases.contains("sha256:") && releases.contains("prod-1"),
+        "{releases}"
+    );
     chrome.shot("releases").await;
 
     // Another tenant's page: refused, its reason shown.

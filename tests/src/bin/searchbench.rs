@@ -1,8 +1,9 @@
 //! `slipway-searchbench`: the dashboard's log search at fleet size, with
 //! real binaries (a controller and one `slipway-agent` process per host,
 //! mTLS, this one machine). `SLIPWAY_BENCH_HOSTS` hosts (default 50) each
-//! hold `SLIPWAY_BENCH_MB` MiB of log (default 50) in their app's log file;
-//! a rare string sits in the middle of two of them. The search goes through
+//! hold `SLIPWAY_BENCH_MB` MiB of log (default 50): the live log and its
+//! rotated copies, as the agent keeps them; a rare string sits in the middle
+//! of two hosts' logs (one in a rotated copy, one in a live log). The search goes through
 //! the HTTPS listener as a browser's would (streamed), `SLIPWAY_BENCH_ROUNDS`
 //! times (default 3), side by side with `grep -F` over the same files on this
 //! machine (what an operator with a shell on every host runs, minus SSH):
@@ -70,7 +71,8 @@ fn main() -> anyhow::Result<()> {
     let mb = number("SLIPWAY_BENCH_MB", 50);
     let rounds = number("SLIPWAY_BENCH_ROUNDS", 3).max(1);
     let t = tempfile::tempdir()?;
-    let c = Controller::start(t.path());
+    // Every host enrolls from this one address.
+    let c = Controller::start_with(t.path(), &["--enrolls-per-minute", "1000"]);
     let rel = worker_release_writing(t.path(), "1.0.0", 0);
     c.ctl(&[
         "publish",
@@ -93,8 +95,16 @@ fn main() -> anyhow::Result<()> {
     }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     wait_hosts_connected(&c, &refs);
-    c.ctl(&["apps", "add", "web", "--env", "preprod", "--stop-grace", "1"])
-        .ok();
+    c.ctl(&[
+        "apps",
+        "add",
+        "web",
+        "--env",
+        "preprod",
+        "--stop-grace",
+        "1",
+    ])
+    .ok();
 
     // The logs: MB MiB per host, the needle in the middle of two of them.
     let started = Instant::now();
@@ -104,19 +114,49 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|a| a.state_dir.join("apps/web/logs/worker.log"))
         .collect();
+    // As the agent keeps them: the live log under its rotation size (10 MiB),
+    // older output in rotated copies (`worker.log.1`…).
+    let rotated = (mb.max(1) - 1) / 10;
     for (i, f) in files.iter().enumerate() {
         eventually(Duration::from_secs(60), "the worker's log file", || {
             f.exists().then_some(())
         });
-        let mut out = std::io::BufWriter::new(std::fs::OpenOptions::new().append(true).open(f)?);
-        for m in 0..mb {
-            out.write_all(&blocks[(i + m) % blocks.len()])?;
-            if m == mb / 2 && with_needle.contains(&i) {
-                writeln!(out, "2026-12-01T10:30:00Z ERROR payment gateway timeout {NEEDLE} host={i}")?;
+        for part in (0..=rotated).rev() {
+            let path = if part == 0 {
+                f.clone()
+            } else {
+                std::path::PathBuf::from(format!("{}.{part}", f.display()))
+            };
+            let size = if part == 0 { mb - 10 * rotated } else { 10 };
+            let mut out = std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?,
+            );
+            for m in 0..size {
+                out.write_all(&blocks[(i + m + part) % blocks.len()])?;
+                let needle_here = (i == with_needle[0] && part == rotated / 2 && m == size / 2)
+                    || (i == with_needle[1] && part == 0 && m == size / 2);
+                if needle_here {
+                    writeln!(
+                        out,
+                        "2026-12-01T10:30:00Z ERROR payment gateway timeout {NEEDLE} host={i}"
+                    )?;
+                }
             }
+            out.flush()?;
         }
-        out.flush()?;
     }
+    let files: Vec<std::path::PathBuf> = files
+        .iter()
+        .flat_map(|f| {
+            (0..=rotated).map(move |part| match part {
+                0 => f.clone(),
+                n => std::path::PathBuf::from(format!("{}.{n}", f.display())),
+            })
+        })
+        .collect();
     println!(
         "{hosts} hosts x {mb} MiB of log written in {:.1} s; the needle on hosts {with_needle:?}",
         started.elapsed().as_secs_f64()
