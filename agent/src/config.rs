@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// names, or `"*"` for any. Empty (the default): local apps only.
     #[serde(default)]
     pub accept_apps: Vec<String>,
+    /// Serve Prometheus metrics over plain HTTP here (`127.0.0.1:9480`):
+    /// loopback addresses only. Unset (the default): no listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Release signature policy. With no keys, releases are not checked for
@@ -413,6 +416,16 @@ impl AgentConfig {
             why,
         };
         validate_name(NameKind::Host, &cfg.host).map_err(|e| invalid("host", e.why.into()))?;
+        if let Some(addr) = cfg.metrics_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(invalid(
+                "metrics_listen",
+                format!(
+                    "{addr} is not a loopback address: the metrics listener has no authentication"
+                ),
+            ));
+        }
         validate_name(NameKind::Tenant, &cfg.tenant)
             .map_err(|e| invalid("tenant", e.why.into()))?;
         validate_name(NameKind::Environment, &cfg.environment)
@@ -477,6 +490,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
+
+        let with = |addr: &str| {
+            ok.replace(
+                "[apps.web]",
+                &format!("metrics_listen = \"{addr}\"\n[apps.web]"),
+            )
+        };
+        let c = AgentConfig::parse(&with("127.0.0.1:9480"), Path::new("a.toml")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9480".parse().unwrap()));
+        let e = AgentConfig::parse(&with("0.0.0.0:9480"), Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metrics_listen") && e.contains("not a loopback address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -203,7 +203,22 @@ pub enum Probe<'a> {
 
 const COMMAND_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Runs one probe, timed (`metrics`).
 async fn probe(p: Probe<'_>) -> Result<(), ProbeError> {
+    let kind = match &p {
+        Probe::Up => return Ok(()),
+        Probe::Shared { .. } => "shared",
+        Probe::Http { .. } => "http",
+        Probe::Tcp { .. } => "tcp",
+        Probe::Command { .. } => "command",
+    };
+    let started = std::time::Instant::now();
+    let result = run_probe(p).await;
+    crate::metrics::METRICS.health_check(kind, result.is_ok(), started.elapsed());
+    result
+}
+
+async fn run_probe(p: Probe<'_>) -> Result<(), ProbeError> {
     match p {
         Probe::Up => Ok(()),
         Probe::Shared { addr, path, group } => {

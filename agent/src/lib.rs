@@ -22,6 +22,7 @@ pub mod local;
 pub mod lock;
 pub mod logs;
 pub mod manifests;
+pub mod metrics;
 pub mod paths;
 pub mod program;
 pub mod proxy;
@@ -58,6 +59,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     ensure_enrolled(&cfg, &shutdown).await?;
+    // Bound once, for the agent's life (a change takes a restart).
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = metrics::bind(addr).await?;
+        tracing::info!(%addr, "metrics listening (plain HTTP, loopback)");
+        tokio::spawn(metrics::serve(listener, shutdown.clone()));
+    }
     let mut declared = declared::Declared::load(&cfg.state_dir);
     let (declared_tx, mut declared_rx) = tokio::sync::mpsc::channel(4);
     let mut local = cfg;

@@ -76,6 +76,8 @@ pub struct Query {
     /// A search (`grep`, no `follow`) stops reading after this long and
     /// says so.
     pub deadline: Option<Duration>,
+    /// The app's deploy log (its last `lines` steps) instead of its output.
+    pub deploy_log: bool,
 }
 
 /// Longest a search may read a host's logs.
@@ -201,6 +203,42 @@ fn since_offset(log: &Path, cutoff: u64) -> Option<u64> {
             .find(|(t, _)| *t <= cutoff)
             .map_or(0, |(_, o)| *o),
     )
+}
+
+/// The last `n` steps of the app's deploy log, one readable line each
+/// (`step outcome version: detail`), stamped with when it was written.
+fn deploy_steps(
+    paths: &AppPaths,
+    n: usize,
+    secrets: &[String],
+    out: &mut dyn Out,
+) -> Result<(), LogsError> {
+    if !paths.deploy_log.exists() {
+        return out.flush().map_err(io("write"));
+    }
+    let (lines, _) = tail(&paths.deploy_log, n, 0)?;
+    for line in lines {
+        #[derive(serde::Deserialize)]
+        struct Step {
+            ts: i64,
+            version: String,
+            step: String,
+            outcome: String,
+            #[serde(default)]
+            detail: String,
+        }
+        let Ok(step) = serde_json::from_str::<Step>(&line) else {
+            continue;
+        };
+        let mut text = format!("{} {} {}", step.step, step.outcome, step.version);
+        if !step.detail.is_empty() {
+            text.push_str(": ");
+            text.push_str(&step.detail);
+        }
+        out.stamp(u64::try_from(step.ts).unwrap_or(0));
+        writeln!(out, "{}", shown("deploy", &text, secrets)).map_err(io("write"))?;
+    }
+    out.flush().map_err(io("write"))
 }
 
 /// The rotated copies of `log` (`<log>.1` newest … `<log>.N`), oldest first.
@@ -612,6 +650,9 @@ pub fn show(
     let grep = q.grep.as_deref().map(pattern).transpose()?;
     let paths = AppPaths::for_app(&cfg.state_dir, app, app_cfg);
     let secrets = crate::app::env_secrets(app_cfg, &paths);
+    if q.deploy_log {
+        return deploy_steps(&paths, q.lines, &secrets, out);
+    }
     if app_cfg.service != Backend::Supervise {
         return journal(app, app_cfg, q, grep.as_ref(), &secrets, out, stop);
     }

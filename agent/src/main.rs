@@ -205,6 +205,7 @@ fn main() -> ExitCode {
                     since,
                     until: None,
                     deadline: None,
+                    deploy_log: false,
                 };
                 let mut out = std::io::stdout().lock();
                 match agent::logs::show(&cfg, &app, &q, &mut out, &stop) {

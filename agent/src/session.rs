@@ -263,6 +263,7 @@ impl Session {
                 until: Some(Duration::from_secs(q.until_secs)).filter(|d| !d.is_zero()),
                 deadline: Some(Duration::from_secs(q.deadline_secs.into()))
                     .filter(|d| !d.is_zero()),
+                deploy_log: q.deploy_log,
             };
             let max_bytes = match q.max_bytes {
                 // As before bounds existed: -n and the follow rate bound it.

@@ -344,4 +344,5 @@ pub fn log_step(path: &Path, app: &str, version: &str, step: &str, outcome: &str
         tracing::warn!(path = %path.display(), error = %e, "cannot append to deploy.log");
     }
     tracing::info!(app, version, step, outcome, detail, "deploy step");
+    crate::metrics::METRICS.step(app, step, outcome);
 }

@@ -58,6 +58,8 @@ pub struct LogAsk {
     pub max_bytes: u64,
     /// A search reads for at most this long on the host (0: its bound).
     pub deadline_secs: u32,
+    /// The app's deploy log (its last `lines` steps) instead of its output.
+    pub deploy_log: bool,
 }
 
 /// What a host answers.

@@ -777,6 +777,36 @@ pub fn join_host(c: &Controller, dir: &Path, host: &str, env: &str) -> Agent {
     Agent::with_config(dir, host, &config, &state, 0)
 }
 
+/// The fleet the day-2 benchmarks start from: a worker release of `web`
+/// whose process writes `lines` lines, published and desired in preprod, and
+/// `hosts` hosts (`host-00`…) joined, started and connected, running nothing
+/// until `web` is declared for them.
+pub fn worker_fleet(c: &Controller, dir: &Path, hosts: usize, lines: u32) -> Vec<Agent> {
+    let rel = worker_release_writing(dir, "1.0.0", lines);
+    c.ctl(&[
+        "publish",
+        rel.to_str().expect("utf8"),
+        "--app",
+        "web",
+        "--version",
+        "1.0.0",
+        "--allow-dirty",
+    ])
+    .ok();
+    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
+    let names: Vec<String> = (0..hosts).map(|i| format!("host-{i:02}")).collect();
+    let mut agents: Vec<Agent> = names
+        .iter()
+        .map(|h| join_host(c, dir, h, "preprod"))
+        .collect();
+    for a in &mut agents {
+        a.spawn();
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_hosts_connected(c, &names);
+    agents
+}
+
 /// Waits until `slipctl hosts` shows each of `hosts` connected.
 pub fn wait_hosts_connected(c: &Controller, hosts: &[&str]) {
     eventually(

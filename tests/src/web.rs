@@ -221,6 +221,26 @@ impl Chrome {
         std::fs::write(self.shots.join(format!("{name}.png")), png).expect("write screenshot");
     }
 
+    /// Prints what the page weighs on a first load: its HTML, stylesheet and
+    /// script (bodies as sent, whether or not the browser had them cached;
+    /// the live view's event stream left out).
+    pub async fn weigh(&self, page: &str) {
+        let kb = self
+            .client
+            .execute(
+                "return performance.getEntriesByType('navigation')
+                    .concat(performance.getEntriesByType('resource'))
+                    .filter((e) => !e.name.endsWith('/live'))
+                    .reduce((n, e) => n + (e.encodedBodySize || 0), 0) / 1024;",
+                vec![],
+            )
+            .await
+            .expect("performance entries")
+            .as_f64()
+            .unwrap_or(0.0);
+        eprintln!("page weight, first load: {page}: {kb:.1} KB");
+    }
+
     /// The page's text once `css` matches an element whose text contains
     /// `needle`, waiting up to `timeout`.
     pub async fn wait_text(&self, css: &str, needle: &str, timeout: Duration) -> String {

@@ -86,17 +86,7 @@ async fn the_dashboard_in_a_browser() {
             .await
             .unwrap_or_else(|e| panic!("{env}: {e}"));
     }
-    let weight: f64 = b
-        .execute(
-            "return (performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource')))
-                .reduce((n, e) => n + (e.transferSize || 0), 0) / 1024;",
-            vec![],
-        )
-        .await
-        .unwrap()
-        .as_f64()
-        .unwrap();
-    eprintln!("fleet page, first load: {weight:.1} KB transferred");
+    chrome.weigh("fleet").await;
     chrome.shot("fleet").await;
 
     // A host.
@@ -113,6 +103,15 @@ async fn the_dashboard_in_a_browser() {
     );
     let app = chrome.wait_text("section.app", "1.0.0", WAIT).await;
     assert!(app.contains("healthy"), "{app}");
+    // The last steps of its deploy log, asked of the host.
+    let steps = chrome
+        .wait_text("section.app table.steps", "deploy healthy 1.0.0", WAIT)
+        .await;
+    assert!(
+        steps.contains("fetch ok 1.0.0") && steps.contains("UTC"),
+        "{steps}"
+    );
+    chrome.weigh("host").await;
     chrome.shot("host").await;
 
     // A rollout in steps (a canary, then one host at a time, paused
@@ -178,6 +177,7 @@ async fn the_dashboard_in_a_browser() {
         rows.contains("unhealthy") || rows.contains("health"),
         "{rows}"
     );
+    chrome.weigh("rollout").await;
     chrome.shot("rollout-failed").await;
 
     // Log search: a line prod-3's app wrote, found from the browser.
@@ -204,6 +204,7 @@ async fn the_dashboard_in_a_browser() {
         "{results}"
     );
     assert!(results.contains("from 6 of 6 host(s)"), "{results}");
+    chrome.weigh("log search, 1 line from 6 hosts").await;
     chrome.shot("logs").await;
 
     // History and releases.
@@ -215,6 +216,7 @@ async fn the_dashboard_in_a_browser() {
         history.contains("web-sign-in") && history.contains("UTC"),
         "{history}"
     );
+    chrome.weigh("history").await;
     chrome.shot("history").await;
     b.goto(&format!("{base}/t/default/releases")).await.unwrap();
     let releases = chrome.wait_text("table.releases", "3.0.0", WAIT).await;
@@ -222,6 +224,7 @@ async fn the_dashboard_in_a_browser() {
         releases.contains("sha256:") && releases.contains("prod-1"),
         "{releases}"
     );
+    chrome.weigh("releases").await;
     chrome.shot("releases").await;
 
     // Another tenant's page: refused, its reason shown.

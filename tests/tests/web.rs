@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use integration_tests::web::Https;
-use integration_tests::{Agent, Controller, ReleaseOpts, eventually, http_get, publish};
+use integration_tests::{
+    Agent, Controller, ReleaseOpts, eventually, exit, free_port, http_get, publish,
+};
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
 
@@ -60,8 +62,13 @@ fn health_and_metrics_answer_and_promtool_accepts_the_exposition() {
     // No tenant, host or app name is a label.
     assert!(!metrics.body.contains("m-1") && !metrics.body.contains("default"));
 
-    let file = t.path().join("metrics.txt");
-    std::fs::write(&file, &metrics.body).unwrap();
+    promtool(t.path(), &metrics.body);
+}
+
+/// Runs `promtool check metrics` on `text`.
+fn promtool(dir: &std::path::Path, text: &str) {
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
     let check = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&file).unwrap())
@@ -73,6 +80,58 @@ fn health_and_metrics_answer_and_promtool_accepts_the_exposition() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+#[test]
+fn an_agent_with_metrics_listen_counts_deploys_rollbacks_steps_and_probes() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let mut a = Agent::configured(t.path(), &c, "am-1", "preprod", DB_ENV, true);
+    let port = free_port();
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{config}"),
+    )
+    .unwrap();
+    a.spawn();
+    a.wait_connected(&c);
+    publish(&c, t.path(), &ReleaseOpts::new("1.0.0"));
+    c.deploy_wait("1.0.0", "preprod").ok();
+    publish(
+        &c,
+        t.path(),
+        &ReleaseOpts {
+            healthy: false,
+            ..ReleaseOpts::new("2.0.0")
+        },
+    );
+    assert_eq!(c.deploy_wait("2.0.0", "preprod").code, exit::ROLLOUT_FAILED);
+    a.wait_serving("1.0.0");
+    let body = eventually(Duration::from_secs(20), "the rollback counted", || {
+        let (status, body) = http_get(port, "/metrics")?;
+        (status == 200
+            && body.contains("slipway_agent_rollbacks_total{kind=\"automatic\",outcome=\"ok\"} 1"))
+        .then_some(body)
+    });
+    for line in [
+        "slipway_agent_deploys_total{outcome=\"healthy\"} 1",
+        "slipway_agent_deploys_total{outcome=\"failed\"} 1",
+        "slipway_agent_deploy_step_seconds_count{step=\"fetch\"} 2",
+        "slipway_agent_deploy_step_seconds_count{step=\"deploy\"} 1",
+        "slipway_agent_deploy_steps_total{outcome=\"failed\",step=\"health\"} 1",
+    ] {
+        assert!(body.contains(line), "{line} in:\n{body}");
+    }
+    assert!(
+        body.contains("slipway_agent_health_check_seconds_count{kind=\"http\",result=\"ok\"}")
+            && body.contains(
+                "slipway_agent_health_check_seconds_count{kind=\"http\",result=\"failed\"}"
+            ),
+        "{body}"
+    );
+    promtool(t.path(), &body);
+    assert_eq!(http_get(port, "/other").map(|r| r.0), Some(404));
 }
 
 #[test]

@@ -43,6 +43,7 @@ impl AppRunner {
         }
         let target = d.target();
         tracing::info!(app = %self.name, version = %target.version, generation = target.generation, "deploying");
+        crate::metrics::METRICS.deploy_started(&self.name);
         let previous = self.previous_of(&target.version);
         let mut p = Progress::new(Step::Verify, target, previous, Origin::Controller);
         let directive = match d {

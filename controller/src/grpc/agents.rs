@@ -47,6 +47,7 @@ fn logs_query(a: LogAsk) -> LogsQuery {
         until_secs: a.until_secs,
         max_bytes: a.max_bytes,
         deadline_secs: a.deadline_secs,
+        deploy_log: a.deploy_log,
     }
 }
 

@@ -174,6 +174,16 @@ pub async fn host(
     let apps: Vec<&HostApp> = view.rows.iter().filter(|r| r.row.host == host).collect();
     let connected = ctx.hub.connected(&tenant, &host);
     let last_seen = ctx.hub.last_seen(&tenant, &host, h.last_seen);
+    let mut steps = BTreeMap::new();
+    if connected {
+        for a in &apps {
+            let app = &a.row.report.app;
+            steps.insert(
+                app.as_str(),
+                deploy_steps(&ctx, &tenant, &h.environment, &host, app).await,
+            );
+        }
+    }
     let body = html! {
         dl.facts #facts {
             dt { "environment" } dd { (shown(&h.environment)) }
@@ -222,6 +232,19 @@ pub async fn host(
                         }
                     }
                 }
+                @match steps.get(r.app.as_str()) {
+                    Some(Ok(lines)) if !lines.is_empty() => {
+                        h4 { "Last deploy steps (the host's deploy log)" }
+                        div.scroll { table.steps {
+                            tbody { @for (at, line) in lines { tr {
+                                td.mono { (time(*at as i64)) }
+                                td { (shown(line.strip_prefix("[deploy] ").unwrap_or(line))) }
+                            } } }
+                        } }
+                    }
+                    Some(Err(why)) => { p.muted { "Deploy log: " (shown(&why.to_string())) } }
+                    _ => {}
+                }
             }
         }
     };
@@ -231,6 +254,59 @@ pub async fn host(
         Nav::None,
         body,
     ))
+}
+
+/// Steps of the host's deploy log shown per app.
+const DEPLOY_STEPS: u32 = 12;
+/// How long the host page waits for a host's deploy log.
+const DEPLOY_STEPS_WAIT: Duration = Duration::from_secs(3);
+
+/// The last steps of `app`'s deploy log on `host`, asked of the host (the
+/// log lives there): (when, line) oldest first, or why there are none.
+async fn deploy_steps(
+    ctx: &SharedCtx,
+    tenant: &str,
+    env: &str,
+    host: &str,
+    app: &str,
+) -> Result<Vec<(u64, String)>, crate::error::ControllerError> {
+    let r = crate::logs::LogRequest {
+        app: app.to_string(),
+        environment: env.to_string(),
+        host: host.to_string(),
+        ask: crate::logs::LogAsk {
+            lines: DEPLOY_STEPS,
+            deploy_log: true,
+            max_bytes: 64 * 1024,
+            ..Default::default()
+        },
+    };
+    let (_, mut answers) = crate::logs::ask(ctx, tenant, &r)?;
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(a) = answers.recv().await {
+            match a {
+                crate::logs::Answer::Lines { lines, times, .. } => {
+                    for (i, l) in lines.into_iter().enumerate() {
+                        out.push((times.get(i).copied().unwrap_or(0), l));
+                    }
+                }
+                crate::logs::Answer::Failed { error, .. } => {
+                    return Err(crate::error::ControllerError::Unavailable(error));
+                }
+                crate::logs::Answer::Done { .. } => break,
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DEPLOY_STEPS_WAIT, read).await {
+        Ok(Ok(())) => Ok(out),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(crate::error::ControllerError::Unavailable(format!(
+            "the host did not answer within {}s",
+            DEPLOY_STEPS_WAIT.as_secs()
+        ))),
+    }
 }
 
 fn or_dash(s: &str) -> &str {

@@ -15,9 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{
-    Agent, Controller, eventually, join_host, wait_hosts_connected, worker_release_writing,
-};
+use integration_tests::{Controller, eventually, join_host, worker_fleet};
 
 /// Hosts whose `web` runs `version` healthy, per `slipctl apps show`.
 fn healthy_hosts(c: &Controller, version: &str) -> usize {
@@ -52,30 +50,8 @@ fn main() -> anyhow::Result<()> {
     let rounds = number("SLIPWAY_BENCH_ROUNDS", 3).max(1);
     let t = tempfile::tempdir()?;
     let c = Controller::start(t.path());
-    let rel = worker_release_writing(t.path(), "1.0.0", 2000);
-    c.ctl(&[
-        "publish",
-        rel.to_str().expect("utf8"),
-        "--app",
-        "web",
-        "--version",
-        "1.0.0",
-        "--allow-dirty",
-    ])
-    .ok();
-    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
-
     // A new app on N hosts: the hosts joined and connected, running nothing.
-    let names: Vec<String> = (0..hosts).map(|i| format!("host-{i:02}")).collect();
-    let mut agents: Vec<Agent> = names
-        .iter()
-        .map(|h| join_host(&c, t.path(), h, "preprod"))
-        .collect();
-    for a in &mut agents {
-        a.spawn();
-    }
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    wait_hosts_connected(&c, &names);
+    let agents = worker_fleet(&c, t.path(), hosts, 2000);
     let start = Instant::now();
     let out = c.ctl(&[
         "apps",

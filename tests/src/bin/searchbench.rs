@@ -17,10 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::web::Https;
-use integration_tests::{
-    Agent, Controller, eventually, join_host, proc_kib, wait_hosts_connected,
-    worker_release_writing,
-};
+use integration_tests::{Agent, Controller, eventually, proc_kib, worker_fleet};
 
 const NEEDLE: &str = "rare-needle-9c1e";
 
@@ -73,28 +70,7 @@ fn main() -> anyhow::Result<()> {
     let t = tempfile::tempdir()?;
     // Every host enrolls from this one address.
     let c = Controller::start_with(t.path(), &["--enrolls-per-minute", "1000"]);
-    let rel = worker_release_writing(t.path(), "1.0.0", 0);
-    c.ctl(&[
-        "publish",
-        rel.to_str().expect("utf8"),
-        "--app",
-        "web",
-        "--version",
-        "1.0.0",
-        "--allow-dirty",
-    ])
-    .ok();
-    c.ctl(&["deploy", "web", "1.0.0", "--env", "preprod"]).ok();
-    let names: Vec<String> = (0..hosts).map(|i| format!("host-{i:02}")).collect();
-    let mut agents: Vec<Agent> = names
-        .iter()
-        .map(|h| join_host(&c, t.path(), h, "preprod"))
-        .collect();
-    for a in &mut agents {
-        a.spawn();
-    }
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    wait_hosts_connected(&c, &refs);
+    let agents = worker_fleet(&c, t.path(), hosts, 0);
     c.ctl(&[
         "apps",
         "add",
