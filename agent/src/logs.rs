@@ -78,6 +78,8 @@ pub struct Query {
     pub deadline: Option<Duration>,
     /// The app's deploy log (its last `lines` steps) instead of its output.
     pub deploy_log: bool,
+    /// Bytes of lines a search keeps at most (its newest matches).
+    pub max_bytes: usize,
 }
 
 /// Longest a search may read a host's logs.
@@ -241,6 +243,24 @@ fn deploy_steps(
     out.flush().map_err(io("write"))
 }
 
+/// Keeps the last `n` lines of `found`, and of those the newest that fit
+/// in `max_bytes` (a search's answer keeps its last matches, not its first).
+fn keep_last(found: &mut Vec<(u64, String)>, n: usize, max_bytes: usize) {
+    let skip = found.len().saturating_sub(n);
+    found.drain(..skip);
+    let mut bytes = 0usize;
+    let fits = found
+        .iter()
+        .rev()
+        .take_while(|(_, l)| {
+            bytes = bytes.saturating_add(l.len() + 64);
+            bytes <= max_bytes
+        })
+        .count();
+    let skip = found.len() - fits;
+    found.drain(..skip);
+}
+
 /// The rotated copies of `log` (`<log>.1` newest … `<log>.N`), oldest first.
 fn rotated_logs(log: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -328,6 +348,18 @@ fn search(
     f.seek(SeekFrom::Start(start))
         .map_err(io(format!("read {}", path.display())))?;
     let mut reader = f.take(end - start);
+    // Whether a block may hold a match, asked of the whole block: `^` and
+    // `$` must match at its lines' ends too. A pattern anchored to the text's
+    // ends (`\A`, `\z`) is checked line by line only.
+    let block_re = if re.as_str().contains("\\A") || re.as_str().contains("\\z") {
+        None
+    } else {
+        regex::RegexBuilder::new(re.as_str())
+            .multi_line(true)
+            .size_limit(MAX_PATTERN_BYTES)
+            .build()
+            .ok()
+    };
     let mut kept: std::collections::VecDeque<(u64, String)> = std::collections::VecDeque::new();
     let mut buf: Vec<u8> = Vec::with_capacity(SCAN_BLOCK + MAX_LINE_BYTES);
     // Offset in the log of buf[0].
@@ -353,7 +385,8 @@ fn search(
             None => continue,
         };
         let block = String::from_utf8_lossy(&buf[..cut]);
-        let candidate = re.is_match(&block) || secrets.iter().any(|v| block.contains(v.as_str()));
+        let candidate = block_re.as_ref().is_none_or(|b| b.is_match(&block))
+            || secrets.iter().any(|v| block.contains(v.as_str()));
         if candidate {
             let mut at = base;
             for line in block.split_inclusive('\n') {
@@ -681,16 +714,20 @@ pub fn show(
             std::time::Instant::now() + q.deadline.unwrap_or(MAX_SEARCH_TIME).min(MAX_SEARCH_TIME);
         'processes: for (process, path) in &files {
             // Rotated copies first (oldest first, whole: they have no
-            // marks, their last change bounds their lines' times), then the
-            // live log from its marks.
-            let mut found = Vec::new();
+            // marks; a copy's lines were written after the older copy's last
+            // change and by its own), then the live log from its marks.
+            let mut found: Vec<(u64, String)> = Vec::new();
+            let mut older = 0;
             for rotated in rotated_logs(path) {
                 let modified = modified_secs(&rotated);
-                if cutoff.is_some_and(|c| modified < c) {
+                let (from, to) = (older, modified);
+                older = modified;
+                if cutoff.is_some_and(|c| to < c) || until.is_some_and(|u| from >= u) {
                     continue;
                 }
                 let part = search(&rotated, 0, u64::MAX, re, &secrets, q.lines, deadline, stop)?;
                 found.extend(part.lines.into_iter().map(|(_, l)| (modified, l)));
+                keep_last(&mut found, q.lines, q.max_bytes);
                 if part.stopped {
                     stopped(out, process, q)?;
                     break 'processes;
@@ -705,13 +742,10 @@ pub fn show(
                 let end = until.map_or(u64::MAX, |t| until_offset(path, t));
                 let part = search(path, start, end, re, &secrets, q.lines, deadline, stop)?;
                 found.extend(part.lines);
+                keep_last(&mut found, q.lines, q.max_bytes);
                 stop_here = part.stopped;
             }
-            if let Some(until) = until {
-                found.retain(|(at, _)| *at <= until || *at == 0);
-            }
-            let skip = found.len().saturating_sub(q.lines);
-            for (at, line) in found.into_iter().skip(skip) {
+            for (at, line) in found {
                 out.stamp(at);
                 write(out, shown(process, &line, &secrets))?;
             }
@@ -1013,6 +1047,10 @@ mod tests {
             found.lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>()
         };
         assert_eq!(run("needle", 2), ["key=s3cr3t needle two", "needle three"]);
+        // Anchors hold at every line, past the first block too.
+        assert_eq!(run("^needle", 10), ["needle one", "needle three"]);
+        assert_eq!(run("two$", 10), ["key=s3cr3t needle two"]);
+        assert_eq!(run(r"\Aneedle t", 10), ["needle three"]);
         assert!(
             run("s3cr3t", 10).is_empty(),
             "a value cannot be searched for"
@@ -1031,6 +1069,16 @@ mod tests {
         )
         .unwrap();
         assert!(found.lines.is_empty());
+    }
+
+    #[test]
+    fn a_search_keeps_its_newest_lines_within_its_bounds() {
+        let mut found: Vec<(u64, String)> = (0..10).map(|i| (i, format!("line {i}"))).collect();
+        keep_last(&mut found, 5, usize::MAX);
+        assert_eq!(found.first().unwrap().1, "line 5");
+        keep_last(&mut found, 5, 2 * (6 + 64));
+        let kept: Vec<&str> = found.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(kept, ["line 8", "line 9"], "the newest that fit");
     }
 
     #[test]

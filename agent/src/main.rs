@@ -206,6 +206,7 @@ fn main() -> ExitCode {
                     until: None,
                     deadline: None,
                     deploy_log: false,
+                    max_bytes: usize::MAX,
                 };
                 let mut out = std::io::stdout().lock();
                 match agent::logs::show(&cfg, &app, &q, &mut out, &stop) {

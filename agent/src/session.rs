@@ -254,6 +254,13 @@ impl Session {
         tokio::spawn(async move {
             let stop = Arc::new(AtomicBool::new(false));
             let (tx, mut rx) = mpsc::channel::<crate::logs::Batch>(4);
+            let max_bytes = match q.max_bytes {
+                // As before bounds existed: -n and the follow rate bound it.
+                0 => usize::MAX,
+                n => usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(crate::logs::MAX_ANSWER_BYTES),
+            };
             let query = crate::logs::Query {
                 process: Some(q.process).filter(|p| !p.is_empty()),
                 lines: q.lines as usize,
@@ -264,11 +271,7 @@ impl Session {
                 deadline: Some(Duration::from_secs(q.deadline_secs.into()))
                     .filter(|d| !d.is_zero()),
                 deploy_log: q.deploy_log,
-            };
-            let max_bytes = match q.max_bytes {
-                // As before bounds existed: -n and the follow rate bound it.
-                0 => usize::MAX,
-                n => (n as usize).min(crate::logs::MAX_ANSWER_BYTES),
+                max_bytes,
             };
             let worker = tokio::task::spawn_blocking({
                 let stop = stop.clone();

@@ -40,6 +40,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// (the agent's own bound); and the longest a search may read on a host.
 pub const MAX_ANSWER_BYTES: u64 = 16 << 20;
 pub const MAX_SEARCH_SECS: u32 = 60;
+/// A reader that takes nothing for this long is given up on.
+pub const READER_STALL: Duration = Duration::from_secs(30);
 
 /// A query for one host's agent.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -312,8 +314,12 @@ async fn forward(
             }
         };
         // (The host's first chunk, which only opens its answer, is empty.)
+        // A reader that stops reading is dropped, and with it the host's part.
         if matches!(&msg, Answer::Lines { lines, .. } if !lines.is_empty())
-            && out.send(msg).await.is_err()
+            && !matches!(
+                tokio::time::timeout(READER_STALL, out.send(msg)).await,
+                Ok(Ok(()))
+            )
         {
             break;
         }

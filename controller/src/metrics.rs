@@ -36,7 +36,13 @@ pub struct Metrics {
     sessions: IntGaugeVec,
     rollouts: IntGaugeVec,
     blob_bytes_stored: IntGaugeVec,
+    /// When the state gauges were last read (a scrape within `FRESH` of it
+    /// reuses them: each read walks every tenant's fleet).
+    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long read state gauges stay fresh.
+const FRESH: Duration = Duration::from_secs(5);
 
 /// The process's metrics (one controller per process).
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -127,6 +133,7 @@ impl Metrics {
                 "Bytes of release blobs in the store.",
                 &[],
             ),
+            refreshed: tokio::sync::Mutex::new(None),
             registry,
         }
     }
@@ -138,7 +145,14 @@ impl Metrics {
     /// Reads the gauges from the hub and the store, then writes every
     /// metric in Prometheus text format.
     pub async fn render(&self, ctx: &Ctx) -> crate::error::Result<String> {
-        self.refresh(ctx).await?;
+        {
+            // One read at a time; scrapers arriving meanwhile reuse it.
+            let mut refreshed = self.refreshed.lock().await;
+            if refreshed.is_none_or(|at| at.elapsed() >= FRESH) {
+                self.refresh(ctx).await?;
+                *refreshed = Some(std::time::Instant::now());
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

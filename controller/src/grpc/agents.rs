@@ -53,6 +53,7 @@ fn logs_query(a: LogAsk) -> LogsQuery {
 
 /// A host's log chunk, bounded and escaped: a host is not trusted to.
 fn host_log(c: LogChunk) -> Result<HostLog, Status> {
+    let now = u64::try_from(crate::store::now()).unwrap_or(0);
     if !c.error.is_empty() {
         return Ok(HostLog::Error(crate::sanitize::owned(c.error, MAX_TEXT)));
     }
@@ -72,7 +73,11 @@ fn host_log(c: LogChunk) -> Result<HostLog, Status> {
             .into_iter()
             .map(|l| crate::sanitize::owned(l, MAX_LINE_BYTES))
             .collect(),
-        c.written_at,
+        // A time from the future is not known.
+        c.written_at
+            .into_iter()
+            .map(|t| if t > now + 86_400 { 0 } else { t })
+            .collect(),
     ))
 }
 

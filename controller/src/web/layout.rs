@@ -56,7 +56,8 @@ pub fn path(s: &str) -> String {
 /// A Unix time as an absolute UTC time (`2026-12-01 10:45:03 UTC`); `—`
 /// for never.
 pub fn time(at: i64) -> String {
-    if at <= 0 {
+    // Past year 9999 (a host's word) is not a time humantime writes.
+    if at <= 0 || at > 253_402_300_799 {
         return "—".into();
     }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at as u64);
@@ -204,6 +205,7 @@ mod tests {
     #[test]
     fn times_are_absolute_utc() {
         assert_eq!(time(0), "—");
+        assert_eq!(time(i64::MAX), "—");
         assert_eq!(time(1_764_585_903), "2025-12-01 10:45:03 UTC");
         assert_eq!(ago(100, 142), "42s ago");
         assert_eq!(ago(0, 142), "never");

@@ -15,8 +15,9 @@ mod pages;
 mod search;
 mod session;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -34,6 +35,11 @@ use crate::error::ControllerError;
 
 /// Connections open at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one IP address may hold open at once (a slow client cannot
+/// take every slot, `/healthz`'s included).
+const MAX_CONNECTIONS_PER_IP: usize = 32;
+/// A request body (a form) must arrive whole within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake or a request's headers that take longer are cut off.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body (sign-in and other forms).
@@ -55,6 +61,7 @@ pub async fn serve(
     let app = router(ctx.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let shutdown = ctx.shutdown.clone();
     loop {
         let permit = tokio::select! {
@@ -73,11 +80,16 @@ pub async fn serve(
                 }
             },
         };
+        let Some(per_ip) = PerIp::take(&open, peer.ip()) else {
+            // Dropped at once: this address holds its share already.
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let _per_ip = per_ip;
             let Ok(Ok(stream)) =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
@@ -101,6 +113,39 @@ pub async fn serve(
     }
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
     Ok(())
+}
+
+/// A connection counted against its address until dropped.
+struct PerIp {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    fn take(open: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PerIp> {
+        let mut map = open.lock().expect("connections lock");
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            ip,
+            open: open.clone(),
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = self.open.lock().expect("connections lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 fn router(ctx: SharedCtx) -> Router {
@@ -130,7 +175,9 @@ fn router(ctx: SharedCtx) -> Router {
         .with_state(ctx)
 }
 
-/// Security headers on every answer, and its latency by route.
+/// Security headers on every answer, and its latency by route. A body (a
+/// form: `MAX_BODY_BYTES` at most) is read whole within `BODY_TIMEOUT` first,
+/// so a client sending it slowly holds its connection no longer than that.
 async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -138,7 +185,10 @@ async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "other".into());
-    let mut response = next.run(req).await;
+    let mut response = match whole_body(req).await {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    };
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -165,6 +215,25 @@ async fn observe(req: Request, next: Next) -> Response {
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// A POST's body read whole, within `BODY_TIMEOUT` and `MAX_BODY_BYTES`.
+async fn whole_body(req: Request) -> Result<Request, WebError> {
+    if req.method() != axum::http::Method::POST {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Ok(Err(_)) => Err(WebError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a form is at most {} KiB", MAX_BODY_BYTES / 1024),
+        )),
+        Err(_) => Err(WebError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the form did not arrive in time",
+        )),
+    }
 }
 
 /// 200 while the controller serves; 503 once it is shutting down (a load

@@ -25,6 +25,8 @@ use crate::views::{self, HostApp};
 const LIVE_EVERY: Duration = Duration::from_millis(500);
 /// A live view ends after this long (the page can be reloaded).
 const LIVE_FOR: Duration = Duration::from_secs(3600);
+/// How often a live view checks that its session still holds.
+const LIVE_RECHECK: Duration = Duration::from_secs(5);
 
 /// `/t/{tenant}/`: apps × environments, then hosts.
 pub async fn fleet(
@@ -398,13 +400,23 @@ pub async fn rollout_live(
     viewer: Viewer,
 ) -> Result<Response, WebError> {
     viewer.check(&tenant, Need::Read)?;
+    let slot = viewer.live_slot()?;
     // Refuse an unknown rollout now, with its status code, not in the stream.
     rollout_section(&ctx, &tenant, &app, &env).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let deadline = tokio::time::Instant::now() + LIVE_FOR;
         let mut last = String::new();
+        let mut checked = tokio::time::Instant::now();
         while tokio::time::Instant::now() < deadline && !ctx.shutdown.is_cancelled() {
+            if checked.elapsed() >= LIVE_RECHECK {
+                if !viewer.still_valid(&ctx).await {
+                    let _ = tx.send(Ok(Event::default().event("end").data(""))).await;
+                    return;
+                }
+                checked = tokio::time::Instant::now();
+            }
             let Ok((section, moving)) = rollout_section(&ctx, &tenant, &app, &env).await else {
                 break;
             };
@@ -499,12 +511,12 @@ pub async fn history(
             thead { tr { th { "time (UTC)" } th { "actor" } th { "action" } th { "app" } th { "environment" } th { "detail" } th { "outcome" } } }
             tbody { @for r in &rows { tr {
                 td.mono { (time(r.at)) }
-                td { (r.actor) }
-                td { (r.action) }
-                td { (r.app) }
-                td { (r.environment) }
-                td.reason { (r.detail) }
-                td { @if r.outcome == "ok" { (badge("ok")) } @else { span.refusal { (r.outcome) } } }
+                td { (shown(&r.actor)) }
+                td { (shown(&r.action)) }
+                td { (shown(&r.app)) }
+                td { (shown(&r.environment)) }
+                td.reason { (shown(&r.detail)) }
+                td { @if r.outcome == "ok" { (badge("ok")) } @else { span.refusal { (shown(&r.outcome)) } } }
             } } }
         } }
         @if rows.is_empty() { p.muted { "Nothing matches." } }

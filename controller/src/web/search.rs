@@ -95,8 +95,10 @@ impl SearchQuery {
         } else {
             regex::escape(&self.q)
         };
+        let until_secs = duration("until", &self.until)?;
+        // By default the day before the range's end.
         let since_secs = match duration("since", &self.since)? {
-            0 => 24 * 3600,
+            0 => until_secs + 24 * 3600,
             s => s,
         };
         let r = LogRequest {
@@ -107,7 +109,7 @@ impl SearchQuery {
                 lines,
                 grep,
                 since_secs,
-                until_secs: duration("until", &self.until)?,
+                until_secs,
                 max_bytes: MAX_BYTES_PER_HOST,
                 deadline_secs: DEADLINE_SECS,
                 ..LogAsk::default()
@@ -220,7 +222,10 @@ async fn stream_answers(
                 html.into_string()
             }
         };
-        if tx.send(chunk).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(crate::logs::READER_STALL, tx.send(chunk)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
     }

@@ -50,6 +50,60 @@ impl Viewer {
     }
 }
 
+/// Live views (server-sent event streams) one session may hold open.
+pub const MAX_LIVE_PER_SESSION: usize = 8;
+
+static LIVE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A live view counted against its session until dropped.
+pub struct LiveSlot(String);
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        let mut live = LIVE.lock().expect("live views lock");
+        if let Some(n) = live.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.0);
+            }
+        }
+    }
+}
+
+impl Viewer {
+    /// Whether the session and its token still hold (a live view asks again
+    /// as it runs: signing out or revoking the token ends it).
+    pub async fn still_valid(&self, ctx: &SharedCtx) -> bool {
+        let Ok(Some(row)) = ctx
+            .store
+            .web_session(&self.id_hash, crate::store::now())
+            .await
+        else {
+            return false;
+        };
+        let Ok(Some(token)) = ctx.store.api_token(&row.token_id).await else {
+            return false;
+        };
+        crate::auth::principal(ctx, token).await.is_ok()
+    }
+
+    /// A slot for one more live view of this session, or a refusal past
+    /// `MAX_LIVE_PER_SESSION`.
+    pub fn live_slot(&self) -> Result<LiveSlot, WebError> {
+        let mut live = LIVE.lock().expect("live views lock");
+        let n = live.entry(self.id_hash.clone()).or_default();
+        if *n >= MAX_LIVE_PER_SESSION {
+            return Err(WebError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{MAX_LIVE_PER_SESSION} live views are open in this session: close one"),
+            ));
+        }
+        *n += 1;
+        Ok(LiveSlot(self.id_hash.clone()))
+    }
+}
+
 impl FromRequestParts<SharedCtx> for Viewer {
     type Rejection = WebError;
 
@@ -346,6 +400,30 @@ mod tests {
             HeaderValue::from_static("http://127.0.0.1:7480"),
         );
         assert!(same_origin(&h).is_err(), "plain http is another origin");
+    }
+
+    #[test]
+    fn a_session_holds_a_bounded_number_of_live_views() {
+        let viewer = Viewer {
+            principal: Principal {
+                token_id: "t".into(),
+                name: "looker".into(),
+                tenant: "default".into(),
+                roles: vec![],
+            },
+            csrf: String::new(),
+            id_hash: "live-test".into(),
+        };
+        let held: Vec<LiveSlot> = (0..MAX_LIVE_PER_SESSION)
+            .map(|_| viewer.live_slot().unwrap())
+            .collect();
+        let refused = viewer.live_slot().err().unwrap();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        drop(held);
+        assert!(
+            viewer.live_slot().is_ok(),
+            "slots come back when views close"
+        );
     }
 
     #[test]
