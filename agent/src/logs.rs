@@ -349,16 +349,20 @@ fn search(
         .map_err(io(format!("read {}", path.display())))?;
     let mut reader = f.take(end - start);
     // Whether a block may hold a match, asked of the whole block: `^` and
-    // `$` must match at its lines' ends too. A pattern anchored to the text's
-    // ends (`\A`, `\z`) is checked line by line only.
-    let block_re = if re.as_str().contains("\\A") || re.as_str().contains("\\z") {
+    // `$` must match at its lines' ends too (a multi-line copy of the
+    // pattern, only when it has them). A pattern anchored to the text's ends
+    // (`\A`, `\z`) is checked line by line only.
+    let pattern = re.as_str();
+    let block_re = if pattern.contains("\\A") || pattern.contains("\\z") {
         None
-    } else {
-        regex::RegexBuilder::new(re.as_str())
+    } else if pattern.contains('^') || pattern.contains('$') {
+        regex::RegexBuilder::new(pattern)
             .multi_line(true)
             .size_limit(MAX_PATTERN_BYTES)
             .build()
             .ok()
+    } else {
+        Some(re.clone())
     };
     let mut kept: std::collections::VecDeque<(u64, String)> = std::collections::VecDeque::new();
     let mut buf: Vec<u8> = Vec::with_capacity(SCAN_BLOCK + MAX_LINE_BYTES);
