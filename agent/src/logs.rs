@@ -186,16 +186,19 @@ fn append_mark(marks: &Path, at: u64, len: u64) {
     }
 }
 
+/// When `path` last changed (unix seconds; 0 when unknown).
+fn modified_secs(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Where lines written since `cutoff` (unix seconds) begin in `log`: None
 /// when the log was not written since.
 fn since_offset(log: &Path, cutoff: u64) -> Option<u64> {
-    let modified = std::fs::metadata(log)
-        .and_then(|m| m.modified())
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    if modified < cutoff {
+    if modified_secs(log) < cutoff {
         return None;
     }
     Some(
@@ -275,14 +278,6 @@ fn rotated_logs(log: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn modified_secs(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Says that a search stopped at its deadline, in `process`'s log.
 fn stopped(out: &mut dyn Out, process: &str, q: &Query) -> Result<(), LogsError> {
     writeln!(
@@ -297,12 +292,7 @@ fn stopped(out: &mut dyn Out, process: &str, q: &Query) -> Result<(), LogsError>
 /// offset of the last mark at or before it (0 before every mark), or the
 /// whole log when it was not written since.
 fn until_offset(log: &Path, until: u64) -> u64 {
-    let modified = std::fs::metadata(log)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    if modified <= until {
+    if modified_secs(log) <= until {
         return u64::MAX;
     }
     read_marks(log)
@@ -392,10 +382,13 @@ fn search(
         let candidate = block_re.as_ref().is_none_or(|b| b.is_match(&block))
             || secrets.iter().any(|v| block.contains(v.as_str()));
         if candidate {
+            // Line by line on the raw bytes: offsets (and so times) stay
+            // exact past invalid UTF-8.
             let mut at = base;
-            for line in block.split_inclusive('\n') {
-                let text = line.strip_suffix('\n').unwrap_or(line);
-                at += line.len() as u64;
+            for raw in buf[..cut].split_inclusive(|b| *b == b'\n') {
+                at += raw.len() as u64;
+                let line = String::from_utf8_lossy(raw);
+                let text = line.strip_suffix('\n').unwrap_or(&line);
                 if matches(Some(re), text, secrets) {
                     let mut text = text.to_string();
                     if text.len() > MAX_LINE_BYTES {
@@ -415,11 +408,7 @@ fn search(
         }
     }
     let marks = read_marks(path);
-    let modified = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
+    let modified = modified_secs(path);
     let lines = kept
         .into_iter()
         .map(|(line_end, text)| (written_by(&marks, line_end, modified), text))
@@ -1073,6 +1062,27 @@ mod tests {
         )
         .unwrap();
         assert!(found.lines.is_empty());
+    }
+
+    #[test]
+    fn a_search_times_lines_by_exact_offsets_past_invalid_utf8() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("web.log");
+        std::fs::write(&log, b"\xff\xff\xff bad\nneedle\nlater line here\n").unwrap();
+        // The needle's line ends at byte 15; it was on disk by the mark at 200.
+        std::fs::write(marks_path(&log), "100 8\n200 15\n300 31\n").unwrap();
+        let found = search(
+            &log,
+            0,
+            u64::MAX,
+            &pattern("needle").unwrap(),
+            &[],
+            10,
+            std::time::Instant::now() + Duration::from_secs(60),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(found.lines, [(200, "needle".to_string())]);
     }
 
     #[test]

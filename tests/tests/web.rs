@@ -401,4 +401,39 @@ fn a_log_search_finds_a_line_on_another_host_masks_values_and_refuses_bad_querie
         assert_eq!(r.status, status, "{q}: {}", r.body);
         assert!(r.body.contains(why), "{q}: {}", r.body);
     }
+
+    // A live rollout view ends when its session does.
+    publish(&c, t.path(), &ReleaseOpts::new("2.0.0"));
+    c.ctl(&[
+        "deploy", "web", "2.0.0", "--env", "preprod", "--canary", "1", "--batch", "1", "--pause",
+        "120",
+    ])
+    .ok();
+    let mut live = std::process::Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "60", "--cacert"])
+        .arg(c.ca_cert())
+        .args([
+            "-b",
+            &session,
+            &format!("{}/t/default/rollouts/web/preprod/live", web.base),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = integration_tests::stdout_lines(&mut live);
+    let first = lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(first.starts_with("data:"), "{first}");
+    let page = get("");
+    let csrf = [("csrf", page.csrf())];
+    let form: Vec<(&str, &str)> = csrf.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        web.post("/sign-out", &form, std::slice::from_ref(&session), &[])
+            .status,
+        303
+    );
+    let ended = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(20)).ok())
+        .any(|l| l == "event: end");
+    assert!(ended, "the live view ended with the session");
+    let _ = live.kill();
+    let _ = live.wait();
 }

@@ -176,16 +176,19 @@ pub async fn host(
     let apps: Vec<&HostApp> = view.rows.iter().filter(|r| r.row.host == host).collect();
     let connected = ctx.hub.connected(&tenant, &host);
     let last_seen = ctx.hub.last_seen(&tenant, &host, h.last_seen);
-    let mut steps = BTreeMap::new();
-    if connected {
-        for a in &apps {
-            let app = &a.row.report.app;
-            steps.insert(
-                app.as_str(),
-                deploy_steps(&ctx, &tenant, &h.environment, &host, app).await,
-            );
-        }
-    }
+    // Asked of the host for every app at once: the page waits for the
+    // slowest answer (`DEPLOY_STEPS_WAIT` at most), not for their sum.
+    let steps: BTreeMap<&str, _> = if connected {
+        let asks = apps
+            .iter()
+            .map(|a| deploy_steps(&ctx, &tenant, &h.environment, &host, &a.row.report.app));
+        apps.iter()
+            .map(|a| a.row.report.app.as_str())
+            .zip(futures_util::future::join_all(asks).await)
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let body = html! {
         dl.facts #facts {
             dt { "environment" } dd { (shown(&h.environment)) }
