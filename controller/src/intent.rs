@@ -639,7 +639,6 @@ fn no_release(app: &str, environment: &str) -> ControllerError {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
     use crate::hub::Recompute;
@@ -666,8 +665,7 @@ mod tests {
 
     /// A store with releases 1..=3 of web and hosts a (preprod) and p (prod)
     /// reporting web.
-    async fn store(pool: SqlitePool) -> Store {
-        let s = Store::from_pool(pool);
+    async fn store(s: Store) -> Store {
         s.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2", "3"] {
             let r = ReleaseRow {
@@ -734,9 +732,8 @@ mod tests {
         }
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_deploy_sets_desired_through_a_rollout_and_wakes_the_apps_sessions(pool: SqlitePool) {
-        let s = store(pool).await;
+    async fn a_deploy_sets_desired_through_a_rollout_and_wakes_the_apps_sessions(db: Store) {
+        let s = store(db).await;
         let hub = Hub::new();
         let i = Intent {
             store: &s,
@@ -781,9 +778,8 @@ mod tests {
         );
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_deploy_names_what_it_cannot_find(pool: SqlitePool) {
-        let s = store(pool).await;
+    async fn a_deploy_names_what_it_cannot_find(db: Store) {
+        let s = store(db).await;
         let hub = Hub::new();
         let i = Intent {
             store: &s,
@@ -839,9 +835,8 @@ mod tests {
         ));
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_promotion_waits_for_the_soak_and_refuses_drift_unless_forced(pool: SqlitePool) {
-        let s = store(pool).await;
+    async fn a_promotion_waits_for_the_soak_and_refuses_drift_unless_forced(db: Store) {
+        let s = store(db).await;
         let hub = Hub::new();
         let i = Intent {
             store: &s,
@@ -937,9 +932,8 @@ mod tests {
         );
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_rollback_goes_to_the_last_release_that_ran_healthy_all_at_once(pool: SqlitePool) {
-        let s = store(pool).await;
+    async fn a_rollback_goes_to_the_last_release_that_ran_healthy_all_at_once(db: Store) {
+        let s = store(db).await;
         let hub = Hub::new();
         let i = Intent {
             store: &s,
@@ -989,9 +983,8 @@ mod tests {
         );
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_retry_sends_the_same_release_again_with_a_new_generation(pool: SqlitePool) {
-        let s = store(pool).await;
+    async fn a_retry_sends_the_same_release_again_with_a_new_generation(db: Store) {
+        let s = store(db).await;
         let hub = Hub::new();
         let i = Intent {
             store: &s,
@@ -1033,11 +1026,8 @@ mod tests {
         }
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_rollback_authorization_allows_one_rollback_from_the_release_desired_now(
-        pool: SqlitePool,
-    ) {
-        let s = store(pool).await;
+    async fn a_rollback_authorization_allows_one_rollback_from_the_release_desired_now(db: Store) {
+        let s = store(db).await;
         let hub = Hub::new();
         let i = Intent {
             store: &s,
@@ -1116,4 +1106,13 @@ mod tests {
         let again = i.retry(&ACTOR, web("preprod")).await.unwrap();
         assert_eq!(again.version, "1");
     }
+
+    crate::store::testing::on_both_dialects!(
+        a_deploy_sets_desired_through_a_rollout_and_wakes_the_apps_sessions,
+        a_deploy_names_what_it_cannot_find,
+        a_promotion_waits_for_the_soak_and_refuses_drift_unless_forced,
+        a_rollback_goes_to_the_last_release_that_ran_healthy_all_at_once,
+        a_retry_sends_the_same_release_again_with_a_new_generation,
+        a_rollback_authorization_allows_one_rollback_from_the_release_desired_now,
+    );
 }

@@ -47,6 +47,8 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The store's URL (`store::Store::open`); None: SQLite in `data_dir`.
+    pub database: Option<String>,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
     /// Names (DNS or IP) in the controller's server certificate.
@@ -72,6 +74,7 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
         Config {
             data_dir,
+            database: None,
             heartbeat_secs: 10,
             max_blob_bytes: 4 << 30,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
@@ -140,10 +143,17 @@ pub async fn run(
     } = listeners;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("create data dir {}: {e}", config.data_dir.display()))?;
-    let db = config.data_dir.join("slipway.db");
-    let store = Store::open_sqlite(&db)
-        .await
-        .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?;
+    let store = match &config.database {
+        Some(url) => Store::open(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("open store {}: {e}", store::redacted(url)))?,
+        None => {
+            let db = config.data_dir.join("slipway.db");
+            Store::open_sqlite(&db)
+                .await
+                .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?
+        }
+    };
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
     let pki = config.data_dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| anyhow::anyhow!("create {}: {e}", pki.display()))?;

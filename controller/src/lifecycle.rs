@@ -6,8 +6,7 @@
 use std::fmt;
 
 /// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
-#[sqlx(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RolloutState {
     /// Admitting steps and judging hosts.
     Running,
@@ -71,8 +70,7 @@ impl fmt::Display for RolloutState {
 }
 
 /// How one host of a rollout ended (or that it has not yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
-#[sqlx(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HostOutcome {
     /// Not judged yet (not admitted, or on its way).
     Pending,
@@ -188,30 +186,66 @@ impl Health {
     }
 }
 
-impl sqlx::Type<sqlx::Sqlite> for Health {
-    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-        <i32 as sqlx::Type<sqlx::Sqlite>>::type_info()
+/// Stored as its lowercase name (`as_str`), in either store dialect.
+macro_rules! stored_as_text {
+    ($t:ty) => {
+        impl sqlx::Type<sqlx::Any> for $t {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <str as sqlx::Type<sqlx::Any>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+                <str as sqlx::Type<sqlx::Any>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Any> for $t {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $t {
+            fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == text)
+                    .ok_or_else(|| format!("unknown {} {text:?}", stringify!($t)).into())
+            }
+        }
+    };
+}
+
+stored_as_text!(RolloutState);
+stored_as_text!(HostOutcome);
+
+impl sqlx::Type<sqlx::Any> for Health {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<sqlx::Any>>::type_info()
     }
 
-    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-        <i32 as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<sqlx::Any>>::compatible(ty)
     }
 }
 
-impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Health {
+impl<'q> sqlx::Encode<'q, sqlx::Any> for Health {
     fn encode_by_ref(
         &self,
-        buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+        buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
     ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <i32 as sqlx::Encode<'q, sqlx::Sqlite>>::encode_by_ref(&self.code(), buf)
+        <i64 as sqlx::Encode<'q, sqlx::Any>>::encode(i64::from(self.code()), buf)
     }
 }
 
-impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for Health {
-    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        Ok(Self::from_code(
-            <i32 as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?,
-        ))
+impl<'r> sqlx::Decode<'r, sqlx::Any> for Health {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let code = <i64 as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+        Ok(Self::from_code(i32::try_from(code).unwrap_or(-1)))
     }
 }
 

@@ -26,6 +26,11 @@ struct Args {
         default_value = "/var/lib/slipway-controller"
     )]
     data_dir: PathBuf,
+    /// The store: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB` (the
+    /// password from PGPASSWORD or ~/.pgpass keeps it out of `ps`). Default:
+    /// SQLite at DATA_DIR/slipway.db.
+    #[arg(long, env = "SLIPWAY_DATABASE", value_name = "URL")]
+    database: Option<String>,
     /// Heartbeat interval the controller asks agents to keep.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u32,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(daemon::cancel_on_signal(shutdown.clone(), "shutting down"));
         let mut config = controller::Config::new(args.data_dir);
+        config.database = args.database;
         config.heartbeat_secs = args.heartbeat_secs.max(1);
         config.max_blob_bytes = args.max_blob_bytes;
         if !args.server_names.is_empty() {

@@ -107,7 +107,6 @@ async fn run(store: Store, hub: Hub, mut rx: mpsc::Receiver<Queued>) {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
     use crate::lifecycle::Health;
@@ -115,9 +114,7 @@ mod tests {
     /// Reports from many sessions at once are all stored, in fewer
     /// transactions than reports, each answered, and each host named to the
     /// engine.
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn concurrent_reports_are_stored_and_named(pool: SqlitePool) {
-        let store = Store::from_pool(pool);
+    async fn concurrent_reports_are_stored_and_named(store: Store) {
         let hosts: Vec<String> = (0..40).map(|i| format!("h{i}")).collect();
         for h in &hosts {
             store
@@ -166,4 +163,6 @@ mod tests {
         let named = hub.take_reported();
         assert_eq!(named.len(), hosts.len());
     }
+
+    crate::store::testing::on_both_dialects!(concurrent_reports_are_stored_and_named,);
 }

@@ -626,7 +626,6 @@ async fn engine_audit(ctx: &Ctx, r: &RolloutRow, action: &str, outcome: &str) {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
     use crate::intent::{Actor, Deploy, Intent, Target};
@@ -662,11 +661,11 @@ mod tests {
         check(&[Healthy], false);
     }
 
-    /// A controller context on `pool` (its CA and blobs in `dir`) with
+    /// A controller context on `store` (its CA and blobs in `dir`) with
     /// releases 1 and 2 of web and hosts on, off (preprod) running 1; both
     /// last heard of long ago.
-    async fn engine(pool: &SqlitePool, dir: &std::path::Path) -> Ctx {
-        let store = Store::from_pool(pool.clone());
+    async fn engine(store: &Store, dir: &std::path::Path) -> Ctx {
+        let store = store.clone();
         store.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2"] {
             let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
@@ -685,7 +684,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            report(&store, pool, host, "1", 0).await;
+            report(&store, host, "1", 0).await;
         }
         let hub = Hub::new();
         Ctx {
@@ -709,19 +708,12 @@ mod tests {
 
     /// `host` runs web `version` healthy at `generation`; its last_seen is
     /// then set stale (as under load, when heartbeat writes lag).
-    async fn report(s: &Store, pool: &SqlitePool, host: &str, version: &str, generation: u64) {
-        report_in(s, pool, host, version, generation, 5).await;
+    async fn report(s: &Store, host: &str, version: &str, generation: u64) {
+        report_in(s, host, version, generation, 5).await;
     }
 
     /// A healthy report at `version` in deploy `state` (the wire's number).
-    async fn report_in(
-        s: &Store,
-        pool: &SqlitePool,
-        host: &str,
-        version: &str,
-        generation: u64,
-        state: i32,
-    ) {
+    async fn report_in(s: &Store, host: &str, version: &str, generation: u64, state: i32) {
         let r = HostAppReport {
             app: "web".into(),
             running_version: version.into(),
@@ -733,7 +725,7 @@ mod tests {
         };
         s.record_report("default", host, &r).await.unwrap();
         sqlx::query("UPDATE hosts SET last_seen = 1")
-            .execute(pool)
+            .execute(s.pool_for_tests())
             .await
             .unwrap();
     }
@@ -792,11 +784,10 @@ mod tests {
         (r, hosts.into_iter().map(|h| (h.host, h.outcome)).collect())
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_host_with_an_open_session_is_judged_whatever_its_last_seen(pool: SqlitePool) {
+    async fn a_host_with_an_open_session_is_judged_whatever_its_last_seen(db: Store) {
         use HostOutcome::*;
         let dir = tempfile::tempdir().unwrap();
-        let ctx = engine(&pool, dir.path()).await;
+        let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
         let _session = ctx.hub.connect("default", "on", "preprod", &web);
 
@@ -812,7 +803,7 @@ mod tests {
             [("off".to_string(), Offline), ("on".to_string(), Pending)],
             "stale last_seen with an open session is not offline"
         );
-        report(&ctx.store, &pool, "on", "2", r.generation).await;
+        report(&ctx.store, "on", "2", r.generation).await;
         look(&ctx, &r).await;
         let (r, hosts) = outcomes(&ctx, r.id).await;
         assert_eq!(
@@ -835,7 +826,7 @@ mod tests {
             sorted(hosts),
             [("off".to_string(), Pending), ("on".to_string(), Pending)]
         );
-        report(&ctx.store, &pool, "on", "2", r.generation).await;
+        report(&ctx.store, "on", "2", r.generation).await;
         look(&ctx, &r).await;
         let (r, _) = outcomes(&ctx, r.id).await;
         assert_eq!(r.state, RolloutState::Running, "the step waits for off");
@@ -853,10 +844,9 @@ mod tests {
     /// A look judges only the hosts that reported since the last one (the
     /// others' rows are not even read); an engine without memory (a
     /// restarted controller) looks at every host and finishes the rollout.
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_look_judges_the_hosts_that_reported_and_a_restart_judges_all(pool: SqlitePool) {
+    async fn a_look_judges_the_hosts_that_reported_and_a_restart_judges_all(db: Store) {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = engine(&pool, dir.path()).await;
+        let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
         let _on = ctx.hub.connect("default", "on", "preprod", &web);
         let _off = ctx.hub.connect("default", "off", "preprod", &web);
@@ -864,7 +854,7 @@ mod tests {
         let seen = look(&ctx, &r).await;
         assert!(seen.is_some(), "a judging look is remembered");
         for host in ["on", "off"] {
-            report(&ctx.store, &pool, host, "2", r.generation).await;
+            report(&ctx.store, host, "2", r.generation).await;
         }
         let reported: HashSet<Reported> =
             [("default".to_string(), "on".to_string(), "web".to_string())].into();
@@ -891,10 +881,9 @@ mod tests {
     /// A look between reports still notices a pending host whose session
     /// ended (to judge it by the offline rule on every look after), and asks
     /// the hub about every pending host only when some session ended.
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_look_notices_a_pending_host_that_lost_its_session(pool: SqlitePool) {
+    async fn a_look_notices_a_pending_host_that_lost_its_session(db: Store) {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = engine(&pool, dir.path()).await;
+        let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
         let _on = ctx.hub.connect("default", "on", "preprod", &web);
         let off = ctx.hub.connect("default", "off", "preprod", &web);
@@ -918,10 +907,9 @@ mod tests {
     /// heard from, which heartbeats keep in memory only: before three
     /// heartbeats have passed it is not offline whatever the store says,
     /// after them it is.
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_host_that_stops_heartbeating_is_judged_offline_from_memory(pool: SqlitePool) {
+    async fn a_host_that_stops_heartbeating_is_judged_offline_from_memory(db: Store) {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = engine(&pool, dir.path()).await;
+        let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
         let off = ctx.hub.connect("default", "off", "preprod", &web);
         let now = store::now();
@@ -947,16 +935,15 @@ mod tests {
     /// A host mid-deploy reporting the new digest with the health on file (an
     /// agent restarted mid-activation) is not judged healthy until its deploy
     /// has ended.
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_host_still_deploying_is_not_judged_healthy(pool: SqlitePool) {
+    async fn a_host_still_deploying_is_not_judged_healthy(db: Store) {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = engine(&pool, dir.path()).await;
+        let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
         let _on = ctx.hub.connect("default", "on", "preprod", &web);
         let _off = ctx.hub.connect("default", "off", "preprod", &web);
         let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
         for host in ["on", "off"] {
-            report_in(&ctx.store, &pool, host, "2", r.generation, 4).await;
+            report_in(&ctx.store, host, "2", r.generation, 4).await;
         }
         look(&ctx, &r).await;
         let (r, hosts) = outcomes(&ctx, r.id).await;
@@ -965,10 +952,18 @@ mod tests {
             "activating is no verdict: {hosts:?}"
         );
         for host in ["on", "off"] {
-            report_in(&ctx.store, &pool, host, "2", r.generation, 5).await;
+            report_in(&ctx.store, host, "2", r.generation, 5).await;
         }
         look(&ctx, &r).await;
         let (r, _) = outcomes(&ctx, r.id).await;
         assert_eq!(r.state, RolloutState::Succeeded);
     }
+
+    crate::store::testing::on_both_dialects!(
+        a_host_with_an_open_session_is_judged_whatever_its_last_seen,
+        a_look_judges_the_hosts_that_reported_and_a_restart_judges_all,
+        a_look_notices_a_pending_host_that_lost_its_session,
+        a_host_that_stops_heartbeating_is_judged_offline_from_memory,
+        a_host_still_deploying_is_not_judged_healthy,
+    );
 }

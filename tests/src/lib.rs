@@ -126,6 +126,41 @@ fn print_log_on_panic(name: &str, path: &Path) {
     }
 }
 
+/// The URL of a new, empty database on the `SLIPWAY_TEST_POSTGRES` server
+/// (`scripts/with-postgres` starts one), made with `psql`; None when no
+/// server is named. A test that needs one says skipped on None, unless
+/// `SLIPWAY_REQUIRE_POSTGRES=1` (CI) makes that a failure.
+pub fn fresh_postgres_database() -> Option<String> {
+    let Ok(server) = std::env::var("SLIPWAY_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("SLIPWAY_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "SLIPWAY_REQUIRE_POSTGRES=1 but SLIPWAY_TEST_POSTGRES is not set"
+        );
+        eprintln!("skipped: no PostgreSQL (run under scripts/with-postgres)");
+        return None;
+    };
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "slipway_e2e_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let out = Command::new("psql")
+        .args([&server, "-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "create database {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, _) = server
+        .rsplit_once('/')
+        .expect("a postgres:// URL with a database");
+    Some(format!("{base}/{name}"))
+}
+
 pub struct Controller {
     child: Option<Child>,
     pub port: u16,
@@ -145,8 +180,18 @@ impl Controller {
         Self::start_with(dir, &[])
     }
 
-    /// A controller started with extra flags.
+    /// A controller started with extra flags. Under
+    /// `SLIPWAY_E2E_STORE=postgres` its store is a new database on the
+    /// `SLIPWAY_TEST_POSTGRES` server (unless the flags name one).
     pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if std::env::var("SLIPWAY_E2E_STORE").as_deref() == Ok("postgres")
+            && !extra.contains(&"--database")
+        {
+            let url = fresh_postgres_database()
+                .expect("SLIPWAY_E2E_STORE=postgres needs SLIPWAY_TEST_POSTGRES");
+            extra_args.extend(["--database".to_string(), url]);
+        }
         let port = free_port();
         let mut c = Controller {
             child: None,
@@ -156,7 +201,7 @@ impl Controller {
             data_dir: dir.join("controller"),
             admin_token: String::new(),
             log: dir.join("controller.log"),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
         };
         c.spawn();
         let token_file = c.data_dir.join("admin.token");

@@ -78,7 +78,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO audit (at, tenant, actor, action, app, environment, detail, outcome, peer)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(now())
         .bind(tenant)
@@ -126,9 +126,9 @@ impl Store {
                     substr(detail, 1, 4096) AS detail, substr(outcome, 1, 4096) AS outcome,
                     substr(peer, 1, 512) AS peer
              FROM audit
-             WHERE tenant = ? AND (? = '' OR app = ?) AND (? = '' OR environment = ?)
-               AND instr(actor, ?) > 0 AND instr(outcome, ?) = 1 AND (? <= 0 OR id < ?)
-             ORDER BY id DESC LIMIT ?",
+             WHERE tenant = $1 AND ($2 = '' OR app = $3) AND ($4 = '' OR environment = $5)
+               AND instr(actor, $6) > 0 AND instr(outcome, $7) = 1 AND ($8 <= 0 OR id < $9)
+             ORDER BY id DESC LIMIT $10",
         )
         .bind(tenant)
         .bind(&filter.app)
@@ -148,13 +148,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
 
-    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
-    async fn fields_are_bounded_and_escaped_and_history_pages(pool: SqlitePool) {
-        let store = Store::from_pool(pool);
+    async fn fields_are_bounded_and_escaped_and_history_pages(store: Store) {
         let huge = "a".repeat(9 << 20);
         store
             .audit(
@@ -208,4 +205,6 @@ mod tests {
                 <= HISTORY_PAGE_MAX as usize
         );
     }
+
+    crate::store::testing::on_both_dialects!(fields_are_bounded_and_escaped_and_history_pages,);
 }

@@ -35,7 +35,7 @@ impl Store {
     /// Every declaration of an environment (settings and overrides).
     pub async fn declared_apps(&self, tenant: &str, env: &str) -> Result<Vec<DeclaredRow>> {
         Ok(sqlx::query_as(
-            "SELECT app, host, settings FROM app_settings WHERE tenant = ? AND environment = ?
+            "SELECT app, host, settings FROM app_settings WHERE tenant = $1 AND environment = $2
              ORDER BY app, host",
         )
         .bind(tenant)
@@ -47,7 +47,7 @@ impl Store {
     /// The environment's apps revision (0: nothing was ever declared).
     pub async fn apps_revision(&self, tenant: &str, env: &str) -> Result<u64> {
         let r: Option<i64> = sqlx::query_scalar(
-            "SELECT revision FROM app_revisions WHERE tenant = ? AND environment = ?",
+            "SELECT revision FROM app_revisions WHERE tenant = $1 AND environment = $2",
         )
         .bind(tenant)
         .bind(env)
@@ -69,9 +69,9 @@ impl Store {
         settings: Option<&str>,
         check: impl FnOnce(Option<&str>) -> std::result::Result<(), PutRefused>,
     ) -> Result<std::result::Result<u64, PutRefused>> {
-        let mut tx = self.writer().begin().await?;
+        let mut tx = self.begin_write().await?;
         let stored: Option<String> = sqlx::query_scalar(
-            "SELECT settings FROM app_settings WHERE tenant = ? AND environment = ? AND app = ? AND host = ?",
+            "SELECT settings FROM app_settings WHERE tenant = $1 AND environment = $2 AND app = $3 AND host = $4",
         )
         .bind(tenant)
         .bind(env)
@@ -86,7 +86,7 @@ impl Store {
             Some(json) => {
                 sqlx::query(
                     "INSERT INTO app_settings (tenant, environment, app, host, settings, updated_at)
-                     VALUES (?, ?, ?, ?, ?, ?)
+                     VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (tenant, environment, app, host)
                      DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
                 )
@@ -101,8 +101,8 @@ impl Store {
             }
             None => {
                 sqlx::query(
-                    "DELETE FROM app_settings WHERE tenant = ? AND environment = ? AND app = ?
-                     AND (host = ? OR ? = '')",
+                    "DELETE FROM app_settings WHERE tenant = $1 AND environment = $2 AND app = $3
+                     AND (host = $4 OR $5 = '')",
                 )
                 .bind(tenant)
                 .bind(env)
@@ -114,8 +114,8 @@ impl Store {
             }
         }
         let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO app_revisions (tenant, environment, revision) VALUES (?, ?, 1)
-             ON CONFLICT (tenant, environment) DO UPDATE SET revision = revision + 1
+            "INSERT INTO app_revisions (tenant, environment, revision) VALUES ($1, $2, 1)
+             ON CONFLICT (tenant, environment) DO UPDATE SET revision = app_revisions.revision + 1
              RETURNING revision",
         )
         .bind(tenant)
@@ -136,7 +136,7 @@ impl Store {
         refused: &BTreeMap<String, String>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE hosts SET apps_revision = ?, apps_refused = ? WHERE tenant = ? AND name = ?",
+            "UPDATE hosts SET apps_revision = $1, apps_refused = $2 WHERE tenant = $3 AND name = $4",
         )
         .bind(revision as i64)
         .bind(serde_json::to_string(refused).unwrap_or_else(|_| "{}".into()))
@@ -151,7 +151,7 @@ impl Store {
     pub async fn hosts_apps_acks(&self, tenant: &str, env: &str) -> Result<Vec<HostAppsAck>> {
         Ok(sqlx::query_as(
             "SELECT name, apps_revision, apps_refused, last_seen, labels FROM hosts
-             WHERE tenant = ? AND environment = ? AND revoked_at IS NULL ORDER BY name",
+             WHERE tenant = $1 AND environment = $2 AND revoked_at IS NULL ORDER BY name",
         )
         .bind(tenant)
         .bind(env)
@@ -163,11 +163,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::SqlitePool;
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_change_bumps_the_revision_and_removing_an_app_drops_its_overrides(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn a_change_bumps_the_revision_and_removing_an_app_drops_its_overrides(s: Store) {
         let ok = |_: Option<&str>| Ok(());
         let r1 = s
             .put_app_settings("default", "prod", "web", "", Some(r#"{"port":8080}"#), ok)
@@ -203,4 +200,8 @@ mod tests {
         assert!(s.declared_apps("default", "prod").await.unwrap().is_empty());
         assert_eq!(s.apps_revision("default", "prod").await.unwrap(), 3);
     }
+
+    crate::store::testing::on_both_dialects!(
+        a_change_bumps_the_revision_and_removing_an_app_drops_its_overrides,
+    );
 }

@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 
 use sqlx::FromRow;
-use sqlx::types::Json;
 
-use super::{Result, Store};
+use super::{Flag, JsonText, Result, Store};
 use crate::plan::{Amount, MigrationPolicy, OfflinePolicy, Strategy};
 
 /// An environment and its policy.
@@ -56,13 +55,19 @@ fn labels_to_json(labels: &BTreeMap<String, String>) -> String {
 #[derive(FromRow)]
 struct EnvRecord {
     name: String,
+    #[sqlx(try_from = "super::Flag")]
     production: bool,
+    #[sqlx(try_from = "i64")]
     soak_secs: u32,
+    #[sqlx(try_from = "i64")]
     canary: u32,
     batch: String,
+    #[sqlx(try_from = "i64")]
     batch_timeout_secs: u32,
+    #[sqlx(try_from = "i64")]
     pause_secs: u32,
     max_failures: String,
+    #[sqlx(try_from = "super::Flag")]
     auto_revert: bool,
     offline: String,
     migrations: String,
@@ -93,8 +98,9 @@ impl From<EnvRecord> for EnvPolicy {
 #[derive(FromRow)]
 struct DriftRecord {
     host: String,
-    #[sqlx(json)]
+    #[sqlx(try_from = "super::JsonText<Vec<String>>")]
     drift: Vec<String>,
+    #[sqlx(try_from = "i64")]
     drift_count: u32,
     drift_digest: String,
 }
@@ -103,14 +109,14 @@ struct DriftRecord {
 struct CandidateRecord {
     name: String,
     criticality: String,
-    labels: Json<BTreeMap<String, String>>,
+    labels: JsonText<BTreeMap<String, String>>,
 }
 
 #[derive(FromRow)]
 struct PlacementRecord {
     app: String,
     environment: String,
-    selector: Json<BTreeMap<String, String>>,
+    selector: JsonText<BTreeMap<String, String>>,
 }
 
 #[derive(FromRow)]
@@ -124,6 +130,7 @@ const ENV_COLUMNS: &str = "name, production, soak_secs, canary, batch, batch_tim
 #[derive(FromRow)]
 struct EnvName {
     name: String,
+    #[sqlx(try_from = "super::Flag")]
     production: bool,
 }
 
@@ -138,10 +145,10 @@ impl Store {
         app: &str,
         version: &str,
     ) -> Result<bool> {
-        let row: Option<(String, bool, bool)> = sqlx::query_as(
+        let row: Option<(String, Flag, Flag)> = sqlx::query_as(
             "SELECT e.migrations, e.production, EXISTS (SELECT 1 FROM migration_approvals a
-                WHERE a.tenant = e.tenant AND a.environment = e.name AND a.app = ? AND a.version = ?)
-             FROM environments e WHERE e.tenant = ? AND e.name = ?",
+                WHERE a.tenant = e.tenant AND a.environment = e.name AND a.app = $1 AND a.version = $2)
+             FROM environments e WHERE e.tenant = $3 AND e.name = $4",
         )
         .bind(app)
         .bind(version)
@@ -150,9 +157,9 @@ impl Store {
         .fetch_optional(self.db())
         .await?;
         Ok(row.is_some_and(|(policy, production, approved)| {
-            approved
+            bool::from(approved)
                 || MigrationPolicy::parse(&policy)
-                    .unwrap_or(MigrationPolicy::default_for(production))
+                    .unwrap_or(MigrationPolicy::default_for(production.into()))
                     == MigrationPolicy::Auto
         }))
     }
@@ -168,7 +175,8 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO migration_approvals (tenant, app, environment, version, approved_by, approved_at)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET approved_by = excluded.approved_by,
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant, app, environment, version) DO UPDATE SET approved_by = excluded.approved_by,
              approved_at = excluded.approved_at",
         )
         .bind(tenant)
@@ -184,19 +192,20 @@ impl Store {
 
     /// `Some(production)` when the environment exists.
     pub async fn environment(&self, tenant: &str, env: &str) -> Result<Option<bool>> {
-        Ok(
-            sqlx::query_scalar("SELECT production FROM environments WHERE tenant = ? AND name = ?")
-                .bind(tenant)
-                .bind(env)
-                .fetch_optional(self.db())
-                .await?,
+        let production: Option<Flag> = sqlx::query_scalar(
+            "SELECT production FROM environments WHERE tenant = $1 AND name = $2",
         )
+        .bind(tenant)
+        .bind(env)
+        .fetch_optional(self.db())
+        .await?;
+        Ok(production.map(bool::from))
     }
 
     /// (name, production) of every environment of the tenant.
     pub async fn environments(&self, tenant: &str) -> Result<Vec<(String, bool)>> {
         let rows: Vec<EnvName> = sqlx::query_as(
-            "SELECT name, production FROM environments WHERE tenant = ? ORDER BY name",
+            "SELECT name, production FROM environments WHERE tenant = $1 ORDER BY name",
         )
         .bind(tenant)
         .fetch_all(self.db())
@@ -206,7 +215,7 @@ impl Store {
 
     pub async fn env_policy(&self, tenant: &str, env: &str) -> Result<Option<EnvPolicy>> {
         let row: Option<EnvRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? AND name = ?"
+            "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = $1 AND name = $2"
         )))
         .bind(tenant)
         .bind(env)
@@ -217,7 +226,7 @@ impl Store {
 
     pub async fn env_policies(&self, tenant: &str) -> Result<Vec<EnvPolicy>> {
         let rows: Vec<EnvRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = ? ORDER BY name"
+            "SELECT {ENV_COLUMNS} FROM environments WHERE tenant = $1 ORDER BY name"
         )))
         .bind(tenant)
         .fetch_all(self.db())
@@ -232,9 +241,9 @@ impl Store {
         env: &str,
         c: &EnvChange,
     ) -> Result<EnvPolicy> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO environments (tenant, name, production) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
+            "INSERT INTO environments (tenant, name, production) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
         )
         .bind(tenant)
         .bind(env)
@@ -242,12 +251,12 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE environments SET
-                production = COALESCE(?, production), soak_secs = COALESCE(?, soak_secs),
-                canary = COALESCE(?, canary), batch = COALESCE(?, batch),
-                batch_timeout_secs = COALESCE(?, batch_timeout_secs), pause_secs = COALESCE(?, pause_secs),
-                max_failures = COALESCE(?, max_failures), auto_revert = COALESCE(?, auto_revert),
-                offline = COALESCE(?, offline), migrations = COALESCE(?, migrations)
-             WHERE tenant = ? AND name = ?",
+                production = COALESCE($1, production), soak_secs = COALESCE($2, soak_secs),
+                canary = COALESCE($3, canary), batch = COALESCE($4, batch),
+                batch_timeout_secs = COALESCE($5, batch_timeout_secs), pause_secs = COALESCE($6, pause_secs),
+                max_failures = COALESCE($7, max_failures), auto_revert = COALESCE($8, auto_revert),
+                offline = COALESCE($9, offline), migrations = COALESCE($10, migrations)
+             WHERE tenant = $11 AND name = $12",
         )
         .bind(c.production.map(i64::from))
         .bind(c.soak_secs.map(i64::from))
@@ -272,9 +281,9 @@ impl Store {
 
     /// Applies inventory changes to a host; false when there is no such host.
     pub async fn update_host(&self, tenant: &str, host: &str, c: &HostChange) -> Result<bool> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let Some(labels) = sqlx::query_scalar::<_, String>(
-            "SELECT labels FROM hosts WHERE tenant = ? AND name = ?",
+            "SELECT labels FROM hosts WHERE tenant = $1 AND name = $2",
         )
         .bind(tenant)
         .bind(host)
@@ -289,8 +298,8 @@ impl Store {
         }
         labels.extend(c.set_labels.clone());
         sqlx::query(
-            "UPDATE hosts SET purpose = COALESCE(?, purpose), criticality = COALESCE(?, criticality), labels = ?
-             WHERE tenant = ? AND name = ?",
+            "UPDATE hosts SET purpose = COALESCE($1, purpose), criticality = COALESCE($2, criticality), labels = $3
+             WHERE tenant = $4 AND name = $5",
         )
         .bind(&c.purpose)
         .bind(&c.criticality)
@@ -315,7 +324,7 @@ impl Store {
         let rows: Vec<DriftRecord> = sqlx::query_as(
             "SELECT s.host, s.drift, s.drift_count, s.drift_digest FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
-             WHERE s.tenant = ? AND s.app = ? AND h.environment = ? AND (? = '' OR s.host = ?) AND s.drift_count > 0",
+             WHERE s.tenant = $1 AND s.app = $2 AND h.environment = $3 AND ($4 = '' OR s.host = $5) AND s.drift_count > 0",
         )
         .bind(tenant)
         .bind(app)
@@ -329,7 +338,7 @@ impl Store {
             let (h, count) = (r.host, r.drift_count);
             let fp = crate::fleet::drift_fingerprint(&r.drift_digest, &r.drift.join("\n"), count);
             sqlx::query(
-                "UPDATE host_status SET drift_acked = ? WHERE tenant = ? AND host = ? AND app = ?",
+                "UPDATE host_status SET drift_acked = $1 WHERE tenant = $2 AND host = $3 AND app = $4",
             )
             .bind(fp)
             .bind(tenant)
@@ -353,8 +362,8 @@ impl Store {
     ) -> Result<Vec<crate::plan::Candidate>> {
         let rows: Vec<CandidateRecord> = sqlx::query_as(
             "SELECT h.name, h.criticality, h.labels FROM hosts h
-             JOIN host_status s ON s.tenant = h.tenant AND s.host = h.name AND s.app = ?
-             WHERE h.tenant = ? AND h.environment = ? AND h.revoked_at IS NULL ORDER BY h.name",
+             JOIN host_status s ON s.tenant = h.tenant AND s.host = h.name AND s.app = $1
+             WHERE h.tenant = $2 AND h.environment = $3 AND h.revoked_at IS NULL ORDER BY h.name",
         )
         .bind(app)
         .bind(tenant)
@@ -391,7 +400,7 @@ impl Store {
         selector: &BTreeMap<String, String>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO placements (tenant, app, environment, selector, updated_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO placements (tenant, app, environment, selector, updated_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant, app, environment) DO UPDATE SET selector = excluded.selector, updated_at = excluded.updated_at",
         )
         .bind(tenant)
@@ -407,7 +416,7 @@ impl Store {
     /// Every selector of the tenant (app@env without one: every host).
     pub async fn placements(&self, tenant: &str) -> Result<Placements> {
         let rows: Vec<PlacementRecord> =
-            sqlx::query_as("SELECT app, environment, selector FROM placements WHERE tenant = ?")
+            sqlx::query_as("SELECT app, environment, selector FROM placements WHERE tenant = $1")
                 .bind(tenant)
                 .fetch_all(self.db())
                 .await?;
@@ -420,7 +429,7 @@ impl Store {
     /// A host's labels (empty for an unknown host).
     pub async fn host_labels(&self, tenant: &str, host: &str) -> Result<BTreeMap<String, String>> {
         let labels: Option<String> =
-            sqlx::query_scalar("SELECT labels FROM hosts WHERE tenant = ? AND name = ?")
+            sqlx::query_scalar("SELECT labels FROM hosts WHERE tenant = $1 AND name = $2")
                 .bind(tenant)
                 .bind(host)
                 .fetch_optional(self.db())
@@ -432,7 +441,7 @@ impl Store {
     pub async fn configured_apps(&self, tenant: &str) -> Result<Vec<(String, String)>> {
         let rows: Vec<HostApp> = sqlx::query_as(
             "SELECT s.host, s.app FROM host_status s JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
-             WHERE s.tenant = ? AND h.revoked_at IS NULL",
+             WHERE s.tenant = $1 AND h.revoked_at IS NULL",
         )
         .bind(tenant)
         .fetch_all(self.db())

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::FromRow;
 
-use super::{Result, Store, json_list, now};
+use super::{Dialect, Result, Store, json_list, now};
 use crate::lifecycle::Health;
 
 /// One host's report for one app, as stored.
@@ -19,15 +19,17 @@ pub struct HostAppReport {
     pub health: Health,
     pub health_reason: String,
     pub env_check: i32,
-    #[sqlx(json)]
+    #[sqlx(try_from = "super::JsonText<Vec<String>>")]
     pub missing_env: Vec<String>,
     pub last_error: String,
     pub failed_version: String,
     pub failed_digest: String,
+    #[sqlx(try_from = "i64")]
     pub generation: u64,
     /// Drift lines (bounded) and how many paths drifted in all.
-    #[sqlx(json)]
+    #[sqlx(try_from = "super::JsonText<Vec<String>>")]
     pub drift: Vec<String>,
+    #[sqlx(try_from = "i64")]
     pub drift_count: u32,
     pub drift_digest: String,
 }
@@ -37,13 +39,14 @@ pub struct FleetRow {
     pub host: String,
     pub environment: String,
     pub desired_version: Option<String>,
+    #[sqlx(try_from = "i64")]
     pub desired_generation: u64,
     pub last_seen: i64,
     #[sqlx(flatten)]
     pub report: HostAppReport,
     pub healthy_since: i64,
     pub drift_acked: String,
-    #[sqlx(json)]
+    #[sqlx(try_from = "super::JsonText<BTreeMap<String, String>>")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -76,8 +79,8 @@ impl Store {
         (apps_revision, apps_refused): (u64, &std::collections::BTreeMap<String, String>),
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE hosts SET agent_version = ?, os = ?, last_seen = ?, apps_revision = ?, apps_refused = ?
-             WHERE tenant = ? AND name = ?",
+            "UPDATE hosts SET agent_version = $1, os = $2, last_seen = $3, apps_revision = $4, apps_refused = $5
+             WHERE tenant = $6 AND name = $7",
         )
         .bind(agent_version)
         .bind(os)
@@ -99,22 +102,28 @@ impl Store {
             return Ok(());
         }
         let rows = serde_json::to_string(seen).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
-            "UPDATE hosts SET last_seen = MAX(hosts.last_seen, j.at)
-             FROM (SELECT json_extract(value, '$[0]') AS tenant, json_extract(value, '$[1]') AS name,
-                          json_extract(value, '$[2]') AS at FROM json_each(?)) AS j
-             WHERE hosts.tenant = j.tenant AND hosts.name = j.name",
-        )
-        .bind(rows)
-        .execute(self.writer())
-        .await?;
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "UPDATE hosts SET last_seen = MAX(hosts.last_seen, j.at)
+                 FROM (SELECT value ->> 0 AS tenant, value ->> 1 AS name, value ->> 2 AS at
+                       FROM json_each($1)) AS j
+                 WHERE hosts.tenant = j.tenant AND hosts.name = j.name"
+            }
+            Dialect::Postgres => {
+                "UPDATE hosts SET last_seen = GREATEST(hosts.last_seen, j.at)
+                 FROM (SELECT value ->> 0 AS tenant, value ->> 1 AS name, (value ->> 2)::bigint AS at
+                       FROM jsonb_array_elements($1::jsonb)) AS j
+                 WHERE hosts.tenant = j.tenant AND hosts.name = j.name"
+            }
+        };
+        sqlx::query(sql).bind(rows).execute(self.writer()).await?;
         Ok(())
     }
 
     /// Records a host's report for one app (that the host was heard from is
     /// the hub's to batch).
     pub async fn record_report(&self, tenant: &str, host: &str, r: &HostAppReport) -> Result<()> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         write_report(&mut tx, tenant, host, r).await?;
         tx.commit().await?;
         Ok(())
@@ -122,7 +131,7 @@ impl Store {
 
     /// Records many hosts' reports in one transaction: (tenant, host, report).
     pub async fn record_reports(&self, reports: &[(String, String, HostAppReport)]) -> Result<()> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for (tenant, host, r) in reports {
             write_report(&mut tx, tenant, host, r).await?;
         }
@@ -133,13 +142,13 @@ impl Store {
     /// Forgets apps a host no longer runs (its config dropped them).
     pub async fn retain_host_apps(&self, tenant: &str, host: &str, apps: &[String]) -> Result<()> {
         let existing: Vec<String> =
-            sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = ? AND host = ?")
+            sqlx::query_scalar("SELECT app FROM host_status WHERE tenant = $1 AND host = $2")
                 .bind(tenant)
                 .bind(host)
                 .fetch_all(self.db())
                 .await?;
         for app in existing.iter().filter(|a| !apps.contains(a)) {
-            sqlx::query("DELETE FROM host_status WHERE tenant = ? AND host = ? AND app = ?")
+            sqlx::query("DELETE FROM host_status WHERE tenant = $1 AND host = $2 AND app = $3")
                 .bind(tenant)
                 .bind(host)
                 .bind(app)
@@ -180,7 +189,7 @@ impl Store {
         hosts: Option<&str>,
     ) -> Result<Vec<FleetRow>> {
         let placements = self.placements(tenant).await?;
-        let rows: Vec<FleetRow> = sqlx::query_as(
+        let rows: Vec<FleetRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT s.host, h.environment, d.version AS desired_version,
                     COALESCE(d.generation, 0) AS desired_generation, h.last_seen, h.labels,
                     s.app, s.running_version, s.running_digest, s.state, s.health, s.health_reason, s.env_check,
@@ -189,11 +198,12 @@ impl Store {
              FROM host_status s
              JOIN hosts h ON h.tenant = s.tenant AND h.name = s.host
              LEFT JOIN desired d ON d.tenant = s.tenant AND d.app = s.app AND d.environment = h.environment
-             WHERE s.tenant = ? AND (? = '' OR s.app = ?) AND (? = '' OR h.environment = ?)
+             WHERE s.tenant = $1 AND ($2 = '' OR s.app = $3) AND ($4 = '' OR h.environment = $5)
                AND h.revoked_at IS NULL
-               AND (? IS NULL OR s.host IN (SELECT value FROM json_each(?)))
+               AND ($6 IS NULL OR s.host IN (SELECT value FROM {}))
              ORDER BY s.app, h.environment, s.host",
-        )
+            self.json_array_elements_text("$7")
+        )))
         .bind(tenant)
         .bind(app)
         .bind(app)
@@ -216,7 +226,7 @@ impl Store {
 
 /// Writes one host's report for one app inside the caller's transaction.
 async fn write_report(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     tenant: &str,
     host: &str,
     r: &HostAppReport,
@@ -227,7 +237,7 @@ async fn write_report(
             "INSERT INTO host_status (tenant, host, app, running_version, running_digest, state, health, health_reason,
                 env_check, missing_env, last_error, failed_version, failed_digest, generation, updated_at,
                 healthy_since, drift, drift_count, drift_digest)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
              ON CONFLICT (tenant, host, app) DO UPDATE SET
                 healthy_since = CASE
                     WHEN excluded.healthy_since = 0 THEN 0
@@ -267,7 +277,7 @@ async fn write_report(
         // may go back to it.
         sqlx::query(
                 "INSERT INTO healthy_releases (tenant, app, environment, manifest_digest, first_at)
-                 SELECT h.tenant, ?, h.environment, ?, ? FROM hosts h WHERE h.tenant = ? AND h.name = ?
+                 SELECT h.tenant, $1, h.environment, $2, $3 FROM hosts h WHERE h.tenant = $4 AND h.name = $5
                  ON CONFLICT DO NOTHING",
             )
             .bind(&r.app)
@@ -283,13 +293,10 @@ async fn write_report(
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_report_reads_back_with_its_lists(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn a_report_reads_back_with_its_lists(s: Store) {
         s.add_host("default", "h1", "preprod", "j1", "x", now() + 60, "test")
             .await
             .unwrap();
@@ -342,4 +349,6 @@ mod tests {
         s.retain_host_apps("default", "h1", &[]).await.unwrap();
         assert!(s.fleet("default", "", "").await.unwrap().is_empty());
     }
+
+    crate::store::testing::on_both_dialects!(a_report_reads_back_with_its_lists,);
 }

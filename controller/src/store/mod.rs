@@ -7,7 +7,6 @@
 //! a Postgres dialect can sit beside it; list columns hold JSON arrays.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,6 +17,8 @@ mod fleet;
 mod hosts;
 mod releases;
 mod rollouts;
+#[cfg(test)]
+pub(crate) mod testing;
 mod trust;
 mod web;
 
@@ -30,9 +31,9 @@ pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
 pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, Executor, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,24 +41,46 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store URL {0:?}: expected sqlite://PATH or postgres://…")]
+    Url(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Which database the store speaks. The SQL is the same text for both
+/// (`$n` placeholders, which SQLite reads too); the few spellings that
+/// differ are chosen by `Dialect` where they are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    /// Reads (WAL: they never wait for the writer).
-    pool: SqlitePool,
-    /// Every write, on one connection: writers queue here in order instead
-    /// of polling SQLite's lock (its busy handler sleeps up to 100 ms a try,
-    /// which stretched a 1,000-host rollout while the CPU sat idle).
-    writer: SqlitePool,
+    /// Reads (SQLite in WAL: they never wait for the writer).
+    pool: AnyPool,
+    /// Every write. On SQLite, one connection: writers queue here in order
+    /// instead of polling SQLite's lock (its busy handler sleeps up to
+    /// 100 ms a try, which stretched a 1,000-host rollout while the CPU sat
+    /// idle). On PostgreSQL, the same pool as reads; write transactions
+    /// queue on a transaction-scoped advisory lock instead (`begin_write`).
+    writer: AnyPool,
+    dialect: Dialect,
     /// Statements and transactions run so far (`queries`), for benchmarks.
     queries: Arc<AtomicU64>,
 }
 
-/// The schema, applied by `open_sqlite` (and by `#[sqlx::test]` in tests).
+/// The schema, applied by `open` on SQLite.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+/// The same schema for PostgreSQL.
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The advisory lock every PostgreSQL write transaction takes first, so
+/// that writes run one at a time across every replica, as SQLite's single
+/// writer runs them: read-then-write transactions (a promote's checks, a
+/// rollout's step) need no retry loop. (The key is "slipway" in ASCII.)
+const WRITE_LOCK: i64 = 0x0073_6c69_7077_6179;
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -71,61 +94,229 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
+/// A flag column, 0 or 1 in both dialects, read as an integer and turned
+/// into a `bool` (`#[sqlx(try_from = "Flag")]`): the `Any` driver decodes
+/// `bool` only from a column its database calls boolean.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flag(i64);
+
+impl From<Flag> for bool {
+    fn from(f: Flag) -> bool {
+        f.0 != 0
+    }
+}
+
+impl sqlx::Type<Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<Any>>::compatible(ty) || <bool as sqlx::Type<Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Any> for Flag {
+    fn decode(
+        value: sqlx::any::AnyValueRef<'r>,
+    ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        if <bool as sqlx::Type<Any>>::compatible(&sqlx::ValueRef::type_info(&value)) {
+            return Ok(Self(i64::from(<bool as sqlx::Decode<Any>>::decode(value)?)));
+        }
+        Ok(Self(<i64 as sqlx::Decode<Any>>::decode(value)?))
+    }
+}
+
+/// A column holding JSON text, decoded into `T` (`sqlx::types::Json` has
+/// no `Any` decoding).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JsonText<T>(pub T);
+
+impl From<JsonText<Vec<String>>> for Vec<String> {
+    fn from(j: JsonText<Vec<String>>) -> Self {
+        j.0
+    }
+}
+
+impl From<JsonText<std::collections::BTreeMap<String, String>>>
+    for std::collections::BTreeMap<String, String>
+{
+    fn from(j: JsonText<std::collections::BTreeMap<String, String>>) -> Self {
+        j.0
+    }
+}
+
+impl<T> sqlx::Type<Any> for JsonText<T> {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <str as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <str as sqlx::Type<Any>>::compatible(ty)
+    }
+}
+
+impl<'r, T: serde::de::DeserializeOwned> sqlx::Decode<'r, Any> for JsonText<T> {
+    fn decode(
+        value: sqlx::any::AnyValueRef<'r>,
+    ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<Any>>::decode(value)?;
+        Ok(Self(serde_json::from_str(text)?))
+    }
+}
+
 impl Store {
+    /// Opens the store a URL names: `sqlite://PATH` (created if missing) or
+    /// `postgres://…`; applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            Self::open_sqlite(Path::new(path)).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::open_postgres(url).await
+        } else {
+            Err(StoreError::Url(url.to_string()))
+        }
+    }
+
     /// Opens (creating if needed) the SQLite file and applies pending migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await?;
+        sqlx::any::install_default_drivers();
+        let url = sqlite_url(path);
+        let writer = sqlite_pool(1).connect(&url).await?;
+        // WAL is a property of the file: set once, kept by every connection.
+        writer.execute("PRAGMA journal_mode = WAL").await?;
         MIGRATOR.run(&writer).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
+        let pool = sqlite_pool(4).connect(&url).await?;
         Ok(Self {
             pool,
             writer,
+            dialect: Dialect::Sqlite,
             queries: Arc::default(),
         })
     }
 
-    /// A store over a pool whose schema is already migrated (tests): reads
-    /// and writes share it.
-    #[cfg(test)]
-    pub(crate) fn from_pool(pool: SqlitePool) -> Self {
-        Self {
+    /// Connects to PostgreSQL and applies pending migrations (one replica at
+    /// a time: sqlx's migrator holds an advisory lock while it runs).
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        PG_MIGRATOR.run(&pool).await?;
+        Ok(Self {
             writer: pool.clone(),
             pool,
+            dialect: Dialect::Postgres,
             queries: Arc::default(),
-        }
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// The pool, counting one query: every statement outside a transaction,
     /// and every transaction, goes through here.
-    fn db(&self) -> &SqlitePool {
+    fn db(&self) -> &AnyPool {
         self.queries.fetch_add(1, Ordering::Relaxed);
         &self.pool
     }
 
     /// The writer's connection, counting one query like `db`: every
-    /// statement that writes and every write transaction goes through here.
-    fn writer(&self) -> &SqlitePool {
+    /// statement that writes outside a transaction goes through here.
+    fn writer(&self) -> &AnyPool {
         self.queries.fetch_add(1, Ordering::Relaxed);
         &self.writer
+    }
+
+    /// A write transaction, serialized with every other one: SQLite's
+    /// `BEGIN IMMEDIATE` on the one writer connection, or PostgreSQL's
+    /// `BEGIN` and the store-wide advisory lock (released at commit or
+    /// rollback, and by the server if the connection dies).
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.writer().begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// A table of the strings in the JSON array bound at `param`, one
+    /// column named `value`.
+    fn json_array_elements_text(&self, param: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("json_each({param})"),
+            Dialect::Postgres => format!("jsonb_array_elements_text({param}::jsonb)"),
+        }
     }
 
     /// How many queries (statements or transactions) this store ran.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
     }
+
+    /// The pool itself, for tests that set up rows the API cannot.
+    #[cfg(test)]
+    pub(crate) fn pool_for_tests(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// A store URL fit for a log line: a password in it replaced by `***`, and
+/// the query (which may carry one too) left out.
+pub fn redacted(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or(url);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Pool options for a SQLite file: every connection checks foreign keys,
+/// waits up to 10 s for a lock and syncs at WAL's normal level.
+fn sqlite_pool(max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+}
+
+/// `sqlite://PATH?mode=rwc` with the path percent-encoded (a data dir may
+/// hold spaces or `?`).
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                url.push(*b as char)
+            }
+            _ => url.push_str(&format!("%{b:02X}")),
+        }
+    }
+    url.push_str("?mode=rwc");
+    url
 }
 
 #[cfg(test)]
@@ -149,9 +340,7 @@ pub(crate) mod tests {
         }
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn starts_with_default_tenant_and_environments(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn starts_with_default_tenant_and_environments(s: Store) {
         assert!(s.tenant_exists("default").await.unwrap());
         assert_eq!(s.environment("default", "prod").await.unwrap(), Some(true));
         assert_eq!(
@@ -175,11 +364,56 @@ pub(crate) mod tests {
         assert!(s.release("default", "web", "1").await.unwrap().is_some());
     }
 
+    #[tokio::test]
+    async fn a_data_dir_with_odd_characters_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("my data?#%20");
+        std::fs::create_dir(&odd).unwrap();
+        let s = Store::open(&format!("sqlite://{}", odd.join("s.db").display()))
+            .await
+            .unwrap();
+        assert!(s.tenant_exists("default").await.unwrap());
+        assert!(odd.join("s.db").exists(), "the file is where it was named");
+    }
+
+    #[test]
+    fn store_urls_are_logged_without_their_password() {
+        assert_eq!(
+            redacted("postgres://slipway:s3cret@db:5432/slipway?sslmode=require&password=x"),
+            "postgres://slipway:***@db:5432/slipway"
+        );
+        assert_eq!(
+            redacted("postgres://slipway@db/s"),
+            "postgres://slipway@db/s"
+        );
+        assert_eq!(redacted("sqlite:///var/lib/s.db"), "sqlite:///var/lib/s.db");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_store_url_is_refused_by_name() {
+        let e = Store::open("mysql://db/x").await.err().unwrap();
+        assert!(e.to_string().contains("mysql://db/x"), "{e}");
+    }
+
+    /// A SQLite file migrated up to `version`, as an older controller left it.
+    async fn sqlite_at_migration(
+        version: i64,
+    ) -> (tempfile::TempDir, std::path::PathBuf, sqlx::SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slipway.db");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        MIGRATOR.run_to(version, &pool).await.unwrap();
+        (dir, path, pool)
+    }
+
     /// A controller upgraded in place reads the rows an older one wrote: the
     /// joined list columns come back as the same lists.
-    #[sqlx::test(migrations = false)]
-    async fn rows_written_before_the_json_lists_read_back_after(pool: SqlitePool) {
-        MIGRATOR.run_to(3, &pool).await.unwrap();
+    #[tokio::test]
+    async fn rows_written_before_the_json_lists_read_back_after() {
+        let (_dir, path, pool) = sqlite_at_migration(3).await;
         sqlx::raw_sql(
             "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by)
                  VALUES ('t1', 'default', 'ci', 'deployer,reader', 'h', 0, 'admin');
@@ -197,8 +431,8 @@ pub(crate) mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        MIGRATOR.run(&pool).await.unwrap();
-        let s = Store::from_pool(pool);
+        pool.close().await;
+        let s = Store::open_sqlite(&path).await.unwrap();
 
         let t = s.api_token("t1").await.unwrap().unwrap();
         assert_eq!(t.roles, vec!["deployer".to_string(), "reader".into()]);
@@ -224,9 +458,9 @@ pub(crate) mod tests {
 
     /// Releases that older controllers saw run healthy stay rollback targets
     /// after the upgrade: judged healthy in a rollout, or running healthy now.
-    #[sqlx::test(migrations = false)]
-    async fn releases_proven_before_the_upgrade_stay_rollback_targets(pool: SqlitePool) {
-        MIGRATOR.run_to(3, &pool).await.unwrap();
+    #[tokio::test]
+    async fn releases_proven_before_the_upgrade_stay_rollback_targets() {
+        let (_dir, path, pool) = sqlite_at_migration(3).await;
         let mut sql = String::from(
             "INSERT INTO apps (tenant, name, created_at) VALUES ('default', 'web', 0);
              INSERT INTO blobs (digest, size, created_at) VALUES ('sha256:b', 1, 0);
@@ -260,8 +494,8 @@ pub(crate) mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        MIGRATOR.run(&pool).await.unwrap();
-        let s = Store::from_pool(pool);
+        pool.close().await;
+        let s = Store::open_sqlite(&path).await.unwrap();
         let target = |current: &'static str| {
             let s = s.clone();
             async move {
@@ -282,4 +516,6 @@ pub(crate) mod tests {
             "old state text decodes"
         );
     }
+
+    crate::store::testing::on_both_dialects!(starts_with_default_tenant_and_environments,);
 }

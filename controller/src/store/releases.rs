@@ -12,10 +12,13 @@ pub struct ReleaseRow {
     pub version: String,
     pub manifest_digest: String,
     pub blob_digest: String,
+    #[sqlx(try_from = "i64")]
     pub blob_size: u64,
     pub git_commit: Option<String>,
+    #[sqlx(try_from = "i64")]
     pub entries: u32,
     pub created_at: i64,
+    #[sqlx(try_from = "i64")]
     pub counter: u64,
     /// Publisher signatures, JSON (`[{"key","sig"}]`).
     pub signatures: String,
@@ -32,11 +35,14 @@ pub struct DesiredRow {
     pub version: String,
     /// The desired generation (`release_as_desired`: the one given).
     #[sqlx(default)]
+    #[sqlx(try_from = "i64")]
     pub generation: u64,
     pub manifest_digest: String,
     pub blob_digest: String,
+    #[sqlx(try_from = "i64")]
     pub blob_size: u64,
     pub manifest: Vec<u8>,
+    #[sqlx(try_from = "i64")]
     pub counter: u64,
     pub signatures: String,
     /// Operator rollback authorization, JSON signatures (`release_as_desired`: none).
@@ -44,6 +50,7 @@ pub struct DesiredRow {
     pub authorization: String,
     /// The release has a `[migrations]` table (its publisher said so).
     #[sqlx(default)]
+    #[sqlx(try_from = "super::Flag")]
     pub has_migrations: bool,
 }
 
@@ -67,6 +74,7 @@ impl From<sqlx::Error> for YankRefused {
 #[derive(FromRow)]
 struct Desired {
     version: String,
+    #[sqlx(try_from = "i64")]
     generation: u64,
 }
 
@@ -74,6 +82,7 @@ struct Desired {
 #[derive(FromRow)]
 struct AppGeneration {
     app: String,
+    #[sqlx(try_from = "i64")]
     generation: u64,
 }
 
@@ -82,7 +91,7 @@ const RELEASE_COLUMNS: &str = "app, version, manifest_digest, blob_digest, blob_
 impl Store {
     pub async fn app_exists(&self, tenant: &str, app: &str) -> Result<bool> {
         let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM apps WHERE tenant = ? AND name = ?")
+            sqlx::query_scalar("SELECT 1 FROM apps WHERE tenant = $1 AND name = $2")
                 .bind(tenant)
                 .bind(app)
                 .fetch_optional(self.db())
@@ -93,7 +102,7 @@ impl Store {
     /// Names of the tenant's apps (published at least once).
     pub async fn apps(&self, tenant: &str) -> Result<Vec<String>> {
         Ok(
-            sqlx::query_scalar("SELECT name FROM apps WHERE tenant = ? ORDER BY name")
+            sqlx::query_scalar("SELECT name FROM apps WHERE tenant = $1 ORDER BY name")
                 .bind(tenant)
                 .fetch_all(self.db())
                 .await?,
@@ -102,7 +111,7 @@ impl Store {
 
     pub async fn insert_blob(&self, digest: &str, size: u64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(digest)
         .bind(size as i64)
@@ -115,7 +124,7 @@ impl Store {
     /// Marks the blob `digest` as the object pack holding exactly the
     /// objects `key` names, in its order.
     pub async fn set_objects_key(&self, digest: &str, key: &str) -> Result<()> {
-        sqlx::query("UPDATE blobs SET objects_key = ? WHERE digest = ?")
+        sqlx::query("UPDATE blobs SET objects_key = $1 WHERE digest = $2")
             .bind(key)
             .bind(digest)
             .execute(self.writer())
@@ -131,7 +140,7 @@ impl Store {
     ) -> Result<Option<(String, u64)>> {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT b.digest, b.size FROM blobs b JOIN blob_links l ON l.digest = b.digest
-             WHERE l.tenant = ? AND b.objects_key = ? LIMIT 1",
+             WHERE l.tenant = $1 AND b.objects_key = $2 LIMIT 1",
         )
         .bind(tenant)
         .bind(key)
@@ -151,8 +160,8 @@ impl Store {
         size: u64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE releases SET blob_digest = ?, blob_size = ?
-             WHERE tenant = ? AND manifest_digest = ? AND blob_digest = ''",
+            "UPDATE releases SET blob_digest = $1, blob_size = $2
+             WHERE tenant = $3 AND manifest_digest = $4 AND blob_digest = ''",
         )
         .bind(pack)
         .bind(size as i64)
@@ -168,7 +177,7 @@ impl Store {
     pub async fn newest_release(&self, tenant: &str, app: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT manifest_digest FROM releases
-             WHERE tenant = ? AND app = ? AND yanked_at IS NULL
+             WHERE tenant = $1 AND app = $2 AND yanked_at IS NULL
              ORDER BY created_at DESC, counter DESC LIMIT 1",
         )
         .bind(tenant)
@@ -186,11 +195,11 @@ impl Store {
     ) -> Result<Vec<(Vec<u8>, String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT manifest, blob_digest, blob_size FROM releases
-             WHERE tenant = ? AND blob_digest != ''
-             ORDER BY created_at DESC, counter DESC LIMIT ?",
+             WHERE tenant = $1 AND blob_digest != ''
+             ORDER BY created_at DESC, counter DESC LIMIT $2",
         )
         .bind(tenant)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(self.db())
         .await?)
     }
@@ -204,7 +213,7 @@ impl Store {
     ) -> Result<Option<(String, Vec<u8>, String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT app, manifest, blob_digest, blob_size FROM releases
-             WHERE tenant = ? AND manifest_digest = ? LIMIT 1",
+             WHERE tenant = $1 AND manifest_digest = $2 LIMIT 1",
         )
         .bind(tenant)
         .bind(manifest_digest)
@@ -215,7 +224,7 @@ impl Store {
     /// Notes that the release has a `[migrations]` table (its publisher said so).
     pub async fn mark_migrations(&self, tenant: &str, app: &str, version: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE releases SET has_migrations = 1 WHERE tenant = ? AND app = ? AND version = ?",
+            "UPDATE releases SET has_migrations = 1 WHERE tenant = $1 AND app = $2 AND version = $3",
         )
         .bind(tenant)
         .bind(app)
@@ -233,9 +242,9 @@ impl Store {
         r: &ReleaseRow,
         manifest: &[u8],
     ) -> Result<(ReleaseRow, bool)> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO apps (tenant, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO apps (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(tenant)
         .bind(&r.app)
@@ -244,7 +253,7 @@ impl Store {
         .await?;
         let inserted = sqlx::query(
             "INSERT INTO releases (tenant, app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, manifest, created_at, counter, signatures)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
         )
         .bind(tenant)
         .bind(&r.app)
@@ -277,7 +286,7 @@ impl Store {
         version: &str,
     ) -> Result<Option<ReleaseRow>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {RELEASE_COLUMNS} FROM releases WHERE tenant = ? AND app = ? AND version = ?"
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE tenant = $1 AND app = $2 AND version = $3"
         )))
         .bind(tenant)
         .bind(app)
@@ -289,7 +298,7 @@ impl Store {
     pub async fn releases(&self, tenant: &str, app: &str) -> Result<Vec<ReleaseRow>> {
         // Newest first; rowid breaks ties between releases of the same second.
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {RELEASE_COLUMNS} FROM releases WHERE tenant = ? AND app = ? ORDER BY created_at DESC, rowid DESC"
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE tenant = $1 AND app = $2 ORDER BY created_at DESC, rowid DESC"
         )))
         .bind(tenant)
         .bind(app)
@@ -302,7 +311,7 @@ impl Store {
     pub async fn max_counter(&self, tenant: &str, app: &str) -> Result<u64> {
         let max: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(counter), 0) FROM releases
-             WHERE tenant = ? AND app = ? AND yanked_at IS NULL AND counter > 0",
+             WHERE tenant = $1 AND app = $2 AND yanked_at IS NULL AND counter > 0",
         )
         .bind(tenant)
         .bind(app)
@@ -321,9 +330,9 @@ impl Store {
         version: &str,
         reason: &str,
     ) -> std::result::Result<Option<ReleaseRow>, YankRefused> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let desired: Vec<String> = sqlx::query_scalar(
-            "SELECT environment FROM desired WHERE tenant = ? AND app = ? AND version = ? ORDER BY environment",
+            "SELECT environment FROM desired WHERE tenant = $1 AND app = $2 AND version = $3 ORDER BY environment",
         )
         .bind(tenant)
         .bind(app)
@@ -334,8 +343,8 @@ impl Store {
             return Err(YankRefused::Desired(desired));
         }
         sqlx::query(
-            "UPDATE releases SET yanked_at = ?, yank_reason = ?
-             WHERE tenant = ? AND app = ? AND version = ? AND yanked_at IS NULL",
+            "UPDATE releases SET yanked_at = $1, yank_reason = $2
+             WHERE tenant = $3 AND app = $4 AND version = $5 AND yanked_at IS NULL",
         )
         .bind(now())
         .bind(reason)
@@ -353,7 +362,7 @@ impl Store {
     /// Whether a rollback authorization's nonce was used already.
     pub async fn rollback_nonce_spent(&self, tenant: &str, nonce: &str) -> Result<bool> {
         Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM rollback_nonces WHERE tenant = ? AND nonce = ?)",
+            "SELECT EXISTS (SELECT 1 FROM rollback_nonces WHERE tenant = $1 AND nonce = $2)",
         )
         .bind(tenant)
         .bind(nonce)
@@ -367,13 +376,13 @@ impl Store {
         nonce: &str,
         expires_at: i64,
     ) -> Result<bool> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM rollback_nonces WHERE expires_at < ?")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM rollback_nonces WHERE expires_at < $1")
             .bind(now())
             .execute(&mut *tx)
             .await?;
         let inserted = sqlx::query(
-            "INSERT INTO rollback_nonces (tenant, nonce, expires_at, used_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO rollback_nonces (tenant, nonce, expires_at, used_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
         )
         .bind(tenant)
@@ -396,7 +405,7 @@ impl Store {
         env: &str,
     ) -> Result<Option<(String, u64)>> {
         let row: Option<Desired> = sqlx::query_as(
-            "SELECT version, generation FROM desired WHERE tenant = ? AND app = ? AND environment = ?",
+            "SELECT version, generation FROM desired WHERE tenant = $1 AND app = $2 AND environment = $3",
         )
         .bind(tenant)
         .bind(app)
@@ -422,13 +431,13 @@ impl Store {
         Ok(sqlx::query_scalar(
             "SELECT d.version FROM desired_history d
              JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
-             WHERE d.tenant = ? AND d.app = ? AND d.environment = ? AND d.version != ?
+             WHERE d.tenant = $1 AND d.app = $2 AND d.environment = $3 AND d.version != $4
                AND r.yanked_at IS NULL
                AND EXISTS (SELECT 1 FROM healthy_releases h WHERE h.tenant = d.tenant AND h.app = d.app
                    AND h.environment = d.environment AND h.manifest_digest = r.manifest_digest)
                AND COALESCE((SELECT o.state FROM rollouts o WHERE o.tenant = d.tenant AND o.app = d.app
                    AND o.environment = d.environment AND o.to_version = d.version ORDER BY o.id DESC LIMIT 1), '')
-                   NOT IN (?, ?, ?)
+                   NOT IN ($5, $6, $7)
              ORDER BY d.id DESC LIMIT 1",
         )
         .bind(tenant)
@@ -446,7 +455,7 @@ impl Store {
     /// on every desired-state change by every session.
     pub async fn desired_generations(&self, tenant: &str, env: &str) -> Result<Vec<(String, u64)>> {
         let rows: Vec<AppGeneration> = sqlx::query_as(
-            "SELECT app, generation FROM desired WHERE tenant = ? AND environment = ? ORDER BY app",
+            "SELECT app, generation FROM desired WHERE tenant = $1 AND environment = $2 ORDER BY app",
         )
         .bind(tenant)
         .bind(env)
@@ -464,10 +473,10 @@ impl Store {
     ) -> Result<Option<DesiredRow>> {
         Ok(sqlx::query_as(
             "SELECT r.app, r.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest,
-                    r.counter, r.signatures, d.authorization, r.has_migrations
+                    r.counter, r.signatures, d.\"authorization\", r.has_migrations
              FROM desired d
              JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
-             WHERE d.tenant = ? AND d.environment = ? AND d.app = ?",
+             WHERE d.tenant = $1 AND d.environment = $2 AND d.app = $3",
         )
         .bind(tenant)
         .bind(env)
@@ -488,7 +497,7 @@ impl Store {
         let row: Option<DesiredRow> = sqlx::query_as(
             "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures,
                     has_migrations
-             FROM releases WHERE tenant = ? AND app = ? AND version = ?",
+             FROM releases WHERE tenant = $1 AND app = $2 AND version = $3",
         )
         .bind(tenant)
         .bind(app)
@@ -505,7 +514,7 @@ impl Store {
 
 /// Points app@env at `version` (new generation, history row) inside a transaction.
 pub(super) async fn upsert_desired(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     tenant: &str,
     app: &str,
     env: &str,
@@ -513,10 +522,10 @@ pub(super) async fn upsert_desired(
     authorization: &str,
 ) -> Result<u64> {
     let generation: i64 = sqlx::query_scalar(
-        "INSERT INTO desired (tenant, app, environment, version, generation, updated_at, authorization) VALUES (?, ?, ?, ?, 1, ?, ?)
+        "INSERT INTO desired (tenant, app, environment, version, generation, updated_at, \"authorization\") VALUES ($1, $2, $3, $4, 1, $5, $6)
          ON CONFLICT (tenant, app, environment) DO UPDATE
            SET version = excluded.version, generation = desired.generation + 1, updated_at = excluded.updated_at,
-               authorization = excluded.authorization
+               \"authorization\" = excluded.\"authorization\"
          RETURNING generation",
     )
     .bind(tenant)
@@ -528,7 +537,7 @@ pub(super) async fn upsert_desired(
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO desired_history (tenant, app, environment, version, generation, at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO desired_history (tenant, app, environment, version, generation, at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(tenant)
     .bind(app)
@@ -543,15 +552,12 @@ pub(super) async fn upsert_desired(
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
     use crate::store::rollouts::tests::start;
     use crate::store::tests::release;
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn versions_are_immutable_and_generations_grow(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn versions_are_immutable_and_generations_grow(s: Store) {
         s.insert_blob("sha256:b", 1).await.unwrap();
         let (_, existed) = s
             .insert_release("default", &release("1", "sha256:m1"), b"{}")
@@ -620,9 +626,7 @@ mod tests {
         s.record_report("default", host, &r).await.unwrap();
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_rollback_targets_the_newest_release_that_ran_healthy_here(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn a_rollback_targets_the_newest_release_that_ran_healthy_here(s: Store) {
         s.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2", "3", "4"] {
             s.insert_release("default", &release(v, &format!("sha256:m{v}")), b"{}")
@@ -664,4 +668,9 @@ mod tests {
         assert_eq!(target("3").await.as_deref(), Some("1"));
         assert_eq!(target("1").await.as_deref(), Some("3"));
     }
+
+    crate::store::testing::on_both_dialects!(
+        versions_are_immutable_and_generations_grow,
+        a_rollback_targets_the_newest_release_that_ran_healthy_here,
+    );
 }

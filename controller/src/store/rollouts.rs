@@ -9,9 +9,9 @@ use super::{Result, Store, now};
 use crate::lifecycle::{HostOutcome, RolloutState};
 use crate::plan::{Amount, OfflinePolicy, Strategy};
 
-/// `state IN (?, ?, ?)` for the states that hold hosts back
-/// (`RolloutState::HOLDING`, bound in that order).
-const STATE_IS_HOLDING: &str = "state IN (?, ?, ?)";
+/// The states that hold hosts back (`RolloutState::HOLDING`) as SQL;
+/// `holding_states_in_sql_are_the_holding_states` checks the two agree.
+const STATE_IS_HOLDING: &str = "state IN ('running', 'paused', 'halted')";
 
 #[derive(Debug, Clone)]
 pub struct RolloutRow {
@@ -39,6 +39,7 @@ pub struct RolloutRow {
 #[derive(Debug, Clone, FromRow)]
 pub struct RolloutHostRow {
     pub host: String,
+    #[sqlx(try_from = "i64")]
     pub step: u32,
     pub admitted_at: i64,
     pub outcome: HostOutcome,
@@ -74,19 +75,27 @@ struct RolloutRecord {
     app: String,
     environment: String,
     from_version: String,
+    #[sqlx(try_from = "i64")]
     from_generation: u64,
     to_version: String,
     to_digest: String,
+    #[sqlx(try_from = "i64")]
     generation: u64,
+    #[sqlx(try_from = "i64")]
     canary: u32,
     batch: String,
+    #[sqlx(try_from = "i64")]
     batch_timeout_secs: u32,
+    #[sqlx(try_from = "i64")]
     pause_secs: u32,
     max_failures: String,
+    #[sqlx(try_from = "super::Flag")]
     auto_revert: bool,
     offline: String,
     state: RolloutState,
+    #[sqlx(try_from = "i64")]
     step: u32,
+    #[sqlx(try_from = "i64")]
     steps: u32,
     step_started_at: i64,
     next_step_at: i64,
@@ -163,12 +172,13 @@ struct Desired {
 struct Hold {
     admitted_at: i64,
     hold_version: String,
+    #[sqlx(try_from = "i64")]
     hold_generation: u64,
 }
 
-async fn rollout_by_id(conn: &mut sqlx::SqliteConnection, id: i64) -> Result<Option<RolloutRow>> {
+async fn rollout_by_id(conn: &mut sqlx::AnyConnection, id: i64) -> Result<Option<RolloutRow>> {
     let row: Option<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM rollouts WHERE id = ?"
+        "SELECT {COLUMNS} FROM rollouts WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(conn)
@@ -184,25 +194,22 @@ impl Store {
     /// plan is finished at once.
     pub async fn start_rollout(&self, n: &NewRollout<'_>) -> Result<Started> {
         let c = n.change;
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let t = now();
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, from_version, from_generation, to_version, generation FROM rollouts
-             WHERE tenant = ? AND app = ? AND environment = ? AND {STATE_IS_HOLDING} ORDER BY id DESC LIMIT 1"
+             WHERE tenant = $1 AND app = $2 AND environment = $3 AND {STATE_IS_HOLDING} ORDER BY id DESC LIMIT 1"
         )))
         .bind(c.tenant)
         .bind(c.app)
         .bind(c.environment);
-        for s in RolloutState::HOLDING {
-            q = q.bind(s);
-        }
         let holding: Option<Holding> = q.fetch_optional(&mut *tx).await?;
         // Per host of a superseded rollout: what it runs by now (the new
         // release once admitted and not failed, else what it was held at).
         let mut kept: std::collections::HashMap<String, (String, i64)> = Default::default();
         if let Some(h) = &holding {
             let hosts: Vec<HeldHost> = sqlx::query_as(
-                "SELECT host, admitted_at, outcome, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = ?",
+                "SELECT host, admitted_at, outcome, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = $1",
             )
             .bind(h.id)
             .fetch_all(&mut *tx)
@@ -219,7 +226,7 @@ impl Store {
         let (from_version, from_generation): (String, i64) = match holding {
             Some(r) => (r.from_version, r.from_generation),
             None => sqlx::query_as::<_, Desired>(
-                "SELECT version, generation FROM desired WHERE tenant = ? AND app = ? AND environment = ?",
+                "SELECT version, generation FROM desired WHERE tenant = $1 AND app = $2 AND environment = $3",
             )
             .bind(c.tenant)
             .bind(c.app)
@@ -238,8 +245,8 @@ impl Store {
             c.authorization,
         )
         .await?;
-        let mut supersede = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE rollouts SET state = ?, updated_at = ? WHERE tenant = ? AND app = ? AND environment = ?
+        let supersede = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollouts SET state = $1, updated_at = $2 WHERE tenant = $3 AND app = $4 AND environment = $5
              AND {STATE_IS_HOLDING}"
         )))
         .bind(RolloutState::Superseded)
@@ -247,9 +254,6 @@ impl Store {
         .bind(c.tenant)
         .bind(c.app)
         .bind(c.environment);
-        for s in RolloutState::HOLDING {
-            supersede = supersede.bind(s);
-        }
         supersede.execute(&mut *tx).await?;
         let state = if n.steps == 0 {
             RolloutState::Succeeded
@@ -261,7 +265,7 @@ impl Store {
             "INSERT INTO rollouts (tenant, app, environment, from_version, from_generation, to_version, to_digest,
                 generation, canary, batch, batch_timeout_secs, pause_secs, max_failures, auto_revert, offline, state, steps,
                 created_by, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id",
         )
         .bind(c.tenant)
         .bind(c.app)
@@ -291,7 +295,7 @@ impl Store {
                 .cloned()
                 .unwrap_or_else(|| (from_version.clone(), from_generation));
             sqlx::query(
-                "INSERT INTO rollout_hosts (rollout_id, host, step, hold_version, hold_generation) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO rollout_hosts (rollout_id, host, step, hold_version, hold_generation) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(id)
             .bind(host)
@@ -321,7 +325,7 @@ impl Store {
         state: RolloutState,
         reason: &str,
     ) -> Result<Option<u64>> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let Some(r) = rollout_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -337,7 +341,7 @@ impl Store {
             "[]",
         )
         .await?;
-        sqlx::query("UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4")
             .bind(state)
             .bind(reason)
             .bind(now())
@@ -345,7 +349,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE rollout_hosts SET outcome = ? WHERE rollout_id = ? AND admitted_at > 0 AND outcome IN (?, ?)",
+            "UPDATE rollout_hosts SET outcome = $1 WHERE rollout_id = $2 AND admitted_at > 0 AND outcome IN ($3, $4)",
         )
         .bind(HostOutcome::Reverted)
         .bind(id)
@@ -370,7 +374,7 @@ impl Store {
         env: &str,
     ) -> Result<Option<RolloutRow>> {
         let row: Option<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE tenant = ? AND app = ? AND environment = ? ORDER BY id DESC LIMIT 1"
+            "SELECT {COLUMNS} FROM rollouts WHERE tenant = $1 AND app = $2 AND environment = $3 ORDER BY id DESC LIMIT 1"
         )))
         .bind(tenant)
         .bind(app)
@@ -405,7 +409,7 @@ impl Store {
 
     pub async fn active_rollouts(&self) -> Result<Vec<RolloutRow>> {
         let rows: Vec<RolloutRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE state IN (?, ?) ORDER BY id"
+            "SELECT {COLUMNS} FROM rollouts WHERE state IN ($1, $2) ORDER BY id"
         )))
         .bind(RolloutState::Running)
         .bind(RolloutState::Paused)
@@ -416,7 +420,7 @@ impl Store {
 
     pub async fn rollout_hosts(&self, id: i64) -> Result<Vec<RolloutHostRow>> {
         Ok(sqlx::query_as(
-            "SELECT host, step, admitted_at, outcome, reason FROM rollout_hosts WHERE rollout_id = ? ORDER BY step, host",
+            "SELECT host, step, admitted_at, outcome, reason FROM rollout_hosts WHERE rollout_id = $1 ORDER BY step, host",
         )
         .bind(id)
         .fetch_all(self.db())
@@ -436,7 +440,7 @@ impl Store {
             return Ok(None);
         };
         let row: Option<Hold> = sqlx::query_as(
-            "SELECT admitted_at, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = ? AND host = ?",
+            "SELECT admitted_at, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = $1 AND host = $2",
         )
         .bind(r.id)
         .bind(host)
@@ -454,11 +458,11 @@ impl Store {
     /// admitted too (they converge when back) but not waited for. False when
     /// the rollout is no longer running at that step (paused meanwhile).
     pub async fn admit_step(&self, id: i64, step: u32, offline: &[String]) -> Result<bool> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let t = now();
         let moved = sqlx::query(
-            "UPDATE rollouts SET step_started_at = ?, next_step_at = 0, updated_at = ?
-             WHERE id = ? AND state = ? AND step = ? AND step_started_at = 0",
+            "UPDATE rollouts SET step_started_at = $1, next_step_at = 0, updated_at = $2
+             WHERE id = $3 AND state = $4 AND step = $5 AND step_started_at = 0",
         )
         .bind(t)
         .bind(t)
@@ -472,16 +476,18 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query("UPDATE rollout_hosts SET admitted_at = ? WHERE rollout_id = ? AND step = ?")
-            .bind(t)
-            .bind(id)
-            .bind(i64::from(step))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE rollout_hosts SET admitted_at = $1 WHERE rollout_id = $2 AND step = $3",
+        )
+        .bind(t)
+        .bind(id)
+        .bind(i64::from(step))
+        .execute(&mut *tx)
+        .await?;
         for h in offline {
             sqlx::query(
-                "UPDATE rollout_hosts SET outcome = ?, reason = 'offline when its step started'
-                 WHERE rollout_id = ? AND host = ?",
+                "UPDATE rollout_hosts SET outcome = $1, reason = 'offline when its step started'
+                 WHERE rollout_id = $2 AND host = $3",
             )
             .bind(HostOutcome::Offline)
             .bind(id)
@@ -503,10 +509,10 @@ impl Store {
         if verdicts.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for (host, outcome, reason) in verdicts {
             sqlx::query(
-                "UPDATE rollout_hosts SET outcome = ?, reason = ? WHERE rollout_id = ? AND host = ? AND outcome = ?",
+                "UPDATE rollout_hosts SET outcome = $1, reason = $2 WHERE rollout_id = $3 AND host = $4 AND outcome = $5",
             )
             .bind(outcome)
             .bind(reason)
@@ -524,7 +530,7 @@ impl Store {
     /// concludes from without reading every host.
     pub async fn rollout_tally(&self, id: i64) -> Result<Vec<(u32, HostOutcome, u64)>> {
         let rows: Vec<(i64, HostOutcome, i64)> = sqlx::query_as(
-            "SELECT step, outcome, COUNT(*) FROM rollout_hosts WHERE rollout_id = ? GROUP BY step, outcome",
+            "SELECT step, outcome, COUNT(*) FROM rollout_hosts WHERE rollout_id = $1 GROUP BY step, outcome",
         )
         .bind(id)
         .fetch_all(self.db())
@@ -539,8 +545,8 @@ impl Store {
     /// (0: at once).
     pub async fn next_step(&self, id: i64, step: u32, next_step_at: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE rollouts SET step = ?, step_started_at = 0, next_step_at = ?, updated_at = ?
-             WHERE id = ? AND state = ?",
+            "UPDATE rollouts SET step = $1, step_started_at = 0, next_step_at = $2, updated_at = $3
+             WHERE id = $4 AND state = $5",
         )
         .bind(i64::from(step))
         .bind(next_step_at)
@@ -561,10 +567,13 @@ impl Store {
         to: RolloutState,
         reason: Option<&str>,
     ) -> Result<bool> {
-        let placeholders = vec!["?"; from.len()].join(", ");
+        let placeholders = (5..5 + from.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
-            "UPDATE rollouts SET state = ?, reason = COALESCE(?, reason), updated_at = ?
-             WHERE id = ? AND state IN ({placeholders})"
+            "UPDATE rollouts SET state = $1, reason = COALESCE($2, reason), updated_at = $3
+             WHERE id = $4 AND state IN ({placeholders})"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to)
@@ -581,7 +590,7 @@ impl Store {
     /// count against the batch timeout).
     pub async fn restart_step_clock(&self, id: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE rollouts SET step_started_at = CASE WHEN step_started_at > 0 THEN ? ELSE 0 END WHERE id = ?",
+            "UPDATE rollouts SET step_started_at = CASE WHEN step_started_at > 0 THEN $1 ELSE 0 END WHERE id = $2",
         )
         .bind(now())
         .bind(id)
@@ -593,12 +602,10 @@ impl Store {
 
 #[cfg(test)]
 pub(in crate::store) mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
 
-    async fn store_with_releases(pool: SqlitePool) -> Store {
-        let s = Store::from_pool(pool);
+    async fn store_with_releases(s: Store) -> Store {
         s.insert_blob("sha256:b", 1).await.unwrap();
         for v in ["1", "2", "3"] {
             let r = crate::store::tests::release(v, &format!("sha256:m{v}"));
@@ -631,9 +638,8 @@ pub(in crate::store) mod tests {
         .unwrap()
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn hosts_are_held_at_the_previous_release_until_admitted(pool: SqlitePool) {
-        let s = store_with_releases(pool).await;
+    async fn hosts_are_held_at_the_previous_release_until_admitted(db: Store) {
+        let s = store_with_releases(db).await;
         let first = start(&s, "1", &[]).await;
         assert_eq!(first.from_version, "");
         assert_eq!(
@@ -670,9 +676,8 @@ pub(in crate::store) mod tests {
         );
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_superseding_deploy_keeps_held_hosts_on_the_same_release(pool: SqlitePool) {
-        let s = store_with_releases(pool).await;
+    async fn a_superseding_deploy_keeps_held_hosts_on_the_same_release(db: Store) {
+        let s = store_with_releases(db).await;
         let first = start(&s, "1", &[]).await;
         let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
         s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
@@ -697,9 +702,8 @@ pub(in crate::store) mod tests {
         );
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_revert_points_desired_back_and_releases_the_hold(pool: SqlitePool) {
-        let s = store_with_releases(pool).await;
+    async fn a_revert_points_desired_back_and_releases_the_hold(db: Store) {
+        let s = store_with_releases(db).await;
         start(&s, "1", &[]).await;
         let second = start(&s, "2", &[("a", 0), ("b", 1)]).await;
         s.admit_step(second.rollout_id, 0, &[]).await.unwrap();
@@ -762,4 +766,10 @@ pub(in crate::store) mod tests {
             "only once"
         );
     }
+
+    crate::store::testing::on_both_dialects!(
+        hosts_are_held_at_the_previous_release_until_admitted,
+        a_superseding_deploy_keeps_held_hosts_on_the_same_release,
+        a_revert_points_desired_back_and_releases_the_hold,
+    );
 }

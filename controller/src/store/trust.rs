@@ -13,7 +13,7 @@ pub struct ApiTokenRow {
     pub tenant: String,
     pub name: String,
     /// A JSON array in the database.
-    #[sqlx(json)]
+    #[sqlx(try_from = "super::JsonText<Vec<String>>")]
     pub roles: Vec<String>,
     pub secret_hash: String,
     pub created_at: i64,
@@ -31,6 +31,7 @@ pub struct CertOwner {
     pub tenant: String,
     pub host: String,
     pub environment: String,
+    #[sqlx(try_from = "super::Flag")]
     pub revoked: bool,
     pub not_after: i64,
 }
@@ -46,7 +47,7 @@ pub struct HostRow {
     pub revoked_at: Option<i64>,
     pub purpose: String,
     pub criticality: String,
-    #[sqlx(json)]
+    #[sqlx(try_from = "super::JsonText<BTreeMap<String, String>>")]
     pub labels: BTreeMap<String, String>,
     pub os: String,
 }
@@ -86,7 +87,7 @@ pub const LAST_USED_RESOLUTION_SECS: i64 = 60;
 
 impl Store {
     pub async fn tenant_exists(&self, tenant: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE name = ?")
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE name = $1")
             .bind(tenant)
             .fetch_optional(self.db())
             .await?;
@@ -103,7 +104,7 @@ impl Store {
     /// Bytes of every blob stored (all tenants).
     pub async fn blob_bytes(&self) -> Result<i64> {
         Ok(
-            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs")
+            sqlx::query_scalar("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs")
                 .fetch_one(self.db())
                 .await?,
         )
@@ -117,9 +118,9 @@ impl Store {
 
     /// A new tenant with the usual preprod and prod; false if it exists.
     pub async fn create_tenant(&self, name: &str) -> Result<bool> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let created = sqlx::query(
-            "INSERT INTO tenants (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO tenants (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(name)
         .bind(now())
@@ -129,12 +130,14 @@ impl Store {
             == 1;
         if created {
             for (env, production) in [("preprod", 0), ("prod", 1)] {
-                sqlx::query("INSERT INTO environments (tenant, name, production) VALUES (?, ?, ?)")
-                    .bind(name)
-                    .bind(env)
-                    .bind(production)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO environments (tenant, name, production) VALUES ($1, $2, $3)",
+                )
+                .bind(name)
+                .bind(env)
+                .bind(production)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -143,7 +146,7 @@ impl Store {
 
     pub async fn insert_api_token(&self, t: &ApiTokenRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, tenant, name, roles, secret_hash, created_at, created_by, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&t.id)
         .bind(&t.tenant)
@@ -162,8 +165,8 @@ impl Store {
     /// `LAST_USED_RESOLUTION_SECS` is recorded already (no write per call).
     pub async fn touch_api_token(&self, id: &str, at: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE api_tokens SET last_used_at = ?
-             WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+            "UPDATE api_tokens SET last_used_at = $1
+             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
         )
         .bind(at)
         .bind(id)
@@ -175,7 +178,7 @@ impl Store {
 
     pub async fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(self.db())
@@ -184,7 +187,7 @@ impl Store {
 
     pub async fn api_tokens(&self, tenant: &str) -> Result<Vec<ApiTokenRow>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant = ? ORDER BY created_at, id"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant = $1 ORDER BY created_at, id"
         )))
         .bind(tenant)
         .fetch_all(self.db())
@@ -194,7 +197,7 @@ impl Store {
     /// Revokes the tenant's token with this id or name; how many were revoked.
     pub async fn revoke_api_token(&self, tenant: &str, id_or_name: &str) -> Result<u64> {
         Ok(sqlx::query(
-            "UPDATE api_tokens SET revoked_at = ? WHERE tenant = ? AND (id = ? OR name = ?) AND revoked_at IS NULL",
+            "UPDATE api_tokens SET revoked_at = $1 WHERE tenant = $2 AND (id = $3 OR name = $4) AND revoked_at IS NULL",
         )
         .bind(now())
         .bind(tenant)
@@ -217,9 +220,9 @@ impl Store {
         expires_at: i64,
         created_by: &str,
     ) -> Result<()> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES (?, ?, ?, '', 0)
+            "INSERT INTO hosts (tenant, name, environment, agent_version, last_seen) VALUES ($1, $2, $3, '', 0)
              ON CONFLICT (tenant, name) DO UPDATE SET environment = excluded.environment, revoked_at = NULL",
         )
         .bind(tenant)
@@ -228,7 +231,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO join_tokens (id, tenant, host, secret_hash, expires_at, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO join_tokens (id, tenant, host, secret_hash, expires_at, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(token_id)
         .bind(tenant)
@@ -251,10 +254,10 @@ impl Store {
         secret_hash: &str,
         host: Option<&str>,
     ) -> Result<std::result::Result<(String, String, String), JoinRefused>> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let row: Option<JoinTokenRow> = sqlx::query_as(
             "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
-             FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = ?",
+             FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -277,7 +280,7 @@ impl Store {
         if row.revoked_at.is_some() {
             return Ok(Err(JoinRefused::Revoked));
         }
-        sqlx::query("UPDATE join_tokens SET used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE join_tokens SET used_at = $1 WHERE id = $2")
             .bind(now())
             .bind(id)
             .execute(&mut *tx)
@@ -297,8 +300,8 @@ impl Store {
         fingerprint: &str,
         not_after: i64,
     ) -> Result<()> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES (?, ?, ?, ?, ?)")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(fingerprint)
             .bind(tenant)
             .bind(host)
@@ -306,13 +309,13 @@ impl Store {
             .bind(now())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM host_certs WHERE tenant = ? AND host = ? AND fingerprint != ?")
+        sqlx::query("DELETE FROM host_certs WHERE tenant = $1 AND host = $2 AND fingerprint != $3")
             .bind(tenant)
             .bind(host)
             .bind(fingerprint)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE hosts SET cert_fingerprint = ?, cert_not_after = ? WHERE tenant = ? AND name = ?")
+        sqlx::query("UPDATE hosts SET cert_fingerprint = $1, cert_not_after = $2 WHERE tenant = $3 AND name = $4")
             .bind(fingerprint)
             .bind(not_after)
             .bind(tenant)
@@ -320,7 +323,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         // Expired certificates can never be presented again (TLS checks validity).
-        sqlx::query("DELETE FROM host_certs WHERE not_after < ?")
+        sqlx::query("DELETE FROM host_certs WHERE not_after < $1")
             .bind(now() - 3600)
             .execute(&mut *tx)
             .await?;
@@ -331,7 +334,7 @@ impl Store {
     pub async fn cert_owner(&self, fingerprint: &str) -> Result<Option<CertOwner>> {
         Ok(sqlx::query_as(
             "SELECT c.tenant, c.host, h.environment, h.revoked_at IS NOT NULL AS revoked, c.not_after
-             FROM host_certs c JOIN hosts h ON h.tenant = c.tenant AND h.name = c.host WHERE c.fingerprint = ?",
+             FROM host_certs c JOIN hosts h ON h.tenant = c.tenant AND h.name = c.host WHERE c.fingerprint = $1",
         )
         .bind(fingerprint)
         .fetch_optional(self.db())
@@ -340,21 +343,21 @@ impl Store {
 
     /// Revokes a host: its certificates and unused join tokens stop working.
     pub async fn revoke_host(&self, tenant: &str, host: &str) -> Result<bool> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query("UPDATE hosts SET revoked_at = ? WHERE tenant = ? AND name = ?")
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query("UPDATE hosts SET revoked_at = $1 WHERE tenant = $2 AND name = $3")
             .bind(now())
             .bind(tenant)
             .bind(host)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM host_certs WHERE tenant = ? AND host = ?")
+        sqlx::query("DELETE FROM host_certs WHERE tenant = $1 AND host = $2")
             .bind(tenant)
             .bind(host)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE join_tokens SET used_at = ? WHERE tenant = ? AND host = ? AND used_at IS NULL",
+            "UPDATE join_tokens SET used_at = $1 WHERE tenant = $2 AND host = $3 AND used_at IS NULL",
         )
         .bind(now())
         .bind(tenant)
@@ -368,7 +371,7 @@ impl Store {
     /// The next directive sequence number of a host (only ever grows).
     pub async fn next_directive_seq(&self, tenant: &str, host: &str) -> Result<u64> {
         let seq: i64 = sqlx::query_scalar(
-            "UPDATE hosts SET directive_seq = directive_seq + 1 WHERE tenant = ? AND name = ? RETURNING directive_seq",
+            "UPDATE hosts SET directive_seq = directive_seq + 1 WHERE tenant = $1 AND name = $2 RETURNING directive_seq",
         )
         .bind(tenant)
         .bind(host)
@@ -381,7 +384,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT name, environment, agent_version, last_seen, cert_fingerprint, cert_not_after, revoked_at,
                     purpose, criticality, labels, os
-             FROM hosts WHERE tenant = ? AND (? = '' OR environment = ?) ORDER BY environment, name",
+             FROM hosts WHERE tenant = $1 AND ($2 = '' OR environment = $3) ORDER BY environment, name",
         )
         .bind(tenant)
         .bind(env)
@@ -392,7 +395,7 @@ impl Store {
 
     /// Gives a tenant access to a blob it uploaded (or proved it has).
     pub async fn link_blob(&self, tenant: &str, digest: &str) -> Result<()> {
-        sqlx::query("INSERT INTO blob_links (tenant, digest, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO blob_links (tenant, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(tenant)
             .bind(digest)
             .bind(now())
@@ -404,7 +407,7 @@ impl Store {
     /// Size of a blob the tenant may read; None exactly as for a missing blob.
     pub async fn tenant_blob_size(&self, tenant: &str, digest: &str) -> Result<Option<u64>> {
         let size: Option<i64> = sqlx::query_scalar(
-            "SELECT b.size FROM blob_links l JOIN blobs b ON b.digest = l.digest WHERE l.tenant = ? AND l.digest = ?",
+            "SELECT b.size FROM blob_links l JOIN blobs b ON b.digest = l.digest WHERE l.tenant = $1 AND l.digest = $2",
         )
         .bind(tenant)
         .bind(digest)
@@ -416,13 +419,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::SqlitePool;
 
     use super::*;
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn a_new_certificate_replaces_the_hosts_older_ones(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn a_new_certificate_replaces_the_hosts_older_ones(s: Store) {
         s.add_host("default", "h1", "preprod", "j1", "x", now() + 60, "test")
             .await
             .unwrap();
@@ -440,9 +440,7 @@ mod tests {
         assert_eq!(s.cert_owner("other").await.unwrap().unwrap().host, "h2");
     }
 
-    #[sqlx::test(migrations = "../migrations/sqlite")]
-    async fn last_use_is_written_at_most_once_a_minute(pool: SqlitePool) {
-        let s = Store::from_pool(pool);
+    async fn last_use_is_written_at_most_once_a_minute(s: Store) {
         let (_, row) = crate::auth::new_token("default", "ci", vec!["viewer".into()], "t", None);
         s.insert_api_token(&row).await.unwrap();
         let used = |s: &Store| {
@@ -458,4 +456,9 @@ mod tests {
         s.touch_api_token(&row.id, 1060).await.unwrap();
         assert_eq!(used(&s).await, Some(1060));
     }
+
+    crate::store::testing::on_both_dialects!(
+        a_new_certificate_replaces_the_hosts_older_ones,
+        last_use_is_written_at_most_once_a_minute,
+    );
 }

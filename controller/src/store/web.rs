@@ -25,13 +25,13 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<()> {
-        let mut tx = self.writer().begin().await?;
-        sqlx::query("DELETE FROM web_sessions WHERE expires_at <= ?")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO web_sessions (id_hash, token_id, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO web_sessions (id_hash, token_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id_hash)
         .bind(token_id)
@@ -41,9 +41,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "DELETE FROM web_sessions WHERE token_id = ? AND id_hash NOT IN
-               (SELECT id_hash FROM web_sessions WHERE token_id = ?
-                ORDER BY created_at DESC, id_hash LIMIT ?)",
+            "DELETE FROM web_sessions WHERE token_id = $1 AND id_hash NOT IN
+               (SELECT id_hash FROM web_sessions WHERE token_id = $2
+                ORDER BY created_at DESC, id_hash LIMIT $3)",
         )
         .bind(token_id)
         .bind(token_id)
@@ -57,7 +57,7 @@ impl Store {
     /// The session with this id hash, unless it expired.
     pub async fn web_session(&self, id_hash: &str, now: i64) -> Result<Option<WebSessionRow>> {
         Ok(sqlx::query_as(
-            "SELECT token_id, csrf, expires_at FROM web_sessions WHERE id_hash = ? AND expires_at > ?",
+            "SELECT token_id, csrf, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now)
@@ -66,7 +66,7 @@ impl Store {
     }
 
     pub async fn delete_web_session(&self, id_hash: &str) -> Result<()> {
-        sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?")
+        sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(id_hash)
             .execute(self.writer())
             .await?;
