@@ -12,6 +12,11 @@ use serde::Deserialize;
 pub struct AgentConfig {
     /// Controller URL, e.g. `https://127.0.0.1:7400`.
     pub controller: String,
+    /// More controllers of the same store (replicas), tried in turn when
+    /// the one in use stops answering. (One DNS name with several
+    /// addresses in `controller` fails over too: every address is tried.)
+    #[serde(default)]
+    pub controllers: Vec<String>,
     pub host: String,
     #[serde(default = "default_tenant")]
     pub tenant: String,
@@ -36,6 +41,19 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics over plain HTTP here (`127.0.0.1:9480`):
     /// loopback addresses only. Unset (the default): no listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Controllers an agent may list besides `controller`.
+const MAX_CONTROLLERS: usize = 16;
+
+impl AgentConfig {
+    /// Every controller this host may talk to: `controller` first, then
+    /// `controllers` in their order.
+    pub fn controller_urls(&self) -> Vec<&str> {
+        std::iter::once(self.controller.as_str())
+            .chain(self.controllers.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// Release signature policy. With no keys, releases are not checked for
@@ -430,15 +448,28 @@ impl AgentConfig {
             .map_err(|e| invalid("tenant", e.why.into()))?;
         validate_name(NameKind::Environment, &cfg.environment)
             .map_err(|e| invalid("environment", e.why.into()))?;
-        if !cfg.controller.starts_with("https://") {
+        if cfg.controllers.len() > MAX_CONTROLLERS {
             return Err(invalid(
-                "controller",
-                "must be an https:// URL (agents talk to the controller over mutual TLS only)"
-                    .into(),
+                "controllers",
+                format!(
+                    "{} listed; at most {MAX_CONTROLLERS}",
+                    cfg.controllers.len()
+                ),
             ));
         }
-        trust::tls::ControllerUrl::parse(&cfg.controller)
-            .map_err(|e| invalid("controller", e.to_string()))?;
+        for (key, url) in std::iter::once(("controller", &cfg.controller))
+            .chain(cfg.controllers.iter().map(|u| ("controllers", u)))
+        {
+            if !url.starts_with("https://") {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{url:?} must be an https:// URL (agents talk to the controller over mutual TLS only)"
+                    ),
+                ));
+            }
+            trust::tls::ControllerUrl::parse(url).map_err(|e| invalid(key, e.to_string()))?;
+        }
         for k in &cfg.trust.publisher_keys {
             trust::sign::parse_public(k)
                 .map_err(|e| invalid("trust.publisher_keys", e.to_string()))?;

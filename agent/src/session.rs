@@ -76,23 +76,46 @@ pub struct Session {
 const RENEWAL_CHECK: Duration = Duration::from_secs(30);
 
 impl Session {
+    /// Keeps a session with one of the controllers: the one in use until
+    /// it fails, then the next in the list after a short jitter (a dead
+    /// replica's agents spread over the others instead of landing in the
+    /// same instant), backing off only once every one failed in a row.
     pub async fn run(self, shutdown: CancellationToken) {
+        let urls: Vec<String> = self
+            .cfg
+            .controller_urls()
+            .into_iter()
+            .map(String::from)
+            .collect();
         let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF).jittered();
+        let mut at = 0;
+        let mut failed_in_a_row = 0;
         loop {
+            let url = &urls[at];
+            let mut connected = false;
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.serve(&mut backoff, &shutdown) => r,
+                r = self.serve(url, &mut backoff, &shutdown, &mut connected) => r,
             };
             self.channel.send_replace(None);
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Err(e) = result {
-                tracing::warn!(controller = %self.cfg.controller, error = %e, retry_in = ?backoff.peek(), "controller session ended");
-            }
+            let Err(e) = result else {
+                continue; // a renewed certificate: again, at once
+            };
+            failed_in_a_row = if connected { 1 } else { failed_in_a_row + 1 };
+            at = (at + 1) % urls.len();
+            let wait = if failed_in_a_row < urls.len() {
+                Duration::from_millis(fastrand::u64(0..=1_000))
+            } else {
+                failed_in_a_row = 0;
+                backoff.next_wait()
+            };
+            tracing::warn!(controller = %url, error = %e, retry_in = ?wait, next = %urls[at], "controller session ended");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_wait()) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -107,13 +130,17 @@ impl Session {
             })
     }
 
+    /// One session with the controller at `url`; `connected` once it
+    /// welcomed this host.
     async fn serve(
         &self,
+        url: &str,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
+        connected: &mut bool,
     ) -> anyhow::Result<()> {
         let id = self.identity.lock().expect("identity lock").clone();
-        let channel = trust::tls::connect(&self.cfg.controller, Some(id.tls()?), false)
+        let channel = trust::tls::connect(url, Some(id.tls()?), false)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if id.needs_renewal(identity::now()) {
@@ -180,8 +207,9 @@ impl Session {
                     let Some(msg) = msg else { anyhow::bail!("controller closed the session") };
                     match msg.msg {
                         Some(controller_message::Msg::Welcome(w)) => {
-                            tracing::info!(controller = %self.cfg.controller, host = %self.cfg.host, "connected to controller");
+                            tracing::info!(controller = %url, host = %self.cfg.host, "connected to controller");
                             crate::join::mark_connected(&self.cfg.state_dir, &self.cfg.controller);
+                            *connected = true;
                             backoff.reset();
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(w.heartbeat_secs.clamp(1, 300))));
                             heartbeat.reset();

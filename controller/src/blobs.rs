@@ -40,6 +40,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
     }
 }
 
+/// A temporary file nobody wrote for this long is a dead upload's.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct BlobStore {
     root: PathBuf,
@@ -51,7 +54,9 @@ impl BlobStore {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         // Leftovers of uploads (and of objects being filed) cut off by a crash
-        // are never valid blobs.
+        // are never valid blobs. Only those nobody wrote for `STALE_TMP`: a
+        // directory shared by several controllers holds the others' uploads
+        // in progress (each writes at least once per upload idle timeout).
         let mut tmps = vec![root.join("tmp")];
         if let Ok(tenants) = std::fs::read_dir(root.join("objects")) {
             tmps.extend(tenants.flatten().map(|t| t.path().join("tmp")));
@@ -59,7 +64,15 @@ impl BlobStore {
         for tmp in tmps {
             if let Ok(entries) = std::fs::read_dir(&tmp) {
                 for e in entries.flatten() {
-                    let _ = std::fs::remove_file(e.path());
+                    let stale = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_none_or(|age| age > STALE_TMP);
+                    if stale {
+                        let _ = std::fs::remove_file(e.path());
+                    }
                 }
             }
         }

@@ -41,6 +41,11 @@ impl From<ControllerError> for Status {
             ControllerError::InvalidArgument(m) => Status::invalid_argument(m),
             ControllerError::PermissionDenied(m) => Status::permission_denied(m),
             ControllerError::Unavailable(m) => Status::unavailable(m),
+            ControllerError::Store(crate::store::StoreError::Conflict(m)) => Status::aborted(m),
+            ControllerError::Store(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "store unavailable");
+                Status::unavailable("store unavailable: try again")
+            }
             ControllerError::Blob(
                 e @ (crate::blobs::BlobError::Mismatch { .. }
                 | crate::blobs::BlobError::Size { .. }),

@@ -24,6 +24,57 @@ pub struct DesiredChange<'a> {
     pub hosts: Option<&'a [String]>,
 }
 
+/// A change as it travels between replicas (`peers`): names and ids only,
+/// never a row; each replica reads the store again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Desired {
+        tenant: String,
+        environment: String,
+        app: String,
+        /// None: every host of the environment.
+        hosts: Option<Vec<String>>,
+    },
+    Apps {
+        tenant: String,
+        environment: String,
+    },
+    Host {
+        tenant: String,
+        host: String,
+    },
+    Evict {
+        tenant: String,
+        host: String,
+    },
+    Rollouts,
+    Reported {
+        hosts: Vec<Reported>,
+    },
+    /// The sender holds the host's session now.
+    Connected {
+        tenant: String,
+        host: String,
+    },
+    /// The sender's session of the host ended.
+    Disconnected {
+        tenant: String,
+        host: String,
+    },
+    /// Nothing happened; the sender is alive (sent every few seconds).
+    Alive,
+}
+
+/// Sessions held by other replicas, as their changes said.
+#[derive(Default)]
+struct Remote {
+    /// The replica holding each host's session.
+    sessions: HashMap<HostKey, String>,
+    /// When each replica was last heard from.
+    heard: HashMap<String, std::time::Instant>,
+}
+
 /// What a woken session recomputes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Recompute {
@@ -151,6 +202,12 @@ pub struct Hub {
     /// Sessions ended so far (`departures`).
     ended: Arc<std::sync::atomic::AtomicU64>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
+    /// Where the changes made here go to the other replicas (`peers`),
+    /// when there are any.
+    outbox: Arc<std::sync::OnceLock<crate::peers::Outbox>>,
+    /// Changes may have been missed: the engine judges every host (`resync`).
+    resync_rollouts: Arc<AtomicBool>,
+    remote: Arc<Mutex<Remote>>,
 }
 
 impl Default for Hub {
@@ -168,12 +225,153 @@ impl Hub {
             departed: Arc::default(),
             ended: Arc::default(),
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            outbox: Arc::default(),
+            resync_rollouts: Arc::default(),
+            remote: Arc::default(),
         }
     }
 
+    /// From now on, every change made here is also sent to `outbox`.
+    pub fn publish_to(&self, outbox: crate::peers::Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    fn publish(&self, event: impl FnOnce() -> Change) {
+        if let Some(outbox) = self.outbox.get() {
+            outbox.send(event());
+        }
+    }
+
+    /// A change the replica `from` made: its sessions and engine are woken
+    /// here as they were there (and it is not sent on again).
+    pub fn apply(&self, from: &str, change: Change) {
+        self.remote
+            .lock()
+            .expect("hub lock")
+            .heard
+            .insert(from.to_string(), std::time::Instant::now());
+        match change {
+            Change::Desired {
+                tenant,
+                environment,
+                app,
+                hosts,
+            } => self.wake_desired(&DesiredChange {
+                tenant: &tenant,
+                environment: &environment,
+                app: &app,
+                hosts: hosts.as_deref(),
+            }),
+            Change::Apps {
+                tenant,
+                environment,
+            } => self.wake_apps(&tenant, &environment),
+            Change::Host { tenant, host } => self.wake_host(&tenant, &host),
+            Change::Evict { tenant, host } => self.end_session(&tenant, &host),
+            Change::Rollouts => self.rollouts.notify_one(),
+            Change::Reported { hosts } => {
+                self.reported.lock().expect("hub lock").extend(hosts);
+                self.rollouts.notify_one();
+            }
+            Change::Connected { tenant, host } => {
+                self.remote
+                    .lock()
+                    .expect("hub lock")
+                    .sessions
+                    .insert((tenant, host), from.to_string());
+            }
+            Change::Disconnected { tenant, host } => {
+                let mut remote = self.remote.lock().expect("hub lock");
+                let key = (tenant, host);
+                if remote.sessions.get(&key).is_some_and(|r| r == from) {
+                    remote.sessions.remove(&key);
+                    self.ended.fetch_add(1, Ordering::SeqCst);
+                    self.rollouts.notify_one();
+                }
+            }
+            Change::Alive => {}
+        }
+    }
+
+    /// Forgets what the replica `from` said of its sessions (it resyncs and
+    /// says it all again).
+    pub fn forget_replica(&self, from: &str) {
+        let mut remote = self.remote.lock().expect("hub lock");
+        let before = remote.sessions.len();
+        remote.sessions.retain(|_, r| r != from);
+        if remote.sessions.len() != before {
+            self.ended.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Forgets the sessions of replicas not heard from for `ttl` (dead, or
+    /// cut off from the store): their hosts count as disconnected, and the
+    /// engine is woken to see it.
+    pub fn expire_replicas(&self, ttl: std::time::Duration) {
+        let mut remote = self.remote.lock().expect("hub lock");
+        let Remote { sessions, heard } = &mut *remote;
+        heard.retain(|_, at| at.elapsed() <= ttl);
+        let before = sessions.len();
+        sessions.retain(|_, r| heard.contains_key(r));
+        if sessions.len() != before {
+            tracing::warn!(
+                sessions = before - sessions.len(),
+                "another controller went silent; its hosts count as disconnected"
+            );
+            self.ended.fetch_add(1, Ordering::SeqCst);
+            self.rollouts.notify_one();
+        }
+    }
+
+    /// Every session held here, as changes (for a replica that asks).
+    pub fn announce(&self) -> Vec<Change> {
+        self.sessions
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .map(|(tenant, host)| Change::Connected {
+                tenant: tenant.clone(),
+                host: host.clone(),
+            })
+            .collect()
+    }
+
+    /// Sessions held by other replicas.
+    pub fn remote_sessions(&self) -> usize {
+        self.remote.lock().expect("hub lock").sessions.len()
+    }
+
+    /// After changes from other replicas may have been missed (the
+    /// listener reconnected): every session recomputes everything and the
+    /// engine looks at every rollout whole.
+    pub fn resync(&self) {
+        for e in self.sessions.lock().expect("hub lock").values() {
+            e.wake.declared.store(true, Ordering::Relaxed);
+            e.wake.ring(None);
+        }
+        self.resync_rollouts.store(true, Ordering::Relaxed);
+        self.rollouts.notify_one();
+    }
+
+    /// Whether the engine is to judge every host again (`resync`), once.
+    pub fn take_resync(&self) -> bool {
+        self.resync_rollouts.swap(false, Ordering::Relaxed)
+    }
+
     /// Wakes the sessions `c` concerns (their host is in its environment,
-    /// among its hosts, and runs its app) to recompute that app.
+    /// among its hosts, and runs its app) to recompute that app, here and
+    /// on every other replica.
     pub fn desired_changed(&self, c: &DesiredChange<'_>) {
+        self.wake_desired(c);
+        self.publish(|| Change::Desired {
+            tenant: c.tenant.into(),
+            environment: c.environment.into(),
+            app: c.app.into(),
+            hosts: c.hosts.map(<[String]>::to_vec),
+        });
+    }
+
+    fn wake_desired(&self, c: &DesiredChange<'_>) {
         let hosts: Option<HashSet<&str>> = c
             .hosts
             .map(|hosts| hosts.iter().map(String::as_str).collect());
@@ -195,6 +393,14 @@ impl Hub {
     /// (only those: no app's desired release is read again): the apps
     /// declared there changed, or where they are placed.
     pub fn apps_changed(&self, tenant: &str, environment: &str) {
+        self.wake_apps(tenant, environment);
+        self.publish(|| Change::Apps {
+            tenant: tenant.into(),
+            environment: environment.into(),
+        });
+    }
+
+    fn wake_apps(&self, tenant: &str, environment: &str) {
         let sessions = self.sessions.lock().expect("hub lock");
         for ((t, _), e) in sessions.iter() {
             if t == tenant && e.environment == environment {
@@ -206,6 +412,14 @@ impl Hub {
 
     /// Wakes the host's session to recompute every app (its labels changed).
     pub fn host_changed(&self, tenant: &str, host: &str) {
+        self.wake_host(tenant, host);
+        self.publish(|| Change::Host {
+            tenant: tenant.into(),
+            host: host.into(),
+        });
+    }
+
+    fn wake_host(&self, tenant: &str, host: &str) {
         if let Some(e) = self
             .sessions
             .lock()
@@ -216,9 +430,11 @@ impl Hub {
         }
     }
 
-    /// Wakes the rollout engine (coalesced: one pending wake-up at most).
+    /// Wakes the rollout engine (coalesced: one pending wake-up at most),
+    /// wherever it runs.
     pub fn rollouts_changed(&self) {
         self.rollouts.notify_one();
+        self.publish(|| Change::Rollouts);
     }
 
     pub fn rollout_signal(&self) -> Arc<Notify> {
@@ -228,11 +444,11 @@ impl Hub {
     /// A host reported `app`: the engine judges that host (and only it) on
     /// its next look, and is woken.
     pub fn host_reported(&self, tenant: &str, host: &str, app: &str) {
-        self.reported.lock().expect("hub lock").insert((
-            tenant.to_string(),
-            host.to_string(),
-            app.to_string(),
-        ));
+        let key = (tenant.to_string(), host.to_string(), app.to_string());
+        self.publish(|| Change::Reported {
+            hosts: vec![key.clone()],
+        });
+        self.reported.lock().expect("hub lock").insert(key);
         self.rollouts.notify_one();
     }
 
@@ -340,6 +556,10 @@ impl Hub {
             old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
         }
+        self.publish(|| Change::Connected {
+            tenant: tenant.into(),
+            host: host.into(),
+        });
         Session {
             id,
             wake,
@@ -354,6 +574,10 @@ impl Hub {
             && let Some(e) = s.remove(&key)
         {
             self.depart(key, &e);
+            self.publish(|| Change::Disconnected {
+                tenant: tenant.into(),
+                host: host.into(),
+            });
         }
     }
 
@@ -376,9 +600,17 @@ impl Hub {
         }
     }
 
-    /// Ends the host's session (revoked): woken, its loop sees it is no
-    /// longer current.
+    /// Ends the host's session (revoked), on whichever replica holds it:
+    /// woken, its loop sees it is no longer current.
     pub fn evict(&self, tenant: &str, host: &str) {
+        self.end_session(tenant, host);
+        self.publish(|| Change::Evict {
+            tenant: tenant.into(),
+            host: host.into(),
+        });
+    }
+
+    fn end_session(&self, tenant: &str, host: &str) {
         let old = self
             .sessions
             .lock()
@@ -388,6 +620,10 @@ impl Hub {
             self.depart((tenant.to_string(), host.to_string()), &old);
             old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
+            self.publish(|| Change::Disconnected {
+                tenant: tenant.into(),
+                host: host.into(),
+            });
         }
     }
 
@@ -442,11 +678,17 @@ impl Hub {
         self.sessions.lock().expect("hub lock").len()
     }
 
+    /// Whether the host holds a session here or, as far as their changes
+    /// said, on another replica.
     pub fn connected(&self, tenant: &str, host: &str) -> bool {
-        self.sessions
-            .lock()
-            .expect("hub lock")
-            .contains_key(&(tenant.to_string(), host.to_string()))
+        let key = (tenant.to_string(), host.to_string());
+        self.sessions.lock().expect("hub lock").contains_key(&key)
+            || self
+                .remote
+                .lock()
+                .expect("hub lock")
+                .sessions
+                .contains_key(&key)
     }
 }
 

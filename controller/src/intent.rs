@@ -217,6 +217,15 @@ impl Intent<'_> {
             .release(p.tenant, p.app, &version)
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("release {version} vanished")))?;
+        if let Some((there, generation)) = self.store.desired(p.tenant, p.app, p.to).await?
+            && there == version
+        {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "{} {version} is already desired in {} (generation {generation}): nothing to promote \
+                 (`slipctl deploy {} {version} --env {}` sends it again)",
+                p.app, p.to, p.app, p.to
+            )));
+        }
         let soak = self
             .store
             .env_policy(p.tenant, p.to)
@@ -499,6 +508,7 @@ impl Intent<'_> {
                 authorization: &authorization,
                 strategy,
                 actor: actor.name,
+                expected_generation: current.as_ref().map_or(0, |d| d.generation),
             },
         )
         .await?;
@@ -926,9 +936,19 @@ mod tests {
         .await
         .unwrap();
         report(&s, "p", "2", true, 0).await;
+        let (_, generation) = s.desired("default", "web", "prod").await.unwrap().unwrap();
         check(
             i.promote(&ACTOR, &promote(false)).await,
-            "ok 2 forced past: ",
+            &format!(
+                "web 2 is already desired in prod (generation {generation}): nothing to promote \
+                 (`slipctl deploy web 2 --env prod` sends it again)"
+            ),
+        );
+        deploy(&i, "preprod", "3").await.unwrap();
+        report(&s, "a", "3", true, 0).await;
+        check(
+            i.promote(&ACTOR, &promote(false)).await,
+            "ok 3 forced past: ",
         );
     }
 

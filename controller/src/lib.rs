@@ -11,12 +11,14 @@ pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod intent;
+pub mod leader;
 pub mod lifecycle;
 pub mod liveness;
 pub mod logs;
 pub mod metrics;
 pub mod objects;
 pub mod packs;
+pub mod peers;
 pub mod plan;
 pub mod reports;
 pub mod rollout;
@@ -49,6 +51,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The store's URL (`store::Store::open`); None: SQLite in `data_dir`.
     pub database: Option<String>,
+    /// The blob directory; None: `data_dir/blobs`.
+    pub blobs: Option<PathBuf>,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
     /// Names (DNS or IP) in the controller's server certificate.
@@ -75,6 +79,7 @@ impl Config {
         Config {
             data_dir,
             database: None,
+            blobs: None,
             heartbeat_secs: 10,
             max_blob_bytes: 4 << 30,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
@@ -154,7 +159,12 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?
         }
     };
-    let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
+    let blobs = BlobStore::open(
+        &config
+            .blobs
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("blobs")),
+    )?;
     let pki = config.data_dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| anyhow::anyhow!("create {}: {e}", pki.display()))?;
     let ca = match &config.ca {
@@ -162,6 +172,7 @@ pub async fn run(
         None => trust::pki::Ca::load_or_create(&pki)?,
     };
     let directive_key = trust::sign::KeyPair::load_or_create(&pki.join("directive.key"))?;
+    same_keys_as_the_other_controllers(&store, &ca, &directive_key).await?;
     // The server certificate is re-issued at every start (and lives a year).
     let (server_cert, server_key) =
         ca.issue_server(&config.server_names, Duration::from_secs(365 * 24 * 3600))?;
@@ -194,11 +205,22 @@ pub async fn run(
         shutdown: shutdown.clone(),
         logs: Arc::default(),
     });
-    // Rollouts resume from the store: a restart mid-rollout carries on.
-    tokio::spawn(rollout::run(ctx.clone()));
+    let replica = leader::replica_id();
+    if let Some(url) = ctx.store.postgres_url() {
+        peers::start(
+            ctx.store.clone(),
+            url.to_string(),
+            ctx.hub.clone(),
+            replica.clone(),
+            shutdown.clone(),
+        );
+    }
+    // Rollouts resume from the store: a restart mid-rollout carries on, and
+    // so does another replica when this one dies.
+    let engine = tokio::spawn(leader::run(ctx.clone(), replica.clone()));
     let flusher = tokio::spawn(liveness::run(ctx.clone()));
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), ca_pin = %ctx.ca.pin(), "controller listening (TLS)");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), ca_pin = %ctx.ca.pin(), %replica, "controller listening (TLS)");
 
     let limit = proto::MAX_MESSAGE_BYTES;
     let agents = AgentsServer::new(grpc::agents::AgentsService { ctx: ctx.clone() })
@@ -257,9 +279,37 @@ pub async fn run(
         None => tls_server.await?,
     }
     web.await??;
-    // The last heard-from times reach the store before the process ends.
+    // The last heard-from times reach the store before the process ends, and
+    // the rollouts lease is given up for another replica to take at once.
     let _ = flusher.await;
+    let _ = engine.await;
     tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Refuses to start with keys other than those the store's first controller
+/// recorded: agents enrolled by one replica check every replica against
+/// that CA and verify directives with that signing key.
+async fn same_keys_as_the_other_controllers(
+    store: &Store,
+    ca: &trust::pki::Ca,
+    directive_key: &trust::sign::KeyPair,
+) -> anyhow::Result<()> {
+    for (name, what, ours) in [
+        ("ca", "CA (key pin)", ca.pin().to_string()),
+        ("directive", "directive-signing key", directive_key.public()),
+    ] {
+        let recorded = store
+            .controller_key(name, &ours)
+            .await
+            .map_err(|e| anyhow::anyhow!("store unavailable: {e}"))?;
+        anyhow::ensure!(
+            recorded == ours,
+            "this controller's {what} is {ours}, but the store's controllers use {recorded}: \
+             give every controller of a store the same DATA_DIR/pki (ca.pem, ca.key, directive.key) \
+             or --ca-cert/--ca-key"
+        );
+    }
     Ok(())
 }
 

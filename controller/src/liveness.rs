@@ -14,12 +14,25 @@ use crate::ctx::{Ctx, SharedCtx};
 /// How often heard-from times are written (one statement for every host).
 pub const FLUSH_EVERY: Duration = Duration::from_secs(15);
 
-/// Flushes every `FLUSH_EVERY` until shutdown, then once more.
+/// How often this store gets heard-from times: every `FLUSH_EVERY`, or
+/// on PostgreSQL every heartbeat, because there the replica leading the
+/// rollouts may not hold the host's session and judges it from the store.
+pub fn flush_every(ctx: &Ctx) -> Duration {
+    match ctx.store.dialect() {
+        crate::store::Dialect::Sqlite => FLUSH_EVERY,
+        crate::store::Dialect::Postgres => {
+            FLUSH_EVERY.min(Duration::from_secs(ctx.heartbeat_secs.max(1).into()))
+        }
+    }
+}
+
+/// Flushes every `flush_every` until shutdown, then once more.
 pub async fn run(ctx: SharedCtx) {
+    let every = flush_every(&ctx);
     loop {
         let stop = tokio::select! {
             _ = ctx.shutdown.cancelled() => true,
-            _ = tokio::time::sleep(FLUSH_EVERY) => false,
+            _ = tokio::time::sleep(every) => false,
         };
         flush(&ctx).await;
         if stop {

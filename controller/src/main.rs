@@ -31,6 +31,10 @@ struct Args {
     /// SQLite at DATA_DIR/slipway.db.
     #[arg(long, env = "SLIPWAY_DATABASE", value_name = "URL")]
     database: Option<String>,
+    /// Where release blobs live: a directory (several controllers of one
+    /// store share it on a shared filesystem). Default: DATA_DIR/blobs.
+    #[arg(long, env = "SLIPWAY_BLOBS", value_name = "DIR")]
+    blobs: Option<PathBuf>,
     /// Heartbeat interval the controller asks agents to keep.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u32,
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         tokio::spawn(daemon::cancel_on_signal(shutdown.clone(), "shutting down"));
         let mut config = controller::Config::new(args.data_dir);
         config.database = args.database;
+        config.blobs = args.blobs;
         config.heartbeat_secs = args.heartbeat_secs.max(1);
         config.max_blob_bytes = args.max_blob_bytes;
         if !args.server_names.is_empty() {

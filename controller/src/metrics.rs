@@ -31,6 +31,8 @@ pub struct Metrics {
     pub grpc_latency: HistogramVec,
     pub http_latency: HistogramVec,
     pub web_sign_ins: IntCounterVec,
+    /// 1 while this replica runs the rollout engine (`leader`).
+    pub leading: prometheus::IntGauge,
     host_apps: IntGaugeVec,
     hosts: IntGaugeVec,
     sessions: IntGaugeVec,
@@ -112,6 +114,15 @@ impl Metrics {
                 &["route", "status"],
             ),
             web_sign_ins,
+            leading: {
+                let g = prometheus::IntGauge::new(
+                    "slipway_rollouts_leader",
+                    "1 while this controller runs the rollout engine (one replica of a store does).",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique");
+                g
+            },
             host_apps: gauges(
                 "slipway_host_apps",
                 "Apps on hosts by state (a host counted once per app it runs).",

@@ -15,6 +15,10 @@ pub struct Change<'a> {
     pub authorization: &'a str,
     pub strategy: Strategy,
     pub actor: &'a str,
+    /// The desired generation this change was decided against (0: none
+    /// yet): if app@env moved on meanwhile (a change made at the same time,
+    /// on this replica or another), the change is refused, not stacked.
+    pub expected_generation: u64,
 }
 
 /// A number of hosts, absolute or relative to the environment's size.

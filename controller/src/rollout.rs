@@ -13,6 +13,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::ctx::{Ctx, SharedCtx};
 use crate::fleet;
 use crate::hub::{DesiredChange, Hub, Reported};
@@ -91,7 +93,7 @@ fn mark(r: &RolloutRow) -> (RolloutState, u32, i64, i64) {
 }
 
 /// Drives every running (and paused) rollout until shutdown.
-pub async fn run(ctx: SharedCtx) {
+pub async fn run(ctx: SharedCtx, stop: CancellationToken) {
     let signal = ctx.hub.rollout_signal();
     let started = tokio::time::Instant::now();
     // Right after a start, every host looks unheard of: agents are still
@@ -103,6 +105,10 @@ pub async fn run(ctx: SharedCtx) {
         // Taken before anything is read: a report stored after this is either
         // read by this look or named in the next one's.
         let reported = ctx.hub.take_reported();
+        if ctx.hub.take_resync() {
+            // Reports from other replicas may have been missed.
+            seen.clear();
+        }
         match ctx.store.active_rollouts().await {
             Ok(rollouts) => {
                 seen.retain(|id, _| rollouts.iter().any(|r| r.id == *id));
@@ -126,7 +132,7 @@ pub async fn run(ctx: SharedCtx) {
             }
         }
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = signal.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
         }

@@ -16,6 +16,7 @@ mod declared;
 mod fleet;
 mod hosts;
 mod releases;
+mod replicas;
 mod rollouts;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -43,9 +44,35 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store URL {0:?}: expected sqlite://PATH or postgres://…")]
     Url(String),
+    /// A write decided against state that changed meanwhile; refused whole.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// The database could not be reached or went away (not a refusal of
+    /// this statement): the caller may try again later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // PostgreSQL's connection exceptions (08xxx), and its
+                // shutting down or starting up (57P01..57P03).
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
 
 /// Which database the store speaks. The SQL is the same text for both
 /// (`$n` placeholders, which SQLite reads too); the few spellings that
@@ -67,6 +94,8 @@ pub struct Store {
     /// queue on a transaction-scoped advisory lock instead (`begin_write`).
     writer: AnyPool,
     dialect: Dialect,
+    /// The PostgreSQL URL (for a listener's connection of its own).
+    url: Option<Arc<str>>,
     /// Statements and transactions run so far (`queries`), for benchmarks.
     queries: Arc<AtomicU64>,
 }
@@ -191,6 +220,7 @@ impl Store {
             pool,
             writer,
             dialect: Dialect::Sqlite,
+            url: None,
             queries: Arc::default(),
         })
     }
@@ -201,7 +231,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            // A store that does not answer fails a call in seconds ("store
+            // unavailable") rather than holding it.
+            .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
         PG_MIGRATOR.run(&pool).await?;
@@ -209,12 +241,18 @@ impl Store {
             writer: pool.clone(),
             pool,
             dialect: Dialect::Postgres,
+            url: Some(url.into()),
             queries: Arc::default(),
         })
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The PostgreSQL store's URL (None on SQLite).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.url.as_deref()
     }
 
     /// The pool, counting one query: every statement outside a transaction,

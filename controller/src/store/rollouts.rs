@@ -5,7 +5,7 @@
 
 use sqlx::FromRow;
 
-use super::{Result, Store, now};
+use super::{Result, Store, StoreError, now};
 use crate::lifecycle::{HostOutcome, RolloutState};
 use crate::plan::{Amount, OfflinePolicy, Strategy};
 
@@ -196,6 +196,21 @@ impl Store {
         let c = n.change;
         let mut tx = self.begin_write().await?;
         let t = now();
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT generation FROM desired WHERE tenant = $1 AND app = $2 AND environment = $3",
+        )
+        .bind(c.tenant)
+        .bind(c.app)
+        .bind(c.environment)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current.unwrap_or(0) as u64;
+        if current != c.expected_generation {
+            return Err(StoreError::Conflict(format!(
+                "{}@{} changed while this change was decided (desired generation {current} now, {} then): look again and retry",
+                c.app, c.environment, c.expected_generation
+            )));
+        }
         let q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, from_version, from_generation, to_version, generation FROM rollouts
              WHERE tenant = $1 AND app = $2 AND environment = $3 AND {STATE_IS_HOLDING} ORDER BY id DESC LIMIT 1"
@@ -628,6 +643,11 @@ pub(in crate::store) mod tests {
             authorization: "[]",
             strategy: Strategy::default(),
             actor: "test",
+            expected_generation: s
+                .desired("default", "web", "preprod")
+                .await
+                .unwrap()
+                .map_or(0, |(_, g)| g),
         };
         s.start_rollout(&NewRollout {
             change: &change,
@@ -767,7 +787,51 @@ pub(in crate::store) mod tests {
         );
     }
 
+    /// Two changes decided against the same state, written at once (two
+    /// promotes on two replicas): one is written, the other refused whole.
+    async fn two_changes_decided_against_one_generation_one_wins(db: Store) {
+        let s = store_with_releases(db).await;
+        let first = start(&s, "1", &[]).await;
+        let change = |version: &'static str, digest: &'static str| crate::plan::Change {
+            tenant: "default",
+            app: "web",
+            environment: "preprod",
+            version,
+            digest,
+            authorization: "[]",
+            strategy: Strategy::default(),
+            actor: "test",
+            expected_generation: first.generation,
+        };
+        let (two, three) = (change("2", "sha256:m2"), change("3", "sha256:m3"));
+        let new = |c| NewRollout {
+            change: c,
+            plan: &[],
+            steps: 0,
+        };
+        let (two, three) = (new(&two), new(&three));
+        let (a, b) = tokio::join!(s.start_rollout(&two), s.start_rollout(&three));
+        let refused: Vec<String> = [&a, &b]
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(refused.len(), 1, "{a:?} {b:?}");
+        assert!(
+            refused[0].contains("changed while this change was decided"),
+            "{refused:?}"
+        );
+        let (version, generation) = s
+            .desired("default", "web", "preprod")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(generation, first.generation + 1, "one change written");
+        let winner = if a.is_ok() { "2" } else { "3" };
+        assert_eq!(version, winner);
+    }
+
     crate::store::testing::on_both_dialects!(
+        two_changes_decided_against_one_generation_one_wins,
         hosts_are_held_at_the_previous_release_until_admitted,
         a_superseding_deploy_keeps_held_hosts_on_the_same_release,
         a_revert_points_desired_back_and_releases_the_hold,
