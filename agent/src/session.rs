@@ -181,6 +181,7 @@ impl Session {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             apps,
             os: os_name(),
+            directive_sequence: self.guard.lock().expect("guard lock").highest(),
         };
         tx.send(AgentMessage {
             msg: Some(agent_message::Msg::Hello(hello)),

@@ -715,7 +715,7 @@ mod tests {
         };
         // Said hello (stored as seen), then reported; heartbeats stay in the
         // hub's memory.
-        s.host_hello("default", host, "test", "", (0, &Default::default()))
+        s.host_hello("default", host, "test", "", (0, &Default::default()), 0)
             .await
             .unwrap();
         s.record_report("default", host, &r).await.unwrap();

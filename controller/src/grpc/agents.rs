@@ -199,6 +199,7 @@ impl AgentsService {
                 &bounded(hello.agent_version),
                 &bounded_to(hello.os, MAX_OS),
                 (apps_revision, &refused),
+                hello.directive_sequence,
             )
             .await
             .map_err(ControllerError::from)?;

@@ -66,6 +66,10 @@ impl FleetRow {
     }
 }
 
+/// The highest directive sequence a host's hello can move the store to
+/// (far below where an `i64` counter would overflow).
+const MAX_SEQUENCE: u64 = 1 << 62;
+
 impl Store {
     /// A host said hello: what agent it runs, that it was seen, and the
     /// declared-apps revision it runs with the apps it refused there (app ->
@@ -77,9 +81,16 @@ impl Store {
         agent_version: &str,
         os: &str,
         (apps_revision, apps_refused): (u64, &std::collections::BTreeMap<String, String>),
+        directive_sequence: u64,
     ) -> Result<()> {
+        // The host's highest accepted directive sequence moves the store's
+        // forward, never back: after a restore from an older backup, the
+        // next directive is above what the host accepted (the host is the
+        // witness; a host that lies only confuses its own directives).
+        let accepted = directive_sequence.min(MAX_SEQUENCE) as i64;
         sqlx::query(
-            "UPDATE hosts SET agent_version = $1, os = $2, last_seen = $3, apps_revision = $4, apps_refused = $5
+            "UPDATE hosts SET agent_version = $1, os = $2, last_seen = $3, apps_revision = $4, apps_refused = $5,
+                 directive_seq = CASE WHEN directive_seq < $8 THEN $8 ELSE directive_seq END
              WHERE tenant = $6 AND name = $7",
         )
         .bind(agent_version)
@@ -89,6 +100,7 @@ impl Store {
         .bind(serde_json::to_string(apps_refused).unwrap_or_else(|_| "{}".into()))
         .bind(tenant)
         .bind(host)
+        .bind(accepted)
         .execute(self.writer())
         .await?;
         Ok(())

@@ -361,13 +361,13 @@ impl Store {
     /// used before. Prunes nonces of expired authorizations on the way.
     /// Whether a rollback authorization's nonce was used already.
     pub async fn rollback_nonce_spent(&self, tenant: &str, nonce: &str) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM rollback_nonces WHERE tenant = $1 AND nonce = $2)",
-        )
-        .bind(tenant)
-        .bind(nonce)
-        .fetch_one(self.db())
-        .await?)
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM rollback_nonces WHERE tenant = $1 AND nonce = $2")
+                .bind(tenant)
+                .bind(nonce)
+                .fetch_optional(self.db())
+                .await?;
+        Ok(found.is_some())
     }
 
     pub async fn spend_rollback_nonce(
@@ -669,7 +669,28 @@ mod tests {
         assert_eq!(target("1").await.as_deref(), Some("3"));
     }
 
+    async fn a_rollback_nonce_is_spent_once(s: Store) {
+        let later = now() + 600;
+        assert!(!s.rollback_nonce_spent("default", "n1").await.unwrap());
+        assert!(
+            s.spend_rollback_nonce("default", "n1", later)
+                .await
+                .unwrap()
+        );
+        assert!(s.rollback_nonce_spent("default", "n1").await.unwrap());
+        assert!(
+            !s.spend_rollback_nonce("default", "n1", later)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.rollback_nonce_spent("other", "n1").await.unwrap(),
+            "per tenant"
+        );
+    }
+
     crate::store::testing::on_both_dialects!(
+        a_rollback_nonce_is_spent_once,
         versions_are_immutable_and_generations_grow,
         a_rollback_targets_the_newest_release_that_ran_healthy_here,
     );
