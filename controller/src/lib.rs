@@ -149,9 +149,14 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("create data dir {}: {e}", config.data_dir.display()))?;
     let store = match &config.database {
-        Some(url) => Store::open(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("open store {}: {e}", store::redacted(url)))?,
+        Some(url) => Store::open(url).await.map_err(|e| {
+            let what = if e.is_unavailable() {
+                "store unavailable"
+            } else {
+                "open store"
+            };
+            anyhow::anyhow!("{what} ({}): {e}", store::redacted(url))
+        })?,
         None => {
             let db = config.data_dir.join("slipway.db");
             Store::open_sqlite(&db)

@@ -89,23 +89,84 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Internal {
+    /// Copy every row of a store into a new, empty one (stop the controller
+    /// first), e.g. from the embedded SQLite to PostgreSQL. Blobs are files:
+    /// move or share the blob directory yourself.
+    #[command(
+        after_help = "Example:\n  slipway-controller migrate-store --from sqlite:///var/lib/slipway-controller/slipway.db \\\n    --to postgres://slipway@db.internal/slipway"
+    )]
+    MigrateStore {
+        /// The store to copy: sqlite://PATH or postgres://…
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The new store: its schema is applied; it must hold nothing else.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Print the man page or shell completions (for the package).
     #[command(hide = true)]
     Generate { doc: daemon::docs::Doc },
 }
 
+/// `migrate-store`: opens both stores, copies, prints what moved.
+async fn migrate_store(from: &str, to: &str) -> anyhow::Result<()> {
+    use controller::store::{Store, redacted};
+    anyhow::ensure!(from != to, "--from and --to name the same store");
+    if let Some(path) = from.strip_prefix("sqlite://") {
+        anyhow::ensure!(
+            std::path::Path::new(path).is_file(),
+            "--from {from}: no such SQLite file"
+        );
+    }
+    let source = Store::open(from)
+        .await
+        .map_err(|e| anyhow::anyhow!("--from {}: {e}", redacted(from)))?;
+    let target = Store::open(to)
+        .await
+        .map_err(|e| anyhow::anyhow!("--to {}: {e}", redacted(to)))?;
+    let copied = source
+        .copy_into(&target)
+        .await
+        .map_err(|e| anyhow::anyhow!("nothing was written to {}: {e}", redacted(to)))?;
+    let total: i64 = copied.iter().map(|(_, n)| n).sum();
+    for (table, n) in &copied {
+        println!("{table:<22} {n:>9}");
+    }
+    println!(
+        "copied {total} rows from {} to {}; every table counted on both sides",
+        redacted(from),
+        redacted(to)
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     daemon::tune_allocator();
     let args = Args::parse();
-    if let Some(Internal::Generate { doc }) = args.internal {
-        let cmd = <Args as clap::CommandFactory>::command();
-        return match daemon::docs::print(cmd, doc, 8) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        };
+    match args.internal {
+        Some(Internal::Generate { doc }) => {
+            let cmd = <Args as clap::CommandFactory>::command();
+            return match daemon::docs::print(cmd, doc, 8) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Internal::MigrateStore { from, to }) => {
+            let done = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(migrate_store(&from, &to)));
+            return match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
     }
     daemon::init_tracing();
     tracing::info!(

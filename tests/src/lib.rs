@@ -6,6 +6,7 @@
 pub mod cutover;
 pub mod load;
 pub mod systemd_ns;
+pub mod tcp_proxy;
 pub mod web;
 
 use std::io::{Read, Write};

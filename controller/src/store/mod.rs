@@ -15,6 +15,7 @@ pub mod audit;
 mod declared;
 mod fleet;
 mod hosts;
+pub mod migrate;
 mod releases;
 mod replicas;
 mod rollouts;

@@ -262,7 +262,9 @@ async fn follow(
         let refused = concerned
             .iter()
             .any(|h| h.apps_revision >= revision && !h.refused.is_empty());
-        let waiting_for = if refused {
+        // A refusal is reported once every host answered (or at the
+        // timeout), so it names every host's reason, not the quickest one's.
+        let waiting_for = if refused && (pending.is_empty() || started.elapsed() >= timeout) {
             return Ok(Followed::Refused(r));
         } else if !pending.is_empty() {
             format!("hosts to take the change: {}", pending.join(", "))
