@@ -4,6 +4,13 @@
 //! are checked too (`read_verified`): a blob that no longer matches its name
 //! (truncated, bit rot, a hand edit) is moved to `blobs/corrupt/`, so it reads
 //! as missing and the next publish uploads it again.
+//!
+//! With a bucket (`--blobs s3://…`, `bucket`), the bucket is where a blob
+//! lives and the directory is this replica's cache of it: a blob committed
+//! here goes up to the bucket before the commit returns (so before the store
+//! records it), and a blob this replica lacks comes down, checked, before
+//! it is read (`ensure_local`). Per-tenant object stores are never in the
+//! bucket: they are filed from packs, which are.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,6 +38,10 @@ pub enum BlobError {
         "blob {digest} is corrupt on the controller's disk ({why}); moved aside: publish the release again to repair it"
     )]
     Corrupt { digest: Digest, why: String },
+    #[error("{0}; blob discarded")]
+    Bucket(#[from] crate::bucket::BucketError),
+    #[error("blob {0} is neither on this controller nor in the bucket")]
+    Missing(Digest),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
@@ -46,6 +57,7 @@ const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
 #[derive(Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    bucket: Option<std::sync::Arc<crate::bucket::Bucket>>,
 }
 
 impl BlobStore {
@@ -78,7 +90,83 @@ impl BlobStore {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            bucket: None,
         })
+    }
+
+    /// The same directory as the cache of `bucket`, where blobs live.
+    pub fn with_bucket(mut self, bucket: crate::bucket::Bucket) -> Self {
+        self.bucket = Some(std::sync::Arc::new(bucket));
+        self
+    }
+
+    pub fn bucket(&self) -> Option<&crate::bucket::Bucket> {
+        self.bucket.as_deref()
+    }
+
+    /// Whether blob `digest` is here or in the bucket.
+    pub async fn present(&self, digest: &Digest) -> bool {
+        if self.exists(digest) {
+            return true;
+        }
+        match &self.bucket {
+            None => false,
+            Some(b) => match b.size(digest).await {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    tracing::warn!(%digest, bucket = %b.name, error = %e, "bucket unavailable; blob taken as missing");
+                    false
+                }
+            },
+        }
+    }
+
+    /// Blob `digest` in this directory: here already, or brought down from
+    /// the bucket into `tmp/` and renamed to its name only once its bytes
+    /// hash to it.
+    pub async fn ensure_local(&self, digest: &Digest) -> Result<(), BlobError> {
+        if self.exists(digest) {
+            return Ok(());
+        }
+        let Some(bucket) = &self.bucket else {
+            return Err(BlobError::Missing(digest.clone()));
+        };
+        let tmp_dir = self.tmp_dir();
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .map_err(io_err(&tmp_dir))?
+            .into_temp_path();
+        if !bucket.get_to(digest, &tmp).await? {
+            return Err(BlobError::Missing(digest.clone()));
+        }
+        let actual = hash_file(&tmp).await.map_err(io_err(&tmp))?;
+        if actual != *digest {
+            tracing::error!(%digest, %actual, bucket = %bucket.name, "the bucket's copy of a blob does not match its name; not used");
+            return Err(BlobError::Corrupt {
+                digest: digest.clone(),
+                why: format!("the bucket's copy hashes to {actual}"),
+            });
+        }
+        let dest = self.path(digest);
+        tmp.persist(&dest).map_err(|e| BlobError::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// Sends the blob committed here to the bucket, if there is one: a
+    /// blob is recorded in the store only once it is there. On failure the
+    /// local copy goes too, so this replica never serves what others cannot.
+    pub async fn upload_committed(&self, digest: &Digest) -> Result<(), BlobError> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(());
+        };
+        let path = self.path(digest);
+        if let Err(e) = bucket.put_file(digest, &path).await {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// A store at `root` (created if missing), leaving any temp file alone.
@@ -88,6 +176,7 @@ impl BlobStore {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            bucket: None,
         })
     }
 
@@ -120,6 +209,7 @@ impl BlobStore {
         offset: u64,
         chunk: usize,
     ) -> Result<mpsc::Receiver<Result<Vec<u8>, BlobError>>, BlobError> {
+        self.ensure_local(&digest).await?;
         let path = self.path(&digest);
         let mut file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
         let meta = file.metadata().await.map_err(io_err(&path))?;
@@ -348,6 +438,7 @@ impl Upload {
             path: self.store.path(&digest),
             source: io::Error::other(e),
         })??;
+        self.store.upload_committed(&digest).await?;
         Ok(self.written)
     }
 }

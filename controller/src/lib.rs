@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod bucket;
 pub mod ctx;
 pub mod declare;
 pub mod error;
@@ -51,8 +52,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The store's URL (`store::Store::open`); None: SQLite in `data_dir`.
     pub database: Option<String>,
-    /// The blob directory; None: `data_dir/blobs`.
-    pub blobs: Option<PathBuf>,
+    /// Where blobs live: a directory, or `s3://BUCKET/PREFIX?endpoint=…`
+    /// (with `data_dir/blobs` as this replica's cache); None: `data_dir/blobs`.
+    pub blobs: Option<String>,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
     /// Names (DNS or IP) in the controller's server certificate.
@@ -164,12 +166,15 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("open store {}: {e}", db.display()))?
         }
     };
-    let blobs = BlobStore::open(
-        &config
-            .blobs
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("blobs")),
-    )?;
+    let blobs = match config.blobs.as_deref() {
+        Some(url) if url.starts_with("s3://") => {
+            let bucket = bucket::Bucket::from_url(url)?;
+            tracing::info!(bucket = %bucket.name, cache = %config.data_dir.join("blobs").display(), "release blobs in a bucket");
+            BlobStore::open(&config.data_dir.join("blobs"))?.with_bucket(bucket)
+        }
+        Some(dir) => BlobStore::open(std::path::Path::new(dir))?,
+        None => BlobStore::open(&config.data_dir.join("blobs"))?,
+    };
     let pki = config.data_dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| anyhow::anyhow!("create {}: {e}", pki.display()))?;
     let ca = match &config.ca {

@@ -32,9 +32,12 @@ struct Args {
     #[arg(long, env = "SLIPWAY_DATABASE", value_name = "URL")]
     database: Option<String>,
     /// Where release blobs live: a directory (several controllers of one
-    /// store share it on a shared filesystem). Default: DATA_DIR/blobs.
-    #[arg(long, env = "SLIPWAY_BLOBS", value_name = "DIR")]
-    blobs: Option<PathBuf>,
+    /// store share it on a shared filesystem), or an S3-compatible bucket,
+    /// `s3://BUCKET/PREFIX[?endpoint=URL&region=R]` (credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; DATA_DIR/blobs caches
+    /// it). Default: DATA_DIR/blobs.
+    #[arg(long, env = "SLIPWAY_BLOBS", value_name = "DIR|URL")]
+    blobs: Option<String>,
     /// Heartbeat interval the controller asks agents to keep.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u32,

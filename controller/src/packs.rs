@@ -83,7 +83,7 @@ async fn ensure_held(
     let _building = lock.lock().await;
     if let Some((found, size)) = store.pack_with_objects(tenant, &key).await?
         && let Ok(digest) = Digest::parse(&found)
-        && ctx.blobs.exists(&digest)
+        && ctx.blobs.present(&digest).await
     {
         store
             .set_release_pack(tenant, &release, &found, size)
@@ -188,7 +188,8 @@ pub async fn refile_lost(
         ) else {
             continue;
         };
-        if m.blob.is_some() || !ctx.blobs.exists(&pack) {
+        // Filed from this replica's copy of the pack.
+        if m.blob.is_some() || ctx.blobs.ensure_local(&pack).await.is_err() {
             continue;
         }
         let held = m.objects();
@@ -237,6 +238,7 @@ pub async fn build_pack(
     order: Vec<(Digest, u64)>,
     idle: bool,
 ) -> Result<(Digest, u64), ControllerError> {
+    let store = blobs.clone();
     let (blobs, objects) = (blobs.clone(), objects.clone());
     let build = move || -> Result<_, ControllerError> {
         if idle && let Err(e) = rustix::process::setpriority_process(None, 19) {
@@ -274,6 +276,10 @@ pub async fn build_pack(
             let _ = tx.send(build());
         })
         .map_err(|e| ControllerError::Internal(format!("no thread to build a pack: {e}")))?;
-    rx.await
-        .map_err(|_| ControllerError::Internal("building a pack: the build thread died".into()))?
+    let (digest, size) = rx.await.map_err(|_| {
+        ControllerError::Internal("building a pack: the build thread died".into())
+    })??;
+    // Recorded in the store (by the caller) only once it is in the bucket.
+    store.upload_committed(&digest).await?;
+    Ok((digest, size))
 }

@@ -162,6 +162,105 @@ pub fn fresh_postgres_database() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// An S3-compatible server for a test: moto in server mode (`moto[server]`
+/// from PyPI, found on PATH or in /opt/slipway-moto), on a free loopback
+/// port, with `bucket` created; stopped when dropped. None (after saying so)
+/// without moto, unless `SLIPWAY_REQUIRE_S3=1` (CI) makes that a failure.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> Option<Self> {
+        let found = ["/opt/slipway-moto/bin/moto_server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join("moto_server"))
+                        .find(|p| p.is_file())
+                })
+            });
+        let Some(moto) = found else {
+            assert!(
+                std::env::var("SLIPWAY_REQUIRE_S3").as_deref() != Ok("1"),
+                "SLIPWAY_REQUIRE_S3=1 but moto_server is not installed"
+            );
+            eprintln!(
+                "skipped: no moto_server (python3 -m venv /opt/slipway-moto && /opt/slipway-moto/bin/pip install 'moto[server]')"
+            );
+            return None;
+        };
+        let port = free_port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(30), "moto_server to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let server = S3Server { child, endpoint };
+        server.curl(&["-X", "PUT", &format!("{}/{bucket}", server.endpoint)]);
+        Some(server)
+    }
+
+    /// The credentials and region a controller needs for it.
+    pub fn env() -> [(&'static str, &'static str); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", "slipway-test"),
+            ("AWS_SECRET_ACCESS_KEY", "slipway-test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+
+    /// `curl -sf ARGS`, signed with the test credentials (SigV4, as S3
+    /// wants): its output.
+    pub fn curl(&self, args: &[&str]) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .args(["--user", "slipway-test:slipway-test"])
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// PUTs `body` (curl's `--data-binary`: text, or `@FILE`) at `url`, as
+    /// bytes (no form encoding, no `Expect: 100-continue` wait).
+    pub fn put(&self, url: &str, body: &str) {
+        self.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            body,
+            url,
+        ]);
+    }
+
+    /// Stops the server (the bucket becomes unreachable).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 pub struct Controller {
     child: Option<Child>,
     pub port: u16,
@@ -174,6 +273,8 @@ pub struct Controller {
     log: PathBuf,
     /// Extra flags for every start.
     pub extra_args: Vec<String>,
+    /// Extra environment for every start.
+    pub env: Vec<(String, String)>,
 }
 
 impl Controller {
@@ -185,6 +286,11 @@ impl Controller {
     /// `SLIPWAY_E2E_STORE=postgres` its store is a new database on the
     /// `SLIPWAY_TEST_POSTGRES` server (unless the flags name one).
     pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// A controller started with extra flags and environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if std::env::var("SLIPWAY_E2E_STORE").as_deref() == Ok("postgres")
             && !extra.contains(&"--database")
@@ -203,6 +309,10 @@ impl Controller {
             admin_token: String::new(),
             log: dir.join("controller.log"),
             extra_args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         c.spawn();
         let token_file = c.data_dir.join("admin.token");
@@ -282,6 +392,7 @@ impl Controller {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SLIPWAY_LOG", "info")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -626,7 +626,11 @@ impl Agents for AgentsService {
         // with none of the files gets that pack, built now if the release was
         // published as a delta and nobody needed it before.
         if order == manifest.objects() {
-            let (pack, size) = match full_pack.filter(|(p, _)| self.ctx.blobs.exists(p)) {
+            let present = match &full_pack {
+                Some((p, _)) => self.ctx.blobs.present(p).await,
+                None => false,
+            };
+            let (pack, size) = match full_pack.filter(|_| present) {
                 Some(found) => found,
                 None => crate::packs::ensure(&self.ctx, &id.tenant, &manifest, false).await?,
             };

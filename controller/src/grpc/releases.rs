@@ -168,7 +168,7 @@ impl Releases for ReleasesService {
                 .await
                 .map_err(ControllerError::from)?
                 .is_some();
-            if !known || !self.ctx.blobs.exists(&digest) {
+            if !known || !self.ctx.blobs.present(&digest).await {
                 missing.push(d);
             }
         }
@@ -236,7 +236,7 @@ impl Releases for ReleasesService {
                 header.size, self.ctx.max_blob_bytes
             )));
         }
-        if self.ctx.blobs.exists(&digest)
+        if self.ctx.blobs.present(&digest).await
             && self
                 .ctx
                 .store
@@ -433,7 +433,7 @@ impl ReleasesService {
             return Err(Status::invalid_argument("upload: data after the trailer"));
         }
         let digest = parse_digest(&trailer.digest)?;
-        let present = self.ctx.blobs.exists(&digest)
+        let present = self.ctx.blobs.present(&digest).await
             && self
                 .ctx
                 .store
@@ -541,13 +541,14 @@ impl ReleasesService {
         let digest = Digest::parse(&blob.digest)
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
         let _ = manifest;
+        let here = self.ctx.blobs.present(&digest).await;
         match self
             .ctx
             .store
             .tenant_blob_size(tenant, &blob.digest)
             .await?
         {
-            Some(size) if size == blob.size && self.ctx.blobs.exists(&digest) => Ok(()),
+            Some(size) if size == blob.size && here => Ok(()),
             Some(size) if size != blob.size => Err(ControllerError::InvalidArgument(format!(
                 "manifest says blob {digest} has {} bytes but the stored blob has {size}",
                 blob.size
@@ -576,15 +577,21 @@ impl ReleasesService {
             }
             let digest = Digest::parse(p)
                 .map_err(|e| ControllerError::InvalidArgument(format!("pack {p:?}: {e}")))?;
+            let not_uploaded = || {
+                ControllerError::FailedPrecondition(format!(
+                    "object pack {digest} has not been uploaded"
+                ))
+            };
             let size = store
                 .tenant_blob_size(tenant, p)
                 .await?
-                .filter(|_| self.ctx.blobs.exists(&digest))
-                .ok_or_else(|| {
-                    ControllerError::FailedPrecondition(format!(
-                        "object pack {digest} has not been uploaded"
-                    ))
-                })?;
+                .ok_or_else(not_uploaded)?;
+            // Its objects are filed from this replica's copy.
+            match self.ctx.blobs.ensure_local(&digest).await {
+                Ok(()) => {}
+                Err(crate::blobs::BlobError::Missing(_)) => return Err(not_uploaded()),
+                Err(e) => return Err(e.into()),
+            }
             uploaded.push((digest, size));
         }
         let objects = self.ctx.blobs.tenant_objects(tenant)?;
@@ -641,10 +648,14 @@ impl ReleasesService {
                 return Ok(Some((f.pack.to_string(), f.size)));
             }
         }
-        Ok(store
-            .pack_with_objects(tenant, &key)
-            .await?
-            .filter(|(found, _)| Digest::parse(found).is_ok_and(|d| self.ctx.blobs.exists(&d))))
+        let Some((found, size)) = store.pack_with_objects(tenant, &key).await? else {
+            return Ok(None);
+        };
+        let present = match Digest::parse(&found) {
+            Ok(d) => self.ctx.blobs.present(&d).await,
+            Err(_) => false,
+        };
+        Ok(present.then_some((found, size)))
     }
 
     async fn create(
