@@ -162,6 +162,43 @@ pub fn fresh_postgres_database() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// Runs `sql` on `database` with psql; its output, trimmed.
+pub fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([database, "-AtXqc", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Another controller of the store `first` uses, started under `dir` with
+/// `flags` and `env`, given what an operator copies to a new replica: the
+/// first one's `pki/` (CA and directive-signing key), and here its admin
+/// token too.
+pub fn start_replica(
+    first: &Controller,
+    dir: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Controller {
+    let data_dir = dir.join("controller");
+    std::fs::create_dir_all(data_dir.join("pki")).expect("replica pki dir");
+    for f in [
+        "pki/ca.pem",
+        "pki/ca.key",
+        "pki/directive.key",
+        "admin.token",
+    ] {
+        std::fs::copy(first.data_dir.join(f), data_dir.join(f)).expect("copy the keys");
+    }
+    Controller::start_with_env(dir, flags, env)
+}
+
 /// An S3-compatible server for a test: moto in server mode (`moto[server]`
 /// from PyPI, found on PATH or in /opt/slipway-moto), on a free loopback
 /// port, with `bucket` created; stopped when dropped. None (after saying so)

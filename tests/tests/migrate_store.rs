@@ -16,14 +16,6 @@ fn migrate(from: &str, to: &str) -> std::process::Output {
         .expect("run migrate-store")
 }
 
-fn psql(database: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([database, "-AtXqc", sql])
-        .output()
-        .expect("psql");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn an_installation_moves_from_sqlite_to_postgres_without_losing_a_row() {
     let t = tempfile::tempdir().unwrap();

@@ -38,11 +38,10 @@ impl Replicas {
         let first = Controller::start_with(&dir.join("r0"), &first_flags);
         let mut controllers = vec![first];
         for i in 1..n {
-            let data_dir = dir.join(format!("r{i}/controller"));
-            copy_keys(&controllers[0].data_dir, &data_dir);
             let f = flags(&database);
             let f: Vec<&str> = f.iter().map(String::as_str).collect();
-            controllers.push(Controller::start_with(&dir.join(format!("r{i}")), &f));
+            let r = start_replica(&controllers[0], &dir.join(format!("r{i}")), &f, &[]);
+            controllers.push(r);
         }
         Some(Self {
             database,
@@ -63,29 +62,6 @@ impl Replicas {
             })
         })
     }
-}
-
-/// What a new replica needs of the first one's data dir: the CA and the
-/// directive-signing key (DATA_DIR/pki), and here the admin token too.
-fn copy_keys(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("pki")).unwrap();
-    for f in ["ca.pem", "ca.key", "directive.key"] {
-        std::fs::copy(from.join("pki").join(f), to.join("pki").join(f)).unwrap();
-    }
-    std::fs::copy(from.join("admin.token"), to.join("admin.token")).unwrap();
-}
-
-fn psql(database: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([database, "-AtXqc", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// An agent enrolled through `primary`, listing every replica (`primary`
