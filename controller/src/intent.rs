@@ -189,6 +189,7 @@ impl Intent<'_> {
             Authorizing::Given(d.authorization),
             d.strategy.as_ref(),
             false,
+            None,
         )
         .await
     }
@@ -217,8 +218,10 @@ impl Intent<'_> {
             .release(p.tenant, p.app, &version)
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("release {version} vanished")))?;
-        if let Some((there, generation)) = self.store.desired(p.tenant, p.app, p.to).await?
-            && there == version
+        let there_now = self.store.desired(p.tenant, p.app, p.to).await?;
+        let decided_at = there_now.as_ref().map_or(0, |(_, g)| *g);
+        if let Some((there, generation)) = &there_now
+            && *there == version
         {
             return Err(ControllerError::FailedPrecondition(format!(
                 "{} {version} is already desired in {} (generation {generation}): nothing to promote \
@@ -266,6 +269,7 @@ impl Intent<'_> {
                 Authorizing::Given(&RollbackAuthorization::default()),
                 p.strategy.as_ref(),
                 false,
+                Some(decided_at),
             )
             .await?;
         Ok((deployed, blockers))
@@ -332,14 +336,12 @@ impl Intent<'_> {
             environment: env,
         } = r.target;
         self.check_app_env(tenant, app, env).await?;
+        let now_desired = self.store.desired(tenant, app, env).await?;
+        let decided_at = now_desired.as_ref().map(|(_, g)| *g);
         let target = match r.to_version {
             Some(v) => v.to_string(),
             None => {
-                let (current, _) = self
-                    .store
-                    .desired(tenant, app, env)
-                    .await?
-                    .ok_or_else(|| no_release(app, env))?;
+                let (current, _) = now_desired.ok_or_else(|| no_release(app, env))?;
                 self.store
                     .rollback_target(tenant, app, env, &current)
                     .await?
@@ -357,6 +359,7 @@ impl Intent<'_> {
             Authorizing::Given(r.authorization),
             None,
             true,
+            decided_at,
         )
         .await
     }
@@ -380,6 +383,7 @@ impl Intent<'_> {
             Authorizing::Carried(&current.authorization),
             None,
             false,
+            Some(current.generation),
         )
         .await
     }
@@ -421,6 +425,11 @@ impl Intent<'_> {
     /// Points app@env at `version` through a rollout with the environment's
     /// strategy (overridden by `strategy`; a rollback's: every host at once),
     /// which wakes the sessions concerned.
+    /// Sets app@env to `version` through a rollout. `decided_at`: the
+    /// desired generation the caller's own checks read (a promote's gates,
+    /// a rollback's target, a retry's release); None: read here. The change
+    /// is refused if app@env moved past it meanwhile.
+    #[allow(clippy::too_many_arguments)]
     async fn set_desired(
         &self,
         actor: &Actor<'_>,
@@ -429,6 +438,7 @@ impl Intent<'_> {
         authorization: Authorizing<'_>,
         strategy: Option<&StrategyOverride>,
         is_rollback: bool,
+        decided_at: Option<u64>,
     ) -> Result<Deployed> {
         let Target {
             tenant,
@@ -508,7 +518,8 @@ impl Intent<'_> {
                 authorization: &authorization,
                 strategy,
                 actor: actor.name,
-                expected_generation: current.as_ref().map_or(0, |d| d.generation),
+                expected_generation: decided_at
+                    .unwrap_or_else(|| current.as_ref().map_or(0, |d| d.generation)),
             },
         )
         .await?;

@@ -236,7 +236,11 @@ fn two_promotes_racing_on_two_replicas_one_wins_and_nothing_is_doubled() {
         1,
         "{:?}",
         outs.iter()
-            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .map(|o| format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ))
             .collect::<Vec<_>>()
     );
     let lost = outs.iter().find(|o| !o.status.success()).unwrap();
