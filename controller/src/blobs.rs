@@ -58,6 +58,8 @@ const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
 pub struct BlobStore {
     root: PathBuf,
     bucket: Option<std::sync::Arc<crate::bucket::Bucket>>,
+    /// The most a blob brought down from the bucket may hold.
+    max_bytes: u64,
 }
 
 impl BlobStore {
@@ -91,17 +93,16 @@ impl BlobStore {
         Ok(Self {
             root: root.to_path_buf(),
             bucket: None,
+            max_bytes: u64::MAX,
         })
     }
 
-    /// The same directory as the cache of `bucket`, where blobs live.
-    pub fn with_bucket(mut self, bucket: crate::bucket::Bucket) -> Self {
+    /// The same directory as the cache of `bucket`, where blobs live (of
+    /// at most `max_bytes` each).
+    pub fn with_bucket(mut self, bucket: crate::bucket::Bucket, max_bytes: u64) -> Self {
         self.bucket = Some(std::sync::Arc::new(bucket));
+        self.max_bytes = max_bytes;
         self
-    }
-
-    pub fn bucket(&self) -> Option<&crate::bucket::Bucket> {
-        self.bucket.as_deref()
     }
 
     /// Whether blob `digest` is here or in the bucket.
@@ -135,7 +136,7 @@ impl BlobStore {
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
             .map_err(io_err(&tmp_dir))?
             .into_temp_path();
-        if !bucket.get_to(digest, &tmp).await? {
+        if !bucket.get_to(digest, &tmp, self.max_bytes).await? {
             return Err(BlobError::Missing(digest.clone()));
         }
         let actual = hash_file(&tmp).await.map_err(io_err(&tmp))?;
@@ -177,6 +178,7 @@ impl BlobStore {
         Ok(Self {
             root: root.to_path_buf(),
             bucket: None,
+            max_bytes: u64::MAX,
         })
     }
 

@@ -10,13 +10,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use artifact::Digest;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
-use object_store::signer::Signer;
 use object_store::{ObjectStoreExt, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -135,9 +133,15 @@ impl Bucket {
         Ok(())
     }
 
-    /// Streams `digest` into `dest` (a new file). False when the bucket
-    /// does not hold it. The caller checks the digest.
-    pub async fn get_to(&self, digest: &Digest, dest: &Path) -> Result<bool, BucketError> {
+    /// Streams `digest` into `dest` (a new file), refusing more than `max`
+    /// bytes. False when the bucket does not hold it. The caller checks the
+    /// digest.
+    pub async fn get_to(
+        &self,
+        digest: &Digest,
+        dest: &Path,
+        max: u64,
+    ) -> Result<bool, BucketError> {
         let io = |source| BucketError::Io {
             path: dest.to_path_buf(),
             source,
@@ -149,21 +153,19 @@ impl Bucket {
         };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut stream = got.into_stream();
+        let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?).await.map_err(io)?;
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            if written > max {
+                return Err(io(std::io::Error::other(format!(
+                    "the bucket's object is larger than the {max} bytes a blob may have"
+                ))));
+            }
+            file.write_all(&chunk).await.map_err(io)?;
         }
         file.flush().await.map_err(io)?;
         Ok(true)
-    }
-
-    /// A URL that lets its holder GET `digest` for `ttl` (S3 SigV4 query
-    /// signature), for an agent to download from the bucket itself.
-    pub async fn signed_get(&self, digest: &Digest, ttl: Duration) -> Result<String, BucketError> {
-        Ok(self
-            .s3
-            .signed_url(http::Method::GET, &self.key(digest), ttl)
-            .await?
-            .to_string())
     }
 }
 

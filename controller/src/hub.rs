@@ -336,11 +336,6 @@ impl Hub {
             .collect()
     }
 
-    /// Sessions held by other replicas.
-    pub fn remote_sessions(&self) -> usize {
-        self.remote.lock().expect("hub lock").sessions.len()
-    }
-
     /// After changes from other replicas may have been missed (the
     /// listener reconnected): every session recomputes everything and the
     /// engine looks at every rollout whole.

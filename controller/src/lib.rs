@@ -170,7 +170,8 @@ pub async fn run(
         Some(url) if url.starts_with("s3://") => {
             let bucket = bucket::Bucket::from_url(url)?;
             tracing::info!(bucket = %bucket.name, cache = %config.data_dir.join("blobs").display(), "release blobs in a bucket");
-            BlobStore::open(&config.data_dir.join("blobs"))?.with_bucket(bucket)
+            BlobStore::open(&config.data_dir.join("blobs"))?
+                .with_bucket(bucket, config.max_blob_bytes)
         }
         Some(dir) => BlobStore::open(std::path::Path::new(dir))?,
         None => BlobStore::open(&config.data_dir.join("blobs"))?,
