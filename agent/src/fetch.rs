@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use artifact::Digest;
 use artifact::digest::StreamHasher;
-use proto::v1::FetchBlobRequest;
 use proto::v1::agents_client::AgentsClient;
+use proto::v1::{BlobUrlRequest, FetchBlobRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
@@ -54,20 +54,34 @@ pub enum FetchError {
         digest: Digest,
         actual: Digest,
         resumed: bool,
+        /// Some of the bytes came from the bucket.
+        from_bucket: bool,
     },
 }
 
+/// Where a blob's bytes came from; a blob fetched with a presigned URL
+/// whose bytes do not verify is fetched through the controller next time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Controller,
+    Bucket,
+}
+
 /// Returns the path of the verified blob in `cache`, downloading what is
-/// missing and telling `feed` how far the file has grown. A resumed download
-/// that does not verify (a corrupt partial file) is discarded: the next fetch
-/// starts from the beginning (the unpack following this one has read the bad
-/// bytes already, so it fails with it).
+/// missing and telling `feed` how far the file has grown. With `direct`, the
+/// controller is first asked for a presigned URL, and what the bucket sends
+/// is taken before the rest comes through the controller (all of it, when
+/// the controller hands out no URL or the bucket cannot be reached). A
+/// resumed download that does not verify (a corrupt partial file) is
+/// discarded: the next fetch starts from the beginning (the unpack following
+/// this one has read the bad bytes already, so it fails with it).
 pub async fn fetch_blob(
     client: &mut AgentsClient<Channel>,
     cache: &Path,
     digest: &Digest,
     size: u64,
     feed: &Feed,
+    direct: bool,
 ) -> Result<PathBuf, FetchError> {
     let io = |path: &Path| {
         let (digest, path) = (digest.clone(), path.to_path_buf());
@@ -120,49 +134,62 @@ pub async fn fetch_blob(
         tracing::info!(%digest, offset = have, "resuming blob download");
         feed.resuming(have);
     }
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&partial)
         .await
         .map_err(io(&partial))?;
     feed.grew(&partial, have);
-    if have < size {
-        let rpc = |status| FetchError::Rpc {
-            digest: digest.clone(),
-            status: Box::new(status),
-        };
+    let mut part = Partial {
+        file,
+        path: partial.clone(),
+        hasher,
+        have,
+        size,
+        digest: digest.clone(),
+        from_bucket: false,
+    };
+    let rpc = |status| FetchError::Rpc {
+        digest: digest.clone(),
+        status: Box::new(status),
+    };
+    if direct && part.have < size {
+        match client
+            .blob_url(BlobUrlRequest {
+                digest: digest.to_string(),
+            })
+            .await
+        {
+            Ok(answer) if !answer.get_ref().url.is_empty() => {
+                crate::direct::download(&answer.into_inner().url, &mut part, feed).await?;
+            }
+            Ok(_) => {}
+            // A controller from before presigned URLs.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {}
+            Err(status) => return Err(rpc(status)),
+        }
+    }
+    if part.have < size {
         let mut stream = client
             .fetch_blob(FetchBlobRequest {
                 digest: digest.to_string(),
-                offset: have,
+                offset: part.have,
             })
             .await
             .map_err(rpc)?
             .into_inner();
         while let Some(chunk) = next_chunk(&mut stream).await.map_err(rpc)? {
-            if have + chunk.data.len() as u64 > size {
-                drop(file);
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(FetchError::TooLong {
-                    digest: digest.clone(),
-                    expected: size,
-                });
-            }
-            hasher.update(&chunk.data);
-            feed.received(chunk.data.len() as u64);
-            file.write_all(&chunk.data).await.map_err(io(&partial))?;
-            // tokio's file writes in the background: wait for it before the
-            // reader is told the bytes are there.
-            file.flush().await.map_err(io(&partial))?;
-            have += chunk.data.len() as u64;
-            feed.grew(&partial, have);
-            if have == chunk.data.len() as u64 {
-                // The first bytes are on their way into the unpack.
-                crate::failpoint::hit("fetch-streaming");
-            }
+            part.append(&chunk.data, feed, Source::Controller).await?;
         }
     }
+    let Partial {
+        mut file,
+        hasher,
+        have,
+        from_bucket,
+        ..
+    } = part;
     file.flush().await.map_err(io(&partial))?;
     drop(file);
     if have != size {
@@ -179,12 +206,76 @@ pub async fn fetch_blob(
             digest: digest.clone(),
             actual,
             resumed,
+            from_bucket,
         });
     }
     tokio::fs::rename(&partial, &done)
         .await
         .map_err(io(&done))?;
     Ok(done)
+}
+
+/// The blob's `.partial` file being written, hashed as it grows.
+pub(crate) struct Partial {
+    file: tokio::fs::File,
+    path: PathBuf,
+    hasher: StreamHasher,
+    /// Bytes in the file.
+    pub(crate) have: u64,
+    /// Bytes the blob has.
+    pub(crate) size: u64,
+    pub(crate) digest: Digest,
+    /// Whether any of the bytes came from the bucket.
+    from_bucket: bool,
+}
+
+impl Partial {
+    /// Appends `data` (from `source`), telling `feed`; more than the blob's
+    /// size discards the file.
+    pub(crate) async fn append(
+        &mut self,
+        data: &[u8],
+        feed: &Feed,
+        source: Source,
+    ) -> Result<(), FetchError> {
+        if self.have + data.len() as u64 > self.size {
+            let _ = tokio::fs::remove_file(&self.path).await;
+            return Err(FetchError::TooLong {
+                digest: self.digest.clone(),
+                expected: self.size,
+            });
+        }
+        self.hasher.update(data);
+        feed.received(data.len() as u64);
+        let io = |source| FetchError::Io {
+            digest: self.digest.clone(),
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(data).await.map_err(io)?;
+        // tokio's file writes in the background: wait for it before the
+        // reader is told the bytes are there.
+        self.file.flush().await.map_err(io)?;
+        let first = self.have == 0;
+        self.have += data.len() as u64;
+        feed.grew(&self.path, self.have);
+        crate::metrics::METRICS.fetched(
+            match source {
+                Source::Controller => "controller",
+                Source::Bucket => "bucket",
+            },
+            data.len() as u64,
+        );
+        if source == Source::Bucket {
+            self.from_bucket = true;
+            feed.from_bucket();
+        }
+        if first {
+            // The first bytes are on their way into the unpack.
+            crate::failpoint::hit("fetch-streaming");
+        }
+        Ok(())
+    }
 }
 
 /// Streams the object pack of `want` (objects of release `release`) into
@@ -239,6 +330,7 @@ pub async fn fetch_objects(
             });
         }
         feed.received(chunk.data.len() as u64);
+        crate::metrics::METRICS.fetched("controller", chunk.data.len() as u64);
         file.write_all(&chunk.data).await.map_err(io(&path))?;
         file.flush().await.map_err(io(&path))?;
         feed.grew(&path, have);

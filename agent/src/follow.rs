@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Why a download ended without a verified blob (the fetch's own error,
@@ -35,6 +35,8 @@ struct Shared {
     started: tokio::sync::watch::Sender<bool>,
     /// Bytes an earlier attempt had written (a resumed download).
     resumed: AtomicU64,
+    /// Some bytes came from the bucket (a presigned URL), not the controller.
+    bucket: AtomicBool,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ pub fn pair() -> (Feed, FollowReader) {
         wire: AtomicU64::new(0),
         started: tokio::sync::watch::Sender::new(false),
         resumed: AtomicU64::new(0),
+        bucket: AtomicBool::new(false),
     });
     (
         Feed(shared.clone()),
@@ -95,9 +98,19 @@ impl Feed {
         self.0.wire.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Bytes received from the controller so far.
+    /// Bytes received from the controller (or the bucket) so far.
     pub fn wire_bytes(&self) -> u64 {
         self.0.wire.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of this download came from the bucket.
+    pub fn from_bucket(&self) {
+        self.0.bucket.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether any bytes of this download came from the bucket.
+    pub fn came_from_bucket(&self) -> bool {
+        self.0.bucket.load(Ordering::Relaxed)
     }
 
     /// The fetch is over: the verified blob, or why not. The first call counts.

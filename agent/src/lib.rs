@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod command_backend;
 pub mod config;
 pub mod declared;
+pub mod direct;
 pub mod directive;
 pub mod drift;
 pub mod envfile;

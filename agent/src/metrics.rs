@@ -65,6 +65,7 @@ pub struct Metrics {
     step_seconds: HistogramVec,
     health_seconds: HistogramVec,
     drift: IntCounter,
+    fetched: IntCounterVec,
     /// When each app's current step began (its deploy's start, then each step).
     marks: Mutex<HashMap<String, Instant>>,
 }
@@ -129,6 +130,11 @@ impl Metrics {
                 &["kind", "result"],
             ),
             drift,
+            fetched: counters(
+                "slipway_agent_fetched_bytes_total",
+                "Bytes of release blobs and object packs downloaded, by source: the controller, or the bucket with a presigned URL.",
+                &["source"],
+            ),
             marks: Mutex::new(HashMap::new()),
             registry,
         }
@@ -186,6 +192,11 @@ impl Metrics {
         self.health_seconds
             .with_label_values(&[kind, if ok { "ok" } else { "failed" }])
             .observe(took.as_secs_f64());
+    }
+
+    /// `n` bytes downloaded from `source` (`controller` or `bucket`).
+    pub fn fetched(&self, source: &'static str, n: u64) {
+        self.fetched.with_label_values(&[source]).inc_by(n);
     }
 
     pub fn render(&self) -> String {

@@ -122,6 +122,24 @@ impl BlobStore {
         }
     }
 
+    /// A presigned URL an agent may download `digest` (of `size` bytes) from
+    /// for a while, when the bucket hands them out; None: it fetches through
+    /// this controller (so also when the bucket cannot be asked).
+    pub async fn download_url(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Option<(String, std::time::Duration)> {
+        let bucket = self.bucket.as_ref()?;
+        match bucket.download_url(digest, size).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(%digest, bucket = %bucket.name, error = %e, "bucket unavailable; the agent fetches through the controller");
+                None
+            }
+        }
+    }
+
     /// Blob `digest` in this directory: here already, or brought down from
     /// the bucket into `tmp/` and renamed to its name only once its bytes
     /// hash to it.

@@ -10,11 +10,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use artifact::Digest;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
+use object_store::signer::{Method, Signer};
 use object_store::{ObjectStoreExt, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -36,10 +38,19 @@ pub enum BucketError {
     },
 }
 
+/// The shortest and longest life a presigned download URL may be given: long
+/// enough to start a download, short enough that a leaked URL soon stops
+/// working (S3 itself allows a week).
+pub const PRESIGN_MIN: Duration = Duration::from_secs(10);
+pub const PRESIGN_MAX: Duration = Duration::from_secs(12 * 3600);
+
 /// One bucket and prefix.
 pub struct Bucket {
     s3: Arc<AmazonS3>,
     prefix: String,
+    /// How long a presigned download URL handed to an agent lives; None:
+    /// agents fetch through the controller.
+    presign: Option<Duration>,
     /// Shown in logs: `s3://bucket/prefix` (never a credential).
     pub name: String,
 }
@@ -80,7 +91,48 @@ impl Bucket {
             s3: Arc::new(s3),
             name: format!("s3://{bucket}/{prefix}"),
             prefix,
+            presign: None,
         })
+    }
+
+    /// Agents download blobs straight from the bucket with URLs valid for
+    /// `ttl` (within [`PRESIGN_MIN`]..=[`PRESIGN_MAX`]).
+    pub fn with_presigned_downloads(mut self, ttl: Duration) -> Result<Self, BucketError> {
+        if !(PRESIGN_MIN..=PRESIGN_MAX).contains(&ttl) {
+            return Err(BucketError::Url(
+                self.name.clone(),
+                format!(
+                    "--presigned-downloads {}: must be between {} and {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(PRESIGN_MIN),
+                    humantime::format_duration(PRESIGN_MAX)
+                ),
+            ));
+        }
+        self.presign = Some(ttl);
+        Ok(self)
+    }
+
+    /// A URL that downloads `digest` for the next while, when this bucket
+    /// hands them out and holds `digest` with `size` bytes (a blob recorded
+    /// before the bucket was configured is not there: the agent then
+    /// fetches through the controller). Signing is local: no request.
+    pub async fn download_url(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<(String, Duration)>, BucketError> {
+        let Some(ttl) = self.presign else {
+            return Ok(None);
+        };
+        if self.size(digest).await? != Some(size) {
+            return Ok(None);
+        }
+        let url = self
+            .s3
+            .signed_url(Method::GET, &self.key(digest), ttl)
+            .await?;
+        Ok(Some((url.to_string(), ttl)))
     }
 
     fn key(&self, digest: &Digest) -> Key {

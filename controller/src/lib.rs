@@ -55,6 +55,9 @@ pub struct Config {
     /// Where blobs live: a directory, or `s3://BUCKET/PREFIX?endpoint=…`
     /// (with `data_dir/blobs` as this replica's cache); None: `data_dir/blobs`.
     pub blobs: Option<String>,
+    /// With a bucket: agents download blobs straight from it, with presigned
+    /// URLs that live this long. None: through the controller.
+    pub presigned_downloads: Option<Duration>,
     pub heartbeat_secs: u32,
     pub max_blob_bytes: u64,
     /// Names (DNS or IP) in the controller's server certificate.
@@ -82,6 +85,7 @@ impl Config {
             data_dir,
             database: None,
             blobs: None,
+            presigned_downloads: None,
             heartbeat_secs: 10,
             max_blob_bytes: 4 << 30,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
@@ -168,10 +172,18 @@ pub async fn run(
     };
     let blobs = match config.blobs.as_deref() {
         Some(url) if url.starts_with("s3://") => {
-            let bucket = bucket::Bucket::from_url(url)?;
+            let mut bucket = bucket::Bucket::from_url(url)?;
+            if let Some(ttl) = config.presigned_downloads {
+                bucket = bucket.with_presigned_downloads(ttl)?;
+            }
             tracing::info!(bucket = %bucket.name, cache = %config.data_dir.join("blobs").display(), "release blobs in a bucket");
             BlobStore::open(&config.data_dir.join("blobs"))?
                 .with_bucket(bucket, config.max_blob_bytes)
+        }
+        _ if config.presigned_downloads.is_some() => {
+            anyhow::bail!(
+                "--presigned-downloads needs --blobs s3://BUCKET/PREFIX: a directory has no URLs to hand out"
+            )
         }
         Some(dir) => BlobStore::open(std::path::Path::new(dir))?,
         None => BlobStore::open(&config.data_dir.join("blobs"))?,

@@ -38,6 +38,12 @@ struct Args {
     /// it). Default: DATA_DIR/blobs.
     #[arg(long, env = "SLIPWAY_BLOBS", value_name = "DIR|URL")]
     blobs: Option<String>,
+    /// With --blobs s3://…: agents download release blobs straight from the
+    /// bucket, with presigned URLs valid this long (e.g. 5m; 10s to 12h),
+    /// and fall back to the controller when the bucket cannot be reached
+    /// from the host. They check every blob's sha256 either way.
+    #[arg(long, env = "SLIPWAY_PRESIGNED_DOWNLOADS", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    presigned_downloads: Option<Duration>,
     /// Heartbeat interval the controller asks agents to keep.
     #[arg(long, default_value_t = 10)]
     heartbeat_secs: u32,
@@ -221,6 +227,7 @@ fn main() -> ExitCode {
         let mut config = controller::Config::new(args.data_dir);
         config.database = args.database;
         config.blobs = args.blobs;
+        config.presigned_downloads = args.presigned_downloads;
         config.heartbeat_secs = args.heartbeat_secs.max(1);
         config.max_blob_bytes = args.max_blob_bytes;
         if !args.server_names.is_empty() {

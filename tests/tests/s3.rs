@@ -6,6 +6,9 @@
 //! bucket; each one's blob directory is only its cache. Says skipped without
 //! moto or PostgreSQL.
 
+use std::process::Command;
+use std::time::Duration;
+
 use integration_tests::*;
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
@@ -137,4 +140,121 @@ fn release_blobs_live_in_the_bucket_and_a_wrong_copy_is_never_served() {
     assert!(out.stderr.trim().lines().count() <= 2, "{}", out.stderr);
     let releases = r0.ctl(&["releases", "web"]).ok().stdout;
     assert!(!releases.contains("3.0.0"), "{releases}");
+}
+
+/// The controller's largest blob in the bucket: a release's full pack.
+fn largest_blob(c: &Controller) -> (String, std::path::PathBuf) {
+    let mut blobs: Vec<(u64, String, std::path::PathBuf)> =
+        std::fs::read_dir(c.data_dir.join("blobs/sha256"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let len = e.metadata().unwrap().len();
+                (len, e.file_name().to_string_lossy().to_string(), e.path())
+            })
+            .collect();
+    blobs.sort();
+    let (_, name, path) = blobs.pop().expect("a blob on the controller");
+    (name, path)
+}
+
+#[test]
+fn agents_download_from_the_bucket_resume_there_and_refuse_a_wrong_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s3) = S3Server::start(BUCKET) else {
+        return;
+    };
+    let blobs = format!("s3://{BUCKET}/prod?endpoint={}", s3.endpoint);
+    let c = Controller::start_with_env(
+        t.path(),
+        &["--blobs", &blobs, "--presigned-downloads", "2m"],
+        &S3Server::env(),
+    );
+    // 4 MiB that do not compress: the download comes in many pieces.
+    let rel = sample_release(t.path(), &ReleaseOpts::new("1.0.0"));
+    let mut noise = vec![0u8; 4 << 20];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(rel.join("noise.bin"), &noise).unwrap();
+    publish_dir(&c, &rel, "1.0.0");
+    let (key, local) = largest_blob(&c);
+    let size = std::fs::metadata(&local).unwrap().len();
+
+    // A fresh host dies once the first bytes from the bucket are on disk,
+    // comes back and asks the bucket for the rest only.
+    let mut a1 = Agent::configured(t.path(), &c, "pre-1", "preprod", DB_ENV, true);
+    a1.spawn_env(&[("SLIPWAY_FAILPOINT", "fetch-streaming")]);
+    a1.wait_connected(&c);
+    let out = std::thread::scope(|s| {
+        let deploy = s.spawn(|| c.deploy_wait("1.0.0", "preprod"));
+        let died = a1.wait_exit(
+            Duration::from_secs(60),
+            "the agent to die at its first bytes",
+        );
+        assert!(!died.success(), "{died}");
+        a1.spawn();
+        deploy.join().unwrap()
+    });
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    a1.wait_serving("1.0.0");
+    let log = a1.log_text();
+    assert!(log.contains("resuming blob download"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("downloaded from the bucket"))
+        .unwrap_or_else(|| panic!("the blob came from the bucket: {log}"));
+    let from_bucket: u64 = line
+        .split("bytes=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        from_bucket > 0 && from_bucket < size,
+        "after the resume, only the rest ({from_bucket} of {size} bytes)"
+    );
+    assert!(!log.contains("through the controller"), "{log}");
+    assert!(!log.contains("X-Amz-Signature"), "the URL is never logged");
+
+    // The bucket's copy replaced by as many wrong bytes: a new host checks
+    // what it downloaded, refuses it and takes the controller's copy.
+    let wrong: Vec<u8> = std::fs::read(&local).unwrap().iter().map(|b| !b).collect();
+    let wrong_file = t.path().join("wrong");
+    std::fs::write(&wrong_file, wrong).unwrap();
+    s3.put(
+        &format!("{}/{BUCKET}/prod/sha256/{key}", s3.endpoint),
+        &format!("@{}", wrong_file.display()),
+    );
+    let a2 = Agent::start(t.path(), &c, "pre-2", "preprod", DB_ENV);
+    a2.wait_serving("1.0.0");
+    let log = a2.log_text();
+    assert!(
+        log.contains("the bucket's copy did not verify; fetching through the controller"),
+        "{log}"
+    );
+
+    // Presigned downloads need a bucket, and a sane lifetime.
+    for (flags, why) in [
+        (vec!["--presigned-downloads", "5m"], "needs --blobs s3://"),
+        (
+            vec!["--blobs", blobs.as_str(), "--presigned-downloads", "1s"],
+            "must be between 10s and 12h",
+        ),
+    ] {
+        let out = Command::new(bin("slipway-controller"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-listen", "off"])
+            .arg("--data-dir")
+            .arg(t.path().join("refused"))
+            .args(&flags)
+            .envs(S3Server::env())
+            .output()
+            .expect("run controller");
+        assert!(!out.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{flags:?}: {err}");
+    }
 }

@@ -56,6 +56,10 @@ pub trait Fetch: Send + Sync {
             ))
         })
     }
+
+    /// The bucket's copy of `blob` proved wrong: fetch it through the
+    /// controller from now on.
+    fn distrust_bucket(&self, _blob: &Digest) {}
 }
 
 /// Fetches from the controller over the session's channel.
@@ -64,6 +68,9 @@ pub struct ControllerFetch {
     /// Answered fetches of one digest that failed in a row: after
     /// [`FETCH_ATTEMPTS`] the release is failed, not postponed again.
     failures: std::sync::Mutex<(Option<Digest>, u32)>,
+    /// Blobs whose bucket copy did not verify: fetched through the
+    /// controller from then on (bounded: one per release fetched).
+    not_direct: std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
 /// Fetches of the same blob the controller answers with an error before the
@@ -75,6 +82,7 @@ impl ControllerFetch {
         ControllerFetch {
             channel,
             failures: std::sync::Mutex::new((None, 0)),
+            not_direct: std::sync::Mutex::default(),
         }
     }
 
@@ -153,7 +161,14 @@ impl Fetch for ControllerFetch {
     ) -> BoxFuture<'a, Result<PathBuf, DeployError>> {
         Box::pin(async move {
             let mut client = self.client()?;
-            let err = match crate::fetch::fetch_blob(&mut client, cache, blob, size, feed).await {
+            let direct = !self
+                .not_direct
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(blob);
+            let err = match crate::fetch::fetch_blob(&mut client, cache, blob, size, feed, direct)
+                .await
+            {
                 Ok(p) => {
                     self.succeeded();
                     return Ok(p);
@@ -163,6 +178,16 @@ impl Fetch for ControllerFetch {
             let status = match &err {
                 crate::fetch::FetchError::Rpc { status, .. } => status,
                 // A corrupt partial file from an earlier attempt, now removed.
+                // The bucket's copy is wrong (the controller checks its own).
+                crate::fetch::FetchError::Mismatch {
+                    from_bucket: true, ..
+                } => {
+                    tracing::error!(digest = %blob, "the bucket's copy did not verify; fetching through the controller");
+                    self.distrust_bucket(blob);
+                    return Err(DeployError::Transient(format!(
+                        "{err}: the bucket's copy; fetching through the controller"
+                    )));
+                }
                 crate::fetch::FetchError::Mismatch { resumed: true, .. } => {
                     tracing::warn!(digest = %blob, "resumed download did not verify; fetching from the start");
                     return Err(DeployError::Transient(format!(
@@ -196,6 +221,14 @@ impl Fetch for ControllerFetch {
                 status.message()
             )))
         })
+    }
+
+    fn distrust_bucket(&self, blob: &Digest) {
+        let mut refused = self.not_direct.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() >= 64 {
+            refused.clear();
+        }
+        refused.insert(blob.clone());
     }
 
     fn fetch_objects<'a>(
@@ -607,6 +640,12 @@ mod tests {
             _: tonic::Request<proto::v1::FetchBlobRequest>,
         ) -> Result<tonic::Response<Self::FetchBlobStream>, tonic::Status> {
             Err(tonic::Status::new(self.0, "read blob: input/output error"))
+        }
+        async fn blob_url(
+            &self,
+            _: tonic::Request<proto::v1::BlobUrlRequest>,
+        ) -> Result<tonic::Response<proto::v1::BlobUrlResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("blob_url"))
         }
         async fn renew(
             &self,

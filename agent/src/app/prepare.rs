@@ -151,6 +151,20 @@ impl AppRunner {
             },
         };
         if let (Err(_), Plan::Blob(blob)) = (&unpacked, &plan)
+            && feed.came_from_bucket()
+        {
+            // Bytes from the bucket the unpack could not read: the bucket's
+            // copy is suspect (the controller checks its own), so the next
+            // attempt goes through the controller.
+            let partial = self.paths.cache.join(format!("{}.partial", blob.hex()));
+            let _ = std::fs::remove_file(&partial);
+            self.fetch.distrust_bucket(blob);
+            tracing::error!(app = %self.name, digest = %blob, "the bucket's copy did not verify; fetching through the controller");
+            return Err(DeployError::Transient(format!(
+                "the bucket's copy of {blob} did not verify; fetching through the controller"
+            )));
+        }
+        if let (Err(_), Plan::Blob(blob)) = (&unpacked, &plan)
             && feed.resumed() > 0
         {
             // The bytes an earlier attempt left may be what is wrong: they go,

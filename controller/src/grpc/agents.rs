@@ -9,10 +9,10 @@ use std::time::Duration;
 use artifact::{Digest, NameKind, validate_name};
 use proto::v1::agents_server::Agents;
 use proto::v1::{
-    AgentMessage, AppReport, BlobChunk, ControllerMessage, DeclaredApps, DesiredApp, DesiredState,
-    EnrollResponse, FetchBlobRequest, FetchManifestRequest, FetchManifestResponse,
-    FetchObjectsRequest, Hello, LogChunk, LogsQuery, RenewRequest, SendLogsResponse, Welcome,
-    agent_message, controller_message,
+    AgentMessage, AppReport, BlobChunk, BlobUrlRequest, BlobUrlResponse, ControllerMessage,
+    DeclaredApps, DesiredApp, DesiredState, EnrollResponse, FetchBlobRequest, FetchManifestRequest,
+    FetchManifestResponse, FetchObjectsRequest, Hello, LogChunk, LogsQuery, RenewRequest,
+    SendLogsResponse, Welcome, agent_message, controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -587,6 +587,35 @@ impl Agents for AgentsService {
         Ok(Response::new(Box::pin(
             self.stream_blob(digest, size, req.offset).await?,
         )))
+    }
+
+    async fn blob_url(
+        &self,
+        req: Request<BlobUrlRequest>,
+    ) -> Result<Response<BlobUrlResponse>, Status> {
+        let id = auth::agent(&self.ctx, &req).await?;
+        let req = req.into_inner();
+        let digest =
+            Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The same check as a fetch: another tenant's blob is "missing".
+        let size = self
+            .ctx
+            .store
+            .tenant_blob_size(&id.tenant, &req.digest)
+            .await
+            .map_err(ControllerError::from)?
+            .ok_or_else(|| Status::not_found(format!("no blob {digest}")))?;
+        let answer = match self.ctx.blobs.download_url(&digest, size).await {
+            Some((url, ttl)) => {
+                tracing::debug!(host = %id.host, %digest, "blob handed out as a presigned URL");
+                BlobUrlResponse {
+                    url,
+                    expires_in_secs: ttl.as_secs(),
+                }
+            }
+            None => BlobUrlResponse::default(),
+        };
+        Ok(Response::new(answer))
     }
 
     async fn fetch_objects(
