@@ -256,6 +256,11 @@ impl Partial {
         // tokio's file writes in the background: wait for it before the
         // reader is told the bytes are there.
         self.file.flush().await.map_err(io)?;
+        if source == Source::Bucket {
+            // Told before the reader sees the bytes.
+            self.from_bucket = true;
+            feed.from_bucket();
+        }
         let first = self.have == 0;
         self.have += data.len() as u64;
         feed.grew(&self.path, self.have);
@@ -266,10 +271,6 @@ impl Partial {
             },
             data.len() as u64,
         );
-        if source == Source::Bucket {
-            self.from_bucket = true;
-            feed.from_bucket();
-        }
         if first {
             // The first bytes are on their way into the unpack.
             crate::failpoint::hit("fetch-streaming");

@@ -264,34 +264,9 @@ pub async fn file_packs(
     let filed = tokio::task::spawn_blocking(move || -> Result<_, ControllerError> {
         let mut out = Vec::new();
         for (pack, size) in packs {
-            let path = blobs.path(&pack);
-            let file = std::fs::File::open(&path).map_err(|e| BlobError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-            let mut sink = Filer {
-                store: objects2.clone(),
-                order: Vec::new(),
-            };
-            read_pack(
-                std::io::BufReader::with_capacity(256 * 1024, file),
-                size,
-                Expect::AnyOf(&allowed),
-                WINDOW_LOG_MAX,
-                &mut sink,
-            )
-            .map_err(|e| ControllerError::InvalidArgument(format!("object pack {pack}: {e}")))?;
-            out.push(FiledPack {
-                pack,
-                size,
-                held: sink.order,
-            });
+            out.push(file_pack(&blobs, &objects2, pack, size, &allowed)?);
         }
-        let root = objects2.path(&Digest::of(b""));
-        if let Some(dir) = root.parent() {
-            artifact::unpack::sync_filesystem(dir)
-                .map_err(|e| ControllerError::Internal(format!("sync objects: {e}")))?;
-        }
+        sync_objects(&objects2)?;
         Ok(out)
     })
     .await
@@ -307,6 +282,49 @@ pub async fn file_packs(
         )));
     }
     Ok(filed)
+}
+
+/// Files the objects of the blob `pack` (each one of `allowed`) into the
+/// tenant's store `objects`, not yet synced (see [`sync_objects`]); blocking.
+pub fn file_pack(
+    blobs: &BlobStore,
+    objects: &BlobStore,
+    pack: Digest,
+    size: u64,
+    allowed: &HashMap<Digest, u64>,
+) -> Result<FiledPack, ControllerError> {
+    let path = blobs.path(&pack);
+    let file = std::fs::File::open(&path).map_err(|e| BlobError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let mut sink = Filer {
+        store: objects.clone(),
+        order: Vec::new(),
+    };
+    read_pack(
+        std::io::BufReader::with_capacity(256 * 1024, file),
+        size,
+        Expect::AnyOf(allowed),
+        WINDOW_LOG_MAX,
+        &mut sink,
+    )
+    .map_err(|e| ControllerError::InvalidArgument(format!("object pack {pack}: {e}")))?;
+    Ok(FiledPack {
+        pack,
+        size,
+        held: sink.order,
+    })
+}
+
+/// Makes the objects filed into `objects` durable (one `syncfs`); blocking.
+pub fn sync_objects(objects: &BlobStore) -> Result<(), ControllerError> {
+    let root = objects.path(&Digest::of(b""));
+    if let Some(dir) = root.parent() {
+        artifact::unpack::sync_filesystem(dir)
+            .map_err(|e| ControllerError::Internal(format!("sync objects: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Writes each object to a temp file of the store, renamed to its name once

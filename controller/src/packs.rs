@@ -204,7 +204,10 @@ pub async fn refile_lost(
             break;
         }
     }
-    tracing::warn!(%tenant, objects = total, "objects missing from the store: filing them again from full packs");
+    if !lacking.is_empty() {
+        refile_from_object_packs(ctx, tenant, &objects, &mut lacking).await?;
+    }
+    tracing::warn!(%tenant, objects = total, "objects missing from the store: filing them again from the packs they came in");
     if !wait_filed(tenant, digests, FILING_WAIT).await {
         return Err(still_filing());
     }
@@ -213,6 +216,65 @@ pub async fn refile_lost(
         return Err(ControllerError::FailedPrecondition(format!(
             "{lost} objects of this release are missing from the controller's store; publish the release again to repair it"
         )));
+    }
+    Ok(())
+}
+
+/// Files what is still `lacking` from the object packs recent releases were
+/// published with (with blobs in a bucket, a replica that did not receive a
+/// delta publish has none of its new objects, and the release may have no
+/// full pack yet). Each pack is brought down from the bucket if need be and
+/// filed now; objects already here are kept.
+async fn refile_from_object_packs(
+    ctx: &SharedCtx,
+    tenant: &str,
+    objects: &BlobStore,
+    lacking: &mut std::collections::HashSet<Digest>,
+) -> Result<(), ControllerError> {
+    let mut filed_any = false;
+    for (bytes, pack, size) in ctx.store.releases_object_packs(tenant, REFILE_FROM).await? {
+        let (Ok(pack), Ok(m)) = (
+            Digest::parse(&pack),
+            Manifest::from_canonical_bytes(
+                &bytes,
+                artifact::unpack::MAX_ENTRIES,
+                artifact::unpack::MAX_TOTAL_BYTES,
+            ),
+        ) else {
+            continue;
+        };
+        let allowed: HashMap<Digest, u64> = m.objects().into_iter().collect();
+        if !allowed.keys().any(|d| lacking.contains(d))
+            || ctx.blobs.ensure_local(&pack).await.is_err()
+        {
+            continue;
+        }
+        let (blobs, store) = (ctx.blobs.clone(), objects.clone());
+        let filed = tokio::task::spawn_blocking(move || {
+            crate::objects::file_pack(&blobs, &store, pack, size as u64, &allowed)
+        })
+        .await
+        .map_err(|e| ControllerError::Internal(format!("filing objects: {e}")))?;
+        match filed {
+            Ok(f) => {
+                filed_any = true;
+                for (d, _) in &f.held {
+                    lacking.remove(d);
+                }
+            }
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "an object pack could not be filed again")
+            }
+        }
+        if lacking.is_empty() {
+            break;
+        }
+    }
+    if filed_any {
+        let store = objects.clone();
+        tokio::task::spawn_blocking(move || crate::objects::sync_objects(&store))
+            .await
+            .map_err(|e| ControllerError::Internal(format!("syncing objects: {e}")))??;
     }
     Ok(())
 }

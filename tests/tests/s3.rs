@@ -258,3 +258,42 @@ fn agents_download_from_the_bucket_resume_there_and_refuse_a_wrong_copy() {
         assert!(err.contains(why), "{flags:?}: {err}");
     }
 }
+
+#[test]
+fn a_delta_published_on_one_replica_installs_through_another() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s3) = S3Server::start(BUCKET) else {
+        return;
+    };
+    let Some((r0, r1)) = replicas_on_a_bucket(t.path(), &s3) else {
+        return;
+    };
+    let agent = Agent::start(t.path(), &r1, "pre-1", "preprod", DB_ENV);
+    publish(&r0, t.path(), &ReleaseOpts::new("1.0.0"));
+    r1.deploy_wait("1.0.0", "preprod").ok();
+    agent.wait_serving("1.0.0");
+
+    // 2.0.0 through r0, which holds 1.0.0's files: only the changed ones go
+    // up, in an object pack; no full pack exists yet (it is built a minute
+    // later). The host, on r1, asks r1 for the files it lacks: r1 received
+    // none of them and files them from that pack in the bucket.
+    publish(&r0, t.path(), &ReleaseOpts::new("2.0.0"));
+    let out = r1.deploy_wait("2.0.0", "preprod");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    agent.wait_serving("2.0.0");
+    let deploy_log = agent.deploy_log();
+    let fetched = deploy_log
+        .lines()
+        .filter(|l| l.contains("2.0.0") && l.contains("fetch"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        fetched.contains("objects") && fetched.contains("kept on this host"),
+        "a delta install: {deploy_log}"
+    );
+    let log = std::fs::read_to_string(t.path().join("r1/controller.log")).unwrap();
+    assert!(
+        log.contains("filing them again from the packs they came in"),
+        "r1 filed the objects from the bucket"
+    );
+}

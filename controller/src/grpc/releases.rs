@@ -724,6 +724,14 @@ impl ReleasesService {
                 short(&row.manifest_digest)
             )));
         }
+        // The packs that are not its full pack: where another replica, with
+        // blobs in a bucket, files the objects this publish brought.
+        let order = manifest.objects();
+        for f in filed.iter().filter(|f| f.held != order) {
+            store
+                .record_release_pack(tenant, &row.manifest_digest, &f.pack.to_string(), f.size)
+                .await?;
+        }
         if !existed {
             tracing::info!(tenant, app = %row.app, version = %row.version, digest = %row.manifest_digest, "release created");
             // Only a release that passed every check gets its full pack built.

@@ -37,6 +37,7 @@ pub const TABLES: &[&str] = &[
     "migration_approvals",
     "web_sessions",
     "controller_keys",
+    "release_packs",
 ];
 
 /// Tables whose `id` the database numbers: the target's counter moves past

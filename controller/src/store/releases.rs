@@ -132,6 +132,49 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the tenant's release `manifest_digest` was published
+    /// with object pack `pack` (some of its objects, not its full pack).
+    pub async fn record_release_pack(
+        &self,
+        tenant: &str,
+        manifest_digest: &str,
+        pack: &str,
+        size: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO release_packs (tenant, manifest_digest, pack_digest, pack_size)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(manifest_digest)
+        .bind(pack)
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The object packs (not full packs) the tenant's `limit` newest
+    /// releases were published with: each with its release's manifest,
+    /// newest first.
+    pub async fn releases_object_packs(
+        &self,
+        tenant: &str,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT r.manifest, p.pack_digest, p.pack_size
+             FROM (SELECT manifest_digest, manifest, created_at, counter FROM releases
+                   WHERE tenant = $1 ORDER BY created_at DESC, counter DESC LIMIT $2) r
+             JOIN release_packs p ON p.tenant = $1 AND p.manifest_digest = r.manifest_digest
+             ORDER BY r.created_at DESC, r.counter DESC",
+        )
+        .bind(tenant)
+        .bind(i64::from(limit))
+        .fetch_all(self.db())
+        .await?)
+    }
+
     /// A pack of the tenant's holding exactly the objects `key` names.
     pub async fn pack_with_objects(
         &self,
