@@ -126,10 +126,30 @@ impl Identity {
     }
 }
 
+/// The controller answered an enrollment with an error. `busy`: it could not
+/// serve it now (its store unavailable, a rate limit), so trying again
+/// later may succeed; otherwise the token or the request was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("enrollment refused: {message}")]
+pub struct EnrollRefused {
+    pub message: String,
+    pub busy: bool,
+}
+
 /// Enrolls with a join token: checks the controller against the token's CA
 /// pin, sends a CSR for a fresh key, and saves the identity it gets back.
 pub async fn enroll(cfg: &AgentConfig, token_text: &str) -> anyhow::Result<Identity> {
-    let id = enroll_to(&cfg.controller, &cfg.host, token_text).await?;
+    enroll_with(cfg, token_text, &trust::pki::agent_key_and_csr(&cfg.host)?).await
+}
+
+/// [`enroll`] with a key and CSR made beforehand: asking again with the same
+/// ones after a lost answer is answered again (the token stays this host's).
+pub async fn enroll_with(
+    cfg: &AgentConfig,
+    token_text: &str,
+    key_and_csr: &(String, String),
+) -> anyhow::Result<Identity> {
+    let id = enroll_as(&cfg.controller, &cfg.host, token_text, key_and_csr).await?;
     id.check(cfg)?;
     id.save(&cfg.state_dir)?;
     tracing::info!(host = %id.host, tenant = %id.tenant, env = %id.environment, not_after = id.not_after, "enrolled");
@@ -140,12 +160,22 @@ pub async fn enroll(cfg: &AgentConfig, token_text: &str) -> anyhow::Result<Ident
 /// CA pin) as `host` — empty: as the host the token was made for — and
 /// returns the identity, not saved yet.
 pub async fn enroll_to(controller: &str, host: &str, token_text: &str) -> anyhow::Result<Identity> {
-    let token = trust::secret::JoinToken::parse(token_text)?;
-    let (key_pem, csr_pem) = trust::pki::agent_key_and_csr(if host.is_empty() {
+    let key_and_csr = trust::pki::agent_key_and_csr(if host.is_empty() {
         "slipway-agent"
     } else {
         host
     })?;
+    enroll_as(controller, host, token_text, &key_and_csr).await
+}
+
+async fn enroll_as(
+    controller: &str,
+    host: &str,
+    token_text: &str,
+    (key_pem, csr_pem): &(String, String),
+) -> anyhow::Result<Identity> {
+    let token = trust::secret::JoinToken::parse(token_text)?;
+    let (key_pem, csr_pem) = (key_pem.clone(), csr_pem.clone());
     let tls =
         trust::tls::client_config(trust::tls::ServerTrust::Pinned(token.ca_pin.clone()), None)?;
     let channel = trust::tls::connect(controller, Some(Arc::new(tls)), false).await?;
@@ -156,7 +186,13 @@ pub async fn enroll_to(controller: &str, host: &str, token_text: &str) -> anyhow
             csr_pem,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
+        .map_err(|s| EnrollRefused {
+            message: s.message().to_string(),
+            busy: matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+            ),
+        })?
         .into_inner();
     let ca_pin = trust::pki::spki_pin(&trust::pki::first_cert_der(&resp.ca_pem)?)?;
     if ca_pin != token.ca_pin {

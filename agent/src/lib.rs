@@ -268,15 +268,27 @@ async fn ensure_enrolled(cfg: &AgentConfig, shutdown: &CancellationToken) -> any
     };
     let token = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("read join token {}: {e}", file.display()))?;
-    let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    // Jittered: a fleet joining at once, turned away by a busy controller,
+    // does not come back in step.
+    let mut backoff =
+        backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(10)).jittered();
+    // One key and CSR for every attempt: an attempt whose answer was lost
+    // (the token spent on the controller) is answered again.
+    let key_and_csr = trust::pki::agent_key_and_csr(&cfg.host)?;
     loop {
-        match identity::enroll(cfg, &token).await {
+        match identity::enroll_with(cfg, &token, &key_and_csr).await {
             Ok(_) => return Ok(()),
             Err(e)
                 if e.downcast_ref::<trust::TrustError>()
                     .is_some_and(|t| matches!(t, trust::TrustError::Io { .. })) =>
             {
                 tracing::warn!(error = %e, retry_in = ?backoff.peek(), "enrollment: controller unreachable");
+            }
+            Err(e)
+                if e.downcast_ref::<identity::EnrollRefused>()
+                    .is_some_and(|r| r.busy) =>
+            {
+                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "enrollment: controller busy");
             }
             Err(e) => return Err(e),
         }

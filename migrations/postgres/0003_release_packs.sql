@@ -6,3 +6,5 @@ CREATE TABLE release_packs (
     pack_size       BIGINT NOT NULL,
     PRIMARY KEY (tenant, manifest_digest, pack_digest)
 );
+
+ALTER TABLE join_tokens ADD COLUMN used_csr TEXT COLLATE "C" NOT NULL DEFAULT '';

@@ -9,3 +9,8 @@ CREATE TABLE release_packs (
     pack_size       INTEGER NOT NULL,
     PRIMARY KEY (tenant, manifest_digest, pack_digest)
 );
+
+-- The digest of the CSR a join token was used with: the same host asking
+-- again with the same CSR (its answer lost on the way) is answered again
+-- instead of being told the token is used.
+ALTER TABLE join_tokens ADD COLUMN used_csr TEXT NOT NULL DEFAULT '';

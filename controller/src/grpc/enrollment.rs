@@ -82,7 +82,12 @@ impl Enrollment for EnrollmentService {
             let secret_hash = trust::secret::hash_secret(&token.secret);
             let (t, h, environment) = ctx
                 .store
-                .consume_join_token(&token.id, &secret_hash, asked)
+                .consume_join_token(
+                    &token.id,
+                    &secret_hash,
+                    asked,
+                    &trust::sha256(r.csr_pem.as_bytes()),
+                )
                 .await
                 .map_err(ControllerError::from)?
                 .map_err(|refused| Status::permission_denied(refused.to_string()))?;

@@ -94,6 +94,11 @@ pub struct Store {
     /// idle). On PostgreSQL, the same pool as reads; write transactions
     /// queue on a transaction-scoped advisory lock instead (`begin_write`).
     writer: AnyPool,
+    /// Leadership's lease (`replicas`): on PostgreSQL a connection of its
+    /// own, so a storm of calls holding every pooled connection (10,000
+    /// agents enrolling at once) does not keep the leader from renewing and
+    /// make it step down. On SQLite, the writer.
+    lease: AnyPool,
     dialect: Dialect,
     /// The PostgreSQL URL (for a listener's connection of its own).
     url: Option<Arc<str>>,
@@ -219,6 +224,7 @@ impl Store {
         let pool = sqlite_pool(4).connect(&url).await?;
         Ok(Self {
             pool,
+            lease: writer.clone(),
             writer,
             dialect: Dialect::Sqlite,
             url: None,
@@ -238,8 +244,14 @@ impl Store {
             .connect(url)
             .await?;
         PG_MIGRATOR.run(&pool).await?;
+        let lease = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await?;
         Ok(Self {
             writer: pool.clone(),
+            lease,
             pool,
             dialect: Dialect::Postgres,
             url: Some(url.into()),
@@ -268,6 +280,12 @@ impl Store {
     fn writer(&self) -> &AnyPool {
         self.queries.fetch_add(1, Ordering::Relaxed);
         &self.writer
+    }
+
+    /// The lease's connection, counting one query like `db`.
+    fn lease_db(&self) -> &AnyPool {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        &self.lease
     }
 
     /// A write transaction, serialized with every other one: SQLite's

@@ -42,7 +42,7 @@ impl Store {
             .bind(name)
             .bind(holder)
             .bind(ttl.as_millis() as i64)
-            .fetch_optional(self.writer())
+            .fetch_optional(self.lease_db())
             .await?;
         Ok(held.is_some())
     }
@@ -53,7 +53,7 @@ impl Store {
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
-            .execute(self.writer())
+            .execute(self.lease_db())
             .await?;
         Ok(())
     }
@@ -66,7 +66,7 @@ impl Store {
         );
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(name)
-            .fetch_optional(self.db())
+            .fetch_optional(self.lease_db())
             .await?)
     }
 

@@ -75,6 +75,7 @@ struct JoinTokenRow {
     secret_hash: String,
     expires_at: i64,
     used_at: Option<i64>,
+    used_csr: String,
     environment: String,
     revoked_at: Option<i64>,
 }
@@ -253,10 +254,11 @@ impl Store {
         id: &str,
         secret_hash: &str,
         host: Option<&str>,
+        csr_digest: &str,
     ) -> Result<std::result::Result<(String, String, String), JoinRefused>> {
         let mut tx = self.begin_write().await?;
         let row: Option<JoinTokenRow> = sqlx::query_as(
-            "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, h.environment, h.revoked_at
+            "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, j.used_csr, h.environment, h.revoked_at
              FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = $1",
         )
         .bind(id)
@@ -268,11 +270,17 @@ impl Store {
         if !trust::ct_eq(row.secret_hash.as_bytes(), secret_hash.as_bytes()) {
             return Ok(Err(JoinRefused::Unknown));
         }
-        if row.used_at.is_some() {
-            return Ok(Err(JoinRefused::Used));
-        }
         if row.expires_at <= now() {
             return Ok(Err(JoinRefused::Expired));
+        }
+        // Used already: by this same CSR, the host asking again because the
+        // answer never reached it (its private key never left it, so a
+        // certificate for it is worth nothing to anyone else).
+        let again = row.used_at.is_some()
+            && !row.used_csr.is_empty()
+            && trust::ct_eq(row.used_csr.as_bytes(), csr_digest.as_bytes());
+        if row.used_at.is_some() && !again {
+            return Ok(Err(JoinRefused::Used));
         }
         if host.is_some_and(|h| h != row.host) {
             return Ok(Err(JoinRefused::WrongHost(row.host)));
@@ -280,11 +288,14 @@ impl Store {
         if row.revoked_at.is_some() {
             return Ok(Err(JoinRefused::Revoked));
         }
-        sqlx::query("UPDATE join_tokens SET used_at = $1 WHERE id = $2")
-            .bind(now())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        if !again {
+            sqlx::query("UPDATE join_tokens SET used_at = $1, used_csr = $2 WHERE id = $3")
+                .bind(now())
+                .bind(csr_digest)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Ok((row.tenant, row.host, row.environment)))
     }
@@ -457,8 +468,42 @@ mod tests {
         assert_eq!(used(&s).await, Some(1060));
     }
 
+    /// A host whose enrollment answer was lost asks again with the same
+    /// CSR and is answered; any other CSR with the spent token is refused.
+    async fn a_spent_join_token_answers_the_same_csr_again_and_no_other(s: Store) {
+        let far = now() + 3600;
+        s.add_host("default", "web-1", "preprod", "tok1", "hash1", far, "admin")
+            .await
+            .unwrap();
+        let first = s
+            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a")
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            Ok(("default".into(), "web-1".into(), "preprod".into()))
+        );
+        let again = s
+            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a")
+            .await
+            .unwrap();
+        assert_eq!(again, first, "the same CSR, its answer lost");
+        for (secret, csr, refused) in [
+            ("hash1", "csr-b", JoinRefused::Used),
+            ("hash1", "", JoinRefused::Used),
+            ("wrong", "csr-a", JoinRefused::Unknown),
+        ] {
+            let r = s
+                .consume_join_token("tok1", secret, Some("web-1"), csr)
+                .await
+                .unwrap();
+            assert_eq!(r, Err(refused), "{secret} {csr}");
+        }
+    }
+
     crate::store::testing::on_both_dialects!(
         a_new_certificate_replaces_the_hosts_older_ones,
         last_use_is_written_at_most_once_a_minute,
+        a_spent_join_token_answers_the_same_csr_again_and_no_other,
     );
 }

@@ -14,6 +14,14 @@
 //! and the simulated hosts (this process) spent meanwhile; then, idle, the
 //! controller's resident memory per connected session and its CPU at
 //! heartbeats only. Figures are printed, never asserted.
+//!
+//! Issue 15: `SLIPWAY_BENCH_STORES=sqlite,postgres` runs the whole bench once
+//! per store, one after the other in this one run, and prints them side by
+//! side (PostgreSQL: a new database on `SLIPWAY_TEST_POSTGRES`, as
+//! `scripts/with-postgres` provides). `SLIPWAY_BENCH_REPLICAS=N` (PostgreSQL
+//! only; or `postgres:N` in the list) starts N controllers on one database and one blob directory and
+//! spreads the agents over them round-robin; memory and CPU are then the sum
+//! over the replicas.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -29,6 +37,9 @@ use integration_tests::proc_kib as rss_kib;
 /// When each simulated agent received a version's directive ("desired release
 /// received") and began deploying it ("deploying"): (event, version, when).
 static DEPLOYING: Mutex<Vec<(&'static str, String, Instant)>> = Mutex::new(Vec::new());
+
+/// Simulated agents that ended with an error (enrollment refused, say).
+static FAILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The agents' events `DEPLOYING` records.
 const RECEIVED: &str = "desired release received";
@@ -121,16 +132,30 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-fn agent_config(dir: &Path, c: &Controller, host: &str) -> agent::config::AgentConfig {
+/// An agent's config; `with_app: false` (an idle-only run) leaves the app
+/// out, so a simulated host holds its session's socket and no file watcher
+/// (its fds stay within this process's limit at 10,000 hosts).
+fn agent_config(
+    dir: &Path,
+    c: &Controller,
+    host: &str,
+    token: &str,
+    with_app: bool,
+) -> agent::config::AgentConfig {
     let state_dir = dir.join(format!("agent-{host}"));
     let join = dir.join(format!("{host}.join"));
-    std::fs::write(&join, c.join_token(host, "preprod")).expect("join token");
+    std::fs::write(&join, token).expect("join token");
     let path = dir.join(format!("{host}.toml"));
     let text = format!(
-        "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"preprod\"\nstate_dir = \"{}\"\njoin_token_file = \"{}\"\n\n[apps.web]\nstop_grace_secs = 1\n",
+        "controller = \"{}\"\nhost = \"{host}\"\nenvironment = \"preprod\"\nstate_dir = \"{}\"\njoin_token_file = \"{}\"\n{}",
         c.url,
         state_dir.display(),
-        join.display()
+        join.display(),
+        if with_app {
+            "\n[apps.web]\nstop_grace_secs = 1\n"
+        } else {
+            ""
+        }
     );
     std::fs::write(&path, &text).expect("config");
     agent::config::AgentConfig::parse(&text, &path).expect("agent config parses")
@@ -184,22 +209,12 @@ struct Deployed {
 /// rollout's success: sessions recomputing, reports, the engine, status polls),
 /// when the hosts began deploying and were judged healthy, and the CPU the
 /// controller and the simulated hosts spent.
-fn timed_deploy(
-    c: &Controller,
-    log: &Path,
-    version: &str,
-    n: usize,
-    strategy: &[&str],
-    ticks: f64,
-) -> Deployed {
+fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks: f64) -> Deployed {
+    let c = &fleet.controllers[0];
     let mut args = vec!["deploy", "web", version, "--env", "preprod"];
     args.extend_from_slice(strategy);
-    let log_from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
-    let controller_pid = c.pid().unwrap_or(0);
-    let cpu_before = (
-        cpu_secs(controller_pid, ticks),
-        cpu_secs(std::process::id(), ticks),
-    );
+    let log_from = fleet.log_lengths();
+    let cpu_before = (fleet.cpu(ticks), cpu_secs(std::process::id(), ticks));
     let start_of_day = now_secs_of_day();
     let start = Instant::now();
     c.ctl(&args).ok();
@@ -233,7 +248,7 @@ fn timed_deploy(
         },
     );
     let secs = start.elapsed().as_secs_f64();
-    let controller_cpu = cpu_secs(controller_pid, ticks) - cpu_before.0;
+    let controller_cpu = fleet.cpu(ticks) - cpu_before.0;
     let hosts_cpu = cpu_secs(std::process::id(), ticks) - cpu_before.1;
     if let Some(why) = ended {
         println!("deploy {version}: the rollout ended without every host healthy: {why}");
@@ -257,8 +272,7 @@ fn timed_deploy(
         Duration::from_secs(30),
         "rollout logged as succeeded",
         || {
-            let text = std::fs::read(log).ok()?;
-            let text = String::from_utf8_lossy(text.get(log_from..)?).into_owned();
+            let text = fleet.logs_since(&log_from);
             text.contains("rollout succeeded")
                 .then(|| query_marks(&text))
         },
@@ -272,8 +286,7 @@ fn timed_deploy(
             .entry(h["outcome"].as_str().unwrap_or("?").to_string())
             .or_default() += 1;
     }
-    let text = std::fs::read(log).unwrap_or_default();
-    let text = String::from_utf8_lossy(text.get(log_from..).unwrap_or_default()).into_owned();
+    let text = fleet.logs_since(&log_from);
     let stale: Vec<u64> = text
         .lines()
         .filter(|l| l.contains("rollout step admitted"))
@@ -343,6 +356,70 @@ fn timed_deploy(
     }
 }
 
+/// The controllers of one configuration: one, or replicas on one database.
+struct Fleet {
+    controllers: Vec<Controller>,
+}
+
+impl Fleet {
+    fn logs(&self) -> Vec<std::path::PathBuf> {
+        self.controllers
+            .iter()
+            .map(|c| c.data_dir.with_file_name("controller.log"))
+            .collect()
+    }
+
+    fn log_lengths(&self) -> Vec<usize> {
+        self.logs()
+            .iter()
+            .map(|l| std::fs::metadata(l).map(|m| m.len()).unwrap_or(0) as usize)
+            .collect()
+    }
+
+    /// What every controller logged since `from` (their lengths then).
+    fn logs_since(&self, from: &[usize]) -> String {
+        let mut out = String::new();
+        for (log, from) in self.logs().iter().zip(from) {
+            let text = std::fs::read(log).unwrap_or_default();
+            out.push_str(&String::from_utf8_lossy(
+                text.get(*from..).unwrap_or_default(),
+            ));
+        }
+        out
+    }
+
+    fn cpu(&self, ticks: f64) -> f64 {
+        self.controllers
+            .iter()
+            .map(|c| cpu_secs(c.pid().unwrap_or(0), ticks))
+            .sum()
+    }
+
+    fn rss_kib(&self, field: &str) -> u64 {
+        self.controllers
+            .iter()
+            .map(|c| rss_kib(c.pid().unwrap_or(0), field))
+            .sum()
+    }
+}
+
+/// What one configuration measured, for the side-by-side table.
+struct Figures {
+    label: String,
+    connect_secs: f64,
+    timed: Vec<(&'static str, Deployed)>,
+    per_session_kib: f64,
+    idle_cpu: f64,
+}
+
+struct Settings {
+    n: usize,
+    deploys: bool,
+    threads: usize,
+    idle_secs: f64,
+    ticks: f64,
+}
+
 fn main() -> anyhow::Result<()> {
     let env_number = |name: &str, default: usize| -> usize {
         std::env::var(name)
@@ -350,14 +427,19 @@ fn main() -> anyhow::Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let n = env_number("SLIPWAY_BENCH_AGENTS", 200);
-    let deploys = env_number("SLIPWAY_BENCH_DEPLOYS", 1) > 0;
-    // The simulated agents' install path still makes blocking calls (fsync)
-    // on the runtime's threads; with only one per core, one host's fsync
-    // stalls every other host's session. Real hosts each have their own.
-    let threads = env_number("SLIPWAY_BENCH_THREADS", 16);
-    let idle_secs = env_number("SLIPWAY_BENCH_IDLE_SECS", 10) as f64;
-    let ticks = clock_ticks();
+    let settings = Settings {
+        n: env_number("SLIPWAY_BENCH_AGENTS", 200),
+        deploys: env_number("SLIPWAY_BENCH_DEPLOYS", 1) > 0,
+        // The simulated agents' install path still makes blocking calls
+        // (fsync) on the runtime's threads; with only one per core, one
+        // host's fsync stalls every other host's session. Real hosts each
+        // have their own.
+        threads: env_number("SLIPWAY_BENCH_THREADS", 16),
+        idle_secs: env_number("SLIPWAY_BENCH_IDLE_SECS", 10) as f64,
+        ticks: clock_ticks(),
+    };
+    let replicas = env_number("SLIPWAY_BENCH_REPLICAS", 1).max(1);
+    let stores = std::env::var("SLIPWAY_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
     tracing_subscriber::registry()
         .with(tracing_subscriber::Layer::with_filter(
             DeployingLayer,
@@ -366,62 +448,192 @@ fn main() -> anyhow::Result<()> {
                 .with_target("agent::session", tracing::Level::INFO),
         ))
         .init();
+    // Every simulated agent's app watches its env file with inotify; the
+    // default 128 instances per user would leave most of them polling.
+    if settings.n > 100 {
+        match std::fs::write("/proc/sys/fs/inotify/max_user_instances", "65536") {
+            Ok(()) => println!("fs.inotify.max_user_instances raised to 65536 for the simulated agents"),
+            Err(e) => println!("fs.inotify.max_user_instances left as it is ({e}): agents past it poll"),
+        }
+    }
+    let mut all = Vec::new();
+    for spec in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        // `postgres:2`: that store with that many controllers.
+        let (store, replicas) = match spec.split_once(':') {
+            Some((store, r)) => (store, r.parse().unwrap_or(1)),
+            None if spec == "postgres" => (spec, replicas),
+            None => (spec, 1),
+        };
+        println!("\n== {store}, {replicas} controller(s) ==");
+        all.push(run(store, replicas, &settings)?);
+    }
+    if all.len() > 1 {
+        println!("\nside by side ({} agents):", settings.n);
+        println!("| | {} |", all.iter().map(|f| f.label.as_str()).collect::<Vec<_>>().join(" | "));
+        println!("|---|{}", "---|".repeat(all.len()));
+        println!(
+            "| enroll + connect all | {} |",
+            all.iter().map(|f| format!("{:.1} s", f.connect_secs)).collect::<Vec<_>>().join(" | ")
+        );
+        for (i, (what, _)) in all[0].timed.iter().enumerate() {
+            println!(
+                "| deploy → all healthy, {what} | {} |",
+                all.iter()
+                    .map(|f| f.timed.get(i).map(|(_, d)| format!("{:.1} s (controller CPU {:.1} s)", d.secs, d.controller_cpu)).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        println!(
+            "| controller memory per connected session | {} |",
+            all.iter().map(|f| format!("{:.1} KiB", f.per_session_kib)).collect::<Vec<_>>().join(" | ")
+        );
+        println!(
+            "| controller CPU, idle sessions | {} |",
+            all.iter().map(|f| format!("{:.1}% of a core", 100.0 * f.idle_cpu)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    Ok(())
+}
+
+/// Join tokens for `n` hosts, made on `c` by 8 slipctl calls at a time.
+fn join_tokens(c: &Controller, n: usize) -> Vec<String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let tokens = Mutex::new(vec![String::new(); n]);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t = c.join_token(&format!("bench-{i:03}"), "preprod");
+                    tokens.lock().expect("tokens")[i] = t;
+                }
+            });
+        }
+    });
+    tokens.into_inner().expect("tokens")
+}
+
+fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figures> {
+    let Settings {
+        n,
+        deploys,
+        threads,
+        idle_secs,
+        ticks,
+    } = *settings;
     let t = tempfile::tempdir()?;
     let agent_dir = match std::env::var_os("SLIPWAY_BENCH_AGENT_DIR") {
         Some(dir) => tempfile::tempdir_in(dir)?,
         None => tempfile::tempdir_in(t.path())?,
     };
-    let c = Controller::start_with(
-        t.path(),
-        // Every simulated agent comes from 127.0.0.1.
-        &[
-            "--max-connections-per-ip",
-            "100000",
-            "--enrolls-per-minute",
-            "100000",
-        ],
-    );
-    let controller_pid = c.pid().unwrap_or(0);
-    let configs: Vec<_> = (0..n)
-        .map(|i| agent_config(agent_dir.path(), &c, &format!("bench-{i:03}")))
+    // Every simulated agent comes from 127.0.0.1.
+    let mut flags: Vec<String> = [
+        "--max-connections-per-ip",
+        "100000",
+        "--enrolls-per-minute",
+        "100000",
+    ]
+    .map(String::from)
+    .to_vec();
+    match store {
+        "sqlite" => {}
+        "postgres" => {
+            let url = integration_tests::fresh_postgres_database().ok_or_else(|| {
+                anyhow::anyhow!("the postgres store needs SLIPWAY_TEST_POSTGRES (scripts/with-postgres)")
+            })?;
+            flags.extend(["--database".into(), url]);
+            flags.extend(["--blobs".into(), t.path().join("blobs").display().to_string()]);
+        }
+        other => anyhow::bail!("SLIPWAY_BENCH_STORES: unknown store {other:?} (sqlite, postgres)"),
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first_dir = t.path().join("r0");
+    std::fs::create_dir_all(&first_dir)?;
+    let first = Controller::start_with(&first_dir, &flags);
+    let mut controllers = vec![first];
+    for i in 1..replicas {
+        let r = integration_tests::start_replica(
+            &controllers[0],
+            &t.path().join(format!("r{i}")),
+            &flags,
+            &[],
+        );
+        controllers.push(r);
+    }
+    let fleet = Fleet { controllers };
+    let c = &fleet.controllers[0];
+    let made = Instant::now();
+    let tokens = join_tokens(c, n);
+    println!("join tokens for {n} hosts: {:.1} s", made.elapsed().as_secs_f64());
+    let configs: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| {
+            let on = &fleet.controllers[i % replicas];
+            agent_config(agent_dir.path(), on, &format!("bench-{i:03}"), token, deploys)
+        })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
-    let idle_kib = rss_kib(controller_pid, "VmRSS:");
+    let idle_kib = fleet.rss_kib("VmRSS:");
 
+    // Each deploying host holds a blocking thread for its unpack (it reads
+    // the download as it arrives) while its fetch needs others for its file
+    // writes: with tokio's default 512, over ~500 hosts deploying at once in
+    // this one process wait on each other for ever.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
+        .max_blocking_threads(2 * n + 64)
         .enable_all()
         .build()?;
     let shutdown = CancellationToken::new();
     let start = Instant::now();
-    for cfg in configs {
+    // Started 500 a second: a fleet joins over time, and 10,000 enrollments
+    // at once (each a signed certificate and a store write) only measure
+    // the storm.
+    for (i, cfg) in configs.into_iter().enumerate() {
+        if i > 0 && i % 250 == 0 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let token = shutdown.clone();
         rt.spawn(async move {
             if let Err(e) = agent::run(cfg, None, token).await {
                 eprintln!("agent failed: {e:#}");
+                FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
     }
-    eventually(Duration::from_secs(600), "every agent connected", || {
-        let hosts = c.ctl(&["hosts", "--json"]).ok().json();
+    eventually(Duration::from_secs(1800), "every agent connected", || {
+        // A controller too busy to answer is asked again.
+        let out = c.ctl(&["hosts", "--json"]);
+        if out.code != 0 {
+            return None;
+        }
+        let hosts = out.json();
         let connected = hosts
             .as_array()?
             .iter()
             .filter(|h| h["connected"] == true)
             .count();
-        (connected == n).then_some(())
+        let failed = FAILED.load(std::sync::atomic::Ordering::Relaxed);
+        (connected + failed >= n).then_some(())
     });
     let connect_secs = start.elapsed().as_secs_f64();
+    let failed = FAILED.swap(0, std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        println!("{failed} of {n} agents gave up (above); the figures are for the others");
+    }
+    let n = n - failed;
     std::thread::sleep(Duration::from_secs(3));
-    let connected_kib = rss_kib(controller_pid, "VmRSS:");
+    let connected_kib = fleet.rss_kib("VmRSS:");
     // Idle: every session open, nothing deploying; heartbeats only (every
     // 2 s in the harness, 10 s by default).
-    let idle_from = (
-        cpu_secs(controller_pid, ticks),
-        cpu_secs(std::process::id(), ticks),
-    );
+    let idle_from = (fleet.cpu(ticks), cpu_secs(std::process::id(), ticks));
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
-    let idle_cpu = (cpu_secs(controller_pid, ticks) - idle_from.0) / idle_secs;
+    let idle_cpu = (fleet.cpu(ticks) - idle_from.0) / idle_secs;
     let idle_hosts_cpu = (cpu_secs(std::process::id(), ticks) - idle_from.1) / idle_secs;
 
     let mut timed = Vec::new();
@@ -439,12 +651,10 @@ fn main() -> anyhow::Result<()> {
             ])
             .ok();
         }
-        let log = t.path().join("controller.log");
         timed.push((
             "all at once",
             timed_deploy(
-                &c,
-                &log,
+                &fleet,
                 "1.0.0",
                 n,
                 &["--canary", "0", "--batch", "100%"],
@@ -453,12 +663,13 @@ fn main() -> anyhow::Result<()> {
         ));
         timed.push((
             "default strategy",
-            timed_deploy(&c, &log, "2.0.0", n, &[], ticks),
+            timed_deploy(&fleet, "2.0.0", n, &[], ticks),
         ));
     }
-    let after_kib = rss_kib(controller_pid, "VmRSS:");
-    let peak_kib = rss_kib(controller_pid, "VmHWM:");
+    let after_kib = fleet.rss_kib("VmRSS:");
+    let peak_kib = fleet.rss_kib("VmHWM:");
     let own_kib = rss_kib(std::process::id(), "VmRSS:");
+    let per_session_kib = (connected_kib.saturating_sub(idle_kib)) as f64 / n as f64;
 
     println!(
         "agents:                          {n} (one process, own state dir and mTLS session each; {threads} runtime threads; state dirs in {})",
@@ -476,9 +687,8 @@ fn main() -> anyhow::Result<()> {
         idle_kib as f64 / 1024.0
     );
     println!(
-        "controller RSS, all connected:   {:.1} MiB  ({:.1} KiB per connected session)",
+        "controller RSS, all connected:   {:.1} MiB  ({per_session_kib:.1} KiB per connected session)",
         connected_kib as f64 / 1024.0,
-        (connected_kib.saturating_sub(idle_kib)) as f64 / n as f64
     );
     println!(
         "controller CPU, idle sessions:   {:.1}% of one core over {idle_secs:.0} s (simulated hosts: {:.1}%)",
@@ -498,5 +708,15 @@ fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     rt.shutdown_timeout(Duration::from_secs(5));
     kill_workers(agent_dir.path(), n);
-    Ok(())
+    Ok(Figures {
+        label: if replicas > 1 {
+            format!("{store}, {replicas} controllers")
+        } else {
+            store.to_string()
+        },
+        connect_secs,
+        timed,
+        per_session_kib,
+        idle_cpu,
+    })
 }
