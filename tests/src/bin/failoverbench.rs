@@ -211,7 +211,9 @@ fn main() -> anyhow::Result<()> {
         controllers[killed].restart();
         std::thread::sleep(Duration::from_secs(2));
     }
-    println!("\n| round | rollout moves again | killed replica's hosts connected elsewhere | app requests failed |");
+    println!(
+        "\n| round | rollout moves again | killed replica's hosts connected elsewhere | app requests failed |"
+    );
     println!("|---|---|---|---|");
     for (i, (moved, reconnected, held, failed, sent)) in rows.iter().enumerate() {
         let secs = |d: &Option<Duration>| {

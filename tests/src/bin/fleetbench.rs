@@ -414,6 +414,7 @@ struct Figures {
 
 struct Settings {
     n: usize,
+    start_rate: usize,
     deploys: bool,
     threads: usize,
     idle_secs: f64,
@@ -429,6 +430,7 @@ fn main() -> anyhow::Result<()> {
     };
     let settings = Settings {
         n: env_number("SLIPWAY_BENCH_AGENTS", 200),
+        start_rate: env_number("SLIPWAY_BENCH_START_RATE", 500),
         deploys: env_number("SLIPWAY_BENCH_DEPLOYS", 1) > 0,
         // The simulated agents' install path still makes blocking calls
         // (fsync) on the runtime's threads; with only one per core, one
@@ -452,8 +454,12 @@ fn main() -> anyhow::Result<()> {
     // default 128 instances per user would leave most of them polling.
     if settings.n > 100 {
         match std::fs::write("/proc/sys/fs/inotify/max_user_instances", "65536") {
-            Ok(()) => println!("fs.inotify.max_user_instances raised to 65536 for the simulated agents"),
-            Err(e) => println!("fs.inotify.max_user_instances left as it is ({e}): agents past it poll"),
+            Ok(()) => {
+                println!("fs.inotify.max_user_instances raised to 65536 for the simulated agents")
+            }
+            Err(e) => {
+                println!("fs.inotify.max_user_instances left as it is ({e}): agents past it poll")
+            }
         }
     }
     let mut all = Vec::new();
@@ -469,28 +475,50 @@ fn main() -> anyhow::Result<()> {
     }
     if all.len() > 1 {
         println!("\nside by side ({} agents):", settings.n);
-        println!("| | {} |", all.iter().map(|f| f.label.as_str()).collect::<Vec<_>>().join(" | "));
+        println!(
+            "| | {} |",
+            all.iter()
+                .map(|f| f.label.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         println!("|---|{}", "---|".repeat(all.len()));
         println!(
             "| enroll + connect all | {} |",
-            all.iter().map(|f| format!("{:.1} s", f.connect_secs)).collect::<Vec<_>>().join(" | ")
+            all.iter()
+                .map(|f| format!("{:.1} s", f.connect_secs))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         for (i, (what, _)) in all[0].timed.iter().enumerate() {
             println!(
                 "| deploy → all healthy, {what} | {} |",
                 all.iter()
-                    .map(|f| f.timed.get(i).map(|(_, d)| format!("{:.1} s (controller CPU {:.1} s)", d.secs, d.controller_cpu)).unwrap_or_default())
+                    .map(|f| f
+                        .timed
+                        .get(i)
+                        .map(|(_, d)| format!(
+                            "{:.1} s (controller CPU {:.1} s)",
+                            d.secs, d.controller_cpu
+                        ))
+                        .unwrap_or_default())
                     .collect::<Vec<_>>()
                     .join(" | ")
             );
         }
         println!(
             "| controller memory per connected session | {} |",
-            all.iter().map(|f| format!("{:.1} KiB", f.per_session_kib)).collect::<Vec<_>>().join(" | ")
+            all.iter()
+                .map(|f| format!("{:.1} KiB", f.per_session_kib))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         println!(
             "| controller CPU, idle sessions | {} |",
-            all.iter().map(|f| format!("{:.1}% of a core", 100.0 * f.idle_cpu)).collect::<Vec<_>>().join(" | ")
+            all.iter()
+                .map(|f| format!("{:.1}% of a core", 100.0 * f.idle_cpu))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
     Ok(())
@@ -520,6 +548,7 @@ fn join_tokens(c: &Controller, n: usize) -> Vec<String> {
 fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figures> {
     let Settings {
         n,
+        start_rate: _,
         deploys,
         threads,
         idle_secs,
@@ -543,10 +572,15 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
         "sqlite" => {}
         "postgres" => {
             let url = integration_tests::fresh_postgres_database().ok_or_else(|| {
-                anyhow::anyhow!("the postgres store needs SLIPWAY_TEST_POSTGRES (scripts/with-postgres)")
+                anyhow::anyhow!(
+                    "the postgres store needs SLIPWAY_TEST_POSTGRES (scripts/with-postgres)"
+                )
             })?;
             flags.extend(["--database".into(), url]);
-            flags.extend(["--blobs".into(), t.path().join("blobs").display().to_string()]);
+            flags.extend([
+                "--blobs".into(),
+                t.path().join("blobs").display().to_string(),
+            ]);
         }
         other => anyhow::bail!("SLIPWAY_BENCH_STORES: unknown store {other:?} (sqlite, postgres)"),
     }
@@ -568,13 +602,22 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     let c = &fleet.controllers[0];
     let made = Instant::now();
     let tokens = join_tokens(c, n);
-    println!("join tokens for {n} hosts: {:.1} s", made.elapsed().as_secs_f64());
+    println!(
+        "join tokens for {n} hosts: {:.1} s",
+        made.elapsed().as_secs_f64()
+    );
     let configs: Vec<_> = tokens
         .iter()
         .enumerate()
         .map(|(i, token)| {
             let on = &fleet.controllers[i % replicas];
-            agent_config(agent_dir.path(), on, &format!("bench-{i:03}"), token, deploys)
+            agent_config(
+                agent_dir.path(),
+                on,
+                &format!("bench-{i:03}"),
+                token,
+                deploys,
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
@@ -591,12 +634,16 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
         .build()?;
     let shutdown = CancellationToken::new();
     let start = Instant::now();
-    // Started 500 a second: a fleet joins over time, and 10,000 enrollments
-    // at once (each a signed certificate and a store write) only measure
-    // the storm.
+    // Started `start_rate` a second (SLIPWAY_BENCH_START_RATE, 500): a fleet
+    // joins over time. Each join is a few serialized store writes (the token,
+    // the certificate, the audit row, the session's hello); 10,000 at once on
+    // PostgreSQL queue on the write lock while holding pooled connections,
+    // and the calls waiting for one time out ("store unavailable"), retry,
+    // and keep the queue full.
+    let per_tick = (settings.start_rate / 10).max(1);
     for (i, cfg) in configs.into_iter().enumerate() {
-        if i > 0 && i % 250 == 0 {
-            std::thread::sleep(Duration::from_millis(500));
+        if i > 0 && i % per_tick == 0 {
+            std::thread::sleep(Duration::from_millis(100));
         }
         let token = shutdown.clone();
         rt.spawn(async move {
