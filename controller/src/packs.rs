@@ -178,14 +178,7 @@ pub async fn refile_lost(
     let mut lacking: std::collections::HashSet<Digest> = lacking.into_iter().collect();
     let total = lacking.len();
     for (bytes, pack, size) in ctx.store.releases_with_packs(tenant, REFILE_FROM).await? {
-        let (Ok(pack), Ok(m)) = (
-            Digest::parse(&pack),
-            Manifest::from_canonical_bytes(
-                &bytes,
-                artifact::unpack::MAX_ENTRIES,
-                artifact::unpack::MAX_TOTAL_BYTES,
-            ),
-        ) else {
+        let Some((pack, m)) = pack_of(&bytes, &pack) else {
             continue;
         };
         // Filed from this replica's copy of the pack.
@@ -233,14 +226,7 @@ async fn refile_from_object_packs(
 ) -> Result<(), ControllerError> {
     let mut filed_any = false;
     for (bytes, pack, size) in ctx.store.releases_object_packs(tenant, REFILE_FROM).await? {
-        let (Ok(pack), Ok(m)) = (
-            Digest::parse(&pack),
-            Manifest::from_canonical_bytes(
-                &bytes,
-                artifact::unpack::MAX_ENTRIES,
-                artifact::unpack::MAX_TOTAL_BYTES,
-            ),
-        ) else {
+        let Some((pack, m)) = pack_of(&bytes, &pack) else {
             continue;
         };
         let allowed: HashMap<Digest, u64> = m.objects().into_iter().collect();
@@ -277,6 +263,18 @@ async fn refile_from_object_packs(
             .map_err(|e| ControllerError::Internal(format!("syncing objects: {e}")))??;
     }
     Ok(())
+}
+
+/// A pack's digest and its release's manifest, from a stored row (None: a
+/// row that does not parse, skipped).
+fn pack_of(manifest: &[u8], pack: &str) -> Option<(Digest, Manifest)> {
+    let m = Manifest::from_canonical_bytes(
+        manifest,
+        artifact::unpack::MAX_ENTRIES,
+        artifact::unpack::MAX_TOTAL_BYTES,
+    )
+    .ok()?;
+    Some((Digest::parse(pack).ok()?, m))
 }
 
 async fn missing_now(

@@ -568,16 +568,7 @@ impl Agents for AgentsService {
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
         let id = auth::agent(&self.ctx, &req).await?;
         let req = req.into_inner();
-        let digest =
-            Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // Through the tenant's own link only: another tenant's blob is "missing".
-        let size = self
-            .ctx
-            .store
-            .tenant_blob_size(&id.tenant, &req.digest)
-            .await
-            .map_err(ControllerError::from)?
-            .ok_or_else(|| Status::not_found(format!("no blob {digest}")))?;
+        let (digest, size) = self.tenant_blob(&id, &req.digest).await?;
         if req.offset > size {
             return Err(Status::out_of_range(format!(
                 "offset {} is past the end of {digest} ({size} bytes)",
@@ -594,17 +585,7 @@ impl Agents for AgentsService {
         req: Request<BlobUrlRequest>,
     ) -> Result<Response<BlobUrlResponse>, Status> {
         let id = auth::agent(&self.ctx, &req).await?;
-        let req = req.into_inner();
-        let digest =
-            Digest::parse(&req.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // The same check as a fetch: another tenant's blob is "missing".
-        let size = self
-            .ctx
-            .store
-            .tenant_blob_size(&id.tenant, &req.digest)
-            .await
-            .map_err(ControllerError::from)?
-            .ok_or_else(|| Status::not_found(format!("no blob {digest}")))?;
+        let (digest, size) = self.tenant_blob(&id, &req.into_inner().digest).await?;
         let answer = match self.ctx.blobs.download_url(&digest, size).await {
             Some((url, ttl)) => {
                 tracing::debug!(host = %id.host, %digest, "blob handed out as a presigned URL");
@@ -838,6 +819,20 @@ impl AgentsService {
             }
             Err(e) => Err(Status::data_loss(format!("reading blob: {e}"))),
         }))
+    }
+
+    /// The blob `digest` names and its size, through the host's tenant's own
+    /// link only: another tenant's blob is "missing".
+    async fn tenant_blob(&self, id: &AgentId, digest: &str) -> Result<(Digest, u64), Status> {
+        let parsed = Digest::parse(digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let size = self
+            .ctx
+            .store
+            .tenant_blob_size(&id.tenant, digest)
+            .await
+            .map_err(ControllerError::from)?
+            .ok_or_else(|| Status::not_found(format!("no blob {parsed}")))?;
+        Ok((parsed, size))
     }
 
     /// The release's manifest, parsed, and (format 2) its full pack.
