@@ -131,10 +131,20 @@ impl BlobStore {
         size: u64,
     ) -> Option<(String, std::time::Duration)> {
         let bucket = self.bucket.as_ref()?;
-        match bucket.download_url(digest, size).await {
-            Ok(found) => found,
-            Err(e) => {
+        // The bucket is asked whether it holds the blob: an unreachable one
+        // (object_store retries for minutes) must not hold the agent's fetch.
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            bucket.download_url(digest, size),
+        );
+        match asked.await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
                 tracing::warn!(%digest, bucket = %bucket.name, error = %e, "bucket unavailable; the agent fetches through the controller");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%digest, bucket = %bucket.name, "bucket did not answer in 2 s; the agent fetches through the controller");
                 None
             }
         }

@@ -116,7 +116,8 @@ impl Bucket {
     /// A URL that downloads `digest` for the next while, when this bucket
     /// hands them out and holds `digest` with `size` bytes (a blob recorded
     /// before the bucket was configured is not there: the agent then
-    /// fetches through the controller). Signing is local: no request.
+    /// fetches through the controller). One HEAD request; the signing itself
+    /// is local.
     pub async fn download_url(
         &self,
         digest: &Digest,

@@ -198,7 +198,16 @@ pub async fn refile_lost(
         }
     }
     if !lacking.is_empty() {
-        refile_from_object_packs(ctx, tenant, &objects, &mut lacking).await?;
+        // One refiling per tenant at a time: the hosts of a batch asking at
+        // once find the objects filed by the first instead of each bringing
+        // the same packs down.
+        let lock = build_lock(tenant, "refile");
+        let _held = lock.lock().await;
+        let still = missing_now(&objects, tenant, digests).await?;
+        lacking.retain(|d| still.contains(d));
+        if !lacking.is_empty() {
+            refile_from_object_packs(ctx, tenant, &objects, &mut lacking).await?;
+        }
     }
     tracing::warn!(%tenant, objects = total, "objects missing from the store: filing them again from the packs they came in");
     if !wait_filed(tenant, digests, FILING_WAIT).await {
@@ -244,6 +253,7 @@ async fn refile_from_object_packs(
         match filed {
             Ok(f) => {
                 filed_any = true;
+                tracing::info!(%tenant, pack = %f.pack, objects = f.held.len(), "objects filed from a release's object pack");
                 for (d, _) in &f.held {
                     lacking.remove(d);
                 }

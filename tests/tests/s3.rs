@@ -293,7 +293,7 @@ fn a_delta_published_on_one_replica_installs_through_another() {
     );
     let log = std::fs::read_to_string(t.path().join("r1/controller.log")).unwrap();
     assert!(
-        log.contains("filing them again from the packs they came in"),
-        "r1 filed the objects from the bucket"
+        log.contains("objects filed from a release's object pack"),
+        "r1 filed the objects from the delta's pack in the bucket"
     );
 }

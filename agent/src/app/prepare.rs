@@ -150,12 +150,13 @@ impl AppRunner {
                 Ok(dir) => (fetching.await, Ok(dir)),
             },
         };
-        if let (Err(_), Plan::Blob(blob)) = (&unpacked, &plan)
+        if let (Ok(None), Err(_), Plan::Blob(blob)) = (&fetched, &unpacked, &plan)
             && feed.came_from_bucket()
         {
-            // Bytes from the bucket the unpack could not read: the bucket's
-            // copy is suspect (the controller checks its own), so the next
-            // attempt goes through the controller.
+            // Bytes from the bucket the unpack refused before the download
+            // ended (a whole blob is judged by its sha256 instead): the
+            // bucket's copy is suspect (the controller checks its own), so
+            // the next attempt goes through the controller.
             let partial = self.paths.cache.join(format!("{}.partial", blob.hex()));
             let _ = std::fs::remove_file(&partial);
             self.fetch.distrust_bucket(blob);

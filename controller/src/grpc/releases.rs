@@ -674,6 +674,20 @@ impl ReleasesService {
             Some(_) => Vec::new(),
             None => self.file_objects(tenant, manifest, packs).await?,
         };
+        // The packs that are not its full pack: where another replica, with
+        // blobs in a bucket, files the objects this publish brought. Before
+        // the release row, and on a publish again too, so none is missed.
+        let order = manifest.objects();
+        for f in filed.iter().filter(|f| f.held != order) {
+            store
+                .record_release_pack(
+                    tenant,
+                    &manifest.digest().to_string(),
+                    &f.pack.to_string(),
+                    f.size,
+                )
+                .await?;
+        }
         if let Some(existing) = store
             .release(tenant, &manifest.app, &manifest.version)
             .await?
@@ -723,14 +737,6 @@ impl ReleasesService {
                 short(&stored.manifest_digest),
                 short(&row.manifest_digest)
             )));
-        }
-        // The packs that are not its full pack: where another replica, with
-        // blobs in a bucket, files the objects this publish brought.
-        let order = manifest.objects();
-        for f in filed.iter().filter(|f| f.held != order) {
-            store
-                .record_release_pack(tenant, &row.manifest_digest, &f.pack.to_string(), f.size)
-                .await?;
         }
         if !existed {
             tracing::info!(tenant, app = %row.app, version = %row.version, digest = %row.manifest_digest, "release created");

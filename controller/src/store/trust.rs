@@ -231,6 +231,15 @@ impl Store {
         .bind(env)
         .execute(&mut *tx)
         .await?;
+        // The host's spent tokens stop answering their CSR again (a revoked
+        // machine retrying must not take the re-added host's place).
+        sqlx::query(
+            "UPDATE join_tokens SET used_csr = '' WHERE tenant = $1 AND host = $2 AND used_at IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO join_tokens (id, tenant, host, secret_hash, expires_at, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -368,7 +377,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE join_tokens SET used_at = $1 WHERE tenant = $2 AND host = $3 AND used_at IS NULL",
+            "UPDATE join_tokens SET used_at = COALESCE(used_at, $1), used_csr = '' WHERE tenant = $2 AND host = $3",
         )
         .bind(now())
         .bind(tenant)
@@ -499,6 +508,19 @@ mod tests {
                 .unwrap();
             assert_eq!(r, Err(refused), "{secret} {csr}");
         }
+        // Re-admitted with a new token: the spent one answers nobody.
+        s.add_host("default", "web-1", "preprod", "tok2", "hash2", far, "admin")
+            .await
+            .unwrap();
+        let r = s
+            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a")
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            Err(JoinRefused::Used),
+            "an older token of a re-added host"
+        );
     }
 
     crate::store::testing::on_both_dialects!(

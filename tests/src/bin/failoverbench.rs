@@ -102,7 +102,8 @@ fn main() -> anyhow::Result<()> {
     println!("{n} agents connected, spread over 3 controllers");
 
     let mut rows = Vec::new();
-    for round in 0..rounds {
+    // Round 0 puts the first release everywhere; rounds 1..=N each kill.
+    for round in 0..=rounds {
         let version = format!("{}.0.0", round + 1);
         publish(&controllers[0], t.path(), &ReleaseOpts::new(&version));
         if round == 0 {

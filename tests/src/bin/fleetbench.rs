@@ -673,6 +673,7 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     if failed > 0 {
         println!("{failed} of {n} agents gave up (above); the figures are for the others");
     }
+    let all = n;
     let n = n - failed;
     std::thread::sleep(Duration::from_secs(3));
     let connected_kib = fleet.rss_kib("VmRSS:");
@@ -754,7 +755,7 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     );
     shutdown.cancel();
     rt.shutdown_timeout(Duration::from_secs(5));
-    kill_workers(agent_dir.path(), n);
+    kill_workers(agent_dir.path(), all);
     Ok(Figures {
         label: if replicas > 1 {
             format!("{store}, {replicas} controllers")
