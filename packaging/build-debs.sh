@@ -17,8 +17,14 @@ fi
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
 dir=release
 [ "$profile" = dev ] && dir=debug
-cargo build --workspace --locked --profile "$profile" \
-  --bin slipway-agent --bin slipway-controller --bin slipctl
+if [ "$profile" = dev ]; then
+  # The whole workspace, as the README's test command builds it: the same
+  # features everywhere, so that build finds nothing left to compile.
+  cargo build --workspace --locked
+else
+  cargo build --workspace --locked --profile "$profile" \
+    --bin slipway-agent --bin slipway-controller --bin slipctl
+fi
 out=target/packaging
 mkdir -p "$out"
 bin=target/$dir

@@ -23,7 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A body that sends nothing for this long is given up (as the controller's).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
+/// The HTTP client; None (said once in the log) when it cannot be built.
+static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
     // reqwest's rustls takes the process's crypto provider: ring, as the
     // agent's sessions (a second install is a no-op).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -32,8 +33,20 @@ static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(STALL_TIMEOUT)
         .build()
-        .map_err(|e| e.to_string())
+        .inspect_err(|e| tracing::error!(error = %e, "no HTTP client for bucket downloads"))
+        .ok()
 });
+
+/// Why a URL from the controller is not followed.
+#[derive(Debug, thiserror::Error)]
+enum BadUrl {
+    #[error("a URL of {0} bytes (at most {MAX_URL})")]
+    TooLong(usize),
+    #[error("not a URL: {0}")]
+    Unparsable(String),
+    #[error("a URL with scheme {0:?}")]
+    Scheme(String),
+}
 
 /// Appends what the bucket answers at `url` to `part`. Only a local failure
 /// (the cache cannot be written, more bytes than the blob has) is an error;
@@ -65,8 +78,10 @@ enum Failed {
 }
 
 async fn fetch(url: &str, part: &mut Partial, feed: &Feed) -> Result<(), Failed> {
-    let url = checked(url).map_err(Failed::Bucket)?;
-    let client = CLIENT.as_ref().map_err(|e| Failed::Bucket(e.clone()))?;
+    let url = checked(url).map_err(|e| Failed::Bucket(e.to_string()))?;
+    let client = CLIENT
+        .as_ref()
+        .ok_or_else(|| Failed::Bucket("no HTTP client".into()))?;
     let mut req = client.get(url);
     if part.have > 0 {
         req = req.header(RANGE, format!("bytes={}-", part.have));
@@ -123,14 +138,14 @@ async fn fetch(url: &str, part: &mut Partial, feed: &Feed) -> Result<(), Failed>
 }
 
 /// The URL, if it is one an agent may follow: http or https, and bounded.
-fn checked(url: &str) -> Result<reqwest::Url, String> {
+fn checked(url: &str) -> Result<reqwest::Url, BadUrl> {
     if url.len() > MAX_URL {
-        return Err(format!("a URL of {} bytes (at most {MAX_URL})", url.len()));
+        return Err(BadUrl::TooLong(url.len()));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| BadUrl::Unparsable(e.to_string()))?;
     match parsed.scheme() {
         "http" | "https" => Ok(parsed),
-        other => Err(format!("a URL with scheme {other:?}")),
+        other => Err(BadUrl::Scheme(other.to_string())),
     }
 }
 
@@ -170,10 +185,10 @@ mod tests {
             ("ftp://host/x", "scheme \"ftp\""),
             ("not a url", "not a URL"),
         ] {
-            let e = checked(url).unwrap_err();
+            let e = checked(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
         let long = format!("https://h/{}", "a".repeat(MAX_URL));
-        assert!(checked(&long).unwrap_err().contains("at most"));
+        assert!(checked(&long).unwrap_err().to_string().contains("at most"));
     }
 }
