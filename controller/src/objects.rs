@@ -195,24 +195,9 @@ impl Filing {
             order,
         } = self;
         let path = blobs.path(&pack);
-        let result = std::fs::File::open(&path)
-            .map_err(artifact::UnpackError::Read)
-            .and_then(|file| {
-                let mut sink = Filer {
-                    store: objects.clone(),
-                    order: Vec::new(),
-                };
-                read_pack(
-                    std::io::BufReader::with_capacity(256 * 1024, file),
-                    size,
-                    Expect::Exactly(&order),
-                    WINDOW_LOG_MAX,
-                    &mut sink,
-                )
-            });
-        match result {
-            Ok((n, _, _)) => {
-                tracing::info!(%tenant, %pack, objects = n, "full pack filed into the object store")
+        match read_into(&path, &objects, size, Expect::Exactly(&order)) {
+            Ok(filed) => {
+                tracing::info!(%tenant, %pack, objects = filed.len(), "full pack filed into the object store")
             }
             Err(e) => {
                 let to = blobs.root().join("corrupt").join(pack.hex());
@@ -293,11 +278,20 @@ pub fn file_pack(
     size: u64,
     allowed: &HashMap<Digest, u64>,
 ) -> Result<FiledPack, ControllerError> {
-    let path = blobs.path(&pack);
-    let file = std::fs::File::open(&path).map_err(|e| BlobError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
+    let held = read_into(&blobs.path(&pack), objects, size, Expect::AnyOf(allowed))
+        .map_err(|e| ControllerError::InvalidArgument(format!("object pack {pack}: {e}")))?;
+    Ok(FiledPack { pack, size, held })
+}
+
+/// Reads the pack at `path` (`size` bytes) into the store `objects`, each
+/// object checked against `expect`; the objects it held, in order. Blocking.
+fn read_into(
+    path: &std::path::Path,
+    objects: &BlobStore,
+    size: u64,
+    expect: Expect<'_>,
+) -> Result<Vec<(Digest, u64)>, artifact::UnpackError> {
+    let file = std::fs::File::open(path).map_err(artifact::UnpackError::Read)?;
     let mut sink = Filer {
         store: objects.clone(),
         order: Vec::new(),
@@ -305,16 +299,11 @@ pub fn file_pack(
     read_pack(
         std::io::BufReader::with_capacity(256 * 1024, file),
         size,
-        Expect::AnyOf(allowed),
+        expect,
         WINDOW_LOG_MAX,
         &mut sink,
-    )
-    .map_err(|e| ControllerError::InvalidArgument(format!("object pack {pack}: {e}")))?;
-    Ok(FiledPack {
-        pack,
-        size,
-        held: sink.order,
-    })
+    )?;
+    Ok(sink.order)
 }
 
 /// Makes the objects filed into `objects` durable (one `syncfs`); blocking.
