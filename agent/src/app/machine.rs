@@ -167,6 +167,10 @@ impl AppRunner {
                 .unwrap_or(0)
         };
         let secs = Duration::from_secs;
+        #[cfg(test)]
+        if let (Step::Fetch, Some(limit)) = (step, self.fetch_limit) {
+            return limit;
+        }
         match step.row().limit {
             Limit::Fixed(d) => d,
             Limit::PrepareHook => {

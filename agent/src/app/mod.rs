@@ -127,6 +127,10 @@ pub struct AppRunner {
     /// right after persisting it.
     #[cfg(test)]
     crash_before: Option<Step>,
+    /// Tests: the fetch step's limit instead of its day (the test of a hung
+    /// download runs in real time, without tokio's paused clock).
+    #[cfg(test)]
+    fetch_limit: Option<std::time::Duration>,
 }
 
 /// Fetches nothing: for runners that never install (stops, local commands).
@@ -188,6 +192,8 @@ impl AppRunner {
             front_door_error: None,
             #[cfg(test)]
             crash_before: None,
+            #[cfg(test)]
+            fetch_limit: None,
         })
     }
 
