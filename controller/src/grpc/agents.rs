@@ -161,6 +161,8 @@ struct SessionHost {
     apps: Vec<String>,
     /// The declared-apps revision the host said it runs.
     apps_revision: u64,
+    /// Directive sequence numbers reserved for this session.
+    sequences: crate::store::SequenceBlock,
 }
 
 impl AgentsService {
@@ -191,8 +193,9 @@ impl AgentsService {
         }
         let apps_revision = hello.apps_revision;
         let refused = refused_from_proto(hello.apps_refused)?;
-        // One write: the agent, when it was seen, the declaration it runs.
-        store
+        // One write: the agent, when it was seen, the declaration it runs,
+        // and the session's first directive sequence numbers.
+        let sequences = store
             .host_hello(
                 &tenant,
                 &hello_host,
@@ -222,7 +225,24 @@ impl AgentsService {
             environment: hello_env,
             apps,
             apps_revision,
+            sequences,
         })
+    }
+
+    /// The session's next directive sequence number: from its block, or a
+    /// new block once that is spent.
+    async fn next_sequence(&self, h: &mut SessionHost) -> Result<u64, ControllerError> {
+        if let Some(n) = h.sequences.take() {
+            return Ok(n);
+        }
+        h.sequences = self
+            .ctx
+            .store
+            .reserve_directive_seqs(&h.tenant, &h.host)
+            .await?;
+        h.sequences
+            .take()
+            .ok_or_else(|| ControllerError::Internal("an empty sequence block".into()))
     }
 
     /// What this host should run of each of its apps in `scope`, where it
@@ -232,7 +252,7 @@ impl AgentsService {
     /// its own message so no message carries more than one manifest.
     async fn changed_desired(
         &self,
-        h: &SessionHost,
+        h: &mut SessionHost,
         sent: &HashMap<String, (String, u64)>,
         scope: &Recompute,
     ) -> Result<Vec<DesiredApp>, ControllerError> {
@@ -289,7 +309,7 @@ impl AgentsService {
     /// at this revision with these settings (`sent`).
     async fn changed_declaration(
         &self,
-        h: &SessionHost,
+        h: &mut SessionHost,
         sent: &mut Option<(u64, String)>,
     ) -> Result<Option<DeclaredApps>, ControllerError> {
         let (revision, declaration) =
@@ -306,11 +326,7 @@ impl AgentsService {
         if sent.as_ref() == Some(&key) {
             return Ok(None);
         }
-        let sequence = self
-            .ctx
-            .store
-            .next_directive_seq(&h.tenant, &h.host)
-            .await?;
+        let sequence = self.next_sequence(h).await?;
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
         let statement = trust::sign::AppsDeclaration {
             tenant: &h.tenant,
@@ -339,14 +355,10 @@ impl AgentsService {
     /// number, an expiry, and the controller's signature over both.
     async fn signed_directive(
         &self,
-        h: &SessionHost,
+        h: &mut SessionHost,
         d: crate::store::DesiredRow,
     ) -> Result<DesiredApp, ControllerError> {
-        let sequence = self
-            .ctx
-            .store
-            .next_directive_seq(&h.tenant, &h.host)
-            .await?;
+        let sequence = self.next_sequence(h).await?;
         let expires_at = crate::store::now() + self.ctx.directive_ttl.as_secs() as i64;
         let (rollback_authorization, rollback_terms) =
             super::releases::stored_authorization(&d.authorization);
@@ -420,7 +432,7 @@ impl Agents for AgentsService {
         else {
             return Err(Status::invalid_argument("a session must start with hello"));
         };
-        let host = self.accept_hello(hello, id).await?;
+        let mut host = self.accept_hello(hello, id).await?;
         let session = self
             .ctx
             .hub
@@ -434,13 +446,15 @@ impl Agents for AgentsService {
         let session_id = session.id;
         tracing::info!(tenant = %host.tenant, host = %host.host, env = %host.environment, %peer, "agent connected");
 
-        let (tx, rx) = mpsc::channel::<Result<ControllerMessage, Status>>(8);
+        // Boxed items: a channel allocates its slots 32 at a time, whatever
+        // its capacity, and a message or a Status is a few hundred bytes.
+        let (tx, rx) = mpsc::channel::<Box<Result<ControllerMessage, Status>>>(8);
         let welcome = ControllerMessage {
             msg: Some(controller_message::Msg::Welcome(Welcome {
                 heartbeat_secs: self.ctx.heartbeat_secs,
             })),
         };
-        tx.send(Ok(welcome))
+        tx.send(Box::new(Ok(welcome)))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
 
@@ -448,7 +462,8 @@ impl Agents for AgentsService {
             ctx: self.ctx.clone(),
         };
         let shutdown = self.ctx.shutdown.clone();
-        tokio::spawn(async move {
+        // The session's own task: an idle one holds about 2.6 KiB here.
+        let task = async move {
             let mut asks = session.take_asks();
             let mut sent: HashMap<String, (String, u64)> = HashMap::new();
             let mut sent_apps: Option<(u64, String)> = None;
@@ -461,12 +476,12 @@ impl Agents for AgentsService {
                 // runners and this session with them.
                 // (A host's labels changed: All, as its placement may have.)
                 if std::mem::take(&mut push_declared) || scope == Recompute::All {
-                    match Box::pin(svc.changed_declaration(&host, &mut sent_apps)).await {
+                    match Box::pin(svc.changed_declaration(&mut host, &mut sent_apps)).await {
                         Ok(Some(apps)) => {
                             let msg = ControllerMessage {
                                 msg: Some(controller_message::Msg::Apps(apps)),
                             };
-                            if tx.send(Ok(msg)).await.is_err() {
+                            if tx.send(Box::new(Ok(msg))).await.is_err() {
                                 break 'session;
                             }
                         }
@@ -479,7 +494,7 @@ impl Agents for AgentsService {
                 if scope != Recompute::Nothing {
                     // Boxed: an idle session's task stays small (the
                     // recompute's store futures live only while it runs).
-                    match Box::pin(svc.changed_desired(&host, &sent, &scope)).await {
+                    match Box::pin(svc.changed_desired(&mut host, &sent, &scope)).await {
                         Ok(apps) => {
                             for app in apps {
                                 let key = (app.version.clone(), app.generation);
@@ -489,7 +504,7 @@ impl Agents for AgentsService {
                                         apps: vec![app],
                                     })),
                                 };
-                                if tx.send(Ok(msg)).await.is_err() {
+                                if tx.send(Box::new(Ok(msg))).await.is_err() {
                                     break 'session;
                                 }
                                 sent.insert(name, key);
@@ -508,7 +523,7 @@ impl Agents for AgentsService {
                     }
                     Some(ask) = async { asks.as_mut()?.recv().await }, if asks.is_some() => {
                         let msg = ControllerMessage { msg: Some(controller_message::Msg::Logs(logs_query(*ask))) };
-                        if tx.send(Ok(msg)).await.is_err() {
+                        if tx.send(Box::new(Ok(msg))).await.is_err() {
                             break;
                         }
                     }
@@ -523,12 +538,14 @@ impl Agents for AgentsService {
                                     session.heard(crate::store::now());
                                     // Batched with other sessions' reports; the
                                     // writer names the host to the engine.
-                                    if let Err(e) = svc.ctx.reports.record(&host.tenant, &host.host, report).await {
+                                    // Boxed, as the store write below: an idle
+                                    // session's task keeps only what it awaits now.
+                                    if let Err(e) = Box::pin(svc.ctx.reports.record(&host.tenant, &host.host, report)).await {
                                         tracing::error!(host = %host.host, error = %e, "recording report failed");
                                     }
                                 }
                                 Err(status) => {
-                                    let _ = tx.send(Err(status)).await;
+                                    let _ = tx.send(Box::new(Err(status))).await;
                                     break;
                                 }
                             }
@@ -536,9 +553,9 @@ impl Agents for AgentsService {
                         Ok(Some(AgentMessage { msg: Some(agent_message::Msg::AppsAck(ack)) })) => {
                             session.heard(crate::store::now());
                             let recorded = match refused_from_proto(ack.refused) {
-                                Ok(refused) => svc.ctx.store.record_apps_ack(&host.tenant, &host.host, ack.revision, &refused).await.map_err(|e| e.to_string()),
+                                Ok(refused) => Box::pin(svc.ctx.store.record_apps_ack(&host.tenant, &host.host, ack.revision, &refused)).await.map_err(|e| e.to_string()),
                                 Err(status) => {
-                                    let _ = tx.send(Err(status)).await;
+                                    let _ = tx.send(Box::new(Err(status))).await;
                                     break;
                                 }
                             };
@@ -558,8 +575,9 @@ impl Agents for AgentsService {
             }
             svc.ctx.hub.disconnect(&host.tenant, &host.host, session_id);
             tracing::info!(tenant = %host.tenant, host = %host.host, "agent disconnected");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        };
+        tokio::spawn(task);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|m| *m))))
     }
 
     async fn fetch_blob(

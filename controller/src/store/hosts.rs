@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::FromRow;
 
-use super::{Dialect, Result, Store, json_list, now};
+use super::{Dialect, Result, Store, StoreError, json_list, now};
 use crate::lifecycle::Health;
 
 /// One host's report for one app, as stored.
@@ -70,10 +70,50 @@ impl FleetRow {
 /// (far below where an `i64` counter would overflow).
 const MAX_SEQUENCE: u64 = 1 << 62;
 
+/// How many directive sequence numbers a session reserves at a time: a
+/// deploy to a thousand hosts then writes no sequence at all (the hello
+/// reserved it), and a busy session one write per this many directives.
+const SEQUENCE_BLOCK: u64 = 64;
+
+/// Directive sequence numbers reserved for one session, `next..=last`:
+/// above every number handed out before, on any replica, so a session
+/// takes them in memory. Numbers a session leaves unused are skipped.
+#[derive(Debug)]
+pub struct SequenceBlock {
+    next: u64,
+    last: u64,
+}
+
+impl SequenceBlock {
+    /// The block that ends at `last`, as the store's counter now stands.
+    fn ending_at(last: i64) -> Self {
+        let last = last.max(0) as u64;
+        SequenceBlock {
+            next: last.saturating_sub(SEQUENCE_BLOCK - 1).max(1),
+            last,
+        }
+    }
+
+    /// The next number; None when the block is spent.
+    pub fn take(&mut self) -> Option<u64> {
+        (self.next <= self.last).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+}
+
+/// A session's host that the store no longer has (removed meanwhile).
+fn unregistered(host: &str) -> StoreError {
+    StoreError::Conflict(format!("host {host:?} is not registered"))
+}
+
 impl Store {
     /// A host said hello: what agent it runs, that it was seen, and the
     /// declared-apps revision it runs with the apps it refused there (app ->
-    /// why). Hosts are created by `hosts add`, never by an agent.
+    /// why). Hosts are created by `hosts add`, never by an agent. Returns
+    /// the session's first block of directive sequence numbers, reserved in
+    /// the same write.
     pub async fn host_hello(
         &self,
         tenant: &str,
@@ -82,16 +122,16 @@ impl Store {
         os: &str,
         (apps_revision, apps_refused): (u64, &std::collections::BTreeMap<String, String>),
         directive_sequence: u64,
-    ) -> Result<()> {
+    ) -> Result<SequenceBlock> {
         // The host's highest accepted directive sequence moves the store's
         // forward, never back: after a restore from an older backup, the
         // next directive is above what the host accepted (the host is the
         // witness; a host that lies only confuses its own directives).
         let accepted = directive_sequence.min(MAX_SEQUENCE) as i64;
-        sqlx::query(
+        let last: i64 = sqlx::query_scalar(
             "UPDATE hosts SET agent_version = $1, os = $2, last_seen = $3, apps_revision = $4, apps_refused = $5,
-                 directive_seq = CASE WHEN directive_seq < $8 THEN $8 ELSE directive_seq END
-             WHERE tenant = $6 AND name = $7",
+                 directive_seq = CASE WHEN directive_seq < $8 THEN $8 ELSE directive_seq END + $9
+             WHERE tenant = $6 AND name = $7 RETURNING directive_seq",
         )
         .bind(agent_version)
         .bind(os)
@@ -101,9 +141,26 @@ impl Store {
         .bind(tenant)
         .bind(host)
         .bind(accepted)
-        .execute(self.writer())
-        .await?;
-        Ok(())
+        .bind(SEQUENCE_BLOCK as i64)
+        .fetch_optional(self.writer())
+        .await?
+        .ok_or_else(|| unregistered(host))?;
+        Ok(SequenceBlock::ending_at(last))
+    }
+
+    /// Another block of directive sequence numbers for a session that spent
+    /// its last one.
+    pub async fn reserve_directive_seqs(&self, tenant: &str, host: &str) -> Result<SequenceBlock> {
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE hosts SET directive_seq = directive_seq + $1 WHERE tenant = $2 AND name = $3 RETURNING directive_seq",
+        )
+        .bind(SEQUENCE_BLOCK as i64)
+        .bind(tenant)
+        .bind(host)
+        .fetch_optional(self.writer())
+        .await?
+        .ok_or_else(|| unregistered(host))?;
+        Ok(SequenceBlock::ending_at(last))
     }
 
     /// Writes when hosts were last heard from, all in one statement: the
@@ -362,5 +419,46 @@ mod tests {
         assert!(s.fleet("default", "", "").await.unwrap().is_empty());
     }
 
-    crate::store::testing::on_both_dialects!(a_report_reads_back_with_its_lists,);
+    /// Every session's directive numbers are above every number handed out
+    /// before, whichever replica reserved them, and above the highest the
+    /// host says it accepted (a store restored from an older backup).
+    async fn sessions_take_directive_numbers_above_all_before(s: Store) {
+        s.add_host("default", "h1", "preprod", "j1", "x", now() + 60, "test")
+            .await
+            .unwrap();
+        let hello = |said: u64| {
+            let s = s.clone();
+            async move {
+                s.host_hello("default", "h1", "1", "", (0, &BTreeMap::new()), said)
+                    .await
+                    .unwrap()
+            }
+        };
+        let drain = |mut b: SequenceBlock| std::iter::from_fn(move || b.take()).collect::<Vec<_>>();
+        let first = drain(hello(0).await);
+        assert_eq!(first.len() as u64, SEQUENCE_BLOCK);
+        assert_eq!(first[0], 1);
+        assert!(first.windows(2).all(|w| w[1] == w[0] + 1));
+        // Another session (this replica or another): all above.
+        let second = drain(hello(0).await);
+        assert!(second[0] > *first.last().unwrap());
+        let more = drain(s.reserve_directive_seqs("default", "h1").await.unwrap());
+        assert!(more[0] > *second.last().unwrap());
+        // The host accepted 10,000 (the store was restored from an older
+        // backup): the next session starts above it.
+        let restored = drain(hello(10_000).await);
+        assert_eq!(restored[0], 10_001);
+        // A host the store no longer has: refused, nothing handed out.
+        let e = s
+            .host_hello("default", "gone", "1", "", (0, &BTreeMap::new()), 0)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("\"gone\" is not registered"), "{e}");
+        assert!(s.reserve_directive_seqs("default", "gone").await.is_err());
+    }
+
+    crate::store::testing::on_both_dialects!(
+        a_report_reads_back_with_its_lists,
+        sessions_take_directive_numbers_above_all_before,
+    );
 }

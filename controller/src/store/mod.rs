@@ -27,7 +27,7 @@ mod web;
 pub use audit::{AuditRow, HistoryFilter};
 pub use declared::{DeclaredRow, HostAppsAck, PutRefused};
 pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
-pub use hosts::{FleetRow, HostAppReport};
+pub use hosts::{FleetRow, HostAppReport, SequenceBlock};
 pub use releases::{DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};

@@ -388,18 +388,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The next directive sequence number of a host (only ever grows).
-    pub async fn next_directive_seq(&self, tenant: &str, host: &str) -> Result<u64> {
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE hosts SET directive_seq = directive_seq + 1 WHERE tenant = $1 AND name = $2 RETURNING directive_seq",
-        )
-        .bind(tenant)
-        .bind(host)
-        .fetch_one(self.writer())
-        .await?;
-        Ok(seq as u64)
-    }
-
     pub async fn hosts(&self, tenant: &str, env: &str) -> Result<Vec<HostRow>> {
         Ok(sqlx::query_as(
             "SELECT name, environment, agent_version, last_seen, cert_fingerprint, cert_not_after, revoked_at,

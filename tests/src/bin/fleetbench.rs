@@ -7,7 +7,8 @@
 //! `SLIPWAY_BENCH_AGENT_DIR=/dev/shm` puts the agents' state dirs on tmpfs,
 //! where every fsync of the install is free: installs made trivially cheap,
 //! so what is left is the controller and the protocol (the controller's
-//! data dir stays on disk).
+//! data dir stays on disk). `SLIPWAY_BENCH_CONTROLLER_ENV="K=V …"` sets
+//! variables in the controllers' environment only.
 //! Prints the time from `deploy` until every host reports healthy and where
 //! it goes: when the hosts began deploying (the agents' side) and when the
 //! controller judged them healthy (its log), the CPU seconds the controller
@@ -585,16 +586,23 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
         other => anyhow::bail!("SLIPWAY_BENCH_STORES: unknown store {other:?} (sqlite, postgres)"),
     }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // SLIPWAY_BENCH_CONTROLLER_ENV="K=V K2=V2": the controllers' environment
+    // only (an allocator's tuning, say), not this process's.
+    let env_text = std::env::var("SLIPWAY_BENCH_CONTROLLER_ENV").unwrap_or_default();
+    let env: Vec<(&str, &str)> = env_text
+        .split_whitespace()
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
     let first_dir = t.path().join("r0");
     std::fs::create_dir_all(&first_dir)?;
-    let first = Controller::start_with(&first_dir, &flags);
+    let first = Controller::start_with_env(&first_dir, &flags, &env);
     let mut controllers = vec![first];
     for i in 1..replicas {
         let r = integration_tests::start_replica(
             &controllers[0],
             &t.path().join(format!("r{i}")),
             &flags,
-            &[],
+            &env,
         );
         controllers.push(r);
     }
