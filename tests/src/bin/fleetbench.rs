@@ -589,10 +589,14 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     // SLIPWAY_BENCH_CONTROLLER_ENV="K=V K2=V2": the controllers' environment
     // only (an allocator's tuning, say), not this process's.
     let env_text = std::env::var("SLIPWAY_BENCH_CONTROLLER_ENV").unwrap_or_default();
-    let env: Vec<(&str, &str)> = env_text
+    let env = env_text
         .split_whitespace()
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .collect();
+        .map(|kv| {
+            kv.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("SLIPWAY_BENCH_CONTROLLER_ENV: {kv:?} is not NAME=VALUE")
+            })
+        })
+        .collect::<anyhow::Result<Vec<(&str, &str)>>>()?;
     let first_dir = t.path().join("r0");
     std::fs::create_dir_all(&first_dir)?;
     let first = Controller::start_with_env(&first_dir, &flags, &env);
