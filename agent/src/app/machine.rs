@@ -145,6 +145,7 @@ impl AppRunner {
 
     /// Persists `p` before its step starts, with the state label it implies.
     pub(super) fn enter(&mut self, p: &Progress) {
+        tracing::debug!(app = %self.name, version = %p.target.version, step = p.step.name(), "deploy step");
         self.status.state = match p.step {
             Step::Verify | Step::Fetch => State::Fetching,
             Step::Unpack | Step::Prepare => State::Installing,

@@ -400,7 +400,7 @@ impl AgentsService {
             manifest_digest: d.manifest_digest,
             blob_digest: d.blob_digest,
             blob_size: d.blob_size,
-            manifest_size: d.manifest.len() as u64,
+            manifest_size: d.manifest_size,
             // Fetched by digest once per release (FetchManifest), not
             // carried in every directive.
             manifest: Vec::new(),

@@ -41,7 +41,10 @@ pub struct DesiredRow {
     pub blob_digest: String,
     #[sqlx(try_from = "i64")]
     pub blob_size: u64,
-    pub manifest: Vec<u8>,
+    /// The manifest's size in bytes: a directive names it, the agent fetches
+    /// the manifest itself by digest (sessions never read it whole).
+    #[sqlx(try_from = "i64")]
+    pub manifest_size: u64,
     #[sqlx(try_from = "i64")]
     pub counter: u64,
     pub signatures: String,
@@ -515,8 +518,8 @@ impl Store {
         app: &str,
     ) -> Result<Option<DesiredRow>> {
         Ok(sqlx::query_as(
-            "SELECT r.app, r.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size, r.manifest,
-                    r.counter, r.signatures, d.\"authorization\", r.has_migrations
+            "SELECT r.app, r.version, d.generation, r.manifest_digest, r.blob_digest, r.blob_size,
+                    CAST(length(r.manifest) AS BIGINT) AS manifest_size, r.counter, r.signatures, d.\"authorization\", r.has_migrations
              FROM desired d
              JOIN releases r ON r.tenant = d.tenant AND r.app = d.app AND r.version = d.version
              WHERE d.tenant = $1 AND d.environment = $2 AND d.app = $3",
@@ -538,8 +541,8 @@ impl Store {
         generation: u64,
     ) -> Result<Option<DesiredRow>> {
         let row: Option<DesiredRow> = sqlx::query_as(
-            "SELECT app, version, manifest_digest, blob_digest, blob_size, manifest, counter, signatures,
-                    has_migrations
+            "SELECT app, version, manifest_digest, blob_digest, blob_size,
+                    CAST(length(manifest) AS BIGINT) AS manifest_size, counter, signatures, has_migrations
              FROM releases WHERE tenant = $1 AND app = $2 AND version = $3",
         )
         .bind(tenant)
@@ -629,7 +632,7 @@ mod tests {
             .unwrap();
         assert_eq!((d.version.as_str(), d.generation), ("2", 2));
         assert_eq!(d.authorization, "[]");
-        assert_eq!(d.manifest, b"{}");
+        assert_eq!(d.manifest_size, 2, "the manifest's length, not its bytes");
         assert_eq!(
             s.desired_generations("default", "preprod").await.unwrap(),
             vec![("web".to_string(), 2)]
