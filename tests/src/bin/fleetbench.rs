@@ -39,6 +39,10 @@ use integration_tests::proc_kib as rss_kib;
 /// received") and began deploying it ("deploying"): (event, version, when).
 static DEPLOYING: Mutex<Vec<(&'static str, String, Instant)>> = Mutex::new(Vec::new());
 
+/// When each simulated agent entered each step of a deploy: (step, version,
+/// when); where the hosts' deploys spend their time.
+static STEPS: Mutex<Vec<(String, String, Instant)>> = Mutex::new(Vec::new());
+
 /// Simulated agents that ended with an error (enrollment refused, say).
 static FAILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -53,6 +57,7 @@ struct DeployingLayer;
 struct DeployingFields {
     message: String,
     version: String,
+    step: String,
 }
 
 impl tracing::field::Visit for DeployingFields {
@@ -63,7 +68,17 @@ impl tracing::field::Visit for DeployingFields {
             _ => {}
         }
     }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "step" => self.step = value.to_string(),
+            _ => self.record_debug(field, &value),
+        }
+    }
 }
+
+/// The deploy step event `STEPS` records.
+const STEP: &str = "deploy step";
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DeployingLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
@@ -337,6 +352,36 @@ fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks
         quantile(&judged, 1.0),
         judged.len(),
     );
+    // When the hosts entered each step of the deploy, in the order the
+    // first host did: where a host's deploy spends its time.
+    let steps = STEPS.lock().expect("steps lock").clone();
+    let mut order: Vec<(f64, String)> = Vec::new();
+    let mut per_step = std::collections::HashMap::<String, Vec<f64>>::new();
+    for (step, _, at) in steps.iter().filter(|(_, v, at)| v == version && *at >= start) {
+        let t = at.duration_since(start).as_secs_f64();
+        let e = per_step.entry(step.clone()).or_default();
+        if e.is_empty() {
+            order.push((t, step.clone()));
+        }
+        e.push(t);
+    }
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let entered: Vec<String> = order
+        .iter()
+        .map(|(_, step)| {
+            let mut v = per_step.remove(step).unwrap_or_default();
+            v.sort_by(f64::total_cmp);
+            format!(
+                "{step} {:.1} / {:.1}",
+                quantile(&v, 0.5),
+                quantile(&v, 1.0)
+            )
+        })
+        .collect();
+    println!(
+        "  steps entered (s after deploy, 50% / 100% of hosts): {}",
+        entered.join("; ")
+    );
     println!(
         "  CPU meanwhile: controller {controller_cpu:.1} s ({:.0}% of one core), simulated hosts (this process) {hosts_cpu:.1} s ({:.0}% of one core)",
         100.0 * controller_cpu / secs,
@@ -447,7 +492,7 @@ fn main() -> anyhow::Result<()> {
         .with(tracing_subscriber::Layer::with_filter(
             DeployingLayer,
             tracing_subscriber::filter::Targets::new()
-                .with_target("agent::app::machine", tracing::Level::INFO)
+                .with_target("agent::app::machine", tracing::Level::DEBUG)
                 .with_target("agent::session", tracing::Level::INFO),
         ))
         .init();
