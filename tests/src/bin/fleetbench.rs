@@ -84,6 +84,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DeployingLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut f = DeployingFields::default();
         event.record(&mut f);
+        if f.message == STEP {
+            STEPS
+                .lock()
+                .expect("steps lock")
+                .push((f.step, f.version, Instant::now()));
+            return;
+        }
         if let Some(what) = [RECEIVED, BEGAN].into_iter().find(|m| f.message == *m) {
             DEPLOYING
                 .lock()
