@@ -258,21 +258,24 @@ impl AgentsService {
     ) -> Result<Vec<DesiredApp>, ControllerError> {
         let store = &self.ctx.store;
         let mut out = Vec::new();
-        let placements = store.placements(&h.tenant).await?;
-        let labels = if placements.is_empty() {
-            Default::default()
-        } else {
+        // With each app's placement: one statement per recompute.
+        let desired = store.desired_generations(&h.tenant, &h.environment).await?;
+        let labels = if desired.iter().any(|d| d.selector.is_some()) {
             store.host_labels(&h.tenant, &h.host).await?
+        } else {
+            Default::default()
         };
-        for (app, generation) in store.desired_generations(&h.tenant, &h.environment).await? {
+        for crate::store::DesiredGeneration {
+            app,
+            generation,
+            selector,
+        } in desired
+        {
             if !h.apps.contains(&app) || !scope.covers(&app) {
                 continue;
             }
             // A selector that leaves this host out: it gets no releases of the app.
-            if placements
-                .get(&(app.clone(), h.environment.clone()))
-                .is_some_and(|sel| !crate::fleet::selector_matches(sel, &labels))
-            {
+            if selector.is_some_and(|sel| !crate::fleet::selector_matches(&sel, &labels)) {
                 continue;
             }
             let row = match store

@@ -28,7 +28,7 @@ pub use audit::{AuditRow, HistoryFilter};
 pub use declared::{DeclaredRow, HostAppsAck, PutRefused};
 pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport, SequenceBlock};
-pub use releases::{DesiredRow, ReleaseRow, YankRefused};
+pub use releases::{DesiredGeneration, DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
 pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
 pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};

@@ -83,10 +83,20 @@ struct Desired {
 
 /// An app's generation in an environment.
 #[derive(FromRow)]
-struct AppGeneration {
+struct DesiredGenerationRow {
     app: String,
     #[sqlx(try_from = "i64")]
     generation: u64,
+    selector: Option<super::JsonText<std::collections::BTreeMap<String, String>>>,
+}
+
+/// An app's desired generation in one environment, with where it is placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredGeneration {
+    pub app: String,
+    pub generation: u64,
+    /// The placement's label selector; None: every host of the environment.
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
 }
 
 const RELEASE_COLUMNS: &str = "app, version, manifest_digest, blob_digest, blob_size, git_commit, entries, created_at, counter, signatures, yanked_at, yank_reason";
@@ -497,17 +507,32 @@ impl Store {
         .await?)
     }
 
-    /// (app, generation) of every desired release in an environment: cheap, read
-    /// on every desired-state change by every session.
-    pub async fn desired_generations(&self, tenant: &str, env: &str) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<AppGeneration> = sqlx::query_as(
-            "SELECT app, generation FROM desired WHERE tenant = $1 AND environment = $2 ORDER BY app",
+    /// (app, generation, label selector) of every desired release in an
+    /// environment: cheap, read on every desired-state change by every
+    /// session. The selector is the app's placement there (`slipctl apps
+    /// place`), None when every host of the environment takes it.
+    pub async fn desired_generations(
+        &self,
+        tenant: &str,
+        env: &str,
+    ) -> Result<Vec<DesiredGeneration>> {
+        let rows: Vec<DesiredGenerationRow> = sqlx::query_as(
+            "SELECT d.app, d.generation, p.selector FROM desired d
+             LEFT JOIN placements p ON p.tenant = d.tenant AND p.app = d.app AND p.environment = d.environment
+             WHERE d.tenant = $1 AND d.environment = $2 ORDER BY d.app",
         )
         .bind(tenant)
         .bind(env)
         .fetch_all(self.db())
         .await?;
-        Ok(rows.into_iter().map(|r| (r.app, r.generation)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| DesiredGeneration {
+                app: r.app,
+                generation: r.generation,
+                selector: r.selector.map(|s| s.0),
+            })
+            .collect())
     }
 
     /// The desired release of app@env with its manifest.
@@ -635,7 +660,23 @@ mod tests {
         assert_eq!(d.manifest_size, 2, "the manifest's length, not its bytes");
         assert_eq!(
             s.desired_generations("default", "preprod").await.unwrap(),
-            vec![("web".to_string(), 2)]
+            vec![DesiredGeneration {
+                app: "web".into(),
+                generation: 2,
+                selector: None
+            }]
+        );
+        // With its placement in this environment, not another's.
+        let role = std::collections::BTreeMap::from([("role".to_string(), "web".to_string())]);
+        s.set_placement("default", "web", "preprod", &role)
+            .await
+            .unwrap();
+        s.set_placement("default", "web", "prod", &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.desired_generations("default", "preprod").await.unwrap()[0].selector,
+            Some(role)
         );
         assert!(
             s.desired_app("default", "prod", "web")

@@ -167,13 +167,16 @@ struct Desired {
     generation: i64,
 }
 
-/// Where one host of a holding rollout stands.
+/// The latest rollout of an app@env with one host's row in its plan (None
+/// when the host is not in it).
 #[derive(FromRow)]
-struct Hold {
-    admitted_at: i64,
-    hold_version: String,
-    #[sqlx(try_from = "i64")]
-    hold_generation: u64,
+struct HeldRow {
+    state: RolloutState,
+    from_version: String,
+    from_generation: i64,
+    admitted_at: Option<i64>,
+    hold_version: Option<String>,
+    hold_generation: Option<i64>,
 }
 
 async fn rollout_by_id(conn: &mut sqlx::AnyConnection, id: i64) -> Result<Option<RolloutRow>> {
@@ -451,21 +454,33 @@ impl Store {
         env: &str,
         host: &str,
     ) -> Result<Option<(String, u64)>> {
-        let Some(r) = self.holding_rollout(tenant, app, env).await? else {
-            return Ok(None);
-        };
-        let row: Option<Hold> = sqlx::query_as(
-            "SELECT admitted_at, hold_version, hold_generation FROM rollout_hosts WHERE rollout_id = $1 AND host = $2",
+        // One statement: every session reads this on every desired change.
+        let row: Option<HeldRow> = sqlx::query_as(
+            "SELECT o.state, o.from_version, o.from_generation,
+                    h.admitted_at, h.hold_version, h.hold_generation
+             FROM rollouts o
+             LEFT JOIN rollout_hosts h ON h.rollout_id = o.id AND h.host = $4
+             WHERE o.tenant = $1 AND o.app = $2 AND o.environment = $3
+             ORDER BY o.id DESC LIMIT 1",
         )
-        .bind(r.id)
+        .bind(tenant)
+        .bind(app)
+        .bind(env)
         .bind(host)
         .fetch_optional(self.db())
         .await?;
-        Ok(match row {
+        let Some(r) = row.filter(|r| r.state.is_holding()) else {
+            return Ok(None);
+        };
+        let generation = |g: i64| u64::try_from(g).unwrap_or_default();
+        Ok(match (r.admitted_at, r.hold_version, r.hold_generation) {
             // Not in the plan (joined since): the rollout's previous release.
-            None => Some((r.from_version, r.from_generation)),
-            Some(h) if h.admitted_at > 0 => None,
-            Some(h) => Some((h.hold_version, h.hold_generation)),
+            (None, _, _) => Some((r.from_version, generation(r.from_generation))),
+            (Some(at), _, _) if at > 0 => None,
+            (Some(_), version, held) => Some((
+                version.unwrap_or_default(),
+                generation(held.unwrap_or_default()),
+            )),
         })
     }
 
