@@ -364,7 +364,10 @@ fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks
     let steps = STEPS.lock().expect("steps lock").clone();
     let mut order: Vec<(f64, String)> = Vec::new();
     let mut per_step = std::collections::HashMap::<String, Vec<f64>>::new();
-    for (step, _, at) in steps.iter().filter(|(_, v, at)| v == version && *at >= start) {
+    for (step, _, at) in steps
+        .iter()
+        .filter(|(_, v, at)| v == version && *at >= start)
+    {
         let t = at.duration_since(start).as_secs_f64();
         let e = per_step.entry(step.clone()).or_default();
         if e.is_empty() {
@@ -378,11 +381,7 @@ fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks
         .map(|(_, step)| {
             let mut v = per_step.remove(step).unwrap_or_default();
             v.sort_by(f64::total_cmp);
-            format!(
-                "{step} {:.1} / {:.1}",
-                quantile(&v, 0.5),
-                quantile(&v, 1.0)
-            )
+            format!("{step} {:.1} / {:.1}", quantile(&v, 0.5), quantile(&v, 1.0))
         })
         .collect();
     println!(
