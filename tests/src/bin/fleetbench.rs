@@ -12,7 +12,7 @@
 //! Prints the time from `deploy` until every host reports healthy and where
 //! it goes: when the hosts began deploying (the agents' side) and when the
 //! controller judged them healthy (its log), the CPU seconds the controller
-//! and the simulated hosts (this process) spent meanwhile; then, idle, the
+//! and the simulated hosts (this process and its host groups) spent meanwhile; then, idle, the
 //! controller's resident memory per connected session and its CPU at
 //! heartbeats only. Figures are printed, never asserted.
 //!
@@ -23,6 +23,13 @@
 //! only; or `postgres:N` in the list) starts N controllers on one database and one blob directory and
 //! spreads the agents over them round-robin; memory and CPU are then the sum
 //! over the replicas.
+//!
+//! `SLIPWAY_BENCH_HOST_PROCS=K` runs the simulated hosts in K processes of
+//! their own (this binary again, `--hosts FILE`) instead of this one: a real
+//! host's agent is a small process, and every app process a simulated host
+//! starts copies, then closes at `exec`, the descriptor table of the process
+//! it is forked from (about six descriptors per host in it). The hosts' CPU
+//! and memory are then the sum over those processes.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -80,24 +87,195 @@ impl tracing::field::Visit for DeployingFields {
 /// The deploy step event `STEPS` records.
 const STEP: &str = "deploy step";
 
+/// A host group (`--hosts`) prints its events for the bench to read, rather
+/// than keeping them.
+static EVENTS_TO_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DeployingLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut f = DeployingFields::default();
         event.record(&mut f);
-        if f.message == STEP {
-            STEPS
-                .lock()
-                .expect("steps lock")
-                .push((f.step, f.version, Instant::now()));
+        if f.message != STEP && f.message != RECEIVED && f.message != BEGAN {
             return;
         }
-        if let Some(what) = [RECEIVED, BEGAN].into_iter().find(|m| f.message == *m) {
-            DEPLOYING
-                .lock()
-                .expect("deploying lock")
-                .push((what, f.version, Instant::now()));
+        if EVENTS_TO_STDOUT.load(std::sync::atomic::Ordering::Relaxed) {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "EVENT\t{}\t{}\t{}\t{nanos}",
+                f.message,
+                f.version,
+                f.step
+            );
+            return;
         }
+        record_event(&f.message, f.version, f.step, Instant::now());
     }
+}
+
+/// Keeps one agent event, from this process or a host group.
+fn record_event(message: &str, version: String, step: String, at: Instant) {
+    if message == STEP {
+        STEPS.lock().expect("steps lock").push((step, version, at));
+    } else if let Some(what) = [RECEIVED, BEGAN].into_iter().find(|m| message == *m) {
+        DEPLOYING
+            .lock()
+            .expect("deploying lock")
+            .push((what, version, at));
+    }
+}
+
+/// The host groups' processes (`SLIPWAY_BENCH_HOST_PROCS`), if any.
+static HOST_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// CPU seconds the simulated hosts used so far: this process and its host
+/// groups.
+fn hosts_cpu(ticks: f64) -> f64 {
+    let groups: f64 = HOST_PIDS
+        .lock()
+        .expect("host pids")
+        .iter()
+        .map(|pid| cpu_secs(*pid, ticks))
+        .sum();
+    cpu_secs(std::process::id(), ticks) + groups
+}
+
+/// Resident memory of the simulated hosts: this process and its host groups.
+fn hosts_rss_kib() -> u64 {
+    let groups: u64 = HOST_PIDS
+        .lock()
+        .expect("host pids")
+        .iter()
+        .map(|pid| rss_kib(*pid, "VmRSS:"))
+        .sum();
+    rss_kib(std::process::id(), "VmRSS:") + groups
+}
+
+/// Starts the agents of `configs` on `rt`, `start_rate` a second; a failed
+/// agent counts in `FAILED` (a host group prints `FAILED`).
+fn start_agents(
+    rt: &tokio::runtime::Runtime,
+    configs: Vec<agent::config::AgentConfig>,
+    start_rate: usize,
+    shutdown: &CancellationToken,
+) {
+    let per_tick = (start_rate / 10).max(1);
+    for (i, cfg) in configs.into_iter().enumerate() {
+        if i > 0 && i % per_tick == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let token = shutdown.clone();
+        rt.spawn(async move {
+            if let Err(e) = agent::run(cfg, None, token).await {
+                eprintln!("agent failed: {e:#}");
+                if EVENTS_TO_STDOUT.load(std::sync::atomic::Ordering::Relaxed) {
+                    println!("FAILED");
+                } else {
+                    FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}
+
+/// The runtime simulated hosts run on. Each deploying host holds a blocking
+/// thread for its unpack (it reads the download as it arrives) while its
+/// fetch needs others for its file writes: with tokio's default 512, over
+/// ~500 hosts deploying at once in one process wait on each other for ever.
+fn hosts_runtime(threads: usize, hosts: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .max_blocking_threads(2 * hosts + 64)
+        .enable_all()
+        .build()
+}
+
+/// `--hosts FILE`: a group of simulated hosts in a process of its own. FILE
+/// lists their agent configs, a path a line. Their events go to stdout, a
+/// line each (`EVENT\tmessage\tversion\tstep\tunix nanos`), a failed
+/// agent as `FAILED`; runs until its stdin closes.
+fn host_group(list: &Path, threads: usize, start_rate: usize) -> anyhow::Result<()> {
+    EVENTS_TO_STDOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+    let text = std::fs::read_to_string(list)?;
+    let configs = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|path| {
+            let path = Path::new(path);
+            let toml = std::fs::read_to_string(path)?;
+            Ok(agent::config::AgentConfig::parse(&toml, path)?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rt = hosts_runtime(threads, configs.len())?;
+    let shutdown = CancellationToken::new();
+    start_agents(&rt, configs, start_rate, &shutdown);
+    // Until the bench closes our stdin (or is gone).
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    shutdown.cancel();
+    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}
+
+/// Starts `procs` host groups over `configs` (round-robin), each reading its
+/// events into this process's records.
+fn start_host_groups(
+    dir: &Path,
+    configs: &[std::path::PathBuf],
+    procs: usize,
+    threads: usize,
+    start_rate: usize,
+) -> anyhow::Result<Vec<std::process::Child>> {
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for g in 0..procs {
+        let list: Vec<String> = configs
+            .iter()
+            .skip(g)
+            .step_by(procs)
+            .map(|p| p.display().to_string())
+            .collect();
+        let file = dir.join(format!("hosts-{g}.txt"));
+        std::fs::write(&file, list.join("\n"))?;
+        let mut child = std::process::Command::new(&exe)
+            .arg("--hosts")
+            .arg(&file)
+            .env("SLIPWAY_BENCH_THREADS", threads.to_string())
+            .env(
+                "SLIPWAY_BENCH_START_RATE",
+                (start_rate / procs).max(1).to_string(),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        HOST_PIDS.lock().expect("host pids").push(child.id());
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if line == "FAILED" {
+                    FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                let f: Vec<&str> = line.split('\t').collect();
+                let [_, message, version, step, nanos] = f[..] else {
+                    continue;
+                };
+                let Ok(nanos) = nanos.parse::<u64>() else {
+                    continue;
+                };
+                let when = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos);
+                let ago = SystemTime::now().duration_since(when).unwrap_or_default();
+                let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+                record_event(message, version.to_string(), step.to_string(), at);
+            }
+        });
+        children.push(child);
+    }
+    Ok(children)
 }
 
 /// CPU seconds (user + system, every thread) a process used so far.
@@ -164,7 +342,7 @@ fn agent_config(
     host: &str,
     token: &str,
     with_app: bool,
-) -> agent::config::AgentConfig {
+) -> (agent::config::AgentConfig, std::path::PathBuf) {
     let state_dir = dir.join(format!("agent-{host}"));
     let join = dir.join(format!("{host}.join"));
     std::fs::write(&join, token).expect("join token");
@@ -181,7 +359,8 @@ fn agent_config(
         }
     );
     std::fs::write(&path, &text).expect("config");
-    agent::config::AgentConfig::parse(&text, &path).expect("agent config parses")
+    let cfg = agent::config::AgentConfig::parse(&text, &path).expect("agent config parses");
+    (cfg, path)
 }
 
 /// Kills the worker processes the agents started (they outlive agents by design).
@@ -237,7 +416,7 @@ fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks
     let mut args = vec!["deploy", "web", version, "--env", "preprod"];
     args.extend_from_slice(strategy);
     let log_from = fleet.log_lengths();
-    let cpu_before = (fleet.cpu(ticks), cpu_secs(std::process::id(), ticks));
+    let cpu_before = (fleet.cpu(ticks), hosts_cpu(ticks));
     let start_of_day = now_secs_of_day();
     let start = Instant::now();
     c.ctl(&args).ok();
@@ -272,7 +451,7 @@ fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks
     );
     let secs = start.elapsed().as_secs_f64();
     let controller_cpu = fleet.cpu(ticks) - cpu_before.0;
-    let hosts_cpu = cpu_secs(std::process::id(), ticks) - cpu_before.1;
+    let hosts_cpu = hosts_cpu(ticks) - cpu_before.1;
     if let Some(why) = ended {
         println!("deploy {version}: the rollout ended without every host healthy: {why}");
     }
@@ -389,7 +568,7 @@ fn timed_deploy(fleet: &Fleet, version: &str, n: usize, strategy: &[&str], ticks
         entered.join("; ")
     );
     println!(
-        "  CPU meanwhile: controller {controller_cpu:.1} s ({:.0}% of one core), simulated hosts (this process) {hosts_cpu:.1} s ({:.0}% of one core)",
+        "  CPU meanwhile: controller {controller_cpu:.1} s ({:.0}% of one core), simulated hosts {hosts_cpu:.1} s ({:.0}% of one core)",
         100.0 * controller_cpu / secs,
         100.0 * hosts_cpu / secs,
     );
@@ -469,6 +648,8 @@ struct Settings {
     start_rate: usize,
     deploys: bool,
     threads: usize,
+    /// Processes the simulated hosts run in (1: this one).
+    host_procs: usize,
     idle_secs: f64,
     ticks: f64,
 }
@@ -489,11 +670,11 @@ fn main() -> anyhow::Result<()> {
         // host's fsync stalls every other host's session. Real hosts each
         // have their own.
         threads: env_number("SLIPWAY_BENCH_THREADS", 16),
+        host_procs: env_number("SLIPWAY_BENCH_HOST_PROCS", 1).max(1),
         idle_secs: env_number("SLIPWAY_BENCH_IDLE_SECS", 10) as f64,
         ticks: clock_ticks(),
     };
-    let replicas = env_number("SLIPWAY_BENCH_REPLICAS", 1).max(1);
-    let stores = std::env::var("SLIPWAY_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
+    let args: Vec<String> = std::env::args().collect();
     tracing_subscriber::registry()
         .with(tracing_subscriber::Layer::with_filter(
             DeployingLayer,
@@ -502,6 +683,13 @@ fn main() -> anyhow::Result<()> {
                 .with_target("agent::session", tracing::Level::INFO),
         ))
         .init();
+    if let [_, flag, list] = &args[..]
+        && flag == "--hosts"
+    {
+        return host_group(Path::new(list), settings.threads, settings.start_rate);
+    }
+    let replicas = env_number("SLIPWAY_BENCH_REPLICAS", 1).max(1);
+    let stores = std::env::var("SLIPWAY_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
     // Every simulated agent's app watches its env file with inotify; the
     // default 128 instances per user would leave most of them polling.
     if settings.n > 100 {
@@ -603,6 +791,7 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
         start_rate: _,
         deploys,
         threads,
+        host_procs,
         idle_secs,
         ticks,
     } = *settings;
@@ -686,15 +875,6 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     std::thread::sleep(Duration::from_secs(1));
     let idle_kib = fleet.rss_kib("VmRSS:");
 
-    // Each deploying host holds a blocking thread for its unpack (it reads
-    // the download as it arrives) while its fetch needs others for its file
-    // writes: with tokio's default 512, over ~500 hosts deploying at once in
-    // this one process wait on each other for ever.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .max_blocking_threads(2 * n + 64)
-        .enable_all()
-        .build()?;
     let shutdown = CancellationToken::new();
     let start = Instant::now();
     // Started `start_rate` a second (SLIPWAY_BENCH_START_RATE, 500): a fleet
@@ -703,19 +883,23 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     // PostgreSQL queue on the write lock while holding pooled connections,
     // and the calls waiting for one time out ("store unavailable"), retry,
     // and keep the queue full.
-    let per_tick = (settings.start_rate / 10).max(1);
-    for (i, cfg) in configs.into_iter().enumerate() {
-        if i > 0 && i % per_tick == 0 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let token = shutdown.clone();
-        rt.spawn(async move {
-            if let Err(e) = agent::run(cfg, None, token).await {
-                eprintln!("agent failed: {e:#}");
-                FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-    }
+    let (configs, paths): (Vec<_>, Vec<_>) = configs.into_iter().unzip();
+    let group_threads = threads.div_ceil(host_procs).max(2);
+    let (rt, mut groups) = if host_procs > 1 {
+        drop(configs);
+        let groups = start_host_groups(
+            agent_dir.path(),
+            &paths,
+            host_procs,
+            group_threads,
+            settings.start_rate,
+        )?;
+        (None, groups)
+    } else {
+        let rt = hosts_runtime(threads, n)?;
+        start_agents(&rt, configs, settings.start_rate, &shutdown);
+        (Some(rt), Vec::new())
+    };
     eventually(Duration::from_secs(1800), "every agent connected", || {
         // A controller too busy to answer is asked again.
         let out = c.ctl(&["hosts", "--json"]);
@@ -742,10 +926,10 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     let connected_kib = fleet.rss_kib("VmRSS:");
     // Idle: every session open, nothing deploying; heartbeats only (every
     // 2 s in the harness, 10 s by default).
-    let idle_from = (fleet.cpu(ticks), cpu_secs(std::process::id(), ticks));
+    let idle_from = (fleet.cpu(ticks), hosts_cpu(ticks));
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
     let idle_cpu = (fleet.cpu(ticks) - idle_from.0) / idle_secs;
-    let idle_hosts_cpu = (cpu_secs(std::process::id(), ticks) - idle_from.1) / idle_secs;
+    let idle_hosts_cpu = (hosts_cpu(ticks) - idle_from.1) / idle_secs;
 
     let mut timed = Vec::new();
     if deploys {
@@ -779,11 +963,16 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
     }
     let after_kib = fleet.rss_kib("VmRSS:");
     let peak_kib = fleet.rss_kib("VmHWM:");
-    let own_kib = rss_kib(std::process::id(), "VmRSS:");
+    let own_kib = hosts_rss_kib();
     let per_session_kib = (connected_kib.saturating_sub(idle_kib)) as f64 / n as f64;
 
     println!(
-        "agents:                          {n} (one process, own state dir and mTLS session each; {threads} runtime threads; state dirs in {})",
+        "agents:                          {n} ({}, own state dir and mTLS session each; state dirs in {})",
+        if host_procs > 1 {
+            format!("in {host_procs} processes of {group_threads} runtime threads")
+        } else {
+            format!("in this process, {threads} runtime threads")
+        },
         agent_dir.path().display()
     );
     println!("enroll + connect all:            {connect_secs:.1} s");
@@ -812,12 +1001,27 @@ fn run(store: &str, replicas: usize, settings: &Settings) -> anyhow::Result<Figu
         peak_kib as f64 / 1024.0
     );
     println!(
-        "bench process RSS ({n} agents):  {:.1} MiB ({:.1} KiB per agent)",
+        "simulated hosts' RSS ({n} agents): {:.1} MiB ({:.1} KiB per agent)",
         own_kib as f64 / 1024.0,
         own_kib as f64 / n as f64
     );
     shutdown.cancel();
-    rt.shutdown_timeout(Duration::from_secs(5));
+    if let Some(rt) = rt {
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+    for g in &mut groups {
+        // Its stdin closes: it stops its agents and exits.
+        drop(g.stdin.take());
+    }
+    for mut g in groups {
+        let waited = Instant::now();
+        while g.try_wait().ok().flatten().is_none() && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = g.kill();
+        let _ = g.wait();
+    }
+    HOST_PIDS.lock().expect("host pids").clear();
     kill_workers(agent_dir.path(), all);
     Ok(Figures {
         label: if replicas > 1 {
