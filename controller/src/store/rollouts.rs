@@ -402,19 +402,6 @@ impl Store {
         Ok(row.map(RolloutRow::from))
     }
 
-    /// The rollout of app@env that holds hosts back, if any.
-    pub async fn holding_rollout(
-        &self,
-        tenant: &str,
-        app: &str,
-        env: &str,
-    ) -> Result<Option<RolloutRow>> {
-        Ok(self
-            .latest_rollout(tenant, app, env)
-            .await?
-            .filter(|r| r.state.is_holding()))
-    }
-
     /// Every rollout the engine has to drive (paused ones are still judged).
     /// How many rollouts are in each state (all tenants).
     pub async fn rollout_counts(&self) -> Result<Vec<(String, i64)>> {
