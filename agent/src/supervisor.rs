@@ -492,11 +492,25 @@ pub fn write_record(paths: &AppPaths, rec: &ProcRecord) -> Result<(), SuperviseE
         .map_err(|source| SuperviseError::Io { path, source })
 }
 
+/// Whether process group `pgid` has no process left, zombies included:
+/// one `kill(-pgid, 0)`, no `/proc` scan.
+pub fn group_is_empty(pgid: i32) -> bool {
+    pgid > 0 && killpg(Pid::from_raw(pgid), None) == Err(nix::errno::Errno::ESRCH)
+}
+
 /// Processes of `rec`'s group that are ours: started no earlier than the
 /// leader and running from under the app's dir or carrying `SLIPWAY_APP`. While one of them lives, the
 /// group id cannot have been reused, so signalling the group is safe even after
 /// the leader (e.g. a shell wrapper) has died.
+///
+/// A group with no process at all is known without reading `/proc`: signal 0
+/// to it fails with `ESRCH`. That is the usual answer once a stopped app has
+/// exited, and it keeps a stop from reading the `stat` of every process on the
+/// host (a scan that grows with the host's process count).
 fn group_members(rec: &ProcRecord, app_root: &Path) -> Vec<i32> {
+    if group_is_empty(rec.pid) {
+        return Vec::new();
+    }
     let root = std::fs::canonicalize(app_root).unwrap_or_else(|_| app_root.to_path_buf());
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -629,4 +643,77 @@ pub fn runs_from(pid: i32, dir: &Path) -> bool {
     let Some(cwd) = cwd(pid) else { return false };
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     cwd.starts_with(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn a_group_is_empty_only_once_its_last_process_is_gone() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pgid = child.id() as i32;
+        assert!(
+            !group_is_empty(pgid),
+            "a group with a live process is not empty"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            group_is_empty(pgid),
+            "a group whose process was reaped is empty"
+        );
+        assert!(!group_is_empty(0), "0 is never taken for an empty group");
+    }
+
+    /// The leader exits and leaves a member behind that ignores SIGTERM: the
+    /// group is not empty, so the stop scans for it, waits out the grace
+    /// period and kills it.
+    #[tokio::test]
+    async fn stop_kills_what_the_leader_left_in_its_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = AppPaths::new(dir.path(), "app");
+        std::fs::create_dir_all(&paths.run).expect("run dir");
+        let mut leader = Command::new("sh")
+            .args(["-c", "trap '' TERM; sleep 30 >/dev/null & echo $!"])
+            .current_dir(&paths.root)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pgid = leader.id() as i32;
+        // Read before the wait: the leader may be a zombie already.
+        let (_, start_time) = proc_stat(pgid).expect("leader start time");
+        let mut out = String::new();
+        std::io::Read::read_to_string(leader.stdout.as_mut().expect("stdout"), &mut out)
+            .expect("read the member's pid");
+        let _ = leader.wait();
+        let member: i32 = out.trim().parse().expect("member pid");
+        let rec = ProcRecord {
+            process: "web".into(),
+            pid: pgid,
+            start_time,
+            ..ProcRecord::default()
+        };
+        assert!(start_time_of_live(member), "the member outlives its leader");
+        assert!(!group_is_empty(pgid));
+        stop(&paths, &rec, Duration::from_millis(200)).await;
+        // Reaped by init (or whoever adopted it) soon after the SIGKILL.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !group_is_empty(pgid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!start_time_of_live(member), "the member was killed");
+    }
+
+    fn start_time_of_live(pid: i32) -> bool {
+        start_time(pid).is_some()
+    }
 }

@@ -230,6 +230,9 @@ fn server_inode(server_port: u16, client: SocketAddr) -> Option<u64> {
 
 /// Live processes of process group `group`.
 fn group_pids(group: i32) -> Vec<i32> {
+    if crate::supervisor::group_is_empty(group) {
+        return Vec::new();
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
