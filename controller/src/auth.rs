@@ -231,6 +231,9 @@ pub struct AgentId {
     pub tenant: String,
     pub host: String,
     pub environment: String,
+    /// The fingerprint of the certificate it was found by (empty: found by
+    /// a join token).
+    pub cert: String,
 }
 
 /// The calling host, from its client certificate (as the edge found it, or
@@ -258,6 +261,18 @@ pub async fn agent_from_certs(
         )
     })?;
     let fingerprint = trust::pki::fingerprint(cert);
+    // A call from a host whose session here was opened with this very
+    // certificate: the session's identity, which a revocation or a new
+    // certificate takes away (see `Hub::identity`). Two calls per host per
+    // deploy no longer read the store.
+    if let Some((tenant, host, environment)) = ctx.hub.identity(&fingerprint) {
+        return Ok(AgentId {
+            tenant,
+            host,
+            environment,
+            cert: fingerprint,
+        });
+    }
     let owner = ctx
         .store
         .cert_owner(&fingerprint)
@@ -274,5 +289,6 @@ pub async fn agent_from_certs(
         tenant: owner.tenant,
         host: owner.host,
         environment: owner.environment,
+        cert: fingerprint,
     })
 }

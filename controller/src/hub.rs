@@ -48,6 +48,14 @@ pub enum Change {
         tenant: String,
         host: String,
     },
+    /// The host was given a certificate (`fingerprint`): every other one it
+    /// had stops working, and an RPC made with one is looked up in the store
+    /// again (which refuses it).
+    Certified {
+        tenant: String,
+        host: String,
+        fingerprint: String,
+    },
     Rollouts,
     Reported {
         hosts: Vec<Reported>,
@@ -173,6 +181,11 @@ impl Session {
 
 struct Entry {
     id: u64,
+    /// The fingerprint of the certificate the session was opened with, while
+    /// it is still the host's (empty once the host was given another, or
+    /// changes may have been missed): the host's other calls made with it
+    /// take the session's identity without a store read (`identity`).
+    cert: String,
     environment: String,
     apps: Vec<String>,
     wake: Arc<Wake>,
@@ -196,6 +209,10 @@ pub struct Hub {
     /// Hosts that reported since the engine last looked (`take_reported`).
     reported: Arc<Mutex<HashSet<Reported>>>,
     sessions: Arc<Mutex<HashMap<HostKey, Entry>>>,
+    /// Certificate fingerprint → the session opened with it (an index of
+    /// `Entry::cert`; an entry is used only while that session is current
+    /// and still holds the certificate).
+    certs: Arc<Mutex<HashMap<String, (HostKey, u64)>>>,
     /// When hosts whose session ended were last heard from, until the store
     /// has it (`flushed`).
     departed: Arc<Mutex<HashMap<HostKey, i64>>>,
@@ -222,6 +239,7 @@ impl Hub {
             rollouts: Arc::new(Notify::new()),
             reported: Arc::default(),
             sessions: Arc::default(),
+            certs: Arc::default(),
             departed: Arc::default(),
             ended: Arc::default(),
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
@@ -268,6 +286,11 @@ impl Hub {
             } => self.wake_apps(&tenant, &environment),
             Change::Host { tenant, host } => self.wake_host(&tenant, &host),
             Change::Evict { tenant, host } => self.end_session(&tenant, &host),
+            Change::Certified {
+                tenant,
+                host,
+                fingerprint,
+            } => self.forget_certs(&tenant, &host, &fingerprint),
             Change::Rollouts => self.rollouts.notify_one(),
             Change::Reported { hosts } => {
                 self.reported.lock().expect("hub lock").extend(hosts);
@@ -339,11 +362,15 @@ impl Hub {
     /// After changes from other replicas may have been missed (the
     /// listener reconnected): every session recomputes everything and the
     /// engine looks at every rollout whole.
+    /// A revocation or a new certificate may be among what was missed: the
+    /// sessions' certificates are looked up in the store again.
     pub fn resync(&self) {
-        for e in self.sessions.lock().expect("hub lock").values() {
+        for e in self.sessions.lock().expect("hub lock").values_mut() {
+            e.cert.clear();
             e.wake.declared.store(true, Ordering::Relaxed);
             e.wake.ring(None);
         }
+        self.certs.lock().expect("hub lock").clear();
         self.resync_rollouts.store(true, Ordering::Relaxed);
         self.rollouts.notify_one();
     }
@@ -529,7 +556,17 @@ impl Hub {
 
     /// Registers a session for (tenant, host) in `environment` running `apps`;
     /// a newer session replaces an older one (which is woken to see it).
-    pub fn connect(&self, tenant: &str, host: &str, environment: &str, apps: &[String]) -> Session {
+    /// Registers the host's session, opened with the certificate whose
+    /// fingerprint is `cert` (empty: none to remember); it replaces the
+    /// host's earlier session here, if any.
+    pub fn connect(
+        &self,
+        tenant: &str,
+        host: &str,
+        environment: &str,
+        apps: &[String],
+        cert: &str,
+    ) -> Session {
         let id = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -541,12 +578,22 @@ impl Hub {
             (tenant.into(), host.into()),
             Entry {
                 id,
+                cert: cert.into(),
                 environment: environment.into(),
                 apps: apps.to_vec(),
                 wake: wake.clone(),
                 asks: asks_tx,
             },
         );
+        {
+            let mut certs = self.certs.lock().expect("hub lock");
+            if let Some(old) = &old {
+                certs.remove(&old.cert);
+            }
+            if !cert.is_empty() {
+                certs.insert(cert.into(), ((tenant.into(), host.into()), id));
+            }
+        }
         if let Some(old) = old {
             old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
@@ -568,6 +615,7 @@ impl Hub {
         if s.get(&key).is_some_and(|e| e.id == id)
             && let Some(e) = s.remove(&key)
         {
+            self.certs.lock().expect("hub lock").remove(&e.cert);
             self.depart(key, &e);
             self.publish(|| Change::Disconnected {
                 tenant: tenant.into(),
@@ -612,6 +660,7 @@ impl Hub {
             .expect("hub lock")
             .remove(&(tenant.to_string(), host.to_string()));
         if let Some(old) = old {
+            self.certs.lock().expect("hub lock").remove(&old.cert);
             self.depart((tenant.to_string(), host.to_string()), &old);
             old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);
@@ -619,6 +668,44 @@ impl Hub {
                 tenant: tenant.into(),
                 host: host.into(),
             });
+        }
+    }
+
+    /// The host `fingerprint` belongs to and its environment, if a session
+    /// held here was opened with that certificate and nothing has taken it
+    /// from the host since: revoked (the session is evicted), another
+    /// certificate issued (`certified`), or changes missed (`resync`). Else
+    /// None, and the caller asks the store.
+    pub fn identity(&self, fingerprint: &str) -> Option<(String, String, String)> {
+        let (key, id) = self
+            .certs
+            .lock()
+            .expect("hub lock")
+            .get(fingerprint)?
+            .clone();
+        let sessions = self.sessions.lock().expect("hub lock");
+        let e = sessions.get(&key)?;
+        (e.id == id && e.cert == fingerprint).then(|| (key.0, key.1, e.environment.clone()))
+    }
+
+    /// The host was given the certificate `fingerprint`, here or on another
+    /// replica: its other certificates stop standing for it at once.
+    pub fn certified(&self, tenant: &str, host: &str, fingerprint: &str) {
+        self.forget_certs(tenant, host, fingerprint);
+        self.publish(|| Change::Certified {
+            tenant: tenant.into(),
+            host: host.into(),
+            fingerprint: fingerprint.into(),
+        });
+    }
+
+    fn forget_certs(&self, tenant: &str, host: &str, fingerprint: &str) {
+        let mut sessions = self.sessions.lock().expect("hub lock");
+        if let Some(e) = sessions.get_mut(&(tenant.to_string(), host.to_string()))
+            && e.cert != fingerprint
+        {
+            self.certs.lock().expect("hub lock").remove(&e.cert);
+            e.cert.clear();
         }
     }
 
@@ -717,10 +804,10 @@ mod tests {
         let hub = Hub::new();
         let web = vec!["web".to_string()];
         let both = vec!["web".to_string(), "api".to_string()];
-        let a = hub.connect("t1", "a", "prod", &both);
-        let b = hub.connect("t1", "b", "prod", &web);
-        let c = hub.connect("t1", "c", "preprod", &web);
-        let d = hub.connect("t2", "a", "prod", &web);
+        let a = hub.connect("t1", "a", "prod", &both, "");
+        let b = hub.connect("t1", "b", "prod", &web, "");
+        let c = hub.connect("t1", "c", "preprod", &web, "");
+        let d = hub.connect("t2", "a", "prod", &web, "");
         let all = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
         let change = |app, hosts| DesiredChange {
             tenant: "t1",
@@ -771,8 +858,8 @@ mod tests {
     async fn declared_apps_changing_wakes_its_environment_for_the_declaration_only() {
         let hub = Hub::new();
         let web = vec!["web".to_string()];
-        let a = hub.connect("t", "a", "prod", &web);
-        let b = hub.connect("t", "b", "preprod", &web);
+        let a = hub.connect("t", "a", "prod", &web, "");
+        let b = hub.connect("t", "b", "preprod", &web, "");
         hub.apps_changed("t", "prod");
         assert_eq!(
             a.changed().await,
@@ -787,8 +874,8 @@ mod tests {
     async fn a_replaced_or_evicted_session_is_woken_and_no_longer_current() {
         let hub = Hub::new();
         let web = vec!["web".to_string()];
-        let old = hub.connect("t", "a", "prod", &web);
-        let new = hub.connect("t", "a", "prod", &web);
+        let old = hub.connect("t", "a", "prod", &web, "");
+        let new = hub.connect("t", "a", "prod", &web, "");
         assert_eq!(old.changed().await.0, Recompute::All);
         assert!(!hub.is_current("t", "a", old.id) && hub.is_current("t", "a", new.id));
         assert!(!old.is_current() && new.is_current());
@@ -801,5 +888,53 @@ mod tests {
         assert_eq!(new.changed().await.0, Recompute::All);
         assert!(!hub.connected("t", "a"));
         assert!(!new.is_current());
+    }
+
+    #[test]
+    fn a_sessions_certificate_stands_for_its_host_until_taken_away() {
+        let hub = Hub::new();
+        let web = vec!["web".to_string()];
+        let who = |fp: &str| hub.identity(fp).map(|(t, h, e)| format!("{t}/{h}/{e}"));
+        assert_eq!(who("fp1"), None, "no session: the store is asked");
+        let first = hub.connect("t", "a", "prod", &web, "fp1");
+        assert_eq!(who("fp1").as_deref(), Some("t/a/prod"));
+        assert_eq!(who("fp2"), None, "another certificate is looked up");
+        hub.certified("t", "a", "fp1");
+        assert_eq!(
+            who("fp1").as_deref(),
+            Some("t/a/prod"),
+            "its own certificate again"
+        );
+        hub.certified("t", "a", "fp2");
+        assert_eq!(who("fp1"), None, "a new certificate replaced it");
+
+        // A new session with the new certificate; the old one leaving keeps it.
+        let second = hub.connect("t", "a", "prod", &web, "fp2");
+        hub.disconnect("t", "a", first.id);
+        assert_eq!(who("fp2").as_deref(), Some("t/a/prod"));
+        // Told by another replica.
+        hub.apply(
+            "r2",
+            Change::Certified {
+                tenant: "t".into(),
+                host: "a".into(),
+                fingerprint: "fp3".into(),
+            },
+        );
+        assert_eq!(who("fp2"), None, "another replica issued a certificate");
+
+        let third = hub.connect("t", "a", "prod", &web, "fp3");
+        hub.resync();
+        assert_eq!(who("fp3"), None, "changes may have been missed");
+        hub.disconnect("t", "a", third.id);
+
+        let _fourth = hub.connect("t", "a", "prod", &web, "fp4");
+        hub.evict("t", "a");
+        assert_eq!(who("fp4"), None, "revoked: its session was evicted");
+        let fifth = hub.connect("t", "a", "prod", &web, "fp5");
+        hub.disconnect("t", "a", fifth.id);
+        assert_eq!(who("fp5"), None, "the session ended");
+        assert!(hub.certs.lock().unwrap().is_empty(), "nothing left behind");
+        drop(second);
     }
 }

@@ -763,8 +763,8 @@ mod tests {
             dry_run: false,
         };
         let web_apps = vec!["web".to_string()];
-        let a = hub.connect("default", "a", "preprod", &web_apps);
-        let p = hub.connect("default", "p", "prod", &web_apps);
+        let a = hub.connect("default", "a", "preprod", &web_apps, "");
+        let p = hub.connect("default", "p", "prod", &web_apps, "");
 
         let first = deploy(&i, "preprod", "1").await.unwrap();
         assert_eq!(

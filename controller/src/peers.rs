@@ -399,7 +399,7 @@ mod tests {
         assert!(!hub.connected("t", "h2") && hub.connected("t", "h4"));
 
         // A replica that asks hears of this one's sessions.
-        let _mine = hub.connect("t", "local", "prod", &[]);
+        let _mine = hub.connect("t", "local", "prod", &[], "");
         while rx.try_recv().is_ok() {}
         apply(&hub, &outbox, "me", &message("d", vec![], false, true));
         assert_eq!(rx.try_recv().unwrap(), connected("local"));
@@ -421,7 +421,7 @@ mod tests {
     async fn a_replica_ignores_its_own_changes_and_resyncs_on_garbage() {
         let hub = Hub::new();
         let (outbox, _rx) = test_outbox();
-        let s = hub.connect("t", "h1", "prod", &["web".into()]);
+        let s = hub.connect("t", "h1", "prod", &["web".into()], "");
         let msg = |from: &str| {
             serde_json::to_string(&Message {
                 from: from.into(),

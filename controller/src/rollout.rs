@@ -795,7 +795,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
-        let _session = ctx.hub.connect("default", "on", "preprod", &web);
+        let _session = ctx.hub.connect("default", "on", "preprod", &web, "");
 
         // skip: the host without a session is skipped, the connected one is
         // waited for and judged; success says who was not judged.
@@ -854,8 +854,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
-        let _on = ctx.hub.connect("default", "on", "preprod", &web);
-        let _off = ctx.hub.connect("default", "off", "preprod", &web);
+        let _on = ctx.hub.connect("default", "on", "preprod", &web, "");
+        let _off = ctx.hub.connect("default", "off", "preprod", &web, "");
         let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
         let seen = look(&ctx, &r).await;
         assert!(seen.is_some(), "a judging look is remembered");
@@ -891,8 +891,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
-        let _on = ctx.hub.connect("default", "on", "preprod", &web);
-        let off = ctx.hub.connect("default", "off", "preprod", &web);
+        let _on = ctx.hub.connect("default", "on", "preprod", &web, "");
+        let off = ctx.hub.connect("default", "off", "preprod", &web, "");
         let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
         let none = HashSet::new();
         let seen = look(&ctx, &r).await.unwrap();
@@ -917,7 +917,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
-        let off = ctx.hub.connect("default", "off", "preprod", &web);
+        let off = ctx.hub.connect("default", "off", "preprod", &web, "");
         let now = store::now();
         off.heard(now);
         ctx.hub.disconnect("default", "off", off.id);
@@ -945,8 +945,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = engine(&db, dir.path()).await;
         let web = vec!["web".to_string()];
-        let _on = ctx.hub.connect("default", "on", "preprod", &web);
-        let _off = ctx.hub.connect("default", "off", "preprod", &web);
+        let _on = ctx.hub.connect("default", "on", "preprod", &web, "");
+        let _off = ctx.hub.connect("default", "off", "preprod", &web, "");
         let (r, _) = roll(&ctx, OfflinePolicy::Wait).await;
         for host in ["on", "off"] {
             report_in(&ctx.store, host, "2", r.generation, 4).await;

@@ -479,6 +479,94 @@ fn a_renewed_certificate_replaces_the_old_one() {
     });
 }
 
+/// Opens a session as `id` (hello, welcome) and keeps it open while the
+/// returned sender lives.
+async fn open_session(
+    c: &Controller,
+    id: &trust::tls::ClientIdentity,
+    host: &str,
+) -> (
+    tokio::sync::mpsc::Sender<AgentMessage>,
+    tonic::Streaming<proto::v1::ControllerMessage>,
+) {
+    let mut client = AgentsClient::new(as_host(c, id).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            host: host.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    inbound.message().await.expect("welcome");
+    (tx, inbound)
+}
+
+/// A call made as `id`: Ok if the controller took the certificate for a
+/// host (it then refuses the unknown release), else the refusal.
+async fn call_as(c: &Controller, id: &trust::tls::ClientIdentity) -> Result<(), tonic::Status> {
+    let refused = AgentsClient::new(as_host(c, id).await)
+        .fetch_manifest(proto::v1::FetchManifestRequest {
+            digest: format!("sha256:{}", "0".repeat(64)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no such release");
+    if refused.code() == tonic::Code::PermissionDenied
+        && refused.message().contains("is not one this host runs")
+    {
+        Ok(())
+    } else {
+        Err(refused)
+    }
+}
+
+/// A session's calls skip the store's certificate lookup while the session
+/// lives; a new certificate or a revocation still ends the old one's use at
+/// once, session or not.
+#[test]
+fn a_live_session_does_not_keep_a_replaced_or_revoked_certificate_working() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let rt = rt();
+    rt.block_on(async {
+        let (old, _) = enroll(&c, "web-1").await;
+        let _old_session = open_session(&c, &old, "web-1").await;
+        call_as(&c, &old)
+            .await
+            .expect("the session's certificate works");
+
+        let (key_pem, csr_pem) = trust::pki::agent_key_and_csr("web-1").unwrap();
+        let renewed = AgentsClient::new(as_host(&c, &old).await)
+            .renew(RenewRequest { csr_pem })
+            .await
+            .expect("renewed")
+            .into_inner();
+        let refused = call_as(&c, &old)
+            .await
+            .expect_err("the replaced certificate is refused while its session lives");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+        let new = trust::tls::ClientIdentity {
+            cert_pem: renewed.cert_pem,
+            key_pem,
+        };
+        let _new_session = open_session(&c, &new, "web-1").await;
+        call_as(&c, &new).await.expect("the new certificate works");
+        c.ctl(&["hosts", "revoke", "web-1"]).ok();
+        let refused = call_as(&c, &new)
+            .await
+            .expect_err("a revoked host's certificate is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    });
+}
+
 #[test]
 fn a_bad_csr_keeps_the_join_token_and_anonymous_enrollment_is_rate_limited() {
     let t = tempfile::tempdir().unwrap();

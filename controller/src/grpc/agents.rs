@@ -185,6 +185,7 @@ impl AgentsService {
             tenant,
             host: hello_host,
             environment: hello_env,
+            cert: _,
         } = id;
         if hello.apps.len() > MAX_APPS_PER_HOST {
             return Err(Status::invalid_argument(format!(
@@ -435,11 +436,15 @@ impl Agents for AgentsService {
         else {
             return Err(Status::invalid_argument("a session must start with hello"));
         };
+        let cert = id.cert.clone();
         let mut host = self.accept_hello(hello, id).await?;
-        let session = self
-            .ctx
-            .hub
-            .connect(&host.tenant, &host.host, &host.environment, &host.apps);
+        let session = self.ctx.hub.connect(
+            &host.tenant,
+            &host.host,
+            &host.environment,
+            &host.apps,
+            &cert,
+        );
         // A host coming back may unblock a rollout step: its hello reported
         // every app.
         for app in &host.apps {

@@ -42,6 +42,7 @@ pub async fn issue(ctx: &Ctx, id: &AgentId, csr: &str) -> Result<EnrollResponse,
         .record_cert(&id.tenant, &id.host, &issued.fingerprint, issued.not_after)
         .await
         .map_err(ControllerError::from)?;
+    ctx.hub.certified(&id.tenant, &id.host, &issued.fingerprint);
     Ok(EnrollResponse {
         cert_pem: issued.cert_pem,
         ca_pem: ctx.ca.cert_pem.clone(),
@@ -96,6 +97,7 @@ impl Enrollment for EnrollmentService {
                 tenant: t,
                 host: h,
                 environment,
+                cert: String::new(),
             };
             issue(ctx, &id, &r.csr_pem).await
         }

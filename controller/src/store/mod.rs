@@ -104,6 +104,7 @@ pub struct Store {
     url: Option<Arc<str>>,
     /// Statements and transactions run so far (`queries`), for benchmarks.
     queries: Arc<AtomicU64>,
+    manifests: releases::ManifestCache,
 }
 
 /// The schema, applied by `open` on SQLite.
@@ -229,6 +230,7 @@ impl Store {
             dialect: Dialect::Sqlite,
             url: None,
             queries: Arc::default(),
+            manifests: releases::ManifestCache::new(),
         })
     }
 
@@ -256,6 +258,7 @@ impl Store {
             dialect: Dialect::Postgres,
             url: Some(url.into()),
             queries: Arc::default(),
+            manifests: releases::ManifestCache::new(),
         })
     }
 

@@ -1,10 +1,45 @@
 //! Apps, blobs, releases and the desired release of every app in every
 //! environment (with its history): what agents are told to run.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use sqlx::FromRow;
 
 use super::{Result, Store, now};
 use crate::lifecycle::RolloutState;
+
+/// A release's app, canonical manifest bytes, and blob (format 2: its full
+/// pack, empty until built) with its size.
+pub type ReleaseManifest = (String, Vec<u8>, String, i64);
+
+/// Release manifests as `release_manifest` read them, kept once the blob is
+/// known: from then on nothing in the row changes (a manifest digest names
+/// its bytes, and `set_release_pack` fills an empty blob only). Bounded by
+/// bytes; an entry unused for 10 minutes goes.
+#[derive(Clone)]
+pub(super) struct ManifestCache(moka::future::Cache<(String, String), Arc<ReleaseManifest>>);
+
+/// At most this many bytes of manifests kept per replica.
+const MANIFEST_CACHE_BYTES: u64 = 64 << 20;
+
+impl ManifestCache {
+    pub(super) fn new() -> Self {
+        Self(
+            moka::future::Cache::builder()
+                .max_capacity(MANIFEST_CACHE_BYTES)
+                .weigher(
+                    |(tenant, digest): &(String, String), row: &Arc<ReleaseManifest>| {
+                        let bytes =
+                            tenant.len() + digest.len() + row.0.len() + row.1.len() + row.2.len();
+                        u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+                    },
+                )
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+        )
+    }
+}
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ReleaseRow {
@@ -262,11 +297,45 @@ impl Store {
 
     /// The tenant's release named by its manifest digest: its app, canonical
     /// manifest bytes, and its blob (for format 2, its full pack) with size.
+    /// Read once per replica while it is used (`ManifestCache`): every host
+    /// of a deploy asks for it at about the same time, twice.
     pub async fn release_manifest(
         &self,
         tenant: &str,
         manifest_digest: &str,
-    ) -> Result<Option<(String, Vec<u8>, String, i64)>> {
+    ) -> Result<Option<ReleaseManifest>> {
+        let key = (tenant.to_string(), manifest_digest.to_string());
+        // Concurrent misses wait for one read. What is not kept (no such
+        // release, a full pack not built yet, an error) comes back as `Err`.
+        let loaded = self
+            .manifests
+            .0
+            .try_get_with(key, async {
+                match self.read_release_manifest(tenant, manifest_digest).await {
+                    Ok(Some(row)) if !row.2.is_empty() => Ok(Arc::new(row)),
+                    other => Err(other),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(row) => Ok(Some((*row).clone())),
+            Err(read) => match Arc::try_unwrap(read) {
+                Ok(read) => read,
+                // Shared with other callers: a row is cloned, an error
+                // (which cannot be) is met by reading again.
+                Err(shared) => match &*shared {
+                    Ok(row) => Ok(row.clone()),
+                    Err(_) => self.read_release_manifest(tenant, manifest_digest).await,
+                },
+            },
+        }
+    }
+
+    async fn read_release_manifest(
+        &self,
+        tenant: &str,
+        manifest_digest: &str,
+    ) -> Result<Option<ReleaseManifest>> {
         Ok(sqlx::query_as(
             "SELECT app, manifest, blob_digest, blob_size FROM releases
              WHERE tenant = $1 AND manifest_digest = $2 LIMIT 1",
@@ -776,8 +845,55 @@ mod tests {
         );
     }
 
+    /// Manifests are kept per replica, but only once nothing in the row can
+    /// change: a release whose full pack is not built yet, or one not
+    /// published yet, is read again.
+    async fn a_manifest_is_read_again_until_its_pack_is_known(s: Store) {
+        s.insert_blob("sha256:b", 1).await.unwrap();
+        assert!(
+            s.release_manifest("default", "sha256:m1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let mut delta = release("1", "sha256:m1");
+        delta.blob_digest = String::new();
+        delta.blob_size = 0;
+        s.insert_release("default", &delta, b"{\"m\":1}")
+            .await
+            .unwrap();
+        let read = s.release_manifest("default", "sha256:m1").await.unwrap();
+        let (app, bytes, blob, _) = read.expect("published since the miss");
+        assert_eq!((app.as_str(), bytes.as_slice()), ("web", &b"{\"m\":1}"[..]));
+        assert_eq!(blob, "", "no full pack yet");
+        s.set_release_pack("default", "sha256:m1", "sha256:b", 1)
+            .await
+            .unwrap();
+        let reads = futures_util::future::join_all(
+            (0..8).map(|_| s.release_manifest("default", "sha256:m1")),
+        )
+        .await;
+        for read in reads {
+            let (_, bytes, blob, size) = read.unwrap().unwrap();
+            assert_eq!(
+                (blob.as_str(), size),
+                ("sha256:b", 1),
+                "the pack built since"
+            );
+            assert_eq!(bytes, b"{\"m\":1}");
+        }
+        assert!(
+            s.release_manifest("other", "sha256:m1")
+                .await
+                .unwrap()
+                .is_none(),
+            "another tenant's release is not found through the cache"
+        );
+    }
+
     crate::store::testing::on_both_dialects!(
         a_rollback_nonce_is_spent_once,
+        a_manifest_is_read_again_until_its_pack_is_known,
         versions_are_immutable_and_generations_grow,
         a_rollback_targets_the_newest_release_that_ran_healthy_here,
     );
