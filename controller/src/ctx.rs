@@ -32,6 +32,8 @@ pub struct Ctx {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Log queries asked of hosts and not yet done.
     pub logs: Arc<crate::logs::LogQueries>,
+    /// Reads the sessions of an environment share (`shared_reads`).
+    pub reads: crate::shared_reads::SharedReads,
 }
 
 pub type SharedCtx = Arc<Ctx>;

@@ -225,6 +225,8 @@ pub struct Hub {
     /// Changes may have been missed: the engine judges every host (`resync`).
     resync_rollouts: Arc<AtomicBool>,
     remote: Arc<Mutex<Remote>>,
+    /// See `epoch`.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Hub {
@@ -246,6 +248,7 @@ impl Hub {
             outbox: Arc::default(),
             resync_rollouts: Arc::default(),
             remote: Arc::default(),
+            epoch: Arc::default(),
         }
     }
 
@@ -361,10 +364,11 @@ impl Hub {
 
     /// After changes from other replicas may have been missed (the
     /// listener reconnected): every session recomputes everything and the
-    /// engine looks at every rollout whole.
-    /// A revocation or a new certificate may be among what was missed: the
-    /// sessions' certificates are looked up in the store again.
+    /// engine looks at every rollout whole. A revocation or a new
+    /// certificate may be among what was missed: the sessions' certificates
+    /// are looked up in the store again.
     pub fn resync(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         for e in self.sessions.lock().expect("hub lock").values_mut() {
             e.cert.clear();
             e.wake.declared.store(true, Ordering::Relaxed);
@@ -373,6 +377,15 @@ impl Hub {
         self.certs.lock().expect("hub lock").clear();
         self.resync_rollouts.store(true, Ordering::Relaxed);
         self.rollouts.notify_one();
+    }
+
+    /// Counts the changes that wake sessions to read desired state again
+    /// (a desired release, a rollout's step, a placement, declared apps, a
+    /// resync), made here or heard from another replica: a read shared by
+    /// sessions is good only while this stays what it was before the read
+    /// (`SharedReads`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Whether the engine is to judge every host again (`resync`), once.
@@ -394,6 +407,7 @@ impl Hub {
     }
 
     fn wake_desired(&self, c: &DesiredChange<'_>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let hosts: Option<HashSet<&str>> = c
             .hosts
             .map(|hosts| hosts.iter().map(String::as_str).collect());
@@ -423,6 +437,7 @@ impl Hub {
     }
 
     fn wake_apps(&self, tenant: &str, environment: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let sessions = self.sessions.lock().expect("hub lock");
         for ((t, _), e) in sessions.iter() {
             if t == tenant && e.environment == environment {
@@ -936,5 +951,50 @@ mod tests {
         assert_eq!(who("fp5"), None, "the session ended");
         assert!(hub.certs.lock().unwrap().is_empty(), "nothing left behind");
         drop(second);
+    }
+
+    /// Every change that wakes sessions to read desired state again moves
+    /// the epoch on, whether made here or heard from another replica.
+    #[test]
+    fn changes_that_wake_sessions_move_the_epoch_on() {
+        let hub = Hub::new();
+        let mut last = hub.epoch();
+        let mut moved = |what: &str| {
+            let now = hub.epoch();
+            assert!(now > last, "{what} moves the epoch on");
+            last = now;
+        };
+        hub.desired_changed(&DesiredChange {
+            tenant: "t",
+            environment: "prod",
+            app: "web",
+            hosts: Some(&["a".to_string()]),
+        });
+        moved("a step admitted");
+        hub.apps_changed("t", "prod");
+        moved("declared apps");
+        hub.apply(
+            "r2",
+            Change::Desired {
+                tenant: "t".into(),
+                environment: "prod".into(),
+                app: "web".into(),
+                hosts: None,
+            },
+        );
+        moved("another replica's deploy");
+        hub.apply(
+            "r2",
+            Change::Apps {
+                tenant: "t".into(),
+                environment: "prod".into(),
+            },
+        );
+        moved("another replica's placement");
+        hub.resync();
+        moved("changes missed");
+        let before = hub.epoch();
+        hub.apply("r2", Change::Alive);
+        assert_eq!(hub.epoch(), before, "nothing changed");
     }
 }

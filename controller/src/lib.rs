@@ -24,6 +24,7 @@ pub mod plan;
 pub mod reports;
 pub mod rollout;
 pub mod sanitize;
+pub mod shared_reads;
 pub mod store;
 pub mod views;
 pub mod web;
@@ -227,6 +228,7 @@ pub async fn run(
         edge: edge::EdgeState::new(config.edge),
         shutdown: shutdown.clone(),
         logs: Arc::default(),
+        reads: Default::default(),
     });
     let replica = leader::replica_id();
     if let Some(url) = ctx.store.postgres_url() {

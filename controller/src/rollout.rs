@@ -709,6 +709,7 @@ mod tests {
             edge: crate::grpc::edge::EdgeState::new(Default::default()),
             shutdown: tokio_util::sync::CancellationToken::new(),
             logs: Default::default(),
+            reads: Default::default(),
         }
     }
 

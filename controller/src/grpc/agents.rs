@@ -259,8 +259,17 @@ impl AgentsService {
     ) -> Result<Vec<DesiredApp>, ControllerError> {
         let store = &self.ctx.store;
         let mut out = Vec::new();
-        // With each app's placement: one statement per recompute.
-        let desired = store.desired_generations(&h.tenant, &h.environment).await?;
+        // Taken before anything is read: a change after it wakes this
+        // session again, and the reads shared with other sessions are made
+        // at it or after.
+        let epoch = self.ctx.hub.epoch();
+        // With each app's placement: one statement per change, for every
+        // session of the environment.
+        let desired = self
+            .ctx
+            .reads
+            .desired_generations(store, epoch, &h.tenant, &h.environment)
+            .await?;
         let labels = if desired.iter().any(|d| d.selector.is_some()) {
             store.host_labels(&h.tenant, &h.host).await?
         } else {
@@ -297,7 +306,10 @@ impl AgentsService {
                     if sent.get(&app).is_some_and(|(_, g)| *g == generation) {
                         continue;
                     }
-                    store.desired_app(&h.tenant, &h.environment, &app).await?
+                    self.ctx
+                        .reads
+                        .desired_app(store, epoch, &h.tenant, &h.environment, &app)
+                        .await?
                 }
             };
             if let Some(d) = row {
