@@ -69,18 +69,28 @@ fn decode(
     tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
     reuse: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(Digest, u64), UnpackError> {
-    let raw = HashingReader::new(raw.take(raw_max.saturating_add(1)));
+    // Buffers no bigger than the stream: a small release (a config change)
+    // does not allocate and zero zstd's 128 KiB input buffer and a 256 KiB
+    // chunk for a few hundred bytes.
+    let at_most = |limit: usize, len: u64| {
+        usize::try_from(len.saturating_add(1)).map_or(limit, |len| len.min(limit))
+    };
+    let raw = std::io::BufReader::with_capacity(
+        at_most(zstd::zstd_safe::DCtx::in_size(), raw_max),
+        HashingReader::new(raw.take(raw_max.saturating_add(1))),
+    );
     // One frame, as the packers write: what follows it is hashed, not decoded.
-    let mut decoder = zstd::stream::read::Decoder::new(raw)
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(raw)
         .map_err(UnpackError::Read)?
         .single_frame();
     decoder
         .window_log_max(window_log_max)
         .map_err(UnpackError::Read)?;
     let mut decoded = decoder.take(bound);
+    let chunk_len = at_most(CHUNK, bound);
     loop {
         let mut chunk = reuse.try_recv().unwrap_or_default();
-        chunk.resize(CHUNK, 0);
+        chunk.resize(chunk_len, 0);
         let n = match read_full(&mut decoded, &mut chunk) {
             Ok(n) => n,
             Err(e) => {
