@@ -380,6 +380,32 @@ async fn as_host(c: &Controller, id: &trust::tls::ClientIdentity) -> Channel {
         .unwrap()
 }
 
+/// Opens a session as `id` with `hello`, read up to the welcome; it stays open
+/// while the returned sender lives.
+async fn open_session(
+    c: &Controller,
+    id: &trust::tls::ClientIdentity,
+    hello: Hello,
+) -> (
+    tokio::sync::mpsc::Sender<AgentMessage>,
+    tonic::Streaming<proto::v1::ControllerMessage>,
+) {
+    let mut client = AgentsClient::new(as_host(c, id).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    inbound.message().await.expect("welcome");
+    (tx, inbound)
+}
+
 #[test]
 fn what_a_host_reports_reaches_operators_escaped() {
     let t = tempfile::tempdir().unwrap();
@@ -388,34 +414,22 @@ fn what_a_host_reports_reaches_operators_escaped() {
     let evil = "\x1b[2J\x1b]0;owned\x07\nINFO forged controller line";
     let _session = rt.block_on(async {
         let (id, _) = enroll(&c, "web-1").await;
-        let mut client = AgentsClient::new(as_host(&c, &id).await);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(AgentMessage {
-            msg: Some(agent_message::Msg::Hello(Hello {
-                host: "web-1".into(),
-                agent_version: format!("9.9{evil}"),
-                os: format!("Evil OS{evil}"),
-                apps: vec![AppReport {
-                    app: "web".into(),
-                    running_version: format!("1.0{evil}"),
-                    health_reason: format!("sick{evil}"),
-                    last_error: format!("boom{evil}{}", "y".repeat(10_000)),
-                    drift: vec![format!("changed a{evil}")],
-                    drift_count: 1,
-                    ..Default::default()
-                }],
+        let hello = Hello {
+            host: "web-1".into(),
+            agent_version: format!("9.9{evil}"),
+            os: format!("Evil OS{evil}"),
+            apps: vec![AppReport {
+                app: "web".into(),
+                running_version: format!("1.0{evil}"),
+                health_reason: format!("sick{evil}"),
+                last_error: format!("boom{evil}{}", "y".repeat(10_000)),
+                drift: vec![format!("changed a{evil}")],
+                drift_count: 1,
                 ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let mut inbound = client
-            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("session")
-            .into_inner();
-        inbound.message().await.expect("welcome");
-        (tx, inbound)
+            }],
+            ..Default::default()
+        };
+        open_session(&c, &id, hello).await
     });
     let hosts = c.ctl(&["hosts", "--json"]).ok().json();
     assert_eq!(
@@ -443,6 +457,24 @@ fn what_a_host_reports_reaches_operators_escaped() {
     );
 }
 
+/// Renews `host`'s certificate as `id`: the new identity.
+async fn renew(
+    c: &Controller,
+    id: &trust::tls::ClientIdentity,
+    host: &str,
+) -> trust::tls::ClientIdentity {
+    let (key_pem, csr_pem) = trust::pki::agent_key_and_csr(host).unwrap();
+    let renewed = AgentsClient::new(as_host(c, id).await)
+        .renew(RenewRequest { csr_pem })
+        .await
+        .expect("renewed")
+        .into_inner();
+    trust::tls::ClientIdentity {
+        cert_pem: renewed.cert_pem,
+        key_pem,
+    }
+}
+
 #[test]
 fn a_renewed_certificate_replaces_the_old_one() {
     let t = tempfile::tempdir().unwrap();
@@ -450,16 +482,7 @@ fn a_renewed_certificate_replaces_the_old_one() {
     let rt = rt();
     rt.block_on(async {
         let (old, _) = enroll(&c, "web-1").await;
-        let (key_pem, csr_pem) = trust::pki::agent_key_and_csr("web-1").unwrap();
-        let renewed = AgentsClient::new(as_host(&c, &old).await)
-            .renew(RenewRequest { csr_pem })
-            .await
-            .expect("renewed")
-            .into_inner();
-        let new = trust::tls::ClientIdentity {
-            cert_pem: renewed.cert_pem,
-            key_pem,
-        };
+        let new = renew(&c, &old, "web-1").await;
         let (_, csr_pem) = trust::pki::agent_key_and_csr("web-1").unwrap();
         let refused = AgentsClient::new(as_host(&c, &old).await)
             .renew(RenewRequest { csr_pem })
@@ -477,35 +500,6 @@ fn a_renewed_certificate_replaces_the_old_one() {
             .await
             .expect("the renewed certificate works");
     });
-}
-
-/// Opens a session as `id` (hello, welcome) and keeps it open while the
-/// returned sender lives.
-async fn open_session(
-    c: &Controller,
-    id: &trust::tls::ClientIdentity,
-    host: &str,
-) -> (
-    tokio::sync::mpsc::Sender<AgentMessage>,
-    tonic::Streaming<proto::v1::ControllerMessage>,
-) {
-    let mut client = AgentsClient::new(as_host(c, id).await);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            host: host.into(),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("session")
-        .into_inner();
-    inbound.message().await.expect("welcome");
-    (tx, inbound)
 }
 
 /// A call made as `id`: Ok if the controller took the certificate for a
@@ -537,27 +531,22 @@ fn a_live_session_does_not_keep_a_replaced_or_revoked_certificate_working() {
     let rt = rt();
     rt.block_on(async {
         let (old, _) = enroll(&c, "web-1").await;
-        let _old_session = open_session(&c, &old, "web-1").await;
+        let web_1 = || Hello {
+            host: "web-1".into(),
+            ..Default::default()
+        };
+        let _old_session = open_session(&c, &old, web_1()).await;
         call_as(&c, &old)
             .await
             .expect("the session's certificate works");
 
-        let (key_pem, csr_pem) = trust::pki::agent_key_and_csr("web-1").unwrap();
-        let renewed = AgentsClient::new(as_host(&c, &old).await)
-            .renew(RenewRequest { csr_pem })
-            .await
-            .expect("renewed")
-            .into_inner();
+        let new = renew(&c, &old, "web-1").await;
         let refused = call_as(&c, &old)
             .await
             .expect_err("the replaced certificate is refused while its session lives");
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
-        let new = trust::tls::ClientIdentity {
-            cert_pem: renewed.cert_pem,
-            key_pem,
-        };
-        let _new_session = open_session(&c, &new, "web-1").await;
+        let _new_session = open_session(&c, &new, web_1()).await;
         call_as(&c, &new).await.expect("the new certificate works");
         c.ctl(&["hosts", "revoke", "web-1"]).ok();
         let refused = call_as(&c, &new)
