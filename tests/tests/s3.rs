@@ -297,3 +297,45 @@ fn a_delta_published_on_one_replica_installs_through_another() {
         "r1 filed the objects from the delta's pack in the bucket"
     );
 }
+
+/// A bucket that takes connections and never answers: the controller gives up
+/// asking it for a presigned URL after 2 s, and the host fetches the blob
+/// through the controller (from its copy) instead of waiting on the bucket.
+#[test]
+fn a_bucket_that_stops_answering_sends_agents_through_the_controller() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(mut s3) = S3Server::start(BUCKET) else {
+        return;
+    };
+    let blobs = format!("s3://{BUCKET}/prod?endpoint={}", s3.endpoint);
+    let c = Controller::start_with_env(
+        t.path(),
+        &["--blobs", &blobs, "--presigned-downloads", "2m"],
+        &S3Server::env(),
+    );
+    let rel = sample_release(t.path(), &ReleaseOpts::new("1.0.0"));
+    publish_dir(&c, &rel, "1.0.0");
+    s3.stop();
+    let silent = std::net::TcpListener::bind(s3.endpoint.trim_start_matches("http://"))
+        .expect("the bucket's port");
+    // Connections are taken and held, never answered.
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+
+    let a = Agent::start(t.path(), &c, "pre-1", "preprod", DB_ENV);
+    let out = c.deploy_wait("1.0.0", "preprod");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    a.wait_serving("1.0.0");
+    let log = std::fs::read_to_string(t.path().join("controller.log")).unwrap();
+    assert!(
+        log.contains("bucket did not answer in 2 s; the agent fetches through the controller"),
+        "{log}"
+    );
+    let agent_log = a.log_text();
+    assert!(
+        !agent_log.contains("downloaded from the bucket"),
+        "{agent_log}"
+    );
+}
