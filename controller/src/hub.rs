@@ -589,18 +589,21 @@ impl Hub {
         let (asks_tx, asks) = mpsc::channel(MAX_ASKS_QUEUED);
         // The hello that opened it is a message heard.
         wake.heard.store(crate::store::now(), Ordering::Relaxed);
-        let old = self.sessions.lock().expect("hub lock").insert(
-            (tenant.into(), host.into()),
-            Entry {
-                id,
-                cert: cert.into(),
-                environment: environment.into(),
-                apps: apps.to_vec(),
-                wake: wake.clone(),
-                asks: asks_tx,
-            },
-        );
-        {
+        let old = {
+            // Both maps under the sessions lock (sessions, then certs, as
+            // everywhere), so a session ending meanwhile leaves no entry.
+            let mut sessions = self.sessions.lock().expect("hub lock");
+            let old = sessions.insert(
+                (tenant.into(), host.into()),
+                Entry {
+                    id,
+                    cert: cert.into(),
+                    environment: environment.into(),
+                    apps: apps.to_vec(),
+                    wake: wake.clone(),
+                    asks: asks_tx,
+                },
+            );
             let mut certs = self.certs.lock().expect("hub lock");
             if let Some(old) = &old {
                 certs.remove(&old.cert);
@@ -608,7 +611,8 @@ impl Hub {
             if !cert.is_empty() {
                 certs.insert(cert.into(), ((tenant.into(), host.into()), id));
             }
-        }
+            old
+        };
         if let Some(old) = old {
             old.wake.ended.store(true, Ordering::Relaxed);
             old.wake.ring(None);

@@ -29,16 +29,22 @@ const MAX_AGE: Duration = Duration::from_secs(2);
 /// Past this many keys, the stale ones go before another is added.
 const MAX_KEYS: usize = 1024;
 
-/// One read, shared by the sessions asking at one epoch.
+/// What a read gave: a failure is shared with the callers waiting for it
+/// (they would otherwise retry one after another, each waiting out a
+/// store that does not answer), then forgotten.
+type Read<T> = Result<T, Arc<StoreError>>;
+
+/// One read, shared by the sessions asking at one epoch (or a later one: a
+/// read begun at a newer epoch is newer still).
 struct Slot<T> {
     epoch: u64,
     at: Instant,
-    value: Arc<OnceCell<T>>,
+    value: Arc<OnceCell<Read<T>>>,
 }
 
 impl<T> Slot<T> {
     fn fresh(&self, epoch: u64) -> bool {
-        self.epoch == epoch && self.at.elapsed() < MAX_AGE
+        self.epoch >= epoch && self.at.elapsed() < MAX_AGE
     }
 }
 
@@ -85,12 +91,12 @@ impl SharedReads {
     }
 }
 
-/// The value under `key` read at `epoch`, by this caller or one asking at
-/// the same time. A failed read is shared with nobody: the next caller
-/// reads again.
+/// The value under `key` read at `epoch` or later, by this caller or one
+/// asking at the same time. A failed read goes to the callers waiting for
+/// it; the next caller reads again.
 async fn shared<K, T, F, Fut>(map: &Map<K, T>, key: K, epoch: u64, read: F) -> Result<T, StoreError>
 where
-    K: Eq + Hash,
+    K: Eq + Hash + Clone,
     T: Clone,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -105,7 +111,7 @@ where
                 }
                 let value = Arc::new(OnceCell::new());
                 map.insert(
-                    key,
+                    key.clone(),
                     Slot {
                         epoch,
                         at: Instant::now(),
@@ -116,7 +122,32 @@ where
             }
         }
     };
-    value.get_or_try_init(read).await.cloned()
+    let read = value
+        .get_or_init(|| async { read().await.map_err(Arc::new) })
+        .await;
+    match read {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => {
+            let mut map = map.lock().expect("shared reads lock");
+            if map
+                .get(&key)
+                .is_some_and(|slot| Arc::ptr_eq(&slot.value, &value))
+            {
+                map.remove(&key);
+            }
+            Err(again(e))
+        }
+    }
+}
+
+/// A shared failure for one of its callers: the same kind of error (the
+/// store unavailable, or not), with its text.
+fn again(e: &StoreError) -> StoreError {
+    if e.is_unavailable() {
+        StoreError::Db(sqlx::Error::Io(std::io::Error::other(e.to_string())))
+    } else {
+        StoreError::Db(sqlx::Error::Protocol(e.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -151,14 +182,39 @@ mod tests {
         assert_eq!(shared(&map, "env", 2, read).await.unwrap(), 2);
     }
 
+    /// A store that fails: every caller waiting for the read gets its error
+    /// from that one read, not from one retry after another.
+    #[tokio::test]
+    async fn callers_waiting_on_a_failed_read_share_its_failure() {
+        let map: Map<&str, u32> = Mutex::default();
+        let reads = AtomicU32::new(0);
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Err::<u32, _>(StoreError::Db(sqlx::Error::PoolTimedOut))
+        };
+        let answers =
+            futures_util::future::join_all((0..50).map(|_| shared(&map, "env", 1, read))).await;
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.as_ref().is_err_and(StoreError::is_unavailable)),
+            "every caller is told the store is unavailable"
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "fifty callers, one read");
+    }
+
     #[tokio::test]
     async fn a_failed_read_is_not_kept_and_an_old_one_is_not_given_out() {
         let map: Map<&str, u32> = Mutex::default();
         let failed = shared(&map, "env", 1, || async {
-            Err::<u32, _>(StoreError::Conflict("store down".into()))
+            Err::<u32, _>(StoreError::Db(sqlx::Error::PoolTimedOut))
         })
         .await;
-        assert!(failed.is_err());
+        assert!(
+            failed.is_err_and(|e| e.is_unavailable()),
+            "still unavailable"
+        );
         let ok = shared(&map, "env", 1, || async { Ok::<_, StoreError>(7) }).await;
         assert_eq!(ok.unwrap(), 7, "read again after a failure");
         map.lock().unwrap().get_mut("env").unwrap().at -= MAX_AGE;

@@ -556,6 +556,46 @@ fn a_live_session_does_not_keep_a_replaced_or_revoked_certificate_working() {
     });
 }
 
+/// A host revoked while its session waits to say hello (its certificate
+/// already checked): the hello is refused, and the certificate does not
+/// come to stand for the host on this replica.
+#[test]
+fn a_host_revoked_before_its_hello_gets_no_session() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let rt = rt();
+    rt.block_on(async {
+        let (id, _) = enroll(&c, "web-1").await;
+        let mut client = AgentsClient::new(as_host(&c, &id).await);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let opening = tokio::spawn(async move {
+            client
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        // The controller has checked the certificate and waits for the hello.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.ctl(&["hosts", "revoke", "web-1"]).ok();
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(Hello {
+                host: "web-1".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let refused = opening
+            .await
+            .unwrap()
+            .expect_err("the session of a revoked host is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let refused = call_as(&c, &id)
+            .await
+            .expect_err("its certificate is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    });
+}
+
 #[test]
 fn a_bad_csr_keeps_the_join_token_and_anonymous_enrollment_is_rate_limited() {
     let t = tempfile::tempdir().unwrap();

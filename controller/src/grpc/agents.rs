@@ -457,6 +457,24 @@ impl Agents for AgentsService {
             &host.apps,
             &cert,
         );
+        // A revocation or a new certificate that landed after this call's
+        // certificate was checked found no session here to clear: asked
+        // again now that the session stands for the certificate (one that
+        // lands from now on finds it, see `Hub::identity`).
+        if !cert.is_empty() {
+            let still = self.ctx.store.cert_owner(&cert).await;
+            if !matches!(&still, Ok(Some(owner)) if !owner.revoked) {
+                self.ctx
+                    .hub
+                    .disconnect(&host.tenant, &host.host, session.id);
+                return Err(match still {
+                    Err(e) => ControllerError::from(e).into(),
+                    Ok(_) => Status::unauthenticated(
+                        "this certificate was replaced or revoked: enroll again",
+                    ),
+                });
+            }
+        }
         // A host coming back may unblock a rollout step: its hello reported
         // every app.
         for app in &host.apps {
