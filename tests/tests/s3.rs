@@ -158,18 +158,25 @@ fn largest_blob(c: &Controller) -> (String, std::path::PathBuf) {
     (name, path)
 }
 
+/// One controller whose blobs live in `s3`'s bucket and who hands agents
+/// presigned URLs; with its `--blobs` value.
+fn presigning_controller(dir: &std::path::Path, s3: &S3Server) -> (Controller, String) {
+    let blobs = format!("s3://{BUCKET}/prod?endpoint={}", s3.endpoint);
+    let c = Controller::start_with_env(
+        dir,
+        &["--blobs", &blobs, "--presigned-downloads", "2m"],
+        &S3Server::env(),
+    );
+    (c, blobs)
+}
+
 #[test]
 fn agents_download_from_the_bucket_resume_there_and_refuse_a_wrong_copy() {
     let t = tempfile::tempdir().unwrap();
     let Some(s3) = S3Server::start(BUCKET) else {
         return;
     };
-    let blobs = format!("s3://{BUCKET}/prod?endpoint={}", s3.endpoint);
-    let c = Controller::start_with_env(
-        t.path(),
-        &["--blobs", &blobs, "--presigned-downloads", "2m"],
-        &S3Server::env(),
-    );
+    let (c, blobs) = presigning_controller(t.path(), &s3);
     // 4 MiB that do not compress: the download comes in many pieces.
     let rel = sample_release(t.path(), &ReleaseOpts::new("1.0.0"));
     let mut noise = vec![0u8; 4 << 20];
@@ -307,12 +314,7 @@ fn a_bucket_that_stops_answering_sends_agents_through_the_controller() {
     let Some(mut s3) = S3Server::start(BUCKET) else {
         return;
     };
-    let blobs = format!("s3://{BUCKET}/prod?endpoint={}", s3.endpoint);
-    let c = Controller::start_with_env(
-        t.path(),
-        &["--blobs", &blobs, "--presigned-downloads", "2m"],
-        &S3Server::env(),
-    );
+    let (c, _) = presigning_controller(t.path(), &s3);
     let rel = sample_release(t.path(), &ReleaseOpts::new("1.0.0"));
     publish_dir(&c, &rel, "1.0.0");
     s3.stop();
