@@ -34,6 +34,10 @@ pub struct Ctx {
     pub logs: Arc<crate::logs::LogQueries>,
     /// Reads the sessions of an environment share (`shared_reads`).
     pub reads: crate::shared_reads::SharedReads,
+    /// Calls to the other replicas (a log query for their hosts).
+    pub peers: crate::grpc::replicas::Peers,
+    /// This replica's name (`leader::replica_id`).
+    pub replica: String,
 }
 
 pub type SharedCtx = Arc<Ctx>;

@@ -60,10 +60,15 @@ pub enum Change {
     Reported {
         hosts: Vec<Reported>,
     },
-    /// The sender holds the host's session now.
+    /// The sender holds the host's session now, in `environment`, running
+    /// `apps` (what a log query made on another replica goes by).
     Connected {
         tenant: String,
         host: String,
+        #[serde(default)]
+        environment: String,
+        #[serde(default)]
+        apps: Vec<String>,
     },
     /// The sender's session of the host ended.
     Disconnected {
@@ -77,10 +82,26 @@ pub enum Change {
 /// Sessions held by other replicas, as their changes said.
 #[derive(Default)]
 struct Remote {
-    /// The replica holding each host's session.
-    sessions: HashMap<HostKey, String>,
+    /// Each host's session on another replica.
+    sessions: HashMap<HostKey, RemoteSession>,
     /// When each replica was last heard from.
     heard: HashMap<String, std::time::Instant>,
+    /// Where each replica says the others reach it (`https://HOST:PORT`).
+    addresses: HashMap<String, String>,
+}
+
+struct RemoteSession {
+    replica: String,
+    environment: String,
+    apps: Vec<String>,
+}
+
+/// Where a host's session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Here,
+    /// On the replica of that name.
+    Replica(String),
 }
 
 /// What a woken session recomputes.
@@ -299,17 +320,25 @@ impl Hub {
                 self.reported.lock().expect("hub lock").extend(hosts);
                 self.rollouts.notify_one();
             }
-            Change::Connected { tenant, host } => {
-                self.remote
-                    .lock()
-                    .expect("hub lock")
-                    .sessions
-                    .insert((tenant, host), from.to_string());
+            Change::Connected {
+                tenant,
+                host,
+                environment,
+                apps,
+            } => {
+                self.remote.lock().expect("hub lock").sessions.insert(
+                    (tenant, host),
+                    RemoteSession {
+                        replica: from.to_string(),
+                        environment,
+                        apps,
+                    },
+                );
             }
             Change::Disconnected { tenant, host } => {
                 let mut remote = self.remote.lock().expect("hub lock");
                 let key = (tenant, host);
-                if remote.sessions.get(&key).is_some_and(|r| r == from) {
+                if remote.sessions.get(&key).is_some_and(|r| r.replica == from) {
                     remote.sessions.remove(&key);
                     self.ended.fetch_add(1, Ordering::SeqCst);
                     self.rollouts.notify_one();
@@ -324,7 +353,7 @@ impl Hub {
     pub fn forget_replica(&self, from: &str) {
         let mut remote = self.remote.lock().expect("hub lock");
         let before = remote.sessions.len();
-        remote.sessions.retain(|_, r| r != from);
+        remote.sessions.retain(|_, r| r.replica != from);
         if remote.sessions.len() != before {
             self.ended.fetch_add(1, Ordering::SeqCst);
         }
@@ -335,10 +364,15 @@ impl Hub {
     /// engine is woken to see it.
     pub fn expire_replicas(&self, ttl: std::time::Duration) {
         let mut remote = self.remote.lock().expect("hub lock");
-        let Remote { sessions, heard } = &mut *remote;
+        let Remote {
+            sessions,
+            heard,
+            addresses,
+        } = &mut *remote;
         heard.retain(|_, at| at.elapsed() <= ttl);
+        addresses.retain(|r, _| heard.contains_key(r));
         let before = sessions.len();
-        sessions.retain(|_, r| heard.contains_key(r));
+        sessions.retain(|_, r| heard.contains_key(&r.replica));
         if sessions.len() != before {
             tracing::warn!(
                 sessions = before - sessions.len(),
@@ -354,10 +388,12 @@ impl Hub {
         self.sessions
             .lock()
             .expect("hub lock")
-            .keys()
-            .map(|(tenant, host)| Change::Connected {
+            .iter()
+            .map(|((tenant, host), e)| Change::Connected {
                 tenant: tenant.clone(),
                 host: host.clone(),
+                environment: e.environment.clone(),
+                apps: e.apps.clone(),
             })
             .collect()
     }
@@ -620,6 +656,8 @@ impl Hub {
         self.publish(|| Change::Connected {
             tenant: tenant.into(),
             host: host.into(),
+            environment: environment.into(),
+            apps: apps.to_vec(),
         });
         Session {
             id,
@@ -745,23 +783,59 @@ impl Hub {
             .is_some_and(|e| e.apps.iter().any(|a| a == app))
     }
 
-    /// The connected hosts of `environment` whose session said they run
-    /// `app`, by name.
-    pub fn hosts_running(&self, tenant: &str, environment: &str, app: &str) -> Vec<String> {
-        let mut hosts: Vec<String> = self
-            .sessions
+    /// The connected hosts of `environment` (empty: any) whose session said
+    /// they run `app`, by name, and where each session is: here, or on
+    /// another replica as its changes said.
+    pub fn hosts_running(
+        &self,
+        tenant: &str,
+        environment: &str,
+        app: &str,
+    ) -> Vec<(String, Holder)> {
+        let fits = |t: &str, env: &str, apps: &[String]| {
+            t == tenant
+                && (environment.is_empty() || env == environment)
+                && apps.iter().any(|a| a == app)
+        };
+        let mut hosts: std::collections::BTreeMap<String, Holder> = self
+            .remote
             .lock()
             .expect("hub lock")
+            .sessions
             .iter()
-            .filter(|((t, _), e)| {
-                t == tenant
-                    && (environment.is_empty() || e.environment == environment)
-                    && e.apps.iter().any(|a| a == app)
-            })
-            .map(|((_, h), _)| h.clone())
+            .filter(|((t, _), r)| fits(t, &r.environment, &r.apps))
+            .map(|((_, h), r)| (h.clone(), Holder::Replica(r.replica.clone())))
             .collect();
-        hosts.sort();
-        hosts
+        // A session here is newer than what another replica last said.
+        for ((t, h), e) in self.sessions.lock().expect("hub lock").iter() {
+            if fits(t, &e.environment, &e.apps) {
+                hosts.insert(h.clone(), Holder::Here);
+            }
+        }
+        hosts.into_iter().collect()
+    }
+
+    /// The replica `from` says the others reach it at `address`.
+    pub fn addressed(&self, from: &str, address: &str) {
+        if address.is_empty() {
+            return;
+        }
+        let mut remote = self.remote.lock().expect("hub lock");
+        if remote.addresses.get(from).map(String::as_str) != Some(address) {
+            remote
+                .addresses
+                .insert(from.to_string(), address.to_string());
+        }
+    }
+
+    /// Where the replica `name` said it is reached, if it is alive.
+    pub fn address_of(&self, name: &str) -> Option<String> {
+        self.remote
+            .lock()
+            .expect("hub lock")
+            .addresses
+            .get(name)
+            .cloned()
     }
 
     /// Hands a log query to the host's session: false when the host is not

@@ -39,8 +39,11 @@ use proto::v1::agents_server::AgentsServer;
 use proto::v1::deployments_server::DeploymentsServer;
 use proto::v1::enrollment_server::EnrollmentServer;
 use proto::v1::releases_server::ReleasesServer;
+use proto::v1::replicas_server::ReplicasServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use trust::tls::ControllerUrl;
 
 use crate::blobs::BlobStore;
 use crate::ctx::Ctx;
@@ -63,6 +66,10 @@ pub struct Config {
     pub max_blob_bytes: u64,
     /// Names (DNS or IP) in the controller's server certificate.
     pub server_names: Vec<String>,
+    /// Where the other replicas reach this one (`https://HOST:PORT`); None:
+    /// the gRPC listener's address, or this machine's hostname when it
+    /// listens on every address.
+    pub advertise_address: Option<String>,
     /// Operator-provided CA (certificate, key); default: one made under `data_dir/pki`.
     pub ca: Option<(PathBuf, PathBuf)>,
     pub agent_cert_ttl: Duration,
@@ -90,6 +97,7 @@ impl Config {
             heartbeat_secs: 10,
             max_blob_bytes: 4 << 30,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            advertise_address: None,
             ca: None,
             agent_cert_ttl: Duration::from_secs(24 * 3600),
             join_token_ttl: Duration::from_secs(3600),
@@ -98,6 +106,33 @@ impl Config {
             upload_idle_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// Where the other replicas reach this one: `--advertise-address` when
+/// given (checked), else the gRPC listener's address, with this machine's
+/// hostname for an unspecified IP (`0.0.0.0`).
+fn advertised(given: Option<&str>, listening: SocketAddr) -> anyhow::Result<String> {
+    if let Some(url) = given {
+        let parsed =
+            ControllerUrl::parse(url).map_err(|e| anyhow::anyhow!("--advertise-address: {e}"))?;
+        anyhow::ensure!(
+            parsed.tls,
+            "--advertise-address {url:?}: the other controllers call this one over TLS: use https://"
+        );
+        return Ok(url.to_string());
+    }
+    let host = if listening.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    } else if listening.is_ipv6() {
+        format!("[{}]", listening.ip())
+    } else {
+        listening.ip().to_string()
+    };
+    Ok(format!("https://{host}:{}", listening.port()))
 }
 
 /// Where the bootstrap admin token is written on first start (0600).
@@ -198,8 +233,12 @@ pub async fn run(
     let directive_key = trust::sign::KeyPair::load_or_create(&pki.join("directive.key"))?;
     same_keys_as_the_other_controllers(&store, &ca, &directive_key).await?;
     // The server certificate is re-issued at every start (and lives a year).
+    // It also names a replica, which is what another replica checks.
+    let mut names = config.server_names.clone();
+    names.push(trust::pki::REPLICA_NAME.to_string());
     let (server_cert, server_key) =
-        ca.issue_server(&config.server_names, Duration::from_secs(365 * 24 * 3600))?;
+        ca.issue_server(&names, Duration::from_secs(365 * 24 * 3600))?;
+    let peers = grpc::replicas::Peers::new(&ca)?;
     bootstrap_admin(&store, &config.data_dir).await?;
     let web_tls = trust::tls::server_config(&server_cert, &server_key)?;
     let tls = tonic::transport::ServerTlsConfig::new()
@@ -212,6 +251,7 @@ pub async fn run(
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
     let hub = Hub::new();
+    let replica = leader::replica_id();
     let ctx = Arc::new(Ctx {
         reports: reports::ReportWriter::spawn(store.clone(), hub.clone()),
         store,
@@ -229,14 +269,24 @@ pub async fn run(
         shutdown: shutdown.clone(),
         logs: Arc::default(),
         reads: Default::default(),
+        peers,
+        replica: replica.clone(),
     });
-    let replica = leader::replica_id();
     if let Some(url) = ctx.store.postgres_url() {
+        let address = advertised(config.advertise_address.as_deref(), listener.local_addr()?)?;
+        if ControllerUrl::parse(&address).is_ok_and(|u| trust::tls::is_loopback(&u.host)) {
+            tracing::warn!(%address, "the other controllers reach this one at a loopback address: only those on this machine can (set --advertise-address)");
+        } else {
+            tracing::info!(%address, "the other controllers reach this one at this address");
+        }
         peers::start(
             ctx.store.clone(),
             url.to_string(),
             ctx.hub.clone(),
-            replica.clone(),
+            peers::Me {
+                replica: replica.clone(),
+                address,
+            },
             shutdown.clone(),
         );
     }
@@ -274,10 +324,14 @@ pub async fn run(
         None => tokio::spawn(async { Ok(()) }),
     };
     let per_ip = config.edge.connections_per_ip;
+    let replicas = ReplicasServer::new(grpc::replicas::ReplicasService { ctx: ctx.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let tls_server = server_builder(&ctx, true)
         .tls_config(tls)?
         .add_service(agents)
-        .add_service(enrollment);
+        .add_service(enrollment)
+        .add_service(replicas);
     let tls_server = add_api(tls_server, &ctx, &health).serve_with_incoming_shutdown(
         edge::limit_connections(listener, per_ip, ctx.clone(), shutdown.clone()),
         shutdown.cancelled(),

@@ -4,18 +4,22 @@
 //! certificate) to whoever asked. A log stream never rides the session
 //! itself: a host's reports and heartbeats never wait behind its output, and
 //! each answer has HTTP/2 flow control of its own, so a slow reader slows
-//! only the host it reads.
+//! only the host it reads. A host whose session is on another replica is
+//! asked through that replica (`relay`, over `Replicas.Logs`), one call per
+//! replica, and its answer is bounded here as a host's is.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use artifact::{NameKind, validate_name};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 
 use crate::ctx::SharedCtx;
 use crate::error::ControllerError;
+use crate::hub::Holder;
 
 /// Most hosts one query reads at once (past it, name one with `--host`).
 pub const MAX_HOSTS: usize = 100;
@@ -163,9 +167,11 @@ pub enum Answer {
 
 /// Asks every connected host `r` names (and that runs its app) and streams
 /// their answers as they come: each host's lines, then its `Done` or
-/// `Failed`. The hosts asked come back too. A host that does not open its
-/// answer within `ANSWER_TIMEOUT`, or (a search) finish within its deadline
-/// and a margin, is `Failed`; so is one whose answer outgrows `max_bytes`.
+/// `Failed`. The hosts asked come back too. A host whose session is on
+/// another replica is asked through that replica (`Replicas.Logs`), with the
+/// same bounds here. A host that does not open its answer within
+/// `ANSWER_TIMEOUT`, or (a search) finish within its deadline and a margin,
+/// is `Failed`; so is one whose answer outgrows `max_bytes`.
 pub fn ask(
     ctx: &SharedCtx,
     tenant: &str,
@@ -180,7 +186,8 @@ pub fn ask(
     };
     let mut hosts = ctx.hub.hosts_running(tenant, env, app);
     if !r.host.is_empty() {
-        if !hosts.contains(&r.host) {
+        hosts.retain(|(h, _)| *h == r.host);
+        if hosts.is_empty() {
             return Err(ControllerError::FailedPrecondition(
                 if ctx.hub.connected(tenant, &r.host) {
                     format!("host {} does not run {app}{in_env}", r.host)
@@ -189,7 +196,6 @@ pub fn ask(
                 },
             ));
         }
-        hosts = vec![r.host.clone()];
     }
     if hosts.is_empty() {
         return Err(ControllerError::FailedPrecondition(format!(
@@ -209,45 +215,202 @@ pub fn ask(
     }
     // Room for every host's last word before anyone reads.
     let (out, rx) = mpsc::channel::<Answer>(16 + 2 * hosts.len());
-    let finish_within = (!r.ask.follow && !r.ask.grep.is_empty()).then(|| {
-        let secs = match r.ask.deadline_secs {
-            0 => MAX_SEARCH_SECS,
-            s => s,
-        };
-        Duration::from_secs(u64::from(secs)) + ANSWER_TIMEOUT
-    });
-    for host in &hosts {
-        let (asked, answers) = ctx
-            .logs
-            .open(tenant, host)
-            .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+    let bound = Bound::of(&r.ask);
+    let mut elsewhere: BTreeMap<String, Vec<(String, mpsc::Sender<HostLog>)>> = BTreeMap::new();
+    for (host, holder) in &hosts {
+        match holder {
+            Holder::Here => ask_host(ctx, tenant, host, r, &out, bound)?,
+            Holder::Replica(replica) => {
+                let (asked, answers) = ctx
+                    .logs
+                    .open(tenant, host)
+                    .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+                // Taken here, so no host's own answer can claim it.
+                let Some(tx) = ctx.logs.answer(asked.id, tenant, host) else {
+                    continue;
+                };
+                elsewhere
+                    .entry(replica.clone())
+                    .or_default()
+                    .push((host.clone(), tx));
+                tokio::spawn(forward(host.clone(), asked, answers, out.clone(), bound));
+            }
+        }
+    }
+    for (replica, hosts) in elsewhere {
         let ask = LogAsk {
-            id: asked.id,
             app: r.app.clone(),
             ..r.ask.clone()
         };
-        if !ctx.hub.ask_logs(tenant, host, ask) {
-            let _ = out.try_send(Answer::Failed {
-                host: host.clone(),
-                error: "not connected, or busy answering".into(),
-            });
-            continue;
-        }
-        let bound = Bound {
-            bytes: r.ask.max_bytes,
-            within: finish_within,
-        };
-        tokio::spawn(forward(host.clone(), asked, answers, out.clone(), bound));
+        tokio::spawn(relay(ctx.clone(), replica, tenant.to_string(), hosts, ask));
     }
-    Ok((hosts, rx))
+    Ok((hosts.into_iter().map(|(h, _)| h).collect(), rx))
+}
+
+/// Asks `hosts`, whose sessions are on this replica, for `r` (another
+/// replica relays a query made there): their answers as `ask`'s. A host
+/// whose session is not here (it moved meanwhile) is `Failed`.
+pub fn ask_here(
+    ctx: &SharedCtx,
+    tenant: &str,
+    hosts: &[String],
+    r: &LogRequest,
+) -> Result<mpsc::Receiver<Answer>, ControllerError> {
+    r.check()?;
+    let (out, rx) = mpsc::channel::<Answer>(16 + 2 * hosts.len());
+    let bound = Bound::of(&r.ask);
+    for host in hosts {
+        ask_host(ctx, tenant, host, r, &out, bound)?;
+    }
+    Ok(rx)
+}
+
+/// Asks one host whose session is here, its answer forwarded to `out`.
+fn ask_host(
+    ctx: &SharedCtx,
+    tenant: &str,
+    host: &str,
+    r: &LogRequest,
+    out: &mpsc::Sender<Answer>,
+    bound: Bound,
+) -> Result<(), ControllerError> {
+    let (asked, answers) = ctx
+        .logs
+        .open(tenant, host)
+        .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+    let ask = LogAsk {
+        id: asked.id,
+        app: r.app.clone(),
+        ..r.ask.clone()
+    };
+    if !ctx.hub.ask_logs(tenant, host, ask) {
+        let _ = out.try_send(Answer::Failed {
+            host: host.to_string(),
+            error: "not connected, or busy answering".into(),
+        });
+        return Ok(());
+    }
+    tokio::spawn(forward(
+        host.to_string(),
+        asked,
+        answers,
+        out.clone(),
+        bound,
+    ));
+    Ok(())
+}
+
+/// Carries a query to the replica holding `hosts`' sessions and each host's
+/// answer back to where `ask` forwards it (`senders`, by host), until every
+/// answer ended or nobody reads any more (then the call is dropped, which
+/// ends the query there too).
+async fn relay(
+    ctx: SharedCtx,
+    replica: String,
+    tenant: String,
+    hosts: Vec<(String, mpsc::Sender<HostLog>)>,
+    ask: LogAsk,
+) {
+    let names: Vec<String> = hosts.iter().map(|(h, _)| h.clone()).collect();
+    let mut senders: HashMap<String, mpsc::Sender<HostLog>> = hosts.into_iter().collect();
+    let Some(address) = ctx.hub.address_of(&replica) else {
+        fail_all(
+            &mut senders,
+            &format!("its controller ({replica}) has not said where it is reached"),
+        )
+        .await;
+        return;
+    };
+    let call = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        ctx.peers.logs(&replica, &address, &tenant, &names, &ask),
+    )
+    .await;
+    let mut answers = match call {
+        Ok(Ok(s)) => Box::pin(s),
+        Ok(Err(e)) => {
+            let why = format!("its controller at {address} did not take the query: {e}");
+            fail_all(&mut senders, &why).await;
+            return;
+        }
+        Err(_) => {
+            let why = format!(
+                "its controller at {address} did not answer within {}s",
+                ANSWER_TIMEOUT.as_secs()
+            );
+            fail_all(&mut senders, &why).await;
+            return;
+        }
+    };
+    // The other replica took the query: every host's answer is open there,
+    // and its own bounds (the host opening in time) apply there.
+    for tx in senders.values() {
+        let _ = tx.send(HostLog::Lines(Vec::new(), Vec::new())).await;
+    }
+    while !senders.is_empty() {
+        let next = {
+            let all_gone = futures_util::future::join_all(senders.values().map(|tx| tx.closed()));
+            tokio::select! {
+                _ = all_gone => return,
+                next = answers.next() => next,
+            }
+        };
+        match next {
+            Some(Ok(Answer::Lines { host, lines, times })) => {
+                if let Some(tx) = senders.get(&host)
+                    && tx.send(HostLog::Lines(lines, times)).await.is_err()
+                {
+                    senders.remove(&host);
+                }
+            }
+            Some(Ok(Answer::Failed { host, error })) => {
+                if let Some(tx) = senders.remove(&host) {
+                    let _ = tx.send(HostLog::Error(error)).await;
+                }
+            }
+            // Dropping its sender ends the host's answer in full.
+            Some(Ok(Answer::Done { host })) => {
+                senders.remove(&host);
+            }
+            Some(Err(e)) => {
+                fail_all(&mut senders, &format!("its controller's answer ended: {e}")).await;
+            }
+            None => {
+                fail_all(&mut senders, "its controller's answer ended early").await;
+            }
+        }
+    }
+}
+
+async fn fail_all(senders: &mut HashMap<String, mpsc::Sender<HostLog>>, why: &str) {
+    for (_, tx) in senders.drain() {
+        let _ = tx.send(HostLog::Error(why.to_string())).await;
+    }
 }
 
 /// What one host's answer may take.
+#[derive(Debug, Clone, Copy)]
 struct Bound {
     /// Bytes of lines (0: not bounded here).
     bytes: u64,
     /// Time to finish (None: a followed or plain tail, ended by the reader).
     within: Option<Duration>,
+}
+
+impl Bound {
+    fn of(ask: &LogAsk) -> Self {
+        let within = (!ask.follow && !ask.grep.is_empty()).then(|| {
+            let secs = match ask.deadline_secs {
+                0 => MAX_SEARCH_SECS,
+                s => s,
+            };
+            Duration::from_secs(u64::from(secs)) + ANSWER_TIMEOUT
+        });
+        Bound {
+            bytes: ask.max_bytes,
+            within,
+        }
+    }
 }
 
 /// Forwards one host's answer until it ends, the host does not open it in

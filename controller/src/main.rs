@@ -54,6 +54,12 @@ struct Args {
     /// slipctl connect by one of them). Default: localhost, 127.0.0.1, ::1.
     #[arg(long = "server-name", value_name = "NAME")]
     server_names: Vec<String>,
+    /// With several controllers on one PostgreSQL: where the others reach
+    /// this one (https://HOST:PORT), to relay a log query to the hosts it
+    /// holds. Default: the --listen address, or this machine's hostname when
+    /// listening on 0.0.0.0.
+    #[arg(long, env = "SLIPWAY_ADVERTISE_ADDRESS", value_name = "URL")]
+    advertise_address: Option<String>,
     /// Operator-provided CA certificate (PEM); default: a CA made under DATA_DIR/pki.
     #[arg(long, requires = "ca_key")]
     ca_cert: Option<PathBuf>,
@@ -233,6 +239,7 @@ fn main() -> ExitCode {
         if !args.server_names.is_empty() {
             config.server_names = args.server_names;
         }
+        config.advertise_address = args.advertise_address;
         config.ca = args.ca_cert.zip(args.ca_key);
         config.agent_cert_ttl = Duration::from_secs(args.agent_cert_ttl_secs.max(10));
         config.join_token_ttl = Duration::from_secs(args.join_token_ttl_secs.max(1));

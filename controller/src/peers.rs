@@ -64,6 +64,9 @@ impl Outbox {
 struct Message {
     /// The sending replica (it does not apply its own).
     from: String,
+    /// Where the others reach the sender (`--advertise-address`).
+    #[serde(default)]
+    address: String,
     #[serde(default)]
     changes: Vec<Change>,
     /// Changes of the sender's were lost on the way: everyone recomputes
@@ -77,7 +80,8 @@ struct Message {
 
 /// Starts sending this replica's changes and applying the others', until
 /// `shutdown`.
-pub fn start(store: Store, url: String, hub: Hub, replica: String, shutdown: CancellationToken) {
+pub fn start(store: Store, url: String, hub: Hub, me: Me, shutdown: CancellationToken) {
+    let Me { replica, address } = me;
     let (tx, rx) = mpsc::channel(QUEUED);
     let outbox = Outbox {
         tx,
@@ -90,7 +94,10 @@ pub fn start(store: Store, url: String, hub: Hub, replica: String, shutdown: Can
         rx,
         outbox.clone(),
         hub.clone(),
-        replica.clone(),
+        Me {
+            replica: replica.clone(),
+            address,
+        },
     ));
     tokio::spawn({
         let (outbox, shutdown) = (outbox.clone(), shutdown.clone());
@@ -106,14 +113,16 @@ pub fn start(store: Store, url: String, hub: Hub, replica: String, shutdown: Can
     tokio::spawn(listen(url, hub, outbox, replica, shutdown));
 }
 
+/// This replica, as the others know it.
+#[derive(Debug, Clone, Default)]
+pub struct Me {
+    pub replica: String,
+    /// Where the others call it (`https://HOST:PORT`).
+    pub address: String,
+}
+
 /// Sends the changes queued, as few messages as fit them.
-async fn send(
-    store: Store,
-    mut rx: mpsc::Receiver<Change>,
-    outbox: Outbox,
-    hub: Hub,
-    replica: String,
-) {
+async fn send(store: Store, mut rx: mpsc::Receiver<Change>, outbox: Outbox, hub: Hub, me: Me) {
     let mut owe_resync = false;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -131,7 +140,7 @@ async fn send(
             batch.extend(hub.announce());
         }
         let mut failed = false;
-        for payload in payloads(&replica, batch, owe_resync, ask) {
+        for payload in payloads(&me, batch, owe_resync, ask) {
             if let Err(e) = store.notify(CHANNEL, &payload).await {
                 tracing::warn!(error = %e, "sending changes to the other controllers failed; they will resync");
                 failed = true;
@@ -146,11 +155,12 @@ async fn send(
 /// out. A desired change naming too many hosts to fit names none (every
 /// host of the environment recomputes the app, which changes nothing for
 /// the others).
-fn payloads(replica: &str, changes: Vec<Change>, resync: bool, ask: bool) -> Vec<String> {
+fn payloads(me: &Me, changes: Vec<Change>, resync: bool, ask: bool) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut current = Message {
-        from: replica.to_string(),
+        from: me.replica.clone(),
+        address: me.address.clone(),
         changes: Vec::new(),
         resync,
         ask,
@@ -255,6 +265,7 @@ fn apply(hub: &Hub, outbox: &Outbox, replica: &str, payload: &str) {
     if message.from == replica {
         return;
     }
+    hub.addressed(&message.from, &message.address);
     if message.resync {
         hub.forget_replica(&message.from);
         hub.resync();
@@ -272,6 +283,7 @@ fn apply(hub: &Hub, outbox: &Outbox, replica: &str, payload: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Holder;
 
     fn desired(hosts: Option<Vec<String>>) -> Change {
         Change::Desired {
@@ -293,13 +305,18 @@ mod tests {
         changes.push(Change::Rollouts);
         let many: Vec<String> = (0..1_000).map(|i| format!("host-{i:04}")).collect();
         changes.push(desired(Some(many)));
-        let out = payloads("r1", changes, true, false);
+        let me = Me {
+            replica: "r1".into(),
+            address: "https://10.0.0.1:7443".into(),
+        };
+        let out = payloads(&me, changes, true, false);
         assert!(out.len() > 1);
         let mut back = Vec::new();
         for (i, p) in out.iter().enumerate() {
             assert!(p.len() <= MAX_PAYLOAD, "{} bytes", p.len());
             let m: Message = serde_json::from_str(p).unwrap();
             assert_eq!(m.from, "r1");
+            assert_eq!(m.address, me.address, "every message says where r1 is");
             assert_eq!(m.resync, i == 0, "the resync goes once, first");
             back.extend(m.changes);
         }
@@ -324,6 +341,7 @@ mod tests {
     fn message(from: &str, changes: Vec<Change>, resync: bool, ask: bool) -> String {
         serde_json::to_string(&Message {
             from: from.into(),
+            address: format!("https://{from}.example:7443"),
             changes,
             resync,
             ask,
@@ -338,6 +356,8 @@ mod tests {
         let connected = |host: &str| Change::Connected {
             tenant: "t".into(),
             host: host.into(),
+            environment: "prod".into(),
+            apps: vec!["web".into()],
         };
         apply(
             &hub,
@@ -352,6 +372,24 @@ mod tests {
             &message("c", vec![connected("h3")], false, false),
         );
         assert!(hub.connected("t", "h1") && hub.connected("t", "h3"));
+        // A log query made here finds them, and where to ask.
+        let _here = hub.connect("t", "h0", "prod", &["web".into()], "");
+        let _other_env = hub.connect("t", "h9", "preprod", &["web".into()], "");
+        assert_eq!(
+            hub.hosts_running("t", "prod", "web"),
+            [
+                ("h0".to_string(), Holder::Here),
+                ("h1".to_string(), Holder::Replica("b".into())),
+                ("h2".to_string(), Holder::Replica("b".into())),
+                ("h3".to_string(), Holder::Replica("c".into())),
+            ]
+        );
+        assert!(hub.hosts_running("t", "prod", "api").is_empty());
+        assert!(hub.hosts_running("u", "prod", "web").is_empty());
+        assert_eq!(
+            hub.address_of("c").as_deref(),
+            Some("https://c.example:7443")
+        );
         let before = hub.departures();
         apply(
             &hub,
@@ -399,10 +437,14 @@ mod tests {
         assert!(!hub.connected("t", "h2") && hub.connected("t", "h4"));
 
         // A replica that asks hears of this one's sessions.
-        let _mine = hub.connect("t", "local", "prod", &[], "");
+        let _mine = hub.connect("t", "local", "prod", &["web".into()], "");
         while rx.try_recv().is_ok() {}
         apply(&hub, &outbox, "me", &message("d", vec![], false, true));
-        assert_eq!(rx.try_recv().unwrap(), connected("local"));
+        let mut told = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            told.push(c);
+        }
+        assert!(told.contains(&connected("local")), "{told:?}");
 
         // c goes silent: its sessions end here.
         std::thread::sleep(Duration::from_millis(60));
@@ -415,6 +457,7 @@ mod tests {
         hub.expire_replicas(Duration::from_millis(50));
         assert!(!hub.connected("t", "h3"), "c was not heard from");
         assert!(hub.connected("t", "h4"), "b was");
+        assert_eq!(hub.address_of("c"), None, "a silent replica is not called");
     }
 
     #[tokio::test]
@@ -425,6 +468,7 @@ mod tests {
         let msg = |from: &str| {
             serde_json::to_string(&Message {
                 from: from.into(),
+                address: String::new(),
                 changes: vec![desired(None)],
                 resync: false,
                 ask: false,

@@ -693,12 +693,15 @@ mod tests {
             report(&store, host, "1", 0).await;
         }
         let hub = Hub::new();
+        let ca = trust::pki::Ca::load_or_create(dir).unwrap();
         Ctx {
             reports: crate::reports::ReportWriter::spawn(store.clone(), hub.clone()),
             store,
             blobs: crate::blobs::BlobStore::open(&dir.join("blobs")).unwrap(),
             hub,
-            ca: trust::pki::Ca::load_or_create(dir).unwrap(),
+            peers: crate::grpc::replicas::Peers::new(&ca).unwrap(),
+            replica: "test".into(),
+            ca,
             directive_key: trust::sign::KeyPair::generate(),
             agent_cert_ttl: Duration::from_secs(60),
             join_token_ttl: Duration::from_secs(60),

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use integration_tests::{Controller, eventually, free_port, proc_kib};
 use proto::v1::{
-    AgentMessage, AppReport, DeployRequest, EnrollRequest, EnrollResponse, Hello, RenewRequest,
-    UploadBlobHeader, UploadBlobRequest, agent_message, agents_client::AgentsClient,
-    deployments_client::DeploymentsClient, enrollment_client::EnrollmentClient,
-    releases_client::ReleasesClient, upload_blob_request,
+    AgentMessage, AppReport, DeployRequest, EnrollRequest, EnrollResponse, Hello, LogsQuery,
+    RenewRequest, ReplicaLogsRequest, UploadBlobHeader, UploadBlobRequest, agent_message,
+    agents_client::AgentsClient, deployments_client::DeploymentsClient,
+    enrollment_client::EnrollmentClient, releases_client::ReleasesClient,
+    replicas_client::ReplicasClient, upload_blob_request,
 };
 use tonic::transport::Channel;
 
@@ -593,6 +594,108 @@ fn a_host_revoked_before_its_hello_gets_no_session() {
             .await
             .expect_err("its certificate is refused");
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    });
+}
+
+/// A channel to `c` presenting a replica certificate made by `ca`, checking
+/// that the server names a replica.
+async fn as_replica(c: &Controller, ca: &trust::pki::Ca) -> Channel {
+    let (cert_pem, key_pem) = ca.issue_replica(Duration::from_secs(300)).unwrap();
+    let roots = std::fs::read_to_string(c.ca_cert()).unwrap();
+    let cfg = trust::tls::client_config(
+        trust::tls::ServerTrust::Roots(roots),
+        Some(&trust::tls::ClientIdentity { cert_pem, key_pem }),
+    )
+    .unwrap();
+    trust::tls::connect_as(
+        &c.url,
+        Some(Arc::new(cfg)),
+        Some(trust::pki::REPLICA_NAME),
+        true,
+    )
+    .await
+    .unwrap()
+}
+
+/// Only another controller (a client certificate its CA made for a replica)
+/// may relay a log query: no certificate, a host's, or a replica
+/// certificate from another CA is refused; a bad relay is refused with why.
+#[test]
+fn only_another_controller_may_relay_a_log_query() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start(t.path());
+    let rt = rt();
+    rt.block_on(async {
+        let to = |replica: &str, hosts: &[&str]| ReplicaLogsRequest {
+            tenant: "default".into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            query: Some(LogsQuery {
+                app: "web".into(),
+                lines: 10,
+                ..Default::default()
+            }),
+            replica: replica.into(),
+        };
+        let ask = |hosts: &[&str]| to("", hosts);
+        let refused = ReplicasClient::new(c.channel().await)
+            .logs(ask(&["web-1"]))
+            .await
+            .expect_err("no certificate");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let (id, _) = enroll(&c, "web-1").await;
+        let refused = ReplicasClient::new(as_host(&c, &id).await)
+            .logs(ask(&["web-1"]))
+            .await
+            .expect_err("a host's certificate");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("only another controller"),
+            "{refused:?}"
+        );
+
+        // This controller's CA: let in. A relay meant for another replica
+        // (a wrong address) is refused with the name of the one reached.
+        let ca_pem = c.ca_cert();
+        let ca = trust::pki::Ca::load(&ca_pem, &ca_pem.with_file_name("ca.key")).unwrap();
+        let refused = ReplicasClient::new(as_replica(&c, &ca).await)
+            .logs(to("elsewhere-1", &["web-1"]))
+            .await
+            .expect_err("meant for another replica");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        let name = refused
+            .message()
+            .strip_prefix("this is controller ")
+            .and_then(|m| m.split_once(", not elsewhere-1"))
+            .unwrap_or_else(|| panic!("{refused:?}"))
+            .0
+            .to_string();
+        let ask = |hosts: &[&str]| to(&name, hosts);
+        // The host holds no session here.
+        let mut answers = ReplicasClient::new(as_replica(&c, &ca).await)
+            .logs(ask(&["web-1"]))
+            .await
+            .expect("a replica is let in")
+            .into_inner();
+        let first = answers.message().await.unwrap().expect("an answer");
+        assert_eq!(first.host, "web-1");
+        assert!(first.error.contains("not connected"), "{first:?}");
+        let refused = ReplicasClient::new(as_replica(&c, &ca).await)
+            .logs(ask(&[]))
+            .await
+            .expect_err("no host");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        let refused = ReplicasClient::new(as_replica(&c, &ca).await)
+            .logs(ask(&["../x"]))
+            .await
+            .expect_err("a bad name");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+        // Another CA's replica certificate: the handshake refuses it.
+        let other = trust::pki::Ca::load_or_create(&t.path().join("other-ca")).unwrap();
+        let refused = ReplicasClient::new(as_replica(&c, &other).await)
+            .logs(ask(&["web-1"]))
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
     });
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration_tests::web::Https;
 use integration_tests::*;
 
 const DB_ENV: &str = "DATABASE_URL=postgres://app@db/app\n";
@@ -197,6 +198,87 @@ fn three_replicas_serve_any_call_and_a_killed_leader_is_replaced() {
         took_over.as_secs_f64(),
         moved.as_secs_f64()
     );
+}
+
+/// `slipctl logs` and the dashboard asked of either replica reach the hosts
+/// whose sessions the other holds, through it: a tail, a search of one
+/// host, a follow, and a host page's deploy steps.
+#[test]
+fn a_log_query_on_either_replica_reaches_the_hosts_the_other_holds() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(r) = Replicas::start(t.path(), 2) else {
+        return;
+    };
+    let agents = [
+        agent(t.path(), &r, 0, "log-0", "preprod"),
+        agent(t.path(), &r, 1, "log-1", "preprod"),
+    ];
+    publish(&r.controllers[0], t.path(), &ReleaseOpts::new("1.0.0"));
+    r.controllers[0].deploy_wait("1.0.0", "preprod").ok();
+    for (i, a) in agents.iter().enumerate() {
+        a.wait_serving("1.0.0");
+        assert_eq!(connected_to(a, &r), Some(i), "{} on r{i}", a.host);
+        // Each app logs a request whose path holds the env file's value.
+        http_get(a.app_port, &format!("/on-{i}/postgres://app@db/app"));
+    }
+    for c in &r.controllers {
+        let out = eventually(Duration::from_secs(15), "both hosts' lines", || {
+            let out = c.ctl(&["logs", "web", "--env", "preprod", "-n", "500"]);
+            (out.stdout.contains("log-0 [web] GET /on-0/***")
+                && out.stdout.contains("log-1 [web] GET /on-1/***"))
+            .then_some(out)
+        });
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(!out.stdout.contains("postgres://"), "{}", out.stdout);
+    }
+    // A search of one host the other replica holds.
+    let out = r.controllers[0]
+        .ctl(&[
+            "logs", "web", "--env", "preprod", "--host", "log-1", "--grep", "GET /on-", "-n", "5",
+        ])
+        .ok();
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["log-1 [web] GET /on-1/***"]
+    );
+
+    // -f through r1 follows what both apps write from now on.
+    let c = &r.controllers[1];
+    let mut child = Command::new(bin("slipctl"))
+        .args(["logs", "web", "--env", "preprod", "-f", "-n", "0"])
+        .env("SLIPWAY_CONTROLLER", &c.url)
+        .env("SLIPWAY_CA_CERT", c.ca_cert())
+        .env("SLIPWAY_TOKEN", c.token("reader", &["viewer"]))
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(&mut child);
+    let want = ["log-0 [web] GET /followed", "log-1 [web] GET /followed"];
+    let mut seen = Vec::new();
+    eventually(Duration::from_secs(15), "the followed requests", || {
+        for a in &agents {
+            http_get(a.app_port, "/followed");
+        }
+        seen.extend(rx.try_iter());
+        want.iter()
+            .all(|w| seen.iter().any(|l| l == w))
+            .then_some(())
+    });
+    assert!(!seen.iter().any(|l| l.contains("/on-")), "-n 0: {seen:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The dashboard's page of a host the other replica holds shows the
+    // last steps of its deploy log.
+    let c = &r.controllers[0];
+    let web = Https::new(c);
+    let session = web.sign_in(&c.token("looker", &["viewer"])).unwrap();
+    let page = eventually(Duration::from_secs(15), "log-1's deploy steps", || {
+        let page = web.get("/t/default/hosts/log-1", std::slice::from_ref(&session));
+        page.body.contains("deploy healthy 1.0.0").then_some(page)
+    });
+    assert!(page.body.contains("fetch ok 1.0.0"), "{}", page.body);
 }
 
 #[test]

@@ -175,6 +175,53 @@ impl Ca {
             not_after,
         })
     }
+
+    /// A client certificate for this controller replica to call the others
+    /// with (SAN `replica.slipway`, client auth only), and its key.
+    pub fn issue_replica(&self, ttl: Duration) -> Result<(String, String)> {
+        let key_pair = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![REPLICA_NAME.to_string()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "slipway-controller-replica");
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        (params.not_before, params.not_after) = validity(ttl);
+        let cert = params.signed_by(&key_pair, &self.issuer)?;
+        Ok((cert.pem(), key_pair.serialize_pem()))
+    }
+}
+
+/// The one name a controller replica's certificates carry for the others:
+/// the client certificate a replica presents when it calls another
+/// (`Replicas`), and the name it checks on the server it called. Agents'
+/// certificates are `<host>.<tenant>.agent.slipway`, so never this.
+pub const REPLICA_NAME: &str = "replica.slipway";
+
+/// Whether a client certificate (already checked against the CA by the TLS
+/// handshake) is a controller replica's: its only DNS name is
+/// `replica.slipway` and it is for client auth.
+pub fn is_replica_cert(cert_der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return false;
+    };
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(*d),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    let client_auth = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.client_auth);
+    names.as_deref() == Some(&[REPLICA_NAME][..]) && client_auth
 }
 
 /// Checks that `csr_pem` is a CSR `Ca::issue_agent` accepts (parses, and its
@@ -245,5 +292,26 @@ mod tests {
             ca.issue_agent("not a csr", "default", "web-1", Duration::from_secs(1))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_a_replica_certificate_reads_as_a_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let der = |pem: &str| first_cert_der(pem).unwrap();
+        let (replica, _) = ca.issue_replica(Duration::from_secs(60)).unwrap();
+        assert!(is_replica_cert(&der(&replica)));
+        // A host named "replica" in a tenant named "slipway" is still an agent.
+        let (_, csr) = agent_key_and_csr("replica").unwrap();
+        let agent = ca
+            .issue_agent(&csr, "slipway", "replica", Duration::from_secs(60))
+            .unwrap();
+        assert!(!is_replica_cert(&der(&agent.cert_pem)));
+        // The server certificate names it but is no client certificate.
+        let (server, _) = ca
+            .issue_server(&[REPLICA_NAME.into()], Duration::from_secs(60))
+            .unwrap();
+        assert!(!is_replica_cert(&der(&server)));
+        assert!(!is_replica_cert(b"not a certificate"));
     }
 }

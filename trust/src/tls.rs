@@ -206,6 +206,18 @@ pub fn is_loopback(host: &str) -> bool {
 
 /// Connects a gRPC channel to `url`; `tls` is required for https.
 pub async fn connect(url: &str, tls: Option<Arc<ClientConfig>>, lazy: bool) -> Result<Channel> {
+    connect_as(url, tls, None, lazy).await
+}
+
+/// `connect`, checking the server's certificate for `server_name` instead of
+/// the host of `url` (a controller calling another by address checks that it
+/// reached a replica: `pki::REPLICA_NAME`).
+pub async fn connect_as(
+    url: &str,
+    tls: Option<Arc<ClientConfig>>,
+    server_name: Option<&str>,
+    lazy: bool,
+) -> Result<Channel> {
     let parsed = ControllerUrl::parse(url)?;
     let endpoint =
         Endpoint::from_shared(format!("http://{}:{}", bracket(&parsed.host), parsed.port))
@@ -225,6 +237,7 @@ pub async fn connect(url: &str, tls: Option<Arc<ClientConfig>>, lazy: bool) -> R
             },
             host: parsed.host.clone(),
             port: parsed.port,
+            server_name: server_name.unwrap_or(&parsed.host).to_string(),
         };
     if lazy {
         return Ok(endpoint.connect_with_connector_lazy(connector));
@@ -258,6 +271,8 @@ struct Connector {
     tls: Option<Arc<ClientConfig>>,
     host: String,
     port: u16,
+    /// What the server's certificate must name.
+    server_name: String,
 }
 
 type Io = TokioIo<Box<dyn IoStream>>;
@@ -281,7 +296,7 @@ impl tower_service::Service<http::Uri> for Connector {
             let Some(cfg) = this.tls else {
                 return Ok(TokioIo::new(Box::new(tcp) as Box<dyn IoStream>));
             };
-            let name = ServerName::try_from(this.host.clone())
+            let name = ServerName::try_from(this.server_name.clone())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let tls = tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, tcp)

@@ -148,6 +148,8 @@ enum Door {
     Agent,
     /// Enrollment: anonymous, rate-limited.
     Enrollment,
+    /// Replicas: another controller's client certificate.
+    Replica,
     /// Anything else: the router answers (unimplemented).
     Other,
 }
@@ -160,6 +162,7 @@ fn door(path: &str) -> Door {
         .unwrap_or("");
     use proto::v1::{
         admin_server, agents_server, deployments_server, enrollment_server, releases_server,
+        replicas_server,
     };
     if [
         releases_server::SERVICE_NAME,
@@ -173,6 +176,8 @@ fn door(path: &str) -> Door {
         Door::Agent
     } else if service == enrollment_server::SERVICE_NAME {
         Door::Enrollment
+    } else if service == replicas_server::SERVICE_NAME {
+        Door::Replica
     } else {
         Door::Other
     }
@@ -226,7 +231,7 @@ fn peer_ip(req: &http::Request<Body>) -> Option<std::net::SocketAddr> {
 /// (a `Principal`, an `AgentId`) in the request's extensions.
 async fn admit(ctx: &SharedCtx, agents: bool, req: &mut http::Request<Body>) -> Result<(), Status> {
     let door = match door(req.uri().path()) {
-        Door::Agent | Door::Enrollment if !agents => Door::Other,
+        Door::Agent | Door::Enrollment | Door::Replica if !agents => Door::Other,
         d => d,
     };
     match door {
@@ -244,6 +249,14 @@ async fn admit(ctx: &SharedCtx, agents: bool, req: &mut http::Request<Body>) -> 
             let id =
                 crate::auth::agent_from_certs(ctx, certs.as_deref().map(Vec::as_slice)).await?;
             req.extensions_mut().insert(id);
+        }
+        Door::Replica => {
+            let certs = req
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.peer_certs());
+            let peer = super::replicas::replica_from_certs(certs.as_deref().map(Vec::as_slice))?;
+            req.extensions_mut().insert(peer);
         }
         Door::Enrollment => {
             if let Some(addr) = peer_ip(req)
@@ -457,6 +470,7 @@ mod tests {
         assert_eq!(door("/slipway.v1.Admin/CreateToken"), Door::Api);
         assert_eq!(door("/slipway.v1.Agents/Session"), Door::Agent);
         assert_eq!(door("/slipway.v1.Enrollment/Enroll"), Door::Enrollment);
+        assert_eq!(door("/slipway.v1.Replicas/Logs"), Door::Replica);
         assert_eq!(door("/grpc.health.v1.Health/Check"), Door::Other);
         assert_eq!(door("/slipway.v1.Releases"), Door::Other);
         assert_eq!(door(""), Door::Other);

@@ -12,6 +12,7 @@ pub mod fleet_status;
 pub mod inventory;
 pub mod logs;
 pub mod releases;
+pub mod replicas;
 pub mod rollouts;
 
 use tonic::{Request, Status};
