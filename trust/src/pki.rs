@@ -1,5 +1,6 @@
 //! The controller's certificate authority. It signs the controller's own server
-//! certificate and one short-lived client certificate per enrolled agent. From
+//! certificate, the client certificate each controller replica calls the
+//! others with, and one short-lived client certificate per enrolled agent. From
 //! an agent's CSR only the public key is used: every name, usage and validity in
 //! the certificate is decided here.
 
