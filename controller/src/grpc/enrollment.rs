@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, SharedCtx};
 use crate::auth::AgentId;
 use crate::error::ControllerError;
+use crate::store::{JoinRefused, NewCert};
 
 /// Largest CSR accepted (a P-256 or Ed25519 CSR is well under 1 KiB).
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -81,6 +82,25 @@ impl Enrollment for EnrollmentService {
             // A CSR that cannot be signed must not cost the host its token.
             check_csr(&r.csr_pem)?;
             let secret_hash = trust::secret::hash_secret(&token.secret);
+            // Signed for whom the token was made, then spent and recorded in
+            // one write transaction (one turn of the store's write lock per
+            // join, not two); a refused token records nothing.
+            let (t, h) = ctx
+                .store
+                .join_token_host(&token.id, &secret_hash)
+                .await
+                .map_err(ControllerError::from)?
+                .ok_or_else(|| Status::permission_denied(JoinRefused::Unknown.to_string()))?;
+            let issued = ctx
+                .ca
+                .issue_agent(&r.csr_pem, &t, &h, ctx.agent_cert_ttl)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let cert = NewCert {
+                tenant: &t,
+                host: &h,
+                fingerprint: &issued.fingerprint,
+                not_after: issued.not_after,
+            };
             let (t, h, environment) = ctx
                 .store
                 .consume_join_token(
@@ -88,18 +108,22 @@ impl Enrollment for EnrollmentService {
                     &secret_hash,
                     asked,
                     &trust::sha256(r.csr_pem.as_bytes()),
+                    Some(&cert),
                 )
                 .await
                 .map_err(ControllerError::from)?
                 .map_err(|refused| Status::permission_denied(refused.to_string()))?;
+            ctx.hub.certified(&t, &h, &issued.fingerprint);
             tenant = t.clone();
-            let id = AgentId {
+            Ok(EnrollResponse {
+                cert_pem: issued.cert_pem,
+                ca_pem: ctx.ca.cert_pem.clone(),
                 tenant: t,
                 host: h,
                 environment,
-                cert: String::new(),
-            };
-            issue(ctx, &id, &r.csr_pem).await
+                directive_key: ctx.directive_key.public(),
+                not_after: issued.not_after,
+            })
         }
         .await;
         let host = crate::sanitize::text(result.as_ref().map_or(&r.host, |resp| &resp.host), 128);

@@ -30,7 +30,7 @@ pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport, SequenceBlock};
 pub use releases::{DesiredGeneration, DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
-pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS};
+pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS, NewCert};
 pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};
 
 use sqlx::AnyPool;
@@ -88,11 +88,14 @@ pub enum Dialect {
 pub struct Store {
     /// Reads (SQLite in WAL: they never wait for the writer).
     pool: AnyPool,
-    /// Every write. On SQLite, one connection: writers queue here in order
-    /// instead of polling SQLite's lock (its busy handler sleeps up to
-    /// 100 ms a try, which stretched a 1,000-host rollout while the CPU sat
-    /// idle). On PostgreSQL, the same pool as reads; write transactions
-    /// queue on a transaction-scoped advisory lock instead (`begin_write`).
+    /// Every write, on one connection: writers queue here in order. On
+    /// SQLite, instead of polling SQLite's lock (its busy handler sleeps up
+    /// to 100 ms a try, which stretched a 1,000-host rollout while the CPU
+    /// sat idle). On PostgreSQL, write transactions also take a
+    /// transaction-scoped advisory lock (`begin_write`), which orders them
+    /// across replicas; a replica's writes wait for it here, on one
+    /// connection, not on pooled ones reads need (a join storm once held
+    /// every pooled connection in that wait, and every read timed out).
     writer: AnyPool,
     /// Leadership's lease (`replicas`): on PostgreSQL a connection of its
     /// own, so a storm of calls holding every pooled connection (10,000
@@ -246,13 +249,18 @@ impl Store {
             .connect(url)
             .await?;
         PG_MIGRATOR.run(&pool).await?;
+        let writer = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
         let lease = AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(2))
             .connect(url)
             .await?;
         Ok(Self {
-            writer: pool.clone(),
+            writer,
             lease,
             pool,
             dialect: Dialect::Postgres,

@@ -256,14 +256,37 @@ impl Store {
         Ok(())
     }
 
+    /// Whom a join token was made for, `(tenant, host)`, if its secret is
+    /// `secret_hash`; read without the write lock: enrollment signs the
+    /// certificate for them first, then `consume_join_token` checks the
+    /// token again and records it, in one write.
+    pub async fn join_token_host(
+        &self,
+        id: &str,
+        secret_hash: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("SELECT tenant, host, secret_hash FROM join_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.db())
+                .await?;
+        Ok(row
+            .filter(|(_, _, hash)| trust::ct_eq(hash.as_bytes(), secret_hash.as_bytes()))
+            .map(|(tenant, host, _)| (tenant, host)))
+    }
+
     /// Checks and burns a join token: `(tenant, host, environment)` of its
-    /// host, or why not. `host` None: whichever host it was made for.
+    /// host, or why not. `host` None: whichever host it was made for. With
+    /// `cert` (signed for the token's host), records it as the host's only
+    /// certificate in the same transaction (`record_cert`); a token that
+    /// turns out to be for another host records nothing.
     pub async fn consume_join_token(
         &self,
         id: &str,
         secret_hash: &str,
         host: Option<&str>,
         csr_digest: &str,
+        cert: Option<&NewCert<'_>>,
     ) -> Result<std::result::Result<(String, String, String), JoinRefused>> {
         let mut tx = self.begin_write().await?;
         let row: Option<JoinTokenRow> = sqlx::query_as(
@@ -297,6 +320,9 @@ impl Store {
         if row.revoked_at.is_some() {
             return Ok(Err(JoinRefused::Revoked));
         }
+        if cert.is_some_and(|c| c.tenant != row.tenant || c.host != row.host) {
+            return Ok(Err(JoinRefused::Unknown));
+        }
         if !again {
             sqlx::query("UPDATE join_tokens SET used_at = $1, used_csr = $2 WHERE id = $3")
                 .bind(now())
@@ -304,6 +330,9 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if let Some(c) = cert {
+            write_cert(&mut tx, c).await?;
         }
         tx.commit().await?;
         Ok(Ok((row.tenant, row.host, row.environment)))
@@ -321,32 +350,16 @@ impl Store {
         not_after: i64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(fingerprint)
-            .bind(tenant)
-            .bind(host)
-            .bind(not_after)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM host_certs WHERE tenant = $1 AND host = $2 AND fingerprint != $3")
-            .bind(tenant)
-            .bind(host)
-            .bind(fingerprint)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE hosts SET cert_fingerprint = $1, cert_not_after = $2 WHERE tenant = $3 AND name = $4")
-            .bind(fingerprint)
-            .bind(not_after)
-            .bind(tenant)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
-        // Expired certificates can never be presented again (TLS checks validity).
-        sqlx::query("DELETE FROM host_certs WHERE not_after < $1")
-            .bind(now() - 3600)
-            .execute(&mut *tx)
-            .await?;
+        write_cert(
+            &mut tx,
+            &NewCert {
+                tenant,
+                host,
+                fingerprint,
+                not_after,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -425,6 +438,46 @@ impl Store {
     }
 }
 
+/// A certificate just signed for a host, to record as its only one.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCert<'a> {
+    pub tenant: &'a str,
+    pub host: &'a str,
+    pub fingerprint: &'a str,
+    pub not_after: i64,
+}
+
+/// `record_cert`'s writes, inside a write transaction.
+async fn write_cert(tx: &mut sqlx::Transaction<'static, sqlx::Any>, c: &NewCert<'_>) -> Result<()> {
+    sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(c.fingerprint)
+            .bind(c.tenant)
+            .bind(c.host)
+            .bind(c.not_after)
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+    sqlx::query("DELETE FROM host_certs WHERE tenant = $1 AND host = $2 AND fingerprint != $3")
+        .bind(c.tenant)
+        .bind(c.host)
+        .bind(c.fingerprint)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE hosts SET cert_fingerprint = $1, cert_not_after = $2 WHERE tenant = $3 AND name = $4")
+            .bind(c.fingerprint)
+            .bind(c.not_after)
+            .bind(c.tenant)
+            .bind(c.host)
+            .execute(&mut **tx)
+            .await?;
+    // Expired certificates can never be presented again (TLS checks validity).
+    sqlx::query("DELETE FROM host_certs WHERE not_after < $1")
+        .bind(now() - 3600)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -473,7 +526,7 @@ mod tests {
             .await
             .unwrap();
         let first = s
-            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a")
+            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a", None)
             .await
             .unwrap();
         assert_eq!(
@@ -481,7 +534,7 @@ mod tests {
             Ok(("default".into(), "web-1".into(), "preprod".into()))
         );
         let again = s
-            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a")
+            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a", None)
             .await
             .unwrap();
         assert_eq!(again, first, "the same CSR, its answer lost");
@@ -491,7 +544,7 @@ mod tests {
             ("wrong", "csr-a", JoinRefused::Unknown),
         ] {
             let r = s
-                .consume_join_token("tok1", secret, Some("web-1"), csr)
+                .consume_join_token("tok1", secret, Some("web-1"), csr, None)
                 .await
                 .unwrap();
             assert_eq!(r, Err(refused), "{secret} {csr}");
@@ -501,7 +554,7 @@ mod tests {
             .await
             .unwrap();
         let r = s
-            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a")
+            .consume_join_token("tok1", "hash1", Some("web-1"), "csr-a", None)
             .await
             .unwrap();
         assert_eq!(
@@ -511,8 +564,59 @@ mod tests {
         );
     }
 
+    /// An enrollment's one write: the token spent and the certificate
+    /// recorded together, or neither.
+    async fn a_join_spends_its_token_and_records_its_certificate_together(s: Store) {
+        let far = now() + 3600;
+        for (host, token, hash) in [("web-1", "tok1", "hash1"), ("web-2", "tok2", "hash2")] {
+            s.add_host("default", host, "preprod", token, hash, far, "admin")
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.join_token_host("tok1", "hash2").await.unwrap(), None);
+        assert_eq!(s.join_token_host("nope", "hash1").await.unwrap(), None);
+        assert_eq!(
+            s.join_token_host("tok1", "hash1").await.unwrap(),
+            Some(("default".into(), "web-1".into()))
+        );
+        let cert = |host, fingerprint| NewCert {
+            tenant: "default",
+            host,
+            fingerprint,
+            not_after: far,
+        };
+        // Signed for another host than the token's, or with a wrong secret:
+        // nothing recorded, the token not spent.
+        let refused = [
+            ("tok1", "hash1", cert("web-2", "fp-x")),
+            ("tok2", "wrong", cert("web-2", "fp-y")),
+        ];
+        for (token, hash, c) in refused {
+            let r = s
+                .consume_join_token(token, hash, None, "csr-a", Some(&c))
+                .await
+                .unwrap();
+            assert_eq!(r, Err(JoinRefused::Unknown), "{token}");
+            assert!(s.cert_owner(c.fingerprint).await.unwrap().is_none());
+        }
+        let r = s
+            .consume_join_token("tok1", "hash1", None, "csr-a", Some(&cert("web-1", "fp-1")))
+            .await
+            .unwrap();
+        assert_eq!(r, Ok(("default".into(), "web-1".into(), "preprod".into())));
+        assert_eq!(s.cert_owner("fp-1").await.unwrap().unwrap().host, "web-1");
+        let spent = s
+            .consume_join_token("tok1", "hash1", None, "csr-b", Some(&cert("web-1", "fp-2")))
+            .await
+            .unwrap();
+        assert_eq!(spent, Err(JoinRefused::Used));
+        assert!(s.cert_owner("fp-2").await.unwrap().is_none());
+        assert!(s.cert_owner("fp-1").await.unwrap().is_some(), "kept");
+    }
+
     crate::store::testing::on_both_dialects!(
         a_new_certificate_replaces_the_hosts_older_ones,
+        a_join_spends_its_token_and_records_its_certificate_together,
         last_use_is_written_at_most_once_a_minute,
         a_spent_join_token_answers_the_same_csr_again_and_no_other,
     );
