@@ -17,6 +17,8 @@ pub struct Ctx {
     pub hub: Hub,
     /// Writes the sessions' reports in batches.
     pub reports: ReportWriter,
+    /// Writes enrollments in batches.
+    pub joins: crate::joins::JoinQueue,
     pub ca: trust::pki::Ca,
     /// Signs every directive sent to a host.
     pub directive_key: trust::sign::KeyPair,

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod intent;
+pub mod joins;
 pub mod leader;
 pub mod lifecycle;
 pub mod liveness;
@@ -254,6 +255,7 @@ pub async fn run(
     let replica = leader::replica_id();
     let ctx = Arc::new(Ctx {
         reports: reports::ReportWriter::spawn(store.clone(), hub.clone()),
+        joins: joins::JoinQueue::spawn(store.clone()),
         store,
         blobs,
         hub,

@@ -696,6 +696,7 @@ mod tests {
         let ca = trust::pki::Ca::load_or_create(dir).unwrap();
         Ctx {
             reports: crate::reports::ReportWriter::spawn(store.clone(), hub.clone()),
+            joins: crate::joins::JoinQueue::spawn(store.clone()),
             store,
             blobs: crate::blobs::BlobStore::open(&dir.join("blobs")).unwrap(),
             hub,

@@ -756,6 +756,76 @@ fn a_bad_csr_keeps_the_join_token_and_anonymous_enrollment_is_rate_limited() {
     assert!(enrolls[0]["outcome"].as_str().unwrap().starts_with("ok"));
 }
 
+/// An agent turned away at enrollment by a busy controller (here its
+/// enrollment rate spent by another caller of the same address) keeps its
+/// key and CSR, tries again with backoff, and joins once there is room.
+#[test]
+fn an_agent_turned_away_by_a_busy_controller_enrolls_when_there_is_room() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Controller::start_with(t.path(), &["--enrolls-per-minute", "30"]);
+    let mut agent = integration_tests::Agent::configured(
+        t.path(),
+        &c,
+        "busy-1",
+        "preprod",
+        "DATABASE_URL=postgres://app@db/app\n",
+        true,
+    );
+    // Another caller spends the address's enrollments until the agent has
+    // been turned away at least once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exhausted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let hammer = std::thread::spawn({
+        let (stop, exhausted) = (stop.clone(), exhausted.clone());
+        let (url, ca) = (c.url.clone(), c.ca_cert());
+        move || {
+            rt().block_on(async {
+                let roots = std::fs::read_to_string(ca).unwrap();
+                let cfg =
+                    trust::tls::client_config(trust::tls::ServerTrust::Roots(roots), None).unwrap();
+                let channel = trust::tls::connect(&url, Some(Arc::new(cfg)), false)
+                    .await
+                    .unwrap();
+                let mut client = EnrollmentClient::new(channel);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let s = client
+                        .enroll(EnrollRequest {
+                            join_token: "swj_garbage".into(),
+                            host: "web-9".into(),
+                            csr_pem: "nope".into(),
+                        })
+                        .await
+                        .expect_err("garbage is refused");
+                    if s.code() == tonic::Code::ResourceExhausted {
+                        exhausted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the address's enrollments spent",
+        || (exhausted.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(()),
+    );
+    agent.spawn();
+    eventually(Duration::from_secs(20), "the agent turned away", || {
+        agent
+            .log_text()
+            .contains("enrollment: controller busy")
+            .then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    agent.wait_connected(&c);
+    let log = agent.log_text();
+    assert!(log.contains("enrolled"), "{log}");
+    assert!(
+        !log.contains("join token already used"),
+        "a retry lost its token: {log}"
+    );
+}
+
 #[test]
 fn tokens_expire_and_show_their_last_use() {
     let t = tempfile::tempdir().unwrap();

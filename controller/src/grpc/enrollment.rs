@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::{Ctx, SharedCtx};
 use crate::auth::AgentId;
 use crate::error::ControllerError;
-use crate::store::{JoinRefused, NewCert};
+use crate::store::{Join, JoinRefused, NewCert};
 
 /// Largest CSR accepted (a P-256 or Ed25519 CSR is well under 1 KiB).
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -64,7 +64,6 @@ impl Enrollment for EnrollmentService {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let r = req.into_inner();
         let ctx = &self.ctx;
-        let mut tenant = "default".to_string();
         let result = async {
             // Empty: the host the token was made for (a join with no config).
             let asked = Some(r.host.as_str()).filter(|h| !h.is_empty());
@@ -82,9 +81,9 @@ impl Enrollment for EnrollmentService {
             // A CSR that cannot be signed must not cost the host its token.
             check_csr(&r.csr_pem)?;
             let secret_hash = trust::secret::hash_secret(&token.secret);
-            // Signed for whom the token was made, then spent and recorded in
-            // one write transaction (one turn of the store's write lock per
-            // join, not two); a refused token records nothing.
+            // Signed for whom the token was made, then spent and recorded,
+            // with its audit row, in one write shared with the other joins
+            // waiting (`joins`); a refused token records nothing.
             let (t, h) = ctx
                 .store
                 .join_token_host(&token.id, &secret_hash)
@@ -95,26 +94,25 @@ impl Enrollment for EnrollmentService {
                 .ca
                 .issue_agent(&r.csr_pem, &t, &h, ctx.agent_cert_ttl)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let cert = NewCert {
-                tenant: &t,
-                host: &h,
-                fingerprint: &issued.fingerprint,
-                not_after: issued.not_after,
+            let join = Join {
+                token_id: token.id.clone(),
+                secret_hash,
+                host: asked.map(str::to_string),
+                csr_digest: trust::sha256(r.csr_pem.as_bytes()),
+                cert: Some(NewCert {
+                    tenant: t,
+                    host: h,
+                    fingerprint: issued.fingerprint.clone(),
+                    not_after: issued.not_after,
+                }),
+                peer: peer.clone(),
             };
             let (t, h, environment) = ctx
-                .store
-                .consume_join_token(
-                    &token.id,
-                    &secret_hash,
-                    asked,
-                    &trust::sha256(r.csr_pem.as_bytes()),
-                    Some(&cert),
-                )
-                .await
-                .map_err(ControllerError::from)?
+                .joins
+                .enroll(join)
+                .await?
                 .map_err(|refused| Status::permission_denied(refused.to_string()))?;
             ctx.hub.certified(&t, &h, &issued.fingerprint);
-            tenant = t.clone();
             Ok(EnrollResponse {
                 cert_pem: issued.cert_pem,
                 ca_pem: ctx.ca.cert_pem.clone(),
@@ -126,26 +124,9 @@ impl Enrollment for EnrollmentService {
             })
         }
         .await;
-        let host = crate::sanitize::text(result.as_ref().map_or(&r.host, |resp| &resp.host), 128);
         match &result {
             Ok(resp) => {
-                let outcome = format!("ok (certificate valid until {})", resp.not_after);
-                if let Err(e) = ctx
-                    .store
-                    .audit(
-                        &tenant,
-                        &format!("host:{host}"),
-                        "enroll",
-                        "",
-                        "",
-                        "",
-                        &outcome,
-                        &peer,
-                    )
-                    .await
-                {
-                    tracing::error!(error = %e, "audit log write failed");
-                }
+                let (tenant, host) = (&resp.tenant, crate::sanitize::text(&resp.host, 128));
                 tracing::info!(%tenant, %host, %peer, "agent enrolled");
             }
             Err(s) => ctx.edge.refuse_anonymous("enroll", &peer, s.message()),

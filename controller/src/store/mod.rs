@@ -30,7 +30,9 @@ pub use fleet::{EnvChange, EnvPolicy, HostChange, Placements, labels_from_json};
 pub use hosts::{FleetRow, HostAppReport, SequenceBlock};
 pub use releases::{DesiredGeneration, DesiredRow, ReleaseRow, YankRefused};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow, Started};
-pub use trust::{ApiTokenRow, CertOwner, HostRow, JoinRefused, LAST_USED_RESOLUTION_SECS, NewCert};
+pub use trust::{
+    ApiTokenRow, CertOwner, HostRow, Join, JoinRefused, Joined, LAST_USED_RESOLUTION_SECS, NewCert,
+};
 pub use web::{MAX_SESSIONS_PER_TOKEN, WebSessionRow};
 
 use sqlx::AnyPool;
@@ -314,6 +316,15 @@ impl Store {
                     .await?;
                 Ok(tx)
             }
+        }
+    }
+
+    /// A table of the elements of the JSON array bound at `param`, one
+    /// column named `value` (`value ->> N` reads an element's Nth item).
+    fn json_rows(&self, param: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("json_each({param})"),
+            Dialect::Postgres => format!("jsonb_array_elements({param}::jsonb)"),
         }
     }
 

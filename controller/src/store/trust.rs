@@ -1,11 +1,12 @@
 //! Store side of trust: tenants, API tokens, join tokens, host certificates
 //! and revocation, directive sequence numbers, per-tenant blob links.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::FromRow;
 
 use super::{Result, Store, json_list, now};
+use crate::sanitize;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ApiTokenRow {
@@ -70,6 +71,7 @@ pub enum JoinRefused {
 /// A join token with its host, as `consume_join_token` checks it.
 #[derive(FromRow)]
 struct JoinTokenRow {
+    id: String,
     tenant: String,
     host: String,
     secret_hash: String,
@@ -279,63 +281,127 @@ impl Store {
     /// host, or why not. `host` None: whichever host it was made for. With
     /// `cert` (signed for the token's host), records it as the host's only
     /// certificate in the same transaction (`record_cert`); a token that
-    /// turns out to be for another host records nothing.
+    /// turns out to be for another host records nothing. (`enroll`, for one.)
     pub async fn consume_join_token(
         &self,
         id: &str,
         secret_hash: &str,
         host: Option<&str>,
         csr_digest: &str,
-        cert: Option<&NewCert<'_>>,
-    ) -> Result<std::result::Result<(String, String, String), JoinRefused>> {
-        let mut tx = self.begin_write().await?;
-        let row: Option<JoinTokenRow> = sqlx::query_as(
-            "SELECT j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, j.used_csr, h.environment, h.revoked_at
-             FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host WHERE j.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(Err(JoinRefused::Unknown));
+        cert: Option<&NewCert>,
+    ) -> Result<Joined> {
+        let join = Join {
+            token_id: id.to_string(),
+            secret_hash: secret_hash.to_string(),
+            host: host.map(str::to_string),
+            csr_digest: csr_digest.to_string(),
+            cert: cert.cloned(),
+            peer: String::new(),
         };
-        if !trust::ct_eq(row.secret_hash.as_bytes(), secret_hash.as_bytes()) {
-            return Ok(Err(JoinRefused::Unknown));
+        let mut out = self.enroll(std::slice::from_ref(&join)).await?;
+        Ok(out.pop().unwrap_or(Err(JoinRefused::Unknown)))
+    }
+
+    /// Enrollments, in one write transaction and a handful of statements
+    /// whatever their number (a fleet joining at once queues on the write
+    /// lock once per batch, not once per host): each join's token checked as
+    /// `consume_join_token` checks it, in order (the same token twice: the
+    /// second sees it spent by the first), the accepted ones' tokens spent,
+    /// their certificates recorded (`record_cert`: each host's only one) and
+    /// an audit row written for each accepted join with a certificate.
+    pub async fn enroll(&self, joins: &[Join]) -> Result<Vec<Joined>> {
+        let ids: Vec<String> = joins.iter().map(|j| j.token_id.clone()).collect();
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<JoinTokenRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT j.id, j.tenant, j.host, j.secret_hash, j.expires_at, j.used_at, j.used_csr, h.environment, h.revoked_at
+             FROM join_tokens j JOIN hosts h ON h.tenant = j.tenant AND h.name = j.host
+             WHERE j.id IN (SELECT value FROM {})",
+            self.json_array_elements_text("$1")
+        )))
+        .bind(json_list(&ids))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rows: HashMap<String, JoinTokenRow> =
+            rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let at = now();
+        let mut spent: Vec<(String, String)> = Vec::new();
+        // The last certificate of each host wins, as one after another would.
+        let mut certs: HashMap<(String, String), &NewCert> = HashMap::new();
+        let mut audits: Vec<(String, String, String, String)> = Vec::new();
+        let mut results = Vec::with_capacity(joins.len());
+        for j in joins {
+            let Some(row) = rows.get_mut(&j.token_id) else {
+                results.push(Err(JoinRefused::Unknown));
+                continue;
+            };
+            let again = match judge(row, j, at) {
+                Ok(again) => again,
+                Err(refused) => {
+                    results.push(Err(refused));
+                    continue;
+                }
+            };
+            if !again {
+                row.used_at = Some(at);
+                row.used_csr = j.csr_digest.clone();
+                spent.push((j.token_id.clone(), j.csr_digest.clone()));
+            }
+            if let Some(c) = &j.cert {
+                certs.insert((c.tenant.clone(), c.host.clone()), c);
+                audits.push((
+                    c.tenant.clone(),
+                    sanitize::text(&format!("host:{}", c.host), super::audit::MAX_ACTOR),
+                    format!("ok (certificate valid until {})", c.not_after),
+                    sanitize::text(&j.peer, super::audit::MAX_PEER),
+                ));
+            }
+            results.push(Ok((
+                row.tenant.clone(),
+                row.host.clone(),
+                row.environment.clone(),
+            )));
         }
-        if row.expires_at <= now() {
-            return Ok(Err(JoinRefused::Expired));
+        if !spent.is_empty() {
+            let json = serde_json::to_string(&spent).unwrap_or_else(|_| "[]".into());
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE join_tokens SET used_at = $1, used_csr = j.csr
+                 FROM (SELECT value ->> 0 AS id, value ->> 1 AS csr FROM {}) AS j
+                 WHERE join_tokens.id = j.id",
+                self.json_rows("$2")
+            )))
+            .bind(at)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
         }
-        // Used already: by this same CSR, the host asking again because the
-        // answer never reached it (its private key never left it, so a
-        // certificate for it is worth nothing to anyone else).
-        let again = row.used_at.is_some()
-            && !row.used_csr.is_empty()
-            && trust::ct_eq(row.used_csr.as_bytes(), csr_digest.as_bytes());
-        if row.used_at.is_some() && !again {
-            return Ok(Err(JoinRefused::Used));
+        if !certs.is_empty() {
+            let certs: Vec<(&str, &str, &str, i64)> = certs
+                .values()
+                .map(|c| {
+                    (
+                        c.fingerprint.as_str(),
+                        c.tenant.as_str(),
+                        c.host.as_str(),
+                        c.not_after,
+                    )
+                })
+                .collect();
+            write_certs(&mut tx, self, &certs).await?;
         }
-        if host.is_some_and(|h| h != row.host) {
-            return Ok(Err(JoinRefused::WrongHost(row.host)));
-        }
-        if row.revoked_at.is_some() {
-            return Ok(Err(JoinRefused::Revoked));
-        }
-        if cert.is_some_and(|c| c.tenant != row.tenant || c.host != row.host) {
-            return Ok(Err(JoinRefused::Unknown));
-        }
-        if !again {
-            sqlx::query("UPDATE join_tokens SET used_at = $1, used_csr = $2 WHERE id = $3")
-                .bind(now())
-                .bind(csr_digest)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(c) = cert {
-            write_cert(&mut tx, c).await?;
+        if !audits.is_empty() {
+            let json = serde_json::to_string(&audits).unwrap_or_else(|_| "[]".into());
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO audit (at, tenant, actor, action, app, environment, detail, outcome, peer)
+                 SELECT $1, value ->> 0, value ->> 1, 'enroll', '', '', '', value ->> 2, value ->> 3 FROM {}",
+                self.json_rows("$2")
+            )))
+            .bind(at)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(Ok((row.tenant, row.host, row.environment)))
+        Ok(results)
     }
 
     /// Remembers a certificate issued to a host; it is the host's current
@@ -350,16 +416,7 @@ impl Store {
         not_after: i64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        write_cert(
-            &mut tx,
-            &NewCert {
-                tenant,
-                host,
-                fingerprint,
-                not_after,
-            },
-        )
-        .await?;
+        write_certs(&mut tx, self, &[(fingerprint, tenant, host, not_after)]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -439,37 +496,99 @@ impl Store {
 }
 
 /// A certificate just signed for a host, to record as its only one.
-#[derive(Debug, Clone, Copy)]
-pub struct NewCert<'a> {
-    pub tenant: &'a str,
-    pub host: &'a str,
-    pub fingerprint: &'a str,
+#[derive(Debug, Clone)]
+pub struct NewCert {
+    pub tenant: String,
+    pub host: String,
+    pub fingerprint: String,
     pub not_after: i64,
 }
 
-/// `record_cert`'s writes, inside a write transaction.
-async fn write_cert(tx: &mut sqlx::Transaction<'static, sqlx::Any>, c: &NewCert<'_>) -> Result<()> {
-    sqlx::query("INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(c.fingerprint)
-            .bind(c.tenant)
-            .bind(c.host)
-            .bind(c.not_after)
-            .bind(now())
-            .execute(&mut **tx)
-            .await?;
-    sqlx::query("DELETE FROM host_certs WHERE tenant = $1 AND host = $2 AND fingerprint != $3")
-        .bind(c.tenant)
-        .bind(c.host)
-        .bind(c.fingerprint)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE hosts SET cert_fingerprint = $1, cert_not_after = $2 WHERE tenant = $3 AND name = $4")
-            .bind(c.fingerprint)
-            .bind(c.not_after)
-            .bind(c.tenant)
-            .bind(c.host)
-            .execute(&mut **tx)
-            .await?;
+/// One enrollment for `Store::enroll`: the join token presented (its id
+/// and the hash of its secret), the host asked for (None: the token's), the
+/// CSR's digest, the certificate signed for the token's host, and the
+/// caller's address (for the audit row).
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub token_id: String,
+    pub secret_hash: String,
+    pub host: Option<String>,
+    pub csr_digest: String,
+    pub cert: Option<NewCert>,
+    pub peer: String,
+}
+
+/// A join's outcome: `(tenant, host, environment)`, or why it was refused.
+pub type Joined = std::result::Result<(String, String, String), JoinRefused>;
+
+/// Whether `j` may spend the token `row` now (`Ok(true)`: it already did,
+/// with this very CSR, and is answered again), or why not.
+fn judge(row: &JoinTokenRow, j: &Join, at: i64) -> std::result::Result<bool, JoinRefused> {
+    if !trust::ct_eq(row.secret_hash.as_bytes(), j.secret_hash.as_bytes()) {
+        return Err(JoinRefused::Unknown);
+    }
+    if row.expires_at <= at {
+        return Err(JoinRefused::Expired);
+    }
+    // Used already: by this same CSR, the host asking again because the
+    // answer never reached it (its private key never left it, so a
+    // certificate for it is worth nothing to anyone else).
+    let again = row.used_at.is_some()
+        && !row.used_csr.is_empty()
+        && trust::ct_eq(row.used_csr.as_bytes(), j.csr_digest.as_bytes());
+    if row.used_at.is_some() && !again {
+        return Err(JoinRefused::Used);
+    }
+    if j.host.as_ref().is_some_and(|h| *h != row.host) {
+        return Err(JoinRefused::WrongHost(row.host.clone()));
+    }
+    if row.revoked_at.is_some() {
+        return Err(JoinRefused::Revoked);
+    }
+    if j.cert
+        .as_ref()
+        .is_some_and(|c| c.tenant != row.tenant || c.host != row.host)
+    {
+        return Err(JoinRefused::Unknown);
+    }
+    Ok(again)
+}
+
+/// Records certificates `(fingerprint, tenant, host, not_after)`, at most
+/// one per host, inside a write transaction: each becomes its host's only
+/// one (`record_cert`), and expired ones are dropped.
+async fn write_certs(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    store: &Store,
+    certs: &[(&str, &str, &str, i64)],
+) -> Result<()> {
+    let json = serde_json::to_string(certs).unwrap_or_else(|_| "[]".into());
+    let rows = store.json_rows("$1");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO host_certs (fingerprint, tenant, host, not_after, issued_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, CAST(value ->> 3 AS BIGINT), $2 FROM {rows}"
+    )))
+    .bind(&json)
+    .bind(now())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM host_certs WHERE EXISTS (SELECT 1 FROM {rows}
+         WHERE host_certs.tenant = value ->> 1 AND host_certs.host = value ->> 2
+           AND host_certs.fingerprint != value ->> 0)"
+    )))
+    .bind(&json)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE hosts SET cert_fingerprint = j.fingerprint, cert_not_after = j.not_after
+         FROM (SELECT value ->> 0 AS fingerprint, value ->> 1 AS tenant, value ->> 2 AS host,
+                      CAST(value ->> 3 AS BIGINT) AS not_after FROM {rows}) AS j
+         WHERE hosts.tenant = j.tenant AND hosts.name = j.host"
+    )))
+    .bind(&json)
+    .execute(&mut **tx)
+    .await?;
     // Expired certificates can never be presented again (TLS checks validity).
     sqlx::query("DELETE FROM host_certs WHERE not_after < $1")
         .bind(now() - 3600)
@@ -579,10 +698,10 @@ mod tests {
             s.join_token_host("tok1", "hash1").await.unwrap(),
             Some(("default".into(), "web-1".into()))
         );
-        let cert = |host, fingerprint| NewCert {
-            tenant: "default",
-            host,
-            fingerprint,
+        let cert = |host: &str, fingerprint: &str| NewCert {
+            tenant: "default".into(),
+            host: host.into(),
+            fingerprint: fingerprint.into(),
             not_after: far,
         };
         // Signed for another host than the token's, or with a wrong secret:
@@ -597,7 +716,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(r, Err(JoinRefused::Unknown), "{token}");
-            assert!(s.cert_owner(c.fingerprint).await.unwrap().is_none());
+            assert!(s.cert_owner(&c.fingerprint).await.unwrap().is_none());
         }
         let r = s
             .consume_join_token("tok1", "hash1", None, "csr-a", Some(&cert("web-1", "fp-1")))
