@@ -127,8 +127,9 @@ impl Identity {
 }
 
 /// The controller answered an enrollment with an error. `busy`: it could not
-/// serve it now (its store unavailable, a rate limit), so trying again
-/// later may succeed; otherwise the token or the request was refused.
+/// serve it now (its store unavailable, a rate limit), or the call was cut
+/// off on the way (the connection closed, a deadline), so trying again later
+/// may succeed; otherwise the token or the request was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("enrollment refused: {message}")]
 pub struct EnrollRefused {
@@ -188,10 +189,7 @@ async fn enroll_as(
         .await
         .map_err(|s| EnrollRefused {
             message: s.message().to_string(),
-            busy: matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-            ),
+            busy: is_busy(s.code()),
         })?
         .into_inner();
     let ca_pin = trust::pki::spki_pin(&trust::pki::first_cert_der(&resp.ca_pem)?)?;
@@ -200,6 +198,20 @@ async fn enroll_as(
     }
     trust::sign::parse_public(&resp.directive_key)?;
     Ok(Identity::from_response(resp, key_pem))
+}
+
+/// Whether an enrollment answered with `code` is worth trying again: the
+/// controller was busy, or the call was cut off before its answer (seen
+/// with 10,000 agents joining at once: "operation was canceled"). The same
+/// CSR goes again, so a join whose answer was lost is answered again.
+fn is_busy(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// Trades the current certificate for a fresh one (new key) over mTLS.
@@ -221,4 +233,31 @@ pub async fn renew(
     id.save(&cfg.state_dir)?;
     tracing::info!(host = %id.host, not_after = id.not_after, "certificate renewed");
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_or_busy_enrollment_is_tried_again_and_a_refused_one_is_not() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Cancelled,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(is_busy(code), "{code:?}");
+        }
+        // A spent, expired or wrong token, a bad CSR: trying again changes
+        // nothing, the agent says why and stops.
+        for code in [
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Internal,
+        ] {
+            assert!(!is_busy(code), "{code:?}");
+        }
+    }
 }

@@ -24,6 +24,11 @@
 //! spreads the agents over them round-robin; memory and CPU are then the sum
 //! over the replicas.
 //!
+//! `SLIPWAY_BENCH_HOSTS_NICE=N` (with host processes) runs them at that
+//! niceness: ten thousand simulated hosts retrying their joins otherwise
+//! take the CPU the controllers need to answer them, which real hosts, on
+//! machines of their own, do not.
+//!
 //! `SLIPWAY_BENCH_HOST_PROCS=K` runs the simulated hosts in K processes of
 //! their own (this binary again, `--hosts FILE`) instead of this one: a real
 //! host's agent is a small process, and every app process a simulated host
@@ -240,7 +245,18 @@ fn start_host_groups(
             .collect();
         let file = dir.join(format!("hosts-{g}.txt"));
         std::fs::write(&file, list.join("\n"))?;
-        let mut child = std::process::Command::new(&exe)
+        // SLIPWAY_BENCH_HOSTS_NICE=N: the simulated hosts run at that
+        // niceness, so the controllers and the database get the CPU first,
+        // as they would with the hosts on machines of their own.
+        let nice = std::env::var("SLIPWAY_BENCH_HOSTS_NICE").unwrap_or_default();
+        let mut command = if nice.is_empty() {
+            std::process::Command::new(&exe)
+        } else {
+            let mut c = std::process::Command::new("nice");
+            c.args(["-n", &nice]).arg(&exe);
+            c
+        };
+        let mut child = command
             .arg("--hosts")
             .arg(&file)
             .env("SLIPWAY_BENCH_THREADS", threads.to_string())
