@@ -699,6 +699,19 @@ fn only_another_controller_may_relay_a_log_query() {
     });
 }
 
+/// An enrollment with a garbage token from this address: how it is refused.
+async fn garbage_enroll(client: &mut EnrollmentClient<Channel>) -> tonic::Code {
+    client
+        .enroll(EnrollRequest {
+            join_token: "swj_garbage".into(),
+            host: "web-9".into(),
+            csr_pem: "nope".into(),
+        })
+        .await
+        .expect_err("garbage is refused")
+        .code()
+}
+
 #[test]
 fn a_bad_csr_keeps_the_join_token_and_anonymous_enrollment_is_rate_limited() {
     let t = tempfile::tempdir().unwrap();
@@ -730,15 +743,7 @@ fn a_bad_csr_keeps_the_join_token_and_anonymous_enrollment_is_rate_limited() {
         // resource exhausted.
         let mut exhausted = 0;
         for _ in 0..200 {
-            let s = client
-                .enroll(EnrollRequest {
-                    join_token: "swj_garbage".into(),
-                    host: "web-9".into(),
-                    csr_pem: "nope".into(),
-                })
-                .await
-                .expect_err("garbage is refused");
-            if s.code() == tonic::Code::ResourceExhausted {
+            if garbage_enroll(&mut client).await == tonic::Code::ResourceExhausted {
                 exhausted += 1;
             }
         }
@@ -788,15 +793,7 @@ fn an_agent_turned_away_by_a_busy_controller_enrolls_when_there_is_room() {
                     .unwrap();
                 let mut client = EnrollmentClient::new(channel);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let s = client
-                        .enroll(EnrollRequest {
-                            join_token: "swj_garbage".into(),
-                            host: "web-9".into(),
-                            csr_pem: "nope".into(),
-                        })
-                        .await
-                        .expect_err("garbage is refused");
-                    if s.code() == tonic::Code::ResourceExhausted {
+                    if garbage_enroll(&mut client).await == tonic::Code::ResourceExhausted {
                         exhausted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
