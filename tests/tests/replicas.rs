@@ -1,8 +1,9 @@
 //! Several controllers on one PostgreSQL store and one blob directory: any
 //! replica serves any call, a change made on one reaches the sessions held by
 //! the others, the rollout engine runs on one replica and another takes over
-//! when it is killed, agents fail over, racing promotes do not stack, and a
-//! replica with other keys refuses to start. Needs the PostgreSQL server of
+//! when it is killed, agents fail over, racing promotes do not stack, a log
+//! query on either replica reaches the other's hosts, and a replica with
+//! other keys or an older schema refuses to start. Needs the PostgreSQL server of
 //! `scripts/with-postgres`; says skipped without one (CI requires it).
 
 use std::path::Path;
@@ -379,4 +380,34 @@ fn a_replica_with_other_keys_refuses_to_start_and_says_why() {
         err.contains("but the store's controllers use") && err.contains("the same DATA_DIR/pki"),
         "{err}"
     );
+}
+
+/// A replica of an older release, started on a store a newer one migrated
+/// further, refuses to start and says why, before touching the store.
+#[test]
+fn a_replica_of_an_older_release_refuses_a_newer_schema_and_says_why() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(r) = Replicas::start(t.path(), 1) else {
+        return;
+    };
+    psql(
+        &r.database,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99999, 'from a newer release', TRUE, '\\x00', 0)",
+    );
+    let out = Command::new(bin("slipway-controller"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", "off", "--database", &r.database])
+        .arg("--data-dir")
+        .arg(t.path().join("older"))
+        .output()
+        .expect("run controller");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the store's schema is at version 99999, newer than this controller's"),
+        "{err}"
+    );
+    // The running replica is untouched and still answers.
+    r.controllers[0].ctl(&["status"]).ok();
 }

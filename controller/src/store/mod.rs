@@ -50,6 +50,12 @@ pub enum StoreError {
     /// A write decided against state that changed meanwhile; refused whole.
     #[error("{0}")]
     Conflict(String),
+    /// A controller of a newer release migrated the store past what this
+    /// one knows (a replica not upgraded yet, an older binary restarted).
+    #[error(
+        "the store's schema is at version {store}, newer than this controller's {ours}: a newer release of slipway-controller migrated it; run that release here too"
+    )]
+    SchemaNewer { store: i64, ours: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -226,6 +232,7 @@ impl Store {
         let writer = sqlite_pool(1).connect(&url).await?;
         // WAL is a property of the file: set once, kept by every connection.
         writer.execute("PRAGMA journal_mode = WAL").await?;
+        not_newer(&writer, &MIGRATOR).await?;
         MIGRATOR.run(&writer).await?;
         let pool = sqlite_pool(4).connect(&url).await?;
         Ok(Self {
@@ -250,6 +257,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
+        not_newer(&pool, &PG_MIGRATOR).await?;
         PG_MIGRATOR.run(&pool).await?;
         let writer = AnyPoolOptions::new()
             .max_connections(1)
@@ -346,6 +354,22 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn pool_for_tests(&self) -> &AnyPool {
         &self.pool
+    }
+}
+
+/// Refuses a store migrated past `migrator`'s last version, before anything
+/// is applied: another replica of a newer release shares it (sqlx would say
+/// only that a migration "is missing in the resolved migrations"). A store
+/// with no migrations table yet is new.
+async fn not_newer(pool: &AnyPool, migrator: &sqlx::migrate::Migrator) -> Result<()> {
+    let ours = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: std::result::Result<Option<i64>, _> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await;
+    match applied {
+        Ok(Some(store)) if store > ours => Err(StoreError::SchemaNewer { store, ours }),
+        _ => Ok(()),
     }
 }
 
@@ -596,5 +620,36 @@ pub(crate) mod tests {
         );
     }
 
-    crate::store::testing::on_both_dialects!(starts_with_default_tenant_and_environments,);
+    /// A store a newer release migrated further is refused by name, before
+    /// this controller applies or assumes anything.
+    async fn a_store_migrated_by_a_newer_release_is_refused(s: Store) {
+        let migrator = match s.dialect() {
+            Dialect::Sqlite => &MIGRATOR,
+            Dialect::Postgres => &PG_MIGRATOR,
+        };
+        not_newer(s.pool_for_tests(), migrator).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (99999, 'from a newer release', TRUE, $1, 0)",
+        )
+        .bind(vec![0u8; 4])
+        .execute(s.pool_for_tests())
+        .await
+        .unwrap();
+        let e = not_newer(s.pool_for_tests(), migrator).await.unwrap_err();
+        let ours = migrator.iter().map(|m| m.version).max().unwrap();
+        assert!(
+            matches!(e, StoreError::SchemaNewer { store: 99999, ours: o } if o == ours),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("newer than this controller's"),
+            "{e}"
+        );
+    }
+
+    crate::store::testing::on_both_dialects!(
+        starts_with_default_tenant_and_environments,
+        a_store_migrated_by_a_newer_release_is_refused,
+    );
 }
