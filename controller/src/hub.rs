@@ -61,14 +61,15 @@ pub enum Change {
         hosts: Vec<Reported>,
     },
     /// The sender holds the host's session now, in `environment`, running
-    /// `apps` (what a log query made on another replica goes by).
+    /// `apps` (what a log query made on another replica goes by; None: not
+    /// said, too many to fit a message, and the host may run any app).
     Connected {
         tenant: String,
         host: String,
         #[serde(default)]
         environment: String,
         #[serde(default)]
-        apps: Vec<String>,
+        apps: Option<Vec<String>>,
     },
     /// The sender's session of the host ended.
     Disconnected {
@@ -93,7 +94,8 @@ struct Remote {
 struct RemoteSession {
     replica: String,
     environment: String,
-    apps: Vec<String>,
+    /// None: not known (the host may run any app).
+    apps: Option<Vec<String>>,
 }
 
 /// Where a host's session is.
@@ -393,7 +395,7 @@ impl Hub {
                 tenant: tenant.clone(),
                 host: host.clone(),
                 environment: e.environment.clone(),
-                apps: e.apps.clone(),
+                apps: Some(e.apps.clone()),
             })
             .collect()
     }
@@ -657,7 +659,7 @@ impl Hub {
             tenant: tenant.into(),
             host: host.into(),
             environment: environment.into(),
-            apps: apps.to_vec(),
+            apps: Some(apps.to_vec()),
         });
         Session {
             id,
@@ -792,10 +794,10 @@ impl Hub {
         environment: &str,
         app: &str,
     ) -> Vec<(String, Holder)> {
-        let fits = |t: &str, env: &str, apps: &[String]| {
+        let fits = |t: &str, env: &str, apps: Option<&[String]>| {
             t == tenant
                 && (environment.is_empty() || env == environment)
-                && apps.iter().any(|a| a == app)
+                && apps.is_none_or(|apps| apps.iter().any(|a| a == app))
         };
         let mut hosts: std::collections::BTreeMap<String, Holder> = self
             .remote
@@ -803,21 +805,22 @@ impl Hub {
             .expect("hub lock")
             .sessions
             .iter()
-            .filter(|((t, _), r)| fits(t, &r.environment, &r.apps))
+            .filter(|((t, _), r)| fits(t, &r.environment, r.apps.as_deref()))
             .map(|((_, h), r)| (h.clone(), Holder::Replica(r.replica.clone())))
             .collect();
         // A session here is newer than what another replica last said.
         for ((t, h), e) in self.sessions.lock().expect("hub lock").iter() {
-            if fits(t, &e.environment, &e.apps) {
+            if fits(t, &e.environment, Some(&e.apps)) {
                 hosts.insert(h.clone(), Holder::Here);
             }
         }
         hosts.into_iter().collect()
     }
 
-    /// The replica `from` says the others reach it at `address`.
+    /// The replica `from` says the others reach it at `address`: kept if it
+    /// is an `https://` address (a relay is never sent in plaintext).
     pub fn addressed(&self, from: &str, address: &str) {
-        if address.is_empty() {
+        if !trust::tls::ControllerUrl::parse(address).is_ok_and(|u| u.tls) {
             return;
         }
         let mut remote = self.remote.lock().expect("hub lock");

@@ -312,11 +312,13 @@ async fn relay(
     ask: LogAsk,
 ) {
     let names: Vec<String> = hosts.iter().map(|(h, _)| h.clone()).collect();
+    // What another replica says of itself is shown escaped.
+    let shown = crate::sanitize::text(&replica, 256);
     let mut senders: HashMap<String, mpsc::Sender<HostLog>> = hosts.into_iter().collect();
     let Some(address) = ctx.hub.address_of(&replica) else {
         fail_all(
             &mut senders,
-            &format!("its controller ({replica}) has not said where it is reached"),
+            &format!("its controller ({shown}) has not said where it is reached"),
         )
         .await;
         return;
@@ -326,6 +328,7 @@ async fn relay(
         ctx.peers.logs(&replica, &address, &tenant, &names, &ask),
     )
     .await;
+    let address = crate::sanitize::text(&address, 256);
     let mut answers = match call {
         Ok(Ok(s)) => Box::pin(s),
         Ok(Err(e)) => {

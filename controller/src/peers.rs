@@ -169,11 +169,24 @@ fn payloads(me: &Me, changes: Vec<Change>, resync: bool, ask: bool) -> Vec<Strin
     let mut size = empty;
     for mut c in changes {
         let mut text = serde_json::to_string(&c).unwrap_or_default();
-        if empty + text.len() + 1 > MAX_PAYLOAD
-            && let Change::Desired { hosts, .. } = &mut c
-        {
-            *hosts = None;
+        if empty + text.len() + 1 > MAX_PAYLOAD {
+            // Too big for one message: say less. A desired change for too
+            // many hosts names none; a session with too many apps names none
+            // (another replica then asks it for any app's logs).
+            match &mut c {
+                Change::Desired { hosts, .. } => *hosts = None,
+                Change::Connected { apps, .. } => *apps = None,
+                _ => {}
+            }
             text = serde_json::to_string(&c).unwrap_or_default();
+        }
+        if empty + text.len() + 1 > MAX_PAYLOAD {
+            // Never fits: left out, not left to fail the messages after it.
+            tracing::warn!(
+                bytes = text.len(),
+                "a change too large to send to the other controllers was left out"
+            );
+            continue;
         }
         if !seen.insert(text.clone()) {
             continue;
@@ -305,6 +318,15 @@ mod tests {
         changes.push(Change::Rollouts);
         let many: Vec<String> = (0..1_000).map(|i| format!("host-{i:04}")).collect();
         changes.push(desired(Some(many)));
+        // A host with 256 long app names: its session is said without them.
+        let apps: Vec<String> = (0..256).map(|i| format!("{i:0>100}")).collect();
+        let connected = |apps| Change::Connected {
+            tenant: "t".into(),
+            host: "big".into(),
+            environment: "prod".into(),
+            apps,
+        };
+        changes.push(connected(Some(apps)));
         let me = Me {
             replica: "r1".into(),
             address: "https://10.0.0.1:7443".into(),
@@ -320,11 +342,16 @@ mod tests {
             assert_eq!(m.resync, i == 0, "the resync goes once, first");
             back.extend(m.changes);
         }
-        assert_eq!(back.len(), 2_000 + 1 + 1, "one Rollouts kept");
+        assert_eq!(back.len(), 2_000 + 1 + 1 + 1, "one Rollouts kept");
+        assert_eq!(
+            back[back.len() - 2],
+            desired(None),
+            "too many hosts to name: the whole environment"
+        );
         assert_eq!(
             back.last(),
-            Some(&desired(None)),
-            "too many hosts to name: the whole environment"
+            Some(&connected(None)),
+            "too many apps to name: any app"
         );
     }
 
@@ -357,7 +384,7 @@ mod tests {
             tenant: "t".into(),
             host: host.into(),
             environment: "prod".into(),
-            apps: vec!["web".into()],
+            apps: Some(vec!["web".into()]),
         };
         apply(
             &hub,
@@ -386,10 +413,32 @@ mod tests {
         );
         assert!(hub.hosts_running("t", "prod", "api").is_empty());
         assert!(hub.hosts_running("u", "prod", "web").is_empty());
+        // A session said without its apps (too many) may run any app.
+        let unsaid = Change::Connected {
+            tenant: "t".into(),
+            host: "h5".into(),
+            environment: "prod".into(),
+            apps: None,
+        };
+        apply(
+            &hub,
+            &outbox,
+            "me",
+            &message("c", vec![unsaid], false, false),
+        );
+        assert_eq!(
+            hub.hosts_running("t", "prod", "api"),
+            [("h5".to_string(), Holder::Replica("c".into()))]
+        );
         assert_eq!(
             hub.address_of("c").as_deref(),
             Some("https://c.example:7443")
         );
+        // A relay never goes in plaintext, nor to what is not an address.
+        for bad in ["http://127.0.0.1:7400", "not an address", ""] {
+            hub.addressed("x", bad);
+            assert_eq!(hub.address_of("x"), None, "{bad:?}");
+        }
         let before = hub.departures();
         apply(
             &hub,

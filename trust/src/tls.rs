@@ -219,6 +219,11 @@ pub async fn connect_as(
     lazy: bool,
 ) -> Result<Channel> {
     let parsed = ControllerUrl::parse(url)?;
+    if server_name.is_some() && !parsed.tls {
+        return Err(TrustError::Invalid(format!(
+            "invalid controller address {url:?}: a server name to check needs https://"
+        )));
+    }
     let endpoint =
         Endpoint::from_shared(format!("http://{}:{}", bracket(&parsed.host), parsed.port))
             .map_err(|e| TrustError::Invalid(format!("invalid controller address {url:?}: {e}")))?
@@ -303,5 +308,21 @@ impl tower_service::Service<http::Uri> for Connector {
                 .await?;
             Ok(TokioIo::new(Box::new(tls) as Box<dyn IoStream>))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server name to check (one replica calling another) is never
+    /// given up for plaintext, even on loopback.
+    #[tokio::test]
+    async fn a_named_server_is_called_over_tls_only() {
+        let e = connect_as("http://127.0.0.1:7400", None, Some("replica.slipway"), true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("needs https://"), "{e}");
+        assert!(connect("http://127.0.0.1:7400", None, true).await.is_ok());
     }
 }

@@ -31,8 +31,13 @@ use crate::logs::{Answer, LogAsk, LogRequest, MAX_CHUNK_LINES, MAX_HOSTS, MAX_LI
 /// again at every start, like the server certificate).
 const CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Replicas' addresses kept connected at most (dead ones are forgotten by
-/// the hub; a new address replaces the oldest past this).
-const MAX_CHANNELS: usize = 64;
+/// the hub; past this the kept ones are dropped and made again).
+const MAX_ADDRESSES: usize = 64;
+/// Connections to each other replica, taken in turn: a connection carries
+/// at most `MAX_STREAMS_PER_CONNECTION` (32) calls at once, and a followed
+/// query holds its call open; eight carry as many relays as a replica has
+/// log queries open (`logs::MAX_OPEN`, 256).
+const CONNECTIONS_PER_REPLICA: usize = 8;
 
 /// The calling replica, as the edge found it.
 #[derive(Debug, Clone)]
@@ -200,7 +205,8 @@ impl Replicas for ReplicasService {
 /// channel per address it called.
 pub struct Peers {
     tls: Arc<rustls::ClientConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Per address: its connections, and which one the next call takes.
+    channels: Mutex<HashMap<String, (Vec<Channel>, usize)>>,
 }
 
 impl Peers {
@@ -218,23 +224,31 @@ impl Peers {
     }
 
     async fn channel(&self, address: &str) -> Result<Channel, ControllerError> {
-        if let Some(c) = self.channels.lock().expect("peers lock").get(address) {
-            return Ok(c.clone());
+        if let Some((conns, next)) = self.channels.lock().expect("peers lock").get_mut(address) {
+            *next = (*next + 1) % conns.len();
+            return Ok(conns[*next].clone());
         }
-        let channel = trust::tls::connect_as(
-            address,
-            Some(self.tls.clone()),
-            Some(trust::pki::REPLICA_NAME),
-            true,
-        )
-        .await
-        .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+        // Lazy: each connects at its first call.
+        let mut conns = Vec::with_capacity(CONNECTIONS_PER_REPLICA);
+        for _ in 0..CONNECTIONS_PER_REPLICA {
+            conns.push(
+                trust::tls::connect_as(
+                    address,
+                    Some(self.tls.clone()),
+                    Some(trust::pki::REPLICA_NAME),
+                    true,
+                )
+                .await
+                .map_err(|e| ControllerError::Unavailable(e.to_string()))?,
+            );
+        }
+        let first = conns[0].clone();
         let mut channels = self.channels.lock().expect("peers lock");
-        if channels.len() >= MAX_CHANNELS {
+        if channels.len() >= MAX_ADDRESSES {
             channels.clear();
         }
-        channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
+        channels.insert(address.to_string(), (conns, 0));
+        Ok(first)
     }
 
     /// Asks `replica` at `address` for the answers of `hosts` (held there)

@@ -96,14 +96,15 @@ pub enum Dialect {
 pub struct Store {
     /// Reads (SQLite in WAL: they never wait for the writer).
     pool: AnyPool,
-    /// Every write, on one connection: writers queue here in order. On
-    /// SQLite, instead of polling SQLite's lock (its busy handler sleeps up
-    /// to 100 ms a try, which stretched a 1,000-host rollout while the CPU
-    /// sat idle). On PostgreSQL, write transactions also take a
-    /// transaction-scoped advisory lock (`begin_write`), which orders them
-    /// across replicas; a replica's writes wait for it here, on one
+    /// Write transactions, on one connection: they queue here in order. On
+    /// SQLite, every write, instead of polling SQLite's lock (its busy
+    /// handler sleeps up to 100 ms a try, which stretched a 1,000-host
+    /// rollout while the CPU sat idle). On PostgreSQL, write transactions
+    /// also take a transaction-scoped advisory lock (`begin_write`), which
+    /// orders them across replicas; a replica's wait for it here, on one
     /// connection, not on pooled ones reads need (a join storm once held
     /// every pooled connection in that wait, and every read timed out).
+    /// Single write statements take no lock and use the pool (`writer`).
     writer: AnyPool,
     /// Leadership's lease (`replicas`): on PostgreSQL a connection of its
     /// own, so a storm of calls holding every pooled connection (10,000
@@ -296,11 +297,17 @@ impl Store {
         &self.pool
     }
 
-    /// The writer's connection, counting one query like `db`: every
-    /// statement that writes outside a transaction goes through here.
+    /// Where a write statement outside a transaction goes, counting one
+    /// query like `db`: SQLite's one writer connection; on PostgreSQL the
+    /// shared pool, since such a statement takes no lock and must not wait
+    /// behind write transactions waiting for one (a host's hello, a batch
+    /// of heartbeats).
     fn writer(&self) -> &AnyPool {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        &self.writer
+        match self.dialect {
+            Dialect::Sqlite => &self.writer,
+            Dialect::Postgres => &self.pool,
+        }
     }
 
     /// The lease's connection, counting one query like `db`.
@@ -317,7 +324,8 @@ impl Store {
         match self.dialect {
             Dialect::Sqlite => Ok(self.writer().begin_with("BEGIN IMMEDIATE").await?),
             Dialect::Postgres => {
-                let mut tx = self.writer().begin().await?;
+                self.queries.fetch_add(1, Ordering::Relaxed);
+                let mut tx = self.writer.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(WRITE_LOCK)
                     .execute(&mut *tx)

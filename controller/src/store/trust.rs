@@ -325,8 +325,9 @@ impl Store {
             rows.into_iter().map(|r| (r.id.clone(), r)).collect();
         let at = now();
         let mut spent: Vec<(String, String)> = Vec::new();
-        // The last certificate of each host wins, as one after another would.
-        let mut certs: HashMap<(String, String), &NewCert> = HashMap::new();
+        // The last certificate of each host wins, as one after another would;
+        // written in host order (row locks taken in one order everywhere).
+        let mut certs: BTreeMap<(String, String), &NewCert> = BTreeMap::new();
         let mut audits: Vec<(String, String, String, String)> = Vec::new();
         let mut results = Vec::with_capacity(joins.len());
         for j in joins {
@@ -573,9 +574,9 @@ async fn write_certs(
     .execute(&mut **tx)
     .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM host_certs WHERE EXISTS (SELECT 1 FROM {rows}
-         WHERE host_certs.tenant = value ->> 1 AND host_certs.host = value ->> 2
-           AND host_certs.fingerprint != value ->> 0)"
+        "DELETE FROM host_certs
+         WHERE (tenant, host) IN (SELECT value ->> 1, value ->> 2 FROM {rows})
+           AND fingerprint NOT IN (SELECT value ->> 0 FROM {rows})"
     )))
     .bind(&json)
     .execute(&mut **tx)
