@@ -360,6 +360,20 @@ fn two_promotes_racing_on_two_replicas_one_wins_and_nothing_is_doubled() {
     );
 }
 
+/// Starts another controller on `r`'s database with a data dir of its own
+/// (`dir`: its own keys): it must refuse to start; what it said.
+fn refused_start(r: &Replicas, dir: &Path) -> String {
+    let out = Command::new(bin("slipway-controller"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", "off", "--database", &r.database])
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("run controller");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_replica_with_other_keys_refuses_to_start_and_says_why() {
     let t = tempfile::tempdir().unwrap();
@@ -367,15 +381,7 @@ fn a_replica_with_other_keys_refuses_to_start_and_says_why() {
         return;
     };
     // Its own fresh pki: another CA and another directive key.
-    let out = Command::new(bin("slipway-controller"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--http-listen", "off", "--database", &r.database])
-        .arg("--data-dir")
-        .arg(t.path().join("stranger"))
-        .output()
-        .expect("run controller");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&r, &t.path().join("stranger"));
     assert!(
         err.contains("but the store's controllers use") && err.contains("the same DATA_DIR/pki"),
         "{err}"
@@ -395,15 +401,7 @@ fn a_replica_of_an_older_release_refuses_a_newer_schema_and_says_why() {
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (99999, 'from a newer release', TRUE, '\\x00', 0)",
     );
-    let out = Command::new(bin("slipway-controller"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--http-listen", "off", "--database", &r.database])
-        .arg("--data-dir")
-        .arg(t.path().join("older"))
-        .output()
-        .expect("run controller");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&r, &t.path().join("older"));
     assert!(
         err.contains("the store's schema is at version 99999, newer than this controller's"),
         "{err}"

@@ -35,7 +35,8 @@ const MAX_DRIFT_LINE: usize = 512;
 const MAX_OS: usize = 256;
 const MAX_REFUSAL: usize = 512;
 
-fn logs_query(a: LogAsk) -> LogsQuery {
+/// A log query as the wire carries it (to a host, or to another replica).
+pub(super) fn logs_query(a: LogAsk) -> LogsQuery {
     LogsQuery {
         id: a.id,
         app: a.app,

@@ -59,22 +59,6 @@ pub fn replica_from_certs(
     }
 }
 
-fn query(a: &LogAsk) -> LogsQuery {
-    LogsQuery {
-        id: 0,
-        app: a.app.clone(),
-        process: a.process.clone(),
-        lines: a.lines,
-        follow: a.follow,
-        since_secs: a.since_secs,
-        grep: a.grep.clone(),
-        until_secs: a.until_secs,
-        max_bytes: a.max_bytes,
-        deadline_secs: a.deadline_secs,
-        deploy_log: a.deploy_log,
-    }
-}
-
 fn log_request(q: LogsQuery) -> LogRequest {
     LogRequest {
         app: q.app.clone(),
@@ -270,7 +254,10 @@ impl Peers {
             .logs(ReplicaLogsRequest {
                 tenant: tenant.to_string(),
                 hosts: hosts.to_vec(),
-                query: Some(query(ask)),
+                query: Some(super::agents::logs_query(LogAsk {
+                    id: 0,
+                    ..ask.clone()
+                })),
                 replica: replica.to_string(),
             })
             .await
@@ -337,6 +324,9 @@ mod tests {
             deploy_log: true,
             ..LogAsk::default()
         };
-        assert_eq!(log_request(query(&ask)).ask, ask);
+        assert_eq!(
+            log_request(super::super::agents::logs_query(ask.clone())).ask,
+            ask
+        );
     }
 }
